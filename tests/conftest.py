@@ -1,7 +1,15 @@
-"""Fixtures shared by every test folder: a real Azurite, and per-test table/queue name prefixes.
+"""Fixtures shared by every test folder: a real Azurite, the HTTPS Graph/identity emulator, and
+per-test table-name prefixes and emulator tenants.
 
 ``make test`` starts Azurite once and passes ``TEST_STORAGE_CONNECTION_STRING``; run directly, pytest
-starts its own Azurite on free ports for the session.
+starts its own Azurite on free ports for the session. Each pytest worker runs one emulator on a thread:
+
+* ``emulator`` (session): an :class:`EmulatorServer` on a free port.
+* ``emulator_client`` (session): an :class:`EmulatorClient` for the control API.
+* ``tenant`` (function): a fresh tenant with a unique domain, users ``adele`` (alias ``adele.vance@...``),
+  ``megan`` and the shared mailbox ``sales``, its own app registration, and MSAL helpers. Tests never
+  reset the shared emulator: each works in its own tenant, and ``tenant`` restores the emulator settings
+  and clears injected faults afterwards.
 """
 
 from __future__ import annotations
@@ -13,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from emulator.client import EmulatorClient, EmulatorTenant
+from emulator.server import EmulatorServer
 from tools.azurite import start_azurite
 
 
@@ -33,3 +43,26 @@ def storage_connection_string(tmp_path_factory: pytest.TempPathFactory) -> Itera
 def table_prefix() -> str:
     """A unique, valid table-name prefix, so tests never see each other's tables."""
     return "t" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture(scope="session")
+def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorServer]:
+    with EmulatorServer(port=0, state_dir=Path(tmp_path_factory.mktemp("emulator"))) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def emulator_client(emulator: EmulatorServer) -> Iterator[EmulatorClient]:
+    client = EmulatorClient(emulator.url, emulator.ca_bundle_path)
+    yield client
+    client.session.close()
+
+
+@pytest.fixture
+def tenant(emulator_client: EmulatorClient, request: pytest.FixtureRequest) -> Iterator[EmulatorTenant]:
+    settings = emulator_client.config()
+    provisioned = emulator_client.provision_tenant(request.node.name)
+    yield provisioned
+    provisioned.session.close()
+    emulator_client.clear_faults()
+    emulator_client.configure(**settings)
