@@ -1,0 +1,390 @@
+"""One table as the Table adapters use it: created lazily, SDK errors translated, round trips counted.
+
+Invariants:
+- Every HTTP round trip to Table storage (each retry too) counts once in the shared ``TableMetrics`` and in
+  every ``TableMetrics.measure()`` block open in the calling context, including the requests
+  ``in_parallel`` makes on its behalf (independent point reads and writes to distinct partitions run
+  ``PARALLEL_REQUESTS`` at a time).
+- No SDK exception escapes: a taken key → AlreadyExists; a stale ETag, or a conditional write whose entity
+  vanished → ConcurrencyConflict; everything else (connection, throttling, server) → StorageUnavailable.
+  A read of a missing entity is None; an unconditional delete of a missing entity is a no-op.
+- An entity group transaction holds at most 100 operations on one partition and stays below the 4 MiB
+  request limit. ``after_write`` runs after every write round trip that succeeded (tests use it to stop
+  a multi-step write between two steps).
+- ``commit`` writes plans whose final operation is conditional (create, or update/delete at an ETag) and
+  whose other operations are idempotent; a plan is committed exactly when its final operation is.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import json
+import re
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+from azure.core import MatchConditions
+from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError
+from azure.data.tables import TableEntity, TableServiceClient, UpdateMode
+
+from sync_core.errors import AlreadyExists, ConcurrencyConflict, StorageUnavailable
+
+MAX_BATCH_OPERATIONS = 100
+MAX_BATCH_BYTES = 3_500_000
+# Concurrent requests of one call (independent point reads, writes to distinct partitions); stays
+# within the HTTP connection pool (10 per host by default).
+PARALLEL_REQUESTS = 8
+# How often a write that met a concurrent change is re-read and re-planned before giving up.
+CONFLICT_ATTEMPTS = 5
+T = TypeVar("T")
+_TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,62}$")
+
+
+def table_name(prefix: str, base: str) -> str:
+    name = prefix + base
+    if not _TABLE_NAME.match(name):
+        raise ValueError(f"invalid table name {name!r}: letters and digits, starting with a letter, 3-63 long")
+    return name
+
+
+@dataclass
+class Measurement:
+    transactions: int = 0
+
+
+_OPEN_MEASUREMENTS: ContextVar[tuple[tuple[TableMetrics, Measurement], ...]] = ContextVar(
+    "open_table_measurements", default=()
+)
+
+
+class TableMetrics:
+    """Counts Table storage transactions (HTTP round trips) of the adapters sharing it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._transactions = 0
+
+    @property
+    def transactions(self) -> int:
+        return self._transactions
+
+    def count(self, _response: object = None) -> None:
+        """Record one round trip (the SDK's ``raw_response_hook``)."""
+        with self._lock:
+            self._transactions += 1
+            for metrics, measurement in _OPEN_MEASUREMENTS.get():
+                if metrics is self:
+                    measurement.transactions += 1
+
+    @contextmanager
+    def measure(self) -> Iterator[Measurement]:
+        """Count the round trips made in this context (this thread and the parallel requests it starts)
+        while the block runs."""
+        measurement = Measurement()
+        token = _OPEN_MEASUREMENTS.set((*_OPEN_MEASUREMENTS.get(), (self, measurement)))
+        try:
+            yield measurement
+        finally:
+            _OPEN_MEASUREMENTS.reset(token)
+
+
+@dataclass(frozen=True)
+class Write:
+    """One entity operation. ``create`` fails when the key is taken; ``update`` replaces an existing
+    entity (only while it still has ``etag``, when given); ``upsert`` inserts or replaces; ``delete``
+    removes (only at ``etag``, when given)."""
+
+    action: Literal["create", "update", "upsert", "delete"]
+    entity: Mapping[str, Any]
+    etag: str | None = None
+
+    @property
+    def partition_key(self) -> str:
+        return str(self.entity["PartitionKey"])
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.partition_key, str(self.entity["RowKey"])
+
+    @property
+    def unconditional(self) -> bool:
+        return self.action in ("upsert", "delete") and self.etag is None
+
+    @functools.cached_property
+    def payload_bytes(self) -> int:
+        body = json.dumps(self.entity, default=str) if self.action != "delete" else ""
+        return len(body) + 1_024
+
+    def as_batch_operation(self) -> tuple[Any, ...]:
+        options: dict[str, Any] = _conditions(self.etag)
+        if self.action in ("update", "upsert"):
+            options["mode"] = UpdateMode.REPLACE
+        return (self.action, dict(self.entity), options)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Writes that take one item to its new state: idempotent operations, then one conditional
+    operation last. The item is in its new state exactly when that last operation succeeded."""
+
+    key: str
+    writes: tuple[Write, ...]
+
+
+@dataclass
+class Committed:
+    """What ``Table.commit`` did: the new ETag of each committed plan's last write, and the keys of the
+    plans that met a concurrent change (to re-read and re-plan)."""
+
+    etags: dict[str, str] = field(default_factory=dict)
+    conflicted: list[str] = field(default_factory=list)
+
+
+class Table:
+    def __init__(
+        self,
+        service: TableServiceClient,
+        name: str,
+        metrics: TableMetrics,
+        after_write: Callable[[], None] | None = None,
+    ) -> None:
+        self._client = service.get_table_client(name)
+        self._name = name
+        self.metrics = metrics
+        self._after_write = after_write
+        self._ready = False
+        self._lock = threading.Lock()
+
+    # --- reads ---
+
+    def get(self, partition_key: str, row_key: str, select: Sequence[str] | None = None) -> TableEntity | None:
+        self._ensure_exists()
+        with _storage_errors(f"read {self._name}"):
+            try:
+                return self._client.get_entity(
+                    partition_key,
+                    row_key,
+                    select=list(select) if select else None,
+                    raw_response_hook=self.metrics.count,
+                )
+            except HttpResponseError as exc:
+                if exc.status_code == 404:
+                    return None
+                raise
+
+    def rows(
+        self,
+        partition_key: str,
+        *,
+        at_least: str | None = None,
+        after: str | None = None,
+        below: str | None = None,
+        select: Sequence[str] | None = None,
+        page_size: int | None = None,
+    ) -> Iterator[TableEntity]:
+        """Entities of one partition in RowKey order, within the given RowKey bounds (lazily, page by page)."""
+        self._ensure_exists()
+        conditions = ["PartitionKey eq @pk"]
+        parameters = {"pk": partition_key}
+        for operator, bound in (("ge", at_least), ("gt", after), ("lt", below)):
+            if bound is not None:
+                conditions.append(f"RowKey {operator} @{operator}")
+                parameters[operator] = bound
+        with _storage_errors(f"query {self._name}"):
+            entities = iter(
+                self._client.query_entities(
+                    " and ".join(conditions),
+                    parameters=parameters,
+                    select=list(select) if select else None,
+                    results_per_page=page_size,
+                    raw_response_hook=self.metrics.count,
+                )
+            )
+        while True:
+            with _storage_errors(f"query {self._name}"):
+                entity = next(entities, None)
+            if entity is None:
+                return
+            yield entity
+
+    def get_many(
+        self, keys: Sequence[tuple[str, str]], select: Sequence[str] | None = None
+    ) -> list[TableEntity | None]:
+        """Point reads of many entities, ``PARALLEL_REQUESTS`` at a time; None for each missing one."""
+        return self.in_parallel([functools.partial(self.get, pk, rk, select) for pk, rk in keys])
+
+    def in_parallel(self, calls: Sequence[Callable[[], T]]) -> list[T]:
+        """Run independent calls ``PARALLEL_REQUESTS`` at a time (each in the caller's context, so
+        measurements count them); results in call order; the first failure is raised."""
+        if len(calls) <= 1:
+            return [call() for call in calls]
+        with ThreadPoolExecutor(max_workers=min(PARALLEL_REQUESTS, len(calls))) as pool:
+            futures = [pool.submit(contextvars.copy_context().run, call) for call in calls]
+            return [future.result() for future in futures]
+
+    # --- writes ---
+
+    def write(self, operation: Write) -> str:
+        """One operation in one round trip; returns the new ETag ("" after a delete)."""
+        self._ensure_exists()
+        hook = self.metrics.count
+        entity = dict(operation.entity)
+        with _storage_errors(f"{operation.action} in {self._name}"):
+            if operation.action == "create":
+                metadata = self._client.create_entity(entity, raw_response_hook=hook)
+            elif operation.action == "upsert":
+                metadata = self._client.upsert_entity(entity, mode=UpdateMode.REPLACE, raw_response_hook=hook)
+            elif operation.action == "update":
+                metadata = self._client.update_entity(
+                    entity, mode=UpdateMode.REPLACE, raw_response_hook=hook, **_conditions(operation.etag)
+                )
+            else:
+                pk, rk = operation.key
+                self._client.delete_entity(pk, rk, raw_response_hook=hook, **_conditions(operation.etag))
+                metadata = {}
+        self._wrote()
+        return str(metadata.get("etag", ""))
+
+    def transact(self, operations: Sequence[Write]) -> list[str]:
+        """One entity group transaction (all or nothing); returns each operation's new ETag."""
+        if len({operation.partition_key for operation in operations}) != 1:
+            raise ValueError("a transaction holds operations on exactly one partition")
+        if len(operations) > MAX_BATCH_OPERATIONS:
+            raise ValueError(f"a transaction holds at most {MAX_BATCH_OPERATIONS} operations")
+        self._ensure_exists()
+        with _storage_errors(f"transaction in {self._name}"):
+            results = self._client.submit_transaction(
+                [operation.as_batch_operation() for operation in operations], raw_response_hook=self.metrics.count
+            )
+        self._wrote()
+        return [str(result.get("etag", "")) for result in results]
+
+    def submit(self, operations: Sequence[Write]) -> None:
+        """Apply idempotent operations (upserts, plain deletes) in as few transactions as possible;
+        their relative order is not kept. A delete of a missing entity is a no-op."""
+        if not all(operation.unconditional for operation in operations):
+            raise ValueError("submit takes upserts and plain deletes only")
+        latest = {operation.key: operation for operation in operations}
+        by_partition: dict[str, list[Write]] = {}
+        for operation in latest.values():
+            by_partition.setdefault(operation.partition_key, []).append(operation)
+        self.in_parallel([functools.partial(self._submit_partition, writes) for writes in by_partition.values()])
+
+    def _submit_partition(self, operations: list[Write]) -> None:
+        for batch in pack([[operation] for operation in operations]):
+            if len(batch) == 1:
+                self.write(batch[0])
+                continue
+            try:
+                self.transact(batch)
+            except ConcurrencyConflict:  # a delete met a missing entity: apply one by one
+                for operation in batch:
+                    self.write(operation)
+
+    def commit(self, plans: Sequence[Plan]) -> Committed:
+        """Write plans (of one partition) in packed transactions. After a failed transaction, the
+        remaining plans go one by one, so one conflict costs only its own plan."""
+        result = Committed()
+        final_writes = {id(plan.writes[-1]): plan for plan in plans}
+        remaining = {plan.key: plan for plan in plans}
+        for batch in pack([list(plan.writes) for plan in plans]):
+            try:
+                etags = self.transact(batch)
+            except (ConcurrencyConflict, AlreadyExists):
+                break
+            for operation, etag in zip(batch, etags, strict=True):
+                plan = final_writes.get(id(operation))
+                if plan is not None:
+                    result.etags[plan.key] = etag
+                    del remaining[plan.key]
+        for plan in remaining.values():
+            self.submit(plan.writes[:-1])
+            try:
+                result.etags[plan.key] = self.write(plan.writes[-1])
+            except (ConcurrencyConflict, AlreadyExists):
+                result.conflicted.append(plan.key)
+        return result
+
+    def _wrote(self) -> None:
+        if self._after_write is not None:
+            self._after_write()
+
+    def _ensure_exists(self) -> None:
+        if self._ready:
+            return
+        with self._lock:
+            if self._ready:
+                return
+            with _storage_errors(f"create table {self._name}"), suppress(ResourceExistsError):
+                self._client.create_table(raw_response_hook=self.metrics.count)
+            self._ready = True
+
+
+def etag_of(entity: TableEntity) -> str:
+    return str(entity.metadata["etag"])
+
+
+def key_only(entity: Mapping[str, Any]) -> dict[str, Any]:
+    """The keys of an entity: enough to delete it."""
+    return {"PartitionKey": entity["PartitionKey"], "RowKey": entity["RowKey"]}
+
+
+def pack(groups: Sequence[Sequence[Write]]) -> list[list[Write]]:
+    """Pack operation groups, in order, into transaction-sized batches of one partition each. A group
+    that fits a batch is never split; a larger one is spread over consecutive batches, order kept."""
+    batches: list[list[Write]] = []
+    current: list[Write] = []
+    current_bytes = 0
+
+    def fits(operations: Sequence[Write]) -> bool:
+        same_partition = not current or all(op.partition_key == current[0].partition_key for op in operations)
+        return (
+            same_partition
+            and len(current) + len(operations) <= MAX_BATCH_OPERATIONS
+            and current_bytes + sum(operation.payload_bytes for operation in operations) <= MAX_BATCH_BYTES
+        )
+
+    for group in groups:
+        if not fits(group) and current:
+            batches.append(current)
+            current, current_bytes = [], 0
+        for operation in group:
+            if not fits([operation]) and current:
+                batches.append(current)
+                current, current_bytes = [], 0
+            current.append(operation)
+            current_bytes += operation.payload_bytes
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _conditions(etag: str | None) -> dict[str, Any]:
+    if etag is None:
+        return {}
+    return {"etag": etag, "match_condition": MatchConditions.IfNotModified}
+
+
+@contextmanager
+def _storage_errors(action: str) -> Iterator[None]:
+    try:
+        yield
+    except HttpResponseError as exc:
+        raise _translated(exc, action) from exc
+    except AzureError as exc:
+        raise StorageUnavailable(f"Table storage unavailable ({action}): {exc}") from exc
+
+
+def _translated(exc: HttpResponseError, action: str) -> Exception:
+    code = str(getattr(exc, "error_code", "") or "")
+    if exc.status_code == 409 and "TableBeingDeleted" not in code:
+        return AlreadyExists(f"{action}: the key is taken")
+    if exc.status_code == 412 or (exc.status_code == 404 and "TableNotFound" not in code):
+        return ConcurrencyConflict(f"{action}: the entity changed or vanished")
+    return StorageUnavailable(f"Table storage failed ({action}): {exc.status_code} {code}".strip())

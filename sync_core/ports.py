@@ -1,0 +1,218 @@
+"""The small interfaces sync_core's use cases depend on.
+
+Production adapters (Azure Table Storage, Azure Queue Storage, Microsoft Graph over requests, MSAL)
+live in ``sync_core.adapters``; in-memory doubles of the same ports live in ``sync_core.adapters.memory``
+and are kept honest by contract tests that run the same cases on both.
+
+Conventions:
+- Every method is scoped by ``org_id``: nothing of one org is reachable through another org's id.
+- Writes are idempotent: repeating a call after a crash or retry leaves the same end state.
+- Optimistic concurrency uses opaque ``etag`` strings; a stale etag raises ``ConcurrencyConflict``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Generic, Protocol, TypeVar
+
+from sync_core.domain.model import (
+    Activity,
+    AttachmentSummary,
+    Mailbox,
+    MailMessage,
+    OrgSettings,
+    Record,
+    RecordRef,
+)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of a listing; ``cursor`` is opaque and None on the last page."""
+
+    items: tuple[T, ...]
+    cursor: str | None = None
+
+
+@dataclass(frozen=True)
+class Versioned(Generic[T]):
+    value: T
+    etag: str
+
+
+class RecordLookup(Protocol):
+    """What the decision pipeline needs from the records index: pure, in-memory lookups."""
+
+    def records_for_address(self, address: str) -> Sequence[RecordRef]: ...
+
+    def records_for_domain(self, domain: str) -> Sequence[RecordRef]: ...
+
+
+@dataclass(frozen=True)
+class RecordLookupResult:
+    """A ``RecordLookup`` over records fetched up front: what ``RecordsIndex.lookup`` returns.
+    Addresses and domains that were not fetched, or have no record, give ``()``."""
+
+    by_address: Mapping[str, tuple[RecordRef, ...]] = field(default_factory=dict)
+    by_domain: Mapping[str, tuple[RecordRef, ...]] = field(default_factory=dict)
+
+    def records_for_address(self, address: str) -> Sequence[RecordRef]:
+        return self.by_address.get(address, ())
+
+    def records_for_domain(self, domain: str) -> Sequence[RecordRef]:
+        return self.by_domain.get(domain, ())
+
+
+class RecordsIndex(Protocol):
+    def upsert(self, org_id: str, records: Sequence[Record]) -> None:
+        """Insert or replace records; a record's old addresses/domains stop matching it."""
+
+    def delete(self, org_id: str, record_ids: Sequence[str]) -> None:
+        """Remove records (missing ids are ignored)."""
+
+    def get(self, org_id: str, record_id: str) -> Record | None: ...
+
+    def lookup(self, org_id: str, addresses: Iterable[str], domains: Iterable[str]) -> RecordLookup:
+        """Fetch every record of these addresses and domains at once (one page's worth), so the
+        pipeline then decides without further I/O."""
+
+
+@dataclass(frozen=True)
+class ActivityWrite:
+    """Outcome of storing a batch of activities: which were new and which only gained a mailbox."""
+
+    created: tuple[str, ...] = ()
+    merged: tuple[str, ...] = ()
+    unchanged: tuple[str, ...] = ()
+    transactions: int = 0
+
+
+class ActivityStore(Protocol):
+    def save(self, activities: Sequence[Activity]) -> ActivityWrite:
+        """Store activities keyed by ``activity_id``. An existing activity keeps its content and gains
+        any new mailbox ids and record links; storing the same activity twice changes nothing."""
+
+    def get(self, org_id: str, activity_id: str) -> Activity | None: ...
+
+    def delete(self, org_id: str, activity_id: str) -> bool:
+        """Delete the activity and every index row pointing at it; True if it existed."""
+
+    def timeline(self, org_id: str, record_id: str, cursor: str | None, limit: int) -> Page[Activity]:
+        """A record's activities, newest first (by received time)."""
+
+    def thread_ids_for_messages(self, org_id: str, internet_message_ids: Sequence[str]) -> Mapping[str, str]:
+        """Thread id of each already-stored message id (for In-Reply-To/References joins)."""
+
+    def thread(self, org_id: str, thread_id: str) -> tuple[Activity, ...]:
+        """Messages of one thread, oldest first."""
+
+    def delete_for_mailbox(self, org_id: str, mailbox_id: str) -> int:
+        """Purge: remove the mailbox from every activity; delete activities no other mailbox saw."""
+
+
+class MailboxRepository(Protocol):
+    def get(self, org_id: str, mailbox_id: str) -> Versioned[Mailbox] | None: ...
+
+    def add(self, mailbox: Mailbox) -> Versioned[Mailbox]:
+        """Create; raises ``AlreadyExists`` when the id is taken."""
+
+    def replace(self, mailbox: Mailbox, etag: str) -> Versioned[Mailbox]:
+        """Replace if ``etag`` still matches, else ``ConcurrencyConflict``."""
+
+    def list(self, org_id: str) -> tuple[Mailbox, ...]: ...
+
+
+class CursorStore(Protocol):
+    """Per-folder delta links of a mailbox. Written only after that page's activities are durable."""
+
+    def get_all(self, org_id: str, mailbox_id: str) -> Mapping[str, str]: ...
+
+    def put(self, org_id: str, mailbox_id: str, folder: str, link: str) -> None: ...
+
+    def clear(self, org_id: str, mailbox_id: str) -> None: ...
+
+
+class LeaseStore(Protocol):
+    def acquire(self, key: str, owner: str, until: datetime, now: datetime) -> bool:
+        """Take the lease if free or expired (at ``now``); True when ``owner`` holds it afterwards."""
+
+    def release(self, key: str, owner: str) -> None:
+        """Release only if ``owner`` still holds it."""
+
+
+@dataclass(frozen=True)
+class RunReport:
+    org_id: str
+    mailbox_id: str
+    run_id: str
+    started_at: datetime
+    finished_at: datetime
+    reasons: Mapping[str, int] = field(default_factory=dict)
+    pages: int = 0
+    graph_requests: int = 0
+    table_transactions: int = 0
+    activities_created: int = 0
+    activities_merged: int = 0
+    more: bool = False
+    error: str = ""
+
+
+class RunReportStore(Protocol):
+    def add(self, report: RunReport, keep: int) -> None:
+        """Store a report and keep only the newest ``keep`` per mailbox."""
+
+    def recent(self, org_id: str, mailbox_id: str, limit: int) -> tuple[RunReport, ...]:
+        """Newest first."""
+
+
+class SettingsRepository(Protocol):
+    def get(self, org_id: str) -> OrgSettings:
+        """The org's settings, or defaults when none were saved."""
+
+    def put(self, org_id: str, settings: OrgSettings) -> None: ...
+
+
+class WorkQueue(Protocol):
+    def enqueue(self, message: Mapping[str, Any], delay_seconds: int = 0) -> None: ...
+
+
+class Clock(Protocol):
+    def now(self) -> datetime: ...
+
+
+@dataclass(frozen=True)
+class DeltaPage:
+    """One page of a folder's delta. Exactly one of ``next_link``/``delta_link`` is set.
+
+    ``messages`` are complete new or moved-in messages; ``skipped`` counts items that carry no new
+    message (partial updates, ``@removed`` entries, replays of items without content)."""
+
+    folder: str
+    messages: tuple[MailMessage, ...]
+    next_link: str | None
+    delta_link: str | None
+    skipped: int = 0
+
+
+class MailSource(Protocol):
+    """A mailbox's mail, read through delta queries (Graph in production)."""
+
+    def delta(self, mailbox: Mailbox, folder: str, link: str | None, since: datetime) -> DeltaPage:
+        """Follow ``link`` verbatim, or start the folder's delta filtered to mail received at or
+        after ``since``. Raises ``DeltaTokenExpired`` when Graph lost the sync state."""
+
+    def delta_many(self, mailbox: Mailbox, links: Mapping[str, str]) -> Mapping[str, DeltaPage]:
+        """Poll several folders whose delta links are known, in as few requests as possible."""
+
+    def attachments(self, mailbox: Mailbox, source_ids: Sequence[str]) -> Mapping[str, tuple[AttachmentSummary, ...]]:
+        """Attachment names/sizes/types (inline ones excluded) for these messages."""
+
+    def folders(self, mailbox: Mailbox) -> tuple[str, ...]:
+        """Ids of every folder to sync when the org syncs all folders (system folders excluded)."""
+
+    @property
+    def requests_made(self) -> int: ...

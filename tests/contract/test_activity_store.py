@@ -1,0 +1,268 @@
+"""Contract of ActivityStore: dedupe, merging, timelines, threads, deletes and size limits, on both the
+in-memory double and Table storage."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+from sync_core.adapters.table_codec import BODY_MAX_UNITS, PROPERTY_MAX_UNITS, utf16_units
+from sync_core.domain.model import EmailAddress, RecordRef
+from tests.contract.conftest import T0, Stores, make_activity
+
+
+def test_a_saved_activity_reads_back_exactly_as_given(stores: Stores) -> None:
+    activity = make_activity("<m1@client.example>")
+    written = stores.activities.save([activity])
+    assert written.created == (activity.activity_id,)
+    assert stores.activities.get("org-1", activity.activity_id) == activity
+
+
+def test_an_unknown_activity_is_none(stores: Stores) -> None:
+    assert stores.activities.get("org-1", "0" * 32) is None
+
+
+def test_saving_the_same_message_from_a_second_mailbox_adds_the_mailbox_not_a_second_activity(stores: Stores) -> None:
+    first = make_activity("<m1@client.example>", mailbox_ids=("mbx-1",))
+    second = make_activity("<m1@client.example>", mailbox_ids=("mbx-2",))
+    stores.activities.save([first])
+    written = stores.activities.save([second])
+    assert written.merged == (first.activity_id,)
+    assert written.created == ()
+    stored = stores.activities.get("org-1", first.activity_id)
+    assert stored.mailbox_ids == ("mbx-1", "mbx-2")
+    assert [a.activity_id for a in stores.activities.timeline("org-1", "cand-1", None, 10).items] == [first.activity_id]
+
+
+def test_saving_an_identical_activity_again_changes_nothing(stores: Stores) -> None:
+    activity = make_activity("<m1@client.example>")
+    stores.activities.save([activity])
+    written = stores.activities.save([activity])
+    assert written.unchanged == (activity.activity_id,)
+    assert written.created == written.merged == ()
+    assert stores.activities.get("org-1", activity.activity_id) == activity
+
+
+def test_an_existing_activity_keeps_its_content_and_gains_new_record_links(stores: Stores) -> None:
+    original = make_activity("<m1@client.example>", records=("cand-1",), subject="Original")
+    later = make_activity(
+        "<m1@client.example>", records=("contact-9", "cand-1"), subject="Later", received_at=T0 + timedelta(hours=1)
+    )
+    stores.activities.save([original])
+    stores.activities.save([later])
+    stored = stores.activities.get("org-1", original.activity_id)
+    assert stored.subject == "Original"
+    assert stored.received_at == T0
+    assert stored.records == (RecordRef("cand-1", "candidate"), RecordRef("contact-9", "candidate"))
+    assert stores.activities.timeline("org-1", "contact-9", None, 10).items == (stored,)
+
+
+def test_a_message_repeated_within_one_batch_becomes_one_activity_with_both_mailboxes(stores: Stores) -> None:
+    written = stores.activities.save(
+        [make_activity("<m1@x>", mailbox_ids=("mbx-1",)), make_activity("<m1@x>", mailbox_ids=("mbx-2",))]
+    )
+    assert len(written.created) == 1
+    assert stores.activities.get("org-1", written.created[0]).mailbox_ids == ("mbx-1", "mbx-2")
+
+
+def test_one_batch_reports_created_merged_and_unchanged_in_input_order(stores: Stores) -> None:
+    kept, grown = make_activity("<kept@x>"), make_activity("<grown@x>")
+    stores.activities.save([kept, grown])
+    fresh = make_activity("<fresh@x>")
+    written = stores.activities.save([fresh, dataclasses.replace(grown, mailbox_ids=("mbx-7",)), kept])
+    assert (written.created, written.merged, written.unchanged) == (
+        (fresh.activity_id,),
+        (grown.activity_id,),
+        (kept.activity_id,),
+    )
+
+
+def test_the_timeline_lists_a_records_activities_newest_first_in_pages(stores: Stores) -> None:
+    activities = [make_activity(f"<m{i}@x>", received_at=T0 + timedelta(minutes=i)) for i in range(7)]
+    stores.activities.save(activities)
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        page = stores.activities.timeline("org-1", "cand-1", cursor, 3)
+        seen += [activity.activity_id for activity in page.items]
+        pages += 1
+        cursor = page.cursor
+        if cursor is None:
+            break
+    assert seen == [activity.activity_id for activity in reversed(activities)]
+    assert pages == 3
+
+
+def test_activities_received_at_the_same_moment_all_appear_once(stores: Stores) -> None:
+    activities = [make_activity(f"<same{i}@x>") for i in range(5)]
+    stores.activities.save(activities)
+    first = stores.activities.timeline("org-1", "cand-1", None, 2)
+    rest = stores.activities.timeline("org-1", "cand-1", first.cursor, 10)
+    ids = [a.activity_id for a in first.items + rest.items]
+    assert sorted(ids) == sorted(a.activity_id for a in activities)
+    assert rest.cursor is None
+
+
+def test_a_timeline_cursor_is_stable_when_newer_activities_arrive(stores: Stores) -> None:
+    older = [make_activity(f"<m{i}@x>", received_at=T0 + timedelta(minutes=i)) for i in range(4)]
+    stores.activities.save(older)
+    first = stores.activities.timeline("org-1", "cand-1", None, 2)
+    stores.activities.save([make_activity("<newest@x>", received_at=T0 + timedelta(days=1))])
+    second = stores.activities.timeline("org-1", "cand-1", first.cursor, 2)
+    assert [a.activity_id for a in second.items] == [older[1].activity_id, older[0].activity_id]
+    assert second.cursor is None
+
+
+def test_a_timeline_holds_only_that_records_activities(stores: Stores) -> None:
+    stores.activities.save([make_activity("<a@x>", records=("cand-1",)), make_activity("<b@x>", records=("cand-2",))])
+    assert [a.internet_message_id for a in stores.activities.timeline("org-1", "cand-2", None, 10).items] == ["<b@x>"]
+    assert stores.activities.timeline("org-1", "nobody", None, 10) == stores.activities.timeline(
+        "org-1", "nobody", None, 10
+    )
+    assert stores.activities.timeline("org-1", "nobody", None, 10).items == ()
+
+
+def test_a_timeline_refuses_a_garbled_cursor_and_an_empty_page_size(stores: Stores) -> None:
+    with pytest.raises(ValueError, match="cursor"):
+        stores.activities.timeline("org-1", "cand-1", "%%%not-base64", 10)
+    with pytest.raises(ValueError, match="limit"):
+        stores.activities.timeline("org-1", "cand-1", None, 0)
+
+
+def test_a_thread_lists_its_messages_oldest_first(stores: Stores) -> None:
+    reply = make_activity("<reply@x>", thread_id="t-9", received_at=T0 + timedelta(hours=2))
+    start = make_activity("<start@x>", thread_id="t-9", received_at=T0)
+    other = make_activity("<other@x>", thread_id="t-1", received_at=T0 + timedelta(hours=1))
+    stores.activities.save([reply, other, start])
+    assert [a.internet_message_id for a in stores.activities.thread("org-1", "t-9")] == ["<start@x>", "<reply@x>"]
+    assert stores.activities.thread("org-1", "t-unknown") == ()
+
+
+def test_thread_ids_are_found_for_stored_message_ids_only(stores: Stores) -> None:
+    stores.activities.save([make_activity("<known@x>", thread_id="t-5")])
+    found = stores.activities.thread_ids_for_messages("org-1", ["<known@x>", "<unknown@x>", "<KNOWN@x> "])
+    assert found == {"<known@x>": "t-5", "<KNOWN@x> ": "t-5"}
+
+
+def test_deleting_an_activity_removes_it_from_every_timeline_and_thread(stores: Stores) -> None:
+    doomed = make_activity("<doomed@x>", records=("cand-1", "cand-2"), thread_id="t-1")
+    kept = make_activity("<kept@x>", records=("cand-1",), thread_id="t-1", received_at=T0 + timedelta(minutes=1))
+    stores.activities.save([doomed, kept])
+    assert stores.activities.delete("org-1", doomed.activity_id) is True
+    assert stores.activities.delete("org-1", doomed.activity_id) is False
+    assert stores.activities.get("org-1", doomed.activity_id) is None
+    assert stores.activities.timeline("org-1", "cand-1", None, 10).items == (kept,)
+    assert stores.activities.timeline("org-1", "cand-2", None, 10).items == ()
+    assert stores.activities.thread("org-1", "t-1") == (kept,)
+    assert stores.activities.thread_ids_for_messages("org-1", ["<doomed@x>"]) == {}
+
+
+def test_purging_a_mailbox_deletes_what_only_it_saw_and_unlinks_the_rest(stores: Stores) -> None:
+    only_mine = make_activity("<mine@x>", mailbox_ids=("mbx-1",))
+    shared = make_activity("<shared@x>", mailbox_ids=("mbx-1", "mbx-2"), received_at=T0 + timedelta(minutes=1))
+    theirs = make_activity("<theirs@x>", mailbox_ids=("mbx-2",), received_at=T0 + timedelta(minutes=2))
+    stores.activities.save([only_mine, shared, theirs])
+    assert stores.activities.delete_for_mailbox("org-1", "mbx-1") == 1
+    assert stores.activities.get("org-1", only_mine.activity_id) is None
+    assert stores.activities.get("org-1", shared.activity_id).mailbox_ids == ("mbx-2",)
+    assert stores.activities.get("org-1", theirs.activity_id) == theirs
+    timeline = stores.activities.timeline("org-1", "cand-1", None, 10).items
+    assert [a.internet_message_id for a in timeline] == ["<theirs@x>", "<shared@x>"]
+    assert stores.activities.delete_for_mailbox("org-1", "mbx-1") == 0
+
+
+def test_a_mailbox_seeing_a_purged_message_again_stores_it_anew(stores: Stores) -> None:
+    activity = make_activity("<again@x>", mailbox_ids=("mbx-1",))
+    stores.activities.save([activity])
+    stores.activities.delete_for_mailbox("org-1", "mbx-1")
+    assert stores.activities.save([activity]).created == (activity.activity_id,)
+
+
+def test_nothing_of_one_org_is_visible_through_another_orgs_id(stores: Stores) -> None:
+    theirs = make_activity("<secret@x>", org_id="org-a", records=("cand-1",), thread_id="t-1")
+    stores.activities.save([theirs])
+    assert stores.activities.get("org-b", theirs.activity_id) is None
+    assert stores.activities.timeline("org-b", "cand-1", None, 10).items == ()
+    assert stores.activities.thread("org-b", "t-1") == ()
+    assert stores.activities.thread_ids_for_messages("org-b", ["<secret@x>"]) == {}
+    assert stores.activities.delete("org-b", theirs.activity_id) is False
+    assert stores.activities.delete_for_mailbox("org-b", "mbx-1") == 0
+    assert stores.activities.get("org-a", theirs.activity_id) == theirs
+
+
+def test_orgs_with_look_alike_ids_stay_apart(stores: Stores) -> None:
+    stores.activities.save([make_activity("<m@x>", org_id="org|t", records=("x",))])
+    assert stores.activities.timeline("org", "t|x", None, 10).items == ()
+    assert stores.activities.timeline("org|t", "x", None, 10).items != ()
+
+
+def test_ids_with_characters_table_keys_forbid_are_stored_and_found(stores: Stores) -> None:
+    org, record, thread = "org/1#?\\", "cand/\t7?", "thr#ead/\n1"
+    activity = make_activity("<a/b#c?d@x>", org_id=org, records=(record,), thread_id=thread, mailbox_ids=("m/1",))
+    stores.activities.save([activity])
+    assert stores.activities.get(org, activity.activity_id) == activity
+    assert stores.activities.timeline(org, record, None, 5).items == (activity,)
+    assert stores.activities.thread(org, thread) == (activity,)
+    assert stores.activities.thread_ids_for_messages(org, ["<a/b#c?d@x>"]) == {"<a/b#c?d@x>": thread}
+    assert stores.activities.delete_for_mailbox(org, "m/1") == 1
+
+
+def test_datetimes_come_back_timezone_aware_utc_to_the_microsecond(stores: Stores) -> None:
+    paris = timezone(timedelta(hours=1))
+    naive = make_activity("<naive@x>", received_at=datetime(2026, 3, 2, 9, 30, 15, 654321))
+    local = make_activity("<local@x>", received_at=datetime(2026, 3, 2, 10, 30, 15, 654321, tzinfo=paris))
+    stores.activities.save([naive, local])
+    for activity in (naive, local):
+        stored = stores.activities.get("org-1", activity.activity_id)
+        assert stored.received_at == datetime(2026, 3, 2, 9, 30, 15, 654321, tzinfo=UTC)
+        assert stored.received_at.tzinfo == UTC
+        assert stored.sent_at == datetime(2026, 3, 2, 9, 30, 12, 654321, tzinfo=UTC)
+
+
+def test_a_two_megabyte_body_is_stored_truncated_and_flagged(stores: Stores) -> None:
+    body = "Lorem ipsum dolor sit amet. " * 75_000  # 2.1 million characters
+    activity = make_activity("<big@x>", body=body)
+    assert stores.activities.save([activity]).created == (activity.activity_id,)
+    stored = stores.activities.get("org-1", activity.activity_id)
+    assert stored.body_truncated is True
+    assert body.startswith(stored.body_text)
+    assert 400_000 < len(stored.body_text) <= BODY_MAX_UNITS
+
+
+def test_astral_plane_characters_count_double_against_the_body_limit(stores: Stores) -> None:
+    body = "a" + "😀" * 600_000  # 1.2 million UTF-16 code units
+    activity = make_activity("<emoji@x>", body=body)
+    stores.activities.save([activity])
+    stored = stores.activities.get("org-1", activity.activity_id)
+    assert stored.body_truncated is True
+    assert body.startswith(stored.body_text)
+    assert utf16_units(stored.body_text) <= BODY_MAX_UNITS
+    assert len(stored.body_text) < BODY_MAX_UNITS // 2 + 1
+
+
+def test_a_body_just_under_the_limit_is_kept_whole_and_not_flagged(stores: Stores) -> None:
+    body = "x" * (4 * PROPERTY_MAX_UNITS) + "😀" * 10
+    activity = make_activity("<fits@x>", body=body)
+    stores.activities.save([activity])
+    assert stores.activities.get("org-1", activity.activity_id) == activity
+
+
+def test_oversized_subject_and_recipient_lists_are_capped_rather_than_failing(stores: Stores) -> None:
+    crowd = tuple(EmailAddress(f"person{i:05d}@client.example", f"Person {i}") for i in range(5_000))
+    activity = dataclasses.replace(make_activity("<crowd@x>"), subject="S" * 100_000, to=crowd, cc=crowd)
+    assert stores.activities.save([activity]).created == (activity.activity_id,)
+    stored = stores.activities.get("org-1", activity.activity_id)
+    assert stored.subject == "S" * PROPERTY_MAX_UNITS
+    assert 0 < len(stored.to) < len(crowd)
+    assert stored.to == crowd[: len(stored.to)]
+    assert stored.mailbox_ids == activity.mailbox_ids
+
+
+def test_lone_surrogates_are_replaced_so_the_write_never_fails(stores: Stores) -> None:
+    activity = make_activity("<broken@x>", subject="bad \udc80 byte", body="body \ud800 end")
+    stores.activities.save([activity])
+    stored = stores.activities.get("org-1", activity.activity_id)
+    assert (stored.subject, stored.body_text) == ("bad \ufffd byte", "body \ufffd end")
