@@ -1,0 +1,215 @@
+"""The MailSource port on Microsoft Graph: message delta per folder, attachments, folder list.
+
+Invariants:
+- Every request asks for immutable ids, plain-text bodies and ``odata.maxpagesize``; BCC is never
+  selected, so it is never read.
+- A folder's first delta request is filtered to ``receivedDateTime ge since``: a new connection or a
+  resync after a lost delta token never imports mail older than the mailbox watermark.
+- Partial items (updates, ``@removed``) are counted as skipped and never turned into messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import suppress
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+from sync_core.adapters.graph_http import BATCH_LIMIT, GraphHttp, raise_for_batch_item
+from sync_core.domain.addresses import normalize_address
+from sync_core.domain.decide import EXCLUDED_FOLDERS
+from sync_core.domain.model import AttachmentSummary, EmailAddress, Mailbox, MailMessage
+from sync_core.domain.text import html_to_text, preview
+from sync_core.errors import MessageNotFound
+from sync_core.ports import DeltaPage
+
+MESSAGE_FIELDS = (
+    "id,internetMessageId,conversationId,subject,body,bodyPreview,from,toRecipients,ccRecipients,"
+    "receivedDateTime,sentDateTime,isDraft,hasAttachments,internetMessageHeaders,parentFolderId"
+)
+DEFAULT_FOLDERS = ("inbox", "sentitems")
+MAX_PAGE_SIZE = 1000
+
+
+def graph_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class GraphMailSource:
+    """Reads one mailbox at a time; ``http_for`` gives the GraphHttp (token, limits) of a mailbox."""
+
+    def __init__(self, http_for: Callable[[Mailbox], GraphHttp], page_size: int = MAX_PAGE_SIZE) -> None:
+        self._http_for = http_for
+        self._prefer = (
+            f"odata.maxpagesize={page_size}",
+            'IdType="ImmutableId"',
+            'outlook.body-content-type="text"',
+        )
+        self._clients: dict[str, GraphHttp] = {}
+
+    def _http(self, mailbox: Mailbox) -> GraphHttp:
+        key = f"{mailbox.org_id}/{mailbox.mailbox_id}"
+        if key not in self._clients:
+            self._clients[key] = self._http_for(mailbox)
+        return self._clients[key]
+
+    @property
+    def requests_made(self) -> int:
+        return sum(client.metrics.requests for client in self._clients.values())
+
+    def delta(self, mailbox: Mailbox, folder: str, link: str | None, since: datetime) -> DeltaPage:
+        http = self._http(mailbox)
+        if link:
+            payload = http.get(link, prefer=self._prefer)
+        else:
+            params = {"$select": MESSAGE_FIELDS, "$filter": f"receivedDateTime ge {graph_time(since)}"}
+            payload = http.get(f"{_user_path(mailbox)}/mailFolders('{folder}')/messages/delta", params, self._prefer)
+        return page_from_payload(folder, payload)
+
+    def delta_many(self, mailbox: Mailbox, links: Mapping[str, str]) -> Mapping[str, DeltaPage]:
+        """One ``$batch`` for up to 20 folders (an idle poll of Inbox + Sent Items is one request)."""
+        http = self._http(mailbox)
+        pages: dict[str, DeltaPage] = {}
+        folders = list(links)
+        for start in range(0, len(folders), BATCH_LIMIT):
+            chunk = folders[start : start + BATCH_LIMIT]
+            requests_ = [
+                {"id": str(i), "method": "GET", "url": http.relative(links[folder]),
+                 "headers": {"Prefer": ", ".join(self._prefer)}}
+                for i, folder in enumerate(chunk)
+            ]
+            responses = http.batch(requests_)
+            for i, folder in enumerate(chunk):
+                item = responses[str(i)]
+                raise_for_batch_item(item)
+                pages[folder] = page_from_payload(folder, item.body)
+        return pages
+
+    def attachments(self, mailbox: Mailbox, source_ids: Sequence[str]) -> Mapping[str, tuple[AttachmentSummary, ...]]:
+        http = self._http(mailbox)
+        found: dict[str, tuple[AttachmentSummary, ...]] = {}
+        ids = list(source_ids)
+        for start in range(0, len(ids), BATCH_LIMIT):
+            chunk = ids[start : start + BATCH_LIMIT]
+            requests_ = [
+                {"id": str(i), "method": "GET",
+                 "url": f"/{_user_path(mailbox)}/messages/{quote(mid, safe='')}/attachments"
+                        "?$select=name,size,contentType,isInline",
+                 "headers": {"Prefer": 'IdType="ImmutableId"'}}
+                for i, mid in enumerate(chunk)
+            ]
+            responses = http.batch(requests_)
+            for i, mid in enumerate(chunk):
+                item = responses[str(i)]
+                raise_for_batch_item(item)
+                found[mid] = tuple(_attachment(a) for a in (item.body or {}).get("value", []) if not a.get("isInline"))
+        return found
+
+    def folders(self, mailbox: Mailbox) -> tuple[str, ...]:
+        """Every folder (child folders included) except system ones, by id."""
+        http = self._http(mailbox)
+        excluded = set()
+        for name in EXCLUDED_FOLDERS:
+            with suppress(MessageNotFound):  # a mailbox need not have every well-known folder
+                excluded.add(str(http.get(f"{_user_path(mailbox)}/mailFolders('{name}')", {"$select": "id"})["id"]))
+        result: list[str] = []
+        pending = [f"{_user_path(mailbox)}/mailFolders?$select=id,childFolderCount&includeHiddenFolders=false"]
+        while pending:
+            url: str | None = pending.pop()
+            while url:
+                payload = http.get(url)
+                for folder in payload.get("value", []):
+                    fid = str(folder["id"])
+                    if fid in excluded:
+                        continue
+                    result.append(fid)
+                    if folder.get("childFolderCount"):
+                        pending.append(f"{_user_path(mailbox)}/mailFolders/{fid}/childFolders?$select=id,childFolderCount")
+                url = payload.get("@odata.nextLink")
+        return tuple(result)
+
+
+def _user_path(mailbox: Mailbox) -> str:
+    return f"users/{quote(mailbox.graph_user_id or mailbox.address, safe='@')}"
+
+
+def page_from_payload(folder: str, payload: Mapping[str, Any]) -> DeltaPage:
+    messages: list[MailMessage] = []
+    skipped = 0
+    for item in payload.get("value", []):
+        message = message_from_graph(item, folder)
+        if message is None:
+            skipped += 1
+        else:
+            messages.append(message)
+    return DeltaPage(
+        folder=folder,
+        messages=tuple(messages),
+        next_link=payload.get("@odata.nextLink"),
+        delta_link=payload.get("@odata.deltaLink"),
+        skipped=skipped,
+    )
+
+
+def message_from_graph(item: Mapping[str, Any], folder: str) -> MailMessage | None:
+    """A complete Graph message → MailMessage; None for removed or partial (updated) items."""
+    if "@removed" in item or not item.get("internetMessageId") or not item.get("receivedDateTime"):
+        return None
+    headers = tuple(
+        (str(h.get("name", "")).lower(), str(h.get("value", ""))) for h in item.get("internetMessageHeaders") or ()
+    )
+    body = item.get("body") or {}
+    content = str(body.get("content") or "")
+    text = html_to_text(content) if str(body.get("contentType", "")).lower() == "html" else content
+    header_map = dict(headers)
+    return MailMessage(
+        source_id=str(item["id"]),
+        internet_message_id=str(item["internetMessageId"]).strip(),
+        subject=str(item.get("subject") or ""),
+        sender=_address(item.get("from")),
+        to=_addresses(item.get("toRecipients")),
+        cc=_addresses(item.get("ccRecipients")),
+        received_at=_parse_time(str(item["receivedDateTime"])),
+        sent_at=_parse_time(str(item["sentDateTime"])) if item.get("sentDateTime") else None,
+        body_text=text,
+        body_preview=preview(str(item.get("bodyPreview") or text)),
+        conversation_id=item.get("conversationId"),
+        folder=folder,
+        is_draft=bool(item.get("isDraft")),
+        has_attachments=bool(item.get("hasAttachments")),
+        headers=headers,
+        in_reply_to=next(iter(_message_ids(header_map.get("in-reply-to", ""))), None),
+        references=_message_ids(header_map.get("references", "")),
+    )
+
+
+def _attachment(item: Mapping[str, Any]) -> AttachmentSummary:
+    return AttachmentSummary(
+        str(item.get("name") or ""), int(item.get("size") or 0), str(item.get("contentType") or "")
+    )
+
+
+def _address(recipient: Any) -> EmailAddress | None:
+    if not isinstance(recipient, Mapping):
+        return None
+    email = recipient.get("emailAddress") or {}
+    address = normalize_address(str(email.get("address") or ""))
+    return EmailAddress(address, str(email.get("name") or "")) if address else None
+
+
+def _addresses(recipients: Any) -> tuple[EmailAddress, ...]:
+    found = (_address(r) for r in recipients or ())
+    return tuple(a for a in found if a is not None)
+
+
+def _message_ids(value: str) -> tuple[str, ...]:
+    ids = []
+    for token in value.replace(",", " ").split():
+        if token.startswith("<") and token.endswith(">") and len(token) > 2:
+            ids.append(token)
+    return tuple(ids)
+
+
+def _parse_time(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)

@@ -1,0 +1,101 @@
+"""In-memory doubles of the MailSource and Clock ports, for unit tests of the sync run.
+
+FakeMailSource keeps, per folder, an append-only log of messages and serves delta pages over it the
+way Graph does: a first round filtered by receivedDateTime, then changes since the last delta link.
+Links are opaque strings; ``expire_links()`` makes every issued link fail with DeltaTokenExpired.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from sync_core.domain.model import AttachmentSummary, Mailbox, MailMessage
+from sync_core.errors import DeltaTokenExpired, TransientGraphError
+from sync_core.ports import DeltaPage
+
+
+@dataclass
+class FixedClock:
+    moment: datetime = field(default_factory=lambda: datetime(2026, 11, 1, 9, 0, tzinfo=UTC))
+    step: timedelta = timedelta(0)
+
+    def now(self) -> datetime:
+        current = self.moment
+        self.moment += self.step
+        return current
+
+
+class FakeMailSource:
+    def __init__(self, page_size: int = 3) -> None:
+        self.page_size = page_size
+        self.folders_: dict[str, list[MailMessage]] = {"inbox": [], "sentitems": []}
+        self.files: dict[str, tuple[AttachmentSummary, ...]] = {}
+        self._links: dict[str, tuple[str, int, datetime | None, int]] = {}  # link -> folder, pos, since, generation
+        self._generation = 0
+        self._ids = itertools.count(1)
+        self.requests = 0
+        self.fail_next: list[Exception] = []
+
+    # -- test controls ------------------------------------------------------------------------------
+
+    def deliver(self, message: MailMessage, files: Sequence[AttachmentSummary] = ()) -> None:
+        self.folders_.setdefault(message.folder, []).append(message)
+        if files:
+            self.files[message.source_id] = tuple(files)
+
+    def expire_links(self) -> None:
+        self._generation += 1
+
+    # -- MailSource ---------------------------------------------------------------------------------
+
+    @property
+    def requests_made(self) -> int:
+        return self.requests
+
+    def delta(self, mailbox: Mailbox, folder: str, link: str | None, since: datetime) -> DeltaPage:
+        self.requests += 1
+        if self.fail_next:
+            raise self.fail_next.pop(0)
+        if link is None:
+            position, since_filter = 0, since
+        else:
+            if link not in self._links or self._links[link][3] != self._generation:
+                raise DeltaTokenExpired("410 SyncStateNotFound")
+            link_folder, position, since_filter, _ = self._links[link]
+            assert link_folder == folder, "links are per folder"
+        log = self.folders_.get(folder, [])
+        end = min(position + self.page_size, len(log))
+        items = [m for m in log[position:end] if since_filter is None or m.received_at >= since_filter]
+        new_link = f"link-{next(self._ids)}"
+        self._links[new_link] = (folder, end, since_filter, self._generation)
+        caught_up = end >= len(log)
+        return DeltaPage(
+            folder=folder,
+            messages=tuple(items),
+            next_link=None if caught_up else new_link,
+            delta_link=new_link if caught_up else None,
+            skipped=(end - position) - len(items),
+        )
+
+    def delta_many(self, mailbox: Mailbox, links: Mapping[str, str]) -> Mapping[str, DeltaPage]:
+        self.requests += 1  # one $batch
+        pages = {}
+        for folder, link in links.items():
+            before = self.requests
+            pages[folder] = self.delta(mailbox, folder, link, mailbox.watermark)
+            self.requests = before
+        return pages
+
+    def attachments(self, mailbox: Mailbox, source_ids: Sequence[str]) -> Mapping[str, tuple[AttachmentSummary, ...]]:
+        self.requests += 1
+        return {sid: self.files.get(sid, ()) for sid in source_ids}
+
+    def folders(self, mailbox: Mailbox) -> tuple[str, ...]:
+        return tuple(self.folders_)
+
+
+def throttled() -> TransientGraphError:
+    return TransientGraphError("Graph answered 429 8 times", retry_after=30)

@@ -1,0 +1,290 @@
+"""The per-mailbox sync run, on in-memory doubles of the project's own ports."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from sync_core.adapters.memory import InMemoryActivityStore, InMemoryStores
+from sync_core.domain.model import (
+    Activity,
+    AttachmentSummary,
+    EmailAddress,
+    Mailbox,
+    MailboxStatus,
+    MailMessage,
+    OrgSettings,
+    Record,
+    activity_id_for,
+)
+from sync_core.errors import ReauthRequired
+from sync_core.ports import ActivityWrite
+from sync_core.use_cases.sync_mailbox import SyncDeps, sync_mailbox
+from tests.unit.fake_mail import FakeMailSource, FixedClock, throttled
+
+ORG = "acme"
+CONNECTED = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
+_ids = itertools.count(1)
+
+
+def mailbox(mailbox_id: str = "mb-adele", address: str = "adele@acme.example") -> Mailbox:
+    return Mailbox(ORG, mailbox_id, address, (address,), watermark=CONNECTED)
+
+
+def message(
+    sender: str,
+    to: Sequence[str],
+    *,
+    folder: str = "inbox",
+    received: datetime = CONNECTED + timedelta(minutes=5),
+    mid: str | None = None,
+    references: tuple[str, ...] = (),
+    has_attachments: bool = False,
+) -> MailMessage:
+    n = next(_ids)
+    return MailMessage(
+        source_id=f"src-{n}",
+        internet_message_id=mid or f"<m{n}@mail.example>",
+        subject=f"subject {n}",
+        sender=EmailAddress(sender),
+        to=tuple(EmailAddress(a) for a in to),
+        cc=(),
+        received_at=received,
+        body_text=f"body {n}",
+        folder=folder,
+        references=references,
+        in_reply_to=references[-1] if references else None,
+        has_attachments=has_attachments,
+    )
+
+
+class World:
+    """Stores, a scripted mailbox and a clock, wired the way bootstrap wires the real adapters."""
+
+    def __init__(self, page_size: int = 3) -> None:
+        self.stores = InMemoryStores()
+        self.mail = FakeMailSource(page_size=page_size)
+        self.clock = FixedClock()
+        self.stores.records.upsert(
+            ORG,
+            [
+                Record("c-1", "contact", "Carol", emails=("carol@client.example",)),
+                Record("c-2", "candidate", "Dan", emails=("dan@talent.example",)),
+            ],
+        )
+        self.stores.settings.put(ORG, OrgSettings(internal_domains=("acme.example",)))
+        for box in (mailbox(), mailbox("mb-megan", "megan@acme.example")):
+            self.stores.mailboxes.add(box)
+
+    def deps(self, activities: object | None = None) -> SyncDeps:
+        s = self.stores
+        return SyncDeps(
+            mailboxes=s.mailboxes,
+            settings=s.settings,
+            records=s.records,
+            activities=activities or s.activities,  # type: ignore[arg-type]
+            cursors=s.cursors,
+            leases=s.leases,
+            reports=s.runs,
+            mail=self.mail,
+            clock=self.clock,
+        )
+
+    def sync(self, mailbox_id: str = "mb-adele", **kw: object) -> str:
+        return sync_mailbox(self.deps(**kw), ORG, mailbox_id).status  # type: ignore[arg-type]
+
+    def timeline(self, record_id: str) -> tuple[Activity, ...]:
+        return self.stores.activities.timeline(ORG, record_id, None, 1000).items
+
+
+def test_a_matched_message_becomes_one_activity_and_an_unmatched_one_leaves_only_a_count() -> None:
+    world = World()
+    world.mail.deliver(message("carol@client.example", ["adele@acme.example"]))
+    world.mail.deliver(message("stranger@else.example", ["adele@acme.example"]))
+
+    assert world.sync() == "done"
+
+    [stored] = world.timeline("c-1")
+    assert stored.sender == EmailAddress("carol@client.example")
+    assert stored.direction.value == "received"
+    report = world.stores.runs.recent(ORG, "mb-adele", 1)[0]
+    assert report.reasons["matched"] == 1
+    assert report.reasons["unmatched"] == 1
+    assert report.activities_created == 1
+
+
+def test_a_second_run_with_no_new_mail_adds_nothing_and_polls_both_folders_in_one_request() -> None:
+    world = World()
+    world.mail.deliver(message("carol@client.example", ["adele@acme.example"]))
+    world.sync()
+    requests_before = world.mail.requests
+
+    assert world.sync() == "done"
+
+    assert world.mail.requests - requests_before == 1
+    assert len(world.timeline("c-1")) == 1
+
+
+def test_sent_mail_is_stored_with_direction_sent() -> None:
+    world = World()
+    world.mail.deliver(message("adele@acme.example", ["dan@talent.example"], folder="sentitems"))
+
+    world.sync()
+
+    [stored] = world.timeline("c-2")
+    assert stored.direction.value == "sent"
+
+
+class CrashingActivityStore:
+    """Fails the n-th save, like a worker killed after fetching a page but before writing it."""
+
+    def __init__(self, inner: InMemoryActivityStore, fail_on_call: int) -> None:
+        self.inner = inner
+        self.calls = 0
+        self.fail_on_call = fail_on_call
+
+    def save(self, activities: Sequence[Activity]) -> ActivityWrite:
+        self.calls += 1
+        if self.calls == self.fail_on_call:
+            raise RuntimeError("worker died")
+        return self.inner.save(activities)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize("crash_on_save", [1, 2, 3])
+def test_a_run_interrupted_on_any_page_and_rerun_stores_every_matched_message_exactly_once(crash_on_save: int) -> None:
+    world = World(page_size=2)
+    for _ in range(7):
+        world.mail.deliver(message("carol@client.example", ["adele@acme.example"]))
+
+    with pytest.raises(RuntimeError):
+        world.sync(activities=CrashingActivityStore(world.stores.activities, crash_on_save))
+    world.clock.moment += timedelta(minutes=10)  # a killed worker's lease would have expired by now
+    assert world.sync() == "done"
+
+    assert len(world.timeline("c-1")) == 7
+
+
+def test_an_expired_delta_token_resyncs_from_the_watermark_without_duplicates_or_older_mail() -> None:
+    world = World()
+    world.mail.deliver(message("carol@client.example", ["adele@acme.example"], received=CONNECTED - timedelta(days=3)))
+    world.mail.deliver(message("carol@client.example", ["adele@acme.example"]))
+    world.sync()
+    world.mail.deliver(message("carol@client.example", ["adele@acme.example"]))
+    world.mail.expire_links()
+
+    assert world.sync() == "done"
+
+    stored = world.timeline("c-1")
+    assert len(stored) == 2
+    assert all(a.received_at >= CONNECTED for a in stored)
+
+
+def test_a_run_that_spends_its_budget_stops_cleanly_and_the_continuation_finishes() -> None:
+    world = World(page_size=1)
+    for _ in range(5):
+        world.mail.deliver(message("carol@client.example", ["adele@acme.example"]))
+    world.clock.step = timedelta(minutes=1)  # every page costs a minute of a four-minute budget
+
+    assert world.sync() == "more"
+    assert 0 < len(world.timeline("c-1")) < 5
+    world.clock.step = timedelta(0)
+    assert world.sync() == "done"
+    assert len(world.timeline("c-1")) == 5
+
+
+def test_a_second_trigger_while_a_run_holds_the_lease_is_coalesced() -> None:
+    world = World()
+    now = world.clock.now()
+    world.stores.leases.acquire(f"sync|{ORG}|mb-adele", "other-run", now + timedelta(minutes=5), now)
+
+    assert world.sync() == "busy"
+    assert world.mail.requests == 0
+
+
+def test_a_revoked_grant_puts_the_mailbox_in_needs_reauth_with_the_reason() -> None:
+    world = World()
+    world.mail.fail_next.append(ReauthRequired("AADSTS50173: the grant was revoked", code=50173))
+
+    assert world.sync() == "failed"
+
+    stored = world.stores.mailboxes.get(ORG, "mb-adele")
+    assert stored is not None
+    assert stored.value.status is MailboxStatus.NEEDS_REAUTH
+    assert "50173" in stored.value.status_reason
+    assert world.sync() == "skipped"  # syncing pauses until the user reconnects
+
+
+def test_throttling_past_the_wait_budget_reports_more_work_and_keeps_the_mailbox_active() -> None:
+    world = World()
+    world.mail.fail_next.append(throttled())
+
+    outcome = sync_mailbox(world.deps(), ORG, "mb-adele")
+
+    assert outcome.status == "more"
+    assert outcome.retry_after == 30
+    stored = world.stores.mailboxes.get(ORG, "mb-adele")
+    assert stored is not None and stored.value.status is MailboxStatus.ACTIVE
+
+
+def test_the_same_message_seen_by_two_mailboxes_is_one_activity_with_both_mailboxes() -> None:
+    world = World()
+    shared = "<shared@client.example>"
+    world.mail.deliver(message("carol@client.example", ["adele@acme.example", "megan@acme.example"], mid=shared))
+
+    world.sync("mb-adele")
+    world.sync("mb-megan")
+
+    [stored] = world.timeline("c-1")
+    assert stored.activity_id == activity_id_for(ORG, shared)
+    assert set(stored.mailbox_ids) == {"mb-adele", "mb-megan"}
+
+
+def test_a_reply_joins_the_thread_of_the_message_it_references() -> None:
+    world = World()
+    first = message("carol@client.example", ["adele@acme.example"], mid="<root@client.example>")
+    reply = message(
+        "adele@acme.example",
+        ["carol@client.example"],
+        folder="sentitems",
+        references=("<root@client.example>",),
+        received=CONNECTED + timedelta(hours=1),
+    )
+    world.mail.deliver(first)
+    world.mail.deliver(reply)
+
+    world.sync()
+
+    threads = {a.thread_id for a in world.timeline("c-1")}
+    assert len(threads) == 1
+    assert [a.internet_message_id for a in world.stores.activities.thread(ORG, threads.pop())] == [
+        "<root@client.example>",
+        reply.internet_message_id,
+    ]
+
+
+def test_attachment_names_are_fetched_only_for_matched_messages_that_have_attachments() -> None:
+    world = World()
+    matched = message("carol@client.example", ["adele@acme.example"], has_attachments=True)
+    unmatched = message("stranger@else.example", ["adele@acme.example"], has_attachments=True)
+    world.mail.deliver(matched, files=[AttachmentSummary("cv.pdf", 1234, "application/pdf")])
+    world.mail.deliver(unmatched, files=[AttachmentSummary("secret.pdf", 99, "application/pdf")])
+    asked: list[str] = []
+    original = world.mail.attachments
+
+    def recording(box: Mailbox, ids: Sequence[str]) -> object:
+        asked.extend(ids)
+        return original(box, ids)
+
+    world.mail.attachments = recording  # type: ignore[method-assign]
+
+    world.sync()
+
+    assert asked == [matched.source_id]
+    [stored] = world.timeline("c-1")
+    assert stored.attachments == (AttachmentSummary("cv.pdf", 1234, "application/pdf"),)
