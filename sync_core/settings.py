@@ -1,0 +1,66 @@
+"""App settings: the only place that reads the environment (spec §6).
+
+Pointing ``GRAPH_AUTHORITY_HOST``/``GRAPH_BASE_URL`` (and ``REQUESTS_CA_BUNDLE``) at any faithful Graph
+and identity platform over HTTPS is the only difference between production and the local emulator.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com"
+DEFAULT_GRAPH_BASE_URL = "https://graph.microsoft.com/v1.0"
+# The resource Graph tokens are issued for; a scope, not a URL the app calls.
+GRAPH_RESOURCE = "https://graph.microsoft.com"
+DEVELOPMENT_STORAGE = "UseDevelopmentStorage=true"
+AZURITE_CONNECTION_STRING = (
+    "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+    "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
+    "BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;QueueEndpoint=http://127.0.0.1:10001/devstoreaccount1;"
+    "TableEndpoint=http://127.0.0.1:10002/devstoreaccount1;"
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    storage_connection_string: str = ""
+    storage_account_name: str = ""
+    graph_client_id: str = ""
+    graph_client_secret: str = ""
+    authority_host: str = DEFAULT_AUTHORITY_HOST
+    graph_base_url: str = DEFAULT_GRAPH_BASE_URL
+    public_base_url: str = ""
+    token_encryption_key: str = ""
+    ca_bundle: str | None = None
+    table_prefix: str = ""
+    sync_queue: str = "mailbox-sync"
+    version: str = "0.1.0"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        storage = env.get("AzureWebJobsStorage", "")
+        if storage.strip() == DEVELOPMENT_STORAGE:
+            storage = AZURITE_CONNECTION_STRING
+        return cls(
+            storage_connection_string=storage,
+            storage_account_name=env.get("AzureWebJobsStorage__accountName", ""),
+            graph_client_id=env.get("GRAPH_CLIENT_ID", ""),
+            graph_client_secret=env.get("GRAPH_CLIENT_SECRET", ""),
+            authority_host=env.get("GRAPH_AUTHORITY_HOST", DEFAULT_AUTHORITY_HOST).rstrip("/"),
+            graph_base_url=env.get("GRAPH_BASE_URL", DEFAULT_GRAPH_BASE_URL).rstrip("/"),
+            public_base_url=env.get("PUBLIC_BASE_URL", "").rstrip("/"),
+            token_encryption_key=env.get("TOKEN_ENCRYPTION_KEY", ""),
+            ca_bundle=env.get("REQUESTS_CA_BUNDLE") or None,
+            table_prefix=env.get("TABLE_PREFIX", ""),
+            sync_queue=env.get("SYNC_QUEUE_NAME", "mailbox-sync"),
+        )
+
+    def __repr__(self) -> str:
+        """Never show secrets (a Settings object may end up in a log line or a traceback)."""
+        return (
+            f"Settings(graph_base_url={self.graph_base_url!r}, authority_host={self.authority_host!r}, "
+            f"public_base_url={self.public_base_url!r}, table_prefix={self.table_prefix!r})"
+        )

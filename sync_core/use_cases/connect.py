@@ -1,0 +1,586 @@
+"""Connecting mailboxes (spec §3): delegated sign-in, admin consent, application mode, disconnect.
+
+Pure logic over ports: the identity platform is an ``IdentityProvider`` (MSAL in production), Graph a
+``GraphReader`` built from a token source, storage the repository/store ports.
+
+Invariants:
+- An OAuth round trip is bound to the org, CRM user, return URL and kind it was started for: the
+  callback trusts only the flow stored under its ``state`` (single use, 10 minutes), never its own query
+  parameters for those. A state that is missing, unknown, expired, replayed or of the other kind changes
+  nothing. A code obtained for another flow fails at redemption (PKCE verifier and nonce are per flow).
+- Return URLs: ``start_*`` rejects a return URL that is not on the org's allow-list (``InvalidRequest``,
+  HTTP 400), so a CRM misconfiguration shows up at once; the callback checks it again (the allow-list may
+  have changed meanwhile) and otherwise, or without a return URL, answers with a plain result page.
+- A mailbox's id is derived from (org, Graph user id): reconnecting the same person re-activates the same
+  mailbox, keeping its watermark and delta cursors, so syncing resumes with no gap and no duplicate.
+  A mailbox that was *disconnected* restarts from now instead (its delta state was deleted, and the
+  time it was disconnected was not asked for).
+- The token cache is saved before the mailbox is activated: an active mailbox always has tokens.
+- Admin consent is recorded only after a client-credentials token for the returned tenant was acquired
+  with a fresh MSAL application, and only if no other org holds that tenant (the redirect's ``tenant``
+  parameter is not authenticated).
+- Nothing here logs tokens, codes, or caches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Literal, Protocol
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+
+from sync_core.auth.msal_tokens import IdentityError, IdentityProvider, TokenSource
+from sync_core.auth.ports import (
+    AuthFlowStore,
+    OrgTenant,
+    OrgTenantStore,
+    PendingAuthFlow,
+    TokenCacheStore,
+    mailbox_owner,
+    tenant_owner,
+)
+from sync_core.domain.addresses import normalize_address
+from sync_core.domain.model import ConnectionMode, Mailbox, MailboxStatus, OrgSettings
+from sync_core.errors import (
+    AlreadyExists,
+    ConcurrencyConflict,
+    MailboxAccessDenied,
+    MessageNotFound,
+    ReauthRequired,
+    SyncError,
+    TransientGraphError,
+)
+from sync_core.ports import ActivityStore, Clock, CursorStore, MailboxRepository, SettingsRepository, Versioned
+
+log = logging.getLogger(__name__)
+
+CALLBACK_PATH = "/api/auth/callback"
+ADMIN_CONSENT_CALLBACK_PATH = "/api/auth/admin-consent/callback"
+PROFILE_FIELDS = "id,mail,userPrincipalName,proxyAddresses,displayName"
+SIGNED_OUT_REASON = "signed out by admin"
+_TENANT_HINT = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
+_GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+MAX_USER_ID = 256
+MAX_RETURN_URL = 2048
+_DECLINED = {"access_denied", "consent_required", "interaction_required"}
+
+
+# -- errors the HTTP API maps to statuses -----------------------------------------------------------------
+
+
+class InvalidRequest(SyncError):
+    """The caller's request is invalid (HTTP 400). ``code`` is machine-readable, e.g.
+    ``return_url_not_allowed``, ``invalid_user_id``, ``invalid_tenant``, ``invalid_address``,
+    ``address_not_found``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ConsentRequired(SyncError):
+    """Application mode needs a proven admin consent first (HTTP 409, ``admin_consent_required``)."""
+
+    code = "admin_consent_required"
+
+
+class MailboxNotFound(SyncError):
+    """No such mailbox in this org (HTTP 404)."""
+
+    code = "mailbox_not_found"
+
+
+# -- ports of this use case ----------------------------------------------------------------------------
+
+
+class GraphReader(Protocol):
+    """What the connect flows read from Graph (``GraphHttp`` satisfies it)."""
+
+    def get(self, url: str, params: Mapping[str, str] | None = None, prefer: Sequence[str] = ()) -> Any: ...
+
+
+@dataclass
+class ConnectDeps:
+    identity: IdentityProvider
+    flows: AuthFlowStore
+    tokens: TokenCacheStore
+    tenants: OrgTenantStore
+    mailboxes: MailboxRepository
+    settings: SettingsRepository
+    cursors: CursorStore
+    activities: ActivityStore
+    clock: Clock
+    graph_for: Callable[[TokenSource], GraphReader]
+    public_base_url: str
+    new_state: Callable[[], str] = lambda: secrets.token_urlsafe(32)
+
+    @property
+    def redirect_uri(self) -> str:
+        return f"{self.public_base_url.rstrip('/')}{CALLBACK_PATH}"
+
+    @property
+    def admin_consent_redirect_uri(self) -> str:
+        return f"{self.public_base_url.rstrip('/')}{ADMIN_CONSENT_CALLBACK_PATH}"
+
+
+@dataclass(frozen=True)
+class ConnectResult:
+    """Outcome of an OAuth callback. ``redirect_url`` (the CRM's return URL with ``status`` and either
+    ``mailbox_id``/``tenant_id`` or ``error`` added) is set when the flow had an allowed return URL;
+    otherwise the API renders a plain page from ``message``. ``error`` codes: ``invalid_state``,
+    ``consent_declined``, ``sign_in_failed``, ``temporarily_unavailable``, ``profile_unavailable``,
+    ``no_mailbox``, ``account_mismatch``, ``consent_failed``, ``consent_not_proven``,
+    ``tenant_mismatch``, ``tenant_claimed``."""
+
+    ok: bool
+    kind: Literal["connect", "admin_consent"]
+    message: str
+    error: str = ""
+    org_id: str = ""
+    mailbox_id: str = ""
+    tenant_id: str = ""
+    address: str = ""
+    redirect_url: str | None = None
+
+
+@dataclass(frozen=True)
+class DisconnectResult:
+    mailbox: Mailbox
+    activities_purged: int = 0
+
+
+# -- pure helpers --------------------------------------------------------------------------------------
+
+
+def mailbox_id_for(org_id: str, graph_user_id: str) -> str:
+    """Stable mailbox id: the same Graph user in the same org always maps to the same mailbox."""
+    digest = hashlib.sha256(f"{org_id}\n{graph_user_id.strip().lower()}".encode()).hexdigest()
+    return "mbx_" + digest[:28]
+
+
+def aliases_from_profile(profile: Mapping[str, Any]) -> tuple[str, tuple[str, ...]]:
+    """(primary address, every address of the mailbox): ``mail`` (else the UPN) first, then the SMTP
+    proxy addresses (``SMTP:``/``smtp:`` stripped) and the UPN, normalised and de-duplicated."""
+    found: list[str] = []
+    candidates = [profile.get("mail"), profile.get("userPrincipalName")]
+    for proxy in profile.get("proxyAddresses") or ():
+        prefix, sep, proxied = str(proxy).partition(":")
+        if sep and prefix.lower() == "smtp":
+            candidates.append(proxied)
+    for raw in candidates:
+        normalised = normalize_address(str(raw)) if raw else None
+        if normalised and normalised not in found:
+            found.append(normalised)
+    return (found[0] if found else ""), tuple(found)
+
+
+def _origin_and_path(url: str) -> tuple[str, str, str] | None:
+    """(scheme, host[:port] with default ports dropped, decoded path) of an absolute http(s) URL, or
+    None when the URL is not one we would ever redirect to."""
+    if not url or len(url) > MAX_RETURN_URL or any(ord(c) < 0x21 or c == "\\" for c in url):
+        return None
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in ("https", "http") or not parts.hostname or parts.username or parts.password:
+        return None
+    host = parts.hostname.lower()
+    if port and port != {"https": 443, "http": 80}[scheme]:
+        host = f"{host}:{port}"
+    path = unquote(parts.path) or "/"
+    if any(segment in (".", "..") for segment in path.split("/")):
+        return None
+    return scheme, host, path
+
+
+def return_url_allowed(url: str, allow_list: Sequence[str]) -> bool:
+    """True when ``url`` has exactly the scheme and host (and port) of an allow-list entry and its path
+    starts with the entry's path at a segment boundary (``/crm`` allows ``/crm`` and ``/crm/x``, not
+    ``/crmx``). Dot segments, credentials, backslashes and control characters are never allowed."""
+    candidate = _origin_and_path(url)
+    if candidate is None:
+        return False
+    for entry in allow_list:
+        allowed = _origin_and_path(entry.strip())
+        if allowed is None or allowed[:2] != candidate[:2]:
+            continue
+        prefix, path = allowed[2], candidate[2]
+        if path == prefix or path.startswith(prefix if prefix.endswith("/") else prefix + "/"):
+            return True
+    return False
+
+
+def with_params(url: str, params: Mapping[str, str]) -> str:
+    """``url`` with ``params`` added to its query (existing parameters of the same name replaced)."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in params]
+    query.extend(params.items())
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), parts.fragment))
+
+
+def _validate_return_url(return_url: str | None, settings: OrgSettings) -> str:
+    if not return_url:
+        return ""
+    if not return_url_allowed(return_url, settings.return_url_allow_list):
+        raise InvalidRequest(
+            "return_url_not_allowed", "return_url is not on the organisation's return-URL allow-list"
+        )
+    return return_url
+
+
+# -- delegated connect ---------------------------------------------------------------------------------
+
+
+def start_connect(
+    deps: ConnectDeps, org_id: str, user_id: str, login_hint: str | None = None, return_url: str | None = None
+) -> str:
+    """Start the delegated sign-in of a CRM user; returns the URL to send the browser to."""
+    if not user_id or len(user_id) > MAX_USER_ID:
+        raise InvalidRequest("invalid_user_id", f"user_id must be 1-{MAX_USER_ID} characters")
+    allowed_return = _validate_return_url(return_url, deps.settings.get(org_id))
+    flow = deps.identity.initiate_connect(deps.redirect_uri, login_hint or None)
+    deps.flows.save(
+        PendingAuthFlow(
+            state=str(flow["state"]),
+            org_id=org_id,
+            kind="connect",
+            created_at=deps.clock.now(),
+            user_id=user_id,
+            return_url=allowed_return,
+            flow=flow,
+        )
+    )
+    return str(flow["auth_uri"])
+
+
+def complete_connect(deps: ConnectDeps, params: Mapping[str, str]) -> ConnectResult:
+    """Handle ``/api/auth/callback``: redeem the code, read the profile, create or re-activate the
+    mailbox, store its token cache. Never raises for a bad or refused callback: the result says why."""
+    pending = deps.flows.take(params.get("state") or "", deps.clock.now())
+    if pending is None or pending.kind != "connect":
+        return _invalid_state("connect")
+    fail = _failer("connect", pending, deps)
+    if params.get("error"):
+        return fail(*_callback_error(params, "The sign-in was cancelled or consent was declined."))
+    if not params.get("code"):
+        return fail("sign_in_failed", "The sign-in response carried no authorization code.")
+    try:
+        grant = deps.identity.redeem_connect(pending.flow, params)
+    except TransientGraphError:
+        return fail("temporarily_unavailable", "Microsoft sign-in is temporarily unavailable; please try again.")
+    except (IdentityError, ReauthRequired) as exc:
+        return fail("sign_in_failed", f"Microsoft sign-in failed: {exc}")
+
+    token = grant.access_token
+    try:
+        profile = deps.graph_for(lambda _refresh: token).get("me", {"$select": PROFILE_FIELDS})
+    except SyncError as exc:
+        log.warning("reading the signed-in user's profile failed: %s", type(exc).__name__)
+        return fail("profile_unavailable", "The mailbox profile could not be read from Microsoft 365.")
+    graph_user_id = str(profile.get("id") or "")
+    if not graph_user_id or (grant.object_id and grant.object_id.lower() != graph_user_id.lower()):
+        return fail("account_mismatch", "The profile read does not belong to the account that signed in.")
+    address, aliases = aliases_from_profile(profile)
+    if not address:
+        return fail("no_mailbox", "This Microsoft 365 account has no mailbox address.")
+
+    mailbox_id = mailbox_id_for(pending.org_id, graph_user_id)
+    deps.tokens.put(pending.org_id, mailbox_owner(mailbox_id), grant.serialized_cache, None)
+    fresh = Mailbox(
+        org_id=pending.org_id,
+        mailbox_id=mailbox_id,
+        address=address,
+        aliases=aliases,
+        watermark=deps.clock.now(),
+        mode=ConnectionMode.DELEGATED,
+        tenant_id=grant.tenant_id,
+        graph_user_id=graph_user_id,
+        user_id=pending.user_id,
+    )
+    mailbox = _activate(deps, fresh)
+    log.info("mailbox connected (org=%s mailbox=%s)", pending.org_id, mailbox_id)
+    redirect = _redirect(deps, pending, {"status": "connected", "mailbox_id": mailbox_id})
+    return ConnectResult(
+        ok=True,
+        kind="connect",
+        message=f"The mailbox {address} is connected.",
+        org_id=pending.org_id,
+        mailbox_id=mailbox_id,
+        tenant_id=grant.tenant_id,
+        address=mailbox.address,
+        redirect_url=redirect,
+    )
+
+
+def _activate(deps: ConnectDeps, fresh: Mailbox) -> Mailbox:
+    """Create the mailbox, or re-activate the existing one with the same id: profile, mode and tenant
+    are refreshed; watermark and delta cursors are kept (unless it was disconnected)."""
+    for _ in range(5):
+        current = deps.mailboxes.get(fresh.org_id, fresh.mailbox_id)
+        if current is None:
+            try:
+                return deps.mailboxes.add(fresh).value
+            except AlreadyExists:
+                continue
+        updated = _reactivated(current.value, fresh)
+        if updated.mode is not current.value.mode and updated.mode is ConnectionMode.APPLICATION:
+            deps.tokens.delete(fresh.org_id, mailbox_owner(fresh.mailbox_id))  # the delegated grant is unused now
+        try:
+            return deps.mailboxes.replace(updated, current.etag).value
+        except ConcurrencyConflict:
+            continue
+    raise ConcurrencyConflict(f"mailbox {fresh.mailbox_id} kept changing while being connected")
+
+
+def _reactivated(existing: Mailbox, fresh: Mailbox) -> Mailbox:
+    """A paused mailbox stays paused (pausing is a separate decision than re-authenticating); the
+    ``enabled`` switch and the directions are the CRM's and are kept as they are."""
+    was_disconnected = existing.status is MailboxStatus.DISCONNECTED
+    keep_paused = existing.status is MailboxStatus.PAUSED and fresh.status is MailboxStatus.ACTIVE
+    return replace(
+        existing,
+        address=fresh.address,
+        aliases=fresh.aliases,
+        mode=fresh.mode,
+        tenant_id=fresh.tenant_id,
+        graph_user_id=fresh.graph_user_id,
+        user_id=fresh.user_id or existing.user_id,
+        status=existing.status if keep_paused else fresh.status,
+        status_reason=existing.status_reason if keep_paused else fresh.status_reason,
+        watermark=fresh.watermark if was_disconnected else existing.watermark,
+    )
+
+
+# -- admin consent -------------------------------------------------------------------------------------
+
+
+def start_admin_consent(
+    deps: ConnectDeps, org_id: str, tenant_hint: str | None = None, return_url: str | None = None
+) -> str:
+    """Build the tenant admin-consent URL (``/{tenant}/v2.0/adminconsent``) and remember its state."""
+    tenant = (tenant_hint or "organizations").strip()
+    if not _TENANT_HINT.fullmatch(tenant) or tenant.lower() in ("common", "consumers"):
+        raise InvalidRequest("invalid_tenant", "tenant must be a tenant id, a verified domain or 'organizations'")
+    allowed_return = _validate_return_url(return_url, deps.settings.get(org_id))
+    state = deps.new_state()
+    deps.flows.save(
+        PendingAuthFlow(
+            state=state,
+            org_id=org_id,
+            kind="admin_consent",
+            created_at=deps.clock.now(),
+            return_url=allowed_return,
+            flow={"tenant_hint": tenant},
+        )
+    )
+    return deps.identity.admin_consent_url(tenant, deps.admin_consent_redirect_uri, state)
+
+
+def complete_admin_consent(deps: ConnectDeps, params: Mapping[str, str]) -> ConnectResult:
+    """Handle ``/api/auth/admin-consent/callback``: on success, prove the consent with a
+    client-credentials token for the tenant before recording it for the org."""
+    pending = deps.flows.take(params.get("state") or "", deps.clock.now())
+    if pending is None or pending.kind != "admin_consent":
+        return _invalid_state("admin_consent")
+    fail = _failer("admin_consent", pending, deps)
+    if params.get("error"):
+        return fail(*_callback_error(params, "Admin consent was not granted."))
+    tenant_id = (params.get("tenant") or "").strip().lower()
+    if not _GUID.fullmatch(tenant_id):
+        return fail("consent_failed", "The consent response did not name a tenant.")
+    hint = str(pending.flow.get("tenant_hint", "")).lower()
+    if _GUID.fullmatch(hint) and hint != tenant_id:
+        return fail("tenant_mismatch", "Consent was granted in another tenant than the one requested.")
+    holder = deps.tenants.org_for_tenant(tenant_id)
+    if holder is not None and holder != pending.org_id:
+        return fail("tenant_claimed", "This Microsoft 365 tenant is already connected to another organisation.")
+    try:
+        proof = deps.identity.prove_app_access(tenant_id)
+    except (IdentityError, ReauthRequired, TransientGraphError) as exc:
+        log.info("admin consent not proven yet for org=%s: %s", pending.org_id, type(exc).__name__)
+        return fail(
+            "consent_not_proven",
+            "Consent could not be verified with Microsoft yet (it can take a few minutes to apply); try again.",
+        )
+    if not deps.tenants.claim(OrgTenant(pending.org_id, tenant_id, deps.clock.now())):
+        return fail("tenant_claimed", "This Microsoft 365 tenant is already connected to another organisation.")
+    deps.tokens.put(pending.org_id, tenant_owner(tenant_id), proof.serialized_cache, None)
+    log.info("admin consent recorded (org=%s tenant=%s)", pending.org_id, tenant_id)
+    return ConnectResult(
+        ok=True,
+        kind="admin_consent",
+        message="Admin consent is granted; mailboxes of the organisation can now be added.",
+        org_id=pending.org_id,
+        tenant_id=tenant_id,
+        redirect_url=_redirect(deps, pending, {"status": "consented", "tenant_id": tenant_id}),
+    )
+
+
+# -- application mode ----------------------------------------------------------------------------------
+
+
+def add_app_mailbox(deps: ConnectDeps, org_id: str, address: str) -> Mailbox:
+    """Add a user or shared mailbox by address in application mode (client credentials).
+
+    Raises ``ConsentRequired`` without a proven admin consent, ``InvalidRequest`` for an invalid or
+    unknown address. A mailbox the tenant's application access policy denies is still created, in
+    status ``error`` with the reason, so the CRM sees a clear error on it (and can re-add it after the
+    policy changed)."""
+    consent = deps.tenants.get(org_id)
+    if consent is None:
+        raise ConsentRequired("an admin of the organisation must grant consent before mailboxes are added")
+    wanted = normalize_address(address or "")
+    if wanted is None:
+        raise InvalidRequest("invalid_address", "address is not a valid email address")
+    graph = deps.graph_for(deps.identity.app_token_source(org_id, consent.tenant_id))
+    try:
+        user = graph.get(f"users/{quote(wanted, safe='@')}", {"$select": PROFILE_FIELDS})
+    except MessageNotFound as exc:
+        raise InvalidRequest("address_not_found", f"no mailbox {wanted} in the organisation's tenant") from exc
+    except (ReauthRequired, MailboxAccessDenied) as exc:
+        # No app token (consent revoked) or no permission to read users: an admin must consent again.
+        raise ConsentRequired(f"the organisation's admin consent does not allow this: {exc}") from exc
+    graph_user_id = str(user.get("id") or "")
+    primary, aliases = aliases_from_profile(user)
+    if not graph_user_id or not primary:
+        raise InvalidRequest("address_not_found", f"{wanted} has no mailbox in the organisation's tenant")
+    status, reason = MailboxStatus.ACTIVE, ""
+    try:
+        graph.get(f"users/{quote(graph_user_id, safe='')}/mailFolders('inbox')", {"$select": "id"})
+    except MailboxAccessDenied:
+        status = MailboxStatus.ERROR
+        reason = "access denied: the organisation's application access policy does not include this mailbox"
+    fresh = Mailbox(
+        org_id=org_id,
+        mailbox_id=mailbox_id_for(org_id, graph_user_id),
+        address=primary,
+        aliases=aliases,
+        watermark=deps.clock.now(),
+        mode=ConnectionMode.APPLICATION,
+        tenant_id=consent.tenant_id,
+        graph_user_id=graph_user_id,
+        status=status,
+        status_reason=reason,
+    )
+    return _activate(deps, fresh)
+
+
+# -- disconnect and sign-out ---------------------------------------------------------------------------
+
+
+def disconnect(deps: ConnectDeps, org_id: str, mailbox_id: str, purge: bool = False) -> DisconnectResult:
+    """Delete the mailbox's tokens and delta state and mark it ``disconnected``; with ``purge`` also
+    remove it from its activities (activities no other mailbox saw are deleted). Idempotent."""
+    current = deps.mailboxes.get(org_id, mailbox_id)
+    if current is None:
+        raise MailboxNotFound(f"no mailbox {mailbox_id}")
+    deps.tokens.delete(org_id, mailbox_owner(mailbox_id))
+    deps.cursors.clear(org_id, mailbox_id)
+    mailbox = _set_status(deps, current, MailboxStatus.DISCONNECTED, "disconnected")
+    purged = deps.activities.delete_for_mailbox(org_id, mailbox_id) if purge else 0
+    return DisconnectResult(mailbox, purged)
+
+
+def sign_out_all(deps: ConnectDeps, org_id: str) -> int:
+    """Delete every stored token of the org (delegated and application) and put every mailbox that is
+    not disconnected in ``needs_reauth`` ("signed out by admin"). Users reconnect; application-mode
+    mailboxes resume when added again. Returns how many mailboxes were signed out."""
+    deps.tokens.delete_org(org_id)
+    changed = 0
+    for mailbox in deps.mailboxes.list(org_id):
+        if mailbox.status is MailboxStatus.DISCONNECTED:
+            continue
+        current = deps.mailboxes.get(org_id, mailbox.mailbox_id)
+        if current is not None:
+            _set_status(deps, current, MailboxStatus.NEEDS_REAUTH, SIGNED_OUT_REASON)
+            changed += 1
+    return changed
+
+
+def _set_status(deps: ConnectDeps, current: Versioned[Mailbox], status: MailboxStatus, reason: str) -> Mailbox:
+    for _ in range(5):
+        try:
+            updated = replace(current.value, status=status, status_reason=reason)
+            return deps.mailboxes.replace(updated, current.etag).value
+        except ConcurrencyConflict:
+            latest = deps.mailboxes.get(current.value.org_id, current.value.mailbox_id)
+            if latest is None:
+                raise MailboxNotFound(f"no mailbox {current.value.mailbox_id}") from None
+            current = latest
+    raise ConcurrencyConflict(f"mailbox {current.value.mailbox_id} kept changing")
+
+
+# -- callback results ----------------------------------------------------------------------------------
+
+
+def _invalid_state(kind: Literal["connect", "admin_consent"]) -> ConnectResult:
+    return ConnectResult(
+        ok=False,
+        kind=kind,
+        error="invalid_state",
+        message="This sign-in link is invalid, expired or was already used. Please start again from the CRM.",
+    )
+
+
+def _callback_error(params: Mapping[str, str], declined: str) -> tuple[str, str]:
+    error = params.get("error", "")
+    description = params.get("error_description", "")
+    aadsts = re.search(r"AADSTS(\d+)", description)
+    code = f" (AADSTS{aadsts.group(1)})" if aadsts else ""
+    if error in _DECLINED or (aadsts and aadsts.group(1) == "65004"):
+        return "consent_declined", f"{declined}{code}"
+    return "sign_in_failed", f"Microsoft sign-in returned an error: {error[:64]}{code}"
+
+
+def _failer(
+    kind: Literal["connect", "admin_consent"], pending: PendingAuthFlow, deps: ConnectDeps
+) -> Callable[[str, str], ConnectResult]:
+    def fail(error: str, message: str) -> ConnectResult:
+        return ConnectResult(
+            ok=False,
+            kind=kind,
+            message=message,
+            error=error,
+            org_id=pending.org_id,
+            redirect_url=_redirect(deps, pending, {"status": "error", "error": error}),
+        )
+
+    return fail
+
+
+def _redirect(deps: ConnectDeps, pending: PendingAuthFlow, params: Mapping[str, str]) -> str | None:
+    if not pending.return_url:
+        return None
+    if not return_url_allowed(pending.return_url, deps.settings.get(pending.org_id).return_url_allow_list):
+        return None
+    return with_params(pending.return_url, params)
+
+
+__all__ = [
+    "ConnectDeps",
+    "ConnectResult",
+    "ConsentRequired",
+    "DisconnectResult",
+    "GraphReader",
+    "InvalidRequest",
+    "MailboxNotFound",
+    "add_app_mailbox",
+    "aliases_from_profile",
+    "complete_admin_consent",
+    "complete_connect",
+    "disconnect",
+    "mailbox_id_for",
+    "return_url_allowed",
+    "sign_out_all",
+    "start_admin_consent",
+    "start_connect",
+    "with_params",
+]
+

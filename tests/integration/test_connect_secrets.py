@@ -1,0 +1,112 @@
+"""Secrets at rest: nothing the identity platform issued is ever stored in plaintext, and key rotation
+re-encrypts token caches under the new key without anyone reconnecting."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from sync_core.auth.msal_tokens import DelegatedTokenSource, MsalIdentity
+from sync_core.auth.ports import TokenCacheStore
+from sync_core.ports import Versioned
+from sync_core.use_cases.connect import (
+    add_app_mailbox,
+    complete_admin_consent,
+    complete_connect,
+    start_admin_consent,
+    start_connect,
+)
+from tests.integration.connect_env import KEY_A, KEY_B, ORG, ConnectEnv, env, query_of
+
+__all__ = ["env"]  # the fixture
+
+
+class RecordingTokenStore:
+    """Wraps the real store and keeps every serialized MSAL cache handed to it, before encryption."""
+
+    def __init__(self, inner: TokenCacheStore) -> None:
+        self.inner = inner
+        self.serialized: list[str] = []
+
+    def get(self, org_id: str, owner_key: str) -> Versioned[str] | None:
+        return self.inner.get(org_id, owner_key)
+
+    def put(self, org_id: str, owner_key: str, serialized: str, etag: str | None) -> str:
+        self.serialized.append(serialized)
+        return self.inner.put(org_id, owner_key, serialized, etag)
+
+    def delete(self, org_id: str, owner_key: str) -> None:
+        self.inner.delete(org_id, owner_key)
+
+    def delete_org(self, org_id: str) -> int:
+        return self.inner.delete_org(org_id)
+
+    def rewrap_if_needed(self, org_id: str, owner_key: str) -> bool:
+        return self.inner.rewrap_if_needed(org_id, owner_key)
+
+
+def secrets_in(serialized: str) -> Iterator[str]:
+    """Every token secret of a serialized MSAL cache (access, refresh and id tokens)."""
+    for section in ("AccessToken", "RefreshToken", "IdToken"):
+        for entry in json.loads(serialized).get(section, {}).values():
+            yield str(entry["secret"])
+
+
+def record_tokens(env: ConnectEnv) -> RecordingTokenStore:
+    recorder = RecordingTokenStore(env.tokens)
+    env.identity = MsalIdentity(env.settings, recorder, env.http)
+    env.deps.identity = env.identity
+    env.deps.tokens = recorder
+    return recorder
+
+
+def test_no_storage_entity_ever_contains_an_issued_token_or_pkce_verifier_in_plaintext(env: ConnectEnv) -> None:
+    recorder = record_tokens(env)
+    adele = env.connect("adele")
+    megan = env.connect("megan")
+    for result in (adele, megan):
+        source = DelegatedTokenSource(env.identity, recorder, env.mailbox(result.mailbox_id))
+        source(False)
+        source(True)
+    consent_url = env.client.admin_consent(start_admin_consent(env.deps, ORG), env.upn("megan"))
+    assert complete_admin_consent(env.deps, query_of(consent_url)).ok
+    app_mailbox = add_app_mailbox(env.deps, ORG, env.tenant.users["sales"].mail)
+    env.identity.token_source(app_mailbox)(True)
+    pending_url = start_connect(env.deps, ORG, "crm-adele", None, None)  # a flow left pending in storage
+
+    stored = list(env.stored_values())
+    issued = {secret for cache in recorder.serialized for secret in secrets_in(cache)}
+    flow = env.deps.flows.take(query_of(pending_url)["state"], env.clock.now())
+
+    assert flow is not None and len(issued) >= 10
+    assert any(value.startswith("v1.") for value in stored)
+    for secret in issued | {str(flow.flow["code_verifier"])}:
+        assert len(secret) >= 20
+        assert not any(secret in value for value in stored), "a secret was stored in plaintext"
+
+
+def test_rotating_the_key_keeps_every_cache_readable_and_rewrites_them_under_the_new_key(env: ConnectEnv) -> None:
+    adele = env.connect("adele")
+    megan = env.connect("megan")
+    sources: dict[str, Any] = {}
+    for result in (adele, megan):
+        DelegatedTokenSource(env.identity, env.tokens, env.mailbox(result.mailbox_id))(False)
+        assert env.tokens.stored_key_id(ORG, f"mailbox:{result.mailbox_id}") == "a"
+    pending = start_connect(env.deps, ORG, "crm-adele", env.upn("adele"), None)  # a flow saved under A
+
+    env.rotate(f"{KEY_B},{KEY_A}")
+    for result in (adele, megan):
+        sources[result.mailbox_id] = DelegatedTokenSource(env.identity, env.tokens, env.mailbox(result.mailbox_id))
+
+    assert sources[adele.mailbox_id](False)  # read under the old key; nothing changed, nothing written
+    assert env.tokens.stored_key_id(ORG, f"mailbox:{adele.mailbox_id}") == "a"
+    assert env.tokens.rewrap_if_needed(ORG, f"mailbox:{adele.mailbox_id}") is True
+    assert sources[megan.mailbox_id](True)  # a refresh writes the cache under the new key
+    for result in (adele, megan):
+        assert env.tokens.stored_key_id(ORG, f"mailbox:{result.mailbox_id}") == "b"
+    assert complete_connect(env.deps, env.authorize(pending)).ok
+
+    env.rotate(KEY_B)  # the old key is gone
+    for result in (adele, megan):
+        assert DelegatedTokenSource(env.identity, env.tokens, env.mailbox(result.mailbox_id))(True)
