@@ -1,0 +1,10 @@
+"""The Function App: registers one blueprint per area. Importing it has no side effects beyond
+registration; services are built lazily on the first invocation (see sync_core.bootstrap)."""
+
+import azure.functions as func
+
+from triggers import health
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+for blueprint in (health.bp,):
+    app.register_functions(blueprint)

@@ -1,0 +1,123 @@
+"""The composition root: the one place that builds adapters from settings and wires use cases.
+
+``services()`` is built lazily and cached, so importing function_app does no I/O and a bad setting
+fails invocations (with a clear error) rather than function indexing.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import requests
+from azure.core.exceptions import AzureError
+from azure.data.tables import TableServiceClient
+
+from sync_core.adapters.clock import SystemClock
+from sync_core.adapters.graph_http import GraphHttp
+from sync_core.adapters.graph_mail import GraphMailSource
+from sync_core.adapters.tables import TableStores
+from sync_core.auth.crypto import TokenCipher
+from sync_core.auth.msal_tokens import MsalIdentity, make_session
+from sync_core.auth.token_cache_store import TableAuthFlowStore, TableOrgTenantStore, TableTokenCacheStore
+from sync_core.domain.model import Mailbox
+from sync_core.settings import Settings
+from sync_core.use_cases.connect import ConnectDeps
+from sync_core.use_cases.sync_mailbox import SyncDeps, SyncOutcome, sync_mailbox
+
+log = logging.getLogger(__name__)
+# The Azure SDK logs every storage request at INFO; keep worker logs about the product.
+logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
+
+
+class Services:
+    """Adapters built once per worker process; use cases get them through the ``*_deps`` methods."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.tables = _table_service(settings)
+        self.stores = TableStores.create(self.tables, settings.table_prefix)
+        self.clock = SystemClock()
+        self._session: requests.Session = make_session(settings.ca_bundle)
+
+    def health(self) -> dict[str, Any]:
+        """``ok`` when Table storage answers; never includes connection details."""
+        try:
+            next(iter(self.tables.list_tables(results_per_page=1).by_page()), None)
+            storage = "ok"
+        except (AzureError, ValueError) as exc:
+            log.warning("health: storage unreachable (%s)", type(exc).__name__)
+            storage = "unreachable"
+        return {"status": "ok" if storage == "ok" else "degraded", "storage": storage, "version": self.settings.version}
+
+    @functools.cached_property
+    def _cipher(self) -> TokenCipher:
+        return TokenCipher.from_setting(self.settings.token_encryption_key)
+
+    @functools.cached_property
+    def token_caches(self) -> TableTokenCacheStore:
+        return TableTokenCacheStore(self.tables, self._cipher, self.settings.table_prefix, self.stores.metrics)
+
+    @functools.cached_property
+    def identity(self) -> MsalIdentity:
+        return MsalIdentity(self.settings, self.token_caches)
+
+    def graph_http(self, mailbox: Mailbox) -> GraphHttp:
+        return GraphHttp(self._session, self.settings.graph_base_url, self.identity.token_source(mailbox))
+
+    def connect_deps(self) -> ConnectDeps:
+        s, prefix, metrics = self.stores, self.settings.table_prefix, self.stores.metrics
+        return ConnectDeps(
+            identity=self.identity,
+            flows=TableAuthFlowStore(self.tables, self._cipher, prefix, metrics),
+            tokens=self.token_caches,
+            tenants=TableOrgTenantStore(self.tables, prefix, metrics),
+            mailboxes=s.mailboxes,
+            settings=s.settings,
+            cursors=s.cursors,
+            activities=s.activities,
+            clock=self.clock,
+            graph_for=lambda token_source: GraphHttp(self._session, self.settings.graph_base_url, token_source),
+            public_base_url=self.settings.public_base_url,
+        )
+
+    def sync_deps(self, table_transactions: Callable[[], int] = lambda: 0) -> SyncDeps:
+        """Fresh per run: the mail source keeps per-run request counts and Graph clients."""
+        s = self.stores
+        return SyncDeps(
+            mailboxes=s.mailboxes,
+            settings=s.settings,
+            records=s.records,
+            activities=s.activities,
+            cursors=s.cursors,
+            leases=s.leases,
+            reports=s.runs,
+            mail=GraphMailSource(self.graph_http),
+            clock=self.clock,
+            table_transactions=table_transactions,
+        )
+
+    def sync(self, org_id: str, mailbox_id: str, budget: timedelta = timedelta(minutes=4)) -> SyncOutcome:
+        # A per-run measurement, so concurrent runs in one worker never mix their transaction counts.
+        with self.stores.metrics.measure() as tables:
+            return sync_mailbox(self.sync_deps(lambda: tables.transactions), org_id, mailbox_id, budget)
+
+
+def _table_service(settings: Settings) -> TableServiceClient:
+    if settings.storage_connection_string:
+        return TableServiceClient.from_connection_string(settings.storage_connection_string)
+    if settings.storage_account_name:
+        from azure.identity import DefaultAzureCredential  # noqa: PLC0415 - only for identity-based storage
+
+        return TableServiceClient(
+            f"https://{settings.storage_account_name}.table.core.windows.net", credential=DefaultAzureCredential()
+        )
+    raise ValueError("AzureWebJobsStorage is not set")
+
+
+@functools.cache
+def services() -> Services:
+    return Services(Settings.from_env())
