@@ -3,8 +3,8 @@ registration; services are built lazily on the first invocation (see sync_core.b
 
 import azure.functions as func
 
-from triggers import health
+from triggers import crm, health
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
-for blueprint in (health.bp,):
+for blueprint in (health.bp, crm.bp):
     app.register_functions(blueprint)

@@ -1,0 +1,130 @@
+"""GET/PUT /api/orgs/{org}/settings: an org's logging policy, validated field by field.
+
+PUT replaces the whole document (idempotent); omitted fields take their defaults. Domains and
+never-log entries are normalised (lower-case, IDN to punycode) so what GET returns is what matching uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from sync_core.api.http import (
+    ApiRequest,
+    ApiResponse,
+    field_error,
+    ok,
+    read_bool,
+    read_int,
+    read_str,
+    read_str_list,
+    reject_unknown,
+)
+from sync_core.domain.addresses import normalize_address, normalize_domain
+from sync_core.domain.model import BulkFilters, FolderFilter, OrgSettings
+
+if TYPE_CHECKING:
+    from sync_core.bootstrap import Services
+
+AMBIGUITY_POLICIES = ("skip", "all", "prefer")
+FIELDS = {
+    "internal_domains", "never_log", "blocked_domains", "bulk_filters", "match_by_domain", "ambiguity",
+    "type_order", "folders", "poll_interval_minutes", "return_url_allow_list", "webhook_url", "automation_enabled",
+}
+
+
+def get_settings(svc: Services, req: ApiRequest) -> ApiResponse:
+    return ok(settings_to_json(svc.stores.settings.get(req.param("org"))))
+
+
+def put_settings(svc: Services, req: ApiRequest) -> ApiResponse:
+    org = req.param("org")
+    settings = settings_from_json(req.json_body())
+    svc.stores.settings.put(org, settings)
+    return ok(settings_to_json(settings))
+
+
+def settings_to_json(settings: OrgSettings) -> dict[str, Any]:
+    data = asdict(settings)
+    data["folders"] = settings.folders.value
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in data.items()}
+
+
+def settings_from_json(data: dict[str, Any]) -> OrgSettings:
+    reject_unknown(data, FIELDS)
+    defaults = OrgSettings()
+    ambiguity = read_str(data, "ambiguity") or defaults.ambiguity
+    if ambiguity not in AMBIGUITY_POLICIES:
+        raise field_error("ambiguity", f"must be one of {', '.join(AMBIGUITY_POLICIES)}")
+    type_order = tuple(read_str_list(data, "type_order", max_items=20, max_len=64) or ())
+    if ambiguity == "prefer" and not type_order:
+        raise field_error("type_order", "is required when ambiguity is 'prefer'")
+    folders = read_str(data, "folders") or defaults.folders.value
+    if folders not in {f.value for f in FolderFilter}:
+        raise field_error("folders", "must be 'default' (Inbox and Sent Items) or 'all'")
+    match_by_domain = read_bool(data, "match_by_domain")
+    automation_enabled = read_bool(data, "automation_enabled")
+    poll_interval = read_int(data, "poll_interval_minutes", 1, 1440)
+    webhook = read_str(data, "webhook_url")
+    return OrgSettings(
+        internal_domains=_domains(data, "internal_domains"),
+        never_log=_never_log(data),
+        blocked_domains=_domains(data, "blocked_domains"),
+        bulk_filters=_bulk_filters(data.get("bulk_filters")),
+        match_by_domain=defaults.match_by_domain if match_by_domain is None else match_by_domain,
+        ambiguity=ambiguity,
+        type_order=type_order,
+        folders=FolderFilter(folders),
+        poll_interval_minutes=poll_interval or defaults.poll_interval_minutes,
+        return_url_allow_list=tuple(
+            _checked_url("return_url_allow_list", raw, allow_http_localhost=True)
+            for raw in read_str_list(data, "return_url_allow_list", max_items=50, max_len=2048) or ()
+        ),
+        webhook_url=_checked_url("webhook_url", webhook) if webhook else None,
+        automation_enabled=defaults.automation_enabled if automation_enabled is None else automation_enabled,
+    )
+
+
+def _domains(data: dict[str, Any], name: str) -> tuple[str, ...]:
+    found = []
+    for raw in read_str_list(data, name, max_items=500, max_len=253) or ():
+        domain = normalize_domain(raw)
+        if domain is None:
+            raise field_error(name, f"holds an invalid domain: {raw!r}")
+        found.append(domain)
+    return tuple(dict.fromkeys(found))
+
+
+def _never_log(data: dict[str, Any]) -> tuple[str, ...]:
+    """Entries are addresses or whole domains."""
+    found = []
+    for raw in read_str_list(data, "never_log", max_items=5000) or ():
+        entry = normalize_address(raw) if "@" in raw.strip().lstrip("@") else normalize_domain(raw)
+        if entry is None:
+            raise field_error("never_log", f"holds an entry that is neither an address nor a domain: {raw!r}")
+        found.append(entry)
+    return tuple(dict.fromkeys(found))
+
+
+def _bulk_filters(value: Any) -> BulkFilters:
+    if value is None:
+        return BulkFilters()
+    if not isinstance(value, dict):
+        raise field_error("bulk_filters", "must be an object of booleans")
+    allowed = set(BulkFilters.__dataclass_fields__)
+    unknown = sorted(set(value) - allowed)
+    if unknown or not all(isinstance(v, bool) for v in value.values()):
+        raise field_error("bulk_filters", f"takes only booleans named {', '.join(sorted(allowed))}")
+    return BulkFilters(**value)
+
+
+def _checked_url(name: str, raw: str, allow_http_localhost: bool = False) -> str:
+    """An absolute https URL without credentials or fragment (http only for localhost return URLs)."""
+    parts = urlsplit(raw)
+    local_http = allow_http_localhost and parts.scheme == "http" and parts.hostname in {"localhost", "127.0.0.1"}
+    if not parts.hostname or not (parts.scheme == "https" or local_http):
+        raise field_error(name, f"must hold absolute https URLs: {raw!r}")
+    if parts.username or parts.password or parts.fragment:
+        raise field_error(name, f"URLs may not carry credentials or fragments: {raw!r}")
+    return raw
