@@ -17,9 +17,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
 from tools.azurite import free_port, start_azurite
@@ -43,10 +44,8 @@ def _stop_stale(name: str) -> None:
     path = RUN_DIR / f"{name}.pid"
     if not path.exists():
         return
-    try:
+    with suppress(ValueError, ProcessLookupError, PermissionError):
         os.killpg(int(path.read_text()), signal.SIGTERM)
-    except (ValueError, ProcessLookupError, PermissionError):
-        pass
     path.unlink(missing_ok=True)
 
 
@@ -96,8 +95,6 @@ def _wait_for_line(process: subprocess.Popen[str], ready: str, timeout: float, n
     else:
         raise RuntimeError(f"{name} exited before it was ready (exit code {process.wait()})")
     # Keep echoing the child's output so its log stays visible.
-    import threading
-
     def pump() -> None:
         assert process.stdout is not None
         for line in process.stdout:
