@@ -129,7 +129,10 @@ def _folder_check(message: MailMessage) -> tuple[Reason | None, str]:
 
 
 def _watermark_check(message: MailMessage, mailbox: Mailbox) -> tuple[Reason | None, str]:
-    received, watermark = _as_utc(message.received_at), _as_utc(mailbox.watermark)
+    """Compared in whole seconds: Graph reports receivedDateTime to the second, so mail that arrives in
+    the second a mailbox was connected counts as new."""
+    received = _as_utc(message.received_at).replace(microsecond=0)
+    watermark = _as_utc(mailbox.watermark).replace(microsecond=0)
     detail = f"received {received.isoformat()}, watermark {watermark.isoformat()}"
     return (Reason.BEFORE_WATERMARK if received < watermark else None), detail
 

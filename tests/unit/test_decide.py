@@ -553,3 +553,21 @@ def test_long_participant_lists_are_summarised_in_the_explanation() -> None:
     assert decision.store
     assert "and 21 more" in step(decision, "participants")
     assert "and 21 more" in step(decision, "match")
+
+
+def test_mail_received_in_the_same_second_as_the_connect_is_not_before_the_watermark() -> None:
+    """Graph's receivedDateTime has whole seconds; the watermark is taken with microseconds."""
+    connected = datetime(2026, 11, 1, 9, 0, 33, 614_000, tzinfo=UTC)
+    box = Mailbox("org", "mb", "adele@acme.example", ("adele@acme.example",), watermark=connected)
+    same_second = MailMessage(
+        source_id="s",
+        internet_message_id="<x@client.example>",
+        subject="hi",
+        sender=EmailAddress("carol@client.example"),
+        to=(EmailAddress("adele@acme.example"),),
+        cc=(),
+        received_at=connected.replace(microsecond=0),
+    )
+    lookup = DictRecordLookup({"carol@client.example": [RecordRef("c-1", "contact")]})
+
+    assert decide(same_second, box, OrgSettings(), lookup).reason is Reason.MATCHED
