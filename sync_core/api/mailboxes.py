@@ -1,0 +1,397 @@
+"""Mailboxes of an org over HTTP (spec §3 and §4), all CRM routes (function key):
+
+    POST   /api/orgs/{org}/mailboxes                          {address} → 201 (application mode)
+    GET    /api/orgs/{org}/mailboxes                          → {mailboxes: [...]}
+    GET    /api/orgs/{org}/mailboxes/{mailbox_id}             → mailbox
+    PATCH  /api/orgs/{org}/mailboxes/{mailbox_id}             {enabled?, directions?} → mailbox
+    DELETE /api/orgs/{org}/mailboxes/{mailbox_id}?purge=      → 204 (disconnect)
+    GET    /api/orgs/{org}/mailboxes/{mailbox_id}/runs?limit= → {runs: [...]} newest first
+    POST   /api/orgs/{org}/mailboxes/{mailbox_id}/explain     {internet_message_id} → {decision, message}
+    POST   /api/orgs/{org}/mailboxes:sign-out-all             → {signed_out: n}
+
+Invariants:
+- Mailbox JSON never carries tokens or token-cache data. Its ``status`` is the effective one: an
+  ``active`` mailbox the CRM disabled, or of an org whose automation is off, shows as ``paused`` (that is
+  what the sync does with it); the stored status is unchanged.
+- ``last_sync_at``, ``last_success_at``, ``last_error`` and ``counters`` are derived from the run reports
+  kept per mailbox (the newest ``REPORTS_KEPT``); ``counters`` are totals over those runs.
+- PATCH writes with the mailbox's ETag (a concurrent writer, e.g. a sync setting an error, is never
+  overwritten) and re-reads and re-applies once on a conflict.
+- Explain reads the message from Graph the way the sync does and runs the same decision; it writes
+  nothing (no activity, cursor, report or status).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from sync_core.adapters.graph_http import BATCH_LIMIT, GraphHttp
+from sync_core.adapters.graph_mail import DEFAULT_FOLDERS, MESSAGE_FIELDS, message_from_graph
+from sync_core.api.auth import use_case_errors
+from sync_core.api.http import (
+    ApiError,
+    ApiRequest,
+    ApiResponse,
+    field_error,
+    not_found,
+    ok,
+    read_bool,
+    read_str,
+    reject_unknown,
+)
+from sync_core.domain.decide import EXCLUDED_FOLDERS, decide
+from sync_core.domain.model import (
+    Decision,
+    DecisionStep,
+    DirectionSetting,
+    FolderFilter,
+    Mailbox,
+    MailboxStatus,
+    MailMessage,
+    OrgSettings,
+    Reason,
+    activity_id_for,
+)
+from sync_core.errors import ConcurrencyConflict, MessageNotFound
+from sync_core.ports import RunReport, Versioned
+from sync_core.use_cases.connect import add_app_mailbox, disconnect, sign_out_all
+from sync_core.use_cases.sync_mailbox import REPORTS_KEPT
+
+if TYPE_CHECKING:
+    from sync_core.bootstrap import Services
+
+DEFAULT_RUNS = 20
+MAX_INTERNET_MESSAGE_ID = 998  # RFC 5322 line limit
+# What the sync asks Graph for (see GraphMailSource): immutable ids and plain-text bodies.
+GRAPH_PREFER = ('IdType="ImmutableId"', 'outlook.body-content-type="text"')
+_LIST_PARALLELISM = 8
+
+
+# -- routes ------------------------------------------------------------------------------------------
+
+
+def add_mailbox(svc: Services, req: ApiRequest) -> ApiResponse:
+    """Application mode: add a user or shared mailbox by address (needs admin consent, else 409). A
+    mailbox the tenant's application access policy denies is created in status ``error`` with the reason."""
+    org = req.param("org")
+    body = req.json_body()
+    reject_unknown(body, {"address"})
+    address = read_str(body, "address", required=True, max_len=320) or ""
+    with use_case_errors():
+        mailbox = add_app_mailbox(svc.connect_deps(), org, address)
+    location = f"/api/orgs/{quote(org, safe='')}/mailboxes/{quote(mailbox.mailbox_id, safe='')}"
+    body_out = mailbox_to_json(mailbox, (), svc.stores.settings.get(org))
+    return ApiResponse(201, body_out, {"Location": location})
+
+
+def list_mailboxes(svc: Services, req: ApiRequest) -> ApiResponse:
+    org = req.param("org")
+    settings = svc.stores.settings.get(org)
+    mailboxes = sorted(svc.stores.mailboxes.list(org), key=lambda m: (m.address, m.mailbox_id))
+    reports = _reports_of(svc, org, [m.mailbox_id for m in mailboxes])
+    return ok({"mailboxes": [mailbox_to_json(m, r, settings) for m, r in zip(mailboxes, reports, strict=True)]})
+
+
+def get_mailbox(svc: Services, req: ApiRequest) -> ApiResponse:
+    org = req.param("org")
+    mailbox = _existing(svc, org, req.param("mailbox_id")).value
+    reports = svc.stores.runs.recent(org, mailbox.mailbox_id, REPORTS_KEPT)
+    return ok(mailbox_to_json(mailbox, reports, svc.stores.settings.get(org)))
+
+
+def update_mailbox(svc: Services, req: ApiRequest) -> ApiResponse:
+    """``{enabled?, directions?: both|sent|received}``; fields left out keep their value."""
+    org, mailbox_id = req.param("org"), req.param("mailbox_id")
+    body = req.json_body()
+    reject_unknown(body, {"enabled", "directions"})
+    enabled = read_bool(body, "enabled")
+    raw_directions = read_str(body, "directions", max_len=16)
+    directions = None
+    if raw_directions is not None:
+        try:
+            directions = DirectionSetting(raw_directions.strip().lower())
+        except ValueError:
+            raise field_error("directions", "must be one of both, sent, received") from None
+    current = _existing(svc, org, mailbox_id)
+    for attempt in range(2):
+        changed = replace(
+            current.value,
+            enabled=current.value.enabled if enabled is None else enabled,
+            directions=current.value.directions if directions is None else directions,
+        )
+        if changed == current.value:
+            break
+        try:
+            current = svc.stores.mailboxes.replace(changed, current.etag)
+            break
+        except ConcurrencyConflict as exc:
+            if attempt == 1:
+                raise ApiError(409, "concurrent_update", "the mailbox was changed concurrently; try again") from exc
+            current = _existing(svc, org, mailbox_id)
+    reports = svc.stores.runs.recent(org, mailbox_id, REPORTS_KEPT)
+    return ok(mailbox_to_json(current.value, reports, svc.stores.settings.get(org)))
+
+
+def delete_mailbox(svc: Services, req: ApiRequest) -> ApiResponse:
+    """Disconnect: tokens and delta state are deleted, the mailbox stays listed as ``disconnected``;
+    ``?purge=true`` also deletes the activities no other mailbox saw. Idempotent."""
+    org, mailbox_id = req.param("org"), req.param("mailbox_id")
+    purge = _query_bool(req, "purge")
+    with use_case_errors():
+        disconnect(svc.connect_deps(), org, mailbox_id, purge=purge)
+    return ApiResponse(204)
+
+
+def list_runs(svc: Services, req: ApiRequest) -> ApiResponse:
+    org, mailbox_id = req.param("org"), req.param("mailbox_id")
+    limit = _query_int(req, "limit", 1, REPORTS_KEPT, DEFAULT_RUNS)
+    _existing(svc, org, mailbox_id)
+    return ok({"runs": [run_to_json(r) for r in svc.stores.runs.recent(org, mailbox_id, limit)]})
+
+
+def sign_out_all_mailboxes(svc: Services, req: ApiRequest) -> ApiResponse:
+    """Revoke every stored token of the org; its mailboxes go to ``needs_reauth`` until reconnected."""
+    org = req.param("org")
+    with use_case_errors():
+        count = sign_out_all(svc.connect_deps(), org)
+    return ok({"signed_out": count})
+
+
+def explain_message(svc: Services, req: ApiRequest) -> ApiResponse:
+    """Fetch one message (by internetMessageId) from the mailbox through Graph and return the decision the
+    sync would take for it now, check by check. Stores nothing."""
+    org, mailbox_id = req.param("org"), req.param("mailbox_id")
+    body = req.json_body()
+    reject_unknown(body, {"internet_message_id"})
+    wanted = (read_str(body, "internet_message_id", required=True, max_len=MAX_INTERNET_MESSAGE_ID) or "").strip()
+    if not wanted:
+        raise field_error("internet_message_id", "must not be empty")
+    mailbox = _existing(svc, org, mailbox_id).value
+    if mailbox.status is MailboxStatus.DISCONNECTED:
+        raise ApiError(409, "disconnected", "the mailbox is disconnected; connect it again to explain its mail")
+    settings = svc.stores.settings.get(org)
+    with use_case_errors():
+        message = _fetch_message(svc, mailbox, wanted)
+        if message is None:
+            raise ApiError(404, "message_not_found", "the mailbox has no message with this internet_message_id")
+        decision = _explain(svc, message, mailbox, settings)
+    stored = svc.stores.activities.get(org, activity_id_for(org, message.internet_message_id))
+    return ok(
+        {
+            "decision": decision_to_json(decision),
+            "message": {
+                "internet_message_id": message.internet_message_id,
+                "folder": message.folder,
+                "received_at": _time(message.received_at),
+                "activity_id": stored.activity_id if stored is not None else None,
+            },
+        }
+    )
+
+
+# -- explain -----------------------------------------------------------------------------------------
+
+
+def _fetch_message(svc: Services, mailbox: Mailbox, wanted: str) -> MailMessage | None:
+    """The mailbox's copy of the message (a copy in a folder the sync reads preferred), or None."""
+    graph = svc.graph_http(mailbox)
+    user = f"users/{quote(mailbox.graph_user_id or mailbox.address, safe='@')}"
+    candidates = [wanted] if wanted.startswith("<") else [wanted, f"<{wanted}>"]
+    items: list[dict[str, Any]] = []
+    for candidate in candidates:
+        params = {
+            "$filter": "internetMessageId eq '{}'".format(candidate.replace("'", "''")),
+            "$select": MESSAGE_FIELDS,
+            "$top": "10",
+        }
+        try:
+            items = list(graph.get(f"{user}/messages", params, GRAPH_PREFER).get("value", []))
+        except MessageNotFound:
+            return None
+        if items:
+            break
+    if not items:
+        return None
+    folders = _well_known_folders(graph, user)
+    copies: list[MailMessage] = []
+    for item in items:
+        folder_id = str(item.get("parentFolderId") or "")
+        message = message_from_graph(item, folders.get(folder_id, folder_id))
+        if message is not None:
+            copies.append(message)
+    if not copies:
+        return None
+    return next((m for m in copies if m.folder in DEFAULT_FOLDERS), copies[0])
+
+
+def _well_known_folders(graph: GraphHttp, user: str) -> dict[str, str]:
+    """Folder id → well-known name (inbox, sentitems, drafts, junkemail…) in one ``$batch``; folders
+    the mailbox does not have are left out."""
+    names = sorted({*DEFAULT_FOLDERS, *EXCLUDED_FOLDERS})
+    found: dict[str, str] = {}
+    for start in range(0, len(names), BATCH_LIMIT):
+        chunk = names[start : start + BATCH_LIMIT]
+        requests_ = [
+            {"id": str(i), "method": "GET", "url": f"/{user}/mailFolders('{name}')?$select=id",
+             "headers": {"Prefer": 'IdType="ImmutableId"'}}
+            for i, name in enumerate(chunk)
+        ]  # fmt: skip
+        responses = graph.batch(requests_)
+        for i, name in enumerate(chunk):
+            item = responses.get(str(i))
+            if item is not None and item.status < 300 and isinstance(item.body, dict) and item.body.get("id"):
+                found[str(item.body["id"])] = name
+    return found
+
+
+def _explain(svc: Services, message: MailMessage, mailbox: Mailbox, settings: OrgSettings) -> Decision:
+    folder = message.folder.strip().lower()
+    if settings.folders is FolderFilter.DEFAULT and folder not in DEFAULT_FOLDERS and folder not in EXCLUDED_FOLDERS:
+        step = DecisionStep(
+            "folder", False, f"folder {message.folder!r}: the organisation syncs Inbox and Sent Items only"
+        )
+        return Decision(store=False, reason=Reason.EXCLUDED_FOLDER, steps=(step,))
+    addresses = {p.address for p in message.participants}
+    domains = {a.rpartition("@")[2] for a in addresses} if settings.match_by_domain else set()
+    lookup = svc.stores.records.lookup(mailbox.org_id, addresses, domains)
+    return decide(message, mailbox, settings, lookup)
+
+
+# -- JSON --------------------------------------------------------------------------------------------
+
+
+def mailbox_to_json(mailbox: Mailbox, reports: Sequence[RunReport], settings: OrgSettings) -> dict[str, Any]:
+    """``reports`` newest first."""
+    status, reason = effective_status(mailbox, settings)
+    last_success = next((r for r in reports if not r.error), None)
+    last_failure = next((r for r in reports if r.error), None)
+    reasons: dict[str, int] = {}
+    for report in reports:
+        for key, count in report.reasons.items():
+            reasons[key] = reasons.get(key, 0) + int(count)
+    return {
+        "id": mailbox.mailbox_id,
+        "address": mailbox.address,
+        "aliases": list(mailbox.aliases),
+        "mode": mailbox.mode.value,
+        "status": status,
+        "status_reason": reason,
+        "enabled": mailbox.enabled,
+        "directions": mailbox.directions.value,
+        "watermark": _time(mailbox.watermark),
+        "tenant_id": mailbox.tenant_id,
+        "user_id": mailbox.user_id or None,
+        "last_sync_at": _time(reports[0].finished_at) if reports else None,
+        "last_success_at": _time(last_success.finished_at) if last_success else None,
+        "last_error": {"at": _time(last_failure.finished_at), "message": last_failure.error} if last_failure else None,
+        "counters": {
+            "runs": len(reports),
+            "failed_runs": sum(1 for r in reports if r.error),
+            "pages": sum(r.pages for r in reports),
+            "graph_requests": sum(r.graph_requests for r in reports),
+            "activities_created": sum(r.activities_created for r in reports),
+            "activities_merged": sum(r.activities_merged for r in reports),
+            "reasons": dict(sorted(reasons.items())),
+        },
+    }
+
+
+def effective_status(mailbox: Mailbox, settings: OrgSettings) -> tuple[str, str]:
+    if mailbox.status is MailboxStatus.ACTIVE:
+        if not mailbox.enabled:
+            return MailboxStatus.PAUSED.value, "disabled by the CRM"
+        if not settings.automation_enabled:
+            return MailboxStatus.PAUSED.value, "automation is disabled for the organisation"
+    return mailbox.status.value, mailbox.status_reason
+
+
+def run_to_json(report: RunReport) -> dict[str, Any]:
+    duration = (report.finished_at - report.started_at).total_seconds()
+    return {
+        "run_id": report.run_id,
+        "started_at": _time(report.started_at),
+        "finished_at": _time(report.finished_at),
+        "duration_ms": max(0, round(duration * 1000)),
+        "reasons": dict(sorted((k, int(v)) for k, v in report.reasons.items())),
+        "pages": report.pages,
+        "graph_requests": report.graph_requests,
+        "table_transactions": report.table_transactions,
+        "activities_created": report.activities_created,
+        "activities_merged": report.activities_merged,
+        "more": report.more,
+        "error": report.error or None,
+    }
+
+
+def decision_to_json(decision: Decision) -> dict[str, Any]:
+    return {
+        "store": decision.store,
+        "reason": decision.reason.value,
+        "direction": decision.direction.value if decision.direction else None,
+        "matches": [
+            {"record_id": m.record_id, "record_type": m.record_type, "address": m.address, "by": m.by}
+            for m in decision.matches
+        ],
+        "steps": [{"check": s.check, "passed": s.passed, "detail": s.detail} for s in decision.steps],
+    }
+
+
+# -- helpers -----------------------------------------------------------------------------------------
+
+
+def _existing(svc: Services, org: str, mailbox_id: str) -> Versioned[Mailbox]:
+    current = svc.stores.mailboxes.get(org, mailbox_id)
+    if current is None:
+        raise not_found("mailbox")
+    return current
+
+
+def _reports_of(svc: Services, org: str, mailbox_ids: Iterable[str]) -> list[tuple[RunReport, ...]]:
+    ids = list(mailbox_ids)
+    if len(ids) <= 1:
+        return [svc.stores.runs.recent(org, mailbox_id, REPORTS_KEPT) for mailbox_id in ids]
+    with ThreadPoolExecutor(max_workers=min(_LIST_PARALLELISM, len(ids))) as pool:
+        return list(pool.map(lambda mailbox_id: svc.stores.runs.recent(org, mailbox_id, REPORTS_KEPT), ids))
+
+
+def _query_bool(req: ApiRequest, name: str) -> bool:
+    raw = req.query.get(name, "").strip().lower()
+    if raw in ("", "false", "0"):
+        return False
+    if raw in ("true", "1"):
+        return True
+    raise ApiError(400, "invalid_query", f"'{name}' must be true or false", {"field": name})
+
+
+def _query_int(req: ApiRequest, name: str, low: int, high: int, default: int) -> int:
+    raw = req.query.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise ApiError(400, "invalid_query", f"'{name}' must be an integer from {low} to {high}", {"field": name})
+    return int(raw)
+
+
+def _time(moment: datetime) -> str:
+    aware = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return aware.isoformat().replace("+00:00", "Z")
+
+
+__all__ = [
+    "add_mailbox",
+    "decision_to_json",
+    "delete_mailbox",
+    "explain_message",
+    "get_mailbox",
+    "list_mailboxes",
+    "list_runs",
+    "mailbox_to_json",
+    "run_to_json",
+    "sign_out_all_mailboxes",
+    "update_mailbox",
+]

@@ -1,0 +1,185 @@
+"""Connecting mailboxes through the running function_app: the browser-style delegated sign-in, admin
+consent, application mode, and the status codes of the connect routes."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs, urlsplit
+
+import requests
+
+from emulator.client import EmulatorClient, EmulatorTenant
+from tests.e2e.conftest import AppUnderTest
+
+RETURN_URL = "https://crm.example/app/mailboxes"
+
+
+def allow_return_url(app_host: AppUnderTest, api: requests.Session, org: str) -> None:
+    response = api.put(app_host.url(f"orgs/{org}/settings"), json={"return_url_allow_list": ["https://crm.example/app"]})
+    assert response.status_code == 200
+
+
+def sign_in(
+    app_host: AppUnderTest,
+    api: requests.Session,
+    emulator_client: EmulatorClient,
+    org: str,
+    upn: str,
+    *,
+    return_url: str | None = None,
+) -> requests.Response:
+    """POST connect, sign in on the emulator's page, then follow the redirect to our callback (not further)."""
+    body = {"user_id": "crm-user-1", "login_hint": upn, **({"return_url": return_url} if return_url else {})}
+    started = api.post(app_host.url(f"orgs/{org}/mailboxes/connect"), json=body)
+    assert started.status_code == 200, started.text
+    callback = emulator_client.authorize(started.json()["authorize_url"], upn)
+    assert callback.startswith(app_host.url("auth/callback"))
+    return requests.get(callback, allow_redirects=False, timeout=30)
+
+
+def consent(
+    app_host: AppUnderTest, api: requests.Session, emulator_client: EmulatorClient, org: str, tenant: EmulatorTenant
+) -> requests.Response:
+    started = api.get(app_host.url(f"orgs/{org}/admin-consent"), params={"tenant": tenant.id})
+    assert started.status_code == 200, started.text
+    callback = emulator_client.admin_consent(started.json()["consent_url"], tenant.users["megan"].upn)
+    assert callback.startswith(app_host.url("auth/admin-consent/callback"))
+    return requests.get(callback, allow_redirects=False, timeout=30)
+
+
+def test_a_browser_sign_in_redirects_to_the_allowed_return_url_and_the_mailbox_is_active(
+    app_host: AppUnderTest, api: requests.Session, emulator_client: EmulatorClient, tenant: EmulatorTenant, org: str
+) -> None:
+    allow_return_url(app_host, api, org)
+    adele = tenant.users["adele"]
+
+    response = sign_in(app_host, api, emulator_client, org, adele.upn, return_url=RETURN_URL)
+
+    assert response.status_code == 302
+    location = response.headers["Location"]
+    assert location.startswith(RETURN_URL + "?")
+    query = {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
+    assert query["status"] == "connected"
+    mailbox = api.get(app_host.url(f"orgs/{org}/mailboxes/{query['mailbox_id']}")).json()
+    assert mailbox["status"] == "active" and mailbox["mode"] == "delegated"
+    assert mailbox["address"] == adele.mail
+    assert f"adele.vance@{tenant.domain}" in mailbox["aliases"]
+    assert mailbox["user_id"] == "crm-user-1" and mailbox["tenant_id"] == tenant.id
+    assert mailbox["last_sync_at"] is None and mailbox["counters"]["runs"] == 0
+    assert not any("token" in key for key in mailbox)
+
+
+def test_a_sign_in_without_a_return_url_ends_on_a_plain_result_page(
+    app_host: AppUnderTest, api: requests.Session, emulator_client: EmulatorClient, tenant: EmulatorTenant, org: str
+) -> None:
+    response = sign_in(app_host, api, emulator_client, org, tenant.users["megan"].upn)
+
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/html")
+    assert response.headers["Cache-Control"] == "no-store"
+    assert f"The mailbox {tenant.users['megan'].mail} is connected." in response.text
+    listed = api.get(app_host.url(f"orgs/{org}/mailboxes")).json()["mailboxes"]
+    assert [m["address"] for m in listed] == [tenant.users["megan"].mail]
+
+
+def test_a_tampered_state_gets_a_400_page_that_reflects_nothing_and_connects_nothing(
+    app_host: AppUnderTest, api: requests.Session, org: str
+) -> None:
+    response = requests.get(
+        app_host.url("auth/callback"), params={"code": "x", "state": "<script>alert(1)</script>"}, timeout=30
+    )
+
+    assert response.status_code == 400
+    assert response.headers["Content-Type"].startswith("text/html")
+    assert "<script>" not in response.text and "alert(1)" not in response.text
+    assert "invalid, expired or was already used" in response.text
+    consent_callback = requests.get(app_host.url("auth/admin-consent/callback"), params={"state": "x"}, timeout=30)
+    assert consent_callback.status_code == 400
+    assert api.get(app_host.url(f"orgs/{org}/mailboxes")).json() == {"mailboxes": []}
+
+
+def test_a_return_url_off_the_allow_list_is_refused_with_400_naming_the_field(
+    app_host: AppUnderTest, api: requests.Session, org: str
+) -> None:
+    allow_return_url(app_host, api, org)
+    body = {"user_id": "u-1", "return_url": "https://evil.example/app"}
+
+    response = api.post(app_host.url(f"orgs/{org}/mailboxes/connect"), json=body)
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "return_url_not_allowed"
+    assert response.json()["error"]["details"] == {"field": "return_url"}
+
+
+def test_connect_refuses_bad_json_a_wrong_content_type_and_a_missing_user_id(
+    app_host: AppUnderTest, api: requests.Session, org: str
+) -> None:
+    url = app_host.url(f"orgs/{org}/mailboxes/connect")
+
+    broken = api.post(url, data="{", headers={"Content-Type": "application/json"})
+    form = api.post(url, data="user_id=u-1", headers={"Content-Type": "application/x-www-form-urlencoded"})
+    missing = api.post(url, json={"login_hint": "someone@example.com"})
+
+    assert (broken.status_code, broken.json()["error"]["code"]) == (400, "invalid_json")
+    assert form.status_code == 415
+    assert (missing.status_code, missing.json()["error"]["details"]) == (400, {"field": "user_id"})
+
+
+def test_admin_consent_round_trip_then_a_shared_mailbox_is_added_in_application_mode(
+    app_host: AppUnderTest, api: requests.Session, emulator_client: EmulatorClient, tenant: EmulatorTenant, org: str
+) -> None:
+    page = consent(app_host, api, emulator_client, org, tenant)
+    assert page.status_code == 200, page.text
+    assert "Admin consent is granted" in page.text
+    sales = tenant.users["sales"]
+
+    response = api.post(app_host.url(f"orgs/{org}/mailboxes"), json={"address": sales.mail.upper()})
+
+    assert response.status_code == 201, response.text
+    mailbox = response.json()
+    assert (mailbox["address"], mailbox["mode"], mailbox["status"]) == (sales.mail, "application", "active")
+    assert response.headers["Location"] == f"/api/orgs/{org}/mailboxes/{mailbox['id']}"
+    assert api.get(app_host.url(f"orgs/{org}/mailboxes/{mailbox['id']}")).json()["status"] == "active"
+
+
+def test_a_mailbox_the_access_policy_denies_is_added_in_error_with_the_reason(
+    app_host: AppUnderTest, api: requests.Session, emulator_client: EmulatorClient, tenant: EmulatorTenant, org: str
+) -> None:
+    assert consent(app_host, api, emulator_client, org, tenant).status_code == 200
+    emulator_client.set_access_policy(tenant.id, app_host.client_id, [tenant.users["adele"].upn])
+    try:
+        response = api.post(app_host.url(f"orgs/{org}/mailboxes"), json={"address": tenant.users["megan"].mail})
+    finally:
+        emulator_client.set_access_policy(tenant.id, app_host.client_id, None)
+
+    assert response.status_code == 201
+    mailbox = api.get(app_host.url(f"orgs/{org}/mailboxes/{response.json()['id']}")).json()
+    assert mailbox["status"] == "error"
+    assert "application access policy" in mailbox["status_reason"]
+
+
+def test_adding_a_mailbox_without_admin_consent_gets_409(
+    app_host: AppUnderTest, api: requests.Session, tenant: EmulatorTenant, org: str
+) -> None:
+    response = api.post(app_host.url(f"orgs/{org}/mailboxes"), json={"address": tenant.users["sales"].mail})
+
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "admin_consent_required"
+
+
+def test_an_admin_consent_request_for_an_invalid_tenant_gets_400(
+    app_host: AppUnderTest, api: requests.Session, org: str
+) -> None:
+    response = api.get(app_host.url(f"orgs/{org}/admin-consent"), params={"tenant": "common"})
+
+    assert response.status_code == 400
+    assert response.json()["error"]["details"] == {"field": "tenant"}
+
+
+def test_the_oauth_callbacks_need_no_function_key_but_the_connect_route_does(
+    app_host: AppUnderTest, org: str
+) -> None:
+    started = requests.post(app_host.url(f"orgs/{org}/mailboxes/connect"), json={"user_id": "u"}, timeout=30)
+    callback = requests.get(app_host.url("auth/callback"), timeout=30)
+
+    assert started.status_code == 401
+    assert callback.status_code == 400
