@@ -19,13 +19,17 @@ from azure.data.tables import TableServiceClient
 from sync_core.adapters.clock import SystemClock
 from sync_core.adapters.graph_http import GraphHttp
 from sync_core.adapters.graph_mail import GraphMailSource
+from sync_core.adapters.storage_queue import StorageWorkQueue
+from sync_core.adapters.table_due import TableDueIndex, TableMailboxCatalog
 from sync_core.adapters.tables import TableStores
 from sync_core.auth.crypto import TokenCipher
 from sync_core.auth.msal_tokens import MsalIdentity, make_session
 from sync_core.auth.token_cache_store import TableAuthFlowStore, TableOrgTenantStore, TableTokenCacheStore
 from sync_core.domain.model import Mailbox
+from sync_core.errors import StorageUnavailable
 from sync_core.settings import Settings
 from sync_core.use_cases.connect import ConnectDeps
+from sync_core.use_cases.schedule import ScheduleDeps, schedule_mailbox
 from sync_core.use_cases.sync_mailbox import SyncDeps, SyncOutcome, sync_mailbox
 
 log = logging.getLogger(__name__)
@@ -104,6 +108,37 @@ class Services:
         # A per-run measurement, so concurrent runs in one worker never mix their transaction counts.
         with self.stores.metrics.measure() as tables:
             return sync_mailbox(self.sync_deps(lambda: tables.transactions), org_id, mailbox_id, budget)
+
+    @functools.cached_property
+    def queue(self) -> StorageWorkQueue:
+        """The sync queue (``SYNC_QUEUE_NAME``) the queue-triggered function reads."""
+        return StorageWorkQueue.from_settings(self.settings)
+
+    @functools.cached_property
+    def due_index(self) -> TableDueIndex:
+        return TableDueIndex(self.tables, self.settings.table_prefix, self.stores.metrics)
+
+    def mailbox_activated(self, org_id: str, mailbox_id: str) -> None:
+        """Make a newly connected, added or re-enabled mailbox due now. A storage hiccup here is only
+        logged: the timer's catch-up sweep and the mailbox's next run schedule it anyway."""
+        try:
+            schedule_mailbox(self.schedule_deps(), org_id, mailbox_id)
+        except StorageUnavailable:
+            log.warning("could not schedule a mailbox right away; the timer sweep will")
+
+    def schedule_deps(self) -> ScheduleDeps:
+        s = self.stores
+        return ScheduleDeps(
+            due=self.due_index,
+            queue=self.queue,
+            mailboxes=s.mailboxes,
+            settings=s.settings,
+            cursors=s.cursors,
+            leases=s.leases,
+            clock=self.clock,
+            sync=self.sync,
+            catalog=TableMailboxCatalog(self.tables, self.settings.table_prefix, s.metrics),
+        )
 
 
 def _table_service(settings: Settings) -> TableServiceClient:

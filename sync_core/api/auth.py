@@ -130,6 +130,8 @@ def connect_callback(svc: Services, req: ApiRequest) -> ApiResponse:
         result = complete_connect(svc.connect_deps(), dict(req.query))
     except (StorageUnavailable, ConcurrencyConflict, TransientGraphError):
         result = _unavailable("connect")
+    if result.ok:
+        svc.mailbox_activated(result.org_id, result.mailbox_id)
     return callback_response(result)
 
 

@@ -84,6 +84,8 @@ def add_mailbox(svc: Services, req: ApiRequest) -> ApiResponse:
     address = read_str(body, "address", required=True, max_len=320) or ""
     with use_case_errors():
         mailbox = add_app_mailbox(svc.connect_deps(), org, address)
+    if mailbox.status is MailboxStatus.ACTIVE:
+        svc.mailbox_activated(org, mailbox.mailbox_id)
     location = f"/api/orgs/{quote(org, safe='')}/mailboxes/{quote(mailbox.mailbox_id, safe='')}"
     body_out = mailbox_to_json(mailbox, (), svc.stores.settings.get(org))
     return ApiResponse(201, body_out, {"Location": location})
@@ -133,6 +135,8 @@ def update_mailbox(svc: Services, req: ApiRequest) -> ApiResponse:
             if attempt == 1:
                 raise ApiError(409, "concurrent_update", "the mailbox was changed concurrently; try again") from exc
             current = _existing(svc, org, mailbox_id)
+    if enabled and current.value.enabled:
+        svc.mailbox_activated(org, mailbox_id)
     reports = svc.stores.runs.recent(org, mailbox_id, REPORTS_KEPT)
     return ok(mailbox_to_json(current.value, reports, svc.stores.settings.get(org)))
 

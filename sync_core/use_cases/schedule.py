@@ -1,0 +1,499 @@
+"""Scheduling (spec §5): when mailboxes sync, and the queue messages that make them sync.
+
+    connect / app-mode add ─ schedule_mailbox(at=now) ─┐
+                                                        ▼
+    timer, every minute ── enqueue_due ──> due index ("due by now": one range query per shard)
+        │  claim each due entry (compare-and-set: due += poll interval, queued_at = now) then enqueue
+        │  {org_id, mailbox_id, reason}; plus one page of the reconciliation sweep
+        ▼
+    queue ── process_message ── apply a pending backfill (under the mailbox's sync lease)
+                              ── sync_mailbox ── done:    due = now + poll interval, queued_at cleared
+                                              ── more:    continuation message (delay = Retry-After), queued_at = now
+                                              ── busy:    another run holds the lease: drop (coalesced)
+                                              ── failed:  status already set by the run; entry parked
+                                              ── skipped: not syncable; entry parked (removed when gone/disconnected)
+    "Sync now" / backfill ── request_sync / request_backfill ── coalesced when a message is already queued
+
+Invariants:
+- Every minute the timer reads only the entries that are due; no per-tick work grows with the number of
+  mailboxes, except the sweep's one bounded page.
+- An enqueue is skipped while the entry says a message was queued less than ``COALESCE_WINDOW`` ago and
+  no run finished since; duplicate messages that still arrive meet the run's lease and are dropped.
+- A mailbox without an entry gets one from: ``schedule_mailbox`` (connect, add, re-enable), the end of any
+  run of it, or the sweep, which checks ``SWEEP_PAGE`` mailboxes of the catalog per tick and wraps around.
+- A mailbox that is not syncable (paused, error, needs_reauth) stays in the index, rechecked every
+  ``PARKED_RECHECK``; a missing or disconnected one leaves it.
+- Backfill moves the watermark back and clears the delta cursors only while holding the mailbox's sync
+  lease, so no run in flight can write back a cursor read before the backfill.
+- A message failing on its last delivery (``dequeue_count`` = maxDequeueCount) sets the mailbox to
+  ``error`` with "sync failed N times: <exception type>" before the host moves it to the poison queue;
+  exception text (which may hold data) is never stored or logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from sync_core.domain.model import Mailbox, MailboxStatus
+from sync_core.errors import ConcurrencyConflict, SyncError
+from sync_core.ports import Clock, CursorStore, LeaseStore, MailboxRepository, SettingsRepository, WorkQueue
+from sync_core.scheduling_ports import DueEntry, DueIndex, MailboxCatalog
+from sync_core.use_cases.sync_mailbox import SyncOutcome
+
+log = logging.getLogger(__name__)
+
+COALESCE_WINDOW = timedelta(seconds=120)
+PARKED_RECHECK = timedelta(hours=1)
+TICK_LIMIT = 5000  # due mailboxes one tick enqueues at most; the rest stay due for the next tick
+TICK_BUDGET = timedelta(seconds=40)  # stop claiming well before the next minute's tick
+TICK_PARALLELISM = 8
+TICK_CHUNK = 64
+SWEEP_PAGE = 100
+UPDATE_ATTEMPTS = 5
+BACKFILL_LEASE = timedelta(minutes=1)
+MAX_BACKFILL_DAYS = 365
+MAX_DELAY_SECONDS = 7 * 24 * 3600 - 1
+
+
+def sync_lease_key(org_id: str, mailbox_id: str) -> str:
+    """The lease ``sync_mailbox`` holds while it runs (the same key: taking it keeps runs out)."""
+    return f"sync|{org_id}|{mailbox_id}"
+
+
+class Reason(StrEnum):
+    TIMER = "timer"
+    SYNC_NOW = "sync_now"
+    BACKFILL = "backfill"
+    CONTINUATION = "continuation"
+    SCHEDULED = "scheduled"
+
+
+# -- errors the HTTP API maps to statuses -----------------------------------------------------------
+
+
+class MailboxNotFound(SyncError):
+    """No such mailbox in this org (HTTP 404)."""
+
+    code = "mailbox_not_found"
+
+
+class NotSyncable(SyncError):
+    """The mailbox cannot sync now (HTTP 409): ``status`` is ``paused``, ``needs_reauth``, ``error`` or
+    ``disconnected``; ``reason`` says why in words."""
+
+    code = "mailbox_not_syncable"
+
+    def __init__(self, status: str, reason: str) -> None:
+        super().__init__(f"the mailbox cannot sync while {status}" + (f": {reason}" if reason else ""))
+        self.status = status
+        self.reason = reason
+
+
+class InvalidMessage(SyncError):
+    """A queue message that is not ``{org_id, mailbox_id, reason}``."""
+
+
+# -- deps, messages, reports -------------------------------------------------------------------------
+
+
+@dataclass
+class ScheduleDeps:
+    due: DueIndex
+    queue: WorkQueue
+    mailboxes: MailboxRepository
+    settings: SettingsRepository
+    cursors: CursorStore
+    leases: LeaseStore
+    clock: Clock
+    sync: Callable[[str, str], SyncOutcome]
+    catalog: MailboxCatalog | None = None
+
+
+@dataclass(frozen=True)
+class SyncMessage:
+    org_id: str
+    mailbox_id: str
+    reason: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"org_id": self.org_id, "mailbox_id": self.mailbox_id, "reason": self.reason}
+
+    @classmethod
+    def parse(cls, body: bytes | str) -> SyncMessage:
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidMessage("the message is not JSON") from exc
+        if not isinstance(data, dict):
+            raise InvalidMessage("the message is not a JSON object")
+        org_id, mailbox_id, reason = data.get("org_id"), data.get("mailbox_id"), data.get("reason", "")
+        if not (isinstance(org_id, str) and org_id and isinstance(mailbox_id, str) and mailbox_id):
+            raise InvalidMessage("the message lacks org_id or mailbox_id")
+        return cls(org_id, mailbox_id, str(reason))
+
+
+@dataclass(frozen=True)
+class TickReport:
+    due: int = 0
+    enqueued: int = 0
+    coalesced: int = 0
+    lost_races: int = 0
+    swept: int = 0
+    added: int = 0
+
+
+@dataclass(frozen=True)
+class SyncRequest:
+    """What a "sync now" or backfill request did: ``queued`` a message, or ``coalesced`` with one
+    already queued. ``since`` is the backfill's new watermark; ``applied`` whether the watermark and
+    cursors were already changed (else the next run of the mailbox applies it)."""
+
+    status: str
+    since: datetime | None = None
+    applied: bool = False
+
+
+# -- scheduling ----------------------------------------------------------------------------------
+
+
+def schedule_mailbox(deps: ScheduleDeps, org_id: str, mailbox_id: str, at: datetime | None = None) -> DueEntry:
+    """Make the mailbox due no later than ``at`` (default now). Call it when a mailbox becomes active:
+    after a connect callback, an application-mode add, a re-enable. Idempotent; never delays an entry."""
+    moment = at or deps.clock.now()
+
+    def change(current: DueEntry | None) -> DueEntry:
+        if current is None:
+            return DueEntry(org_id, mailbox_id, moment)
+        return replace(current, due_at=min(current.due_at, moment))
+
+    entry = _update(deps.due, org_id, mailbox_id, change)
+    assert entry is not None
+    return entry
+
+
+def unschedule_mailbox(deps: ScheduleDeps, org_id: str, mailbox_id: str) -> None:
+    """Remove the mailbox from the index (a disconnect); ``schedule_mailbox`` adds it again."""
+    _update(deps.due, org_id, mailbox_id, lambda _current: None)
+
+
+def enqueue_due(deps: ScheduleDeps) -> TickReport:
+    """The minute timer: one sweep page, then claim and enqueue every due mailbox (bounded per tick)."""
+    now = deps.clock.now()
+    swept, added = _sweep(deps, now)
+    due = deps.due.due(now, TICK_LIMIT)
+    intervals: dict[str, timedelta] = {}
+    for org_id in {org for org, _ in due}:
+        intervals[org_id] = _poll_interval(deps, org_id)
+    outcomes: list[str] = []
+    deadline = now + TICK_BUDGET
+    with ThreadPoolExecutor(max_workers=TICK_PARALLELISM) as pool:
+        for start in range(0, len(due), TICK_CHUNK):
+            if start and deps.clock.now() > deadline:
+                log.warning("timer: budget spent; %d due mailboxes left for the next tick", len(due) - start)
+                break
+            chunk = due[start : start + TICK_CHUNK]
+            outcomes.extend(pool.map(lambda key: _claim(deps, key[0], key[1], now, intervals[key[0]]), chunk))
+    report = TickReport(
+        due=len(due),
+        enqueued=outcomes.count("enqueued"),
+        coalesced=outcomes.count("coalesced"),
+        lost_races=outcomes.count("lost"),
+        swept=swept,
+        added=added,
+    )
+    if report.due or report.added:
+        log.info(
+            "timer: %d due, %d enqueued, %d coalesced, %d taken by another writer; sweep checked %d, added %d",
+            report.due, report.enqueued, report.coalesced, report.lost_races, report.swept, report.added,
+        )
+    return report
+
+
+def _claim(deps: ScheduleDeps, org_id: str, mailbox_id: str, now: datetime, interval: timedelta) -> str:
+    current = deps.due.get(org_id, mailbox_id)
+    if current is None or current.value.due_at > now:
+        return "lost"  # moved or removed since the index was read
+    entry = current.value
+    recently_queued = _recently_queued(entry, now)
+    claimed = replace(entry, due_at=now + interval, queued_at=entry.queued_at if recently_queued else now)
+    if deps.due.put(claimed, current) is None:
+        return "lost"
+    if recently_queued:
+        return "coalesced"
+    _enqueue(deps, SyncMessage(org_id, mailbox_id, Reason.TIMER))
+    return "enqueued"
+
+
+def _sweep(deps: ScheduleDeps, now: datetime) -> tuple[int, int]:
+    """Give an entry to active mailboxes that have none, ``SWEEP_PAGE`` mailboxes per tick."""
+    if deps.catalog is None:
+        return 0, 0
+    position = deps.due.sweep_position()
+    try:
+        page, following = deps.catalog.page(position, SWEEP_PAGE)
+    except ValueError:
+        page, following = deps.catalog.page(None, SWEEP_PAGE)
+    candidates = [(m.org_id, m.mailbox_id) for m in page if m.status is MailboxStatus.ACTIVE and m.enabled]
+    missing = deps.due.missing(candidates) if candidates else ()
+    for org_id, mailbox_id in missing:
+        log.info("sweep: scheduling mailbox %s of org %s, which had no due entry", mailbox_id, org_id)
+        schedule_mailbox(deps, org_id, mailbox_id, now)
+    if following != position:
+        deps.due.set_sweep_position(following)
+    return len(page), len(missing)
+
+
+# -- requests from the API ---------------------------------------------------------------------------
+
+
+def request_sync(deps: ScheduleDeps, org_id: str, mailbox_id: str) -> SyncRequest:
+    """"Sync now": enqueue a run unless one is already queued. ``MailboxNotFound``, ``NotSyncable``."""
+    _syncable(deps, org_id, mailbox_id)
+    now = deps.clock.now()
+    interval = _poll_interval(deps, org_id)
+    coalesced = False
+
+    def change(current: DueEntry | None) -> DueEntry:
+        nonlocal coalesced
+        coalesced = current is not None and _recently_queued(current, now)
+        if current is not None and coalesced:
+            return current
+        return replace(current or DueEntry(org_id, mailbox_id, now + interval), queued_at=now)
+
+    _update(deps.due, org_id, mailbox_id, change)
+    if coalesced:
+        return SyncRequest("coalesced")
+    _enqueue_or_unmark(deps, SyncMessage(org_id, mailbox_id, Reason.SYNC_NOW), now)
+    return SyncRequest("queued")
+
+
+def request_backfill(deps: ScheduleDeps, org_id: str, mailbox_id: str, days: int) -> SyncRequest:
+    """Sync the last ``days`` days (1-365): move the watermark back to now - days, clear the delta cursors
+    (re-reading is harmless: activities are keyed), enqueue a run. Refused (``NotSyncable``) unless the
+    mailbox can sync, so a broken connection never produces a partial history."""
+    if not 1 <= days <= MAX_BACKFILL_DAYS:
+        raise ValueError(f"days must be 1-{MAX_BACKFILL_DAYS}")
+    _syncable(deps, org_id, mailbox_id)
+    now = deps.clock.now()
+    since = now - timedelta(days=days)
+    interval = _poll_interval(deps, org_id)
+
+    def change(current: DueEntry | None) -> DueEntry:
+        base = current or DueEntry(org_id, mailbox_id, now + interval)
+        pending = min(base.backfill_since, since) if base.backfill_since else since
+        return replace(base, backfill_since=pending, queued_at=now)
+
+    _update(deps.due, org_id, mailbox_id, change)
+    applied = apply_pending_backfill(deps, org_id, mailbox_id)
+    _enqueue_or_unmark(deps, SyncMessage(org_id, mailbox_id, Reason.BACKFILL), now)
+    return SyncRequest("queued", since=since, applied=applied)
+
+
+def apply_pending_backfill(deps: ScheduleDeps, org_id: str, mailbox_id: str) -> bool:
+    """Apply the entry's pending backfill under the sync lease. True when nothing is pending any more;
+    False when a run holds the lease (the end of that run enqueues another one, which applies it)."""
+    current = deps.due.get(org_id, mailbox_id)
+    if current is None or current.value.backfill_since is None:
+        return True
+    since = current.value.backfill_since
+    owner = f"backfill-{uuid.uuid4().hex}"
+    key = sync_lease_key(org_id, mailbox_id)
+    now = deps.clock.now()
+    if not deps.leases.acquire(key, owner, now + BACKFILL_LEASE, now):
+        return False
+    try:
+        _move_watermark(deps, org_id, mailbox_id, since)
+        deps.cursors.clear(org_id, mailbox_id)
+
+        def done(entry: DueEntry | None) -> DueEntry | None:
+            # A backfill reaching further back, requested meanwhile, stays pending for the next run.
+            return replace(entry, backfill_since=None) if entry and entry.backfill_since == since else entry
+
+        _update(deps.due, org_id, mailbox_id, done)
+    finally:
+        deps.leases.release(key, owner)
+    log.info("backfill applied to mailbox %s of org %s", mailbox_id, org_id)
+    return True
+
+
+def _move_watermark(deps: ScheduleDeps, org_id: str, mailbox_id: str, since: datetime) -> None:
+    for _ in range(UPDATE_ATTEMPTS):
+        current = deps.mailboxes.get(org_id, mailbox_id)
+        if current is None or current.value.watermark <= since:
+            return
+        try:
+            deps.mailboxes.replace(replace(current.value, watermark=since), current.etag)
+            return
+        except ConcurrencyConflict:
+            continue
+    raise ConcurrencyConflict(f"mailbox {mailbox_id} kept changing")
+
+
+# -- the queue-triggered run -------------------------------------------------------------------------
+
+
+def process_message(deps: ScheduleDeps, body: bytes | str, dequeue_count: int, max_dequeue_count: int) -> str:
+    """Run one queue message; returns the outcome (``done``, ``more``, ``busy``, ``skipped``,
+    ``failed`` or ``invalid``). Raises when the run raised, so the host retries the message; on its
+    last delivery the mailbox is set to ``error`` first."""
+    try:
+        message = SyncMessage.parse(body)
+    except InvalidMessage as exc:
+        log.warning("dropping a sync message: %s", exc)  # retrying would never make it valid
+        return "invalid"
+    try:
+        return _process(deps, message)
+    except Exception as exc:
+        log.warning(
+            "sync of mailbox %s (org %s) raised %s on delivery %d of %d",
+            message.mailbox_id, message.org_id, type(exc).__name__, dequeue_count, max_dequeue_count,
+        )
+        if dequeue_count >= max_dequeue_count:
+            give_up(deps, message.org_id, message.mailbox_id, dequeue_count, exc)
+        raise
+
+
+def _process(deps: ScheduleDeps, message: SyncMessage) -> str:
+    org_id, mailbox_id = message.org_id, message.mailbox_id
+    if not apply_pending_backfill(deps, org_id, mailbox_id):
+        return "busy"  # a run holds the lease; its end sees the pending backfill
+    outcome = deps.sync(org_id, mailbox_id)
+    now = deps.clock.now()
+    if outcome.status == "busy":
+        return "busy"
+    if outcome.status == "more":
+        _reschedule(deps, org_id, mailbox_id, now, queued=True)
+        delay = min(max(math.ceil(outcome.retry_after or 0), 0), MAX_DELAY_SECONDS)
+        deps.queue.enqueue(SyncMessage(org_id, mailbox_id, Reason.CONTINUATION).to_json(), delay)
+    elif outcome.status == "done":
+        entry = _reschedule(deps, org_id, mailbox_id, now, queued=None)
+        if entry is not None and entry.backfill_since is not None:  # requested while this run held the lease
+            deps.queue.enqueue(SyncMessage(org_id, mailbox_id, Reason.BACKFILL).to_json())
+    elif outcome.status == "skipped":
+        found = deps.mailboxes.get(org_id, mailbox_id)
+        if found is None or found.value.status is MailboxStatus.DISCONNECTED:
+            unschedule_mailbox(deps, org_id, mailbox_id)
+        else:
+            _park(deps, org_id, mailbox_id, now)
+    else:  # failed: the run already set needs_reauth/error with the reason
+        _park(deps, org_id, mailbox_id, now)
+    return outcome.status
+
+
+def give_up(deps: ScheduleDeps, org_id: str, mailbox_id: str, attempts: int, exc: BaseException) -> None:
+    """Set the mailbox to ``error`` ("sync failed N times: <type>") and park it. Best effort: the
+    message goes to the poison queue whatever happens here."""
+    reason = f"sync failed {attempts} times: {type(exc).__name__}"
+    try:
+        for _ in range(UPDATE_ATTEMPTS):
+            current = deps.mailboxes.get(org_id, mailbox_id)
+            if current is None or current.value.status is MailboxStatus.DISCONNECTED:
+                break
+            try:
+                errored = replace(current.value, status=MailboxStatus.ERROR, status_reason=reason)
+                deps.mailboxes.replace(errored, current.etag)
+                break
+            except ConcurrencyConflict:
+                continue
+        _park(deps, org_id, mailbox_id, deps.clock.now())
+    except Exception as failure:  # the poison move must happen regardless
+        log.error("could not record the failure of mailbox %s: %s", mailbox_id, type(failure).__name__)
+    else:
+        log.error("mailbox %s of org %s set to error: %s", mailbox_id, org_id, reason)
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def _syncable(deps: ScheduleDeps, org_id: str, mailbox_id: str) -> Mailbox:
+    found = deps.mailboxes.get(org_id, mailbox_id)
+    if found is None:
+        raise MailboxNotFound(f"no mailbox {mailbox_id}")
+    mailbox = found.value
+    if mailbox.status is not MailboxStatus.ACTIVE:
+        raise NotSyncable(mailbox.status.value, mailbox.status_reason)
+    if not mailbox.enabled:
+        raise NotSyncable(MailboxStatus.PAUSED.value, "the mailbox is disabled")
+    if not deps.settings.get(org_id).automation_enabled:
+        raise NotSyncable(MailboxStatus.PAUSED.value, "automation is switched off for the organisation")
+    return mailbox
+
+
+def _poll_interval(deps: ScheduleDeps, org_id: str) -> timedelta:
+    return timedelta(minutes=max(deps.settings.get(org_id).poll_interval_minutes, 1))
+
+
+def _recently_queued(entry: DueEntry, now: datetime) -> bool:
+    return entry.queued_at is not None and now - entry.queued_at < COALESCE_WINDOW
+
+
+def _reschedule(
+    deps: ScheduleDeps, org_id: str, mailbox_id: str, now: datetime, queued: bool | None
+) -> DueEntry | None:
+    """Next due one poll interval from now. ``queued``: a message is (True) or is not (False) queued
+    now; None: one will be exactly when a backfill is pending (the caller enqueues it)."""
+    due_at = now + _poll_interval(deps, org_id)
+
+    def change(current: DueEntry | None) -> DueEntry:
+        base = current or DueEntry(org_id, mailbox_id, due_at)
+        will_queue = base.backfill_since is not None if queued is None else queued
+        return replace(base, due_at=due_at, queued_at=now if will_queue else None)
+
+    return _update(deps.due, org_id, mailbox_id, change)
+
+
+def _park(deps: ScheduleDeps, org_id: str, mailbox_id: str, now: datetime) -> None:
+    def change(current: DueEntry | None) -> DueEntry:
+        base = current or DueEntry(org_id, mailbox_id, now)
+        return replace(base, due_at=now + PARKED_RECHECK, queued_at=None)
+
+    _update(deps.due, org_id, mailbox_id, change)
+
+
+def _enqueue(deps: ScheduleDeps, message: SyncMessage, delay_seconds: int = 0) -> None:
+    try:
+        deps.queue.enqueue(message.to_json(), delay_seconds)
+    except Exception:
+        # Claimed but not enqueued: make it due again at once, so the next tick retries it.
+        now = deps.clock.now()
+        _update(deps.due, message.org_id, message.mailbox_id, lambda e: e and replace(e, due_at=now, queued_at=None))
+        raise
+
+
+def _enqueue_or_unmark(deps: ScheduleDeps, message: SyncMessage, queued_at: datetime) -> None:
+    try:
+        deps.queue.enqueue(message.to_json())
+    except Exception:
+        def unmark(entry: DueEntry | None) -> DueEntry | None:
+            return replace(entry, queued_at=None) if entry and entry.queued_at == queued_at else entry
+
+        _update(deps.due, message.org_id, message.mailbox_id, unmark)
+        raise
+
+
+def _update(
+    due: DueIndex, org_id: str, mailbox_id: str, change: Callable[[DueEntry | None], DueEntry | None]
+) -> DueEntry | None:
+    """Read, change, compare-and-set; re-read and retry when another writer came first. ``change``
+    returns the wanted entry (None: no entry); an unchanged entry is not written."""
+    for _ in range(UPDATE_ATTEMPTS):
+        current = due.get(org_id, mailbox_id)
+        before = current.value if current is not None else None
+        wanted = change(before)
+        if wanted == before:
+            return wanted
+        if wanted is None:
+            assert current is not None
+            if due.remove(current):
+                return None
+        elif due.put(wanted, current) is not None:
+            return wanted
+    raise ConcurrencyConflict(f"the due entry of mailbox {mailbox_id} kept changing")

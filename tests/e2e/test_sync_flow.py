@@ -1,0 +1,285 @@
+"""The whole product through the local Functions host over HTTP: settings and records through the API, a
+delegated mailbox connected through the emulator's sign-in, mail delivered in the emulator, the minute
+timer, the sync queue, and the activities read back through the API; plus "Sync now", backfill, duplicate
+queue messages and poison messages."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
+from azure.functions.queue import QueueMessage
+
+from devhost import functions as devhost_functions
+from emulator.client import EmulatorClient, EmulatorTenant
+from sync_core import bootstrap
+from sync_core.adapters.graph_http import GraphError
+from tests.e2e.conftest import AppUnderTest
+
+TIMER = "enqueue_due_mailboxes"
+QUEUE_FUNCTION = "sync_mailbox_from_queue"
+RETURN_URL = "https://crm.example/app/mailboxes"
+DAN = "dan@talent.example"
+ERIN = "erin@prospect.example"
+STRANGER = "someone@nowhere.example"
+
+
+# -- helpers (also used by test_activities_api) ------------------------------------------------------
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def set_up_org(app_host: AppUnderTest, api: requests.Session, org: str, tenant: EmulatorTenant) -> None:
+    """Org settings and CRM records, through the API."""
+    settings = {"internal_domains": [tenant.domain], "return_url_allow_list": ["https://crm.example/app"]}
+    assert api.put(app_host.url(f"orgs/{org}/settings"), json=settings).status_code == 200
+    for record_id, body in (
+        ("cand-dan", {"type": "candidate", "name": "Dan", "emails": [DAN.upper()]}),
+        ("lead-erin", {"type": "lead", "name": "Erin", "emails": [ERIN]}),
+    ):
+        assert api.put(app_host.url(f"orgs/{org}/records/{record_id}"), json=body).status_code == 200
+
+
+def connect(
+    app_host: AppUnderTest, api: requests.Session, emulator_client: EmulatorClient, org: str, upn: str
+) -> str:
+    """The CRM's "Connect mailbox": POST connect, sign in on the emulator's page, follow the redirect to
+    the callback; returns the new mailbox's id."""
+    body = {"user_id": "crm-user-1", "login_hint": upn, "return_url": RETURN_URL}
+    started = api.post(app_host.url(f"orgs/{org}/mailboxes/connect"), json=body)
+    assert started.status_code == 200, started.text
+    callback = emulator_client.authorize(started.json()["authorize_url"], upn)
+    finished = requests.get(callback, allow_redirects=False, timeout=30)
+    assert finished.status_code == 302, finished.text
+    query = {k: v[0] for k, v in parse_qs(urlsplit(finished.headers["Location"]).query).items()}
+    assert query["status"] == "connected", query
+    return query["mailbox_id"]
+
+
+def run_scheduler(app_host: AppUnderTest) -> None:
+    """One tick of the minute timer, then wait until the queue-triggered syncs are done."""
+    app_host.host.trigger_timer(TIMER)
+    app_host.host.drain_queues(timeout=30)
+
+
+def timeline(app_host: AppUnderTest, api: requests.Session, org: str, record_id: str, **params: Any) -> Any:
+    response = api.get(app_host.url(f"orgs/{org}/records/{record_id}/activities"), params=params)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def mailbox_json(app_host: AppUnderTest, api: requests.Session, org: str, mailbox_id: str) -> Any:
+    response = api.get(app_host.url(f"orgs/{org}/mailboxes/{mailbox_id}"))
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+@dataclass(frozen=True)
+class Connected:
+    org: str
+    mailbox_id: str
+    upn: str
+    mail: str
+
+
+@pytest.fixture
+def adele(
+    app_host: AppUnderTest, api: requests.Session, emulator_client: EmulatorClient, tenant: EmulatorTenant, org: str
+) -> Connected:
+    """Adele's mailbox in a set-up org, connected and synced once (nothing to log yet)."""
+    set_up_org(app_host, api, org, tenant)
+    user = tenant.users["adele"]
+    mailbox_id = connect(app_host, api, emulator_client, org, user.upn)
+    run_scheduler(app_host)
+    return Connected(org, mailbox_id, user.upn, user.mail)
+
+
+# -- the end-to-end flow -----------------------------------------------------------------------------
+
+
+def test_settings_records_connect_mail_timer_and_queue_make_activities_and_threads_visible_through_the_api(
+    app_host: AppUnderTest, api: requests.Session, emulator_client: EmulatorClient, tenant: EmulatorTenant, org: str
+) -> None:
+    set_up_org(app_host, api, org, tenant)
+    user = tenant.users["adele"]
+    mailbox_id = connect(app_host, api, emulator_client, org, user.upn)
+    now = datetime.now(UTC).replace(microsecond=0)
+    original = emulator_client.deliver(
+        user.upn,
+        from_=f"Dan Candidate <{DAN}>",
+        to=[user.mail],
+        cc=[STRANGER],
+        subject="Interview on Tuesday",
+        body="<p>Hello Adele,<br>does <b>Tuesday</b> work?</p>",
+        received=iso(now + timedelta(seconds=1)),
+        attachments=[{"name": "cv.pdf", "content_type": "application/pdf", "size": 48213}],
+    )
+    emulator_client.deliver(
+        user.upn,
+        folder="sentitems",
+        from_=user.mail,
+        to=[DAN],
+        subject="Re: Interview on Tuesday",
+        body="Tuesday is fine.",
+        received=iso(now + timedelta(seconds=5)),
+        in_reply_to=original["internetMessageId"],
+        references=[original["internetMessageId"]],
+    )
+    emulator_client.deliver(user.upn, from_=STRANGER, to=[user.mail], subject="Unrelated", received=iso(now))
+
+    run_scheduler(app_host)
+
+    listed = timeline(app_host, api, org, "cand-dan")
+    assert listed["next_cursor"] is None
+    reply, first = listed["activities"]
+    assert (reply["subject"], reply["direction"]) == ("Re: Interview on Tuesday", "sent")
+    assert (first["subject"], first["direction"]) == ("Interview on Tuesday", "received")
+    assert first["internet_message_id"] == original["internetMessageId"]
+    assert first["from"] == {"address": DAN, "name": "Dan Candidate"}
+    assert [p["address"] for p in first["to"]] == [user.mail]
+    assert [p["address"] for p in first["cc"]] == [STRANGER]
+    assert "Tuesday" in first["body"] and "<b>" not in first["body"]
+    assert first["body_truncated"] is False and first["body_preview"]
+    assert first["received_at"] == iso(now + timedelta(seconds=1))
+    assert first["mailbox_ids"] == [mailbox_id]
+    assert first["records"] == [{"id": "cand-dan", "type": "candidate"}]
+    assert first["attachments"] == [{"name": "cv.pdf", "size": 48213, "content_type": "application/pdf"}]
+    assert reply["thread_id"] == first["thread_id"]
+    assert timeline(app_host, api, org, "lead-erin")["activities"] == []
+
+    [thread] = timeline(app_host, api, org, "cand-dan", view="threads")["threads"]
+    assert [a["subject"] for a in thread["activities"]] == ["Interview on Tuesday", "Re: Interview on Tuesday"]
+    assert thread["message_count"] == 2 and thread["thread_id"] == first["thread_id"]
+
+    detail = api.get(app_host.url(f"orgs/{org}/activities/{first['id']}"))
+    assert detail.status_code == 200 and detail.json() == first
+    status = mailbox_json(app_host, api, org, mailbox_id)
+    assert status["status"] == "active" and status["last_success_at"] is not None
+    assert status["counters"]["activities_created"] == 2
+    assert status["counters"]["reasons"]["unmatched"] == 1
+
+
+def test_sync_now_answers_202_and_new_mail_appears_after_the_queue_ran(
+    app_host: AppUnderTest, api: requests.Session, emulator_client: EmulatorClient, adele: Connected
+) -> None:
+    emulator_client.deliver(adele.upn, from_=ERIN, to=[adele.mail], subject="Pricing question")
+    sync_url = app_host.url(f"orgs/{adele.org}/mailboxes/{adele.mailbox_id}/sync")
+
+    response = api.post(sync_url)
+
+    assert response.status_code == 202, response.text
+    assert response.json() == {"mailbox_id": adele.mailbox_id, "status": "queued"}
+    again = api.post(sync_url)
+    assert again.status_code == 202 and again.json()["status"] == "coalesced"
+    app_host.host.drain_queues(timeout=30)
+    subjects = [a["subject"] for a in timeline(app_host, api, adele.org, "lead-erin")["activities"]]
+    assert subjects == ["Pricing question"]
+    assert api.post(sync_url).json()["status"] == "queued"  # the run finished: a new request queues again
+    app_host.host.drain_queues(timeout=30)
+
+
+def test_sync_now_and_backfill_of_an_unknown_mailbox_get_404(
+    app_host: AppUnderTest, api: requests.Session, org: str
+) -> None:
+    assert api.post(app_host.url(f"orgs/{org}/mailboxes/mbx_nobody/sync")).status_code == 404
+    response = api.post(app_host.url(f"orgs/{org}/mailboxes/mbx_nobody/backfill"), json={"days": 7})
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+
+
+def test_backfill_answers_202_and_brings_in_older_mail_within_the_window_only(
+    app_host: AppUnderTest, api: requests.Session, emulator_client: EmulatorClient, adele: Connected
+) -> None:
+    now = datetime.now(UTC)
+    for days, subject in ((3, "Three days ago"), (30, "A month ago")):
+        received = iso(now - timedelta(days=days))
+        emulator_client.deliver(adele.upn, from_=DAN, to=[adele.mail], subject=subject, received=received)
+    api.post(app_host.url(f"orgs/{adele.org}/mailboxes/{adele.mailbox_id}/sync"))
+    app_host.host.drain_queues(timeout=30)
+    assert timeline(app_host, api, adele.org, "cand-dan")["activities"] == []  # older than the watermark
+
+    response = api.post(app_host.url(f"orgs/{adele.org}/mailboxes/{adele.mailbox_id}/backfill"), json={"days": 7})
+
+    assert response.status_code == 202, response.text
+    assert response.json()["status"] == "queued" and response.json()["days"] == 7
+    app_host.host.drain_queues(timeout=30)
+    subjects = [a["subject"] for a in timeline(app_host, api, adele.org, "cand-dan")["activities"]]
+    assert subjects == ["Three days ago"]
+    watermark = mailbox_json(app_host, api, adele.org, adele.mailbox_id)["watermark"]
+    assert abs(datetime.fromisoformat(watermark.replace("Z", "+00:00")) - (now - timedelta(days=7))) < timedelta(
+        minutes=1
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ({"days": 0}, "invalid_field"),
+        ({"days": 366}, "invalid_field"),
+        ({"days": "7"}, "invalid_field"),
+        ({"days": True}, "invalid_field"),
+        ({}, "invalid_field"),
+        ({"days": 7, "weeks": 1}, "unknown_field"),
+    ],
+)
+def test_backfill_refuses_days_outside_1_to_365_with_400(
+    app_host: AppUnderTest, api: requests.Session, org: str, body: dict[str, Any], code: str
+) -> None:
+    response = api.post(app_host.url(f"orgs/{org}/mailboxes/mbx_any/backfill"), json=body)
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == code
+
+
+def test_backfill_needs_a_json_body(app_host: AppUnderTest, api: requests.Session, org: str) -> None:
+    response = api.post(app_host.url(f"orgs/{org}/mailboxes/mbx_any/backfill"), data="days=7")
+
+    assert response.status_code == 415
+
+
+def test_duplicate_queue_messages_do_not_duplicate_activities(
+    app_host: AppUnderTest, api: requests.Session, emulator_client: EmulatorClient, adele: Connected
+) -> None:
+    emulator_client.deliver(adele.upn, from_=DAN, to=[adele.mail], subject="Only once")
+    queue = bootstrap.services().queue
+
+    for _ in range(4):
+        queue.enqueue({"org_id": adele.org, "mailbox_id": adele.mailbox_id, "reason": "sync_now"})
+    app_host.host.drain_queues(timeout=30)
+
+    [activity] = timeline(app_host, api, adele.org, "cand-dan")["activities"]
+    assert activity["subject"] == "Only once" and activity["mailbox_ids"] == [adele.mailbox_id]
+
+
+def test_a_message_failing_on_its_last_delivery_sets_the_mailbox_to_error_with_the_reason(
+    app_host: AppUnderTest, api: requests.Session, emulator_client: EmulatorClient, adele: Connected
+) -> None:
+    org, mailbox_id = adele.org, adele.mailbox_id
+    # Graph answers 500 to every call for this mailbox: a failure no retry fixes, so each run raises.
+    emulator_client.add_fault(status=500, count=-1, mailbox=adele.upn)
+    spec = app_host.host.functions[QUEUE_FUNCTION]
+    body = json.dumps({"org_id": org, "mailbox_id": mailbox_id, "reason": "timer"}).encode()
+
+    for delivery in (4, 5):  # host.json maxDequeueCount is 5: the host poisons the message after the 5th
+        message = QueueMessage(id=str(uuid.uuid4()), body=body, dequeue_count=delivery)  # type: ignore[no-untyped-call]
+        with pytest.raises(GraphError):
+            devhost_functions.call(spec, message)
+        if delivery == 4:
+            assert mailbox_json(app_host, api, org, mailbox_id)["status"] == "active"
+
+    status = mailbox_json(app_host, api, org, mailbox_id)
+    assert status["status"] == "error"
+    assert status["status_reason"] == "sync failed 5 times: GraphError"
+    refused = api.post(app_host.url(f"orgs/{org}/mailboxes/{mailbox_id}/backfill"), json={"days": 7})
+    assert refused.status_code == 409
+    assert refused.json()["error"]["code"] == "mailbox_not_syncable"
+    assert refused.json()["error"]["details"]["status"] == "error"
+    assert api.post(app_host.url(f"orgs/{org}/mailboxes/{mailbox_id}/sync")).status_code == 409

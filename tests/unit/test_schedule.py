@@ -1,0 +1,484 @@
+"""Scheduling on in-memory doubles: the due index and the timer, coalescing, continuations, backfill,
+the reconciliation sweep, and poison messages."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from sync_core.adapters.memory import InMemoryStores
+from sync_core.adapters.memory_due import InMemoryDueIndex, InMemoryMailboxCatalog, InMemoryWorkQueue
+from sync_core.domain.model import EmailAddress, Mailbox, MailboxStatus, MailMessage, OrgSettings, Record
+from sync_core.errors import ReauthRequired
+from sync_core.scheduling_ports import DueEntry
+from sync_core.use_cases import schedule
+from sync_core.use_cases.schedule import ScheduleDeps, SyncMessage
+from sync_core.use_cases.sync_mailbox import SyncDeps, SyncOutcome, sync_mailbox
+from tests.unit.fake_mail import FakeMailSource, throttled
+
+ORG = "acme"
+T0 = datetime(2026, 11, 2, 9, 0, 30, tzinfo=UTC)
+CONNECTED = T0 - timedelta(hours=1)
+MAX_DEQUEUE = 5
+
+
+class Clock:
+    def __init__(self, moment: datetime) -> None:
+        self.moment = moment
+
+    def now(self) -> datetime:
+        return self.moment
+
+    def advance(self, **delta: float) -> None:
+        self.moment += timedelta(**delta)
+
+
+class World:
+    """Stores, due index, queue and a scripted mailbox, wired the way bootstrap wires the real adapters.
+    ``sync`` runs the real sync_mailbox unless ``script`` holds outcomes (or exceptions) to return."""
+
+    def __init__(self, mailboxes: tuple[str, ...] = ("mb-adele",)) -> None:
+        self.stores = InMemoryStores()
+        self.due = InMemoryDueIndex()
+        self.queue = InMemoryWorkQueue()
+        self.clock = Clock(T0)
+        self.mail = FakeMailSource(page_size=10)
+        self.script: list[SyncOutcome | Exception | Callable[[], SyncOutcome]] = []
+        self.runs: list[str] = []
+        self.stores.records.upsert(ORG, [Record("c-1", "contact", "Carol", emails=("carol@client.example",))])
+        self.stores.settings.put(ORG, OrgSettings(internal_domains=("acme.example",)))
+        for mailbox_id in mailboxes:
+            self.add_mailbox(mailbox_id)
+
+    def add_mailbox(self, mailbox_id: str, org: str = ORG, **changes: Any) -> None:
+        address = f"{mailbox_id.removeprefix('mb-')}@acme.example"
+        box = Mailbox(org, mailbox_id, address, (address,), watermark=CONNECTED)
+        self.stores.mailboxes.add(dataclasses.replace(box, **changes))
+
+    def deps(self, queue: Any = None) -> ScheduleDeps:
+        s = self.stores
+        return ScheduleDeps(
+            due=self.due,
+            queue=queue or self.queue,
+            mailboxes=s.mailboxes,
+            settings=s.settings,
+            cursors=s.cursors,
+            leases=s.leases,
+            clock=self.clock,
+            sync=self.sync,
+            catalog=InMemoryMailboxCatalog(s.mailboxes),
+        )
+
+    def sync(self, org_id: str, mailbox_id: str) -> SyncOutcome:
+        self.runs.append(mailbox_id)
+        if self.script:
+            step = self.script.pop(0)
+            if isinstance(step, Exception):
+                raise step
+            return step() if callable(step) else step
+        s = self.stores
+        deps = SyncDeps(
+            s.mailboxes, s.settings, s.records, s.activities, s.cursors, s.leases, s.runs, self.mail, self.clock
+        )
+        return sync_mailbox(deps, org_id, mailbox_id)
+
+    # -- driving ------------------------------------------------------------------------------------
+
+    def tick(self) -> schedule.TickReport:
+        return schedule.enqueue_due(self.deps())
+
+    def deliver_queue(self, rounds: int = 10) -> list[str]:
+        """Process queued messages (and the continuations they enqueue) like the queue trigger."""
+        outcomes = []
+        for _ in range(rounds):
+            batch = self.queue.take()
+            if not batch:
+                return outcomes
+            for item in batch:
+                outcomes.append(self.process(item.body))
+        raise AssertionError("the queue did not drain")
+
+    def process(self, body: dict[str, Any], dequeue_count: int = 1) -> str:
+        return schedule.process_message(self.deps(), json.dumps(body).encode(), dequeue_count, MAX_DEQUEUE)
+
+    def entry(self, mailbox_id: str = "mb-adele") -> DueEntry:
+        found = self.due.get(ORG, mailbox_id)
+        assert found is not None
+        return found.value
+
+    def mailbox(self, mailbox_id: str = "mb-adele") -> Mailbox:
+        found = self.stores.mailboxes.get(ORG, mailbox_id)
+        assert found is not None
+        return found.value
+
+    def set_mailbox(self, mailbox_id: str = "mb-adele", **changes: Any) -> None:
+        found = self.stores.mailboxes.get(ORG, mailbox_id)
+        assert found is not None
+        self.stores.mailboxes.replace(dataclasses.replace(found.value, **changes), found.etag)
+
+    def mail_from_carol(self, received: datetime, mid: str = "<m1@client.example>") -> None:
+        self.mail.deliver(
+            MailMessage(
+                source_id=mid,
+                internet_message_id=mid,
+                subject="hello",
+                sender=EmailAddress("carol@client.example"),
+                to=(EmailAddress("adele@acme.example"),),
+                cc=(),
+                received_at=received,
+            )
+        )
+
+    def timeline(self) -> list[str]:
+        return [a.internet_message_id for a in self.stores.activities.timeline(ORG, "c-1", None, 100).items]
+
+
+def message(mailbox_id: str = "mb-adele", reason: str = "timer") -> dict[str, str]:
+    return {"org_id": ORG, "mailbox_id": mailbox_id, "reason": reason}
+
+
+# --- the due index and the timer ---
+
+
+def test_a_scheduled_mailbox_is_enqueued_by_the_next_tick_and_moved_forward_by_the_poll_interval() -> None:
+    world = World()
+    schedule.schedule_mailbox(world.deps(), ORG, "mb-adele")
+
+    report = world.tick()
+
+    assert report.enqueued == 1
+    assert [m.body for m in world.queue.messages] == [message()]
+    assert world.entry().due_at == T0 + timedelta(minutes=5)
+    assert world.entry().queued_at == T0
+
+
+def test_the_timer_enqueues_only_mailboxes_that_are_due() -> None:
+    world = World(("mb-a", "mb-b", "mb-c"))
+    deps = world.deps()
+    schedule.schedule_mailbox(deps, ORG, "mb-a", T0 - timedelta(seconds=1))
+    schedule.schedule_mailbox(deps, ORG, "mb-b", T0)
+    schedule.schedule_mailbox(deps, ORG, "mb-c", T0 + timedelta(seconds=1))
+
+    world.tick()
+
+    assert sorted(m.body["mailbox_id"] for m in world.queue.messages) == ["mb-a", "mb-b"]
+    assert world.entry("mb-c").due_at == T0 + timedelta(seconds=1)
+
+
+def test_a_second_tick_enqueues_nothing_until_the_poll_interval_has_passed() -> None:
+    world = World()
+    world.stores.settings.put(ORG, OrgSettings(poll_interval_minutes=15))
+    schedule.schedule_mailbox(world.deps(), ORG, "mb-adele")
+    world.tick()
+    world.queue.take()
+
+    world.clock.advance(minutes=14)
+    assert world.tick().enqueued == 0
+    world.clock.advance(minutes=1)
+    assert world.tick().enqueued == 1
+
+
+def test_schedule_mailbox_never_delays_an_earlier_due_time() -> None:
+    world = World()
+    deps = world.deps()
+    schedule.schedule_mailbox(deps, ORG, "mb-adele", T0)
+
+    schedule.schedule_mailbox(deps, ORG, "mb-adele", T0 + timedelta(hours=1))
+
+    assert world.entry().due_at == T0
+
+
+def test_a_claimed_mailbox_whose_enqueue_fails_is_due_again_at_once() -> None:
+    world = World()
+    schedule.schedule_mailbox(world.deps(), ORG, "mb-adele")
+
+    class Broken:
+        def enqueue(self, message: Any, delay_seconds: int = 0) -> None:
+            raise OSError("queue down")
+
+    with pytest.raises(OSError):
+        schedule.enqueue_due(world.deps(queue=Broken()))
+
+    assert world.entry().due_at == T0
+    assert world.entry().queued_at is None
+    assert world.tick().enqueued == 1
+
+
+# --- the queue-triggered run ---
+
+
+def test_a_message_runs_the_sync_and_the_mailbox_is_due_again_one_poll_interval_after_the_run() -> None:
+    world = World()
+    world.mail_from_carol(T0 - timedelta(minutes=1))
+    schedule.schedule_mailbox(world.deps(), ORG, "mb-adele")
+    world.tick()
+    world.clock.advance(seconds=20)
+
+    assert world.deliver_queue() == ["done"]
+
+    assert world.timeline() == ["<m1@client.example>"]
+    assert world.entry().due_at == T0 + timedelta(seconds=20, minutes=5)
+    assert world.entry().queued_at is None
+
+
+def test_a_mailbox_added_by_any_path_is_scheduled_by_the_end_of_its_first_run() -> None:
+    world = World()
+    assert world.due.get(ORG, "mb-adele") is None
+
+    world.process(message(reason="sync_now"))
+
+    assert world.entry().due_at == T0 + timedelta(minutes=5)
+
+
+def test_duplicate_messages_coalesce_on_the_sync_lease_and_store_nothing_twice() -> None:
+    world = World()
+    world.mail_from_carol(T0 - timedelta(minutes=1))
+    holder = world.stores.leases
+    # A run of the mailbox is in flight (it holds the very lease sync_mailbox takes).
+    assert holder.acquire(schedule.sync_lease_key(ORG, "mb-adele"), "other-run", T0 + timedelta(minutes=5), T0)
+
+    assert world.process(message()) == "busy"
+    assert world.stores.runs.recent(ORG, "mb-adele", 10) == ()
+
+    holder.release(schedule.sync_lease_key(ORG, "mb-adele"), "other-run")
+    assert [world.process(message()), world.process(message())] == ["done", "done"]
+    assert world.timeline() == ["<m1@client.example>"]
+
+
+def test_a_run_that_stops_early_enqueues_its_continuation_delayed_by_retry_after() -> None:
+    world = World()
+    world.mail.fail_next = [throttled()]
+
+    assert world.process(message()) == "more"
+
+    [continuation] = world.queue.take()
+    assert continuation.body == message(reason="continuation")
+    assert continuation.delay_seconds == 30
+    assert world.entry().queued_at == T0
+
+    world.script = [SyncOutcome("more", None, None)]
+    world.process(continuation.body)
+    assert [m.delay_seconds for m in world.queue.take()] == [0]
+
+
+def test_a_failed_run_leaves_the_status_the_run_set_and_parks_the_mailbox() -> None:
+    world = World()
+    world.mail.fail_next = [ReauthRequired("AADSTS70008: the grant expired", 70008)]
+
+    assert world.process(message()) == "failed"
+
+    assert world.mailbox().status is MailboxStatus.NEEDS_REAUTH
+    assert world.entry().due_at == T0 + schedule.PARKED_RECHECK
+
+
+def test_a_paused_mailbox_is_parked_and_a_disconnected_one_leaves_the_index() -> None:
+    world = World(("mb-paused", "mb-gone"))
+    world.set_mailbox("mb-paused", enabled=False)
+    world.set_mailbox("mb-gone", status=MailboxStatus.DISCONNECTED)
+
+    assert world.process(message("mb-paused")) == "skipped"
+    assert world.process(message("mb-gone")) == "skipped"
+    assert world.process(message("mb-never-existed")) == "skipped"
+
+    assert world.entry("mb-paused").due_at == T0 + schedule.PARKED_RECHECK
+    assert world.due.get(ORG, "mb-gone") is None
+    assert world.due.get(ORG, "mb-never-existed") is None
+
+
+def test_a_message_failing_on_every_delivery_sets_error_with_the_count_and_type_on_the_last_one() -> None:
+    world = World()
+    secret = RuntimeError("could not parse mail from carol@client.example")
+
+    for attempt in range(1, MAX_DEQUEUE):
+        world.script = [secret]
+        with pytest.raises(RuntimeError):
+            world.process(message(), dequeue_count=attempt)
+        assert world.mailbox().status is MailboxStatus.ACTIVE
+
+    world.script = [secret]
+    with pytest.raises(RuntimeError):
+        world.process(message(), dequeue_count=MAX_DEQUEUE)
+
+    assert world.mailbox().status is MailboxStatus.ERROR
+    assert world.mailbox().status_reason == "sync failed 5 times: RuntimeError"
+    assert world.entry().due_at == T0 + schedule.PARKED_RECHECK
+
+
+def test_a_message_that_is_not_a_sync_request_is_dropped() -> None:
+    world = World()
+
+    for body in (b"not json", b"[]", b'{"org_id": "acme"}', b'{"org_id": "", "mailbox_id": "x"}'):
+        assert schedule.process_message(world.deps(), body, 1, MAX_DEQUEUE) == "invalid"
+    assert world.runs == []
+
+
+# --- "Sync now" ---
+
+
+def test_sync_now_enqueues_once_and_coalesces_until_a_run_finished() -> None:
+    world = World()
+    deps = world.deps()
+
+    assert schedule.request_sync(deps, ORG, "mb-adele").status == "queued"
+    assert schedule.request_sync(deps, ORG, "mb-adele").status == "coalesced"
+    assert [m.body for m in world.queue.messages] == [message(reason="sync_now")]
+
+    world.deliver_queue()
+    assert schedule.request_sync(deps, ORG, "mb-adele").status == "queued"
+
+
+def test_sync_now_enqueues_again_once_the_coalescing_window_passed() -> None:
+    world = World()
+    deps = world.deps()
+    schedule.request_sync(deps, ORG, "mb-adele")
+
+    world.clock.advance(seconds=schedule.COALESCE_WINDOW.total_seconds())
+
+    assert schedule.request_sync(deps, ORG, "mb-adele").status == "queued"
+
+
+def test_the_timer_does_not_enqueue_a_mailbox_whose_sync_is_already_queued_but_still_moves_it_on() -> None:
+    world = World()
+    deps = world.deps()
+    schedule.schedule_mailbox(deps, ORG, "mb-adele")
+    schedule.request_sync(deps, ORG, "mb-adele")
+    world.queue.take()
+
+    report = world.tick()
+
+    assert (report.enqueued, report.coalesced) == (0, 1)
+    assert world.queue.messages == []
+    assert world.entry().due_at == T0 + timedelta(minutes=5)
+
+
+@pytest.mark.parametrize(
+    ("changes", "status"),
+    [
+        ({"status": MailboxStatus.NEEDS_REAUTH, "status_reason": "grant revoked"}, "needs_reauth"),
+        ({"status": MailboxStatus.ERROR, "status_reason": "sync failed 5 times: GraphError"}, "error"),
+        ({"status": MailboxStatus.DISCONNECTED}, "disconnected"),
+        ({"status": MailboxStatus.PAUSED}, "paused"),
+        ({"enabled": False}, "paused"),
+    ],
+)
+def test_sync_now_and_backfill_refuse_a_mailbox_that_cannot_sync(changes: dict[str, Any], status: str) -> None:
+    world = World()
+    world.set_mailbox(**changes)
+
+    with pytest.raises(schedule.NotSyncable) as refused:
+        schedule.request_sync(world.deps(), ORG, "mb-adele")
+    assert refused.value.status == status
+    with pytest.raises(schedule.NotSyncable):
+        schedule.request_backfill(world.deps(), ORG, "mb-adele", 7)
+    assert world.queue.messages == []
+    assert world.mailbox().watermark == CONNECTED
+
+
+def test_sync_now_refuses_while_the_org_switched_automation_off_and_for_an_unknown_mailbox() -> None:
+    world = World()
+    world.stores.settings.put(ORG, OrgSettings(automation_enabled=False))
+
+    with pytest.raises(schedule.NotSyncable):
+        schedule.request_sync(world.deps(), ORG, "mb-adele")
+    with pytest.raises(schedule.MailboxNotFound):
+        schedule.request_sync(world.deps(), ORG, "mb-nobody")
+    with pytest.raises(schedule.MailboxNotFound):
+        schedule.request_sync(world.deps(), "other-org", "mb-adele")
+
+
+# --- backfill ---
+
+
+def test_backfill_moves_the_watermark_back_clears_the_cursors_and_older_mail_arrives() -> None:
+    world = World()
+    world.mail_from_carol(CONNECTED - timedelta(days=3), "<old@client.example>")
+    world.mail_from_carol(CONNECTED - timedelta(days=30), "<too-old@client.example>")
+    world.mail_from_carol(CONNECTED + timedelta(minutes=1), "<new@client.example>")
+    world.process(message())
+    assert world.timeline() == ["<new@client.example>"]
+
+    result = schedule.request_backfill(world.deps(), ORG, "mb-adele", 7)
+
+    assert (result.status, result.applied, result.since) == ("queued", True, T0 - timedelta(days=7))
+    assert world.mailbox().watermark == T0 - timedelta(days=7)
+    assert world.stores.cursors.get_all(ORG, "mb-adele") == {}
+    assert world.entry().backfill_since is None
+    assert world.deliver_queue() == ["done"]
+    assert world.timeline() == ["<new@client.example>", "<old@client.example>"]
+    assert len(world.stores.activities.timeline(ORG, "c-1", None, 100).items) == 2
+
+
+def test_a_backfill_never_moves_the_watermark_forward() -> None:
+    world = World()
+    schedule.request_backfill(world.deps(), ORG, "mb-adele", 30)
+
+    schedule.request_backfill(world.deps(), ORG, "mb-adele", 1)
+
+    assert world.mailbox().watermark == T0 - timedelta(days=30)
+
+
+def test_a_backfill_requested_during_a_run_waits_for_the_lease_and_the_run_end_enqueues_it() -> None:
+    world = World()
+    deps = world.deps()
+    key = schedule.sync_lease_key(ORG, "mb-adele")
+    requested: list[schedule.SyncRequest] = []
+
+    def run_during_which_a_backfill_is_requested() -> SyncOutcome:
+        assert world.stores.leases.acquire(key, "run", T0 + timedelta(minutes=5), T0)
+        requested.append(schedule.request_backfill(deps, ORG, "mb-adele", 7))
+        assert world.process(message(reason="backfill")) == "busy"  # its own message, while the run holds on
+        world.stores.leases.release(key, "run")
+        return SyncOutcome("done")
+
+    world.queue.take()
+    world.script = [run_during_which_a_backfill_is_requested]
+    world.process(message())
+
+    assert requested[0].applied is False
+    assert world.mailbox().watermark == CONNECTED  # not touched while the run held the lease
+    [follow_up] = [m.body for m in world.queue.take() if m.body["reason"] == "backfill"][-1:]
+    assert world.process(follow_up) == "done"
+    assert world.mailbox().watermark == T0 - timedelta(days=7)
+    assert world.entry().backfill_since is None
+
+
+# --- the reconciliation sweep ---
+
+
+def test_the_sweep_gives_entries_to_active_mailboxes_without_one_a_bounded_page_per_tick() -> None:
+    count = schedule.SWEEP_PAGE * 2 + 50
+    world = World(tuple(f"mb-{n:04d}" for n in range(count)))
+    world.add_mailbox("mb-paused", enabled=False)
+    world.add_mailbox("mb-broken", status=MailboxStatus.ERROR)
+
+    reports = [world.tick() for _ in range(3)]
+
+    assert [r.swept for r in reports] == [schedule.SWEEP_PAGE, schedule.SWEEP_PAGE, 52]
+    assert [r.added for r in reports] == [schedule.SWEEP_PAGE, schedule.SWEEP_PAGE, 50]
+    assert sum(r.enqueued for r in reports) == count
+    assert world.due.get(ORG, "mb-paused") is None
+    assert world.due.get(ORG, "mb-broken") is None
+    assert world.due.sweep_position() is None  # wrapped around: the next tick starts over
+
+    again = world.tick()
+    assert (again.swept, again.added) == (schedule.SWEEP_PAGE, 0)
+
+
+def test_the_sweep_starts_over_from_a_position_the_catalog_does_not_know() -> None:
+    world = World()
+    world.due.set_sweep_position("not a position")
+
+    assert world.tick().added == 1
+
+
+# --- messages ---
+
+
+def test_messages_carry_org_mailbox_and_reason_only() -> None:
+    assert SyncMessage("o", "m", "timer").to_json() == {"org_id": "o", "mailbox_id": "m", "reason": "timer"}
+    assert SyncMessage.parse(b'{"org_id": "o", "mailbox_id": "m"}') == SyncMessage("o", "m", "")
