@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
-from azure.core.exceptions import AzureError, ResourceExistsError
+from azure.core.exceptions import ResourceExistsError
 from azure.functions.queue import QueueMessage
 from azure.storage.queue import ExponentialRetry, QueueClient
 from azure.storage.queue import QueueMessage as StorageMessage
@@ -149,7 +149,7 @@ class QueueListener:
                 visibility_timeout=int(LEASE.total_seconds()),
             ).by_page()
             return list(next(pages, []))
-        except AzureError as exc:
+        except Exception as exc:  # any failure: the poller must outlive it, or the queue stops for good
             log.warning("polling queue %r failed: %s", self.queue_name, type(exc).__name__)
             return []
 

@@ -115,6 +115,7 @@ def _local_settings() -> dict[str, str]:
 
 def run() -> int:
     env = {**_local_settings(), **os.environ}
+    env.setdefault("SYNC_QUEUE_NAME", "mailbox-sync")  # local.settings.json from before the queue existed
     python = sys.executable
     with ExitStack() as stack:
         env["AzureWebJobsStorage"] = stack.enter_context(azurite(persistent=True, ports=(10000, 10001, 10002)))
