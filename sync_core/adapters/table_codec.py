@@ -153,11 +153,16 @@ def from_stored_datetime(value: datetime) -> datetime:
 
 
 def merge_activity(stored: Activity, incoming: Activity) -> Activity:
-    """The stored activity (its content wins) plus the incoming mailbox ids and record links."""
+    """The stored activity (its content wins) plus the incoming mailbox ids and record links. Direction is
+    ``sent`` once any mailbox of the org saw the message as sent: the org's own user wrote it, whichever
+    recipient's mailbox happened to be synced first."""
     mailbox_ids = stored.mailbox_ids + tuple(m for m in incoming.mailbox_ids if m not in stored.mailbox_ids)
     known = {ref.record_id for ref in stored.records}
     records = stored.records + tuple(ref for ref in _unique_records(incoming.records) if ref.record_id not in known)
-    return dataclasses.replace(stored, mailbox_ids=tuple(dict.fromkeys(mailbox_ids)), records=records)
+    direction = Direction.SENT if Direction.SENT in (stored.direction, incoming.direction) else stored.direction
+    return dataclasses.replace(
+        stored, mailbox_ids=tuple(dict.fromkeys(mailbox_ids)), records=records, direction=direction
+    )
 
 
 def group_by_org(activities: Sequence[Activity]) -> dict[str, dict[str, Activity]]:

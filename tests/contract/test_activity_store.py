@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from sync_core.adapters.table_codec import BODY_MAX_UNITS, PROPERTY_MAX_UNITS, utf16_units
-from sync_core.domain.model import EmailAddress, RecordRef
+from sync_core.domain.model import Direction, EmailAddress, RecordRef
 from tests.contract.conftest import T0, Stores, make_activity
 
 
@@ -34,6 +34,23 @@ def test_saving_the_same_message_from_a_second_mailbox_adds_the_mailbox_not_a_se
     stored = stores.activities.get("org-1", first.activity_id)
     assert stored.mailbox_ids == ("mbx-1", "mbx-2")
     assert [a.activity_id for a in stores.activities.timeline("org-1", "cand-1", None, 10).items] == [first.activity_id]
+
+
+@pytest.mark.parametrize("sender_mailbox_first", [True, False])
+def test_a_message_one_org_mailbox_sent_is_sent_whichever_mailbox_is_saved_first(
+    stores: Stores, sender_mailbox_first: bool
+) -> None:
+    received = make_activity("<m1@client.example>", mailbox_ids=("mbx-recipient",))
+    sent = dataclasses.replace(
+        make_activity("<m1@client.example>", mailbox_ids=("mbx-sender",)), direction=Direction.SENT
+    )
+    for activity in (sent, received) if sender_mailbox_first else (received, sent):
+        stores.activities.save([activity])
+
+    stored = stores.activities.get("org-1", received.activity_id)
+    assert stored is not None
+    assert stored.direction is Direction.SENT
+    assert set(stored.mailbox_ids) == {"mbx-recipient", "mbx-sender"}
 
 
 def test_saving_an_identical_activity_again_changes_nothing(stores: Stores) -> None:
