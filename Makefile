@@ -6,16 +6,28 @@ VENV := .venv
 BIN := $(VENV)/bin
 PY_STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
+# checkov (IaC scan of infra/) lives in its own venv: its pins conflict with ours (requirements-infra.txt).
+INFRA_VENV := .venv-infra
+INFRA_STAMP := $(INFRA_VENV)/.installed
 PYTEST_ARGS ?= -n 2 -q
 
 .PHONY: install run test lint unit bench clean
 
-install: $(PY_STAMP) $(NODE_STAMP)
+install: $(PY_STAMP) $(NODE_STAMP) $(INFRA_STAMP)
 
 $(PY_STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements-dev.txt
+	touch $@
+
+$(INFRA_STAMP): requirements-infra.txt
+	$(PYTHON) -m venv $(INFRA_VENV)
+	$(INFRA_VENV)/bin/python -m pip install -q --upgrade pip
+	$(INFRA_VENV)/bin/python -m pip install -q -r requirements-infra.txt
+	@# pycep builds its Bicep parser tables once (30-70 s) into lark's cache in the temp dir, shared by
+	@# both venvs (same pinned lark and grammar): build it here rather than inside the first test run.
+	$(INFRA_VENV)/bin/python -c "from pycep import BicepParser; BicepParser()"
 	touch $@
 
 $(NODE_STAMP): package.json package-lock.json

@@ -1,0 +1,47 @@
+// Log Analytics workspace + workspace-based Application Insights. Local (instrumentation-key) auth is
+// off: the Function App sends telemetry with its managed identity (APPLICATIONINSIGHTS_AUTHENTICATION_STRING
+// and the Monitoring Metrics Publisher role, see roles.bicep).
+
+@description('Azure region.')
+param location string
+
+@description('Log Analytics workspace name.')
+param workspaceName string
+
+@description('Application Insights component name.')
+param appInsightsName string
+
+@description('Days Log Analytics keeps logs.')
+@minValue(30)
+@maxValue(730)
+param retentionInDays int = 30
+
+@description('Tags for every resource.')
+param tags object = {}
+
+resource workspace 'Microsoft.OperationalInsights/workspaces@2023-09-01' = {
+  name: workspaceName
+  location: location
+  tags: tags
+  properties: {
+    sku: {
+      name: 'PerGB2018'
+    }
+    retentionInDays: retentionInDays
+  }
+}
+
+resource appInsights 'Microsoft.Insights/components@2020-02-02' = {
+  name: appInsightsName
+  location: location
+  tags: tags
+  kind: 'web'
+  properties: {
+    Application_Type: 'web'
+    WorkspaceResourceId: workspace.id
+    DisableLocalAuth: true
+  }
+}
+
+output appInsightsName string = appInsights.name
+output connectionString string = appInsights.properties.ConnectionString
