@@ -6,6 +6,7 @@ fails invocations (with a clear error) rather than function indexing.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import Callable
@@ -19,9 +20,14 @@ from azure.data.tables import TableServiceClient
 from sync_core.adapters.clock import SystemClock
 from sync_core.adapters.graph_http import GraphHttp
 from sync_core.adapters.graph_mail import GraphMailSource
+from sync_core.adapters.graph_subscriptions import GraphSubscriptionApi
+from sync_core.adapters.http_webhooks import RequestsWebhookSender
 from sync_core.adapters.storage_queue import StorageWorkQueue
 from sync_core.adapters.table_due import TableDueIndex, TableMailboxCatalog
+from sync_core.adapters.table_subscriptions import TableSubscriptionStore
+from sync_core.adapters.table_webhook_log import TableWebhookLog, TableWebhookSecretStore
 from sync_core.adapters.tables import TableStores
+from sync_core.api.activities import activity_to_json
 from sync_core.auth.crypto import TokenCipher
 from sync_core.auth.msal_tokens import MsalIdentity, make_session
 from sync_core.auth.token_cache_store import TableAuthFlowStore, TableOrgTenantStore, TableTokenCacheStore
@@ -29,8 +35,12 @@ from sync_core.domain.model import Mailbox
 from sync_core.errors import StorageUnavailable
 from sync_core.settings import Settings
 from sync_core.use_cases.connect import ConnectDeps
-from sync_core.use_cases.schedule import ScheduleDeps, schedule_mailbox
+from sync_core.use_cases.ingest import IngestDeps
+from sync_core.use_cases.notifications import NotificationDeps
+from sync_core.use_cases.schedule import ScheduleDeps, request_sync, schedule_mailbox
+from sync_core.use_cases.subscriptions import SubscriptionDeps, remove_for_mailbox
 from sync_core.use_cases.sync_mailbox import SyncDeps, SyncOutcome, sync_mailbox
+from sync_core.use_cases.webhooks import WebhookDeps, WebhookEvents
 
 log = logging.getLogger(__name__)
 # The Azure SDK logs every storage request at INFO; keep worker logs about the product.
@@ -86,6 +96,7 @@ class Services:
             clock=self.clock,
             graph_for=lambda token_source: GraphHttp(self._session, self.settings.graph_base_url, token_source),
             public_base_url=self.settings.public_base_url,
+            before_disconnect=lambda org, mailbox: remove_for_mailbox(self.subscription_deps(), org, mailbox),
         )
 
     def sync_deps(self, table_transactions: Callable[[], int] = lambda: 0) -> SyncDeps:
@@ -102,6 +113,7 @@ class Services:
             mail=GraphMailSource(self.graph_http),
             clock=self.clock,
             table_transactions=table_transactions,
+            events=self.activity_events(),
         )
 
     def sync(self, org_id: str, mailbox_id: str, budget: timedelta = timedelta(minutes=4)) -> SyncOutcome:
@@ -120,11 +132,13 @@ class Services:
 
     def mailbox_activated(self, org_id: str, mailbox_id: str) -> None:
         """Make a newly connected, added or re-enabled mailbox due now. A storage hiccup here is only
-        logged: the timer's catch-up sweep and the mailbox's next run schedule it anyway."""
+        logged: the timer's catch-up sweep and the mailbox's next run schedule it anyway. (Change
+        notifications are subscribed by the maintenance timer, within five minutes.)"""
         try:
             schedule_mailbox(self.schedule_deps(), org_id, mailbox_id)
         except StorageUnavailable:
             log.warning("could not schedule a mailbox right away; the timer sweep will")
+
 
     def schedule_deps(self) -> ScheduleDeps:
         s = self.stores
@@ -139,6 +153,73 @@ class Services:
             sync=self.sync,
             catalog=TableMailboxCatalog(self.tables, self.settings.table_prefix, s.metrics),
         )
+
+    # -- push (issue 6): Graph subscriptions and notifications, CRM webhooks, RFC 822 ingest ----------
+
+    @functools.cached_property
+    def push_queue(self) -> StorageWorkQueue:
+        """``<SYNC_QUEUE_NAME>-push``: webhook delivery attempts and lifecycle follow-ups."""
+        push = dataclasses.replace(self.settings, sync_queue=self.settings.sync_queue + "-push")
+        return StorageWorkQueue.from_settings(push)
+
+    @functools.cached_property
+    def subscription_store(self) -> TableSubscriptionStore:
+        return TableSubscriptionStore(self.tables, self.settings.table_prefix, self.stores.metrics)
+
+    def subscription_deps(self) -> SubscriptionDeps:
+        s = self.stores
+        return SubscriptionDeps(
+            store=self.subscription_store,
+            api=GraphSubscriptionApi(self.graph_http),
+            mailboxes=s.mailboxes,
+            settings=s.settings,
+            leases=s.leases,
+            clock=self.clock,
+            public_base_url=self.settings.public_base_url,
+            allow_http=self.settings.notifications_allow_http,
+            catalog=TableMailboxCatalog(self.tables, self.settings.table_prefix, s.metrics),
+        )
+
+    def notification_deps(self) -> NotificationDeps:
+        return NotificationDeps(
+            store=self.subscription_store,
+            clock=self.clock,
+            request_sync=lambda org, mailbox: request_sync(self.schedule_deps(), org, mailbox).status,
+            enqueue_work=self.push_queue.enqueue,
+        )
+
+    def webhook_deps(self) -> WebhookDeps:
+        return WebhookDeps(
+            settings=self.stores.settings,
+            activities=self.stores.activities,
+            deliveries=self._webhook_log,
+            secrets=self._webhook_secrets,
+            queue=self.push_queue,
+            clock=self.clock,
+            sender=RequestsWebhookSender(
+                self._webhook_session, allow_private=self.settings.webhooks_allow_private_networks
+            ),
+            render=activity_to_json,
+        )
+
+    @functools.cached_property
+    def _webhook_log(self) -> TableWebhookLog:
+        return TableWebhookLog(self.tables, self.settings.table_prefix, self.stores.metrics)
+
+    @functools.cached_property
+    def _webhook_secrets(self) -> TableWebhookSecretStore:
+        return TableWebhookSecretStore(self.tables, self._cipher, self.settings.table_prefix, self.stores.metrics)
+
+    @functools.cached_property
+    def _webhook_session(self) -> requests.Session:
+        return requests.Session()
+
+    def activity_events(self) -> WebhookEvents:
+        return WebhookEvents(self.webhook_deps())
+
+    def ingest_deps(self) -> IngestDeps:
+        s = self.stores
+        return IngestDeps(s.mailboxes, s.settings, s.records, s.activities, self.clock, self.activity_events())
 
 
 def _table_service(settings: Settings) -> TableServiceClient:

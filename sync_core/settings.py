@@ -37,6 +37,12 @@ class Settings:
     table_prefix: str = ""
     sync_queue: str = "mailbox-sync"
     version: str = "0.1.0"
+    # Push (issue 6): Graph subscriptions need an https PUBLIC_BASE_URL unless this allows http (only for
+    # the local emulator demo); CRM webhooks go to public https hosts only unless the second one allows
+    # private, loopback and plain-http targets (local demo and tests).
+    notifications_allow_http: bool = False
+    webhooks_allow_private_networks: bool = False
+    ingest_max_bytes: int = 25 * 1024 * 1024
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -56,6 +62,9 @@ class Settings:
             ca_bundle=env.get("REQUESTS_CA_BUNDLE") or None,
             table_prefix=env.get("TABLE_PREFIX", ""),
             sync_queue=env.get("SYNC_QUEUE_NAME", "mailbox-sync"),
+            notifications_allow_http=_flag(env.get("GRAPH_NOTIFICATIONS_ALLOW_HTTP", "")),
+            webhooks_allow_private_networks=_flag(env.get("WEBHOOKS_ALLOW_PRIVATE_NETWORKS", "")),
+            ingest_max_bytes=_positive_int(env.get("INGEST_MAX_MESSAGE_BYTES", ""), 25 * 1024 * 1024),
         )
 
     def __repr__(self) -> str:
@@ -64,3 +73,15 @@ class Settings:
             f"Settings(graph_base_url={self.graph_base_url!r}, authority_host={self.authority_host!r}, "
             f"public_base_url={self.public_base_url!r}, table_prefix={self.table_prefix!r})"
         )
+
+
+def _flag(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _positive_int(value: str, default: int) -> int:
+    try:
+        parsed = int(value.strip())
+    except ValueError:
+        return default
+    return parsed if parsed > 0 else default

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
+from emulator.client import EmulatorClient
 from tools.azurite import free_port, start_azurite
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -133,6 +134,10 @@ def run() -> int:
             env["GRAPH_AUTHORITY_HOST"] = f"https://localhost:{EMULATOR_PORT}"
             env["GRAPH_BASE_URL"] = f"https://localhost:{EMULATOR_PORT}/v1.0"
             env["REQUESTS_CA_BUNDLE"] = str(state_dir / "ca-bundle.pem")
+            # The local app is plain http: let the emulator deliver change notifications to it anyway.
+            EmulatorClient(env["GRAPH_AUTHORITY_HOST"], env["REQUESTS_CA_BUNDLE"]).configure(
+                allow_http_notification_urls=True
+            )
         stack.enter_context(
             child("devhost", [python, "-m", "devhost", "--port", str(HOST_PORT)], env, ready="devhost ready")
         )

@@ -5,7 +5,8 @@ Invariants:
 - 429/503/504 are retried after ``Retry-After`` when given, else after jittered exponential backoff;
   the total time spent waiting per client is bounded (``max_total_wait``), after which
   ``TransientGraphError`` carries the last Retry-After so the caller can re-schedule instead of blocking.
-- Connection errors and timeouts are retried the same way (every request here is a read, so it is safe).
+- Connection errors and timeouts are retried the same way (reads, and ``send``'s writes whose repetition
+  is harmless: subscription create, renew and delete).
 - At most ``max_concurrency`` requests (Graph allows 4 per mailbox) are in flight per client.
 - A 401 triggers exactly one token refresh and one retry; tokens are never logged.
 """
@@ -100,6 +101,14 @@ class GraphHttp:
     def get(self, url: str, params: Mapping[str, str] | None = None, prefer: Sequence[str] = ()) -> Any:
         """GET a path (relative to the Graph root) or an absolute link Graph gave us; returns JSON."""
         return self._request("GET", self._absolute(url), params=params, prefer=prefer).json()
+
+    def send(self, method: str, url: str, json_body: Any = None) -> Any:
+        """POST/PATCH/DELETE a path (or a link Graph gave us) with a JSON body; returns the JSON answer, or
+        None for an empty one (204). Retried like reads, connection errors included: use it only for calls
+        whose repetition is harmless (subscriptions: a duplicate expires on its own; renew and delete are
+        idempotent)."""
+        response = self._request(method.upper(), self._absolute(url), json_body=json_body)
+        return response.json() if response.content else None
 
     def batch(self, requests_: Sequence[Mapping[str, Any]]) -> dict[str, BatchResponse]:
         """Send up to 20 requests in one ``$batch``; sub-requests throttled with 429/503/504 are retried

@@ -71,7 +71,10 @@ def get_activity(svc: Services, req: ApiRequest) -> ApiResponse:
 
 
 def delete_activity(svc: Services, req: ApiRequest) -> ApiResponse:
-    svc.stores.activities.delete(req.param("org"), req.param("activity_id"))
+    """Privacy delete; repeating it is a 204 too. The CRM's webhook hears of the deletion once."""
+    org, activity_id = req.param("org"), req.param("activity_id")
+    if svc.stores.activities.delete(org, activity_id):
+        svc.activity_events().deleted(org, [activity_id])
     return ApiResponse(204)
 
 

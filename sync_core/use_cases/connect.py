@@ -117,6 +117,8 @@ class ConnectDeps:
     graph_for: Callable[[TokenSource], GraphReader]
     public_base_url: str
     new_state: Callable[[], str] = lambda: secrets.token_urlsafe(32)
+    # Called by ``disconnect`` while the mailbox's tokens still exist (deletes its Graph subscriptions).
+    before_disconnect: Callable[[str, str], object] = lambda _org, _mailbox: None
 
     @property
     def redirect_uri(self) -> str:
@@ -476,11 +478,16 @@ def add_app_mailbox(deps: ConnectDeps, org_id: str, address: str) -> Mailbox:
 
 
 def disconnect(deps: ConnectDeps, org_id: str, mailbox_id: str, purge: bool = False) -> DisconnectResult:
-    """Delete the mailbox's tokens and delta state and mark it ``disconnected``; with ``purge`` also
-    remove it from its activities (activities no other mailbox saw are deleted). Idempotent."""
+    """Delete the mailbox's Graph subscriptions (``before_disconnect``, best effort), tokens and delta state
+    and mark it ``disconnected``; with ``purge`` also remove it from its activities (activities no other
+    mailbox saw are deleted). Idempotent."""
     current = deps.mailboxes.get(org_id, mailbox_id)
     if current is None:
         raise MailboxNotFound(f"no mailbox {mailbox_id}")
+    try:
+        deps.before_disconnect(org_id, mailbox_id)
+    except Exception as exc:  # best effort: the subscriptions expire on their own, and their notifications are
+        log.warning("disconnect: removing the subscriptions failed: %s", type(exc).__name__)  # then unknown
     deps.tokens.delete(org_id, mailbox_owner(mailbox_id))
     deps.cursors.clear(org_id, mailbox_id)
     mailbox = _set_status(deps, current, MailboxStatus.DISCONNECTED, "disconnected")

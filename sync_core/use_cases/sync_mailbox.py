@@ -14,12 +14,13 @@ Invariants:
 - A lost delta token (410 / SyncStateNotFound) restarts that folder filtered from the mailbox
   watermark, so a resync never imports mail older than the watermark.
 - Unmatched and filtered messages leave nothing but a count in the run report.
+- Messages become activities through ``pipeline.build_activities`` (shared with RFC 822 ingest); new
+  activities are announced to ``events`` (CRM webhooks) after they are durably written.
 - One run per mailbox at a time (lease); a second trigger while one runs is coalesced ("busy").
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import uuid
 from collections import Counter
@@ -27,17 +28,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from sync_core.domain.decide import decide
 from sync_core.domain.model import (
     Activity,
-    Direction,
     FolderFilter,
     Mailbox,
     MailboxStatus,
     MailMessage,
     OrgSettings,
-    Reason,
-    activity_id_for,
 )
 from sync_core.errors import DeltaTokenExpired, MailboxAccessDenied, ReauthRequired, TransientGraphError
 from sync_core.ports import (
@@ -53,6 +50,8 @@ from sync_core.ports import (
     RunReportStore,
     SettingsRepository,
 )
+from sync_core.push_ports import ActivityEvents
+from sync_core.use_cases.pipeline import build_activities
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +71,7 @@ class SyncDeps:
     mail: MailSource
     clock: Clock
     table_transactions: Callable[[], int] = lambda: 0
+    events: ActivityEvents | None = None
 
 
 @dataclass(frozen=True)
@@ -205,71 +205,24 @@ class _Run:
             written = self.deps.activities.save(activities)
             self.created += len(written.created)
             self.merged += len(written.merged)
+            if written.created and self.deps.events is not None:
+                created = set(written.created)
+                self.deps.events.created(self.mailbox.org_id, [a for a in activities if a.activity_id in created])
         cursor = Cursor(caught_up=page.delta_link is not None, link=page.delta_link or page.next_link or "")
         self.deps.cursors.put(self.mailbox.org_id, self.mailbox.mailbox_id, page.folder, cursor.serialize())
         return cursor
 
     def _activities(self, messages: Sequence[MailMessage]) -> list[Activity]:
-        if not messages:
-            return []
-        mailbox, settings = self.mailbox, self.settings
-        addresses = {p.address for m in messages for p in m.participants}
-        # Domains cost one lookup each: ask for them only when the org matches by account domain.
-        domains = {a.rpartition("@")[2] for a in addresses} if settings.match_by_domain else set()
-        lookup = self.deps.records.lookup(mailbox.org_id, addresses, domains)
-        decisions = []
-        for message in messages:
-            decision = decide(message, mailbox, settings, lookup)
-            self.reasons[decision.reason.value] += 1
-            if decision.reason is Reason.MATCHED:
-                decisions.append((message, decision))
-        if not decisions:
-            return []
-        with_files = [m.source_id for m, _ in decisions if m.has_attachments]
-        files = self.deps.mail.attachments(mailbox, with_files) if with_files else {}
-        threads = self._thread_ids([m for m, _ in decisions])
-        return [
-            Activity(
-                org_id=mailbox.org_id,
-                activity_id=activity_id_for(mailbox.org_id, m.internet_message_id),
-                internet_message_id=m.internet_message_id,
-                thread_id=threads[m.internet_message_id],
-                subject=m.subject,
-                body_text=m.body_text,
-                body_preview=m.body_preview,
-                body_truncated=False,
-                sender=m.sender,
-                to=m.to,
-                cc=m.cc,
-                sent_at=m.sent_at,
-                received_at=m.received_at,
-                direction=d.direction or Direction.RECEIVED,
-                mailbox_ids=(mailbox.mailbox_id,),
-                records=d.records,
-                attachments=files.get(m.source_id, m.attachments),
-                conversation_id=m.conversation_id,
-            )
-            for m, d in decisions
-        ]
-
-    def _thread_ids(self, messages: Sequence[MailMessage]) -> dict[str, str]:
-        """Thread of each message: the stored thread of a message it references, else the thread
-        rooted at the first message of its References chain (or its In-Reply-To, or itself).
-        Both rules give the same id in every mailbox, so replies seen elsewhere join the thread."""
-        org = self.mailbox.org_id
-        referenced = {ref for m in messages for ref in (*m.references, *(m.in_reply_to or "",)) if ref}
-        known = self.deps.activities.thread_ids_for_messages(org, sorted(referenced)) if referenced else {}
-        threads: dict[str, str] = {}
-        for m in messages:
-            refs = [*reversed(m.references), *((m.in_reply_to,) if m.in_reply_to else ())]
-            stored = next((known[r] for r in refs if r in known), None)
-            root = m.references[0] if m.references else (m.in_reply_to or m.internet_message_id)
-            threads[m.internet_message_id] = stored or thread_id_for(org, root)
-        return threads
-
-
-def thread_id_for(org_id: str, root_message_id: str) -> str:
-    return "t" + hashlib.sha256(f"{org_id}\n{root_message_id.strip().lower()}".encode()).hexdigest()[:31]
+        mailbox = self.mailbox
+        return build_activities(
+            messages,
+            mailbox,
+            self.settings,
+            records=self.deps.records,
+            activities=self.deps.activities,
+            reasons=self.reasons,
+            fetch_attachments=lambda source_ids: self.deps.mail.attachments(mailbox, source_ids),
+        )
 
 
 @dataclass(frozen=True)

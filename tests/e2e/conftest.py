@@ -64,6 +64,10 @@ def app_host(
         "PUBLIC_BASE_URL": origin,
         "TOKEN_ENCRYPTION_KEY": "k1:" + base64.b64encode(os.urandom(32)).decode(),
         "LOCAL_FUNCTIONS_KEY": FUNCTION_KEY,
+        # This host is plain http on loopback: allow Graph subscriptions to it and CRM webhooks to local
+        # test receivers, exactly the documented local-demo settings.
+        "GRAPH_NOTIFICATIONS_ALLOW_HTTP": "true",
+        "WEBHOOKS_ALLOW_PRIVATE_NETWORKS": "true",
     }
     with LocalHost(ROOT, port=port, settings=settings, run_timers=False) as host:
         yield AppUnderTest(host, origin, client_id, secret)

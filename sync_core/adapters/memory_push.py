@@ -1,0 +1,139 @@
+"""In-memory doubles of the push ports' stores (subscriptions, webhook log, webhook secret).
+
+They behave like ``table_subscriptions`` and ``table_webhook_log`` (tests/contract runs the same cases
+on both): the same stored forms (``table_codec``: aware UTC datetimes), the same orders (an org's
+subscriptions by mailbox and folder key, deliveries newest first by ``delivery_position``) and the same
+errors. Each is thread-safe and never fails on its own.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import datetime
+
+from sync_core.adapters import table_keys as keys
+from sync_core.adapters.memory import _as_stored
+from sync_core.adapters.table_codec import decode_cursor, encode_cursor, to_utc
+from sync_core.adapters.table_subscriptions import record_row
+from sync_core.adapters.table_webhook_log import delivery_position
+from sync_core.errors import AlreadyExists, ConcurrencyConflict
+from sync_core.ports import Page, Versioned
+from sync_core.push_ports import PushSubscription, WebhookDelivery, WebhookSecret
+
+
+class InMemorySubscriptionStore:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._records: dict[tuple[str, str, str], PushSubscription] = {}
+        self._ids: dict[str, tuple[str, str, str]] = {}
+        self._unknown = 0
+
+    def get(self, subscription_id: str) -> PushSubscription | None:
+        with self._lock:
+            key = self._ids.get(subscription_id)
+            found = self._records.get(key) if key else None
+            return found if found is not None and found.subscription_id == subscription_id else None
+
+    def for_mailbox(self, org_id: str, mailbox_id: str) -> tuple[PushSubscription, ...]:
+        return tuple(s for s in self.for_org(org_id) if s.mailbox_id == mailbox_id)
+
+    def for_org(self, org_id: str) -> tuple[PushSubscription, ...]:
+        with self._lock:
+            found = [s for (org, _, _), s in self._records.items() if org == org_id]
+        return tuple(sorted(found, key=lambda s: record_row(s.mailbox_id, s.folder)))
+
+    def all(self) -> Iterator[PushSubscription]:
+        with self._lock:
+            listed = list(self._records.values())
+        yield from listed
+
+    def put(self, subscription: PushSubscription) -> None:
+        key = (subscription.org_id, subscription.mailbox_id, subscription.folder)
+        with self._lock:
+            self._ids[subscription.subscription_id] = key
+            self._records[key] = _as_stored(subscription)
+
+    def remove(self, subscription: PushSubscription) -> None:
+        key = (subscription.org_id, subscription.mailbox_id, subscription.folder)
+        with self._lock:
+            current = self._records.get(key)
+            if current is not None and current.subscription_id == subscription.subscription_id:
+                del self._records[key]
+            self._ids.pop(subscription.subscription_id, None)
+
+    def count(self, subscription_id: str, *, accepted: int, rejected: int, at: datetime, lifecycle: str = "") -> None:
+        with self._lock:
+            key = self._ids.get(subscription_id)
+            current = self._records.get(key) if key else None
+            if key is None or current is None or current.subscription_id != subscription_id:
+                return
+            self._records[key] = replace(
+                current,
+                notifications=current.notifications + accepted,
+                rejected=current.rejected + rejected,
+                last_notification_at=to_utc(at) if accepted else current.last_notification_at,
+                last_lifecycle_event=lifecycle or current.last_lifecycle_event,
+            )
+
+    def count_unknown(self, notifications: int) -> None:
+        with self._lock:
+            self._unknown += notifications
+
+    def unknown_count(self) -> int:
+        return self._unknown
+
+
+class InMemoryWebhookLog:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._deliveries: dict[str, dict[str, WebhookDelivery]] = {}
+
+    def record(self, delivery: WebhookDelivery) -> None:
+        position = delivery_position(delivery.created_at, delivery.delivery_id)
+        with self._lock:
+            self._deliveries.setdefault(delivery.org_id, {})[position] = _as_stored(delivery)
+
+    def recent(self, org_id: str, cursor: str | None, limit: int) -> Page[WebhookDelivery]:
+        after = decode_cursor(cursor) if cursor else None
+        if after is not None and keys.SEPARATOR not in after:
+            raise ValueError("invalid cursor")
+        with self._lock:
+            ordered = sorted(self._deliveries.get(org_id, {}).items())
+        remaining = [(position, d) for position, d in ordered if after is None or position > after]
+        size = max(limit, 1)
+        page = remaining[:size]
+        more = len(remaining) > size
+        return Page(tuple(d for _, d in page), encode_cursor(page[-1][0]) if more else None)
+
+    def trim(self, org_id: str, keep: int) -> int:
+        with self._lock:
+            deliveries = self._deliveries.get(org_id, {})
+            stale = sorted(deliveries)[max(keep, 0) :]
+            for position in stale:
+                del deliveries[position]
+            return len(stale)
+
+
+class InMemoryWebhookSecretStore:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._secrets: dict[str, Versioned[WebhookSecret]] = {}
+        self._versions = itertools.count(1)
+
+    def get(self, org_id: str) -> Versioned[WebhookSecret] | None:
+        with self._lock:
+            return self._secrets.get(org_id)
+
+    def put(self, org_id: str, secret: WebhookSecret, etag: str | None) -> str:
+        with self._lock:
+            current = self._secrets.get(org_id)
+            if etag is None and current is not None:
+                raise AlreadyExists("the org has a webhook secret")
+            if etag is not None and (current is None or current.etag != etag):
+                raise ConcurrencyConflict("the webhook secret changed")
+            stored = Versioned(_as_stored(secret), f"v{next(self._versions)}")
+            self._secrets[org_id] = stored
+            return stored.etag

@@ -1,0 +1,195 @@
+"""The SubscriptionStore port over Table storage.
+
+Layout of ``<prefix>subscriptions`` (PartitionKey / RowKey):
+- ``<org>`` / ``m|<mailbox>|<folder>``: the subscription (every ``PushSubscription`` field, ``kind=sub``).
+  One partition per org: listing an org or a mailbox is one partition query.
+- ``id|<subscription id>`` / ``id``: which (org, mailbox, folder) a Graph subscription id belongs to, so
+  a notification (which names only the id) is two point reads.
+- ``%counters`` / ``unknown``: notifications that named no subscription of ours. (``key_part`` escapes
+  ``%`` and ``|``, so no org partition can be ``%counters`` or start with ``id|``.)
+
+Invariants:
+- ``put`` writes the id row before the record; ``remove`` deletes the record (only while it still holds
+  that subscription id) before the id row. A crash in between leaves at worst an id row whose record is
+  missing or newer, which ``get`` treats as unknown.
+- Counter updates are ETag-conditional read-modify-writes, retried (with jitter) on a concurrent change,
+  up to ``COUNT_ATTEMPTS`` times; a count lost past that is logged (counters are diagnostics).
+- ``all`` is a filtered scan of the table (the maintenance timer's one read of every subscription).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
+from azure.data.tables import TableServiceClient
+
+from sync_core.adapters import table_keys as keys
+from sync_core.adapters.table_client import CONFLICT_ATTEMPTS, Table, TableMetrics, Write, etag_of, table_name
+from sync_core.adapters.table_codec import dataclass_entity, dataclass_from_entity, to_utc
+from sync_core.errors import AlreadyExists, ConcurrencyConflict, StorageUnavailable
+from sync_core.push_ports import PushSubscription
+
+log = logging.getLogger(__name__)
+
+COUNT_ATTEMPTS = 20  # counter updates are read-modify-writes; concurrent notifications retry this often
+_ID_ROW = "id"
+_COUNTERS = ("%counters", "unknown")
+_KIND = "sub"
+
+
+def record_row(mailbox_id: str, folder: str) -> str:
+    return keys.compose("m", keys.key_part(mailbox_id), keys.key_part(folder))
+
+
+def id_partition(subscription_id: str) -> str:
+    return keys.compose("id", keys.key_part(subscription_id))
+
+
+class TableSubscriptionStore:
+    def __init__(self, service: TableServiceClient, prefix: str = "", metrics: TableMetrics | None = None) -> None:
+        name = table_name(prefix, "subscriptions")
+        self._metrics = metrics or TableMetrics()
+        self._table = Table(service, name, self._metrics)
+        self._client = service.get_table_client(name)
+
+    def get(self, subscription_id: str) -> PushSubscription | None:
+        pointer = self._table.get(id_partition(subscription_id), _ID_ROW)
+        if pointer is None:
+            return None
+        entity = self._table.get(
+            keys.org_partition(str(pointer["org_id"])), record_row(str(pointer["mailbox_id"]), str(pointer["folder"]))
+        )
+        if entity is None:
+            return None
+        found = _subscription(entity)
+        return found if found.subscription_id == subscription_id else None
+
+    def for_mailbox(self, org_id: str, mailbox_id: str) -> tuple[PushSubscription, ...]:
+        low, high = keys.prefix_bounds(keys.compose("m", keys.key_part(mailbox_id)))
+        rows = self._table.rows(keys.org_partition(org_id), at_least=low, below=high)
+        return tuple(_subscription(entity) for entity in rows)
+
+    def for_org(self, org_id: str) -> tuple[PushSubscription, ...]:
+        low, high = keys.prefix_bounds("m")
+        rows = self._table.rows(keys.org_partition(org_id), at_least=low, below=high)
+        return tuple(_subscription(entity) for entity in rows)
+
+    def all(self) -> Iterator[PushSubscription]:
+        with _storage_errors("scan subscriptions"):
+            try:
+                entities = iter(
+                    self._client.query_entities(
+                        "kind eq @kind", parameters={"kind": _KIND}, raw_response_hook=self._metrics.count
+                    )
+                )
+                while True:
+                    entity = next(entities, None)
+                    if entity is None:
+                        return
+                    yield _subscription(entity)
+            except ResourceNotFoundError:  # no subscription was ever stored
+                return
+
+    def put(self, subscription: PushSubscription) -> None:
+        pointer = {
+            "PartitionKey": id_partition(subscription.subscription_id),
+            "RowKey": _ID_ROW,
+            "org_id": subscription.org_id,
+            "mailbox_id": subscription.mailbox_id,
+            "folder": subscription.folder,
+        }
+        self._table.write(Write("upsert", pointer))
+        self._table.write(Write("upsert", _entity(subscription)))
+
+    def remove(self, subscription: PushSubscription) -> None:
+        partition = keys.org_partition(subscription.org_id)
+        row = record_row(subscription.mailbox_id, subscription.folder)
+        for _ in range(CONFLICT_ATTEMPTS):
+            entity = self._table.get(partition, row)
+            if entity is None or entity.get("subscription_id") != subscription.subscription_id:
+                break
+            try:
+                self._table.write(Write("delete", {"PartitionKey": partition, "RowKey": row}, etag_of(entity)))
+                break
+            except ConcurrencyConflict:
+                continue
+        pointer = {"PartitionKey": id_partition(subscription.subscription_id), "RowKey": _ID_ROW}
+        self._table.write(Write("delete", pointer))
+
+    def count(self, subscription_id: str, *, accepted: int, rejected: int, at: datetime, lifecycle: str = "") -> None:
+        pointer = self._table.get(id_partition(subscription_id), _ID_ROW)
+        if pointer is None:
+            return
+        partition = keys.org_partition(str(pointer["org_id"]))
+        row = record_row(str(pointer["mailbox_id"]), str(pointer["folder"]))
+        for _ in range(COUNT_ATTEMPTS):
+            entity = self._table.get(partition, row)
+            if entity is None or entity.get("subscription_id") != subscription_id:
+                return
+            current = _subscription(entity)
+            updated = replace(
+                current,
+                notifications=current.notifications + accepted,
+                rejected=current.rejected + rejected,
+                last_notification_at=to_utc(at) if accepted else current.last_notification_at,
+                last_lifecycle_event=lifecycle or current.last_lifecycle_event,
+            )
+            try:
+                self._table.write(Write("update", _entity(updated), etag_of(entity)))
+                return
+            except ConcurrencyConflict:
+                time.sleep(random.uniform(0, 0.02))  # concurrent notifications of one subscription: spread out
+        log.warning("subscriptions: a count of %s was lost to contention", subscription_id)
+
+    def count_unknown(self, notifications: int) -> None:
+        partition, row = _COUNTERS
+        for _ in range(COUNT_ATTEMPTS):
+            entity = self._table.get(partition, row)
+            total = int(entity.get("count", 0)) + notifications if entity is not None else notifications
+            body: dict[str, Any] = {"PartitionKey": partition, "RowKey": row, "count": total}
+            try:
+                if entity is None:
+                    self._table.write(Write("create", body))
+                else:
+                    self._table.write(Write("update", body, etag_of(entity)))
+                return
+            except (AlreadyExists, ConcurrencyConflict):
+                time.sleep(random.uniform(0, 0.02))
+
+    def unknown_count(self) -> int:
+        entity = self._table.get(*_COUNTERS)
+        return int(entity.get("count", 0)) if entity is not None else 0
+
+
+def _entity(subscription: PushSubscription) -> dict[str, Any]:
+    entity = dataclass_entity(
+        subscription,
+        keys.org_partition(subscription.org_id),
+        record_row(subscription.mailbox_id, subscription.folder),
+    )
+    entity["kind"] = _KIND
+    return entity
+
+
+def _subscription(entity: Any) -> PushSubscription:
+    return dataclass_from_entity(PushSubscription, entity)
+
+
+@contextmanager
+def _storage_errors(action: str) -> Iterator[None]:
+    try:
+        yield
+    except ResourceNotFoundError:
+        raise
+    except HttpResponseError as exc:
+        raise StorageUnavailable(f"Table storage failed ({action}): {exc.status_code}") from exc
+    except AzureError as exc:
+        raise StorageUnavailable(f"Table storage unavailable ({action}): {type(exc).__name__}") from exc

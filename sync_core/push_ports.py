@@ -1,0 +1,184 @@
+"""Ports of push (issue 6): Graph change-notification subscriptions, CRM webhooks and activity events.
+
+Kept apart from ``sync_core.ports`` because only the push use cases (``subscriptions``, ``notifications``,
+``webhooks``, ``ingest``) use them. Production adapters: ``adapters.table_subscriptions``,
+``adapters.table_webhook_log``, ``adapters.graph_subscriptions``, ``adapters.http_webhooks``; in-memory
+doubles of the stores live in ``adapters.memory_push`` and tests/contract runs the same cases on both.
+
+Invariants:
+- A subscription's ``clientState`` is never stored: only its SHA-256 (``client_state_hash``). The secret
+  is 256 random bits, so a plain hash cannot be brute-forced, and a stolen table reveals nothing that
+  would let anyone forge a notification.
+- A mailbox has at most one subscription per folder key (``inbox``, ``sentitems`` or ``*`` for the whole
+  mailbox); ``SubscriptionStore.put`` replaces the folder's previous record.
+- Webhook secrets are stored encrypted (AES-GCM, ``TOKEN_ENCRYPTION_KEY``), bound to their org.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from sync_core.domain.model import Activity, Mailbox
+from sync_core.errors import SyncError
+from sync_core.ports import Page, Versioned
+
+WHOLE_MAILBOX = "*"
+
+
+class SubscriptionRefused(SyncError):
+    """Graph refused a subscription request for a reason retrying will not fix by itself (e.g. the
+    notification URL failed validation). ``max_minutes`` is set when Graph named a shorter maximum
+    expiration than the one asked for."""
+
+    def __init__(self, message: str, max_minutes: int | None = None) -> None:
+        super().__init__(message)
+        self.max_minutes = max_minutes
+
+
+class WebhookUrlRefused(SyncError):
+    """The webhook URL may not be called (not https, or a private, loopback or link-local address)."""
+
+
+class WebhookSendFailed(SyncError):
+    """The webhook POST got no answer (connection refused, TLS failure, timeout)."""
+
+
+@dataclass(frozen=True)
+class PushSubscription:
+    """A Graph subscription this service created for one folder of one mailbox, with its counters."""
+
+    org_id: str
+    mailbox_id: str
+    folder: str
+    subscription_id: str
+    resource: str
+    client_state_hash: str
+    expires_at: datetime
+    created_at: datetime
+    renewed_at: datetime | None = None
+    notifications: int = 0
+    rejected: int = 0
+    last_notification_at: datetime | None = None
+    last_lifecycle_event: str = ""
+
+
+class SubscriptionStore(Protocol):
+    def get(self, subscription_id: str) -> PushSubscription | None:
+        """The subscription with this Graph id (a notification names only that), or None."""
+
+    def for_mailbox(self, org_id: str, mailbox_id: str) -> tuple[PushSubscription, ...]:
+        """The mailbox's subscriptions, by folder key."""
+
+    def for_org(self, org_id: str) -> tuple[PushSubscription, ...]:
+        """Every subscription of the org, by mailbox then folder key."""
+
+    def all(self) -> Iterator[PushSubscription]:
+        """Every subscription of every org (the maintenance timer's one scan)."""
+
+    def put(self, subscription: PushSubscription) -> None:
+        """Insert or replace the record of (org, mailbox, folder) and make it findable by its id."""
+
+    def remove(self, subscription: PushSubscription) -> None:
+        """Forget this subscription: its id no longer resolves, and the folder's record goes unless it
+        already holds another subscription. Missing is fine."""
+
+    def count(self, subscription_id: str, *, accepted: int, rejected: int, at: datetime, lifecycle: str = "") -> None:
+        """Add to the subscription's counters (and note a lifecycle event); a missing one is ignored."""
+
+    def count_unknown(self, notifications: int) -> None:
+        """Count notifications that named no subscription of ours (not attributable to any org)."""
+
+    def unknown_count(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class CreatedSubscription:
+    subscription_id: str
+    expires_at: datetime
+
+
+class SubscriptionApi(Protocol):
+    """Graph's ``/subscriptions`` for one mailbox's credentials. Raises ``MessageNotFound`` when the
+    subscription is gone, ``ReauthRequired``/``MailboxAccessDenied`` for the mailbox's grant,
+    ``TransientGraphError`` when Graph stays unavailable, ``SubscriptionRefused`` otherwise."""
+
+    def create(
+        self,
+        mailbox: Mailbox,
+        resource: str,
+        *,
+        notification_url: str,
+        lifecycle_url: str,
+        client_state: str,
+        expires_at: datetime,
+    ) -> CreatedSubscription: ...
+
+    def renew(self, mailbox: Mailbox, subscription_id: str, expires_at: datetime) -> datetime:
+        """Extend (which also reauthorizes) the subscription; returns the new expiry."""
+
+    def delete(self, mailbox: Mailbox, subscription_id: str) -> None:
+        """Delete the subscription; one that is already gone is fine."""
+
+
+class ActivityEvents(Protocol):
+    """Told about activities after they are durably written or deleted (CRM webhooks listen)."""
+
+    def created(self, org_id: str, activities: Sequence[Activity]) -> None: ...
+
+    def deleted(self, org_id: str, activity_ids: Sequence[str]) -> None: ...
+
+
+@dataclass(frozen=True)
+class WebhookDelivery:
+    """One event for the org's webhook and what became of it. ``status``: ``pending`` (queued),
+    ``retrying`` (an attempt failed, another is queued for ``next_attempt_at``), ``delivered``,
+    ``failed`` (attempts exhausted or the URL is not allowed) or ``skipped`` (the webhook URL was removed
+    or the activity deleted before the attempt)."""
+
+    org_id: str
+    delivery_id: str
+    event: str
+    activity_id: str
+    created_at: datetime
+    status: str = "pending"
+    attempts: int = 0
+    last_attempt_at: datetime | None = None
+    next_attempt_at: datetime | None = None
+    response_status: int | None = None
+    error: str = ""
+    url: str = ""
+
+
+class WebhookLog(Protocol):
+    def record(self, delivery: WebhookDelivery) -> None:
+        """Insert or replace the delivery (keyed by org, ``created_at`` and ``delivery_id``)."""
+
+    def recent(self, org_id: str, cursor: str | None, limit: int) -> Page[WebhookDelivery]:
+        """The org's deliveries, newest first. Raises ValueError for a cursor this log did not produce."""
+
+    def trim(self, org_id: str, keep: int) -> int:
+        """Delete all but the newest ``keep`` deliveries of the org; returns how many were deleted."""
+
+
+@dataclass(frozen=True)
+class WebhookSecret:
+    value: str
+    created_at: datetime
+    revealed: bool = False
+
+
+class WebhookSecretStore(Protocol):
+    def get(self, org_id: str) -> Versioned[WebhookSecret] | None: ...
+
+    def put(self, org_id: str, secret: WebhookSecret, etag: str | None) -> str:
+        """Store (encrypted); returns the new etag. ``etag`` None: create, ``AlreadyExists`` when the org
+        has one; else replace only at that etag (``ConcurrencyConflict``)."""
+
+
+class WebhookSender(Protocol):
+    def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> int:
+        """POST once, no redirects followed; returns the HTTP status. Raises ``WebhookUrlRefused`` for a
+        URL that may not be called and ``WebhookSendFailed`` when no answer came."""

@@ -1,0 +1,108 @@
+"""Messages → decisions → activities: the one path every message takes, whatever brought it in (a Graph
+delta page in ``sync_mailbox``, an RFC 822 upload in ``ingest``).
+
+Invariants:
+- One records lookup for all the messages given; every message is decided by ``decide`` and its reason
+  counted; only ``MATCHED`` messages become activities.
+- An activity's id is ``activity_id_for(org, internet message id)`` and its thread id follows the same
+  rules in every mailbox and ingestion path, so the same message always lands on the same activity and
+  thread (dedupe is a keyed write, see ``ActivityStore.save``).
+- A mailbox with an empty ``mailbox_id`` (an org-level upload) gives activities with no mailbox ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+
+from sync_core.domain.decide import decide
+from sync_core.domain.model import (
+    Activity,
+    AttachmentSummary,
+    Direction,
+    Mailbox,
+    MailMessage,
+    OrgSettings,
+    Reason,
+    activity_id_for,
+)
+from sync_core.ports import ActivityStore, RecordsIndex
+
+AttachmentFetcher = Callable[[Sequence[str]], Mapping[str, tuple[AttachmentSummary, ...]]]
+"""Attachment summaries of messages by ``source_id`` (Graph: one ``$batch``); None when the messages
+already carry them (RFC 822 uploads)."""
+
+
+def build_activities(
+    messages: Sequence[MailMessage],
+    mailbox: Mailbox,
+    settings: OrgSettings,
+    *,
+    records: RecordsIndex,
+    activities: ActivityStore,
+    reasons: Counter[str],
+    fetch_attachments: AttachmentFetcher | None = None,
+) -> list[Activity]:
+    """Decide each message as seen in ``mailbox`` and build the activities of the matched ones (not
+    stored: the caller saves them). Adds one count per message to ``reasons``."""
+    if not messages:
+        return []
+    addresses = {p.address for m in messages for p in m.participants}
+    # Domains cost one lookup each: ask for them only when the org matches by account domain.
+    domains = {a.rpartition("@")[2] for a in addresses} if settings.match_by_domain else set()
+    lookup = records.lookup(mailbox.org_id, addresses, domains)
+    decisions = []
+    for message in messages:
+        decision = decide(message, mailbox, settings, lookup)
+        reasons[decision.reason.value] += 1
+        if decision.reason is Reason.MATCHED:
+            decisions.append((message, decision))
+    if not decisions:
+        return []
+    with_files = [m.source_id for m, _ in decisions if m.has_attachments]
+    files = fetch_attachments(with_files) if with_files and fetch_attachments is not None else {}
+    threads = thread_ids(activities, mailbox.org_id, [m for m, _ in decisions])
+    mailbox_ids = (mailbox.mailbox_id,) if mailbox.mailbox_id else ()
+    return [
+        Activity(
+            org_id=mailbox.org_id,
+            activity_id=activity_id_for(mailbox.org_id, m.internet_message_id),
+            internet_message_id=m.internet_message_id,
+            thread_id=threads[m.internet_message_id],
+            subject=m.subject,
+            body_text=m.body_text,
+            body_preview=m.body_preview,
+            body_truncated=False,
+            sender=m.sender,
+            to=m.to,
+            cc=m.cc,
+            sent_at=m.sent_at,
+            received_at=m.received_at,
+            direction=d.direction or Direction.RECEIVED,
+            mailbox_ids=mailbox_ids,
+            records=d.records,
+            attachments=files.get(m.source_id, m.attachments),
+            conversation_id=m.conversation_id,
+        )
+        for m, d in decisions
+    ]
+
+
+def thread_ids(activities: ActivityStore, org_id: str, messages: Sequence[MailMessage]) -> dict[str, str]:
+    """Thread of each message: the stored thread of a message it references, else the thread rooted at
+    the first message of its References chain (or its In-Reply-To, or itself). Both rules give the same
+    id in every mailbox, so replies seen elsewhere join the thread."""
+    referenced = {ref for m in messages for ref in (*m.references, *(m.in_reply_to or "",)) if ref}
+    known = activities.thread_ids_for_messages(org_id, sorted(referenced)) if referenced else {}
+    threads: dict[str, str] = {}
+    for m in messages:
+        refs = [*reversed(m.references), *((m.in_reply_to,) if m.in_reply_to else ())]
+        stored = next((known[r] for r in refs if r in known), None)
+        root = m.references[0] if m.references else (m.in_reply_to or m.internet_message_id)
+        threads[m.internet_message_id] = stored or thread_id_for(org_id, root)
+    return threads
+
+
+def thread_id_for(org_id: str, root_message_id: str) -> str:
+    return "t" + hashlib.sha256(f"{org_id}\n{root_message_id.strip().lower()}".encode()).hexdigest()[:31]

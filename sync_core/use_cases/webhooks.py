@@ -1,0 +1,283 @@
+"""CRM webhooks (spec §4): each new activity and each deletion POSTed to the org's ``webhook_url``.
+
+    activity saved (sync, ingest) / deleted ── WebhookEvents ── delivery logged "pending" + push-queue message
+    push queue ── deliver ── 2xx ──────────────────────────────> "delivered"
+                          ── other status / no answer ──────────> "retrying", queued again after RETRY_DELAYS[n]
+                          ── attempts exhausted / URL refused ──> "failed"
+                          ── webhook removed / activity gone ──> "skipped"
+
+A request: ``POST <webhook_url>`` with ``Content-Type: application/json`` and
+- ``X-Signature: sha256=<hex HMAC-SHA256 of the exact body bytes under the org's webhook secret>``
+- ``X-Delivery-Id`` (the same on every attempt: receivers dedupe on it), ``X-Timestamp`` (unix seconds of
+  this attempt; the body's ``sent_at`` holds it too, so it is covered by the signature), ``X-Event-Type``.
+- body: ``{"id", "type": "activity.created"|"activity.deleted", "org_id", "occurred_at", "sent_at",
+  "attempt", "data"}``; ``data`` is the activity as ``GET …/activities/{id}`` shows it (created), or
+  ``{"id": activity_id}`` (deleted).
+
+The secret: generated on first use (the first delivery or the first ``POST …/webhooks/secret``), stored
+encrypted, and shown exactly once by ``reveal_secret``; revealing again needs ``rotate`` (a new secret).
+
+Invariants:
+- Events are announced only after the activity is durably written; announcing never fails the caller
+  (an enqueue failure is logged): delivery is at least once from the moment the event is queued.
+- Nothing but an authenticated (function-key) org setting chooses the URL; the sender refuses non-https
+  and private, loopback and link-local targets unless ``WEBHOOKS_ALLOW_PRIVATE_NETWORKS`` is set.
+- The delivery log keeps the newest ``LOG_KEPT`` deliveries per org.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sync_core.domain.model import Activity
+from sync_core.errors import AlreadyExists, ConcurrencyConflict, SyncError
+from sync_core.ports import ActivityStore, Clock, SettingsRepository, WorkQueue
+from sync_core.push_ports import (
+    WebhookDelivery,
+    WebhookLog,
+    WebhookSecret,
+    WebhookSecretStore,
+    WebhookSender,
+    WebhookSendFailed,
+    WebhookUrlRefused,
+)
+
+log = logging.getLogger(__name__)
+
+CREATED = "activity.created"
+DELETED = "activity.deleted"
+WORK_KIND = "webhook"
+RETRY_DELAYS = (30, 120, 600, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600)  # seconds; ~23 h in all
+MAX_ATTEMPTS = len(RETRY_DELAYS) + 1
+LOG_KEPT = 1000
+TRIM_EVERY = 64  # trim an org's log on about one delivery in this many
+SECRET_PREFIX = "whsec_"  # noqa: S105 - the prefix of generated secrets, not a secret
+
+
+@dataclass
+class WebhookDeps:
+    settings: SettingsRepository
+    activities: ActivityStore
+    deliveries: WebhookLog
+    secrets: WebhookSecretStore
+    queue: WorkQueue
+    clock: Clock
+    sender: WebhookSender
+    render: Callable[[Activity], Mapping[str, Any]]
+    new_id: Callable[[], str] = lambda: uuid.uuid4().hex
+    new_secret: Callable[[], str] = lambda: SECRET_PREFIX + secrets.token_urlsafe(32)
+
+
+class SecretAlreadyRevealed(SyncError):
+    """The org's webhook secret was shown before (HTTP 409): rotate to get a new one."""
+
+    code = "secret_already_revealed"
+
+
+class InvalidWork(SyncError):
+    """A push-queue message that is not a webhook delivery."""
+
+
+# -- events ------------------------------------------------------------------------------------------
+
+
+class WebhookEvents:
+    """The ``ActivityEvents`` that queue a webhook delivery per event when the org has a webhook URL."""
+
+    def __init__(self, deps: WebhookDeps) -> None:
+        self._deps = deps
+
+    def created(self, org_id: str, activities: Sequence[Activity]) -> None:
+        self._announce(org_id, CREATED, [a.activity_id for a in activities])
+
+    def deleted(self, org_id: str, activity_ids: Sequence[str]) -> None:
+        self._announce(org_id, DELETED, list(activity_ids))
+
+    def _announce(self, org_id: str, event: str, activity_ids: list[str]) -> None:
+        if not activity_ids:
+            return
+        try:
+            url = self._deps.settings.get(org_id).webhook_url
+            if not url:
+                return
+            for activity_id in activity_ids:
+                announce(self._deps, org_id, event, activity_id, url)
+        except Exception as exc:  # announcing must never fail the sync or the request that caused it
+            log.error("webhooks: could not queue %s for org %s: %s", event, org_id, type(exc).__name__)
+
+
+def announce(deps: WebhookDeps, org_id: str, event: str, activity_id: str, url: str) -> WebhookDelivery:
+    """Log a pending delivery and queue its first attempt."""
+    delivery = WebhookDelivery(
+        org_id=org_id,
+        delivery_id=deps.new_id(),
+        event=event,
+        activity_id=activity_id,
+        created_at=deps.clock.now(),
+        url=url,
+    )
+    deps.deliveries.record(delivery)
+    deps.queue.enqueue(_work(delivery, attempt=1))
+    return delivery
+
+
+def _work(delivery: WebhookDelivery, attempt: int) -> dict[str, Any]:
+    return {
+        "kind": WORK_KIND,
+        "org_id": delivery.org_id,
+        "delivery_id": delivery.delivery_id,
+        "event": delivery.event,
+        "activity_id": delivery.activity_id,
+        "created_at": delivery.created_at.astimezone(UTC).isoformat(),
+        "attempt": attempt,
+    }
+
+
+def delivery_from_work(message: Mapping[str, Any]) -> tuple[WebhookDelivery, int]:
+    try:
+        delivery = WebhookDelivery(
+            org_id=str(message["org_id"]),
+            delivery_id=str(message["delivery_id"]),
+            event=str(message["event"]),
+            activity_id=str(message["activity_id"]),
+            created_at=datetime.fromisoformat(str(message["created_at"])),
+        )
+        attempt = int(message["attempt"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidWork("not a webhook delivery message") from exc
+    if delivery.event not in (CREATED, DELETED) or attempt < 1:
+        raise InvalidWork("not a webhook delivery message")
+    return delivery, attempt
+
+
+# -- delivery ----------------------------------------------------------------------------------------
+
+
+def deliver(deps: WebhookDeps, message: Mapping[str, Any]) -> WebhookDelivery:
+    """One attempt of a queued delivery; logs and returns its new state. Raises only when storage or the
+    queue fail (the host then retries the message)."""
+    delivery, attempt = delivery_from_work(message)
+    now = deps.clock.now()
+    url = deps.settings.get(delivery.org_id).webhook_url
+    if not url:
+        return _log(deps, replace(delivery, status="skipped", error="the org has no webhook URL any more"))
+    data: Mapping[str, Any]
+    if delivery.event == CREATED:
+        activity = deps.activities.get(delivery.org_id, delivery.activity_id)
+        if activity is None:
+            return _log(deps, replace(delivery, status="skipped", error="the activity was deleted", url=url))
+        data = deps.render(activity)
+    else:
+        data = {"id": delivery.activity_id}
+    secret = current_secret(deps, delivery.org_id)
+    body = json.dumps(
+        {
+            "id": delivery.delivery_id,
+            "type": delivery.event,
+            "org_id": delivery.org_id,
+            "occurred_at": _iso(delivery.created_at),
+            "sent_at": _iso(now),
+            "attempt": attempt,
+            "data": data,
+        },
+        separators=(",", ":"),
+        ensure_ascii=False,
+        default=str,
+    ).encode("utf-8")
+    headers = {
+        "Content-Type": "application/json; charset=utf-8",
+        "X-Signature": signature(secret, body),
+        "X-Delivery-Id": delivery.delivery_id,
+        "X-Timestamp": str(int(now.timestamp())),
+        "X-Event-Type": delivery.event,
+    }
+    tried = replace(delivery, attempts=attempt, last_attempt_at=now, url=url)
+    try:
+        status = deps.sender.post(url, body, headers)
+    except WebhookUrlRefused as exc:
+        return _log(deps, replace(tried, status="failed", error=f"URL not allowed: {exc}"))
+    except WebhookSendFailed as exc:
+        return _retry_or_fail(deps, replace(tried, error=f"no answer: {exc}"), attempt)
+    if 200 <= status < 300:
+        done = _log(deps, replace(tried, status="delivered", response_status=status, error=""))
+        _maybe_trim(deps, done)
+        return done
+    return _retry_or_fail(deps, replace(tried, response_status=status, error=f"HTTP {status}"), attempt)
+
+
+def _retry_or_fail(deps: WebhookDeps, delivery: WebhookDelivery, attempt: int) -> WebhookDelivery:
+    if attempt >= MAX_ATTEMPTS:
+        return _log(deps, replace(delivery, status="failed", next_attempt_at=None))
+    delay = RETRY_DELAYS[attempt - 1]
+    retrying = replace(delivery, status="retrying", next_attempt_at=deps.clock.now() + timedelta(seconds=delay))
+    deps.queue.enqueue(_work(retrying, attempt + 1), delay)
+    return _log(deps, retrying)
+
+
+def _log(deps: WebhookDeps, delivery: WebhookDelivery) -> WebhookDelivery:
+    deps.deliveries.record(delivery)
+    return delivery
+
+
+def _maybe_trim(deps: WebhookDeps, delivery: WebhookDelivery) -> None:
+    if int(hashlib.sha256(delivery.delivery_id.encode()).hexdigest()[:8], 16) % TRIM_EVERY == 0:
+        deps.deliveries.trim(delivery.org_id, LOG_KEPT)
+
+
+def signature(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+# -- the secret --------------------------------------------------------------------------------------
+
+
+def current_secret(deps: WebhookDeps, org_id: str) -> str:
+    """The org's secret, generated on first use."""
+    for _ in range(5):
+        found = deps.secrets.get(org_id)
+        if found is not None:
+            return found.value.value
+        try:
+            fresh = WebhookSecret(deps.new_secret(), deps.clock.now())
+            deps.secrets.put(org_id, fresh, None)
+            return fresh.value
+        except AlreadyExists:
+            continue  # generated concurrently: use that one
+    raise ConcurrencyConflict("the webhook secret kept changing")
+
+
+def reveal_secret(deps: WebhookDeps, org_id: str, rotate: bool = False) -> WebhookSecret:
+    """Show the org's secret once: generated on first use; a secret shown before is never shown again
+    (``SecretAlreadyRevealed``). ``rotate`` replaces it with a new one, which is shown and signs every
+    attempt from then on."""
+    current_secret(deps, org_id)
+    for _ in range(5):
+        found = deps.secrets.get(org_id)
+        if found is None:
+            continue
+        if found.value.revealed and not rotate:
+            raise SecretAlreadyRevealed("the webhook secret was already shown; rotate it to get a new one")
+        shown = (
+            WebhookSecret(deps.new_secret(), deps.clock.now(), revealed=True)
+            if rotate
+            else replace(found.value, revealed=True)
+        )
+        try:
+            deps.secrets.put(org_id, shown, found.etag)
+            return shown
+        except ConcurrencyConflict:
+            continue
+    raise ConcurrencyConflict("the webhook secret kept changing")
