@@ -3,8 +3,8 @@ registration; services are built lazily on the first invocation (see sync_core.b
 
 import azure.functions as func
 
-from triggers import activities, auth, crm, health, mailboxes, push, scheduling
+from triggers import activities, auth, crm, docs, health, mailboxes, push, scheduling
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
-for blueprint in (health.bp, crm.bp, auth.bp, mailboxes.bp, activities.bp, scheduling.bp, push.bp):
+for blueprint in (health.bp, docs.bp, crm.bp, auth.bp, mailboxes.bp, activities.bp, scheduling.bp, push.bp):
     app.register_functions(blueprint)
