@@ -143,6 +143,7 @@ class _Run:
         self.pages = 0
         self.created = 0
         self.merged = 0
+        self.seen: set[str] = set()  # internet message ids decided in this run
 
     def execute(self) -> tuple[str, str, float | None]:
         """Returns (status, error, retry_after)."""
@@ -200,7 +201,7 @@ class _Run:
         """Decide, store, then checkpoint one page; returns the folder's new cursor."""
         self.pages += 1
         self.reasons["skipped_items"] += page.skipped
-        activities = self._activities(page.messages)
+        activities = self._activities(self._first_sightings(page.messages))
         if activities:
             written = self.deps.activities.save(activities)
             self.created += len(written.created)
@@ -211,6 +212,17 @@ class _Run:
         cursor = Cursor(caught_up=page.delta_link is not None, link=page.delta_link or page.next_link or "")
         self.deps.cursors.put(self.mailbox.org_id, self.mailbox.mailbox_id, page.folder, cursor.serialize())
         return cursor
+
+    def _first_sightings(self, messages: Sequence[MailMessage]) -> list[MailMessage]:
+        """Graph may replay an item within a round; a run decides and counts each message once."""
+        fresh = []
+        for message in messages:
+            if message.internet_message_id in self.seen:
+                self.reasons["replayed_items"] += 1
+            else:
+                self.seen.add(message.internet_message_id)
+                fresh.append(message)
+        return fresh
 
     def _activities(self, messages: Sequence[MailMessage]) -> list[Activity]:
         mailbox = self.mailbox

@@ -288,3 +288,18 @@ def test_attachment_names_are_fetched_only_for_matched_messages_that_have_attach
     assert asked == [matched.source_id]
     [stored] = world.timeline("c-1")
     assert stored.attachments == (AttachmentSummary("cv.pdf", 1234, "application/pdf"),)
+
+
+def test_an_item_graph_replays_within_a_run_is_decided_and_counted_once() -> None:
+    world = World(page_size=2)
+    replayed = message("carol@client.example", ["adele@acme.example"])
+    world.mail.deliver(replayed)
+    world.mail.deliver(message("stranger@else.example", ["adele@acme.example"]))
+    world.mail.deliver(replayed)  # the same item again, on the next page
+
+    world.sync()
+
+    report = world.stores.runs.recent(ORG, "mb-adele", 1)[0]
+    assert (report.reasons["matched"], report.reasons["unmatched"], report.reasons["replayed_items"]) == (1, 1, 1)
+    assert report.activities_created == 1
+    assert report.activities_merged == 0
