@@ -262,7 +262,7 @@ class MsalIdentity:
         app = self.application(None, cache)
         try:
             result = app.acquire_token_by_auth_code_flow(dict(flow), dict(auth_response))
-        except requests.RequestException as exc:
+        except UNREACHABLE as exc:
             raise TransientGraphError(f"identity platform unreachable: {type(exc).__name__}") from exc
         except ValueError as exc:  # state mismatch, nonce or audience check of the id token
             # MSAL's message may quote the state or nonce: keep it out of results and logs.
@@ -311,6 +311,11 @@ class MsalIdentity:
         return AppTokenSource(self, self._tokens, org_id, tenant_id)
 
 
+# The identity platform could not answer: a network failure, or a 5xx that MSAL raises as MsalServiceError
+# ("HTTP Error: 503") instead of returning an error dict. Both are worth retrying later.
+UNREACHABLE = (requests.RequestException, msal.exceptions.MsalServiceError)
+
+
 def _aadsts(codes: Sequence[int]) -> str:
     return f", AADSTS{codes[0]}" if codes else ""
 
@@ -318,7 +323,7 @@ def _aadsts(codes: Sequence[int]) -> str:
 def _call(operation: Callable[[], Any]) -> dict[str, Any]:
     try:
         result = operation()
-    except requests.RequestException as exc:
+    except UNREACHABLE as exc:
         raise TransientGraphError(f"identity platform unreachable: {type(exc).__name__}") from exc
     return dict(result) if result else {}
 
