@@ -89,19 +89,31 @@ def build_activities(
     ]
 
 
+MAX_REFERENCES_LOOKED_UP = 20
+"""References is sender-controlled: look up at most the root and the latest 20 (one Table read each)."""
+
+
 def thread_ids(activities: ActivityStore, org_id: str, messages: Sequence[MailMessage]) -> dict[str, str]:
     """Thread of each message: the stored thread of a message it references, else the thread rooted at
     the first message of its References chain (or its In-Reply-To, or itself). Both rules give the same
     id in every mailbox, so replies seen elsewhere join the thread."""
-    referenced = {ref for m in messages for ref in (*m.references, *(m.in_reply_to or "",)) if ref}
-    known = activities.thread_ids_for_messages(org_id, sorted(referenced)) if referenced else {}
+    candidates = {m.internet_message_id: _references_to_look_up(m) for m in messages}
+    referenced = sorted({ref for refs in candidates.values() for ref in refs})
+    known = activities.thread_ids_for_messages(org_id, referenced) if referenced else {}
     threads: dict[str, str] = {}
     for m in messages:
-        refs = [*reversed(m.references), *((m.in_reply_to,) if m.in_reply_to else ())]
-        stored = next((known[r] for r in refs if r in known), None)
+        stored = next((known[r] for r in candidates[m.internet_message_id] if r in known), None)
         root = m.references[0] if m.references else (m.in_reply_to or m.internet_message_id)
         threads[m.internet_message_id] = stored or thread_id_for(org_id, root)
     return threads
+
+
+def _references_to_look_up(message: MailMessage) -> list[str]:
+    """Nearest first: In-Reply-To, the latest references, then the root."""
+    refs = [message.in_reply_to] if message.in_reply_to else []
+    refs += reversed(message.references[-MAX_REFERENCES_LOOKED_UP:])
+    refs += message.references[:1]
+    return list(dict.fromkeys(refs))
 
 
 def thread_id_for(org_id: str, root_message_id: str) -> str:
