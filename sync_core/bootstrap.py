@@ -45,6 +45,8 @@ from sync_core.use_cases.webhooks import WebhookDeps, WebhookEvents
 log = logging.getLogger(__name__)
 # The Azure SDK logs every storage request at INFO; keep worker logs about the product.
 logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
+# MSAL's DEBUG log of the token cache shows authorization codes and PKCE verifiers: never let it through.
+logging.getLogger("msal").setLevel(logging.INFO)
 
 
 class Services:
