@@ -10,6 +10,8 @@ NODE_STAMP := node_modules/.installed
 INFRA_VENV := .venv-infra
 INFRA_STAMP := $(INFRA_VENV)/.installed
 PYTEST_ARGS ?= -n 2 -q
+BENCH_STAMP := $(VENV)/.bench-installed
+BENCH_ARGS ?=
 
 .PHONY: install run test lint unit bench clean
 
@@ -46,6 +48,14 @@ test: install lint
 
 unit: $(PY_STAMP)
 	$(BIN)/python -m pytest tests/unit -q
+
+$(BENCH_STAMP): $(PY_STAMP) requirements-bench.txt
+	$(BIN)/python -m pip install -q -r requirements-bench.txt
+	touch $@
+
+# Regenerates docs/performance.md (about 15 min). BENCH_ARGS: e.g. --quick, --only backfill,idle.
+bench: $(BENCH_STAMP) $(NODE_STAMP)
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf .local .pytest_cache .mypy_cache .ruff_cache
