@@ -123,7 +123,11 @@ class HostFleet:
         from sync_core.use_cases.schedule import schedule_mailbox  # noqa: PLC0415
 
         deps = bootstrap.services().schedule_deps()
-        self._each(lambda box: schedule_mailbox(deps, ORG, box.mailbox_id) and None)
+
+        def make_due(box: FleetMailbox) -> None:
+            schedule_mailbox(deps, ORG, box.mailbox_id)
+
+        self._each(make_due)
 
     def tick(self, timeout: float = 1_200) -> None:
         """One run of the minute timer, then wait until every queued sync is done."""

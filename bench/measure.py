@@ -4,7 +4,7 @@ A worker is ``python -m bench.worker TASK`` with its parameters as JSON on stdin
 JSON on the last line of stdout. Each measurement runs in a fresh process, so its peak RSS and CPU time
 are its own (the emulator and Azurite run in other processes).
 
-``HttpProbe`` counts (and times) every HTTP request the process makes through ``requests`` -- the Graph
+``HttpProbe`` counts every HTTP request the process makes through ``requests`` -- the Graph
 client, MSAL and the Azure SDK (its transport is a ``requests`` Session) all do -- by target: Graph
 (``/v1.0``), identity (the emulator's other paths but ``/_emulator``, which is the benchmark's own
 ``control``), Table storage and Queue storage (Azurite's ports).
@@ -71,8 +71,8 @@ class Clock:
 
 
 class HttpProbe:
-    """Counts and times HTTP requests by target (see the module docstring) and by kind (reads are GET and
-    HEAD: Table queries and point reads; everything else writes); install once per process."""
+    """Counts HTTP requests by target (see the module docstring) and by kind (reads are GET and HEAD:
+    Table queries and point reads; everything else writes); install once per process."""
 
     def __init__(self, emulator_url: str, storage: str) -> None:
         self._emulator = urlsplit(emulator_url).netloc
@@ -81,8 +81,6 @@ class HttpProbe:
         self._queues = urlsplit(parts.get("QueueEndpoint", "")).netloc
         self._lock = threading.Lock()
         self.counts: Counter[str] = Counter()
-        self.seconds: Counter[str] = Counter()  # summed over threads: overlapping requests add up
-        self.main_thread_seconds: Counter[str] = Counter()
 
     def target(self, url: str) -> str:
         parts = urlsplit(url)
@@ -103,16 +101,13 @@ class HttpProbe:
         probe = self
 
         def request(session: requests.Session, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
-            started = time.perf_counter()
-            try:
-                return original(session, method, url, *args, **kwargs)
-            finally:
-                probe.record(str(url), str(method), time.perf_counter() - started)
+            probe.record(str(url), str(method))
+            return original(session, method, url, *args, **kwargs)
 
         requests.Session.request = request  # type: ignore[method-assign]
         return self
 
-    def record(self, url: str, method: str, seconds: float) -> None:
+    def record(self, url: str, method: str) -> None:
         """One request; also counted as ``<target>:read`` (GET/HEAD) or ``<target>:write``, and Table
         requests as ``table:<kind>:<table name>`` too (``$batch`` for entity group transactions)."""
         target = self.target(url)
@@ -123,9 +118,6 @@ class HttpProbe:
             if target == "table":
                 segments = urlsplit(url).path.split("/")
                 self.counts[f"table:{kind}:{segments[2].partition('(')[0] if len(segments) > 2 else ''}"] += 1
-            self.seconds[target] += seconds
-            if threading.current_thread() is threading.main_thread():
-                self.main_thread_seconds[target] += seconds
 
     def snapshot(self) -> dict[str, int]:
         with self._lock:
@@ -208,7 +200,3 @@ def run_worker(
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values)) if values else float("nan")
 
-
-def summarize(runs: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> dict[str, float]:
-    """The median of each key over the runs."""
-    return {key: median([float(run[key]) for run in runs]) for key in keys}

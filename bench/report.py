@@ -223,6 +223,7 @@ def _backfill(r: dict[str, Result], images: Path) -> str:
     profile = ", ".join(f"`{row['function']}` {row['tottime']:.1f} s" for row in ours_code[:4])
     normalising = sum(row["tottime"] for row in ours_code if "domain/addresses.py" in row["function"])
     batches = m["graph_http_requests"] - bound["delta_pages"]
+    per_page = (m["raw_fetch_wall"] - bound["delta_only"]) / bound["delta_pages"]
     return f"""## {_TITLES['backfill']}
 
 One mailbox, {_n(mix['messages'])} messages ({inbox:,} Inbox, {sent:,} Sent Items;
@@ -247,18 +248,18 @@ count in the port call that started them):
   and the mailbox owner and colleagues (who can never match) are looked up too.
 - Saving activities takes **{_n(save, 1)} s**: one point read per activity before the write, for
   activities that almost never exist yet; the thread lookups take {_n(threads, 1)} s more (a point read per
-  referenced Message-ID, up to ten per reply).
+  Message-ID a matched reply refers to: In-Reply-To, the latest 20 References and the root).
 - Graph: **{_n(graph, 1)} s** waiting for responses. Against this emulator even a bare client needs
-  {_n(m['raw_fetch_wall'], 1)} s for the ten delta pages (the raw fetch floor): the emulator spends
-  0.5-0.7 s of Python per 1,000-message page (it collapses the whitespace of every whole body for
-  `bodyPreview`). The rest is the {batches:.0f} attachment `$batch`es holding {mix['matched_with_attachments']}
-  listings: Graph runs four sub-requests at a time, so each batch costs its own round trip plus one per
-  four listings, about ({batches:.0f} + {bound['attachment_round_trips']}) \u00d7 {b['latency_ms']} ms =
-  {_n((batches + bound['attachment_round_trips']) * b['latency_ms'] / 1000, 1)} s.
+  {_n(m['raw_fetch_wall'], 1)} s for the ten delta pages (the raw fetch floor): the emulator spends Python
+  rendering every 1,000-message page (it collapses the whitespace of every whole body for `bodyPreview`),
+  about {_n(per_page, 2)} s per page beyond the latency. The rest is the {batches:.0f} attachment `$batch`es
+  holding {mix['matched_with_attachments']} listings: Graph runs four sub-requests at a time, so each batch
+  costs its own round trip plus one per four listings, about ({batches:.0f} + {bound['attachment_round_trips']})
+  {X} {b['latency_ms']} ms = {_n((batches + bound['attachment_round_trips']) * b['latency_ms'] / 1000, 1)} s.
 - The decisions take **{_n(decide, 1)} s** ({_n(1000 * decide / mix['messages'], 2)} ms per message) and turning
   Graph JSON into `MailMessage`s {_n(convert, 1)} s. In the profile of an in-memory run (cProfile, main
-  thread; {_n(b['profile']['wall'], 1)} s under the profiler) the product's own hottest functions are all address
-  normalisation, {_n(normalising, 1)} s in `domain/addresses.py`: {profile}.
+  thread) the product's own hottest functions are all address normalisation: {_n(normalising, 1)} of the
+  {_n(b['profile']['wall'], 1)} profiled seconds in `domain/addresses.py` ({profile}).
 
 So the goal is far off, for three reasons of different kinds: storage round trips the engine could avoid
 (proposals 1-3), CPU per message (proposal 4), and a bound that no client can approach against this
@@ -302,7 +303,7 @@ def _fleet(r: dict[str, Result], images: Path) -> str:
     rows = [
         ["mailboxes (5 new messages each)", _n(f["mailboxes"])],
         ["timer tick: due mailboxes claimed and enqueued",
-         f"{_n(f.get('timer_enqueued'))} in {_n(f['timer_seconds'], 1)} s (consumers already running)"],
+         f"{_n(f.get('timer_enqueued'))} of {_n(f['mailboxes'])} in {_n(f['timer_seconds'], 1)} s"],
         [f"runs finished in the {f['window_seconds']:.0f} s window", f"{_n(f['finished'])} of {_n(f['mailboxes'])}"],
         ["**mailboxes/minute per worker process** (after the timer returned)",
          f"**{_n(f['steady_mailboxes_per_minute'])}**"],
@@ -339,10 +340,15 @@ Functions scale controller adds instances as the queue backs up (Consumption and
 queue length; each instance runs up to 24 messages at once per the host.json above, or more worker
 processes with `FUNCTIONS_WORKER_PROCESS_COUNT`). At the rate measured here, polling N mailboxes every
 5 minutes needs about N / ({_n(per_run)} \u00d7 5) worker processes, e.g. {math.ceil(10_000 / (per_run * 5))} for
-10,000 mailboxes. The timer is one function per app (singleton); it only reads due entries and spends
-{_n(f['timer_seconds'], 0)} s here for {_n(f.get('timer_enqueued'))} claims while the same process syncs (it stops
-after 40 s and leaves the rest due for the next tick; on a dedicated instance it claims much faster), so
-it is not the bound below a few thousand mailboxes a minute. What bounds scale-out is shared:
+10,000 mailboxes -- as long as the timer keeps up, and here it does not: it is one function per app
+(a singleton), it claims each due mailbox with a point read, an entity group transaction and a queue send
+(8 at a time), and it stops after its 40 s budget. In this tick it claimed {_n(f.get('timer_enqueued'))} of
+{_n(f['mailboxes'])} mailboxes in {_n(f['timer_seconds'], 0)} s, sharing the process with the syncs it had
+already started; the rest stay due for the next minute. So on this machine the timer caps the whole app at
+about {_n(f.get('timer_enqueued'))} mailboxes a minute, ~{_n(5 * (f.get('timer_enqueued') or 0))} mailboxes at a
+5-minute interval, whatever the number of queue workers (proposal 10). With real Table storage a claim
+costs three round trips of a few ms, so the cap is much higher, but it is the first shared bound. The
+others:
 
 - **Table storage** (one account): 20,000 transactions/s per account and 2,000 entities/s per partition.
   At {_n(per_mailbox, 1)} transactions per run, the account caps the fleet at about
@@ -517,6 +523,8 @@ def _proposals(r: dict[str, Result]) -> str:
     first = (mt.get("memory") or [{}])[0]
     c = r.get("cold_start", {})
     idle = r.get("idle", {}).get("per_poll_use_case", {})
+    fleet = r.get("fleet", {})
+    settings_reads = fleet.get("steady_table_per_run", {}).get("read:settings")
     plain, memoised = mt.get("median_messages_per_second"), mt.get("median_memoised_messages_per_second")
     return f"""## Findings and proposals
 
@@ -542,7 +550,8 @@ measured where the bench could measure it. Ordered by expected effect on the num
    need the read-and-merge. Saves were {_n(phases.get('TableActivityStore.save'), 1)} s.
 3. **Resolve threads inside the page first** (`pipeline.thread_ids`): look up only the thread root
    (`References[0]`) or `In-Reply-To` of messages whose root is not in the same page or already resolved
-   in this run, instead of every referenced Message-ID (up to 10 per reply). Thread lookups were
+   in this run, instead of a point read for each of In-Reply-To, the latest 20 References and the root of
+   every matched reply. Thread lookups were
    {_n(phases.get('TableActivityStore.thread_ids_for_messages'), 1)} s.
 4. **Normalise once, not per message** (`domain/decide.py`, `domain/addresses.py`): `decide`
    re-normalises the owner's addresses, internal domains, never-log and blocked lists for every message,
@@ -569,8 +578,7 @@ measured where the bench could measure it. Ordered by expected effect on the num
    `run()`, and let `Services` import adapters inside its cached properties. `function_app` would then
    import `azure.functions` and the blueprints only: the app's share of the import
    ({_n(c.get('app_share_ms'))} ms) would drop to tens of ms, and the remaining time is `azure.functions`
-   itself, which the Python worker has
-   already loaded. The first invocation pays the rest, once per worker.
+   itself, which the Python worker has already loaded. The first invocation pays the rest, once per worker.
 8. **Backfills beyond 5,000 messages per folder** (`GraphMailSource.delta`): Graph returns at most the
    newest 5,000 messages for a delta filtered on `receivedDateTime` (the emulator enforces it), so a
    backfill of a busy mailbox silently stops at 5,000 per folder. Page the history with `/messages`
@@ -581,6 +589,15 @@ measured where the bench could measure it. Ordered by expected effect on the num
    `html.parser` on every render (8-25 s per 1,000-message page of HTML mail, which is why the mix stores
    text bodies). Computing the preview from the first few KB and caching the text rendering per message
    would make the raw-fetch floor close to the injected latency.
+10. **Claim due mailboxes in bulk** (`schedule.enqueue_due`, `TableDueIndex`): the tick reads the due keys
+   with one range query per shard, then reads each entry again and writes it in its own entity group
+   transaction. Returning the entries (with their ETags) from the range query and claiming up to 33 of a
+   shard in one transaction (delete the old index row, insert the new one, replace the entry: 3
+   operations each, 100 per transaction) leaves one queue send per mailbox, which can run with more
+   parallelism than 8. The timer claimed {_n(fleet.get('timer_enqueued'))} mailboxes in its 40 s budget here.
+11. **Read the org's settings once per run** (`schedule._process`, `sync_mailbox`): a queue-triggered run
+   reads them {_n(settings_reads, 1)} times; passing them along (or caching them per worker for a few
+   seconds) saves ~3 of the {_n(fleet.get('table_transactions_per_mailbox'), 1)} transactions of a run.
 """
 
 
