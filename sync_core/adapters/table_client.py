@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from azure.core import MatchConditions
-from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError
+from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableEntity, TableServiceClient, UpdateMode
 
 from sync_core.errors import AlreadyExists, ConcurrencyConflict, StorageUnavailable
@@ -369,6 +369,20 @@ def _conditions(etag: str | None) -> dict[str, Any]:
     if etag is None:
         return {}
     return {"etag": etag, "match_condition": MatchConditions.IfNotModified}
+
+
+@contextmanager
+def scan_errors(action: str) -> Iterator[None]:
+    """For reads that scan a table: a missing table stays ResourceNotFoundError (the caller treats it as
+    empty), every other failure becomes StorageUnavailable."""
+    try:
+        yield
+    except ResourceNotFoundError:
+        raise
+    except HttpResponseError as exc:
+        raise StorageUnavailable(f"Table storage failed ({action}): {exc.status_code}") from exc
+    except AzureError as exc:
+        raise StorageUnavailable(f"Table storage unavailable ({action}): {type(exc).__name__}") from exc
 
 
 @contextmanager

@@ -25,19 +25,18 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
+from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableEntity, TableServiceClient
 
 from sync_core.adapters import table_keys as keys
-from sync_core.adapters.table_client import Table, TableMetrics, Write, etag_of, key_only, table_name
+from sync_core.adapters.table_client import Table, TableMetrics, Write, etag_of, key_only, scan_errors, table_name
 from sync_core.adapters.table_codec import from_stored_datetime, to_utc
 from sync_core.domain.model import MailboxStatus
-from sync_core.errors import AlreadyExists, ConcurrencyConflict, StorageUnavailable
+from sync_core.errors import AlreadyExists, ConcurrencyConflict
 from sync_core.ports import Versioned
 from sync_core.scheduling_ports import DueEntry, MailboxSummary
 
@@ -215,7 +214,7 @@ class TableMailboxCatalog:
 
     def page(self, position: str | None, limit: int) -> tuple[tuple[MailboxSummary, ...], str | None]:
         token = _parse_position(position)
-        with _storage_errors("list mailboxes"):
+        with scan_errors("list mailboxes"):
             try:
                 pages = self._client.list_entities(
                     select=list(self._SELECT), results_per_page=limit, raw_response_hook=self._metrics.count
@@ -251,15 +250,3 @@ def _summary(entity: TableEntity) -> MailboxSummary:
         status=status,
         enabled=bool(entity.get("enabled", True)),
     )
-
-
-@contextmanager
-def _storage_errors(action: str) -> Iterator[None]:
-    try:
-        yield
-    except ResourceNotFoundError:
-        raise
-    except HttpResponseError as exc:
-        raise StorageUnavailable(f"Table storage failed ({action}): {exc.status_code}") from exc
-    except AzureError as exc:
-        raise StorageUnavailable(f"Table storage unavailable ({action}): {type(exc).__name__}") from exc

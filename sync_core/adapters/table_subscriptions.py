@@ -23,18 +23,25 @@ import logging
 import random
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
+from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableServiceClient
 
 from sync_core.adapters import table_keys as keys
-from sync_core.adapters.table_client import CONFLICT_ATTEMPTS, Table, TableMetrics, Write, etag_of, table_name
+from sync_core.adapters.table_client import (
+    CONFLICT_ATTEMPTS,
+    Table,
+    TableMetrics,
+    Write,
+    etag_of,
+    scan_errors,
+    table_name,
+)
 from sync_core.adapters.table_codec import dataclass_entity, dataclass_from_entity, to_utc
-from sync_core.errors import AlreadyExists, ConcurrencyConflict, StorageUnavailable
+from sync_core.errors import AlreadyExists, ConcurrencyConflict
 from sync_core.push_ports import PushSubscription
 
 log = logging.getLogger(__name__)
@@ -83,7 +90,7 @@ class TableSubscriptionStore:
         return tuple(_subscription(entity) for entity in rows)
 
     def all(self) -> Iterator[PushSubscription]:
-        with _storage_errors("scan subscriptions"):
+        with scan_errors("scan subscriptions"):
             try:
                 entities = iter(
                     self._client.query_entities(
@@ -181,15 +188,3 @@ def _entity(subscription: PushSubscription) -> dict[str, Any]:
 
 def _subscription(entity: Any) -> PushSubscription:
     return dataclass_from_entity(PushSubscription, entity)
-
-
-@contextmanager
-def _storage_errors(action: str) -> Iterator[None]:
-    try:
-        yield
-    except ResourceNotFoundError:
-        raise
-    except HttpResponseError as exc:
-        raise StorageUnavailable(f"Table storage failed ({action}): {exc.status_code}") from exc
-    except AzureError as exc:
-        raise StorageUnavailable(f"Table storage unavailable ({action}): {type(exc).__name__}") from exc
