@@ -50,11 +50,30 @@ def _stop_stale(name: str) -> None:
     path.unlink(missing_ok=True)
 
 
+def _stop_orphaned_test_azurites() -> None:
+    """Stop the Azurites of ``test`` runs whose own process is gone (killed before its cleanup ran).
+    Test runs name their pid file after their own pid, so concurrent test runs leave each other alone."""
+    for path in RUN_DIR.glob("azurite-test-*.pid"):
+        owner = int(path.stem.rpartition("-")[2])
+        try:
+            os.kill(owner, 0)
+        except ProcessLookupError:
+            _stop_stale(path.stem)
+        except PermissionError:
+            pass
+
+
 @contextmanager
 def azurite(persistent: bool, ports: tuple[int, int, int] | None = None) -> Iterator[str]:
-    _stop_stale("azurite")
+    """``persistent``: the ``run`` stack's Azurite (one per checkout, a stale one is stopped first);
+    otherwise an in-memory one for a test run, alongside any other test run's."""
+    name = "azurite" if persistent else f"azurite-test-{os.getpid()}"
+    if persistent:
+        _stop_stale(name)
+    else:
+        _stop_orphaned_test_azurites()
     instance = start_azurite(LOCAL / "azurite", ports=ports, in_memory=not persistent)
-    pid_file = _write_pid("azurite", instance.process.pid)
+    pid_file = _write_pid(name, instance.process.pid)
     try:
         yield instance.connection_string
     finally:
