@@ -1,22 +1,36 @@
 """Sync one mailbox: delta pages → decisions → activities → checkpoint, under a lease and a time budget.
 
-    acquire lease ──> for each folder: page = delta(link or watermark filter)
+    read cursors ─ every folder caught up? ─ yes: poll them all in one $batch, without the lease
+        │                                         │ every page empty, cursors younger than IDLE_REFRESH
+        │                                         └──> done: nothing written (no lease, cursor or report)
+        ▼ no / something changed
+    take the lease, re-read the cursors (moved since the poll: drop its pages, poll again from them)
+      ──> for each folder: page = the polled page, then delta(link or watermark filter)
                         │   decide every message (one records lookup per page)
                         │   fetch attachment names of matched messages ($batch)
                         │   save activities (idempotent, keyed by internet message id)
                         │   checkpoint the folder's next/delta link      <- only after the save
                         └─ until every folder reached its deltaLink, or the budget is spent
-                  ──> report; release lease
+      ──> release lease; store the report
 
 Invariants:
+- A run writes (activities, cursors, mailbox status, its report) only once it took the mailbox's lease;
+  one run holds it at a time, a second trigger that needs it is coalesced ("busy"). An idle poll may
+  overlap a run holding it: it writes nothing.
+- Pages polled without the lease are applied only if the stored cursors are unchanged once the lease is
+  held; otherwise another run got there first, and they are dropped unread.
 - A delta link is stored only after the activities of its page are durably written; a crash at any
   point re-reads at most that page, and the keyed, idempotent save makes the re-read harmless.
+- An idle poll writes nothing: replaying a stored delta link is valid. But Graph evicts Outlook delta
+  tokens from a cache of undefined size, so a stored token must not grow arbitrarily old: an idle poll
+  whose cursors are older than ``IDLE_REFRESH`` stores the new delta links, and its report (so a
+  mailbox's ``last_sync_at`` advances at least that often). A run that ends with an error dates its
+  cursors ``LONG_AGO``, so the next poll stores its report too.
 - A lost delta token (410 / SyncStateNotFound) restarts that folder filtered from the mailbox
   watermark, so a resync never imports mail older than the watermark.
 - Unmatched and filtered messages leave nothing but a count in the run report.
 - Messages become activities through ``pipeline.build_activities`` (shared with RFC 822 ingest); new
   activities are announced to ``events`` (CRM webhooks) after they are durably written.
-- One run per mailbox at a time (lease); a second trigger while one runs is coalesced ("busy").
 """
 
 from __future__ import annotations
@@ -24,9 +38,9 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sync_core.domain.model import (
     Activity,
@@ -57,6 +71,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_FOLDERS = ("inbox", "sentitems")
 REPORTS_KEPT = 50
+IDLE_REFRESH = timedelta(hours=1)  # an idle poll rewrites cursors (and stores its report) older than this
+LEASE_MARGIN = timedelta(minutes=1)
 
 
 @dataclass
@@ -77,11 +93,16 @@ class SyncDeps:
 @dataclass(frozen=True)
 class SyncOutcome:
     """``status``: ``done`` (caught up), ``more`` (budget spent, continue soon), ``busy`` (another run
-    holds the lease), ``skipped`` (mailbox not syncable now) or ``failed`` (see ``report.error``)."""
+    holds the lease), ``skipped`` (mailbox not syncable now) or ``failed`` (see ``report.error``).
+    An idle poll is ``done`` with a report that was not stored."""
 
     status: str
     report: RunReport | None = None
     retry_after: float | None = None
+
+
+class _Busy(Exception):
+    """Another run holds the mailbox's lease."""
 
 
 def sync_mailbox(deps: SyncDeps, org_id: str, mailbox_id: str, budget: timedelta = timedelta(minutes=4)) -> SyncOutcome:
@@ -92,24 +113,26 @@ def sync_mailbox(deps: SyncDeps, org_id: str, mailbox_id: str, budget: timedelta
     settings = deps.settings.get(org_id)
     if not (mailbox.enabled and settings.automation_enabled and mailbox.status is MailboxStatus.ACTIVE):
         return SyncOutcome("skipped")
-    run_id = uuid.uuid4().hex
     started = deps.clock.now()
-    lease_key = f"sync|{org_id}|{mailbox_id}"
-    if not deps.leases.acquire(lease_key, run_id, started + budget + timedelta(minutes=1), started):
-        return SyncOutcome("busy")
-    run = _Run(deps, mailbox, settings, started + budget)
+    run = _Run(deps, mailbox, settings, started, budget)
     transactions_before = deps.table_transactions()
     requests_before = deps.mail.requests_made
     try:
         status, error, retry_after = run.execute()
+        if not run.idle:
+            run.lease()  # the report (and a failure's status) are written under the lease too
         if status == "failed":
             _set_status(deps, mailbox, error)
+        if error:
+            run.expire_cursors()
+    except _Busy:
+        return SyncOutcome("busy")
     finally:
-        deps.leases.release(lease_key, run_id)
+        run.release()
     report = RunReport(
         org_id=org_id,
         mailbox_id=mailbox_id,
-        run_id=run_id,
+        run_id=run.run_id,
         started_at=started,
         finished_at=deps.clock.now(),
         reasons=dict(run.reasons),
@@ -121,7 +144,8 @@ def sync_mailbox(deps: SyncDeps, org_id: str, mailbox_id: str, budget: timedelta
         more=status == "more",
         error=error,
     )
-    deps.reports.add(report, keep=REPORTS_KEPT)
+    if not run.idle:
+        deps.reports.add(report, keep=REPORTS_KEPT)
     return SyncOutcome(status, report, retry_after)
 
 
@@ -134,16 +158,47 @@ def _set_status(deps: SyncDeps, mailbox: Mailbox, error: str) -> None:
 
 
 class _Run:
-    def __init__(self, deps: SyncDeps, mailbox: Mailbox, settings: OrgSettings, deadline: datetime) -> None:
+    def __init__(
+        self, deps: SyncDeps, mailbox: Mailbox, settings: OrgSettings, started: datetime, budget: timedelta
+    ) -> None:
         self.deps = deps
         self.mailbox = mailbox
         self.settings = settings
-        self.deadline = deadline
+        self.started = started
+        self.deadline = started + budget
+        self.run_id = uuid.uuid4().hex
+        self.lease_key = f"sync|{mailbox.org_id}|{mailbox.mailbox_id}"
+        self.leased = False
+        self.idle = False  # the run polled without the lease, found nothing to write, and wrote nothing
         self.reasons: Counter[str] = Counter()
         self.pages = 0
         self.created = 0
         self.merged = 0
         self.seen: set[str] = set()  # internet message ids decided in this run
+
+    def lease(self) -> None:
+        """Take the mailbox's lease, once, before the run's first write; ``_Busy`` if another run holds it."""
+        if self.leased:
+            return
+        until = self.deadline + LEASE_MARGIN
+        if not self.deps.leases.acquire(self.lease_key, self.run_id, until, self.deps.clock.now()):
+            raise _Busy
+        self.leased = True
+
+    def release(self) -> None:
+        if self.leased:
+            self.deps.leases.release(self.lease_key, self.run_id)
+            self.leased = False
+
+    def expire_cursors(self) -> None:
+        """After an error: date the stored delta links ``LONG_AGO`` (links kept), so that the next poll,
+        idle or not, stores its report and the mailbox's last success follows its recovery."""
+        self.lease()
+        for folder, value in self._stored_cursors().items():
+            cursor = Cursor.parse(value)
+            if cursor.caught_up and cursor.written_at != LONG_AGO:
+                expired = replace(cursor, written_at=LONG_AGO).serialize()
+                self.deps.cursors.put(self.mailbox.org_id, self.mailbox.mailbox_id, folder, expired)
 
     def execute(self) -> tuple[str, str, float | None]:
         """Returns (status, error, retry_after)."""
@@ -160,20 +215,63 @@ class _Run:
         """Returns True when every folder reached its delta link within the budget."""
         deps, mailbox = self.deps, self.mailbox
         folders = deps.mail.folders(mailbox) if self.settings.folders is FolderFilter.ALL else DEFAULT_FOLDERS
-        cursors = {f: Cursor.parse(v) for f, v in deps.cursors.get_all(mailbox.org_id, mailbox.mailbox_id).items()}
-        # Folders already caught up are polled together: one $batch for an idle mailbox.
-        caught_up = {f: cursors[f].link for f in folders if f in cursors and cursors[f].caught_up}
+        stored = self._stored_cursors()
+        while True:
+            cursors = {f: Cursor.parse(v) for f, v in stored.items()}
+            # Folders already caught up are polled together: one $batch for an idle mailbox.
+            caught_up = {f: cursors[f].link for f in folders if f in cursors and cursors[f].caught_up}
+            if not self.leased and len(caught_up) < len(folders):
+                stored = self._take_lease(stored)  # a folder to start or resume: this run will write
+                continue
+            pages, expired = self._poll(caught_up)
+            if self.leased:
+                break
+            if not expired and self._unchanged(pages.values(), [cursors[f] for f in caught_up]):
+                self.idle = True
+                return True
+            fresh = self._take_lease(stored)
+            if fresh == stored:
+                break
+            stored = fresh  # another run got there first: its pages are dropped, poll again
         resume: dict[str, str | None] = {f: (cursors[f].link or None) if f in cursors else None for f in folders}
-        if caught_up:
-            try:
-                for folder, page in deps.mail.delta_many(mailbox, caught_up).items():
-                    resume[folder] = self._apply(page).link
-                    if page.delta_link:
-                        resume.pop(folder)
-            except DeltaTokenExpired:
-                self._forget(list(caught_up))
-                resume.update(dict.fromkeys(caught_up))
+        if expired:
+            self._forget(list(caught_up))
+            resume.update(dict.fromkeys(caught_up))
+        for folder, page in pages.items():
+            resume[folder] = self._apply(page).link
+            if page.delta_link:
+                resume.pop(folder)
         return all(self._drain(folder, link) for folder, link in resume.items())
+
+    def _stored_cursors(self) -> dict[str, str]:
+        return dict(self.deps.cursors.get_all(self.mailbox.org_id, self.mailbox.mailbox_id))
+
+    def _take_lease(self, read: Mapping[str, str]) -> dict[str, str]:
+        """Take the lease, then re-read the cursors. When they moved since ``read`` (another run, or a
+        backfill that also moved the watermark), the mailbox is re-read too; the caller starts over."""
+        self.lease()
+        fresh = self._stored_cursors()
+        if fresh != read:
+            log.info("the cursors moved before the lease was taken; continuing from the stored ones")
+            current = self.deps.mailboxes.get(self.mailbox.org_id, self.mailbox.mailbox_id)
+            if current is not None:
+                self.mailbox = current.value
+        return fresh
+
+    def _poll(self, links: Mapping[str, str]) -> tuple[Mapping[str, DeltaPage], bool]:
+        """One request for every caught-up folder: (pages, False), or ({}, True) when Graph lost the state."""
+        if not links:
+            return {}, False
+        try:
+            return self.deps.mail.delta_many(self.mailbox, links), False
+        except DeltaTokenExpired:
+            return {}, True
+
+    def _unchanged(self, pages: Iterable[DeltaPage], cursors: Iterable[Cursor]) -> bool:
+        """Nothing new in any folder, and the stored delta links are recent enough to keep."""
+        refresh_before = self.started - IDLE_REFRESH
+        empty = all(p.delta_link and not p.messages and not p.skipped for p in pages)
+        return empty and all(c.written_at > refresh_before for c in cursors)
 
     def _drain(self, folder: str, link: str | None) -> bool:
         """Follow one folder's pages until its delta link; False when the budget ran out first."""
@@ -194,11 +292,13 @@ class _Run:
         return False
 
     def _forget(self, folders: Sequence[str]) -> None:
+        self.lease()
         for folder in folders:
             self.deps.cursors.put(self.mailbox.org_id, self.mailbox.mailbox_id, folder, "")
 
     def _apply(self, page: DeltaPage) -> Cursor:
         """Decide, store, then checkpoint one page; returns the folder's new cursor."""
+        self.lease()
         self.pages += 1
         self.reasons["skipped_items"] += page.skipped
         activities = self._activities(self._first_sightings(page.messages))
@@ -209,7 +309,11 @@ class _Run:
             if written.created and self.deps.events is not None:
                 created = set(written.created)
                 self.deps.events.created(self.mailbox.org_id, [a for a in activities if a.activity_id in created])
-        cursor = Cursor(caught_up=page.delta_link is not None, link=page.delta_link or page.next_link or "")
+        cursor = Cursor(
+            caught_up=page.delta_link is not None,
+            link=page.delta_link or page.next_link or "",
+            written_at=self.started,
+        )
         self.deps.cursors.put(self.mailbox.org_id, self.mailbox.mailbox_id, page.folder, cursor.serialize())
         return cursor
 
@@ -237,18 +341,38 @@ class _Run:
         )
 
 
+LONG_AGO = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 @dataclass(frozen=True)
 class Cursor:
-    """A folder's checkpoint: the link to follow next, and whether it is a delta link (caught up)
-    or a next link (mid-round). An empty link means "start from the watermark"."""
+    """A folder's checkpoint: the link to follow next, whether it is a delta link (caught up) or a next
+    link (mid-round), and when it was written (the start of the run that wrote it). An empty link means
+    "start from the watermark".
+
+    Stored as ``"<delta|next> <written_at ISO 8601> <link>"``; a value of the older
+    ``"<delta|next> <link>"`` form parses as written ``LONG_AGO``, so the next idle poll refreshes it."""
 
     caught_up: bool
     link: str
+    written_at: datetime = LONG_AGO
 
     def serialize(self) -> str:
-        return ("delta " if self.caught_up else "next ") + self.link
+        return f"{'delta' if self.caught_up else 'next'} {self.written_at.isoformat()} {self.link}"
 
     @classmethod
     def parse(cls, value: str) -> Cursor:
-        kind, _, link = value.partition(" ")
-        return cls(caught_up=kind == "delta" and bool(link), link=link)
+        kind, _, rest = value.partition(" ")
+        stamp, separator, link = rest.partition(" ")
+        written_at = _aware_time(stamp) if separator else None
+        if written_at is None:  # the older form: the rest is the link
+            link, written_at = rest, LONG_AGO
+        return cls(caught_up=kind == "delta" and bool(link), link=link, written_at=written_at)
+
+
+def _aware_time(text: str) -> datetime | None:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else None

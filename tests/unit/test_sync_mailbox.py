@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -21,8 +21,8 @@ from sync_core.domain.model import (
     activity_id_for,
 )
 from sync_core.errors import ReauthRequired
-from sync_core.ports import ActivityWrite
-from sync_core.use_cases.sync_mailbox import SyncDeps, sync_mailbox
+from sync_core.ports import ActivityWrite, DeltaPage
+from sync_core.use_cases.sync_mailbox import IDLE_REFRESH, Cursor, SyncDeps, sync_mailbox
 from tests.unit.fake_mail import FakeMailSource, FixedClock, throttled
 
 ORG = "acme"
@@ -303,3 +303,154 @@ def test_an_item_graph_replays_within_a_run_is_decided_and_counted_once() -> Non
     assert (report.reasons["matched"], report.reasons["unmatched"], report.reasons["replayed_items"]) == (1, 1, 1)
     assert report.activities_created == 1
     assert report.activities_merged == 0
+
+
+# -- idle polls: no lease, no writes ------------------------------------------------------------------
+
+
+def lease_key(mailbox_id: str = "mb-adele") -> str:
+    return f"sync|{ORG}|{mailbox_id}"
+
+
+def test_an_idle_poll_makes_one_request_and_stores_no_cursor_and_no_report() -> None:
+    world = World()
+    world.mail.deliver(message("carol@client.example", ["adele@acme.example"]))
+    world.sync()
+    cursors = world.stores.cursors.get_all(ORG, "mb-adele")
+    reports = world.stores.runs.recent(ORG, "mb-adele", 50)
+    requests_before = world.mail.requests
+
+    outcome = sync_mailbox(world.deps(), ORG, "mb-adele")
+
+    assert outcome.status == "done" and outcome.report is not None
+    assert outcome.report.graph_requests == world.mail.requests - requests_before == 1
+    assert world.stores.cursors.get_all(ORG, "mb-adele") == cursors
+    assert world.stores.runs.recent(ORG, "mb-adele", 50) == reports
+
+
+def test_an_idle_poll_neither_waits_for_nor_takes_the_lease() -> None:
+    world = World()
+    world.sync()
+    now = world.clock.now()
+    world.stores.leases.acquire(lease_key(), "other-run", now + timedelta(minutes=5), now)
+
+    assert world.sync() == "done"
+
+    assert not world.stores.leases.acquire(lease_key(), "third-run", now + timedelta(minutes=5), now)
+
+
+def test_an_idle_poll_an_hour_after_the_cursors_were_written_stores_new_delta_links_and_its_report() -> None:
+    world = World()
+    world.sync()
+    written = world.stores.cursors.get_all(ORG, "mb-adele")
+    world.clock.moment += IDLE_REFRESH - timedelta(minutes=1)
+    assert world.sync() == "done"
+    assert world.stores.cursors.get_all(ORG, "mb-adele") == written  # still young: kept
+    reports = len(world.stores.runs.recent(ORG, "mb-adele", 50))
+    world.clock.moment += timedelta(minutes=1)
+
+    outcome = sync_mailbox(world.deps(), ORG, "mb-adele")
+
+    assert outcome.status == "done" and outcome.report is not None
+    refreshed = {folder: Cursor.parse(value) for folder, value in world.stores.cursors.get_all(ORG, "mb-adele").items()}
+    assert set(refreshed) == {"inbox", "sentitems"}
+    for folder, cursor in refreshed.items():
+        assert cursor.caught_up and cursor.written_at == world.clock.moment
+        assert cursor.link != Cursor.parse(written[folder]).link
+    stored = world.stores.runs.recent(ORG, "mb-adele", 50)
+    assert len(stored) == reports + 1 and stored[0].run_id == outcome.report.run_id
+
+
+def test_a_poll_that_finds_a_new_message_stores_it_once_and_releases_the_lease() -> None:
+    world = World()
+    world.clock.step = timedelta(seconds=1)  # reports are listed by start time
+    world.sync()
+    world.mail.deliver(message("carol@client.example", ["adele@acme.example"]))
+
+    outcome = sync_mailbox(world.deps(), ORG, "mb-adele")
+    again = sync_mailbox(world.deps(), ORG, "mb-adele")
+
+    assert outcome.report is not None and outcome.report.activities_created == 1
+    assert world.stores.runs.recent(ORG, "mb-adele", 1)[0].run_id == outcome.report.run_id
+    assert again.report is not None and again.report.activities_created == 0
+    assert len(world.timeline("c-1")) == 1
+    now = world.clock.now()
+    assert world.stores.leases.acquire(lease_key(), "next-run", now + timedelta(minutes=5), now)
+
+
+class RacedMailSource(FakeMailSource):
+    """Runs ``race`` (once) while a ``$batch`` poll is in flight, before its pages are computed."""
+
+    race: Callable[[], None] | None = None
+
+    def delta_many(self, mailbox: Mailbox, links: Mapping[str, str]) -> Mapping[str, DeltaPage]:
+        race, self.race = self.race, None
+        if race is not None:
+            race()
+        return super().delta_many(mailbox, links)
+
+
+def test_pages_polled_before_another_run_advanced_the_cursors_are_dropped_and_nothing_is_lost_or_doubled() -> None:
+    world = World()
+    world.mail = RacedMailSource()
+    earlier = message("carol@client.example", ["adele@acme.example"])
+    world.mail.deliver(earlier)
+    world.sync()
+    second, third = (message("carol@client.example", ["adele@acme.example"]) for _ in range(2))
+    world.mail.deliver(second)
+
+    def other_run() -> None:  # gets there first: stores `second`, then more mail arrives
+        assert world.sync() == "done"
+        world.mail.deliver(third)
+
+    world.mail.race = other_run
+
+    outcome = sync_mailbox(world.deps(), ORG, "mb-adele")
+
+    assert outcome.status == "done" and outcome.report is not None
+    # This run's own poll (since before `second`) was dropped: it decided only what came after.
+    assert outcome.report.reasons["matched"] == 1 and outcome.report.activities_created == 1
+    stored = [a.internet_message_id for a in world.timeline("c-1")]
+    assert sorted(stored) == sorted(m.internet_message_id for m in (earlier, second, third))
+
+
+def test_a_cursor_round_trips_with_the_time_it_was_written_and_the_old_format_reads_as_long_ago() -> None:
+    link = "https://graph.microsoft.com/v1.0/users/u/mailFolders('inbox')/messages/delta?$deltatoken=a b"
+    cursor = Cursor(caught_up=True, link=link, written_at=CONNECTED)
+
+    assert Cursor.parse(cursor.serialize()) == cursor
+    old = Cursor.parse(f"delta {link}")
+    assert (old.caught_up, old.link) == (True, link)
+    assert old.written_at < CONNECTED - IDLE_REFRESH
+    assert Cursor.parse("next https://graph/next?$skiptoken=1") == Cursor(False, "https://graph/next?$skiptoken=1")
+    assert Cursor.parse("") == Cursor(False, "")
+
+
+def test_a_cursor_stored_in_the_old_format_is_refreshed_by_the_next_idle_poll() -> None:
+    world = World()
+    world.sync()
+    for folder, value in world.stores.cursors.get_all(ORG, "mb-adele").items():
+        world.stores.cursors.put(ORG, "mb-adele", folder, f"delta {Cursor.parse(value).link}")
+    reports = len(world.stores.runs.recent(ORG, "mb-adele", 50))
+
+    assert world.sync() == "done"
+
+    refreshed = [Cursor.parse(v) for v in world.stores.cursors.get_all(ORG, "mb-adele").values()]
+    assert len(refreshed) == 2 and all(c.caught_up and c.written_at == world.clock.moment for c in refreshed)
+    assert len(world.stores.runs.recent(ORG, "mb-adele", 50)) == reports + 1
+
+
+def test_after_a_failed_poll_the_next_idle_poll_stores_its_report_so_the_last_success_follows_recovery() -> None:
+    world = World()
+    world.clock.step = timedelta(seconds=1)  # reports are listed by start time
+    world.sync()
+    world.mail.fail_next.append(throttled())
+    assert world.sync() == "more"
+    assert world.stores.runs.recent(ORG, "mb-adele", 1)[0].error.startswith("transient")
+
+    recovered = sync_mailbox(world.deps(), ORG, "mb-adele")
+    idle = sync_mailbox(world.deps(), ORG, "mb-adele")
+
+    assert recovered.status == idle.status == "done" and recovered.report is not None
+    latest = world.stores.runs.recent(ORG, "mb-adele", 1)[0]
+    assert latest.run_id == recovered.report.run_id and latest.error == ""
