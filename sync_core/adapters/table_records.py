@@ -13,13 +13,31 @@ Invariants:
   (3) writes ``index_keys`` = new. A crash anywhere leaves state the next upsert or delete of that record
   completes, so an address a record lost never keeps matching it.
 - The record row is written at the ETag read for the plan: concurrent upserts of one record serialise.
+
+Lookup cache (per instance, i.e. per worker process):
+- ``<org>|v`` / ``version`` holds the org's records version, a fresh uuid4 written after every upsert and
+  delete call of the org has done its writes, however the call ends (returned, raised, gave up); it is
+  never deleted and a version is never reused.
+- ``lookup`` reads the version first, serves addresses/domains (matches and no-matches) cached under
+  (org, version) and queries only the rest, caching each answer under the version read before its query.
+  So an upsert or delete that returned before a lookup started is never hidden by the cache: its version
+  write came after its index writes, and any answer cached under the version the lookup reads (that one
+  or a later one) was queried after that version was written. A lookup concurrent with a change may see
+  it or not, as without the cache. A call killed mid-way (or whose version write failed after an error)
+  may leave its partial rows hidden until the next change of the org; its record stays ``index_pending``
+  until an upsert or delete of it completes (and writes a new version).
+- The cache is an LRU bounded to ``cache_entries`` entries and safe across threads.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from azure.data.tables import TableServiceClient
@@ -37,10 +55,14 @@ from sync_core.adapters.table_client import (
 )
 from sync_core.adapters.table_codec import get_json, put_json, stored_record
 from sync_core.domain.model import Record, RecordRef
-from sync_core.errors import ConcurrencyConflict
+from sync_core.errors import ConcurrencyConflict, StorageUnavailable
 from sync_core.ports import RecordLookupResult
 
 IndexKey = tuple[str, str]  # ("e", address) or ("d", domain)
+Refs = tuple[RecordRef, ...]
+# Cached lookup answers per worker process: about 400 bytes each, so about 75 MiB when full.
+DEFAULT_CACHE_ENTRIES = 200_000
+_VERSION_ROW = "version"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,10 +80,22 @@ class TableRecordsIndex:
         prefix: str = "",
         metrics: TableMetrics | None = None,
         after_write: Callable[[], None] | None = None,
+        cache_entries: int = DEFAULT_CACHE_ENTRIES,
     ) -> None:
         self._table = Table(service, table_name(prefix, "records"), metrics or TableMetrics(), after_write)
+        self._cache = _LruCache(cache_entries)
 
     def upsert(self, org_id: str, records: Sequence[Record]) -> None:
+        if records:
+            with self._changing(org_id):
+                self._upsert(org_id, records)
+
+    def delete(self, org_id: str, record_ids: Sequence[str]) -> None:
+        if record_ids:
+            with self._changing(org_id):
+                self._delete(org_id, record_ids)
+
+    def _upsert(self, org_id: str, records: Sequence[Record]) -> None:
         wanted = {record.record_id: stored_record(record) for record in records}
         pending = list(wanted)
         for _ in range(CONFLICT_ATTEMPTS):
@@ -87,7 +121,7 @@ class TableRecordsIndex:
         if pending:
             raise ConcurrencyConflict(f"records {pending} kept changing while being upserted")
 
-    def delete(self, org_id: str, record_ids: Sequence[str]) -> None:
+    def _delete(self, org_id: str, record_ids: Sequence[str]) -> None:
         pending = list(dict.fromkeys(record_ids))
         for _ in range(CONFLICT_ATTEMPTS):
             read = zip(pending, self._read_many(org_id, pending), strict=True)
@@ -116,17 +150,43 @@ class TableRecordsIndex:
         return _record_from(entity) if entity is not None else None
 
     def lookup(self, org_id: str, addresses: Iterable[str], domains: Iterable[str]) -> RecordLookupResult:
-        """One partition query per distinct address and domain, run concurrently."""
-        wanted_addresses, wanted_domains = list(dict.fromkeys(addresses)), list(dict.fromkeys(domains))
-        partitions = [keys.address_partition(org_id, address) for address in wanted_addresses]
-        partitions += [keys.domain_partition(org_id, domain) for domain in wanted_domains]
-        found = self._table.in_parallel([functools.partial(self._refs, partition) for partition in partitions])
+        """One point read of the org's version, then one partition query per distinct address and domain
+        not cached under that version, run concurrently."""
+        wanted = [("e", a) for a in dict.fromkeys(addresses)] + [("d", d) for d in dict.fromkeys(domains)]
+        if not wanted:
+            return RecordLookupResult()
+        version = self._version(org_id)
+        cached = self._cache.get_many([(org_id, version, kind, value) for kind, value in wanted])
+        answers = {key: refs for key, refs in zip(wanted, cached, strict=True) if refs is not None}
+        misses = [key for key in wanted if key not in answers]
+        found = self._table.in_parallel([functools.partial(self._refs, _partition(org_id, key)) for key in misses])
+        self._cache.put_many([((org_id, version, *key), refs) for key, refs in zip(misses, found, strict=True)])
+        answers.update(zip(misses, found, strict=True))
         return RecordLookupResult(
-            by_address=dict(zip(wanted_addresses, found[: len(wanted_addresses)], strict=True)),
-            by_domain=dict(zip(wanted_domains, found[len(wanted_addresses) :], strict=True)),
+            by_address={value: refs for (kind, value), refs in answers.items() if kind == "e"},
+            by_domain={value: refs for (kind, value), refs in answers.items() if kind == "d"},
         )
 
-    def _refs(self, partition_key: str) -> tuple[RecordRef, ...]:
+    def _version(self, org_id: str) -> str:
+        entity = self._table.get(_version_partition(org_id), _VERSION_ROW, select=["version"])
+        return str(entity["version"]) if entity is not None else ""
+
+    @contextmanager
+    def _changing(self, org_id: str) -> Iterator[None]:
+        """Write a new version of the org's records once the block ends, however it ends."""
+        try:
+            yield
+        except BaseException:
+            with suppress(StorageUnavailable):  # the block's own error is the one to report
+                self._bump_version(org_id)
+            raise
+        self._bump_version(org_id)
+
+    def _bump_version(self, org_id: str) -> None:
+        row = {"PartitionKey": _version_partition(org_id), "RowKey": _VERSION_ROW, "version": uuid.uuid4().hex}
+        self._table.write(Write("upsert", row))
+
+    def _refs(self, partition_key: str) -> Refs:
         rows = self._table.rows(partition_key, select=["record_id", "record_type"])
         return tuple(sorted((RecordRef(row["record_id"], row["record_type"]) for row in rows), key=_by_id))
 
@@ -167,10 +227,17 @@ def _keys_of(entity: Mapping[str, Any]) -> set[IndexKey]:
     return {(kind, value) for kind, value in get_json(entity, "index_keys", [])}
 
 
-def _index_row(org_id: str, key: IndexKey, record_id: str, record_type: str = "") -> dict[str, Any]:
+def _partition(org_id: str, key: IndexKey) -> str:
     kind, value = key
-    partition = keys.address_partition(org_id, value) if kind == "e" else keys.domain_partition(org_id, value)
-    row: dict[str, Any] = {"PartitionKey": partition, "RowKey": keys.key_part(record_id)}
+    return keys.address_partition(org_id, value) if kind == "e" else keys.domain_partition(org_id, value)
+
+
+def _version_partition(org_id: str) -> str:
+    return keys.compose(keys.key_part(org_id), "v")
+
+
+def _index_row(org_id: str, key: IndexKey, record_id: str, record_type: str = "") -> dict[str, Any]:
+    row: dict[str, Any] = {"PartitionKey": _partition(org_id, key), "RowKey": keys.key_part(record_id)}
     if record_type:
         row.update(record_id=record_id, record_type=record_type)
     return row
@@ -203,3 +270,37 @@ def _record_from(entity: Mapping[str, Any]) -> Record:
 
 def _by_id(ref: RecordRef) -> str:
     return ref.record_id
+
+
+CacheKey = tuple[str, str, str, str]  # (org, version, "e" or "d", address or domain)
+
+
+class _LruCache:
+    """Lookup answers by (org, version, kind, value): at most ``max_entries``, least recently used
+    evicted first; safe across threads."""
+
+    def __init__(self, max_entries: int) -> None:
+        self._max_entries = max_entries
+        self._entries: OrderedDict[CacheKey, Refs] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get_many(self, cache_keys: Sequence[CacheKey]) -> list[Refs | None]:
+        with self._lock:
+            found = [self._entries.get(key) for key in cache_keys]
+            for key, refs in zip(cache_keys, found, strict=True):
+                if refs is not None:
+                    self._entries.move_to_end(key)
+            return found
+
+    def put_many(self, items: Sequence[tuple[CacheKey, Refs]]) -> None:
+        if self._max_entries <= 0:
+            return
+        with self._lock:
+            for key, refs in items:
+                self._entries[key] = refs
+                self._entries.move_to_end(key)
+            while len(self._entries) > self._max_entries:
+                self._entries.popitem(last=False)

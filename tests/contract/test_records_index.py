@@ -114,3 +114,19 @@ def test_upserting_the_same_record_twice_leaves_it_as_it_was(stores: Stores) -> 
     assert stores.records.lookup("org-1", ["ann@client.example"], []).records_for_address("ann@client.example") == (
         ANN.ref,
     )
+
+
+def test_a_lookup_repeated_after_each_change_shows_that_change(stores: Stores) -> None:
+    def ann_matches() -> tuple[RecordRef, ...]:
+        found = stores.records.lookup("org-1", ["ann@client.example"], ["client.example"])
+        return (*found.records_for_address("ann@client.example"), *found.records_for_domain("client.example"))
+
+    assert ann_matches() == ()
+    stores.records.upsert("org-1", [ANN])
+    assert ann_matches() == (ANN.ref,)
+    stores.records.upsert("org-1", [ACME])
+    assert ann_matches() == (ANN.ref, ACME.ref)
+    stores.records.delete("org-1", ["cand-1"])
+    assert ann_matches() == (ACME.ref,)
+    stores.records.upsert("org-1", [Record("acct-1", "account", "Acme", domains=("acme.example",))])
+    assert ann_matches() == ()
