@@ -6,9 +6,10 @@ both.
 
 Invariants of a ``DueIndex``:
 - At most one entry per (org, mailbox). ``due`` lists the entries whose ``due_at`` is at or before a
-  moment, earliest first, reading only those entries (never every mailbox).
-- ``put`` and ``remove`` are compare-and-set on the version the caller read: a concurrent change makes
-  them return None/False and change nothing, so two timers can never both claim one due mailbox.
+  moment, earliest first, with their versions, reading only those entries (never every mailbox).
+- ``put``, ``put_many`` and ``remove`` are compare-and-set on the version the caller read (from ``get``,
+  ``due`` or a write): a concurrent change makes them return None/False for that entry and change
+  nothing of it, so two timers can never both claim one due mailbox.
 - Datetimes come back as stored (aware UTC, microseconds).
 """
 
@@ -48,8 +49,16 @@ class DueIndex(Protocol):
     def remove(self, expected: Versioned[DueEntry]) -> bool:
         """Delete the entry if it is still ``expected``; False when another writer changed it first."""
 
-    def due(self, now: datetime, limit: int) -> tuple[tuple[str, str], ...]:
-        """(org, mailbox) of up to ``limit`` entries due at or before ``now``, earliest first."""
+    def put_many(
+        self, changes: Sequence[tuple[DueEntry, Versioned[DueEntry]]]
+    ) -> tuple[Versioned[DueEntry] | None, ...]:
+        """``put`` of many (entry, expected) pairs, each of another mailbox, in few round trips. Each
+        result is the entry's new version, or None when it is not known to be written: it changed
+        meanwhile, it went together with one that did, or storage failed (re-read it and ``put`` it
+        alone). Never writes a stale one."""
+
+    def due(self, now: datetime, limit: int) -> tuple[Versioned[DueEntry], ...]:
+        """Up to ``limit`` entries due at or before ``now``, earliest first, each with its version."""
 
     def missing(self, keys: Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
         """The (org, mailbox) keys that have no entry, in the given order."""

@@ -2,7 +2,9 @@
 
 They behave like ``table_due`` and ``storage_queue`` (tests/contract runs the same cases on the due index
 and the catalog): the same orders (due entries by ``table_due.index_row``), the same stored forms (aware
-UTC datetimes) and the same compare-and-set results. Each is thread-safe and never fails on its own.
+UTC datetimes) and the same compare-and-set results. ``put_many`` is all or nothing per shard
+(``table_due.shard``), at least as strict as the Table adapter's transactions of up to
+``CLAIMS_PER_TRANSACTION`` entries of one shard. Each is thread-safe and never fails on its own.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 from sync_core.adapters import table_keys as keys
 from sync_core.adapters.memory import InMemoryMailboxRepository
 from sync_core.adapters.table_codec import to_utc
-from sync_core.adapters.table_due import index_row
+from sync_core.adapters.table_due import index_row, shard
 from sync_core.ports import Versioned
 from sync_core.scheduling_ports import DueEntry, MailboxSummary
 
@@ -53,6 +55,26 @@ class InMemoryDueIndex:
             self._entries[key] = stored
             return stored
 
+    def put_many(
+        self, changes: Sequence[tuple[DueEntry, Versioned[DueEntry]]]
+    ) -> tuple[Versioned[DueEntry] | None, ...]:
+        keys_ = [(entry.org_id, entry.mailbox_id) for entry, _ in changes]
+        if len(set(keys_)) != len(keys_):
+            raise ValueError("put_many takes each mailbox at most once")
+        results: list[Versioned[DueEntry] | None] = [None] * len(changes)
+        with self._lock:
+            stale = {
+                shard(*key) for key, (_, expected) in zip(keys_, changes, strict=True) if self._stale(key, expected)
+            }
+            for position, (key, (entry, _)) in enumerate(zip(keys_, changes, strict=True)):
+                if shard(*key) not in stale:
+                    results[position] = self._entries[key] = Versioned(_stored(entry), f"v{next(self._versions)}")
+        return tuple(results)
+
+    def _stale(self, key: tuple[str, str], expected: Versioned[DueEntry]) -> bool:
+        current = self._entries.get(key)
+        return current is None or current.etag != expected.etag
+
     def remove(self, expected: Versioned[DueEntry]) -> bool:
         key = (expected.value.org_id, expected.value.mailbox_id)
         with self._lock:
@@ -62,11 +84,11 @@ class InMemoryDueIndex:
             del self._entries[key]
             return True
 
-    def due(self, now: datetime, limit: int) -> tuple[tuple[str, str], ...]:
+    def due(self, now: datetime, limit: int) -> tuple[Versioned[DueEntry], ...]:
         with self._lock:
-            entries = [v.value for v in self._entries.values() if v.value.due_at <= to_utc(now)]
-        entries.sort(key=lambda e: index_row(e.org_id, e.mailbox_id, e.due_at))
-        return tuple((e.org_id, e.mailbox_id) for e in entries[: max(limit, 0)])
+            entries = [v for v in self._entries.values() if v.value.due_at <= to_utc(now)]
+        entries.sort(key=lambda v: index_row(v.value.org_id, v.value.mailbox_id, v.value.due_at))
+        return tuple(entries[: max(limit, 0)])
 
     def missing(self, keys_: Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
         with self._lock:

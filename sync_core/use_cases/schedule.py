@@ -2,12 +2,14 @@
 
     connect / app-mode add ─ schedule_mailbox(at=now) ─┐
                                                         ▼
-    timer, every minute ── enqueue_due ──> due index ("due by now": one range query per shard)
-        │  claim each due entry (compare-and-set: due += poll interval, queued_at = now) then enqueue
-        │  {org_id, mailbox_id, reason}; plus one page of the reconciliation sweep
+    timer, every minute ── enqueue_due ──> due index ("due by now": one range query per shard, entries
+        │  and versions included); claim them in bulk (compare-and-set: due += poll interval; queued_at
+        │  kept only while recent), each conflicting one alone, then enqueue {org_id, mailbox_id, reason};
+        │  plus one page of the reconciliation sweep
         ▼
     queue ── process_message ── apply a pending backfill (under the mailbox's sync lease)
-                              ── sync_mailbox ── done:    due = now + poll interval, queued_at cleared
+                              ── sync_mailbox ── done:    due = now + poll interval, queued_at cleared (no
+                                              │           write when the entry already says so in substance)
                                               ── more:    continuation message (delay = Retry-After), queued_at = now
                                               ── busy:    another run holds the lease: drop (coalesced)
                                               ── failed:  status already set by the run; entry parked
@@ -17,8 +19,13 @@
 Invariants:
 - Every minute the timer reads only the entries that are due; no per-tick work grows with the number of
   mailboxes, except the sweep's one bounded page.
-- An enqueue is skipped while the entry says a message was queued less than ``COALESCE_WINDOW`` ago and
-  no run finished since; duplicate messages that still arrive meet the run's lease and are dropped.
+- Only "sync now", backfill and continuations set ``queued_at``; an enqueue (timer or request) is skipped
+  while it is less than ``COALESCE_WINDOW`` old and no run finished since. Timer messages are not marked:
+  a duplicate meets the run's lease and is dropped, or costs one idle poll.
+- An idle poll through the timer writes the due entry once (the claim): a run ending ``done`` leaves an
+  entry with no ``queued_at``, no pending backfill and ``due_at`` within the next poll interval as it is.
+- A claim is written at the version the due query read, so of two racing timers only one enqueues a
+  mailbox; a bulk claim that met a change is redone entry by entry (re-read, compare-and-set).
 - A mailbox without an entry gets one from: ``schedule_mailbox`` (connect, add, re-enable), the end of any
   run of it, or the sweep, which checks ``SWEEP_PAGE`` mailboxes of the catalog per tick and wraps around.
 - A mailbox that is not syncable (paused, error, needs_reauth) stays in the index, rechecked every
@@ -36,7 +43,7 @@ import json
 import logging
 import math
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -44,7 +51,15 @@ from enum import StrEnum
 
 from sync_core.domain.model import Mailbox, MailboxStatus
 from sync_core.errors import ConcurrencyConflict, SyncError
-from sync_core.ports import Clock, CursorStore, LeaseStore, MailboxRepository, SettingsRepository, WorkQueue
+from sync_core.ports import (
+    Clock,
+    CursorStore,
+    LeaseStore,
+    MailboxRepository,
+    SettingsRepository,
+    Versioned,
+    WorkQueue,
+)
 from sync_core.scheduling_ports import DueEntry, DueIndex, MailboxCatalog
 from sync_core.use_cases.sync_mailbox import SyncOutcome
 
@@ -55,7 +70,7 @@ PARKED_RECHECK = timedelta(hours=1)
 TICK_LIMIT = 5000  # due mailboxes one tick enqueues at most; the rest stay due for the next tick
 TICK_BUDGET = timedelta(seconds=40)  # stop claiming well before the next minute's tick
 TICK_PARALLELISM = 8
-TICK_CHUNK = 64
+TICK_CHUNK = 256  # due entries claimed per bulk claim (a few transactions of up to 33 per shard on Table)
 SWEEP_PAGE = 100
 UPDATE_ATTEMPTS = 5
 BACKFILL_LEASE = timedelta(minutes=1)
@@ -190,7 +205,7 @@ def enqueue_due(deps: ScheduleDeps) -> TickReport:
     swept, added = _sweep(deps, now)
     due = deps.due.due(now, TICK_LIMIT)
     intervals: dict[str, timedelta] = {}
-    for org_id in {org for org, _ in due}:
+    for org_id in {found.value.org_id for found in due}:
         intervals[org_id] = _poll_interval(deps, org_id)
     outcomes: list[str] = []
     deadline = now + TICK_BUDGET
@@ -199,8 +214,7 @@ def enqueue_due(deps: ScheduleDeps) -> TickReport:
             if start and deps.clock.now() > deadline:
                 log.warning("timer: budget spent; %d due mailboxes left for the next tick", len(due) - start)
                 break
-            chunk = due[start : start + TICK_CHUNK]
-            outcomes.extend(pool.map(lambda key: _claim(deps, key[0], key[1], now, intervals[key[0]]), chunk))
+            outcomes.extend(_claim_chunk(deps, pool, due[start : start + TICK_CHUNK], now, intervals))
     report = TickReport(
         due=len(due),
         enqueued=outcomes.count("enqueued"),
@@ -217,19 +231,46 @@ def enqueue_due(deps: ScheduleDeps) -> TickReport:
     return report
 
 
+def _claim_chunk(
+    deps: ScheduleDeps,
+    pool: ThreadPoolExecutor,
+    chunk: Sequence[Versioned[DueEntry]],
+    now: datetime,
+    intervals: dict[str, timedelta],
+) -> list[str]:
+    """Claim the chunk at the versions the due query read (in bulk), then enqueue; an entry whose bulk
+    claim was not written is claimed alone (re-read, compare-and-set), so a racing timer never wins it too."""
+    claims = [(_claimed(found.value, now, intervals[found.value.org_id]), found) for found in chunk]
+    written = deps.due.put_many(claims)
+
+    def finish(found: Versioned[DueEntry], version: Versioned[DueEntry] | None) -> str:
+        entry = found.value
+        if version is None:
+            return _claim(deps, entry.org_id, entry.mailbox_id, now, intervals[entry.org_id])
+        if _recently_queued(entry, now):
+            return "coalesced"
+        _enqueue(deps, SyncMessage(entry.org_id, entry.mailbox_id, Reason.TIMER))
+        return "enqueued"
+
+    return list(pool.map(finish, chunk, written))
+
+
 def _claim(deps: ScheduleDeps, org_id: str, mailbox_id: str, now: datetime, interval: timedelta) -> str:
     current = deps.due.get(org_id, mailbox_id)
     if current is None or current.value.due_at > now:
         return "lost"  # moved or removed since the index was read
-    entry = current.value
-    recently_queued = _recently_queued(entry, now)
-    claimed = replace(entry, due_at=now + interval, queued_at=entry.queued_at if recently_queued else now)
-    if deps.due.put(claimed, current) is None:
+    if deps.due.put(_claimed(current.value, now, interval), current) is None:
         return "lost"
-    if recently_queued:
+    if _recently_queued(current.value, now):
         return "coalesced"
     _enqueue(deps, SyncMessage(org_id, mailbox_id, Reason.TIMER))
     return "enqueued"
+
+
+def _claimed(entry: DueEntry, now: datetime, interval: timedelta) -> DueEntry:
+    """The entry once the timer claimed it: due one interval on; a recent ``queued_at`` kept (the queued
+    message covers this turn), an expired one dropped. A timer message itself is never marked."""
+    return replace(entry, due_at=now + interval, queued_at=entry.queued_at if _recently_queued(entry, now) else None)
 
 
 def _sweep(deps: ScheduleDeps, now: datetime) -> tuple[int, int]:
@@ -439,15 +480,22 @@ def _reschedule(
     deps: ScheduleDeps, org_id: str, mailbox_id: str, now: datetime, queued: bool | None
 ) -> DueEntry | None:
     """Next due one poll interval from now. ``queued``: a message is (True) or is not (False) queued
-    now; None: one will be exactly when a backfill is pending (the caller enqueues it)."""
+    now; None (a run ended done): one will be exactly when a backfill is pending (the caller enqueues
+    it), and an entry already due within the interval with nothing queued or pending is left as it is."""
     due_at = now + _poll_interval(deps, org_id)
 
     def change(current: DueEntry | None) -> DueEntry:
+        if current is not None and queued is None and _settled(current, now, due_at):
+            return current  # what this write would say, in substance: the timer's claim suffices
         base = current or DueEntry(org_id, mailbox_id, due_at)
         will_queue = base.backfill_since is not None if queued is None else queued
         return replace(base, due_at=due_at, queued_at=now if will_queue else None)
 
     return _update(deps.due, org_id, mailbox_id, change)
+
+
+def _settled(entry: DueEntry, now: datetime, latest: datetime) -> bool:
+    return entry.queued_at is None and entry.backfill_since is None and now < entry.due_at <= latest
 
 
 def _park(deps: ScheduleDeps, org_id: str, mailbox_id: str, now: datetime) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,8 +14,10 @@ import pytest
 
 from sync_core.adapters.memory import InMemoryStores
 from sync_core.adapters.memory_due import InMemoryDueIndex, InMemoryMailboxCatalog, InMemoryWorkQueue
+from sync_core.adapters.table_due import shard
 from sync_core.domain.model import EmailAddress, Mailbox, MailboxStatus, MailMessage, OrgSettings, Record
 from sync_core.errors import ReauthRequired
+from sync_core.ports import Versioned
 from sync_core.scheduling_ports import DueEntry
 from sync_core.use_cases import schedule
 from sync_core.use_cases.schedule import ScheduleDeps, SyncMessage
@@ -38,13 +41,42 @@ class Clock:
         self.moment += timedelta(**delta)
 
 
+class DueIndex(InMemoryDueIndex):
+    """The in-memory due index, counting the writes it made; ``before_claims`` runs (once) what another
+    writer does between the timer's due query and its bulk claim."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+        self.before_claims: list[Callable[[], object]] = []
+
+    def put(self, entry: DueEntry, expected: Versioned[DueEntry] | None) -> Versioned[DueEntry] | None:
+        stored = super().put(entry, expected)
+        self.writes += stored is not None
+        return stored
+
+    def put_many(
+        self, changes: Sequence[tuple[DueEntry, Versioned[DueEntry]]]
+    ) -> tuple[Versioned[DueEntry] | None, ...]:
+        while self.before_claims:
+            self.before_claims.pop(0)()
+        stored = super().put_many(changes)
+        self.writes += sum(version is not None for version in stored)
+        return stored
+
+    def remove(self, expected: Versioned[DueEntry]) -> bool:
+        removed = super().remove(expected)
+        self.writes += removed
+        return removed
+
+
 class World:
     """Stores, due index, queue and a scripted mailbox, wired the way bootstrap wires the real adapters.
     ``sync`` runs the real sync_mailbox unless ``script`` holds outcomes (or exceptions) to return."""
 
     def __init__(self, mailboxes: tuple[str, ...] = ("mb-adele",)) -> None:
         self.stores = InMemoryStores()
-        self.due = InMemoryDueIndex()
+        self.due = DueIndex()
         self.queue = InMemoryWorkQueue()
         self.clock = Clock(T0)
         self.mail = FakeMailSource(page_size=10)
@@ -94,7 +126,7 @@ class World:
 
     def deliver_queue(self, rounds: int = 10) -> list[str]:
         """Process queued messages (and the continuations they enqueue) like the queue trigger."""
-        outcomes = []
+        outcomes: list[str] = []
         for _ in range(rounds):
             batch = self.queue.take()
             if not batch:
@@ -103,7 +135,7 @@ class World:
                 outcomes.append(self.process(item.body))
         raise AssertionError("the queue did not drain")
 
-    def process(self, body: dict[str, Any], dequeue_count: int = 1) -> str:
+    def process(self, body: Mapping[str, Any], dequeue_count: int = 1) -> str:
         return schedule.process_message(self.deps(), json.dumps(body).encode(), dequeue_count, MAX_DEQUEUE)
 
     def entry(self, mailbox_id: str = "mb-adele") -> DueEntry:
@@ -154,7 +186,17 @@ def test_a_scheduled_mailbox_is_enqueued_by_the_next_tick_and_moved_forward_by_t
     assert report.enqueued == 1
     assert [m.body for m in world.queue.messages] == [message()]
     assert world.entry().due_at == T0 + timedelta(minutes=5)
-    assert world.entry().queued_at == T0
+    assert world.entry().queued_at is None  # a timer message is not marked: nothing to coalesce with
+
+
+def test_the_timer_enqueues_a_mailbox_whose_queued_mark_expired_and_drops_the_mark() -> None:
+    world = World()
+    world.due.put(DueEntry(ORG, "mb-adele", T0, queued_at=T0 - schedule.COALESCE_WINDOW), None)
+
+    report = world.tick()
+
+    assert (report.enqueued, report.coalesced) == (1, 0)
+    assert world.entry() == DueEntry(ORG, "mb-adele", T0 + timedelta(minutes=5))
 
 
 def test_the_timer_enqueues_only_mailboxes_that_are_due() -> None:
@@ -193,6 +235,39 @@ def test_schedule_mailbox_never_delays_an_earlier_due_time() -> None:
     assert world.entry().due_at == T0
 
 
+def test_two_timers_claiming_the_same_due_set_never_enqueue_one_mailbox_twice() -> None:
+    world = World(tuple(f"mb-{n:02d}" for n in range(40)))
+    deps = world.deps()
+    for n in range(40):
+        schedule.schedule_mailbox(deps, ORG, f"mb-{n:02d}", T0 - timedelta(seconds=n))
+    other: list[schedule.TickReport] = []
+    # The other timer reads the same due set and claims all of it between this one's read and claim.
+    world.due.before_claims.append(lambda: other.append(world.tick()))
+
+    report = world.tick()
+
+    sent = Counter(m.body["mailbox_id"] for m in world.queue.messages)
+    assert sent == Counter({f"mb-{n:02d}": 1 for n in range(40)})
+    assert (other[0].enqueued, report.enqueued, report.lost_races) == (40, 0, 40)
+
+
+def test_a_bulk_claim_with_one_entry_changed_concurrently_still_claims_the_others_exactly_once() -> None:
+    names = tuple(f"mb-{n:02d}" for n in range(20))
+    world = World(names)
+    deps = world.deps()
+    for name in names:
+        schedule.schedule_mailbox(deps, ORG, name)
+    assert sum(shard(ORG, name) == shard(ORG, "mb-00") for name in names) > 1  # it fails others' bulk claim
+    world.due.before_claims.append(lambda: schedule.request_sync(deps, ORG, "mb-00"))
+
+    report = world.tick()
+
+    sent = Counter((m.body["mailbox_id"], m.body["reason"]) for m in world.queue.messages)
+    assert sent == Counter({("mb-00", "sync_now"): 1, **{(name, "timer"): 1 for name in names[1:]}})
+    assert (report.enqueued, report.coalesced, report.lost_races) == (19, 1, 0)
+    assert {world.entry(name).due_at for name in names} == {T0 + timedelta(minutes=5)}
+
+
 def test_a_claimed_mailbox_whose_enqueue_fails_is_due_again_at_once() -> None:
     world = World()
     schedule.schedule_mailbox(world.deps(), ORG, "mb-adele")
@@ -216,7 +291,7 @@ def test_a_message_runs_the_sync_and_the_mailbox_is_due_again_one_poll_interval_
     world = World()
     world.mail_from_carol(T0 - timedelta(minutes=1))
     schedule.schedule_mailbox(world.deps(), ORG, "mb-adele")
-    world.tick()
+    schedule.request_sync(world.deps(), ORG, "mb-adele")
     world.clock.advance(seconds=20)
 
     assert world.deliver_queue() == ["done"]
@@ -224,6 +299,56 @@ def test_a_message_runs_the_sync_and_the_mailbox_is_due_again_one_poll_interval_
     assert world.timeline() == ["<m1@client.example>"]
     assert world.entry().due_at == T0 + timedelta(seconds=20, minutes=5)
     assert world.entry().queued_at is None
+
+
+def test_an_idle_poll_through_the_timer_writes_the_due_entry_once() -> None:
+    world = World()
+    schedule.schedule_mailbox(world.deps(), ORG, "mb-adele")
+    assert world.tick().enqueued == 1 and world.deliver_queue() == ["done"]  # the first sync
+    world.clock.advance(minutes=5)
+    writes = world.due.writes
+
+    assert world.tick().enqueued == 1
+    claimed = world.due.get(ORG, "mb-adele")
+    world.clock.advance(seconds=20)
+    assert world.deliver_queue() == ["done"]
+
+    assert world.due.writes - writes == 1
+    assert world.due.get(ORG, "mb-adele") == claimed  # the run's end left the claimed entry as it was
+    assert world.entry() == DueEntry(ORG, "mb-adele", T0 + timedelta(minutes=10))
+    assert world.runs == ["mb-adele", "mb-adele"]
+
+
+def test_a_sync_now_right_after_a_timer_driven_run_is_queued_not_coalesced() -> None:
+    world = World()
+    schedule.schedule_mailbox(world.deps(), ORG, "mb-adele")
+    world.tick()
+    assert world.deliver_queue() == ["done"]
+
+    assert schedule.request_sync(world.deps(), ORG, "mb-adele").status == "queued"
+    assert [m.body for m in world.queue.messages] == [message(reason="sync_now")]
+
+
+def test_a_sync_now_while_a_timer_message_waits_is_queued_and_the_two_runs_store_mail_once() -> None:
+    world = World()
+    world.mail_from_carol(T0 - timedelta(minutes=1))
+    schedule.schedule_mailbox(world.deps(), ORG, "mb-adele")
+    world.tick()
+
+    assert schedule.request_sync(world.deps(), ORG, "mb-adele").status == "queued"
+
+    assert world.deliver_queue() == ["done", "done"]
+    assert world.timeline() == ["<m1@client.example>"]
+    assert world.entry().queued_at is None
+
+
+def test_a_run_ending_done_brings_a_parked_mailbox_back_to_the_poll_interval() -> None:
+    world = World()
+    world.due.put(DueEntry(ORG, "mb-adele", T0 + schedule.PARKED_RECHECK), None)
+
+    assert world.process(message()) == "done"
+
+    assert world.entry() == DueEntry(ORG, "mb-adele", T0 + timedelta(minutes=5))
 
 
 def test_a_mailbox_added_by_any_path_is_scheduled_by_the_end_of_its_first_run() -> None:
