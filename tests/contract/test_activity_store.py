@@ -1,14 +1,18 @@
 """Contract of ActivityStore: dedupe, merging, timelines, threads, deletes and size limits, on both the
-in-memory double and Table storage."""
+in-memory double and Table storage; then what a save costs on Table storage alone."""
 
 from __future__ import annotations
 
 import dataclasses
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
+from azure.data.tables import TableServiceClient
 
-from sync_core.adapters.table_codec import BODY_MAX_UNITS, PROPERTY_MAX_UNITS, utf16_units
+from sync_core.adapters.table_activities import TableActivityStore
+from sync_core.adapters.table_client import TableMetrics
+from sync_core.adapters.table_codec import BODY_MAX_UNITS, PROPERTY_MAX_UNITS, fit_activity, utf16_units
 from sync_core.domain.model import Direction, EmailAddress, RecordRef
 from tests.contract.conftest import T0, Stores, make_activity
 
@@ -283,3 +287,120 @@ def test_lone_surrogates_are_replaced_so_the_write_never_fails(stores: Stores) -
     stores.activities.save([activity])
     stored = stores.activities.get("org-1", activity.activity_id)
     assert (stored.subject, stored.body_text) == ("bad \ufffd byte", "body \ufffd end")
+
+
+def test_a_batch_holding_one_stored_activity_creates_the_others_and_merges_that_one(stores: Stores) -> None:
+    stored = make_activity("<stored@x>", mailbox_ids=("mbx-1",), received_at=T0 + timedelta(minutes=25))
+    stores.activities.save([stored])
+    fresh = [make_activity(f"<fresh{i}@x>", received_at=T0 + timedelta(minutes=i)) for i in range(30)]
+    again = dataclasses.replace(stored, mailbox_ids=("mbx-2",), received_at=T0 + timedelta(days=1))
+
+    written = stores.activities.save([*fresh[:25], again, *fresh[25:]])
+
+    assert written.created == tuple(activity.activity_id for activity in fresh)
+    assert (written.merged, written.unchanged) == ((stored.activity_id,), ())
+    merged = dataclasses.replace(stored, mailbox_ids=("mbx-1", "mbx-2"))
+    assert stores.activities.get("org-1", stored.activity_id) == merged
+    assert all(stores.activities.get("org-1", activity.activity_id) == activity for activity in fresh)
+    timeline = stores.activities.timeline("org-1", "cand-1", None, 50)
+    assert sorted(activity.activity_id for activity in timeline.items) == sorted(
+        activity.activity_id for activity in (*fresh, stored)
+    )
+
+
+# --- Table storage only: what a save costs, and what it leaves in the table ---
+
+
+class _Writes:
+    """An ``after_write`` hook counting the write round trips that succeeded."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self) -> None:
+        self.count += 1
+
+
+def _store(service: TableServiceClient, prefix: str, writes: _Writes) -> TableActivityStore:
+    store = TableActivityStore(service, prefix, TableMetrics(), after_write=writes)
+    store.get("org-1", "warm-up")  # creates the table, outside the measured saves
+    return store
+
+
+def _entities(service: TableServiceClient, prefix: str) -> dict[tuple[str, str], tuple[Any, dict[str, Any]]]:
+    """Every entity of the activity table with its ETag (which changes on any write to it)."""
+    return {
+        (entity["PartitionKey"], entity["RowKey"]): (entity.metadata["etag"], dict(entity))
+        for entity in service.get_table_client(f"{prefix}activities").list_entities()
+    }
+
+
+def test_new_activities_are_saved_without_reads_several_to_a_transaction(
+    table_service: TableServiceClient, table_prefix: str
+) -> None:
+    writes = _Writes()
+    store = _store(table_service, table_prefix, writes)
+
+    ten = store.save([make_activity(f"<t{i}@x>", records=("cand-1", "acct-1"), thread_id=f"t-{i}") for i in range(10)])
+    assert (len(ten.created), ten.transactions, writes.count) == (10, 1, 1)
+
+    hundred = store.save([make_activity(f"<h{i}@x>", records=("cand-1", "acct-1")) for i in range(100)])
+    # Five operations each (row, two timeline rows, thread and mailbox rows): twenty to a transaction.
+    assert (len(hundred.created), hundred.transactions, writes.count) == (100, 5, 1 + 5)
+
+
+def test_a_transaction_refused_for_one_stored_activity_costs_a_read_of_each_of_its_activities_only(
+    table_service: TableServiceClient, table_prefix: str
+) -> None:
+    writes = _Writes()
+    store = _store(table_service, table_prefix, writes)
+    stored = make_activity("<stored@x>")
+    store.save([stored])
+    page = [make_activity(f"<m{i}@x>") for i in range(30)]  # four operations each: 25 to a transaction
+    page[27] = dataclasses.replace(stored, mailbox_ids=("mbx-2",))
+    before = writes.count
+
+    written = store.save(page)
+
+    assert (len(written.created), written.merged) == (29, (stored.activity_id,))
+    # 25 created in one transaction; the other five refused, read, then written in one transaction.
+    assert written.transactions == 1 + 1 + 5 + 1
+    assert writes.count - before == 2
+
+
+def test_saving_the_same_batch_twice_writes_nothing_the_second_time(
+    table_service: TableServiceClient, table_prefix: str
+) -> None:
+    writes = _Writes()
+    store = _store(table_service, table_prefix, writes)
+    batch = [make_activity(f"<m{i}@x>", records=("cand-1", f"acct-{i % 3}"), thread_id=f"t-{i % 4}") for i in range(45)]
+    first = store.save(batch)
+    after_first = _entities(table_service, table_prefix)
+    before = writes.count
+
+    second = store.save(batch)
+
+    assert (len(first.created), first.transactions, before) == (len(batch), 3, 3)  # five operations each
+    assert len(second.unchanged) == len(batch)
+    assert second.created == second.merged == ()
+    assert writes.count == before
+    assert _entities(table_service, table_prefix) == after_first
+
+
+def test_large_bodies_saved_together_are_spread_over_transactions_within_the_request_limit(
+    table_service: TableServiceClient, table_prefix: str
+) -> None:
+    writes = _Writes()
+    store = _store(table_service, table_prefix, writes)
+    small = [make_activity(f"<small{i}@x>") for i in range(5)]
+    # About 480,000 "é" each once fitted: nearly 3 MB of request each, where the service takes 4 MiB.
+    large = [make_activity(f"<large{i}@x>", body="é" * 900_000) for i in range(3)]
+
+    written = store.save([*small, *large])
+
+    assert written.created == tuple(activity.activity_id for activity in (*small, *large))
+    assert written.transactions == writes.count == 3  # the small ones ride with the first large one
+    for activity in large:
+        stored = store.get("org-1", activity.activity_id)
+        assert stored == fit_activity(activity)
+        assert stored is not None and stored.body_truncated
