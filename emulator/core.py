@@ -35,7 +35,7 @@ class Headers(dict[str, str]):
     def __getitem__(self, key: str) -> str:
         return super().__getitem__(key.lower())
 
-    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, key: str, default: Any = None) -> Any:
         return super().get(key.lower(), default)
 
     def __contains__(self, key: object) -> bool:
@@ -110,8 +110,11 @@ def now_utc() -> datetime:
 
 
 def graph_time(moment: datetime) -> str:
-    """Graph's DateTimeOffset format in UTC, e.g. ``2014-01-01T00:00:00Z``."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """Graph's DateTimeOffset format in UTC, e.g. ``2014-01-01T00:00:00Z`` (``strftime``'s output)."""
+    utc = moment.astimezone(UTC)
+    if utc.year < 1000:  # strftime does not pad such years; isoformat does
+        return utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return utc.isoformat(timespec="seconds")[:19] + "Z"
 
 
 def graph_error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:

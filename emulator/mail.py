@@ -201,10 +201,15 @@ class MailStore:
         found = [m for m in box.messages.values() if (folder is None or m.folder_id == folder.id) and matches(m)]
         found.sort(key=lambda m: m.received, reverse=query.get("$orderby", "").lower() != "receiveddatetime asc")
         path = f"mailFolders('{folder.id}')/messages" if folder else "messages"
-        return self._paged(ctx, [render_message(m, view, select) for m in found], path)
+        return self._paged(ctx, found, path, lambda m: render_message(m, view, select))
 
-    def _paged(self, ctx: GraphContext, items: list[dict[str, Any]], path: str) -> Response:
-        """One ``$top``/``$skip`` page (default 10, at most 1000) with an absolute ``@odata.nextLink``."""
+    def _paged(
+        self, ctx: GraphContext, items: list[Any], path: str, render: Callable[[Any], dict[str, Any]] | None = None
+    ) -> Response:
+        """One ``$top``/``$skip`` page (default 10, at most 1000) with an absolute ``@odata.nextLink``.
+
+        ``render`` (if given) turns an item into JSON; only the items of the page are rendered.
+        """
         query = ctx.request.query
         top_raw, skip_raw = query.get("$top", str(DEFAULT_PAGE_SIZE)), query.get("$skip", "0")
         if not top_raw.isdigit() or not skip_raw.isdigit() or not 1 <= int(top_raw) <= MAX_PAGE_SIZE:
@@ -214,7 +219,9 @@ class MailStore:
                 "The value of $top must be between 1 and 1000, and $skip must be a non-negative integer.",
             )
         top, skip = int(top_raw), int(skip_raw)
-        payload: dict[str, Any] = {"@odata.context": self._context(ctx, path), "value": items[skip : skip + top]}
+        page = items[skip : skip + top]
+        values = [render(item) for item in page] if render is not None else page
+        payload: dict[str, Any] = {"@odata.context": self._context(ctx, path), "value": values}
         if skip + top < len(items):
             params = [(k, v) for k, v in parse_qsl(ctx.request.raw_query, keep_blank_values=True) if k != "$skip"]
             params.append(("$skip", str(skip + top)))

@@ -6,6 +6,8 @@ Invariants:
 * A message has an immutable id (stable across moves inside the mailbox) and a REST id that changes on
   every move. Both are URL-safe base64 (no ``/``), so they can sit in a URL path unquoted.
 * ``changeKey`` (and so ``@odata.etag``) changes on every modification, ``lastModifiedDateTime`` too.
+* A message's text rendering (text body, ``bodyPreview``) is cached on it, keyed by the identity of the
+  ``body`` string and by ``body_type``: assigning either (any update path) invalidates it.
 * Nothing here locks or does I/O: :class:`emulator.mail.MailStore` owns the lock.
 """
 
@@ -149,6 +151,7 @@ class Message:
     headers: list[dict[str, str]] = field(default_factory=list)
     attachments: list[Attachment] = field(default_factory=list)
     mime: bytes | None = None
+    text_cache: TextRendering | None = field(default=None, init=False, repr=False, compare=False)
 
     def touch(self, moment: datetime) -> None:
         """Record a modification: new changeKey and lastModifiedDateTime."""
@@ -214,6 +217,12 @@ def parse_address_header(value: str | None) -> list[dict[str, Any]]:
 # Bodies
 
 
+# Runs of [ \t\r\n] other than a lone space (replacing a lone space by a space would change nothing).
+_DATA_WHITESPACE = re.compile(r"(?: [ \t\r\n]|[\t\r\n])[ \t\r\n]*")
+PREVIEW_LENGTH = 255
+_PREVIEW_WINDOW = 512  # first slice of the text read for a preview; doubled while too short
+
+
 class _TextExtractor(HTMLParser):
     _BLOCK = frozenset({"p", "div", "tr", "li", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "table", "pre"})
     _SKIP = frozenset({"head", "style", "script", "title"})
@@ -237,7 +246,8 @@ class _TextExtractor(HTMLParser):
 
     def handle_data(self, data: str) -> None:
         if not self._skipping:
-            self.parts.append(re.sub(r"[ \t\r\n]+", " ", data))
+            needs = "\n" in data or "  " in data or "\t" in data or "\r" in data
+            self.parts.append(_DATA_WHITESPACE.sub(" ", data) if needs else data)  # [ \t\r\n]+ -> one space
 
 
 def html_to_text(markup: str) -> str:
@@ -246,7 +256,10 @@ def html_to_text(markup: str) -> str:
     parser.feed(markup)
     parser.close()
     lines = [line.strip() for line in "".join(parser.parts).split("\n")]
-    return re.sub(r"\n{3,}", "\n\n", "\r\n".join(lines).replace("\r\n", "\n")).strip().replace("\n", "\r\n")
+    text = "\r\n".join(lines).replace("\r\n", "\n")
+    if "\n\n\n" in text:
+        text = re.sub(r"\n{3,}", "\n\n", text)
+    return text.strip().replace("\n", "\r\n")
 
 
 def text_to_html(text: str) -> str:
@@ -259,13 +272,48 @@ def text_to_html(text: str) -> str:
     )
 
 
+def collapsed_prefix(text: str, length: int = PREVIEW_LENGTH) -> str:
+    """``re.sub(r"\\s+", " ", text).strip()[:length]``, reading only a prefix of ``text`` when that suffices.
+
+    ``" ".join(t.split())`` is that collapse (``\\s`` and ``str.split`` agree on whitespace). Collapsing a
+    prefix of ``text`` gives a prefix of the whole collapsed text (a cut word or whitespace run only ends it
+    early), so once a prefix collapses to at least ``length`` characters, its first ``length`` are the answer.
+    """
+    window = _PREVIEW_WINDOW
+    while window < len(text):
+        head = " ".join(text[:window].split())
+        if len(head) >= length:
+            return head[:length]
+        window *= 2
+    return " ".join(text.split())[:length]
+
+
+@dataclass(frozen=True)
+class TextRendering:
+    """A message's text body and preview, valid while ``msg.body is body`` and ``msg.body_type == body_type``."""
+
+    body: str
+    body_type: str
+    text: str
+    preview: str
+
+
+def text_rendering(msg: Message) -> TextRendering:
+    """The cached text rendering of ``msg``, recomputed when its body or body type was replaced."""
+    cached = msg.text_cache
+    if cached is None or cached.body is not msg.body or cached.body_type != msg.body_type:
+        text = html_to_text(msg.body) if msg.body_type == "html" else msg.body
+        cached = msg.text_cache = TextRendering(msg.body, msg.body_type, text, collapsed_prefix(text))
+    return cached
+
+
 def body_text(msg: Message) -> str:
-    return html_to_text(msg.body) if msg.body_type == "html" else msg.body
+    return text_rendering(msg).text
 
 
 def body_preview(msg: Message) -> str:
     """First 255 characters of the text body, whitespace collapsed."""
-    return re.sub(r"\s+", " ", body_text(msg)).strip()[:255]
+    return text_rendering(msg).preview
 
 
 def looks_like_html(text: str) -> bool:
