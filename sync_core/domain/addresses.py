@@ -5,13 +5,16 @@ Invariants:
   unchanged, so CRM records, mailbox aliases and message participants normalised by them compare with ``==``.
 - Normalised addresses are lower-case, NFC, at most 320 characters, with an ASCII (punycode) domain whenever
   the stdlib IDNA codec can encode it; anything that is not a plausible mailbox address is ``None``.
+- ASCII input takes a regex fast path that gives exactly what the character-by-character path
+  (``_normalize_address_general``, ``_normalize_domain_general``, used for everything else) gives.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from email.utils import getaddresses
 from urllib.parse import unquote
 
@@ -20,12 +23,20 @@ from sync_core.domain.text import decode_encoded_words
 
 MAX_ADDRESS_LENGTH = 320
 MAX_DOMAIN_LENGTH = 253
+# Both normalisers are pure, so memoised: inputs of up to _CACHED_LENGTH characters, _CACHE_ENTRIES of each.
+_CACHED_LENGTH = 512
+_CACHE_ENTRIES = 16_384
 
 _ASCII_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_ASCII_DOMAIN = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 # Characters that may not appear unquoted in a local part (RFC 5322 specials, less the dot).
 _SPECIALS = frozenset('()<>[]:;@\\,"')
 # A quoted local part: printable characters, with backslash escapes; no bare quote or backslash inside.
 _QUOTED_LOCAL = re.compile(r'"(?:[^"\\]|\\.)+"')
+# The same for ASCII, with the character checks folded in: no control characters (quoted: spaces allowed)...
+_ASCII_QUOTED_LOCAL = re.compile(r'"(?:[^"\\\x00-\x1f\x7f]|\\[^\x00-\x1f\x7f])+"')
+# ...and unquoted: no specials, whitespace or control characters.
+_ASCII_LOCAL = re.compile(r'[^()<>\[\]:;@\\,"\x00-\x20\x7f]+')
 # Exchange "addresses" that are really legacy DNs: /O=EXCHANGELABS/OU=... and IMCEAEX-_O=...@domain.
 _LEGACY_DN_LOCAL_PREFIXES = ("/", "imceaex-")
 
@@ -80,6 +91,39 @@ def normalize_domain(raw: str) -> str | None:
     lower-cased in Unicode (NFC) when every label is letters, digits and hyphens. A domain needs two labels and a
     non-numeric top-level label (IP literals are not mail domains for matching purposes).
     """
+    return _cached_domain(raw) if len(raw) <= _CACHED_LENGTH else _normalize_domain(raw)
+
+
+def normalize_address(raw: str) -> str | None:
+    """Canonical form of one bare address (``local@domain``), or None if it is not a plausible address.
+
+    Strips surrounding whitespace, ``<...>``, ``mailto:`` (with its ``?query``, percent-decoded) and the
+    ``smtp:`` prefix of Exchange proxy addresses; lower-cases everything (local parts included, as every
+    mainstream provider treats them case-insensitively); encodes IDN domains as punycode. A quoted local
+    part keeps its quotes and may contain spaces; anywhere else whitespace or control characters make the
+    address invalid, as do Exchange legacy DNs (``/O=EXCHANGELABS/...``, ``IMCEAEX-...``).
+    """
+    return _cached_address(raw) if len(raw) <= _CACHED_LENGTH else _normalize_address(raw)
+
+
+def _normalize_domain(raw: str) -> str | None:
+    return _ascii_domain(raw) if raw.isascii() else _normalize_domain_general(raw)
+
+
+def _normalize_address(raw: str) -> str | None:
+    if raw.isascii():
+        value = _strip_wrappers(raw.strip())  # NFC leaves ASCII unchanged
+        if value.isascii():  # percent-decoding may have brought in other characters
+            return _address(value, _ascii_local, _ascii_domain)
+    return _normalize_address_general(raw)
+
+
+_cached_domain = functools.lru_cache(maxsize=_CACHE_ENTRIES)(_normalize_domain)
+_cached_address = functools.lru_cache(maxsize=_CACHE_ENTRIES)(_normalize_address)
+
+
+def _normalize_domain_general(raw: str) -> str | None:
+    """Any input, character by character: the reference the ASCII path must agree with."""
     value = unicodedata.normalize("NFC", raw.strip()).lower()
     value = value.removeprefix("@").removesuffix(".")
     if not value or len(value) > MAX_DOMAIN_LENGTH or any(_is_space_or_control(c) for c in value):
@@ -97,27 +141,38 @@ def normalize_domain(raw: str) -> str | None:
     return value
 
 
-def normalize_address(raw: str) -> str | None:
-    """Canonical form of one bare address (``local@domain``), or None if it is not a plausible address.
-
-    Strips surrounding whitespace, ``<...>``, ``mailto:`` (with its ``?query``, percent-decoded) and the
-    ``smtp:`` prefix of Exchange proxy addresses; lower-cases everything (local parts included, as every
-    mainstream provider treats them case-insensitively); encodes IDN domains as punycode. A quoted local
-    part keeps its quotes and may contain spaces; anywhere else whitespace or control characters make the
-    address invalid, as do Exchange legacy DNs (``/O=EXCHANGELABS/...``, ``IMCEAEX-...``).
-    """
+def _normalize_address_general(raw: str) -> str | None:
+    """Any input, character by character: the reference the ASCII path must agree with."""
     value = _strip_wrappers(unicodedata.normalize("NFC", raw.strip()))
+    return _address(value, _plausible_local, _normalize_domain_general)
+
+
+def _address(value: str, plausible_local: Callable[[str], bool], domain_of: Callable[[str], str | None]) -> str | None:
     if not value or len(value) > MAX_ADDRESS_LENGTH:
         return None
     local, at, domain_part = value.rpartition("@")
     local = local.lower()
-    if not at or not local or local.startswith(_LEGACY_DN_LOCAL_PREFIXES) or not _plausible_local(local):
+    if not at or not local or local.startswith(_LEGACY_DN_LOCAL_PREFIXES) or not plausible_local(local):
         return None
-    domain = normalize_domain(domain_part)
+    domain = domain_of(domain_part)
     if domain is None:
         return None
     address = f"{local}@{domain}"
     return address if len(address) <= MAX_ADDRESS_LENGTH else None
+
+
+def _ascii_domain(raw: str) -> str | None:
+    """``_normalize_domain_general`` for ASCII input: one regex instead of per-character checks."""
+    value = raw.strip().lower().removeprefix("@").removesuffix(".")
+    if len(value) > MAX_DOMAIN_LENGTH or _ASCII_DOMAIN.fullmatch(value) is None:
+        return None
+    return None if value.rpartition(".")[2].isdigit() else value
+
+
+def _ascii_local(local: str) -> bool:
+    """``_plausible_local`` for an ASCII local part."""
+    pattern = _ASCII_QUOTED_LOCAL if local.startswith('"') else _ASCII_LOCAL
+    return pattern.fullmatch(local) is not None
 
 
 def is_free_mail(domain: str) -> bool:

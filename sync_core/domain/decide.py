@@ -5,12 +5,17 @@ Checks run in a fixed order — folder, watermark, direction, participants, bulk
 blocked domains, matching — and each appends one ``DecisionStep``, so *explain* can show a decision check by
 check. The first failing check's ``Reason`` is the decision; a stored message's reason is ``MATCHED``.
 Only From/To/Cc are ever participants (a ``MailMessage`` carries no BCC).
+
+``DecisionContext`` holds what depends only on the mailbox and settings (normalised once per page);
+``decide`` is ``DecisionContext.screen`` (every check before matching) then ``Screening.finish`` (matching).
+A screening names the only record lookups matching can make, so a caller fetches just those.
 """
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -41,6 +46,7 @@ EXCLUDED_FOLDERS: frozenset[str] = DRAFT_FOLDERS | DELETED_FOLDERS | JUNK_FOLDER
 folders) is a candidate: mail moved there by rules or by hand is real correspondence."""
 
 _PRECEDENCE_BULK = frozenset({"bulk", "list", "junk"})
+_BULK_HEADERS = frozenset({"list-unsubscribe", "list-id", "precedence", "auto-submitted"})
 # Sender local parts starting (at a ./-/_/+/= boundary) with one of these are automated mail...
 _NOREPLY_PREFIXES = (
     "noreply", "donotreply", "donotrespond", "noresponse", "mailerdaemon", "autoreply", "autoresponder",
@@ -55,47 +61,130 @@ _LISTED = 10  # participants named in a step's detail before "and N more"
 
 
 def decide(message: MailMessage, mailbox: Mailbox, settings: OrgSettings, records: RecordLookup) -> Decision:
-    """Decide whether ``message``, seen in ``mailbox``, is logged under ``settings``; explain each check."""
-    trail = _Trail()
-    if stop := trail.check("folder", *_folder_check(message)):
-        return trail.decision(stop)
-    if stop := trail.check("watermark", *_watermark_check(message, mailbox)):
-        return trail.decision(stop)
+    """Decide whether ``message``, seen in ``mailbox``, is logged under ``settings``; explain each check.
 
-    owners = _owner_addresses(mailbox)
-    direction, direction_detail = _direction_of(message, owners)
-    allowed = mailbox.directions.allows(direction)
-    detail = direction_detail if allowed else f"{direction_detail}; mailbox logs {mailbox.directions.value} only"
-    if stop := trail.check("direction", None if allowed else Reason.DIRECTION_EXCLUDED, detail):
-        return trail.decision(stop, direction)
+    For many messages of one mailbox, build one ``DecisionContext`` and use it instead: same decisions."""
+    return DecisionContext.of(mailbox, settings).decide(message, records)
 
-    others = tuple(party for party in message.participants if party.address not in owners)
-    detail = f"participants besides the mailbox owner: {_listing(others)}" if others else "only the mailbox owner"
-    if stop := trail.check("participants", None if others else Reason.NO_PARTICIPANTS, detail):
-        return trail.decision(stop, direction)
 
-    if stop := trail.check("bulk", *_bulk_check(message, settings)):
-        return trail.decision(stop, direction)
+@dataclass(frozen=True)
+class DecisionContext:
+    """Everything ``decide`` derives from the mailbox and the settings alone, normalised once (per page)."""
 
-    internal = _internal_domains(mailbox, settings)
-    external = tuple(party for party in others if not _in_domains(party.domain, internal))
-    detail = f"internal domains: {_listing(sorted(internal))}; external: {_listing(external)}"
-    if stop := trail.check("internal", None if external else Reason.INTERNAL, detail):
-        return trail.decision(stop, direction)
+    mailbox: Mailbox
+    settings: OrgSettings
+    owners: frozenset[str]
+    internal: frozenset[str]
+    never_log_addresses: frozenset[str]
+    never_log_domains: frozenset[str]
+    blocked: frozenset[str]
+    internal_listing: str
+    watermark: datetime
+    watermark_text: str
 
-    loggable, detail = _drop_never_logged(external, mailbox, settings)
-    if stop := trail.check("never_log", None if loggable else Reason.NEVER_LOG, detail):
-        return trail.decision(stop, direction)
+    @classmethod
+    def of(cls, mailbox: Mailbox, settings: OrgSettings) -> DecisionContext:
+        owners = _owner_addresses(mailbox)
+        internal = _internal_domains(owners, settings)
+        # Never-log entries are addresses or domains (a domain covers its subdomains), org-wide or per mailbox.
+        entries = (*settings.never_log, *mailbox.never_log)
+        watermark = _to_the_second(mailbox.watermark)
+        return cls(
+            mailbox=mailbox,
+            settings=settings,
+            owners=owners,
+            internal=internal,
+            never_log_addresses=frozenset(a for entry in entries if (a := _address_entry(entry))),
+            never_log_domains=_domains(entry for entry in entries if _address_entry(entry) is None),
+            blocked=_domains(settings.blocked_domains),
+            internal_listing=_listing(sorted(internal)),
+            watermark=watermark,
+            watermark_text=f"watermark {watermark.isoformat()}",
+        )
 
-    candidates, detail = _drop_blocked(loggable, settings)
-    if stop := trail.check("blocked_domain", None if candidates else Reason.BLOCKED_DOMAIN, detail):
-        return trail.decision(stop, direction)
+    def decide(self, message: MailMessage, records: RecordLookup) -> Decision:
+        return self.screen(message).finish(records)
 
-    matches, ambiguous, detail = _match(candidates, settings, records)
-    outcome = Reason.AMBIGUOUS if ambiguous else Reason.UNMATCHED
-    if stop := trail.check("match", None if matches else outcome, detail):
-        return trail.decision(stop, direction)
-    return Decision(store=True, reason=Reason.MATCHED, direction=direction, matches=matches, steps=trail.steps())
+    def screen(self, message: MailMessage) -> Screening:
+        """Every check before matching; the screening says which records lookups matching may make."""
+        mailbox, settings = self.mailbox, self.settings
+        trail = _Trail()
+        if stop := trail.check("folder", *_folder_check(message)):
+            return trail.refused(stop, settings)
+        if stop := trail.check("watermark", *_watermark_check(message, self.watermark, self.watermark_text)):
+            return trail.refused(stop, settings)
+
+        owners = self.owners
+        direction, direction_detail = _direction_of(message, owners)
+        allowed = mailbox.directions.allows(direction)
+        detail = direction_detail if allowed else f"{direction_detail}; mailbox logs {mailbox.directions.value} only"
+        if stop := trail.check("direction", None if allowed else Reason.DIRECTION_EXCLUDED, detail):
+            return trail.refused(stop, settings, direction)
+
+        others = tuple(party for party in message.participants if party.address not in owners)
+        detail = f"participants besides the mailbox owner: {_listing(others)}" if others else "only the mailbox owner"
+        if stop := trail.check("participants", None if others else Reason.NO_PARTICIPANTS, detail):
+            return trail.refused(stop, settings, direction)
+
+        if stop := trail.check("bulk", *_bulk_check(message, settings)):
+            return trail.refused(stop, settings, direction)
+
+        external = tuple(party for party in others if not _in_domains(party.domain, self.internal))
+        detail = f"internal domains: {self.internal_listing}; external: {_listing(external)}"
+        if stop := trail.check("internal", None if external else Reason.INTERNAL, detail):
+            return trail.refused(stop, settings, direction)
+
+        loggable, detail = _drop(
+            external,
+            lambda p: p.address in self.never_log_addresses or _in_domains(p.domain, self.never_log_domains),
+            "no participant is on a never-log list",
+            "never logged",
+        )
+        if stop := trail.check("never_log", None if loggable else Reason.NEVER_LOG, detail):
+            return trail.refused(stop, settings, direction)
+
+        candidates, detail = _drop(
+            loggable,
+            lambda p: _in_domains(p.domain, self.blocked),
+            "no participant is on a blocked domain",
+            "blocked domains",
+        )
+        if stop := trail.check("blocked_domain", None if candidates else Reason.BLOCKED_DOMAIN, detail):
+            return trail.refused(stop, settings, direction)
+        return Screening(settings, direction, trail.steps(), None, candidates)
+
+
+@dataclass(frozen=True)
+class Screening:
+    """A message after every check before matching: refused (``refusal``) or left with ``candidates``.
+
+    ``addresses`` and ``domains`` are every key ``finish`` may ask its ``RecordLookup`` for; a lookup
+    that answers those (and no others) gives the same decision as one that answers everything."""
+
+    settings: OrgSettings
+    direction: Direction | None
+    steps: tuple[DecisionStep, ...]
+    refusal: Decision | None
+    candidates: tuple[EmailAddress, ...] = ()
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        return tuple(party.address for party in self.candidates)
+
+    @property
+    def domains(self) -> tuple[str, ...]:
+        return tuple(party.domain for party in self.candidates if _may_match_by_domain(party, self.settings))
+
+    def finish(self, records: RecordLookup) -> Decision:
+        """The decision: the refusal, else the outcome of matching the candidates against ``records``."""
+        if self.refusal is not None:
+            return self.refusal
+        matches, ambiguous, detail = _match(self.candidates, self.settings, records)
+        outcome = None if matches else (Reason.AMBIGUOUS if ambiguous else Reason.UNMATCHED)
+        steps = (*self.steps, DecisionStep(check="match", passed=outcome is None, detail=detail))
+        if outcome is not None:
+            return Decision(store=False, reason=outcome, direction=self.direction, steps=steps)
+        return Decision(store=True, reason=Reason.MATCHED, direction=self.direction, matches=matches, steps=steps)
 
 
 @dataclass
@@ -112,8 +201,10 @@ class _Trail:
     def steps(self) -> tuple[DecisionStep, ...]:
         return tuple(self._steps)
 
-    def decision(self, reason: Reason, direction: Direction | None = None) -> Decision:
-        return Decision(store=False, reason=reason, direction=direction, steps=self.steps())
+    def refused(self, reason: Reason, settings: OrgSettings, direction: Direction | None = None) -> Screening:
+        steps = self.steps()
+        refusal = Decision(store=False, reason=reason, direction=direction, steps=steps)
+        return Screening(settings, direction, steps, refusal)
 
 
 def _folder_check(message: MailMessage) -> tuple[Reason | None, str]:
@@ -128,13 +219,16 @@ def _folder_check(message: MailMessage) -> tuple[Reason | None, str]:
     return None, f"folder {folder!r}"
 
 
-def _watermark_check(message: MailMessage, mailbox: Mailbox) -> tuple[Reason | None, str]:
+def _watermark_check(message: MailMessage, watermark: datetime, watermark_text: str) -> tuple[Reason | None, str]:
     """Compared in whole seconds: Graph reports receivedDateTime to the second, so mail that arrives in
-    the second a mailbox was connected counts as new."""
-    received = _as_utc(message.received_at).replace(microsecond=0)
-    watermark = _as_utc(mailbox.watermark).replace(microsecond=0)
-    detail = f"received {received.isoformat()}, watermark {watermark.isoformat()}"
+    the second a mailbox was connected counts as new. ``watermark`` is ``_to_the_second`` already."""
+    received = _to_the_second(message.received_at)
+    detail = f"received {received.isoformat()}, {watermark_text}"
     return (Reason.BEFORE_WATERMARK if received < watermark else None), detail
+
+
+def _to_the_second(moment: datetime) -> datetime:
+    return _as_utc(moment).replace(microsecond=0)
 
 
 def _as_utc(moment: datetime) -> datetime:
@@ -160,13 +254,18 @@ def _direction_of(message: MailMessage, owners: frozenset[str]) -> tuple[Directi
 def _bulk_check(message: MailMessage, settings: OrgSettings) -> tuple[Reason | None, str]:
     """Judges only the sender and the headers, never the recipients; each filter can be switched off."""
     filters = settings.bulk_filters
+    headers: dict[str, str] = {}
+    for name, value in message.headers:  # the first of each, as ``MailMessage.header``
+        if name in _BULK_HEADERS:
+            headers.setdefault(name, value)
     findings: list[str] = []
     if filters.list_headers:
-        findings += [f"{name} header" for name in ("List-Unsubscribe", "List-Id") if _has_header(message, name)]
-    precedence = (message.header("precedence") or "").strip().lower()
+        listed = (name for name in ("List-Unsubscribe", "List-Id") if headers.get(name.lower(), "").strip())
+        findings += [f"{name} header" for name in listed]
+    precedence = headers.get("precedence", "").strip().lower()
     if filters.precedence and precedence in _PRECEDENCE_BULK:
         findings.append(f"Precedence: {precedence}")
-    auto_submitted = (message.header("auto-submitted") or "").partition(";")[0].strip().lower()
+    auto_submitted = headers.get("auto-submitted", "").partition(";")[0].strip().lower()
     if filters.auto_submitted and auto_submitted not in ("", "no"):
         findings.append(f"Auto-Submitted: {auto_submitted}")
     if filters.noreply_senders and message.sender is not None and is_automated_sender(message.sender.address):
@@ -176,10 +275,7 @@ def _bulk_check(message: MailMessage, settings: OrgSettings) -> tuple[Reason | N
     return None, "no bulk markers"
 
 
-def _has_header(message: MailMessage, name: str) -> bool:
-    return bool((message.header(name) or "").strip())
-
-
+@functools.lru_cache(maxsize=4_096)
 def is_automated_sender(address: str) -> bool:
     """True for no-reply style senders (noreply@, do-not-reply@, mailer-daemon@, bounces+x@, notifications@).
 
@@ -192,35 +288,22 @@ def is_automated_sender(address: str) -> bool:
     return any("".join(tokens[start:]).startswith(_NOREPLY_PREFIXES) for start in range(len(tokens)))
 
 
-def _internal_domains(mailbox: Mailbox, settings: OrgSettings) -> frozenset[str]:
+def _internal_domains(owners: frozenset[str], settings: OrgSettings) -> frozenset[str]:
     """The org's configured domains plus the domains of the mailbox's own (non free-mail) addresses."""
     configured = _domains(settings.internal_domains)
-    owned = {address.rpartition("@")[2] for address in _owner_addresses(mailbox) if "@" in address}
+    owned = {address.rpartition("@")[2] for address in owners if "@" in address}
     return configured | {domain for domain in _domains(owned) if not is_free_mail(domain)}
 
 
-def _drop_never_logged(
-    parties: Sequence[EmailAddress], mailbox: Mailbox, settings: OrgSettings
+def _drop(
+    parties: Sequence[EmailAddress], dropped_if: Callable[[EmailAddress], bool], none_dropped: str, label: str
 ) -> tuple[tuple[EmailAddress, ...], str]:
-    """Never-log entries are addresses or domains (a domain covers its subdomains), org-wide or per mailbox."""
-    entries = (*settings.never_log, *mailbox.never_log)
-    addresses = {normalized for entry in entries if (normalized := _address_entry(entry))}
-    domains = _domains(entry for entry in entries if _address_entry(entry) is None)
-    dropped = tuple(p for p in parties if p.address in addresses or _in_domains(p.domain, domains))
-    kept = tuple(p for p in parties if p not in dropped)
+    """Splits off the participants ``dropped_if`` picks: returns the others and the step's detail."""
+    dropped = tuple(p for p in parties if dropped_if(p))
     if not dropped:
-        return kept, "no participant is on a never-log list"
-    return kept, f"never logged: {_listing(dropped)}; remaining: {_listing(kept) if kept else 'none'}"
-
-
-def _drop_blocked(parties: Sequence[EmailAddress], settings: OrgSettings) -> tuple[tuple[EmailAddress, ...], str]:
-    """Participants on a blocked domain (or a subdomain of one) are ignored for matching."""
-    blocked = _domains(settings.blocked_domains)
-    dropped = tuple(p for p in parties if _in_domains(p.domain, blocked))
+        return tuple(parties), none_dropped
     kept = tuple(p for p in parties if p not in dropped)
-    if not dropped:
-        return kept, "no participant is on a blocked domain"
-    return kept, f"blocked domains: {_listing(dropped)}; remaining: {_listing(kept) if kept else 'none'}"
+    return kept, f"{label}: {_listing(dropped)}; remaining: {_listing(kept) if kept else 'none'}"
 
 
 def _match(
@@ -242,9 +325,14 @@ def _match(
 
 def _candidates(party: EmailAddress, settings: OrgSettings, records: RecordLookup) -> tuple[tuple[RecordRef, ...], str]:
     found = tuple(dict.fromkeys(records.records_for_address(party.address)))
-    if found or not settings.match_by_domain or is_free_mail(party.domain):
+    if found or not _may_match_by_domain(party, settings):
         return found, "address"
     return tuple(dict.fromkeys(records.records_for_domain(party.domain))), "domain"
+
+
+def _may_match_by_domain(party: EmailAddress, settings: OrgSettings) -> bool:
+    """Whether a participant with no record of its address is looked up by its domain."""
+    return settings.match_by_domain and not is_free_mail(party.domain)
 
 
 def _resolve(found: tuple[RecordRef, ...], settings: OrgSettings) -> tuple[tuple[RecordRef, ...], str]:
@@ -282,8 +370,14 @@ def _domains(entries: Iterable[str]) -> frozenset[str]:
 
 def _in_domains(domain: str, domains: frozenset[str]) -> bool:
     """True when ``domain`` is one of ``domains`` or a subdomain of one."""
-    labels = domain.split(".")
-    return any(".".join(labels[start:]) in domains for start in range(len(labels)))
+    if not domains:
+        return False
+    while domain not in domains:
+        dot = domain.find(".")
+        if dot < 0:
+            return False
+        domain = domain[dot + 1 :]
+    return True
 
 
 def _listing(items: Iterable[object], separator: str = ", ") -> str:

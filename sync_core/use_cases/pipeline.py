@@ -2,8 +2,9 @@
 delta page in ``sync_mailbox``, an RFC 822 upload in ``ingest``).
 
 Invariants:
-- One records lookup for all the messages given; every message is decided by ``decide`` and its reason
-  counted; only ``MATCHED`` messages become activities.
+- At most one records lookup for all the messages given, asking only for the addresses and domains their
+  ``Screening``s name (none: no lookup); every message is decided as ``decide`` would, with one
+  ``DecisionContext`` per call, and its reason counted; only ``MATCHED`` messages become activities.
 - An activity's id is ``activity_id_for(org, internet message id)`` and its thread id follows the same
   rules in every mailbox and ingestion path, so the same message always lands on the same activity and
   thread (dedupe is a keyed write, see ``ActivityStore.save``).
@@ -16,7 +17,7 @@ import hashlib
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 
-from sync_core.domain.decide import decide
+from sync_core.domain.decide import DecisionContext
 from sync_core.domain.model import (
     Activity,
     AttachmentSummary,
@@ -27,7 +28,7 @@ from sync_core.domain.model import (
     Reason,
     activity_id_for,
 )
-from sync_core.ports import ActivityStore, RecordsIndex
+from sync_core.ports import ActivityStore, RecordLookupResult, RecordsIndex
 
 AttachmentFetcher = Callable[[Sequence[str]], Mapping[str, tuple[AttachmentSummary, ...]]]
 """Attachment summaries of messages by ``source_id`` (Graph: one ``$batch``); None when the messages
@@ -48,13 +49,16 @@ def build_activities(
     stored: the caller saves them). Adds one count per message to ``reasons``."""
     if not messages:
         return []
-    addresses = {p.address for m in messages for p in m.participants}
-    # Domains cost one lookup each: ask for them only when the org matches by account domain.
-    domains = {a.rpartition("@")[2] for a in addresses} if settings.match_by_domain else set()
-    lookup = records.lookup(mailbox.org_id, addresses, domains)
+    context = DecisionContext.of(mailbox, settings)
+    screenings = [context.screen(message) for message in messages]
+    # Only what matching can ask for: not the owner, colleagues, never-logged or blocked participants,
+    # nor those of messages refused before matching; domains only when the org matches by domain.
+    addresses = list(dict.fromkeys(a for screening in screenings for a in screening.addresses))
+    domains = list(dict.fromkeys(d for screening in screenings for d in screening.domains))
+    lookup = records.lookup(mailbox.org_id, addresses, domains) if addresses or domains else RecordLookupResult()
     decisions = []
-    for message in messages:
-        decision = decide(message, mailbox, settings, lookup)
+    for message, screening in zip(messages, screenings, strict=True):
+        decision = screening.finish(lookup)
         reasons[decision.reason.value] += 1
         if decision.reason is Reason.MATCHED:
             decisions.append((message, decision))

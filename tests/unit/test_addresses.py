@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from sync_core.domain import addresses
 from sync_core.domain.addresses import (
     FREE_MAIL_DOMAINS,
     is_free_mail,
@@ -150,3 +153,104 @@ def test_an_absent_or_empty_header_has_no_addresses() -> None:
     assert parse_address_list(None) == ()
     assert parse_address_list("") == ()
     assert parse_address_list([]) == ()
+
+
+# --- the ASCII fast path and the cache give exactly what the character-by-character path gives -----------
+
+# Pieces that exercise every branch: wrappers, specials, quotes and escapes, whitespace and control
+# characters, percent-encoding (which can bring non-ASCII in), punycode, label lengths, legacy DNs, and a
+# few non-ASCII characters (which take the general path).
+_PIECES = [
+    "a", "Z", "0", "9", ".", "-", "_", "+", "'", "=", "/", "?", "%", "(", ")", "<", ">", "[", "]", ",", ";",
+    ":", "\\", '"', "@", " ", "\t", "\n", "\r", "\x0b", "\x00", "\x1f", "\x7f", "mailto:", "MAILTO:", "smtp:",
+    "SMTP:", "%41", "%20", "%C3%A9", "%0A", "xn--bcher-kva", "IMCEAEX-", "/O=X", "example", "COM", "co.uk",
+    "x" * 63, "y" * 64, "é", "\u0301", "\u212a", "\u0130", "\u200b", "\u3000", "例え",
+]  # fmt: skip
+_LOCALS = st.one_of(
+    st.text(alphabet="abcXYZ019.-+_'=/&", min_size=1, max_size=12),
+    st.text(alphabet='ab .@\\"\t\x7f', max_size=8).map(lambda inner: f'"{inner}"'),
+    st.lists(st.sampled_from(_PIECES), min_size=1, max_size=6).map("".join),
+)
+_LABELS = st.one_of(
+    st.text(alphabet="abz09-", min_size=1, max_size=8),
+    st.sampled_from(["xn--bcher-kva", "x" * 63, "y" * 64, "COM", "123", "例え", "bücher", "_x", "", "a b", "\x00"]),
+)
+_DOMAINS = st.one_of(
+    st.lists(st.from_regex(r"[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,6}[a-zA-Z0-9])?", fullmatch=True), min_size=2, max_size=4),
+    st.lists(_LABELS, min_size=1, max_size=4),
+).map(".".join)
+_SHAPED = st.tuples(
+    st.sampled_from(["", "", "<", "mailto:", "<mailto:", " smtp:", '"']),
+    _LOCALS,
+    st.just("@"),
+    _DOMAINS,
+    st.sampled_from(["", "", ">", ".", "?subject=x", " ", '"']),
+).map("".join)
+_WRAPPERS = [("", ""), ("<", ">"), ("mailto:", "?subject=Hi"), ("<mailto:", ">"), (" smtp:", " "), ("", ".")]
+_PLAUSIBLE = st.builds(
+    lambda wrapper, local, domain: f"{wrapper[0]}{local}@{domain}{wrapper[1]}",
+    st.sampled_from(_WRAPPERS),
+    st.one_of(
+        st.builds(  # a plain local part, with at most one odd character in it
+            lambda head, odd, tail: head + odd + tail,
+            st.text(alphabet="abcXYZ019.-+_'", min_size=1, max_size=8),
+            st.sampled_from(["", *'\t\x7f\x00\x1f ()<>[]:;@\\,"é']),
+            st.text(alphabet="abcXYZ019.-+_'", max_size=4),
+        ),
+        st.lists(  # a quoted one
+            st.sampled_from(["a", "B", " ", ".", "@", ",", '\\"', "\\\\", "\\a", "\\\x7f", "\\\t", "\t", "\x7f"]),
+            min_size=1,
+            max_size=6,
+        ).map(lambda inner: '"' + "".join(inner) + '"'),
+    ),
+    st.lists(
+        st.from_regex(r"[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,6}[a-zA-Z0-9])?", fullmatch=True), min_size=2, max_size=4
+    ).map(".".join),
+)
+_RAW = st.one_of(
+    _PLAUSIBLE,
+    _SHAPED,
+    st.lists(st.sampled_from(_PIECES), max_size=16).map("".join),
+    st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=40),
+    st.text(max_size=40),
+)
+
+
+@settings(max_examples=1000, derandomize=True, database=None, deadline=None)
+@given(raw=_RAW)
+def test_addresses_are_normalised_exactly_as_by_the_character_by_character_path(raw: str) -> None:
+    assert normalize_address(raw) == addresses._normalize_address_general(raw)
+
+
+@settings(max_examples=1000, derandomize=True, database=None, deadline=None)
+@given(raw=st.one_of(_DOMAINS, _RAW, _DOMAINS.map(lambda d: f" @{d}. ")))
+def test_domains_are_normalised_exactly_as_by_the_character_by_character_path(raw: str) -> None:
+    assert normalize_domain(raw) == addresses._normalize_domain_general(raw)
+
+
+@pytest.mark.parametrize(("raw", "expected"), ADDRESSES)
+def test_the_character_by_character_path_keeps_the_documented_results(raw: str, expected: str | None) -> None:
+    assert addresses._normalize_address_general(raw) == expected
+
+
+def test_an_address_normalised_again_is_answered_from_the_cache() -> None:
+    raw = "Cache.Check@Example.COM"
+    normalize_address(raw)
+    hits = addresses._cached_address.cache_info().hits
+    assert normalize_address(raw) == "cache.check@example.com"
+    assert addresses._cached_address.cache_info().hits == hits + 1
+
+
+def test_very_long_inputs_are_normalised_without_being_kept_in_the_cache() -> None:
+    raw = "mailto:long@example.com?" + "x" * 2_000
+    entries = addresses._cached_address.cache_info().currsize
+    assert normalize_address(raw) == "long@example.com"
+    assert addresses._cached_address.cache_info().currsize == entries
+
+
+@pytest.mark.parametrize("char", [chr(code) for code in range(128)])
+def test_every_ascii_character_in_every_part_is_judged_as_by_the_character_by_character_path(char: str) -> None:
+    for raw in (f"a{char}b@example.com", f'"a{char}b"@example.com', f'"a\\{char}"@example.com', f"{char}@x.org",
+                f"a@ex{char}ample.com", f"a@example.c{char}", f"<a{char}@b.com>", f"mailto:a@b.com{char}"):  # fmt: skip
+        assert normalize_address(raw) == addresses._normalize_address_general(raw), repr(raw)
+        assert normalize_domain(raw.rpartition("@")[2]) == addresses._normalize_domain_general(raw.rpartition("@")[2])

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from sync_core.domain.decide import EXCLUDED_FOLDERS, decide, is_automated_sender
+from sync_core.domain.decide import EXCLUDED_FOLDERS, DecisionContext, decide, is_automated_sender
 from sync_core.domain.model import (
     BulkFilters,
     Decision,
@@ -571,3 +571,60 @@ def test_mail_received_in_the_same_second_as_the_connect_is_not_before_the_water
     lookup = DictRecordLookup({"carol@client.example": [RecordRef("c-1", "contact")]})
 
     assert decide(same_second, box, OrgSettings(), lookup).reason is Reason.MATCHED
+
+
+# --- one context per page: screening, then matching -----------------------------------------------------
+
+
+def test_one_decision_context_decides_every_message_as_decide_does() -> None:
+    box = mailbox(never_log=("hr.example",), aliases=(OWNER, "Alice.Smith@CONTOSO.com"),
+                  directions=DirectionSetting.RECEIVED)  # fmt: skip
+    settings = OrgSettings(internal_domains=("contoso-labs.com",), never_log=("ceo@fabrikam.com",),
+                           blocked_domains=("blocked.example",), match_by_domain=True, ambiguity="prefer",
+                           type_order=("contact",))  # fmt: skip
+    two_contacts = [CAROL, RecordRef("c-2", "contact")]
+    records = DictRecordLookup({**RECORDS.by_address, "ann@two.example": two_contacts}, {"fabrikam.com": [ACME]})
+    mail = [
+        message(), message(folder="drafts"), message(folder="deleteditems"), message(folder="junkemail"),
+        message(folder="outbox"), message(received_at=CONNECTED - timedelta(seconds=1)),
+        message(sender="alice.smith@contoso.com", to=["carol@northwind.com"]), message(sender=None, to=[OWNER]),
+        message(headers=(("list-id", "<x>"),)), message(sender="dave@lab.contoso-labs.com"),
+        message(sender="ceo@fabrikam.com"), message(sender="jo@hr.example"), message(sender="x@blocked.example"),
+        message(sender="new@fabrikam.com"), message(sender="ann@two.example"), message(sender="who@gmail.com"),
+    ]  # fmt: skip
+    context = DecisionContext.of(box, settings)
+
+    decided = [context.decide(m, records) for m in mail]
+
+    assert decided == [decide(m, box, settings, records) for m in mail]
+    assert {d.reason for d in decided} == set(Reason)
+
+
+def test_a_message_refused_before_matching_names_no_record_lookups() -> None:
+    context = DecisionContext.of(mailbox(), OrgSettings(match_by_domain=True))
+    for msg in (message(folder="junkemail"), message(headers=(("precedence", "bulk"),)), message(sender=OWNER)):
+        screening = context.screen(msg)
+        assert (screening.addresses, screening.domains) == ((), ())
+        assert screening.finish(RECORDS) == decide(msg, mailbox(), OrgSettings(match_by_domain=True), RECORDS)
+
+
+def test_a_screening_names_only_external_participants_and_with_domain_matching_their_company_domains() -> None:
+    msg = message(sender="bob@fabrikam.com", to=[OWNER, "dave@contoso.com"], cc=["eve@gmail.com", "x@blocked.example"])
+    settings = OrgSettings(blocked_domains=("blocked.example",))
+    assert DecisionContext.of(mailbox(), settings).screen(msg).addresses == ("bob@fabrikam.com", "eve@gmail.com")
+    assert DecisionContext.of(mailbox(), settings).screen(msg).domains == ()
+    by_domain = DecisionContext.of(mailbox(), replace(settings, match_by_domain=True)).screen(msg)
+    assert by_domain.domains == ("fabrikam.com",)
+
+
+def test_a_screening_finished_with_a_lookup_of_just_its_keys_matches_as_a_full_lookup() -> None:
+    settings = OrgSettings(match_by_domain=True)
+    msg = message(sender="new@fabrikam.com", to=[OWNER], cc=["carol@northwind.com"])
+    screening = DecisionContext.of(mailbox(), settings).screen(msg)
+    full = DictRecordLookup(RECORDS.by_address, {"fabrikam.com": [ACME], "contoso.com": [BOB]})
+    only_keys = DictRecordLookup(
+        {a: full.by_address[a] for a in screening.addresses if a in full.by_address},
+        {d: full.by_domain[d] for d in screening.domains if d in full.by_domain},
+    )
+    assert screening.finish(only_keys) == decide(msg, mailbox(), settings, full)
+    assert screening.finish(only_keys).records == (ACME, CAROL)
