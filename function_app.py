@@ -1,5 +1,6 @@
 """The Function App: registers one blueprint per area. Importing it has no side effects beyond
-registration; services are built lazily on the first invocation (see sync_core.bootstrap)."""
+registration and imports no SDK beyond azure.functions; services (and the SDKs they use) are built lazily
+on the first invocation (see triggers/__init__.py and sync_core.bootstrap)."""
 
 import azure.functions as func
 

@@ -2,6 +2,11 @@
 
 ``services()`` is built lazily and cached, so importing function_app does no I/O and a bad setting
 fails invocations (with a clear error) rather than function indexing.
+
+Cold start: importing this module imports settings only. Every adapter and use case (and with them the
+SDKs: azure-data-tables, azure-storage-queue, azure-identity, MSAL, requests, cryptography) is imported
+inside the method or cached property that builds it, so a worker loads each SDK on the first invocation
+that needs it; a CRM records call never loads MSAL, the queue SDK or cryptography.
 """
 
 from __future__ import annotations
@@ -11,36 +16,31 @@ import functools
 import logging
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import requests
-from azure.core.exceptions import AzureError
-from azure.data.tables import TableServiceClient
-
-from sync_core.adapters.clock import SystemClock
-from sync_core.adapters.graph_http import GraphHttp
-from sync_core.adapters.graph_mail import GraphMailSource
-from sync_core.adapters.graph_subscriptions import GraphSubscriptionApi
-from sync_core.adapters.http_webhooks import RequestsWebhookSender
-from sync_core.adapters.storage_queue import StorageWorkQueue
-from sync_core.adapters.table_due import TableDueIndex, TableMailboxCatalog
-from sync_core.adapters.table_subscriptions import TableSubscriptionStore
-from sync_core.adapters.table_webhook_log import TableWebhookLog, TableWebhookSecretStore
-from sync_core.adapters.tables import TableStores
-from sync_core.api.activities import activity_to_json
-from sync_core.auth.crypto import TokenCipher
-from sync_core.auth.msal_tokens import MsalIdentity, make_session
-from sync_core.auth.token_cache_store import TableAuthFlowStore, TableOrgTenantStore, TableTokenCacheStore
-from sync_core.domain.model import Mailbox
 from sync_core.errors import StorageUnavailable
 from sync_core.settings import Settings
-from sync_core.use_cases.connect import ConnectDeps
-from sync_core.use_cases.ingest import IngestDeps
-from sync_core.use_cases.notifications import NotificationDeps
-from sync_core.use_cases.schedule import ScheduleDeps, request_sync, schedule_mailbox
-from sync_core.use_cases.subscriptions import SubscriptionDeps, remove_for_mailbox
-from sync_core.use_cases.sync_mailbox import SyncDeps, SyncOutcome, sync_mailbox
-from sync_core.use_cases.webhooks import WebhookDeps, WebhookEvents
+
+if TYPE_CHECKING:
+    import requests
+    from azure.data.tables import TableServiceClient
+
+    from sync_core.adapters.graph_http import GraphHttp
+    from sync_core.adapters.storage_queue import StorageWorkQueue
+    from sync_core.adapters.table_due import TableDueIndex
+    from sync_core.adapters.table_subscriptions import TableSubscriptionStore
+    from sync_core.adapters.table_webhook_log import TableWebhookLog, TableWebhookSecretStore
+    from sync_core.auth.crypto import TokenCipher
+    from sync_core.auth.msal_tokens import MsalIdentity
+    from sync_core.auth.token_cache_store import TableTokenCacheStore
+    from sync_core.domain.model import Mailbox
+    from sync_core.use_cases.connect import ConnectDeps
+    from sync_core.use_cases.ingest import IngestDeps
+    from sync_core.use_cases.notifications import NotificationDeps
+    from sync_core.use_cases.schedule import ScheduleDeps
+    from sync_core.use_cases.subscriptions import SubscriptionDeps
+    from sync_core.use_cases.sync_mailbox import SyncDeps, SyncOutcome
+    from sync_core.use_cases.webhooks import WebhookDeps, WebhookEvents
 
 log = logging.getLogger(__name__)
 # The Azure SDK logs every storage request at INFO; keep worker logs about the product.
@@ -53,14 +53,18 @@ class Services:
     """Adapters built once per worker process; use cases get them through the ``*_deps`` methods."""
 
     def __init__(self, settings: Settings) -> None:
+        from sync_core.adapters.clock import SystemClock
+        from sync_core.adapters.tables import TableStores
+
         self.settings = settings
         self.tables = _table_service(settings)
         self.stores = TableStores.create(self.tables, settings.table_prefix)
         self.clock = SystemClock()
-        self._session: requests.Session = make_session(settings.ca_bundle)
 
     def health(self) -> dict[str, Any]:
         """``ok`` when Table storage answers; never includes connection details."""
+        from azure.core.exceptions import AzureError
+
         try:
             next(iter(self.tables.list_tables(results_per_page=1).by_page()), None)
             storage = "ok"
@@ -70,21 +74,41 @@ class Services:
         return {"status": "ok" if storage == "ok" else "degraded", "storage": storage, "version": self.settings.version}
 
     @functools.cached_property
+    def _session(self) -> requests.Session:
+        """Graph's connection pool, shared by every Graph client of the worker."""
+        from sync_core.auth.msal_tokens import make_session
+
+        return make_session(self.settings.ca_bundle)
+
+    @functools.cached_property
     def _cipher(self) -> TokenCipher:
+        from sync_core.auth.crypto import TokenCipher
+
         return TokenCipher.from_setting(self.settings.token_encryption_key)
 
     @functools.cached_property
     def token_caches(self) -> TableTokenCacheStore:
+        from sync_core.auth.token_cache_store import TableTokenCacheStore
+
         return TableTokenCacheStore(self.tables, self._cipher, self.settings.table_prefix, self.stores.metrics)
 
     @functools.cached_property
     def identity(self) -> MsalIdentity:
+        from sync_core.auth.msal_tokens import MsalIdentity
+
         return MsalIdentity(self.settings, self.token_caches)
 
     def graph_http(self, mailbox: Mailbox) -> GraphHttp:
+        from sync_core.adapters.graph_http import GraphHttp
+
         return GraphHttp(self._session, self.settings.graph_base_url, self.identity.token_source(mailbox))
 
     def connect_deps(self) -> ConnectDeps:
+        from sync_core.adapters.graph_http import GraphHttp
+        from sync_core.auth.token_cache_store import TableAuthFlowStore, TableOrgTenantStore
+        from sync_core.use_cases.connect import ConnectDeps
+        from sync_core.use_cases.subscriptions import remove_for_mailbox
+
         s, prefix, metrics = self.stores, self.settings.table_prefix, self.stores.metrics
         return ConnectDeps(
             identity=self.identity,
@@ -103,6 +127,9 @@ class Services:
 
     def sync_deps(self, table_transactions: Callable[[], int] = lambda: 0) -> SyncDeps:
         """Fresh per run: the mail source keeps per-run request counts and Graph clients."""
+        from sync_core.adapters.graph_mail import GraphMailSource
+        from sync_core.use_cases.sync_mailbox import SyncDeps
+
         s = self.stores
         return SyncDeps(
             mailboxes=s.mailboxes,
@@ -119,6 +146,8 @@ class Services:
         )
 
     def sync(self, org_id: str, mailbox_id: str, budget: timedelta = timedelta(minutes=4)) -> SyncOutcome:
+        from sync_core.use_cases.sync_mailbox import sync_mailbox
+
         # A per-run measurement, so concurrent runs in one worker never mix their transaction counts.
         with self.stores.metrics.measure() as tables:
             return sync_mailbox(self.sync_deps(lambda: tables.transactions), org_id, mailbox_id, budget)
@@ -126,23 +155,31 @@ class Services:
     @functools.cached_property
     def queue(self) -> StorageWorkQueue:
         """The sync queue (``SYNC_QUEUE_NAME``) the queue-triggered function reads."""
+        from sync_core.adapters.storage_queue import StorageWorkQueue
+
         return StorageWorkQueue.from_settings(self.settings)
 
     @functools.cached_property
     def due_index(self) -> TableDueIndex:
+        from sync_core.adapters.table_due import TableDueIndex
+
         return TableDueIndex(self.tables, self.settings.table_prefix, self.stores.metrics)
 
     def mailbox_activated(self, org_id: str, mailbox_id: str) -> None:
         """Make a newly connected, added or re-enabled mailbox due now. A storage hiccup here is only
         logged: the timer's catch-up sweep and the mailbox's next run schedule it anyway. (Change
         notifications are subscribed by the maintenance timer, within five minutes.)"""
+        from sync_core.use_cases.schedule import schedule_mailbox
+
         try:
             schedule_mailbox(self.schedule_deps(), org_id, mailbox_id)
         except StorageUnavailable:
             log.warning("could not schedule a mailbox right away; the timer sweep will")
 
-
     def schedule_deps(self) -> ScheduleDeps:
+        from sync_core.adapters.table_due import TableMailboxCatalog
+        from sync_core.use_cases.schedule import ScheduleDeps
+
         s = self.stores
         return ScheduleDeps(
             due=self.due_index,
@@ -161,14 +198,22 @@ class Services:
     @functools.cached_property
     def push_queue(self) -> StorageWorkQueue:
         """``<SYNC_QUEUE_NAME>-push``: webhook delivery attempts and lifecycle follow-ups."""
+        from sync_core.adapters.storage_queue import StorageWorkQueue
+
         push = dataclasses.replace(self.settings, sync_queue=self.settings.sync_queue + "-push")
         return StorageWorkQueue.from_settings(push)
 
     @functools.cached_property
     def subscription_store(self) -> TableSubscriptionStore:
+        from sync_core.adapters.table_subscriptions import TableSubscriptionStore
+
         return TableSubscriptionStore(self.tables, self.settings.table_prefix, self.stores.metrics)
 
     def subscription_deps(self) -> SubscriptionDeps:
+        from sync_core.adapters.graph_subscriptions import GraphSubscriptionApi
+        from sync_core.adapters.table_due import TableMailboxCatalog
+        from sync_core.use_cases.subscriptions import SubscriptionDeps
+
         s = self.stores
         return SubscriptionDeps(
             store=self.subscription_store,
@@ -183,6 +228,9 @@ class Services:
         )
 
     def notification_deps(self) -> NotificationDeps:
+        from sync_core.use_cases.notifications import NotificationDeps
+        from sync_core.use_cases.schedule import request_sync
+
         return NotificationDeps(
             store=self.subscription_store,
             clock=self.clock,
@@ -191,6 +239,10 @@ class Services:
         )
 
     def webhook_deps(self) -> WebhookDeps:
+        from sync_core.adapters.http_webhooks import RequestsWebhookSender
+        from sync_core.api.activities import activity_to_json
+        from sync_core.use_cases.webhooks import WebhookDeps
+
         return WebhookDeps(
             settings=self.stores.settings,
             activities=self.stores.activities,
@@ -206,29 +258,41 @@ class Services:
 
     @functools.cached_property
     def _webhook_log(self) -> TableWebhookLog:
+        from sync_core.adapters.table_webhook_log import TableWebhookLog
+
         return TableWebhookLog(self.tables, self.settings.table_prefix, self.stores.metrics)
 
     @functools.cached_property
     def _webhook_secrets(self) -> TableWebhookSecretStore:
+        from sync_core.adapters.table_webhook_log import TableWebhookSecretStore
+
         return TableWebhookSecretStore(self.tables, self._cipher, self.settings.table_prefix, self.stores.metrics)
 
     @functools.cached_property
     def _webhook_session(self) -> requests.Session:
+        import requests
+
         return requests.Session()
 
     def activity_events(self) -> WebhookEvents:
+        from sync_core.use_cases.webhooks import WebhookEvents
+
         return WebhookEvents(self.webhook_deps())
 
     def ingest_deps(self) -> IngestDeps:
+        from sync_core.use_cases.ingest import IngestDeps
+
         s = self.stores
         return IngestDeps(s.mailboxes, s.settings, s.records, s.activities, self.clock, self.activity_events())
 
 
 def _table_service(settings: Settings) -> TableServiceClient:
+    from azure.data.tables import TableServiceClient
+
     if settings.storage_connection_string:
         return TableServiceClient.from_connection_string(settings.storage_connection_string)
     if settings.storage_account_name:
-        from azure.identity import DefaultAzureCredential  # noqa: PLC0415 - only for identity-based storage
+        from azure.identity import DefaultAzureCredential  # only for identity-based storage
 
         return TableServiceClient(
             f"https://{settings.storage_account_name}.table.core.windows.net", credential=DefaultAzureCredential()

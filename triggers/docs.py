@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import azure.functions as func
 
-from sync_core.api import openapi
 from sync_core.api.http import ApiRequest
 
 bp = func.Blueprint()
@@ -13,6 +12,8 @@ bp = func.Blueprint()
 
 @bp.route(route="openapi.json", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def openapi_document(req: func.HttpRequest) -> func.HttpResponse:
+    from sync_core.api import openapi
+
     request = ApiRequest(method=req.method.upper(), headers={k.lower(): v for k, v in req.headers.items()})
     response = openapi.get_openapi(request)
     headers = dict(response.headers)

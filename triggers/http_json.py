@@ -1,4 +1,7 @@
-"""The one bridge between Azure Functions HTTP bindings and sync_core's HTTP API handlers."""
+"""The one bridge between Azure Functions HTTP bindings and sync_core's HTTP API handlers.
+
+Importing it stays cheap (see triggers/__init__.py): ``sync_core.api.http`` is plain data types and
+``sync_core.bootstrap`` imports its adapters and SDKs only when ``services()`` first builds them."""
 
 from __future__ import annotations
 

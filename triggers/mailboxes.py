@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import azure.functions as func
 
-from sync_core.api import mailboxes
 from triggers.http_json import run
 
 bp = func.Blueprint()
@@ -13,39 +12,55 @@ bp = func.Blueprint()
 
 @bp.route(route="orgs/{org}/mailboxes", methods=["POST"])
 def add_mailbox(req: func.HttpRequest) -> func.HttpResponse:
+    from sync_core.api import mailboxes
+
     return run(req, mailboxes.add_mailbox)
 
 
 @bp.route(route="orgs/{org}/mailboxes", methods=["GET"])
 def list_mailboxes(req: func.HttpRequest) -> func.HttpResponse:
+    from sync_core.api import mailboxes
+
     return run(req, mailboxes.list_mailboxes)
 
 
 @bp.route(route="orgs/{org}/mailboxes:sign-out-all", methods=["POST"])
 def sign_out_all_mailboxes(req: func.HttpRequest) -> func.HttpResponse:
+    from sync_core.api import mailboxes
+
     return run(req, mailboxes.sign_out_all_mailboxes)
 
 
 @bp.route(route="orgs/{org}/mailboxes/{mailbox_id}", methods=["GET"])
 def get_mailbox(req: func.HttpRequest) -> func.HttpResponse:
+    from sync_core.api import mailboxes
+
     return run(req, mailboxes.get_mailbox)
 
 
 @bp.route(route="orgs/{org}/mailboxes/{mailbox_id}", methods=["PATCH"])
 def update_mailbox(req: func.HttpRequest) -> func.HttpResponse:
+    from sync_core.api import mailboxes
+
     return run(req, mailboxes.update_mailbox)
 
 
 @bp.route(route="orgs/{org}/mailboxes/{mailbox_id}", methods=["DELETE"])
 def disconnect_mailbox(req: func.HttpRequest) -> func.HttpResponse:
+    from sync_core.api import mailboxes
+
     return run(req, mailboxes.delete_mailbox)
 
 
 @bp.route(route="orgs/{org}/mailboxes/{mailbox_id}/runs", methods=["GET"])
 def list_mailbox_runs(req: func.HttpRequest) -> func.HttpResponse:
+    from sync_core.api import mailboxes
+
     return run(req, mailboxes.list_runs)
 
 
 @bp.route(route="orgs/{org}/mailboxes/{mailbox_id}/explain", methods=["POST"])
 def explain_message(req: func.HttpRequest) -> func.HttpResponse:
+    from sync_core.api import mailboxes
+
     return run(req, mailboxes.explain_message)

@@ -11,8 +11,6 @@ from __future__ import annotations
 import azure.functions as func
 
 from sync_core import bootstrap
-from sync_core.api import push
-from sync_core.use_cases import subscriptions
 from triggers.http_json import run
 
 bp = func.Blueprint()
@@ -23,39 +21,55 @@ PUSH_QUEUE = "%SYNC_QUEUE_NAME%-push"
 
 @bp.route(route="notifications", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
 def graph_notifications(req: func.HttpRequest) -> func.HttpResponse:
+    from sync_core.api import push
+
     return run(req, push.change_notifications)
 
 
 @bp.route(route="notifications/lifecycle", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
 def graph_lifecycle_notifications(req: func.HttpRequest) -> func.HttpResponse:
+    from sync_core.api import push
+
     return run(req, push.lifecycle_notifications)
 
 
 @bp.route(route="orgs/{org}/messages:ingest", methods=["POST"])
 def ingest_message(req: func.HttpRequest) -> func.HttpResponse:
+    from sync_core.api import push
+
     return run(req, push.ingest_message)
 
 
 @bp.route(route="orgs/{org}/webhooks/deliveries", methods=["GET"])
 def webhook_deliveries(req: func.HttpRequest) -> func.HttpResponse:
+    from sync_core.api import push
+
     return run(req, push.webhook_deliveries)
 
 
 @bp.route(route="orgs/{org}/webhooks/secret", methods=["POST"])
 def webhook_secret(req: func.HttpRequest) -> func.HttpResponse:
+    from sync_core.api import push
+
     return run(req, push.webhook_secret)
 
 
 @bp.route(route="orgs/{org}/subscriptions", methods=["GET"])
 def list_subscriptions(req: func.HttpRequest) -> func.HttpResponse:
+    from sync_core.api import push
+
     return run(req, push.list_subscriptions)
 
 
 @bp.timer_trigger(arg_name="timer", schedule=SUBSCRIPTION_TIMER, run_on_startup=False)
 def maintain_subscriptions(timer: func.TimerRequest) -> None:
+    from sync_core.use_cases import subscriptions
+
     subscriptions.maintain(bootstrap.services().subscription_deps())
 
 
 @bp.queue_trigger(arg_name="msg", queue_name=PUSH_QUEUE, connection="AzureWebJobsStorage")
 def push_work_from_queue(msg: func.QueueMessage) -> None:
+    from sync_core.api import push
+
     push.process_push_message(bootstrap.services(), msg.get_body())

@@ -17,8 +17,6 @@ from pathlib import Path
 import azure.functions as func
 
 from sync_core import bootstrap
-from sync_core.api import sync_requests
-from sync_core.use_cases import schedule
 from triggers.http_json import run
 
 log = logging.getLogger(__name__)
@@ -43,6 +41,8 @@ def max_dequeue_count() -> int:
 
 @bp.timer_trigger(arg_name="timer", schedule=TIMER_SCHEDULE, run_on_startup=False)
 def enqueue_due_mailboxes(timer: func.TimerRequest) -> None:
+    from sync_core.use_cases import schedule
+
     if timer.past_due:
         log.info("timer: running late")
     schedule.enqueue_due(bootstrap.services().schedule_deps())
@@ -50,6 +50,8 @@ def enqueue_due_mailboxes(timer: func.TimerRequest) -> None:
 
 @bp.queue_trigger(arg_name="msg", queue_name=QUEUE_SETTING, connection="AzureWebJobsStorage")
 def sync_mailbox_from_queue(msg: func.QueueMessage) -> None:
+    from sync_core.use_cases import schedule
+
     schedule.process_message(
         bootstrap.services().schedule_deps(), msg.get_body(), int(msg.dequeue_count or 1), max_dequeue_count()
     )
@@ -57,9 +59,13 @@ def sync_mailbox_from_queue(msg: func.QueueMessage) -> None:
 
 @bp.route(route="orgs/{org}/mailboxes/{mailbox_id}/sync", methods=["POST"])
 def sync_mailbox_now(req: func.HttpRequest) -> func.HttpResponse:
+    from sync_core.api import sync_requests
+
     return run(req, sync_requests.sync_now)
 
 
 @bp.route(route="orgs/{org}/mailboxes/{mailbox_id}/backfill", methods=["POST"])
 def backfill_mailbox(req: func.HttpRequest) -> func.HttpResponse:
+    from sync_core.api import sync_requests
+
     return run(req, sync_requests.backfill)
