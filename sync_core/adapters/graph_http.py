@@ -7,7 +7,8 @@ Invariants:
   ``TransientGraphError`` carries the last Retry-After so the caller can re-schedule instead of blocking.
 - Connection errors and timeouts are retried the same way (reads, and ``send``'s writes whose repetition
   is harmless: subscription create, renew and delete).
-- At most ``max_concurrency`` requests (Graph allows 4 per mailbox) are in flight per client.
+- At most ``max_concurrency`` requests (Graph allows 4 per mailbox) are in flight per client; a client
+  may be shared by threads (its counts and wait budget are updated under a lock).
 - A 401 triggers exactly one token refresh and one retry; tokens are never logged.
 """
 
@@ -94,13 +95,20 @@ class GraphHttp:
         self._sleep = sleep
         self._slots = threading.BoundedSemaphore(max_concurrency)
         self._lock = threading.Lock()
+        self._metrics_lock = threading.Lock()
         self.metrics = GraphMetrics()
 
     # -- public -----------------------------------------------------------------------------------
 
     def get(self, url: str, params: Mapping[str, str] | None = None, prefer: Sequence[str] = ()) -> Any:
         """GET a path (relative to the Graph root) or an absolute link Graph gave us; returns JSON."""
-        return self._request("GET", self._absolute(url), params=params, prefer=prefer).json()
+        return self.get_response(url, params, prefer).json()
+
+    def get_response(
+        self, url: str, params: Mapping[str, str] | None = None, prefer: Sequence[str] = ()
+    ) -> requests.Response:
+        """Like ``get``, but the successful response itself, its JSON not yet decoded."""
+        return self._request("GET", self._absolute(url), params=params, prefer=prefer)
 
     def send(self, method: str, url: str, json_body: Any = None) -> Any:
         """POST/PATCH/DELETE a path (or a link Graph gave us) with a JSON body; returns the JSON answer, or
@@ -127,7 +135,7 @@ class GraphHttp:
                 status = int(item.get("status", 500))
                 headers = {str(k).lower(): str(v) for k, v in (item.get("headers") or {}).items()}
                 if status in RETRYABLE_STATUS and rid in pending:
-                    self.metrics.throttled += 1
+                    self._count_throttled()
                     waits.append(_retry_after(headers) or self._backoff(attempt))
                     continue
                 done[rid] = BatchResponse(status, headers, item.get("body"))
@@ -175,7 +183,8 @@ class GraphHttp:
                 headers["Prefer"] = ", ".join(prefer)
             try:
                 with self._slots:
-                    self.metrics.requests += 1
+                    with self._metrics_lock:
+                        self.metrics.requests += 1
                     response = self._session.request(
                         method, url, params=params, headers=headers, json=json_body, timeout=self._timeout
                     )
@@ -193,7 +202,7 @@ class GraphHttp:
                 self._current_token(True)
                 continue
             if status in RETRYABLE_STATUS:
-                self.metrics.throttled += 1
+                self._count_throttled()
                 attempt += 1
                 retry_after = _retry_after(response.headers)
                 if attempt >= self._max_attempts:
@@ -206,10 +215,15 @@ class GraphHttp:
         """Full-jitter exponential backoff."""
         return random.uniform(0, min(self._backoff_cap, self._backoff_base * (2**attempt)))
 
+    def _count_throttled(self) -> None:
+        with self._metrics_lock:
+            self.metrics.throttled += 1
+
     def _wait(self, seconds: float) -> None:
-        if self.metrics.waited_seconds + seconds > self._max_total_wait:
-            raise TransientGraphError("Graph throttling exceeded the wait budget of this run", seconds)
-        self.metrics.waited_seconds += seconds
+        with self._metrics_lock:
+            if self.metrics.waited_seconds + seconds > self._max_total_wait:
+                raise TransientGraphError("Graph throttling exceeded the wait budget of this run", seconds)
+            self.metrics.waited_seconds += seconds
         self._sleep(seconds)
 
 

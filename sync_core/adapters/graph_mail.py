@@ -6,15 +6,33 @@ Invariants:
 - A folder's first delta request is filtered to ``receivedDateTime ge since``: a new connection or a
   resync after a lost delta token never imports mail older than the mailbox watermark.
 - Partial items (updates, ``@removed``) are counted as skipped and never turned into messages.
+- Prefetch: when ``delta`` returns a page with a next link, that link is fetched in the background
+  while the caller works on the page; a ``delta`` call for exactly that link gets its page, or the exception
+  its fetch raised. Safe because it only reads (a next link can be read again: a crash or a discarded
+  prefetch re-reads at most one page), and the caller still stores and checkpoints each page in order,
+  after asking for it. Bounded: one prefetch per (mailbox, folder), dropped (cancelled if not started) by a
+  call for any other link; it goes through the mailbox's GraphHttp (its in-flight limit, wait budget and
+  request count: a request is counted once, when sent).
+- Attachment listings are single GETs, ``LISTINGS_IN_FLIGHT`` at a time (Graph runs a mailbox's requests
+  4 at a time, so a ``$batch`` of them costs one round trip more, and its sub-requests would not share
+  GraphHttp's slots with a prefetch).
+- Background work runs on this source's own threads (one prefetcher, ``LISTINGS_IN_FLIGHT`` listers),
+  reused from call to call (new threads per call grow the process's malloc arenas) and ended when the
+  source, built per run, is collected. They hold no reference to the source: a prefetched page is held by
+  the source alone.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import suppress
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
+
+import requests
 
 from sync_core.adapters.graph_http import BATCH_LIMIT, GraphHttp, raise_for_batch_item
 from sync_core.domain.addresses import normalize_address
@@ -30,6 +48,10 @@ MESSAGE_FIELDS = (
 )
 DEFAULT_FOLDERS = ("inbox", "sentitems")
 MAX_PAGE_SIZE = 1000
+LISTINGS_IN_FLIGHT = 4  # GraphHttp's (and Graph's) per-mailbox limit
+ATTACHMENT_SELECT = {"$select": "name,size,contentType,isInline"}
+PREFETCH_THREAD_NAME = "graph-delta-prefetch"
+LISTING_THREAD_NAME = "graph-attachment-listing"
 
 
 def graph_time(moment: datetime) -> str:
@@ -47,12 +69,17 @@ class GraphMailSource:
             'outlook.body-content-type="text"',
         )
         self._clients: dict[str, GraphHttp] = {}
+        self._lock = threading.Lock()
+        self._prefetched: dict[tuple[str, str], tuple[str, Future[requests.Response]]] = {}  # (mailbox, folder)
+        self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix=PREFETCH_THREAD_NAME)
+        self._listers = ThreadPoolExecutor(LISTINGS_IN_FLIGHT, thread_name_prefix=LISTING_THREAD_NAME)
 
     def _http(self, mailbox: Mailbox) -> GraphHttp:
-        key = f"{mailbox.org_id}/{mailbox.mailbox_id}"
-        if key not in self._clients:
-            self._clients[key] = self._http_for(mailbox)
-        return self._clients[key]
+        key = _key(mailbox)
+        with self._lock:
+            if key not in self._clients:
+                self._clients[key] = self._http_for(mailbox)
+            return self._clients[key]
 
     @property
     def requests_made(self) -> int:
@@ -60,12 +87,29 @@ class GraphMailSource:
 
     def delta(self, mailbox: Mailbox, folder: str, link: str | None, since: datetime) -> DeltaPage:
         http = self._http(mailbox)
-        if link:
+        key = (_key(mailbox), folder)
+        with self._lock:
+            held = self._prefetched.pop(key, None)
+        if held is not None and held[0] != link:
+            held[1].cancel()  # another link: dropped, and never sent if it has not started
+            held = None
+        if held is not None:
+            payload = held[1].result().json()  # the prefetched page, or the exception its fetch raised
+        elif link:
             payload = http.get(link, prefer=self._prefer)
         else:
             params = {"$select": MESSAGE_FIELDS, "$filter": f"receivedDateTime ge {graph_time(since)}"}
             payload = http.get(f"{_user_path(mailbox)}/mailFolders('{folder}')/messages/delta", params, self._prefer)
+        next_link = payload.get("@odata.nextLink")
+        if next_link:
+            self._prefetch(http, key, str(next_link))
         return page_from_payload(folder, payload)
+
+    def _prefetch(self, http: GraphHttp, key: tuple[str, str], link: str) -> None:
+        """The body is decoded by the caller: the prefetcher allocates one buffer, not the page's objects."""
+        future = self._prefetcher.submit(http.get_response, link, None, self._prefer)
+        with self._lock:
+            self._prefetched[key] = (link, future)
 
     def delta_many(self, mailbox: Mailbox, links: Mapping[str, str]) -> Mapping[str, DeltaPage]:
         """One ``$batch`` for up to 20 folders (an idle poll of Inbox + Sent Items is one request)."""
@@ -87,24 +131,26 @@ class GraphMailSource:
         return pages
 
     def attachments(self, mailbox: Mailbox, source_ids: Sequence[str]) -> Mapping[str, tuple[AttachmentSummary, ...]]:
+        """One GET per message, ``LISTINGS_IN_FLIGHT`` at a time; the first failure (in ``source_ids``
+        order) is raised once every started listing has ended; listings not started by then never start."""
         http = self._http(mailbox)
-        found: dict[str, tuple[AttachmentSummary, ...]] = {}
-        ids = list(source_ids)
-        for start in range(0, len(ids), BATCH_LIMIT):
-            chunk = ids[start : start + BATCH_LIMIT]
-            requests_ = [
-                {"id": str(i), "method": "GET",
-                 "url": f"/{_user_path(mailbox)}/messages/{quote(mid, safe='')}/attachments"
-                        "?$select=name,size,contentType,isInline",
-                 "headers": {"Prefer": 'IdType="ImmutableId"'}}
-                for i, mid in enumerate(chunk)
-            ]
-            responses = http.batch(requests_)
-            for i, mid in enumerate(chunk):
-                item = responses[str(i)]
-                raise_for_batch_item(item)
-                found[mid] = tuple(_attachment(a) for a in (item.body or {}).get("value", []) if not a.get("isInline"))
-        return found
+        ids = list(dict.fromkeys(source_ids))
+
+        def listing(mid: str) -> tuple[AttachmentSummary, ...]:
+            path = f"{_user_path(mailbox)}/messages/{quote(mid, safe='')}/attachments"
+            payload = http.get(path, ATTACHMENT_SELECT, ('IdType="ImmutableId"',))
+            return tuple(_attachment(a) for a in payload.get("value", []) if not a.get("isInline"))
+
+        if len(ids) <= 1:
+            return {mid: listing(mid) for mid in ids}
+        futures = [self._listers.submit(listing, mid) for mid in ids]
+        try:
+            return {mid: future.result() for mid, future in zip(ids, futures, strict=True)}
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            wait(futures)
+            raise
 
     def folders(self, mailbox: Mailbox) -> tuple[str, ...]:
         """Every folder (child folders included) except system ones, by id."""
@@ -128,6 +174,10 @@ class GraphMailSource:
                         pending.append(f"{_user_path(mailbox)}/mailFolders/{fid}/childFolders?$select=id,childFolderCount")
                 url = payload.get("@odata.nextLink")
         return tuple(result)
+
+
+def _key(mailbox: Mailbox) -> str:
+    return f"{mailbox.org_id}/{mailbox.mailbox_id}"
 
 
 def _user_path(mailbox: Mailbox) -> str:

@@ -7,7 +7,7 @@
     take the lease, re-read the cursors (moved since the poll: drop its pages, poll again from them)
       ──> for each folder: page = the polled page, then delta(link or watermark filter)
                         │   decide every message (one records lookup per page)
-                        │   fetch attachment names of matched messages ($batch)
+                        │   fetch attachment names of matched messages (4 at a time)
                         │   save activities (idempotent, keyed by internet message id)
                         │   checkpoint the folder's next/delta link      <- only after the save
                         └─ until every folder reached its deltaLink, or the budget is spent
