@@ -8,6 +8,11 @@ Invariants:
 - No SDK exception escapes: a taken key → AlreadyExists; a stale ETag, or a conditional write whose entity
   vanished → ConcurrencyConflict; everything else (connection, throttling, server) → StorageUnavailable.
   A read of a missing entity is None; an unconditional delete of a missing entity is a no-op.
+- A write or transaction sent on a kept-alive connection the server had already closed (reset, broken
+  pipe, disconnected without an answer) is sent once more on a new connection: the SDK retries only
+  idempotent methods, and an entity group transaction is a POST. Sending twice is safe: unconditional
+  operations are idempotent, and a conditional one that did apply the first time fails the second time
+  as AlreadyExists / ConcurrencyConflict, which every caller already handles as "someone wrote first".
 - An entity group transaction holds at most 100 operations on one partition and stays below the 4 MiB
   request limit. ``after_write`` runs after every write round trip that succeeded (tests use it to stop
   a multi-step write between two steps).
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import http.client
 import json
 import re
 import threading
@@ -30,7 +36,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from azure.core import MatchConditions
-from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import (
+    AzureError,
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
 from azure.data.tables import TableEntity, TableServiceClient, UpdateMode
 
 from sync_core.errors import AlreadyExists, ConcurrencyConflict, StorageUnavailable
@@ -235,19 +248,22 @@ class Table:
         self._ensure_exists()
         hook = self.metrics.count
         entity = dict(operation.entity)
-        with _storage_errors(f"{operation.action} in {self._name}"):
+
+        def send() -> Mapping[str, Any]:
             if operation.action == "create":
-                metadata = self._client.create_entity(entity, raw_response_hook=hook)
-            elif operation.action == "upsert":
-                metadata = self._client.upsert_entity(entity, mode=UpdateMode.REPLACE, raw_response_hook=hook)
-            elif operation.action == "update":
-                metadata = self._client.update_entity(
+                return self._client.create_entity(entity, raw_response_hook=hook)
+            if operation.action == "upsert":
+                return self._client.upsert_entity(entity, mode=UpdateMode.REPLACE, raw_response_hook=hook)
+            if operation.action == "update":
+                return self._client.update_entity(
                     entity, mode=UpdateMode.REPLACE, raw_response_hook=hook, **_conditions(operation.etag)
                 )
-            else:
-                pk, rk = operation.key
-                self._client.delete_entity(pk, rk, raw_response_hook=hook, **_conditions(operation.etag))
-                metadata = {}
+            pk, rk = operation.key
+            self._client.delete_entity(pk, rk, raw_response_hook=hook, **_conditions(operation.etag))
+            return {}
+
+        with _storage_errors(f"{operation.action} in {self._name}"):
+            metadata = _resent_once_if_the_connection_was_closed(send)
         self._wrote()
         return str(metadata.get("etag", ""))
 
@@ -258,9 +274,10 @@ class Table:
         if len(operations) > MAX_BATCH_OPERATIONS:
             raise ValueError(f"a transaction holds at most {MAX_BATCH_OPERATIONS} operations")
         self._ensure_exists()
+        batch = [operation.as_batch_operation() for operation in operations]
         with _storage_errors(f"transaction in {self._name}"):
-            results = self._client.submit_transaction(
-                [operation.as_batch_operation() for operation in operations], raw_response_hook=self.metrics.count
+            results = _resent_once_if_the_connection_was_closed(
+                lambda: self._client.submit_transaction(batch, raw_response_hook=self.metrics.count)
             )
         self._wrote()
         return [str(result.get("etag", "")) for result in results]
@@ -383,6 +400,30 @@ def scan_errors(action: str) -> Iterator[None]:
         raise StorageUnavailable(f"Table storage failed ({action}): {exc.status_code}") from exc
     except AzureError as exc:
         raise StorageUnavailable(f"Table storage unavailable ({action}): {type(exc).__name__}") from exc
+
+
+CLOSED_CONNECTION = (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected)
+
+
+def _resent_once_if_the_connection_was_closed(send: Callable[[], T]) -> T:
+    """``send()``, and once more if the connection it went out on had been closed by the server."""
+    try:
+        return send()
+    except (ServiceRequestError, ServiceResponseError) as exc:
+        if not _caused_by(exc, CLOSED_CONNECTION):
+            raise
+    return send()
+
+
+def _caused_by(exc: BaseException, kinds: tuple[type[BaseException], ...], depth: int = 6) -> bool:
+    """Whether ``exc`` wraps one of ``kinds``: through causes, contexts, the SDK's ``inner_exception``
+    and the exception arguments urllib3 and requests wrap errors in."""
+    if isinstance(exc, kinds):
+        return True
+    if depth == 0:
+        return False
+    wrapped = [exc.__cause__, exc.__context__, getattr(exc, "inner_exception", None), *exc.args]
+    return any(isinstance(w, BaseException) and _caused_by(w, kinds, depth - 1) for w in wrapped)
 
 
 @contextmanager

@@ -14,7 +14,9 @@ Invariants:
   ``active`` mailbox the CRM disabled, or of an org whose automation is off, shows as ``paused`` (that is
   what the sync does with it); the stored status is unchanged.
 - ``last_sync_at``, ``last_success_at``, ``last_error`` and ``counters`` are derived from the run reports
-  kept per mailbox (the newest ``REPORTS_KEPT``); ``counters`` are totals over those runs.
+  kept per mailbox (the newest ``REPORTS_KEPT``); ``counters`` are totals over those runs. An idle poll
+  stores a report only once an hour (``sync_mailbox.IDLE_REFRESH``), so ``last_sync_at`` of an idle
+  mailbox is at most that old.
 - PATCH writes with the mailbox's ETag (a concurrent writer, e.g. a sync setting an error, is never
   overwritten) and re-reads and re-applies once on a conflict.
 - Explain reads the message from Graph the way the sync does and runs the same decision; it writes
