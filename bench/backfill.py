@@ -263,8 +263,7 @@ def instrument(deps: Any, probe: HttpProbe) -> Phases:
     import requests  # noqa: PLC0415
 
     from sync_core.adapters import graph_mail  # noqa: PLC0415
-    from sync_core.use_cases import pipeline  # noqa: PLC0415
-    from sync_core.use_cases import sync_mailbox as use_case  # noqa: PLC0415
+    from sync_core.domain import decide  # noqa: PLC0415
 
     phases = Phases()
     for owner, methods in (
@@ -280,7 +279,12 @@ def instrument(deps: Any, probe: HttpProbe) -> Phases:
         for method in methods:
             if hasattr(owner, method):
                 phases.wrap(owner, method, f"{type(owner).__name__}.{method}")
-    phases.wrap(pipeline if hasattr(pipeline, "decide") else use_case, "decide", "decide")
+    for owner, method in (
+        (decide.DecisionContext, "of"),
+        (decide.DecisionContext, "screen"),
+        (decide.Screening, "finish"),
+    ):
+        phases.wrap(owner, method, "decide")
     phases.wrap(graph_mail, "page_from_payload", "Graph JSON -> MailMessage")
     phases.wrap(requests.models.Response, "json", "JSON decode")
     request = requests.Session.request

@@ -108,7 +108,7 @@ class HostFleet:
             for folder in DEFAULT_FOLDERS:
                 page = mail.delta(versioned.value, folder, None, versioned.value.watermark)
                 assert page.delta_link and not page.messages, "a mailbox to catch up must be empty"
-                cursor = Cursor(caught_up=True, link=page.delta_link).serialize()
+                cursor = Cursor(caught_up=True, link=page.delta_link, written_at=datetime.now(UTC)).serialize()
                 services.stores.cursors.put(ORG, box.mailbox_id, folder, cursor)
 
         self._each(catch_up)

@@ -19,10 +19,11 @@ Correspondence comes in threads of 1-6 messages, each received (Inbox) or sent (
 ``In-Reply-To``/``References`` chains and quoted text that grows with the thread. 20 % of the messages carry 1-3
 file attachments (metadata only: the emulator stores the size, not the bytes), a few an inline logo. Bodies
 are stored as the plain text Graph returns for ``Prefer: outlook.body-content-type="text"`` (the emulator's
-own HTML-to-text conversion, a pure-Python parser run on every render, would otherwise cost seconds per
-1,000-message page and swamp what is measured): mostly 0.3-2 KB, a quarter 2-10 KB, a few up to 30 KB, plus
-quoted text in replies; newsletters 4-20 KB. The folders are filled to exactly half each: Graph returns at
-most 5,000 messages for a delta filtered on ``receivedDateTime``, so one folder could not show all of them.
+own HTML-to-text conversion is a pure-Python parser: its first render of a 1,000-message HTML page costs
+about half a second, which would measure the emulator rather than the client): mostly 0.3-2 KB, a
+quarter 2-10 KB, a few up to 30 KB, plus quoted text in replies; newsletters 4-20 KB. The folders are
+filled to exactly half each: Graph returns at most 5,000 messages for a delta filtered on
+``receivedDateTime``, so one folder could not show all of them.
 """
 
 from __future__ import annotations
