@@ -636,7 +636,7 @@ def _reproducing() -> str:
     return """## Reproducing
 
 ```sh
-make bench                                   # everything, about 15 minutes on the machine above
+make bench                                   # everything, about 10 minutes on the machine above
                                              # (the first run also builds two venvs, ~1.5 min)
 make bench BENCH_ARGS=--quick                # fewer repetitions, 250 mailboxes
 make bench BENCH_ARGS="--only backfill,idle" # some; the document keeps the other sections
