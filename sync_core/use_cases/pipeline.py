@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Protocol
 
 from sync_core.domain.decide import DecisionContext
 from sync_core.domain.model import (
@@ -28,7 +29,14 @@ from sync_core.domain.model import (
     Reason,
     activity_id_for,
 )
-from sync_core.ports import ActivityStore, RecordLookupResult, RecordsIndex
+from sync_core.ports import ActivityWrite, RecordLookupResult, RecordsIndex
+
+
+class ThreadLookup(Protocol):
+    """What the pipeline needs of the activity store: the stored thread of already-stored messages."""
+
+    def thread_ids_for_messages(self, org_id: str, internet_message_ids: Sequence[str]) -> Mapping[str, str]: ...
+
 
 AttachmentFetcher = Callable[[Sequence[str]], Mapping[str, tuple[AttachmentSummary, ...]]]
 """Attachment summaries of messages by ``source_id`` (Graph: one ``$batch``); None when the messages
@@ -41,7 +49,7 @@ def build_activities(
     settings: OrgSettings,
     *,
     records: RecordsIndex,
-    activities: ActivityStore,
+    activities: ThreadLookup,
     reasons: Counter[str],
     fetch_attachments: AttachmentFetcher | None = None,
 ) -> list[Activity]:
@@ -97,7 +105,7 @@ MAX_REFERENCES_LOOKED_UP = 20
 """References is sender-controlled: look up at most the root and the latest 20 (one Table read each)."""
 
 
-def thread_ids(activities: ActivityStore, org_id: str, messages: Sequence[MailMessage]) -> dict[str, str]:
+def thread_ids(activities: ThreadLookup, org_id: str, messages: Sequence[MailMessage]) -> dict[str, str]:
     """Thread of each message: the stored thread of a message it references, else the thread rooted at
     the first message of its References chain (or its In-Reply-To, or itself). Both rules give the same
     id in every mailbox, so replies seen elsewhere join the thread."""
@@ -122,3 +130,36 @@ def _references_to_look_up(message: MailMessage) -> list[str]:
 
 def thread_id_for(org_id: str, root_message_id: str) -> str:
     return "t" + hashlib.sha256(f"{org_id}\n{root_message_id.strip().lower()}".encode()).hexdigest()[:31]
+
+
+class RunThreadCache:
+    """A ``ThreadLookup`` for one sync run: each Message-ID is read from the store at most once per run
+    (found or not), and the activities the run creates answer for themselves. Its pages share their
+    threads, so a reply's References would otherwise be read again page after page.
+
+    A stored thread never changes, so a found answer stays true. A not-found answer may turn true when
+    another mailbox stores that message during the run, as it may between any lookup and save; the
+    reply then takes the thread of its References root, which is where that message's thread begins
+    too unless its chain was cut. Messages the run saved that turned out to exist already are forgotten,
+    so the next lookup reads their stored thread."""
+
+    def __init__(self, store: ThreadLookup) -> None:
+        self._store = store
+        self._known: dict[tuple[str, str], str | None] = {}
+
+    def thread_ids_for_messages(self, org_id: str, internet_message_ids: Sequence[str]) -> Mapping[str, str]:
+        missing = [mid for mid in dict.fromkeys(internet_message_ids) if (org_id, mid) not in self._known]
+        if missing:
+            found = self._store.thread_ids_for_messages(org_id, missing)
+            self._known.update({(org_id, mid): found.get(mid) for mid in missing})
+        answers = {mid: self._known[(org_id, mid)] for mid in internet_message_ids}
+        return {mid: thread for mid, thread in answers.items() if thread is not None}
+
+    def saved(self, activities: Iterable[Activity], written: ActivityWrite) -> None:
+        created = set(written.created)
+        for activity in activities:
+            key = (activity.org_id, activity.internet_message_id)
+            if activity.activity_id in created:
+                self._known[key] = activity.thread_id
+            else:
+                self._known.pop(key, None)

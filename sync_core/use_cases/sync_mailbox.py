@@ -65,7 +65,7 @@ from sync_core.ports import (
     SettingsRepository,
 )
 from sync_core.push_ports import ActivityEvents
-from sync_core.use_cases.pipeline import build_activities
+from sync_core.use_cases.pipeline import RunThreadCache, build_activities
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +175,7 @@ class _Run:
         self.created = 0
         self.merged = 0
         self.seen: set[str] = set()  # internet message ids decided in this run
+        self.threads = RunThreadCache(deps.activities)
 
     def lease(self) -> None:
         """Take the mailbox's lease, once, before the run's first write; ``_Busy`` if another run holds it."""
@@ -304,6 +305,7 @@ class _Run:
         activities = self._activities(self._first_sightings(page.messages))
         if activities:
             written = self.deps.activities.save(activities)
+            self.threads.saved(activities, written)
             self.created += len(written.created)
             self.merged += len(written.merged)
             if written.created and self.deps.events is not None:
@@ -335,7 +337,7 @@ class _Run:
             mailbox,
             self.settings,
             records=self.deps.records,
-            activities=self.deps.activities,
+            activities=self.threads,
             reasons=self.reasons,
             fetch_attachments=lambda source_ids: self.deps.mail.attachments(mailbox, source_ids),
         )

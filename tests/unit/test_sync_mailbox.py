@@ -12,12 +12,14 @@ from sync_core.adapters.memory import InMemoryActivityStore, InMemoryStores
 from sync_core.domain.model import (
     Activity,
     AttachmentSummary,
+    Direction,
     EmailAddress,
     Mailbox,
     MailboxStatus,
     MailMessage,
     OrgSettings,
     Record,
+    RecordRef,
     activity_id_for,
 )
 from sync_core.errors import ReauthRequired
@@ -454,3 +456,92 @@ def test_after_a_failed_poll_the_next_idle_poll_stores_its_report_so_the_last_su
     assert recovered.status == idle.status == "done" and recovered.report is not None
     latest = world.stores.runs.recent(ORG, "mb-adele", 1)[0]
     assert latest.run_id == recovered.report.run_id and latest.error == ""
+
+
+class CountingThreadLookups(InMemoryActivityStore):
+    """The in-memory activity store, counting the Message-IDs its thread lookups are asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[str] = []
+
+    def thread_ids_for_messages(self, org_id: str, internet_message_ids: Sequence[str]) -> Mapping[str, str]:
+        self.asked.extend(internet_message_ids)
+        return super().thread_ids_for_messages(org_id, internet_message_ids)
+
+
+def test_a_message_id_referenced_on_several_pages_is_looked_up_once_per_run() -> None:
+    world = World(page_size=1)
+    store = CountingThreadLookups()
+    root = "<root@client.example>"
+    for _ in range(3):  # three replies to a message this mailbox never saw, one per page
+        world.mail.deliver(message("carol@client.example", ["adele@acme.example"], references=(root,)))
+
+    world.sync(activities=store)
+
+    assert store.asked.count(root) == 1
+    assert len({a.thread_id for a in store.timeline(ORG, "c-1", None, 10).items}) == 1
+
+
+def test_a_reply_to_a_message_created_earlier_in_the_run_joins_its_thread_without_a_lookup() -> None:
+    world = World(page_size=1)
+    store = CountingThreadLookups()
+    first = message("carol@client.example", ["adele@acme.example"], mid="<first@client.example>")
+    reply = message("adele@acme.example", ["carol@client.example"], references=(first.internet_message_id,))
+    world.mail.deliver(first)
+    world.mail.deliver(reply)
+
+    world.sync(activities=store)
+
+    assert first.internet_message_id not in store.asked
+    stored = store.timeline(ORG, "c-1", None, 10).items
+    assert len(stored) == 2 and len({a.thread_id for a in stored}) == 1
+
+
+def test_a_message_another_mailbox_stored_during_the_run_is_read_again_once_this_run_meets_it() -> None:
+    world = World(page_size=1)
+    other_thread = "t-stored-by-megan"
+    known = message("carol@client.example", ["adele@acme.example", "megan@acme.example"], mid="<known@client.example>")
+
+    class MeganSavesMeanwhile(CountingThreadLookups):
+        def save(self, activities: Sequence[Activity]) -> ActivityWrite:
+            if self.get(ORG, activity_id_for(ORG, known.internet_message_id)) is None:
+                super().save([_activity(known, "mb-megan", other_thread)])  # Megan's run, in between
+            return super().save(activities)
+
+    store = MeganSavesMeanwhile()
+    first_reply = message("adele@acme.example", ["carol@client.example"], references=(known.internet_message_id,))
+    later_reply = message("adele@acme.example", ["carol@client.example"], references=(known.internet_message_id,))
+    # Page 1: a reply looks the message up before anyone stored it; Megan stores it meanwhile; page 2: this
+    # run meets the message (merged, not created); page 3: another reply must take Megan's thread.
+    for source in (first_reply, known, later_reply):
+        world.mail.deliver(source)
+
+    world.sync(activities=store)
+
+    stored = {a.internet_message_id: a for a in store.timeline(ORG, "c-1", None, 10).items}
+    assert stored[known.internet_message_id].mailbox_ids == ("mb-megan", "mb-adele")
+    assert stored[later_reply.internet_message_id].thread_id == other_thread
+
+
+def _activity(source: MailMessage, mailbox_id: str, thread_id: str) -> Activity:
+    return Activity(
+        org_id=ORG,
+        activity_id=activity_id_for(ORG, source.internet_message_id),
+        internet_message_id=source.internet_message_id,
+        thread_id=thread_id,
+        subject=source.subject,
+        body_text=source.body_text,
+        body_preview=source.body_preview,
+        body_truncated=False,
+        sender=source.sender,
+        to=source.to,
+        cc=source.cc,
+        sent_at=source.sent_at,
+        received_at=source.received_at,
+        direction=Direction.RECEIVED,
+        mailbox_ids=(mailbox_id,),
+        records=(RecordRef("c-1", "contact"),),
+        attachments=(),
+        conversation_id=None,
+    )
