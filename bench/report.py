@@ -266,8 +266,9 @@ count in the port call that started them):
   starts empty here). {_n(_share_without_records(r))} % of the {_n(mix['participants'])} addresses in this mix are on
   no record, so most of these queries find nothing (open proposal 4).
 - Saving activities takes **{_n(save, 1)} s**: new activities are created without a read, about twenty to
-  an entity group transaction. The thread lookups take {_n(threads, 1)} s more: a point read per Message-ID a
-  matched reply refers to (In-Reply-To, the latest 20 References and the root; open proposal 1).
+  an entity group transaction. The thread lookups take {_n(threads, 1)} s more: a point read, once per run,
+  per Message-ID a matched reply refers to (In-Reply-To, the latest 20 References and the root; open
+  proposal 1).
 - Attachment listings take **{_n(listings, 1)} s**: {mix['matched_with_attachments']} GETs, four at a time (Graph's
   per-mailbox limit), that is {bound['attachment_round_trips']} round trips {X} {b['latency_ms']} ms =
   {_n(bound['attachment_round_trips'] * b['latency_ms'] / 1000, 2)} s at best, run while the next delta page is fetched.
@@ -586,16 +587,18 @@ is the current run.
    pages: 4.7 → 1.3 s of emulator CPU]
 9. **A Table write sent on a connection the server had closed is sent once more** (`table_client`): the
    full run's fleet setup failed on one such reset (the SDK does not retry a `$batch` POST).
+10. **A run reads each referenced Message-ID's thread once** (`pipeline.RunThreadCache`): found and
+   not-found answers are kept for the run, and the activities it creates answer for themselves.
 
 ## Open proposals
 
 Ordered by expected effect on the numbers above.
 
-1. **Resolve threads inside the page first** (`pipeline.thread_ids`): look up only the thread root
-   (`References[0]`) or `In-Reply-To` of messages whose root is not in the same page or already resolved
-   in this run, instead of a point read for each of In-Reply-To, the latest 20 References and the root of
-   every matched reply. Thread lookups take {_n(phases.get('TableActivityStore.thread_ids_for_messages'), 1)} s of
-   the backfill.
+1. **Fewer thread reads for first sightings** (`pipeline.thread_ids`): each Message-ID a matched reply
+   refers to (In-Reply-To, the latest 20 References and the root) is still read once per run, most of
+   them finding nothing in a backfill. Reading only In-Reply-To and the root, and the rest only when
+   those disagree, would cut most of the {_n(phases.get('TableActivityStore.thread_ids_for_messages'), 1)} s the
+   thread lookups take in the backfill.
 2. **Backfills beyond 5,000 messages per folder** (`GraphMailSource.delta`): Graph returns at most the
    newest 5,000 messages for a delta filtered on `receivedDateTime` (the emulator enforces it), so a
    backfill of a busy mailbox silently stops at 5,000 per folder. Page the history with `/messages`
