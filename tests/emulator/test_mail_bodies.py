@@ -6,21 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-import requests
-
 from emulator.client import EmulatorClient, EmulatorTenant
+from tests.emulator.graph_get import get
 
 TEXT = 'outlook.body-content-type="text"'
 INBOX_DELTA = "/me/mailFolders('inbox')/messages/delta"
-
-
-def get(tenant: EmulatorTenant, token: str, url: str, prefer: str | None = None, **params: Any) -> requests.Response:
-    headers = {"Authorization": f"Bearer {token}"}
-    if prefer:
-        headers["Prefer"] = prefer
-    target = url if url.startswith("https://") else tenant.graph_url + url
-    return tenant.session.get(target, headers=headers, params=params or None, timeout=30)
 
 
 def message(tenant: EmulatorTenant, token: str, message_id: str, prefer: str | None = None) -> dict[str, Any]:
@@ -41,16 +31,6 @@ def delta_items(tenant: EmulatorTenant, token: str, url: str, **params: Any) -> 
         if "@odata.deltaLink" in page:
             return items, str(page["@odata.deltaLink"])
         answer = get(tenant, token, page["@odata.nextLink"], prefer)
-
-
-@pytest.fixture
-def token(tenant: EmulatorTenant) -> str:
-    return tenant.delegated_token("adele")
-
-
-@pytest.fixture
-def adele(tenant: EmulatorTenant) -> str:
-    return tenant.users["adele"].id
 
 
 # Subject -> (text body, the preview Graph shows for it). The bodies are long (several times the 255

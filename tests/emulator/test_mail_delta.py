@@ -8,9 +8,9 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
-import requests
 
 from emulator.client import EmulatorClient, EmulatorTenant
+from tests.emulator.graph_get import get
 
 INBOX_DELTA = "/me/mailFolders('inbox')/messages/delta"
 
@@ -30,15 +30,6 @@ class Round:
         return str(self.pages[-1]["@odata.deltaLink"])
 
 
-def get(tenant: EmulatorTenant, token: str, url: str, prefer: str | None = None, **params: Any) -> requests.Response:
-    """GET a Graph path (relative to /v1.0) or an absolute link, exactly as given."""
-    headers = {"Authorization": f"Bearer {token}"}
-    if prefer:
-        headers["Prefer"] = prefer
-    target = url if url.startswith("https://") else tenant.graph_url + url
-    return tenant.session.get(target, headers=headers, params=params or None, timeout=30)
-
-
 def sync(tenant: EmulatorTenant, token: str, url: str, prefer: str | None = None, **params: Any) -> Round:
     """Follow nextLinks from ``url`` until a page carries the deltaLink."""
     result = Round()
@@ -54,16 +45,6 @@ def sync(tenant: EmulatorTenant, token: str, url: str, prefer: str | None = None
 
 def iso(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@pytest.fixture
-def token(tenant: EmulatorTenant) -> str:
-    return tenant.delegated_token("adele")
-
-
-@pytest.fixture
-def adele(tenant: EmulatorTenant) -> str:
-    return tenant.users["adele"].id
 
 
 def deliver(client: EmulatorClient, user: str, count: int, **fields: Any) -> list[dict[str, Any]]:

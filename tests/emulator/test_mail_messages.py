@@ -6,12 +6,11 @@ import base64
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
-from typing import Any
 
 import pytest
-import requests
 
 from emulator.client import EmulatorClient, EmulatorTenant
+from tests.emulator.graph_get import get
 
 DEFAULT_FIELDS = {
     "@odata.context", "@odata.etag", "id", "createdDateTime", "lastModifiedDateTime", "changeKey", "categories",
@@ -20,24 +19,6 @@ DEFAULT_FIELDS = {
     "isReadReceiptRequested", "isRead", "isDraft", "webLink", "inferenceClassification", "body", "sender", "from",
     "toRecipients", "ccRecipients", "bccRecipients", "replyTo", "flag",
 }  # fmt: skip
-
-
-def get(tenant: EmulatorTenant, token: str, url: str, prefer: str | None = None, **params: Any) -> requests.Response:
-    headers = {"Authorization": f"Bearer {token}"}
-    if prefer:
-        headers["Prefer"] = prefer
-    target = url if url.startswith("https://") else tenant.graph_url + url
-    return tenant.session.get(target, headers=headers, params=params or None, timeout=30)
-
-
-@pytest.fixture
-def token(tenant: EmulatorTenant) -> str:
-    return tenant.delegated_token("adele")
-
-
-@pytest.fixture
-def adele(tenant: EmulatorTenant) -> str:
-    return tenant.users["adele"].id
 
 
 def a_mime_message() -> bytes:

@@ -124,16 +124,6 @@ def http_webhook() -> Iterator[Webhook]:
     yield from _serve(Webhook(), None)
 
 
-@pytest.fixture
-def token(tenant: EmulatorTenant) -> str:
-    return tenant.delegated_token("adele")
-
-
-@pytest.fixture
-def adele(tenant: EmulatorTenant) -> str:
-    return tenant.users["adele"].id
-
-
 def in_minutes(minutes: float) -> str:
     return (datetime.now(UTC) + timedelta(minutes=minutes)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
