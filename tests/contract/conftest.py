@@ -7,7 +7,8 @@ counts, interrupted writes, raw entities).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import itertools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -96,3 +97,18 @@ def make_activity(
         attachments=(AttachmentSummary("cv.pdf", 48_213, "application/pdf"),),
         conversation_id="conv-1",
     )
+
+
+class SimulatedCrash(Exception):
+    """What ``crash_after`` raises: the process "died" between two writes."""
+
+
+def crash_after(writes: int) -> Callable[[], None]:
+    """An ``after_write`` hook: the process "dies" right after its ``writes``-th write round trip."""
+    counter = itertools.count(1)
+
+    def hook() -> None:
+        if next(counter) == writes:
+            raise SimulatedCrash
+
+    return hook

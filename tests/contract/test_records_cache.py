@@ -3,33 +3,16 @@ change made before a lookup started, through this or another instance (another w
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable
-
 import pytest
 from azure.data.tables import TableServiceClient
 
 from sync_core.adapters.table_client import TableMetrics
 from sync_core.adapters.table_records import TableRecordsIndex
 from sync_core.domain.model import Record, RecordRef
+from tests.contract.conftest import SimulatedCrash, crash_after
 
 ANN = Record("cand-1", "candidate", "Ann Client", emails=("ann@client.example",))
 ACME = Record("acct-1", "account", "Acme", domains=("client.example",))
-
-
-class SimulatedCrash(Exception):
-    pass
-
-
-def crash_after(writes: int) -> Callable[[], None]:
-    """An ``after_write`` hook that raises right after the ``writes``-th write round trip."""
-    counter = itertools.count(1)
-
-    def hook() -> None:
-        if next(counter) == writes:
-            raise SimulatedCrash
-
-    return hook
 
 
 @pytest.fixture

@@ -4,9 +4,7 @@ converge when re-run, concurrent writers, and storage errors."""
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import threading
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -20,12 +18,8 @@ from sync_core.adapters.table_records import TableRecordsIndex
 from sync_core.adapters.tables import TableStores
 from sync_core.domain.model import Activity, EmailAddress, Record, RecordRef
 from sync_core.errors import StorageUnavailable
-from tests.contract.conftest import T0, make_activity
+from tests.contract.conftest import T0, SimulatedCrash, crash_after, make_activity
 from tools.azurite import DEV_ACCOUNT, DEV_KEY, free_port
-
-
-class SimulatedCrash(Exception):
-    pass
 
 
 class WriteCounter:
@@ -36,17 +30,6 @@ class WriteCounter:
 
     def __call__(self) -> None:
         self.writes += 1
-
-
-def crash_after(writes: int) -> Callable[[], None]:
-    """An ``after_write`` hook: the process "dies" right after its ``writes``-th write round trip."""
-    counter = itertools.count(1)
-
-    def hook() -> None:
-        if next(counter) == writes:
-            raise SimulatedCrash
-
-    return hook
 
 
 def table_contents(service: TableServiceClient, name: str) -> dict[tuple[str, str], dict[str, Any]]:
