@@ -247,10 +247,7 @@ def _claim_chunk(
         entry = found.value
         if version is None:
             return _claim(deps, entry.org_id, entry.mailbox_id, now, intervals[entry.org_id])
-        if _recently_queued(entry, now):
-            return "coalesced"
-        _enqueue(deps, SyncMessage(entry.org_id, entry.mailbox_id, Reason.TIMER))
-        return "enqueued"
+        return _enqueue_claimed(deps, entry, now)
 
     return list(pool.map(finish, chunk, written))
 
@@ -261,9 +258,15 @@ def _claim(deps: ScheduleDeps, org_id: str, mailbox_id: str, now: datetime, inte
         return "lost"  # moved or removed since the index was read
     if deps.due.put(_claimed(current.value, now, interval), current) is None:
         return "lost"
-    if _recently_queued(current.value, now):
+    return _enqueue_claimed(deps, current.value, now)
+
+
+def _enqueue_claimed(deps: ScheduleDeps, entry: DueEntry, now: datetime) -> str:
+    """After a claim of ``entry`` (as read before it): enqueue a timer message, unless one queued
+    recently covers this turn."""
+    if _recently_queued(entry, now):
         return "coalesced"
-    _enqueue(deps, SyncMessage(org_id, mailbox_id, Reason.TIMER))
+    _enqueue(deps, SyncMessage(entry.org_id, entry.mailbox_id, Reason.TIMER))
     return "enqueued"
 
 
