@@ -9,8 +9,6 @@
 
 from __future__ import annotations
 
-import base64
-import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +20,7 @@ import requests
 from devhost import LocalHost
 from emulator.client import EmulatorClient
 from emulator.server import EmulatorServer
+from tests.app_settings import register_app
 from tools.azurite import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,32 +44,19 @@ def app_host(
 ) -> Iterator[AppUnderTest]:
     port = free_port()
     origin = f"http://127.0.0.1:{port}"
-    client_id, secret = str(uuid.uuid4()), f"secret-{uuid.uuid4().hex}"
-    emulator_client.create_app(
-        client_id,
-        secret,
-        [f"{origin}/api/auth/callback", f"{origin}/api/auth/admin-consent/callback"],
-        ["Mail.Read", "User.Read.All"],
+    app = register_app(
+        "e2e", origin, function_key=FUNCTION_KEY, storage_connection_string=storage_connection_string,
+        emulator=emulator, emulator_client=emulator_client,
     )
     settings = {
-        "AzureWebJobsStorage": storage_connection_string,
-        "TABLE_PREFIX": "e2e" + uuid.uuid4().hex[:8],
-        "SYNC_QUEUE_NAME": "sync-" + uuid.uuid4().hex[:8],
-        "GRAPH_CLIENT_ID": client_id,
-        "GRAPH_CLIENT_SECRET": secret,
-        "GRAPH_AUTHORITY_HOST": emulator.url,
-        "GRAPH_BASE_URL": emulator.graph_url,
-        "REQUESTS_CA_BUNDLE": str(emulator.ca_bundle_path),
-        "PUBLIC_BASE_URL": origin,
-        "TOKEN_ENCRYPTION_KEY": "k1:" + base64.b64encode(os.urandom(32)).decode(),
-        "LOCAL_FUNCTIONS_KEY": FUNCTION_KEY,
+        **app.settings,
         # This host is plain http on loopback: allow Graph subscriptions to it and CRM webhooks to local
         # test receivers, exactly the documented local-demo settings.
         "GRAPH_NOTIFICATIONS_ALLOW_HTTP": "true",
         "WEBHOOKS_ALLOW_PRIVATE_NETWORKS": "true",
     }
     with LocalHost(ROOT, port=port, settings=settings, run_timers=False) as host:
-        yield AppUnderTest(host, origin, client_id, secret)
+        yield AppUnderTest(host, origin, app.client_id, app.client_secret)
 
 
 @pytest.fixture(scope="session")

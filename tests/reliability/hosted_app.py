@@ -9,7 +9,6 @@ the log scan must see the app's records only (the emulator logs on threads of th
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import subprocess
@@ -28,6 +27,7 @@ from azure.storage.queue import QueueClient
 
 from emulator.client import EmulatorClient
 from emulator.server import EmulatorServer
+from tests.app_settings import register_app
 from tools.azurite import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,26 +119,10 @@ def start_hosted_app(
 ) -> HostedApp:
     port = free_port()
     origin = f"http://127.0.0.1:{port}"
-    client_id, secret = str(uuid.uuid4()), f"secret-{uuid.uuid4().hex}"
-    emulator_client.create_app(
-        client_id,
-        secret,
-        [f"{origin}/api/auth/callback", f"{origin}/api/auth/admin-consent/callback"],
-        ["Mail.Read", "User.Read.All"],
-    )
-    settings = {
-        "AzureWebJobsStorage": storage_connection_string,
-        "TABLE_PREFIX": "rel" + uuid.uuid4().hex[:8],
-        "SYNC_QUEUE_NAME": "rel-sync-" + uuid.uuid4().hex[:8],
-        "GRAPH_CLIENT_ID": client_id,
-        "GRAPH_CLIENT_SECRET": secret,
-        "GRAPH_AUTHORITY_HOST": emulator.url,
-        "GRAPH_BASE_URL": emulator.graph_url,
-        "REQUESTS_CA_BUNDLE": str(emulator.ca_bundle_path),
-        "PUBLIC_BASE_URL": origin,
-        "TOKEN_ENCRYPTION_KEY": "rel:" + base64.b64encode(os.urandom(32)).decode(),
-        "LOCAL_FUNCTIONS_KEY": FUNCTION_KEY,
-    }
+    settings = register_app(
+        "rel", origin, function_key=FUNCTION_KEY, storage_connection_string=storage_connection_string,
+        emulator=emulator, emulator_client=emulator_client,
+    ).settings
     log_file, stderr_file = workdir / "app-log.jsonl", workdir / "app-stderr.txt"
     # App settings only from here: not from an in-process host of tests/e2e, whose settings sit in
     # os.environ while it runs, nor from the developer's shell.
