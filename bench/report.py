@@ -624,10 +624,6 @@ def _both(memory: Result, azurite: Result, key: str) -> list[str]:
     return [_n(memory.get(key), 3), _n(azurite.get(key), 3)]
 
 
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a and b else None
-
-
 def _share_without_records(r: dict[str, Result]) -> float | None:
     mix = r.get("backfill", {}).get("mix", {})
     if not mix.get("participants"):
