@@ -213,8 +213,8 @@ def test_a_run_held_past_its_lease_while_a_run_and_a_backfill_took_it_writes_not
     first.join(60)
 
     assert second.status == "done" and backfill.applied
-    assert result["outcome"].status == "busy" and result["outcome"].report is None
     assert (activities.saves_seen, cursors.writes_seen) == ([], [])
+    assert result["outcome"].status == "busy" and result["outcome"].report is None
     assert rel.stores.cursors.get_all(ORG, ADELE) == {}  # as the backfill left them
     assert process_message(schedule, backfill_message(), 1, 5) == "done"
     assert len(rel.stores.runs.recent(ORG, ADELE, 50)) == 2  # the second run's and the backfill run's
@@ -269,10 +269,10 @@ def test_disconnect_with_purge_while_a_run_is_held_between_pages_leaves_nothing_
     resume.set()
     run.join(60)
 
+    assert snapshot(rel) == after_disconnect  # no activity, cursor, report, status or lease written since
+    assert result["outcome"].status == "busy" and result["outcome"].report is None
     assert disconnected.activities_purged > 0  # page 1 had been stored
     assert waits == [WRITE_GRACE.total_seconds()]  # a run held the lease
-    assert result["outcome"].status == "busy" and result["outcome"].report is None
-    assert snapshot(rel) == after_disconnect  # no activity, cursor, report, status or lease written since
     assert rel.stores.runs.recent(ORG, ADELE, 50) == reports_before
     assert_nothing_of_the_mailbox_left(rel)
     assert rel.run().status == "skipped"
@@ -300,7 +300,7 @@ def test_a_write_a_run_began_under_its_lease_lands_before_a_disconnect_purges_an
     held.resume.set()  # in case disconnect did not wait
     run.join(60)
 
-    assert waits == [WRITE_GRACE.total_seconds()]
-    assert result["outcome"].status == "busy"
     assert snapshot(rel) == after_disconnect
     assert_nothing_of_the_mailbox_left(rel)
+    assert result["outcome"].status == "busy"
+    assert waits == [WRITE_GRACE.total_seconds()]
