@@ -119,6 +119,7 @@ class Services:
             settings=s.settings,
             cursors=s.cursors,
             activities=s.activities,
+            leases=s.leases,
             clock=self.clock,
             graph_for=lambda token_source: GraphHttp(self._session, self.settings.graph_base_url, token_source),
             public_base_url=self.settings.public_base_url,

@@ -137,8 +137,20 @@ class CursorStore(Protocol):
 
 
 class LeaseStore(Protocol):
+    """Named leases: one holder at a time until its ``until``; every change is compare-and-set, so a
+    holder's ``renew`` is a fence: it succeeds only if nobody took the lease over since."""
+
     def acquire(self, key: str, owner: str, until: datetime, now: datetime) -> bool:
         """Take the lease if free or expired (at ``now``); True when ``owner`` holds it afterwards."""
+
+    def renew(self, key: str, owner: str, until: datetime) -> bool:
+        """Extend ``owner``'s lease to ``until`` if ``owner`` still holds it: nobody acquired, took over
+        or released it since (a lease past its ``until`` that nobody took is still ``owner``'s). False
+        when it is lost: the caller must not write what the lease guards."""
+
+    def take_over(self, key: str, owner: str, until: datetime, now: datetime) -> bool:
+        """Take the lease whoever holds it (the holder's next ``renew`` fails). True when another owner
+        held it unexpired at ``now``: a write that owner began under its last renewal may be in flight."""
 
     def release(self, key: str, owner: str) -> None:
         """Release only if ``owner`` still holds it."""

@@ -216,6 +216,20 @@ class InMemoryLeaseStore:
             self._leases[key] = (owner, to_utc(until))
             return True
 
+    def renew(self, key: str, owner: str, until: datetime) -> bool:
+        with self._lock:
+            holder = self._leases.get(key)
+            if holder is None or holder[0] != owner:
+                return False
+            self._leases[key] = (owner, to_utc(until))
+            return True
+
+    def take_over(self, key: str, owner: str, until: datetime, now: datetime) -> bool:
+        with self._lock:
+            holder = self._leases.get(key)
+            self._leases[key] = (owner, to_utc(until))
+            return holder is not None and holder[0] != owner and holder[1] > to_utc(now)
+
     def release(self, key: str, owner: str) -> None:
         with self._lock:
             holder = self._leases.get(key)

@@ -11,13 +11,15 @@ Layout (PartitionKey / RowKey):
 Invariants:
 - Mailbox replaces and every lease change are ETag-conditional: a stale mailbox ETag raises
   ConcurrencyConflict; of concurrent acquirers of a lease exactly one wins; an expired lease can be taken
-  over; only its owner releases it.
+  over; a renewal succeeds only if the row is still the one its owner wrote last; ``take_over`` replaces
+  whatever holder it read; only its owner releases it.
 - Values come back as ``table_codec`` stores them (datetimes aware UTC); missing fields take defaults.
 """
 
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Mapping
 from contextlib import suppress
 from datetime import datetime
@@ -95,12 +97,18 @@ class TableCursorStore:
 
 
 class TableLeaseStore:
+    """One row per lease. Every change is conditional on the ETag read or written last, and the ETag of
+    each lease this process holds is kept, so a renewal is one conditional update: it fails when the row
+    changed in any way since (taken over, released, expired and taken)."""
+
     def __init__(self, service: TableServiceClient, prefix: str = "", metrics: TableMetrics | None = None) -> None:
         self._table = Table(service, table_name(prefix, "leases"), metrics or TableMetrics())
+        self._lock = threading.Lock()
+        self._held: dict[tuple[str, str], str] = {}  # (key, owner) -> ETag of the row this owner wrote last
 
     def acquire(self, key: str, owner: str, until: datetime, now: datetime) -> bool:
         partition = keys.key_part(key)
-        row = {"PartitionKey": partition, "RowKey": _LEASE_ROW, "owner": owner, "until": to_utc(until)}
+        row = _lease_row(partition, owner, until)
         for _ in range(CONFLICT_ATTEMPTS):
             entity = self._table.get(partition, _LEASE_ROW)
             if entity is None:
@@ -110,18 +118,70 @@ class TableLeaseStore:
             else:
                 return False
             try:
-                self._table.write(claim)
+                self._hold(key, owner, self._table.write(claim))
                 return True
             except (AlreadyExists, ConcurrencyConflict):
                 continue  # someone else moved first: look again
         return False
 
+    def renew(self, key: str, owner: str, until: datetime) -> bool:
+        partition = keys.key_part(key)
+        with self._lock:
+            etag = self._held.get((key, owner))
+        if etag is None:  # not taken through this instance: the stored owner decides (owners are unique)
+            entity = self._table.get(partition, _LEASE_ROW)
+            if entity is None or entity["owner"] != owner:
+                return False
+            etag = etag_of(entity)
+        try:
+            self._hold(key, owner, self._table.write(Write("update", _lease_row(partition, owner, until), etag)))
+            return True
+        except ConcurrencyConflict:
+            # Lost, unless the conflict is our own update sent twice (a dropped connection is resent).
+            entity = self._table.get(partition, _LEASE_ROW)
+            ours = entity is not None and entity["owner"] == owner
+            if ours and entity is not None and from_stored_datetime(entity["until"]) == to_utc(until):
+                self._hold(key, owner, etag_of(entity))
+                return True
+            self._drop(key, owner)
+            return False
+
+    def take_over(self, key: str, owner: str, until: datetime, now: datetime) -> bool:
+        partition = keys.key_part(key)
+        row = _lease_row(partition, owner, until)
+        for _ in range(CONFLICT_ATTEMPTS):
+            entity = self._table.get(partition, _LEASE_ROW)
+            claim = Write("create", row) if entity is None else Write("update", row, etag_of(entity))
+            try:
+                self._hold(key, owner, self._table.write(claim))
+            except (AlreadyExists, ConcurrencyConflict):
+                continue  # someone moved first: take it from them instead
+            return (
+                entity is not None
+                and entity["owner"] != owner
+                and from_stored_datetime(entity["until"]) > to_utc(now)
+            )
+        raise ConcurrencyConflict(f"the lease {key} kept changing")
+
     def release(self, key: str, owner: str) -> None:
+        self._drop(key, owner)
         entity = self._table.get(keys.key_part(key), _LEASE_ROW)
         if entity is None or entity["owner"] != owner:
             return
         with suppress(ConcurrencyConflict):  # taken over meanwhile: no longer ours to release
             self._table.write(Write("delete", key_only(entity), etag_of(entity)))
+
+    def _hold(self, key: str, owner: str, etag: str) -> None:
+        with self._lock:
+            self._held[(key, owner)] = etag
+
+    def _drop(self, key: str, owner: str) -> None:
+        with self._lock:
+            self._held.pop((key, owner), None)
+
+
+def _lease_row(partition: str, owner: str, until: datetime) -> dict[str, Any]:
+    return {"PartitionKey": partition, "RowKey": _LEASE_ROW, "owner": owner, "until": to_utc(until)}
 
 
 class TableRunReportStore:

@@ -28,8 +28,11 @@ import hashlib
 import logging
 import re
 import secrets
+import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from typing import Any, Literal, Protocol
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
@@ -54,7 +57,16 @@ from sync_core.errors import (
     SyncError,
     TransientGraphError,
 )
-from sync_core.ports import ActivityStore, Clock, CursorStore, MailboxRepository, SettingsRepository, Versioned
+from sync_core.ports import (
+    ActivityStore,
+    Clock,
+    CursorStore,
+    LeaseStore,
+    MailboxRepository,
+    SettingsRepository,
+    Versioned,
+)
+from sync_core.use_cases.sync_mailbox import WRITE_GRACE, sync_lease_key
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +78,7 @@ _TENANT_HINT = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 _GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 MAX_USER_ID = 256
 MAX_RETURN_URL = 2048
+DISCONNECT_LEASE = timedelta(minutes=10)  # how long a disconnect holds a mailbox's sync lease at most
 _DECLINED = {"access_denied", "consent_required", "interaction_required"}
 
 
@@ -113,12 +126,15 @@ class ConnectDeps:
     settings: SettingsRepository
     cursors: CursorStore
     activities: ActivityStore
+    leases: LeaseStore  # the sync leases: ``disconnect`` takes a mailbox's over
     clock: Clock
     graph_for: Callable[[TokenSource], GraphReader]
     public_base_url: str
     new_state: Callable[[], str] = lambda: secrets.token_urlsafe(32)
     # Called by ``disconnect`` while the mailbox's tokens still exist (deletes its Graph subscriptions).
     before_disconnect: Callable[[str, str], object] = lambda _org, _mailbox: None
+    # How ``disconnect`` waits out the last write of a sync it fenced out.
+    sleep: Callable[[float], None] = time.sleep
 
     @property
     def redirect_uri(self) -> str:
@@ -480,7 +496,13 @@ def add_app_mailbox(deps: ConnectDeps, org_id: str, address: str) -> Mailbox:
 def disconnect(deps: ConnectDeps, org_id: str, mailbox_id: str, purge: bool = False) -> DisconnectResult:
     """Delete the mailbox's Graph subscriptions (``before_disconnect``, best effort), tokens and delta state
     and mark it ``disconnected``; with ``purge`` also remove it from its activities (activities no other
-    mailbox saw are deleted). Idempotent."""
+    mailbox saw are deleted). Idempotent.
+
+    Fenced against a sync run in flight: the mailbox's sync lease is taken over first (the run's next
+    renewal fails and it stops without writing) and, if a run held it, nothing is deleted before
+    ``WRITE_GRACE`` has passed, so a write the run began under its last renewal has landed. Nothing of
+    the mailbox (activity, cursor, report, status) is written after this returns, provided a write ends
+    within ``WRITE_GRACE`` of the renewal before it (see ``sync_mailbox``)."""
     current = deps.mailboxes.get(org_id, mailbox_id)
     if current is None:
         raise MailboxNotFound(f"no mailbox {mailbox_id}")
@@ -488,10 +510,19 @@ def disconnect(deps: ConnectDeps, org_id: str, mailbox_id: str, purge: bool = Fa
         deps.before_disconnect(org_id, mailbox_id)
     except Exception as exc:  # best effort: the subscriptions expire on their own, and their notifications are
         log.warning("disconnect: removing the subscriptions failed: %s", type(exc).__name__)  # then unknown
-    deps.tokens.delete(org_id, mailbox_owner(mailbox_id))
-    deps.cursors.clear(org_id, mailbox_id)
-    mailbox = _set_status(deps, current, MailboxStatus.DISCONNECTED, "disconnected")
-    purged = deps.activities.delete_for_mailbox(org_id, mailbox_id) if purge else 0
+    fence, key, now = f"disconnect-{uuid.uuid4().hex}", sync_lease_key(org_id, mailbox_id), deps.clock.now()
+    if deps.leases.take_over(key, fence, now + DISCONNECT_LEASE, now):
+        # A run (or backfill) held the lease: its next renewal fails, so it writes nothing more; a write
+        # it began under its last renewal lands within WRITE_GRACE, before anything is deleted below.
+        log.info("disconnect: a sync of mailbox %s was running; waiting for its last write", mailbox_id)
+        deps.sleep(WRITE_GRACE.total_seconds())
+    try:
+        deps.tokens.delete(org_id, mailbox_owner(mailbox_id))
+        deps.cursors.clear(org_id, mailbox_id)
+        mailbox = _set_status(deps, current, MailboxStatus.DISCONNECTED, "disconnected")
+        purged = deps.activities.delete_for_mailbox(org_id, mailbox_id) if purge else 0
+    finally:
+        deps.leases.release(key, fence)  # a run taking it from now on reads the mailbox disconnected
     return DisconnectResult(mailbox, purged)
 
 

@@ -31,7 +31,8 @@ Invariants:
 - A mailbox that is not syncable (paused, error, needs_reauth) stays in the index, rechecked every
   ``PARKED_RECHECK``; a missing or disconnected one leaves it.
 - Backfill moves the watermark back and clears the delta cursors only while holding the mailbox's sync
-  lease, so no run in flight can write back a cursor read before the backfill.
+  lease (renewed before each of the two writes), so no run in flight can write back a cursor read before
+  the backfill: a run renews the same lease before each of its writes and stops once it finds it taken.
 - A message failing on its last delivery (``dequeue_count`` = maxDequeueCount) sets the mailbox to
   ``error`` with "sync failed N times: <exception type>" before the host moves it to the poison queue;
   exception text (which may hold data) is never stored or logged.
@@ -61,7 +62,7 @@ from sync_core.ports import (
     WorkQueue,
 )
 from sync_core.scheduling_ports import DueEntry, DueIndex, MailboxCatalog
-from sync_core.use_cases.sync_mailbox import SyncOutcome
+from sync_core.use_cases.sync_mailbox import SyncOutcome, sync_lease_key
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +77,6 @@ UPDATE_ATTEMPTS = 5
 BACKFILL_LEASE = timedelta(minutes=1)
 MAX_BACKFILL_DAYS = 365
 MAX_DELAY_SECONDS = 7 * 24 * 3600 - 1
-
-
-def sync_lease_key(org_id: str, mailbox_id: str) -> str:
-    """The lease ``sync_mailbox`` holds while it runs (the same key: taking it keeps runs out)."""
-    return f"sync|{org_id}|{mailbox_id}"
 
 
 class Reason(StrEnum):
@@ -343,7 +339,8 @@ def request_backfill(deps: ScheduleDeps, org_id: str, mailbox_id: str, days: int
 
 def apply_pending_backfill(deps: ScheduleDeps, org_id: str, mailbox_id: str) -> bool:
     """Apply the entry's pending backfill under the sync lease. True when nothing is pending any more;
-    False when a run holds the lease (the end of that run enqueues another one, which applies it)."""
+    False when a run holds the lease (the end of that run enqueues another one, which applies it) or a
+    disconnect took it over meanwhile (the backfill stays pending)."""
     current = deps.due.get(org_id, mailbox_id)
     if current is None or current.value.backfill_since is None:
         return True
@@ -353,8 +350,16 @@ def apply_pending_backfill(deps: ScheduleDeps, org_id: str, mailbox_id: str) -> 
     now = deps.clock.now()
     if not deps.leases.acquire(key, owner, now + BACKFILL_LEASE, now):
         return False
+
+    def still_held() -> bool:  # the fence before each write: false once taken over (a disconnect)
+        held = deps.leases.renew(key, owner, deps.clock.now() + BACKFILL_LEASE)
+        if not held:
+            log.warning("backfill of mailbox %s of org %s lost the sync lease; left pending", mailbox_id, org_id)
+        return held
+
     try:
-        _move_watermark(deps, org_id, mailbox_id, since)
+        if not (_move_watermark(deps, org_id, mailbox_id, since, still_held) and still_held()):
+            return False
         deps.cursors.clear(org_id, mailbox_id)
 
         def done(entry: DueEntry | None) -> DueEntry | None:
@@ -368,14 +373,19 @@ def apply_pending_backfill(deps: ScheduleDeps, org_id: str, mailbox_id: str) -> 
     return True
 
 
-def _move_watermark(deps: ScheduleDeps, org_id: str, mailbox_id: str, since: datetime) -> None:
+def _move_watermark(
+    deps: ScheduleDeps, org_id: str, mailbox_id: str, since: datetime, fence: Callable[[], bool]
+) -> bool:
+    """Move the watermark back to ``since`` (never forward); False when ``fence`` says the lease is lost."""
     for _ in range(UPDATE_ATTEMPTS):
         current = deps.mailboxes.get(org_id, mailbox_id)
         if current is None or current.value.watermark <= since:
-            return
+            return True
+        if not fence():
+            return False
         try:
             deps.mailboxes.replace(replace(current.value, watermark=since), current.etag)
-            return
+            return True
         except ConcurrencyConflict:
             continue
     raise ConcurrencyConflict(f"mailbox {mailbox_id} kept changing")

@@ -4,21 +4,35 @@
         │                                         │ every page empty, cursors younger than IDLE_REFRESH
         │                                         └──> done: nothing written (no lease, cursor or report)
         ▼ no / something changed
-    take the lease, re-read the cursors (moved since the poll: drop its pages, poll again from them)
+    take the lease; re-read the mailbox, settings and cursors under it (cursors moved since the poll:
+    drop its pages, poll again from them; mailbox no longer syncable: skipped, nothing written)
       ──> for each folder: page = the polled page, then delta(link or watermark filter)
                         │   decide every message (one records lookup per page)
                         │   fetch attachment names of matched messages (4 at a time)
-                        │   save activities (idempotent, keyed by internet message id)
-                        │   checkpoint the folder's next/delta link      <- only after the save
+                        │   renew the lease; save activities (idempotent, keyed by internet message id)
+                        │   renew the lease; checkpoint the folder's next/delta link  <- after the save
                         └─ until every folder reached its deltaLink, or the budget is spent
-      ──> release lease; store the report
+      ──> renew the lease; store the report; release the lease
 
 Invariants:
-- A run writes (activities, cursors, mailbox status, its report) only once it took the mailbox's lease;
-  one run holds it at a time, a second trigger that needs it is coalesced ("busy"). An idle poll may
-  overlap a run holding it: it writes nothing.
-- Pages polled without the lease are applied only if the stored cursors are unchanged once the lease is
-  held; otherwise another run got there first, and they are dropped unread.
+- A run writes (activities, cursors, mailbox status, its report) only while it holds the mailbox's lease
+  (``sync_lease_key``): it takes it before its first write and renews it, compare-and-set, before every
+  later one. A second trigger that needs it is coalesced ("busy"). An idle poll may overlap a run holding
+  it: it writes nothing.
+- Lost lease, no write: a renewal fails once anyone else took the lease since (another run after it
+  expired, a backfill, a disconnect's take-over) or it was released; the run then stops at once, writes
+  nothing more, logs it and ends "busy" (no exception, so no retry and no poison message).
+- The residual window: a renewal keeps the lease at least ``LEASE_MARGIN`` (1 min) past it, so another
+  run or a backfill can take it only that long after the run's last renewal; a write that began under it
+  has ended by then if a durable write ends within ``WRITE_GRACE`` (30 s) of the renewal before it.
+  Only a write stalled longer (a frozen process, a storage call retried past that) could still land: Table
+  storage cannot make one conditional write span the lease and an activity's partitions.
+- Decided under the lease: whatever a run writes is decided on the mailbox (watermark, aliases,
+  status), settings and cursors read after it took the lease. Pages polled without the lease are applied
+  only if the stored cursors are unchanged once the lease is held; otherwise another run or a backfill
+  got there first, and they are dropped unread.
+- A disconnect takes the lease over (see ``connect.disconnect``) and waits ``WRITE_GRACE`` when a run
+  held it; a run taking the lease afterwards reads the mailbox disconnected and ends "skipped".
 - A delta link is stored only after the activities of its page are durably written; a crash at any
   point re-reads at most that page, and the keyed, idempotent save makes the re-read harmless.
 - An idle poll writes nothing: replaying a stored delta link is valid. But Graph evicts Outlook delta
@@ -72,7 +86,14 @@ log = logging.getLogger(__name__)
 DEFAULT_FOLDERS = ("inbox", "sentitems")
 REPORTS_KEPT = 50
 IDLE_REFRESH = timedelta(hours=1)  # an idle poll rewrites cursors (and stores its report) older than this
-LEASE_MARGIN = timedelta(minutes=1)
+LEASE_MARGIN = timedelta(minutes=1)  # a take or renewal holds the lease at least this long past it
+WRITE_GRACE = timedelta(seconds=30)  # a durable write ends within this of the renewal before it (see above)
+
+
+def sync_lease_key(org_id: str, mailbox_id: str) -> str:
+    """The mailbox's sync lease: held by a run while it writes, by a backfill while it moves the
+    watermark, taken over by a disconnect."""
+    return f"sync|{org_id}|{mailbox_id}"
 
 
 @dataclass
@@ -93,7 +114,8 @@ class SyncDeps:
 @dataclass(frozen=True)
 class SyncOutcome:
     """``status``: ``done`` (caught up), ``more`` (budget spent, continue soon), ``busy`` (another run
-    holds the lease), ``skipped`` (mailbox not syncable now) or ``failed`` (see ``report.error``).
+    holds the lease, or took it from this one, which then stopped without writing), ``skipped`` (mailbox
+    not syncable now, also when found so under the lease) or ``failed`` (see ``report.error``).
     An idle poll is ``done`` with a report that was not stored."""
 
     status: str
@@ -101,8 +123,25 @@ class SyncOutcome:
     retry_after: float | None = None
 
 
-class _Busy(Exception):
+class _Stop(Exception):
+    """Ends a run at once, writing nothing more; ``status`` is its outcome."""
+
+    status = "busy"
+
+
+class _Busy(_Stop):
     """Another run holds the mailbox's lease."""
+
+
+class _LeaseLost(_Busy):
+    """The run held the lease, and a renewal found it taken over (another run after it expired, a
+    backfill, a disconnect) or released: the run stops without writing ("busy": someone else has it)."""
+
+
+class _NotSyncable(_Stop):
+    """Read under the lease, the mailbox is gone or no longer syncable (disconnected, paused, …)."""
+
+    status = "skipped"
 
 
 def sync_mailbox(deps: SyncDeps, org_id: str, mailbox_id: str, budget: timedelta = timedelta(minutes=4)) -> SyncOutcome:
@@ -111,7 +150,7 @@ def sync_mailbox(deps: SyncDeps, org_id: str, mailbox_id: str, budget: timedelta
         return SyncOutcome("skipped")
     mailbox = versioned.value
     settings = deps.settings.get(org_id)
-    if not (mailbox.enabled and settings.automation_enabled and mailbox.status is MailboxStatus.ACTIVE):
+    if not _syncable(mailbox, settings):
         return SyncOutcome("skipped")
     started = deps.clock.now()
     run = _Run(deps, mailbox, settings, started, budget)
@@ -119,34 +158,38 @@ def sync_mailbox(deps: SyncDeps, org_id: str, mailbox_id: str, budget: timedelta
     requests_before = deps.mail.requests_made
     try:
         status, error, retry_after = run.execute()
-        if not run.idle:
-            run.lease()  # the report (and a failure's status) are written under the lease too
         if status == "failed":
-            _set_status(deps, mailbox, error)
+            run.lease()  # the status, cursors and report are written under the lease too
+            _set_status(deps, run.mailbox, error)
         if error:
             run.expire_cursors()
-    except _Busy:
-        return SyncOutcome("busy")
+        report = RunReport(
+            org_id=org_id,
+            mailbox_id=mailbox_id,
+            run_id=run.run_id,
+            started_at=started,
+            finished_at=deps.clock.now(),
+            reasons=dict(run.reasons),
+            pages=run.pages,
+            graph_requests=deps.mail.requests_made - requests_before,
+            table_transactions=deps.table_transactions() - transactions_before,
+            activities_created=run.created,
+            activities_merged=run.merged,
+            more=status == "more",
+            error=error,
+        )
+        if not run.idle:
+            run.lease()
+            deps.reports.add(report, keep=REPORTS_KEPT)
+    except _Stop as stop:
+        return SyncOutcome(stop.status)
     finally:
         run.release()
-    report = RunReport(
-        org_id=org_id,
-        mailbox_id=mailbox_id,
-        run_id=run.run_id,
-        started_at=started,
-        finished_at=deps.clock.now(),
-        reasons=dict(run.reasons),
-        pages=run.pages,
-        graph_requests=deps.mail.requests_made - requests_before,
-        table_transactions=deps.table_transactions() - transactions_before,
-        activities_created=run.created,
-        activities_merged=run.merged,
-        more=status == "more",
-        error=error,
-    )
-    if not run.idle:
-        deps.reports.add(report, keep=REPORTS_KEPT)
     return SyncOutcome(status, report, retry_after)
+
+
+def _syncable(mailbox: Mailbox, settings: OrgSettings) -> bool:
+    return mailbox.enabled and settings.automation_enabled and mailbox.status is MailboxStatus.ACTIVE
 
 
 def _set_status(deps: SyncDeps, mailbox: Mailbox, error: str) -> None:
@@ -167,7 +210,7 @@ class _Run:
         self.started = started
         self.deadline = started + budget
         self.run_id = uuid.uuid4().hex
-        self.lease_key = f"sync|{mailbox.org_id}|{mailbox.mailbox_id}"
+        self.lease_key = sync_lease_key(mailbox.org_id, mailbox.mailbox_id)
         self.leased = False
         self.idle = False  # the run polled without the lease, found nothing to write, and wrote nothing
         self.reasons: Counter[str] = Counter()
@@ -176,15 +219,35 @@ class _Run:
         self.merged = 0
         self.seen: set[str] = set()  # internet message ids decided in this run
         self.threads = RunThreadCache(deps.activities)
+        self._all_folders: tuple[str, ...] | None = None
 
     def lease(self) -> None:
-        """Take the mailbox's lease, once, before the run's first write; ``_Busy`` if another run holds it."""
+        """Call before every durable write. The first call takes the lease (``_Busy`` when another run
+        holds it) and re-reads the mailbox and the org's settings under it (``_NotSyncable`` when the
+        mailbox can no longer sync); every later call renews it, compare-and-set (``_LeaseLost`` when
+        it was taken over or released since). Either way the lease then lasts ``LEASE_MARGIN`` past
+        now, or past the deadline if later."""
+        now = self.deps.clock.now()
+        until = max(self.deadline, now) + LEASE_MARGIN
         if self.leased:
-            return
-        until = self.deadline + LEASE_MARGIN
-        if not self.deps.leases.acquire(self.lease_key, self.run_id, until, self.deps.clock.now()):
+            if self.deps.leases.renew(self.lease_key, self.run_id, until):
+                return
+            self.leased = False  # not ours any more: nothing to release
+            log.warning(
+                "sync run %s of mailbox %s (org %s) lost its lease; stopping without writing",
+                self.run_id, self.mailbox.mailbox_id, self.mailbox.org_id,
+            )  # fmt: skip
+            raise _LeaseLost
+        if not self.deps.leases.acquire(self.lease_key, self.run_id, until, now):
             raise _Busy
         self.leased = True
+        current = self.deps.mailboxes.get(self.mailbox.org_id, self.mailbox.mailbox_id)
+        self.settings = self.deps.settings.get(self.mailbox.org_id)
+        if current is None or not _syncable(current.value, self.settings):
+            log.info("mailbox %s of org %s stopped being syncable before this run held its lease",
+                     self.mailbox.mailbox_id, self.mailbox.org_id)  # fmt: skip
+            raise _NotSyncable
+        self.mailbox = current.value
 
     def release(self) -> None:
         if self.leased:
@@ -199,6 +262,7 @@ class _Run:
             cursor = Cursor.parse(value)
             if cursor.caught_up and cursor.written_at != LONG_AGO:
                 expired = replace(cursor, written_at=LONG_AGO).serialize()
+                self.lease()
                 self.deps.cursors.put(self.mailbox.org_id, self.mailbox.mailbox_id, folder, expired)
 
     def execute(self) -> tuple[str, str, float | None]:
@@ -214,15 +278,14 @@ class _Run:
 
     def _sync_folders(self) -> bool:
         """Returns True when every folder reached its delta link within the budget."""
-        deps, mailbox = self.deps, self.mailbox
-        folders = deps.mail.folders(mailbox) if self.settings.folders is FolderFilter.ALL else DEFAULT_FOLDERS
         stored = self._stored_cursors()
         while True:
+            folders = self._folders()
             cursors = {f: Cursor.parse(v) for f, v in stored.items()}
             # Folders already caught up are polled together: one $batch for an idle mailbox.
             caught_up = {f: cursors[f].link for f in folders if f in cursors and cursors[f].caught_up}
             if not self.leased and len(caught_up) < len(folders):
-                stored = self._take_lease(stored)  # a folder to start or resume: this run will write
+                stored = self._take_lease()  # a folder to start or resume: this run will write
                 continue
             pages, expired = self._poll(caught_up)
             if self.leased:
@@ -230,10 +293,11 @@ class _Run:
             if not expired and self._unchanged(pages.values(), [cursors[f] for f in caught_up]):
                 self.idle = True
                 return True
-            fresh = self._take_lease(stored)
-            if fresh == stored:
-                break
-            stored = fresh  # another run got there first: its pages are dropped, poll again
+            fresh = self._take_lease()
+            if fresh == stored and self._folders() == folders:
+                break  # the polled pages are applied, decided on the mailbox read under the lease
+            log.info("the cursors moved before the lease was taken; continuing from the stored ones")
+            stored = fresh  # another run or a backfill got there first: the pages are dropped, poll again
         resume: dict[str, str | None] = {f: (cursors[f].link or None) if f in cursors else None for f in folders}
         if expired:
             self._forget(list(caught_up))
@@ -247,17 +311,19 @@ class _Run:
     def _stored_cursors(self) -> dict[str, str]:
         return dict(self.deps.cursors.get_all(self.mailbox.org_id, self.mailbox.mailbox_id))
 
-    def _take_lease(self, read: Mapping[str, str]) -> dict[str, str]:
-        """Take the lease, then re-read the cursors. When they moved since ``read`` (another run, or a
-        backfill that also moved the watermark), the mailbox is re-read too; the caller starts over."""
+    def _take_lease(self) -> dict[str, str]:
+        """Take the lease (which re-reads the mailbox and settings), then re-read the cursors: whatever
+        the run writes from here on is decided on state read under the lease."""
         self.lease()
-        fresh = self._stored_cursors()
-        if fresh != read:
-            log.info("the cursors moved before the lease was taken; continuing from the stored ones")
-            current = self.deps.mailboxes.get(self.mailbox.org_id, self.mailbox.mailbox_id)
-            if current is not None:
-                self.mailbox = current.value
-        return fresh
+        return self._stored_cursors()
+
+    def _folders(self) -> tuple[str, ...]:
+        """The folders to sync under the current settings (all folders: listed once per run)."""
+        if self.settings.folders is not FolderFilter.ALL:
+            return DEFAULT_FOLDERS
+        if self._all_folders is None:
+            self._all_folders = self.deps.mail.folders(self.mailbox)
+        return self._all_folders
 
     def _poll(self, links: Mapping[str, str]) -> tuple[Mapping[str, DeltaPage], bool]:
         """One request for every caught-up folder: (pages, False), or ({}, True) when Graph lost the state."""
@@ -293,17 +359,17 @@ class _Run:
         return False
 
     def _forget(self, folders: Sequence[str]) -> None:
-        self.lease()
         for folder in folders:
+            self.lease()
             self.deps.cursors.put(self.mailbox.org_id, self.mailbox.mailbox_id, folder, "")
 
     def _apply(self, page: DeltaPage) -> Cursor:
         """Decide, store, then checkpoint one page; returns the folder's new cursor."""
-        self.lease()
         self.pages += 1
         self.reasons["skipped_items"] += page.skipped
         activities = self._activities(self._first_sightings(page.messages))
         if activities:
+            self.lease()
             written = self.deps.activities.save(activities)
             self.threads.saved(activities, written)
             self.created += len(written.created)
@@ -316,6 +382,7 @@ class _Run:
             link=page.delta_link or page.next_link or "",
             written_at=self.started,
         )
+        self.lease()
         self.deps.cursors.put(self.mailbox.org_id, self.mailbox.mailbox_id, page.folder, cursor.serialize())
         return cursor
 

@@ -9,7 +9,10 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from azure.data.tables import TableServiceClient
 
+from sync_core.adapters.table_state import TableLeaseStore
+from sync_core.adapters.tables import TableStores
 from sync_core.domain.model import (
     BulkFilters,
     ConnectionMode,
@@ -175,6 +178,63 @@ def test_of_concurrent_acquirers_exactly_one_wins(stores: Stores) -> None:
     for thread in threads:
         thread.join()
     assert sorted(results) == [False] * (contenders - 1) + [True]
+
+
+def test_a_renewal_extends_the_owners_lease_so_others_wait_longer(stores: Stores) -> None:
+    stores.leases.acquire("k", "run-a", UNTIL, T0)
+    assert stores.leases.renew("k", "run-a", UNTIL + timedelta(minutes=10)) is True
+    assert stores.leases.acquire("k", "run-b", UNTIL, UNTIL + timedelta(minutes=5)) is False
+    assert stores.leases.acquire("k", "run-b", UNTIL, UNTIL + timedelta(minutes=10)) is True
+
+
+def test_a_renewal_fails_once_another_owner_took_the_expired_lease_even_after_it_released_it(stores: Stores) -> None:
+    stores.leases.acquire("k", "run-a", UNTIL, T0)
+    assert stores.leases.acquire("k", "run-b", UNTIL + timedelta(minutes=10), UNTIL) is True
+    assert stores.leases.renew("k", "run-a", UNTIL + timedelta(minutes=20)) is False
+    stores.leases.release("k", "run-b")
+    assert stores.leases.renew("k", "run-a", UNTIL + timedelta(minutes=20)) is False
+    assert stores.leases.acquire("k", "run-c", UNTIL, T0) is True  # the failed renewals took nothing
+
+
+def test_an_expired_lease_nobody_took_is_renewed_by_its_owner(stores: Stores) -> None:
+    stores.leases.acquire("k", "run-a", UNTIL, T0)
+    assert stores.leases.renew("k", "run-a", UNTIL + timedelta(minutes=10)) is True  # asked after UNTIL
+    assert stores.leases.acquire("k", "run-b", UNTIL, UNTIL + timedelta(minutes=1)) is False
+
+
+def test_a_lease_released_or_never_taken_is_not_renewed(stores: Stores) -> None:
+    assert stores.leases.renew("never-taken", "run-a", UNTIL) is False
+    stores.leases.acquire("k", "run-a", UNTIL, T0)
+    stores.leases.release("k", "run-a")
+    assert stores.leases.renew("k", "run-a", UNTIL) is False
+    assert stores.leases.acquire("k", "run-b", UNTIL, T0) is True
+
+
+def test_a_take_over_fences_out_a_live_holder_and_says_it_was_live(stores: Stores) -> None:
+    stores.leases.acquire("k", "run-a", UNTIL, T0)
+    assert stores.leases.take_over("k", "disconnect", UNTIL + timedelta(minutes=10), T0 + timedelta(minutes=1)) is True
+    assert stores.leases.renew("k", "run-a", UNTIL + timedelta(minutes=20)) is False
+    assert stores.leases.acquire("k", "run-b", UNTIL, UNTIL + timedelta(minutes=5)) is False
+    stores.leases.release("k", "disconnect")
+    assert stores.leases.acquire("k", "run-b", UNTIL, T0) is True
+
+
+def test_a_take_over_of_a_free_or_expired_lease_says_nobody_was_writing(stores: Stores) -> None:
+    assert stores.leases.take_over("free", "disconnect", UNTIL, T0) is False
+    stores.leases.acquire("k", "run-a", UNTIL, T0)
+    assert stores.leases.take_over("k", "disconnect", UNTIL + timedelta(minutes=10), UNTIL) is False
+    assert stores.leases.renew("k", "run-a", UNTIL + timedelta(minutes=20)) is False
+
+
+def test_a_lease_taken_through_one_table_adapter_is_renewed_through_another_only_while_its_owner_holds_it(
+    table_service: TableServiceClient, table_prefix: str, table_stores: TableStores
+) -> None:
+    elsewhere = TableLeaseStore(table_service, table_prefix)
+    table_stores.leases.acquire("k", "run-a", UNTIL, T0)
+    assert elsewhere.renew("k", "run-a", UNTIL + timedelta(minutes=10)) is True
+    assert table_stores.leases.renew("k", "run-a", UNTIL + timedelta(minutes=20)) is False  # its ETag is stale
+    assert table_stores.leases.take_over("k", "disconnect", UNTIL, T0) is True
+    assert elsewhere.renew("k", "run-a", UNTIL + timedelta(minutes=30)) is False
 
 
 # --- Run reports ---

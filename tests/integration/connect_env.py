@@ -84,6 +84,7 @@ class ConnectEnv:
             settings=self.org_settings,
             cursors=self.cursors,
             activities=self.stores.activities,
+            leases=self.stores.leases,
             clock=self.clock,
             graph_for=self.graph_for,
             public_base_url=self.settings.public_base_url,

@@ -312,6 +312,7 @@ class RelEnv(SyncEnv):
                 settings=self.stores.settings,
                 cursors=self.stores.cursors,
                 activities=self.stores.activities,
+                leases=self.stores.leases,
                 clock=SystemClock(),
                 graph_for=lambda source: GraphHttp(self.session, self.tenant.graph_url, source),
                 public_base_url=PUBLIC_BASE_URL,

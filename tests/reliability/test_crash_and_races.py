@@ -144,6 +144,12 @@ class WatchedLeases:
                 self.most = max(self.most, self.holding)
         return taken
 
+    def renew(self, key: str, owner: str, until: datetime) -> bool:
+        return self.inner.renew(key, owner, until)
+
+    def take_over(self, key: str, owner: str, until: datetime, now: datetime) -> bool:
+        return self.inner.take_over(key, owner, until, now)
+
     def release(self, key: str, owner: str) -> None:
         with self._lock:
             self.holding -= 1

@@ -111,6 +111,7 @@ def deps() -> ConnectDeps:
         settings=stores.settings,
         cursors=stores.cursors,
         activities=stores.activities,
+        leases=stores.leases,
         clock=Clock(),
         graph_for=lambda _source: graph,
         public_base_url="https://sync.example.net/",

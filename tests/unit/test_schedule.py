@@ -572,6 +572,34 @@ def test_a_backfill_requested_during_a_run_waits_for_the_lease_and_the_run_end_e
     assert world.entry().backfill_since is None
 
 
+class TakenOverAfterAcquire:
+    """The in-memory lease store; right after an ``acquire`` a disconnect takes the lease over."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def acquire(self, key: str, owner: str, until: datetime, now: datetime) -> bool:
+        taken = self.inner.acquire(key, owner, until, now)
+        self.inner.take_over(key, "disconnect", until, now)
+        return bool(taken)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_a_backfill_whose_lease_a_disconnect_took_over_writes_nothing_and_stays_pending() -> None:
+    world = World()
+    world.stores.cursors.put(ORG, "mb-adele", "inbox", "delta 2026-11-01T09:00:00+00:00 link-1")
+    deps = dataclasses.replace(world.deps(), leases=TakenOverAfterAcquire(world.stores.leases))
+
+    request = schedule.request_backfill(deps, ORG, "mb-adele", 7)
+
+    assert request.applied is False
+    assert world.mailbox().watermark == CONNECTED
+    assert world.stores.cursors.get_all(ORG, "mb-adele") != {}
+    assert world.entry().backfill_since == T0 - timedelta(days=7)
+
+
 # --- the reconciliation sweep ---
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from sync_core.adapters.memory import InMemoryActivityStore, InMemoryStores
+from sync_core.adapters.memory import InMemoryActivityStore, InMemoryLeaseStore, InMemoryStores
 from sync_core.domain.model import (
     Activity,
     AttachmentSummary,
@@ -545,3 +546,104 @@ def _activity(source: MailMessage, mailbox_id: str, thread_id: str) -> Activity:
         attachments=(),
         conversation_id=None,
     )
+
+
+# -- the lease as a fence, and the mailbox read under it ----------------------------------------------
+
+
+class HookedMailSource(FakeMailSource):
+    """Runs ``after_page[n]`` once the n-th delta page (1-based) was computed, before the run stores it."""
+
+    def __init__(self, page_size: int, after_page: Mapping[int, Callable[[], None]]) -> None:
+        super().__init__(page_size=page_size)
+        self.after_page = after_page
+        self.pages = 0
+
+    def delta(self, mailbox: Mailbox, folder: str, link: str | None, since: datetime) -> DeltaPage:
+        page = super().delta(mailbox, folder, link, since)
+        self.pages += 1
+        if self.pages in self.after_page:
+            self.after_page[self.pages]()
+        return page
+
+
+class BeforeFirstAcquire:
+    """The in-memory lease store; ``action`` runs once, just before the first ``acquire``."""
+
+    def __init__(self, inner: InMemoryLeaseStore, action: Callable[[], None]) -> None:
+        self.inner = inner
+        self.action: Callable[[], None] | None = action
+
+    def acquire(self, key: str, owner: str, until: datetime, now: datetime) -> bool:
+        action, self.action = self.action, None
+        if action is not None:
+            action()
+        return self.inner.acquire(key, owner, until, now)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+def test_a_run_whose_expired_lease_another_run_took_stops_busy_without_writing_its_page_or_report() -> None:
+    world = World()
+    later = world.clock.now() + timedelta(minutes=10)  # past the run's lease (budget + LEASE_MARGIN)
+
+    def taken() -> None:
+        assert world.stores.leases.acquire(lease_key(), "other-run", later + timedelta(minutes=5), later)
+
+    world.mail = HookedMailSource(page_size=1, after_page={2: taken})
+    for _ in range(3):
+        world.mail.deliver(message("carol@client.example", ["adele@acme.example"]))
+
+    outcome = sync_mailbox(world.deps(), ORG, "mb-adele")
+
+    assert outcome.status == "busy" and outcome.report is None
+    assert len(world.timeline("c-1")) == 1  # page 1 only
+    assert Cursor.parse(world.stores.cursors.get_all(ORG, "mb-adele")["inbox"]).link == "link-1"
+    assert world.stores.runs.recent(ORG, "mb-adele", 10) == ()
+    assert not world.stores.leases.acquire(lease_key(), "third-run", later, later)  # still the other run's
+
+
+def test_a_watermark_moved_back_before_the_run_took_its_lease_is_used_by_the_run() -> None:
+    world = World()
+    older = message("carol@client.example", ["adele@acme.example"], received=CONNECTED - timedelta(days=2))
+    world.mail.deliver(older)
+    world.mail.deliver(message("carol@client.example", ["adele@acme.example"]))
+
+    def backfill() -> None:  # as schedule.apply_pending_backfill does it, under the same lease
+        now = world.clock.now()
+        assert world.stores.leases.acquire(lease_key(), "backfill", now + timedelta(minutes=1), now)
+        current = world.stores.mailboxes.get(ORG, "mb-adele")
+        assert current is not None
+        moved = dataclasses.replace(current.value, watermark=CONNECTED - timedelta(days=3))
+        world.stores.mailboxes.replace(moved, current.etag)
+        world.stores.cursors.clear(ORG, "mb-adele")
+        world.stores.leases.release(lease_key(), "backfill")
+
+    deps = dataclasses.replace(world.deps(), leases=BeforeFirstAcquire(world.stores.leases, backfill))
+
+    assert sync_mailbox(deps, ORG, "mb-adele").status == "done"
+
+    assert older.internet_message_id in {a.internet_message_id for a in world.timeline("c-1")}
+    assert len(world.timeline("c-1")) == 2
+
+
+def test_a_run_that_takes_the_lease_after_its_mailbox_was_disconnected_writes_nothing_and_is_skipped() -> None:
+    world = World()
+    world.mail.deliver(message("carol@client.example", ["adele@acme.example"]))
+
+    def disconnected() -> None:
+        current = world.stores.mailboxes.get(ORG, "mb-adele")
+        assert current is not None
+        gone = dataclasses.replace(current.value, status=MailboxStatus.DISCONNECTED, status_reason="disconnected")
+        world.stores.mailboxes.replace(gone, current.etag)
+
+    deps = dataclasses.replace(world.deps(), leases=BeforeFirstAcquire(world.stores.leases, disconnected))
+
+    assert sync_mailbox(deps, ORG, "mb-adele").status == "skipped"
+
+    assert world.timeline("c-1") == ()
+    assert world.stores.cursors.get_all(ORG, "mb-adele") == {}
+    assert world.stores.runs.recent(ORG, "mb-adele", 10) == ()
+    now = world.clock.now()
+    assert world.stores.leases.acquire(lease_key(), "next-run", now + timedelta(minutes=5), now)  # released
