@@ -197,12 +197,13 @@ def test_a_connect_link_opened_by_someone_else_or_confirmed_for_another_user_con
     adele, megan = tenant.users["adele"], tenant.users["megan"]
 
     stranger = sign_in(app_host, api, emulator_client, org, adele.upn, return_url=RETURN_URL, account=megan.upn)
+    assert query_of(stranger.headers["Location"]) == {"status": "error", "error": "wrong_account"}
     genuine = sign_in(app_host, api, emulator_client, org, adele.upn, return_url=RETURN_URL)
+    assert api.get(app_host.url(f"orgs/{org}/mailboxes")).json() == {"mailboxes": []}
     code = query_of(genuine.headers["Location"])["connect_code"]
     wrong_user = connect_flow.confirm(api, app_host.url, org, code, user_id="crm-user-2")
     other_org = connect_flow.confirm(api, app_host.url, "org-elsewhere", code)
 
-    assert query_of(stranger.headers["Location"]) == {"status": "error", "error": "wrong_account"}
     for refused in (wrong_user, other_org):
         assert refused.status_code == 400
         assert refused.json()["error"]["code"] == "invalid_connect_code"
