@@ -114,7 +114,6 @@ def connect_mailbox(svc: Services, req: ApiRequest) -> ApiResponse:
     return ok({"authorize_url": url})
 
 
-
 def admin_consent_url(svc: Services, req: ApiRequest) -> ApiResponse:
     """The tenant admin-consent URL; ``tenant`` is a tenant id or verified domain (default: the admin's)."""
     org = req.param("org")

@@ -71,7 +71,6 @@ from sync_core.ports import ActivityStore, Clock, CursorStore, MailboxRepository
 log = logging.getLogger(__name__)
 
 CALLBACK_PATH = "/api/auth/callback"
-CONFIRM_PATH = "/api/orgs/{org}/mailboxes/connect:confirm"
 ADMIN_CONSENT_CALLBACK_PATH = "/api/auth/admin-consent/callback"
 PROFILE_FIELDS = "id,mail,userPrincipalName,proxyAddresses,displayName"
 SIGNED_OUT_REASON = "signed out by admin"
