@@ -126,6 +126,11 @@ class EmulatorClient(MailControlMixin):
         }
         return dict(self._call("POST", "/apps", body))
 
+    def set_app_roles(self, client_id: str, app_roles: list[str]) -> dict[str, Any]:
+        """Change the application permissions an app registration requests; later admin consents grant
+        exactly these (consents already given keep theirs)."""
+        return dict(self._call("PUT", f"/apps/{quote(client_id, safe='')}/app-roles", {"app_roles": app_roles}))
+
     # -- sign-in and consent -------------------------------------------------------------------
 
     def authorize(self, auth_uri: str, user: str, consent: bool = True) -> str:

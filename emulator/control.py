@@ -79,6 +79,7 @@ class ControlApi:
             ("POST", re.compile(r"tenants"), self._create_tenant),
             ("POST", re.compile(r"tenants/(?P<tenant>[^/]+)/users"), self._create_user),
             ("POST", re.compile(r"apps"), self._create_app),
+            ("PUT", re.compile(r"apps/(?P<client>[^/]+)/app-roles"), self._set_app_roles),
             ("POST", re.compile(r"authorize"), self._authorize),
             ("POST", re.compile(r"admin-consent"), self._admin_consent),
             ("POST", re.compile(r"grants/revoke"), self._revoke),
@@ -181,6 +182,13 @@ class ControlApi:
         if body.get("display_name"):
             app.display_name = body["display_name"]
         return Response.json(201, app_json(self.state.directory.add_app(app)))
+
+    def _set_app_roles(self, request: Request, match: re.Match[str]) -> Response:
+        roles = self._body(request).get("app_roles")
+        if not isinstance(roles, list) or not all(isinstance(r, str) and r for r in roles):
+            raise ControlError(400, "app_roles must be a list of permission names")
+        app = self.state.directory.set_app_roles(self._app(match["client"]).client_id, roles)
+        return Response.json(200, app_json(app))
 
     @staticmethod
     def _split_uri(uri: str, suffix: str) -> tuple[str, dict[str, str]]:

@@ -238,8 +238,22 @@ class Directory:
             granted = self.delegated_consents.get((user_id, client_id))
             return None if granted is None else set(granted)
 
+    def set_app_roles(self, client_id: str, app_roles: Iterable[str]) -> App:
+        """Change the application permissions the app registration requests (its API permissions).
+        Consents already granted keep the roles they granted until an admin consents again."""
+        with self.lock:
+            app = self.apps.get(client_id.lower())
+            if app is None:
+                raise DirectoryError(f"unknown app {client_id}")
+            app.app_roles = list(dict.fromkeys(app_roles))
+            return app
+
     def consent_admin(self, tenant_id: str, client_id: str) -> set[str]:
-        """Record tenant-wide admin consent: every application permission the app declares."""
+        """Record tenant-wide admin consent: every application permission the app registration requests
+        at that moment. ``/adminconsent`` with ``scope=…/.default`` "requests consent for all scopes found
+        in the required permissions (both user and app)"
+        (https://learn.microsoft.com/entra/identity-platform/v2-admin-consent); what it granted is what
+        app-only tokens of the tenant carry in ``roles``."""
         with self.lock:
             roles = set(self.apps[client_id].app_roles)
             self.admin_consents[(tenant_id, client_id)] = roles

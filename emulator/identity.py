@@ -18,6 +18,26 @@ Invariants:
   ``expire_access_tokens`` are authoritative. Revoking a grant leaves its access tokens valid.
 * Token endpoint errors have the exact AAD JSON shape (``error``, ``error_description`` starting with
   ``AADSTSnnnn:``, ``error_codes``, ``timestamp``, ``trace_id``, ``correlation_id``, ``error_uri``).
+
+Documented facts the connect and consent flows rely on (and the emulator reproduces):
+
+* An id_token carries ``tid``, the tenant the user signed in to, and ``oid``
+  (https://learn.microsoft.com/entra/identity-platform/id-token-claims-reference); a sign-in asking only
+  for OpenID scopes gets one, which is how an app identifies an admin's organisation before asking for
+  admin consent (https://learn.microsoft.com/entra/identity-platform/v2-admin-consent, "Sign the user
+  into your app").
+* ``/{tenant}/v2.0/adminconsent`` makes an admin of that tenant sign in (an account of another tenant
+  cannot; the emulator models no directory roles, so any member of the tenant stands for its admin) and
+  redirects with ``admin_consent=True``, ``tenant`` (the admin's tenant id), ``scope`` and
+  ``state``, or with ``error`` and ``error_description``
+  (https://learn.microsoft.com/entra/identity-platform/v2-admin-consent). With ``…/.default`` it grants
+  every permission the app registration requests.
+* An app-only (client-credentials) access token lists the application permissions granted to the app
+  in the tenant in its ``roles`` claim
+  (https://learn.microsoft.com/entra/identity-platform/access-token-claims-reference); without an admin
+  consent in the tenant there is no token (AADSTS700016).
+* ``prompt=select_account`` on the authorize request shows the account picker; the emulator's sign-in
+  form always asks which account, so it accepts the parameter as it is.
 """
 
 from __future__ import annotations

@@ -17,6 +17,13 @@ def connect_mailbox(req: func.HttpRequest) -> func.HttpResponse:
     return run(req, auth.connect_mailbox)
 
 
+@bp.route(route="orgs/{org}/mailboxes/connect:confirm", methods=["POST"])
+def confirm_connect_mailbox(req: func.HttpRequest) -> func.HttpResponse:
+    from sync_core.api import mailboxes
+
+    return run(req, mailboxes.confirm_connect_mailbox)
+
+
 @bp.route(route="orgs/{org}/admin-consent", methods=["GET"])
 def admin_consent_url(req: func.HttpRequest) -> func.HttpResponse:
     from sync_core.api import auth

@@ -1,10 +1,12 @@
 """Connecting mailboxes over HTTP (spec §3): start the delegated sign-in and the tenant admin consent
 (CRM routes, function key) and answer the two OAuth redirects (anonymous, protected by their state).
 
-    POST /api/orgs/{org}/mailboxes/connect       {user_id, login_hint?, return_url?} → {authorize_url}
-    GET  /api/orgs/{org}/admin-consent           ?tenant=&return_url=               → {consent_url}
-    GET  /api/auth/callback                      complete_connect       → 302 return URL, or a result page
-    GET  /api/auth/admin-consent/callback        complete_admin_consent → 302 return URL, or a result page
+    POST /api/orgs/{org}/mailboxes/connect         {user_id, login_hint?, return_url} → {authorize_url}
+    POST /api/orgs/{org}/mailboxes/connect:confirm {user_id, code}                    → the mailbox
+    GET  /api/orgs/{org}/admin-consent             ?tenant=&return_url=               → {consent_url}
+    GET  /api/auth/callback                        complete_connect → 302 return URL (connect_code), or a page
+    GET  /api/auth/admin-consent/callback          complete_admin_consent → 302 to the consent step, then
+                                                   302 return URL, or a result page
 
 Invariants:
 - The callbacks trust nothing of their query but what ``complete_*`` verifies against the stored flow;
@@ -49,7 +51,10 @@ if TYPE_CHECKING:
 # Which request field an InvalidRequest code is about (the CRM shows it next to that field).
 _FIELD_OF = {
     "invalid_user_id": "user_id",
+    "invalid_login_hint": "login_hint",
+    "invalid_connect_code": "code",
     "return_url_not_allowed": "return_url",
+    "return_url_required": "return_url",
     "invalid_tenant": "tenant",
     "invalid_address": "address",
     "address_not_found": "address",
@@ -130,7 +135,7 @@ def connect_callback(svc: Services, req: ApiRequest) -> ApiResponse:
         result = complete_connect(svc.connect_deps(), dict(req.query))
     except (StorageUnavailable, ConcurrencyConflict, TransientGraphError):
         result = _unavailable("connect")
-    if result.ok:
+    if result.activated:
         svc.mailbox_activated(result.org_id, result.mailbox_id)
     return callback_response(result)
 
@@ -149,13 +154,14 @@ def _unavailable(kind: Literal["connect", "admin_consent"]) -> ConnectResult:
 
 
 def callback_response(result: ConnectResult) -> ApiResponse:
-    """302 to the CRM's (allowed) return URL when there is one, else a plain page: 200 on success,
-    503 when Microsoft was unavailable (worth retrying), 400 for every other failure."""
+    """302 to the next step at Microsoft or to the CRM's (allowed) return URL when there is one, else a
+    plain page: 200 on success, 503 when Microsoft was unavailable (worth retrying), 403 for a consent
+    without the needed application permissions, 400 for every other failure."""
     if result.redirect_url:
         headers = {"Location": result.redirect_url, "Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
         return ApiResponse(302, "", headers)
-    retry_later = result.error == "temporarily_unavailable"
-    status = 200 if result.ok else 503 if retry_later else 400
+    failure_status = {"temporarily_unavailable": 503, "consent_missing_roles": 403}
+    status = 200 if result.ok else failure_status.get(result.error, 400)
     return ApiResponse(status, result_page(result), _PAGE_HEADERS)
 
 

@@ -1,6 +1,7 @@
 """Mailboxes of an org over HTTP (spec §3 and §4), all CRM routes (function key):
 
     POST   /api/orgs/{org}/mailboxes                          {address} → 201 (application mode)
+    POST   /api/orgs/{org}/mailboxes/connect:confirm          {user_id, code} → mailbox (delegated connect)
     GET    /api/orgs/{org}/mailboxes                          → {mailboxes: [...]}
     GET    /api/orgs/{org}/mailboxes/{mailbox_id}             → mailbox
     PATCH  /api/orgs/{org}/mailboxes/{mailbox_id}             {enabled?, directions?} → mailbox
@@ -61,7 +62,14 @@ from sync_core.domain.model import (
 )
 from sync_core.errors import ConcurrencyConflict, MessageNotFound
 from sync_core.ports import RunReport, Versioned
-from sync_core.use_cases.connect import add_app_mailbox, disconnect, sign_out_all
+from sync_core.use_cases.connect import (
+    MAX_CONNECT_CODE,
+    MAX_USER_ID,
+    add_app_mailbox,
+    confirm_connect,
+    disconnect,
+    sign_out_all,
+)
 from sync_core.use_cases.sync_mailbox import REPORTS_KEPT
 
 if TYPE_CHECKING:
@@ -91,6 +99,20 @@ def add_mailbox(svc: Services, req: ApiRequest) -> ApiResponse:
     location = f"/api/orgs/{quote(org, safe='')}/mailboxes/{quote(mailbox.mailbox_id, safe='')}"
     body_out = mailbox_to_json(mailbox, (), svc.stores.settings.get(org))
     return ApiResponse(201, body_out, {"Location": location})
+
+
+def confirm_connect_mailbox(svc: Services, req: ApiRequest) -> ApiResponse:
+    """The CRM confirms a completed sign-in with its ``connect_code``, for the CRM user who started it;
+    only now does the mailbox become active (and due for its first sync)."""
+    org = req.param("org")
+    body = req.json_body()
+    reject_unknown(body, {"user_id", "code"})
+    user_id = read_str(body, "user_id", required=True, max_len=MAX_USER_ID)
+    code = read_str(body, "code", required=True, max_len=MAX_CONNECT_CODE)
+    with use_case_errors():
+        mailbox = confirm_connect(svc.connect_deps(), org, user_id or "", code or "")
+    svc.mailbox_activated(org, mailbox.mailbox_id)
+    return ok(mailbox_to_json(mailbox, (), svc.stores.settings.get(org)))
 
 
 def list_mailboxes(svc: Services, req: ApiRequest) -> ApiResponse:

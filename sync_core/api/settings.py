@@ -6,6 +6,7 @@ never-log entries are normalised (lower-case, IDN to punycode) so what GET retur
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -31,7 +32,9 @@ AMBIGUITY_POLICIES = ("skip", "all", "prefer")
 FIELDS = {
     "internal_domains", "never_log", "blocked_domains", "bulk_filters", "match_by_domain", "ambiguity",
     "type_order", "folders", "poll_interval_minutes", "return_url_allow_list", "webhook_url", "automation_enabled",
+    "allowed_tenants", "connect_confirmation",
 }
+_TENANT_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def get_settings(svc: Services, req: ApiRequest) -> ApiResponse:
@@ -67,6 +70,7 @@ def settings_from_json(data: dict[str, Any]) -> OrgSettings:
     automation_enabled = read_bool(data, "automation_enabled")
     poll_interval = read_int(data, "poll_interval_minutes", 1, 1440)
     webhook = read_str(data, "webhook_url")
+    connect_confirmation = read_bool(data, "connect_confirmation")
     return OrgSettings(
         internal_domains=_domains(data, "internal_domains"),
         never_log=_never_log(data),
@@ -83,7 +87,25 @@ def settings_from_json(data: dict[str, Any]) -> OrgSettings:
         ),
         webhook_url=_checked_url("webhook_url", webhook) if webhook else None,
         automation_enabled=defaults.automation_enabled if automation_enabled is None else automation_enabled,
+        allowed_tenants=_tenants(data),
+        connect_confirmation=(
+            defaults.connect_confirmation if connect_confirmation is None else connect_confirmation
+        ),
     )
+
+
+def _tenants(data: dict[str, Any]) -> tuple[str, ...]:
+    """Tenant ids (GUIDs, lower-cased) or verified domains (normalised like every domain here)."""
+    found = []
+    for raw in read_str_list(data, "allowed_tenants", max_items=50, max_len=253) or ():
+        entry = raw.strip().lower()
+        if not _TENANT_ID.fullmatch(entry):
+            domain = normalize_domain(raw)
+            if domain is None:
+                raise field_error("allowed_tenants", f"holds neither a tenant id nor a domain: {raw!r}")
+            entry = domain
+        found.append(entry)
+    return tuple(dict.fromkeys(found))
 
 
 def _domains(data: dict[str, Any], name: str) -> tuple[str, ...]:

@@ -20,7 +20,9 @@ Invariants:
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import logging
 import threading
 import time
@@ -174,8 +176,19 @@ class DelegatedGrant:
 
 
 @dataclass(frozen=True)
+class AdminSignIn:
+    """Who signed in for an admin consent: ``tenant_id`` is the id_token's ``tid`` (MSAL checked the
+    id_token's nonce and audience; it came from the token endpoint over TLS)."""
+
+    tenant_id: str
+    object_id: str
+    username: str
+
+
+@dataclass(frozen=True)
 class AppGrant:
-    """A client-credentials token for one tenant: the proof that its admin consented."""
+    """A client-credentials token for one tenant: the proof that its admin consented. ``roles`` are the
+    application permissions the token carries (its ``roles`` claim): what the admin actually granted."""
 
     tenant_id: str
     access_token: str = field(repr=False)
@@ -194,11 +207,22 @@ class IdentityProvider(Protocol):
         """Redeem the code of a callback. Raises ``IdentityError`` (or ``ReauthRequired`` for a consent
         problem) when the identity platform refuses, ``TransientGraphError`` when it is unreachable."""
 
+    def initiate_admin_sign_in(self, tenant: str, redirect_uri: str) -> dict[str, Any]:
+        """Start an OpenID Connect sign-in (no API scopes) of a tenant admin at ``tenant`` (a tenant id,
+        verified domain or ``organizations``); returns MSAL's flow dict. Raises ``IdentityError`` for an
+        unknown tenant, ``TransientGraphError`` when the identity platform is unreachable."""
+
+    def redeem_admin_sign_in(
+        self, tenant: str, flow: Mapping[str, Any], auth_response: Mapping[str, str]
+    ) -> AdminSignIn:
+        """Redeem the admin's sign-in code; the result's ``tenant_id`` is the id_token's ``tid``. Raises
+        like ``redeem_connect``."""
+
     def admin_consent_url(self, tenant: str, redirect_uri: str, state: str) -> str: ...
 
     def prove_app_access(self, tenant_id: str) -> AppGrant:
-        """Acquire a client-credentials token for ``tenant_id`` with a fresh application object.
-        Raises ``IdentityError`` when the tenant has not (or not yet) consented."""
+        """Acquire a client-credentials token for ``tenant_id`` with a fresh application object; its
+        ``roles`` are the token's. Raises ``IdentityError`` when the tenant has not (or not yet) consented."""
 
     def token_source(self, mailbox: Mailbox) -> TokenSource:
         """The token source for syncing ``mailbox`` (delegated or application, by its mode)."""
@@ -250,31 +274,14 @@ class MsalIdentity:
     # -- delegated connect -------------------------------------------------------------------------------
 
     def initiate_connect(self, redirect_uri: str, login_hint: str | None) -> dict[str, Any]:
-        app = self.application(None)
-        with warnings.catch_warnings():
-            # The callback is a GET (spec §4); the query carries only a PKCE-bound, single-use code.
-            warnings.filterwarnings("ignore", "response_mode='form_post' is recommended", UserWarning)
-            flow = app.initiate_auth_code_flow(list(CONNECT_SCOPES), redirect_uri=redirect_uri, login_hint=login_hint)
-        return dict(flow)
+        # prompt=select_account: the person always sees (and picks) the account they connect.
+        return _initiate(self.application(None), list(CONNECT_SCOPES), redirect_uri, login_hint)
 
     def redeem_connect(self, flow: Mapping[str, Any], auth_response: Mapping[str, str]) -> DelegatedGrant:
         cache = msal.SerializableTokenCache()
-        app = self.application(None, cache)
-        try:
-            result = app.acquire_token_by_auth_code_flow(dict(flow), dict(auth_response))
-        except UNREACHABLE as exc:
-            raise TransientGraphError(f"identity platform unreachable: {type(exc).__name__}") from exc
-        except ValueError as exc:  # state mismatch, nonce or audience check of the id token
-            # MSAL's message may quote the state or nonce: keep it out of results and logs.
-            raise IdentityError(
-                "the sign-in response did not match the sign-in request (state, nonce or audience)", "invalid_response"
-            ) from exc
-        if "error" in result:
-            raise _redeem_error(result)
-        claims = result.get("id_token_claims") or {}
-        tenant_id = str(claims.get("tid") or "")
-        if not tenant_id or "access_token" not in result:
-            raise IdentityError("the sign-in returned no tenant or no access token", "invalid_response")
+        result, claims, tenant_id = _redeem(self.application(None, cache), flow, auth_response)
+        if "access_token" not in result:
+            raise IdentityError("the sign-in returned no access token", "invalid_response")
         return DelegatedGrant(
             access_token=str(result["access_token"]),
             tenant_id=tenant_id,
@@ -284,6 +291,17 @@ class MsalIdentity:
         )
 
     # -- admin consent / application mode --------------------------------------------------------------
+
+    def initiate_admin_sign_in(self, tenant: str, redirect_uri: str) -> dict[str, Any]:
+        # No API scopes: MSAL asks for openid/profile/offline_access, enough for an id_token with ``tid``.
+        return _initiate(self.application(_authority_tenant(tenant)), [], redirect_uri, None)
+
+    def redeem_admin_sign_in(
+        self, tenant: str, flow: Mapping[str, Any], auth_response: Mapping[str, str]
+    ) -> AdminSignIn:
+        # The same authority as the authorize request; the tokens are dropped (only the id_token's claims count).
+        _, claims, tenant_id = _redeem(self.application(_authority_tenant(tenant)), flow, auth_response)
+        return AdminSignIn(tenant_id, str(claims.get("oid") or ""), str(claims.get("preferred_username") or ""))
 
     def admin_consent_url(self, tenant: str, redirect_uri: str, state: str) -> str:
         query = urlencode(
@@ -300,7 +318,8 @@ class MsalIdentity:
             raise IdentityError(
                 f"no application token for tenant {tenant_id} ({error}{_aadsts(_codes(result))})", error, _codes(result)
             )
-        return AppGrant(tenant_id, str(result["access_token"]), cache.serialize())
+        token = str(result["access_token"])
+        return AppGrant(tenant_id, token, cache.serialize(), token_roles(token))
 
     def token_source(self, mailbox: Mailbox) -> TokenSource:
         if mailbox.mode is ConnectionMode.APPLICATION:
@@ -309,6 +328,58 @@ class MsalIdentity:
 
     def app_token_source(self, org_id: str, tenant_id: str) -> TokenSource:
         return AppTokenSource(self, self._tokens, org_id, tenant_id)
+
+
+def _authority_tenant(tenant: str) -> str | None:
+    return None if tenant.lower() == DEFAULT_TENANT else tenant
+
+
+def _initiate(
+    app: msal.ConfidentialClientApplication, scopes: list[str], redirect_uri: str, login_hint: str | None
+) -> dict[str, Any]:
+    with warnings.catch_warnings():
+        # The callback is a GET (spec §4); the query carries only a PKCE-bound, single-use code.
+        warnings.filterwarnings("ignore", "response_mode='form_post' is recommended", UserWarning)
+        flow = app.initiate_auth_code_flow(
+            scopes, redirect_uri=redirect_uri, login_hint=login_hint, prompt="select_account"
+        )
+    return dict(flow)
+
+
+def _redeem(
+    app: msal.ConfidentialClientApplication, flow: Mapping[str, Any], auth_response: Mapping[str, str]
+) -> tuple[dict[str, Any], Mapping[str, Any], str]:
+    """(MSAL's result, the id_token's claims, its ``tid``) of a redeemed authorization code."""
+    try:
+        result = app.acquire_token_by_auth_code_flow(dict(flow), dict(auth_response))
+    except UNREACHABLE as exc:
+        raise TransientGraphError(f"identity platform unreachable: {type(exc).__name__}") from exc
+    except ValueError as exc:  # state mismatch, nonce or audience check of the id token
+        # MSAL's message may quote the state or nonce: keep it out of results and logs.
+        raise IdentityError(
+            "the sign-in response did not match the sign-in request (state, nonce or audience)", "invalid_response"
+        ) from exc
+    if "error" in result:
+        raise _redeem_error(result)
+    claims = result.get("id_token_claims") or {}
+    tenant_id = str(claims.get("tid") or "")
+    if not tenant_id:
+        raise IdentityError("the sign-in returned no tenant", "invalid_response")
+    return dict(result), claims, tenant_id
+
+
+def token_roles(access_token: str) -> tuple[str, ...]:
+    """The ``roles`` claim of an app-only access token: the application permissions granted to the app
+    in the token's tenant (https://learn.microsoft.com/entra/identity-platform/access-token-claims-reference).
+    Read, not validated: the token came straight from the token endpoint over TLS. A token that is not
+    a readable JWT has no roles we can see, which fails the consent check (safe side)."""
+    try:
+        payload = access_token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError):
+        return ()
+    roles = claims.get("roles") if isinstance(claims, dict) else None
+    return tuple(str(role) for role in roles) if isinstance(roles, list) else ()
 
 
 # The identity platform could not answer: a network failure, or a 5xx that MSAL raises as MsalServiceError

@@ -21,7 +21,10 @@ from sync_core.ports import Versioned
 
 FLOW_LIFETIME = timedelta(minutes=10)
 
-FlowKind = Literal["connect", "admin_consent"]
+# ``connect``: a user's sign-in, waiting for its callback; ``connect_confirm``: a completed sign-in waiting
+# for the CRM's confirmation (stored under a hash of the connect code, never the code itself);
+# ``admin_sign_in`` then ``admin_consent``: the two steps of a tenant admin's consent.
+FlowKind = Literal["connect", "connect_confirm", "admin_sign_in", "admin_consent"]
 
 
 def mailbox_owner(mailbox_id: str) -> str:
@@ -61,7 +64,8 @@ class PendingAuthFlow:
     """An OAuth round trip in progress, stored under its ``state`` until the callback takes it.
 
     ``flow`` is MSAL's auth-code flow dict (holds the PKCE verifier and nonce) for ``connect``; for
-    ``admin_consent`` it carries the tenant hint only."""
+    ``connect_confirm`` the signed-in account and its serialized token cache; for ``admin_sign_in`` the
+    tenant hint and MSAL's flow; for ``admin_consent`` the tenant id the admin's sign-in proved."""
 
     state: str
     org_id: str
@@ -70,6 +74,7 @@ class PendingAuthFlow:
     user_id: str = ""
     return_url: str = ""
     flow: Mapping[str, Any] = field(default_factory=dict)
+    login_hint: str = ""  # normalised address the signed-in account must own (``connect`` only)
 
     def expired(self, now: datetime) -> bool:
         return now - self.created_at > FLOW_LIFETIME or now < self.created_at - timedelta(minutes=5)
@@ -98,11 +103,11 @@ class OrgTenant:
 
 
 class OrgTenantStore(Protocol):
-    """Admin consent per org, recorded only after a client-credentials token proved it.
+    """Admin consent per org, recorded only after the admin's sign-in fixed the tenant and a
+    client-credentials token carrying the needed application roles proved the consent.
 
-    One tenant per org, and one org per tenant: the ``tenant`` a consent redirect reports is not
-    authenticated (anyone can forge the callback with a tenant that consented for another org), so a
-    tenant already claimed by another org is refused rather than shared."""
+    One tenant per org, and one org per tenant: a tenant already claimed by another org is refused
+    rather than shared."""
 
     def get(self, org_id: str) -> OrgTenant | None: ...
 

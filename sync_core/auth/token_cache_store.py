@@ -81,6 +81,7 @@ def _flow_payload(pending: PendingAuthFlow) -> bytes:
             "user_id": pending.user_id,
             "return_url": pending.return_url,
             "flow": dict(pending.flow),
+            "login_hint": pending.login_hint,
         }
     ).encode()
 
@@ -95,6 +96,7 @@ def _flow_from_payload(raw: bytes) -> PendingAuthFlow:
         user_id=str(data.get("user_id", "")),
         return_url=str(data.get("return_url", "")),
         flow=dict(data.get("flow") or {}),
+        login_hint=str(data.get("login_hint", "")),
     )
 
 

@@ -172,7 +172,11 @@ class BulkFilters:
 @dataclass(frozen=True)
 class OrgSettings:
     """An organisation's logging policy. ``ambiguity`` is ``skip``, ``all`` or ``prefer``;
-    with ``prefer``, ``type_order`` ranks record types (first wins)."""
+    with ``prefer``, ``type_order`` ranks record types (first wins).
+
+    Connecting: ``allowed_tenants`` (tenant ids or verified domains, empty = any tenant) restricts whose
+    accounts may be connected by delegated sign-in; ``connect_confirmation`` (default on) makes a
+    delegated sign-in activate nothing until the CRM confirms it for the CRM user who started it."""
 
     internal_domains: tuple[str, ...] = ()
     never_log: tuple[str, ...] = ()
@@ -186,6 +190,8 @@ class OrgSettings:
     return_url_allow_list: tuple[str, ...] = ()
     webhook_url: str | None = None
     automation_enabled: bool = True
+    allowed_tenants: tuple[str, ...] = ()
+    connect_confirmation: bool = True
 
 
 @dataclass(frozen=True)

@@ -11,14 +11,26 @@ Invariants:
 - Return URLs: ``start_*`` rejects a return URL that is not on the org's allow-list (``InvalidRequest``,
   HTTP 400), so a CRM misconfiguration shows up at once; the callback checks it again (the allow-list may
   have changed meanwhile) and otherwise, or without a return URL, answers with a plain result page.
+- A delegated sign-in connects only the intended account of the intended CRM user: the signed-in account
+  must own the ``login_hint`` address when one was given (any alias), its tenant must be on the org's
+  ``allowed_tenants`` (when set), and the callback activates nothing. It parks the signed-in account and
+  its token cache (encrypted, single use, 10 minutes) under a hash of a fresh connect code bound to
+  (org, CRM user), and hands the code to the CRM's return URL (``connect_code``); only
+  ``confirm_connect`` by the CRM, for the same org and CRM user, creates or re-activates the mailbox.
+  A wrong user, org or code, a reused or expired code: ``InvalidRequest``, nothing activated. An org
+  that sets ``connect_confirmation`` off gets the weaker behaviour: the callback activates at once.
 - A mailbox's id is derived from (org, Graph user id): reconnecting the same person re-activates the same
   mailbox, keeping its watermark and delta cursors, so syncing resumes with no gap and no duplicate.
   A mailbox that was *disconnected* restarts from now instead (its delta state was deleted, and the
   time it was disconnected was not asked for).
 - The token cache is saved before the mailbox is activated: an active mailbox always has tokens.
-- Admin consent is recorded only after a client-credentials token for the returned tenant was acquired
-  with a fresh MSAL application, and only if no other org holds that tenant (the redirect's ``tenant``
-  parameter is not authenticated).
+- Admin consent is a chain bound to the org's state at every step: an OpenID Connect sign-in of the admin
+  (the redeemed id_token's ``tid`` fixes the tenant; the redirect's ``tenant`` parameter alone is never
+  trusted), then the tenant-specific ``/{tid}/v2.0/adminconsent`` whose redirect must name that same
+  tenant under a fresh state, then a client-credentials token for that tenant (fresh MSAL application)
+  whose ``roles`` hold every application permission the org needs (``required_app_roles``). Only then,
+  and only if no other org holds the tenant, is the consent recorded; a consent without the roles is
+  ``consent_missing_roles`` and records nothing, so application mode stays unavailable.
 - Nothing here logs tokens, codes, or caches.
 """
 
@@ -31,7 +43,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any, Literal, Protocol
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
@@ -79,6 +91,7 @@ _GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 MAX_USER_ID = 256
 MAX_RETURN_URL = 2048
 DISCONNECT_LEASE = timedelta(minutes=10)  # how long a disconnect holds a mailbox's sync lease at most
+MAX_CONNECT_CODE = 128
 _DECLINED = {"access_denied", "consent_required", "interaction_required"}
 
 
@@ -87,7 +100,8 @@ _DECLINED = {"access_denied", "consent_required", "interaction_required"}
 
 class InvalidRequest(SyncError):
     """The caller's request is invalid (HTTP 400). ``code`` is machine-readable, e.g.
-    ``return_url_not_allowed``, ``invalid_user_id``, ``invalid_tenant``, ``invalid_address``,
+    ``return_url_not_allowed``, ``return_url_required``, ``invalid_user_id``, ``invalid_login_hint``,
+    ``invalid_connect_code``, ``tenant_not_allowed``, ``invalid_tenant``, ``invalid_address``,
     ``address_not_found``."""
 
     def __init__(self, code: str, message: str) -> None:
@@ -148,11 +162,14 @@ class ConnectDeps:
 @dataclass(frozen=True)
 class ConnectResult:
     """Outcome of an OAuth callback. ``redirect_url`` (the CRM's return URL with ``status`` and either
-    ``mailbox_id``/``tenant_id`` or ``error`` added) is set when the flow had an allowed return URL;
-    otherwise the API renders a plain page from ``message``. ``error`` codes: ``invalid_state``,
-    ``consent_declined``, ``sign_in_failed``, ``temporarily_unavailable``, ``profile_unavailable``,
-    ``no_mailbox``, ``account_mismatch``, ``consent_failed``, ``consent_not_proven``,
-    ``tenant_mismatch``, ``tenant_claimed``."""
+    ``connect_code``/``mailbox_id``/``tenant_id`` or ``error`` added) is set when the flow had an allowed
+    return URL; otherwise the API renders a plain page from ``message``. With ``continues`` the flow goes
+    on at Microsoft: ``redirect_url`` is the next step (admin consent after the admin's sign-in).
+    A successful connect with a ``connect_code`` activated nothing yet (the CRM confirms it).
+    ``error`` codes: ``invalid_state``, ``consent_declined``, ``sign_in_failed``,
+    ``temporarily_unavailable``, ``profile_unavailable``, ``no_mailbox``, ``account_mismatch``,
+    ``wrong_account``, ``tenant_not_allowed``, ``confirmation_unavailable``, ``consent_failed``,
+    ``consent_not_proven``, ``consent_missing_roles``, ``tenant_mismatch``, ``tenant_claimed``."""
 
     ok: bool
     kind: Literal["connect", "admin_consent"]
@@ -163,6 +180,13 @@ class ConnectResult:
     tenant_id: str = ""
     address: str = ""
     redirect_url: str | None = None
+    connect_code: str = field(default="", repr=False)
+    continues: bool = False
+
+    @property
+    def activated(self) -> bool:
+        """A mailbox became active through this callback (no confirmation pending)."""
+        return self.ok and self.kind == "connect" and not self.connect_code
 
 
 @dataclass(frozen=True)
@@ -243,6 +267,42 @@ def with_params(url: str, params: Mapping[str, str]) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), parts.fragment))
 
 
+def connect_code_key(org_id: str, user_id: str, code: str) -> str:
+    """Where a signed-in account waits for confirmation: a hash of the code bound to (org, CRM user), so
+    storage never holds the code, and a confirmation for another org or user finds nothing (and burns
+    nothing)."""
+    digest = hashlib.sha256(f"connect-code\n{org_id}\n{user_id}\n{code}".encode()).hexdigest()
+    return "cc_" + digest
+
+
+def tenant_allowed(allowed_tenants: Sequence[str], tenant_id: str, user_principal_name: str) -> bool:
+    """True when ``allowed_tenants`` is empty, names the tenant id, or names the domain of the account's
+    user principal name (a UPN's domain is always a verified domain of the account's own tenant)."""
+    if not allowed_tenants:
+        return True
+    upn = normalize_address(user_principal_name) if user_principal_name else None
+    domain = upn.rpartition("@")[2] if upn else None
+    return any(entry.lower() in (tenant_id.lower(), domain) for entry in allowed_tenants)
+
+
+# Application permissions an admin consent must grant, i.e. app-only token ``roles`` (case-insensitive),
+# with the permissions that include each one. Mail.Send joins here once an org setting enables sending.
+_ROLE_INCLUDED_BY: Mapping[str, tuple[str, ...]] = {"Mail.Read": ("Mail.Read", "Mail.ReadWrite")}
+
+
+def required_app_roles(settings: OrgSettings) -> tuple[str, ...]:
+    """The application permissions application mode needs for an org (its settings may add some)."""
+    return ("Mail.Read",)
+
+
+def missing_app_roles(granted: Sequence[str], required: Sequence[str]) -> tuple[str, ...]:
+    """The ``required`` roles that ``granted`` (a token's ``roles``) neither holds nor includes."""
+    have = {role.lower() for role in granted}
+    return tuple(
+        role for role in required if not any(r.lower() in have for r in _ROLE_INCLUDED_BY.get(role, (role,)))
+    )
+
+
 def _validate_return_url(return_url: str | None, settings: OrgSettings) -> str:
     if not return_url:
         return ""
@@ -259,11 +319,25 @@ def _validate_return_url(return_url: str | None, settings: OrgSettings) -> str:
 def start_connect(
     deps: ConnectDeps, org_id: str, user_id: str, login_hint: str | None = None, return_url: str | None = None
 ) -> str:
-    """Start the delegated sign-in of a CRM user; returns the URL to send the browser to."""
+    """Start the delegated sign-in of a CRM user; returns the URL to send the browser to.
+
+    With ``connect_confirmation`` on (the default) a ``return_url`` is required: the connect code the
+    CRM confirms with is delivered there. A ``login_hint`` must be an address; only an account owning
+    it can then be connected."""
     if not user_id or len(user_id) > MAX_USER_ID:
         raise InvalidRequest("invalid_user_id", f"user_id must be 1-{MAX_USER_ID} characters")
-    allowed_return = _validate_return_url(return_url, deps.settings.get(org_id))
-    flow = deps.identity.initiate_connect(deps.redirect_uri, login_hint or None)
+    settings = deps.settings.get(org_id)
+    allowed_return = _validate_return_url(return_url, settings)
+    if settings.connect_confirmation and not allowed_return:
+        raise InvalidRequest(
+            "return_url_required",
+            "return_url is required: the sign-in is handed back there with a connect code for "
+            "POST .../mailboxes/connect:confirm (unless the org turns connect_confirmation off)",
+        )
+    hint = normalize_address(login_hint) if login_hint else None
+    if login_hint and hint is None:
+        raise InvalidRequest("invalid_login_hint", "login_hint must be the email address of the account to connect")
+    flow = deps.identity.initiate_connect(deps.redirect_uri, login_hint.strip() if login_hint else None)
     deps.flows.save(
         PendingAuthFlow(
             state=str(flow["state"]),
@@ -273,14 +347,17 @@ def start_connect(
             user_id=user_id,
             return_url=allowed_return,
             flow=flow,
+            login_hint=hint or "",
         )
     )
     return str(flow["auth_uri"])
 
 
 def complete_connect(deps: ConnectDeps, params: Mapping[str, str]) -> ConnectResult:
-    """Handle ``/api/auth/callback``: redeem the code, read the profile, create or re-activate the
-    mailbox, store its token cache. Never raises for a bad or refused callback: the result says why."""
+    """Handle ``/api/auth/callback``: redeem the code, read the profile, check it is the intended account
+    in an allowed tenant, then hand a connect code to the CRM (or, with confirmation off, create or
+    re-activate the mailbox and store its token cache). Never raises for a bad or refused callback: the
+    result says why."""
     pending = deps.flows.take(params.get("state") or "", deps.clock.now())
     if pending is None or pending.kind != "connect":
         return _invalid_state("connect")
@@ -308,9 +385,16 @@ def complete_connect(deps: ConnectDeps, params: Mapping[str, str]) -> ConnectRes
     address, aliases = aliases_from_profile(profile)
     if not address:
         return fail("no_mailbox", "This Microsoft 365 account has no mailbox address.")
+    if pending.login_hint and pending.login_hint not in aliases:
+        return fail(
+            "wrong_account", "You signed in with another account than the one the CRM asked for; sign in as that one."
+        )
+    settings = deps.settings.get(pending.org_id)
+    upn = str(profile.get("userPrincipalName") or "")
+    if not tenant_allowed(settings.allowed_tenants, grant.tenant_id, upn):
+        return fail("tenant_not_allowed", "Accounts of this Microsoft 365 organisation cannot be connected here.")
 
     mailbox_id = mailbox_id_for(pending.org_id, graph_user_id)
-    deps.tokens.put(pending.org_id, mailbox_owner(mailbox_id), grant.serialized_cache, None)
     fresh = Mailbox(
         org_id=pending.org_id,
         mailbox_id=mailbox_id,
@@ -322,7 +406,9 @@ def complete_connect(deps: ConnectDeps, params: Mapping[str, str]) -> ConnectRes
         graph_user_id=graph_user_id,
         user_id=pending.user_id,
     )
-    mailbox = _activate(deps, fresh)
+    if settings.connect_confirmation:
+        return _await_confirmation(deps, pending, fresh, upn=upn, serialized_cache=grant.serialized_cache, fail=fail)
+    mailbox = _connect_mailbox(deps, fresh, grant.serialized_cache)
     log.info("mailbox connected (org=%s mailbox=%s)", pending.org_id, mailbox_id)
     redirect = _redirect(deps, pending, {"status": "connected", "mailbox_id": mailbox_id})
     return ConnectResult(
@@ -335,6 +421,98 @@ def complete_connect(deps: ConnectDeps, params: Mapping[str, str]) -> ConnectRes
         address=mailbox.address,
         redirect_url=redirect,
     )
+
+
+def _await_confirmation(
+    deps: ConnectDeps,
+    pending: PendingAuthFlow,
+    fresh: Mailbox,
+    *,
+    upn: str,
+    serialized_cache: str,
+    fail: Callable[[str, str], ConnectResult],
+) -> ConnectResult:
+    """Park the signed-in account under a new connect code and send the code to the CRM's return URL."""
+    code = deps.new_state()
+    redirect = _redirect(deps, pending, {"status": "signed_in", "connect_code": code})
+    if redirect is None:  # started without a return URL, or it left the allow-list meanwhile
+        return fail(
+            "confirmation_unavailable",
+            "The sign-in cannot be handed back to the CRM for confirmation; please start again from the CRM.",
+        )
+    parked = {
+        "address": fresh.address,
+        "aliases": list(fresh.aliases),
+        "tenant_id": fresh.tenant_id,
+        "graph_user_id": fresh.graph_user_id,
+        "upn": upn,
+        "cache": serialized_cache,
+    }
+    deps.flows.save(
+        PendingAuthFlow(
+            state=connect_code_key(pending.org_id, pending.user_id, code),
+            org_id=pending.org_id,
+            kind="connect_confirm",
+            created_at=deps.clock.now(),
+            user_id=pending.user_id,
+            flow=parked,
+        )
+    )
+    log.info("mailbox sign-in awaits confirmation (org=%s mailbox=%s)", pending.org_id, fresh.mailbox_id)
+    return ConnectResult(
+        ok=True,
+        kind="connect",
+        message=f"Signed in as {fresh.address}. Return to the CRM to finish connecting the mailbox.",
+        org_id=pending.org_id,
+        mailbox_id=fresh.mailbox_id,
+        tenant_id=fresh.tenant_id,
+        address=fresh.address,
+        redirect_url=redirect,
+        connect_code=code,
+    )
+
+
+def confirm_connect(deps: ConnectDeps, org_id: str, user_id: str, code: str) -> Mailbox:
+    """``POST …/mailboxes/connect:confirm``: the CRM confirms, for the CRM user who started the connect
+    (checked in its own session against the returning browser), the sign-in its ``connect_code`` stands
+    for. Creates or re-activates the mailbox and stores its token cache. Raises ``InvalidRequest``
+    (``invalid_connect_code``) for an unknown, expired or used code, or one of another org or user, and
+    ``tenant_not_allowed`` when the org's ``allowed_tenants`` changed meanwhile; nothing is activated."""
+    if not user_id or len(user_id) > MAX_USER_ID:
+        raise InvalidRequest("invalid_user_id", f"user_id must be 1-{MAX_USER_ID} characters")
+    refused = InvalidRequest(
+        "invalid_connect_code", "the connect code is unknown, expired, already used, or was issued to another user"
+    )
+    if not code or len(code) > MAX_CONNECT_CODE:
+        raise refused
+    pending = deps.flows.take(connect_code_key(org_id, user_id, code), deps.clock.now())
+    if pending is None or pending.kind != "connect_confirm" or (pending.org_id, pending.user_id) != (org_id, user_id):
+        raise refused
+    parked = pending.flow
+    tenant_id, upn = str(parked["tenant_id"]), str(parked.get("upn", ""))
+    if not tenant_allowed(deps.settings.get(org_id).allowed_tenants, tenant_id, upn):
+        raise InvalidRequest("tenant_not_allowed", "accounts of this Microsoft 365 organisation cannot be connected")
+    graph_user_id = str(parked["graph_user_id"])
+    fresh = Mailbox(
+        org_id=org_id,
+        mailbox_id=mailbox_id_for(org_id, graph_user_id),
+        address=str(parked["address"]),
+        aliases=tuple(str(a) for a in parked["aliases"]),
+        watermark=pending.created_at,  # when the person signed in
+        mode=ConnectionMode.DELEGATED,
+        tenant_id=tenant_id,
+        graph_user_id=graph_user_id,
+        user_id=user_id,
+    )
+    mailbox = _connect_mailbox(deps, fresh, str(parked["cache"]))
+    log.info("mailbox connected (org=%s mailbox=%s)", org_id, fresh.mailbox_id)
+    return mailbox
+
+
+def _connect_mailbox(deps: ConnectDeps, fresh: Mailbox, serialized_cache: str) -> Mailbox:
+    """Store the token cache, then create or re-activate the mailbox (an active mailbox has tokens)."""
+    deps.tokens.put(fresh.org_id, mailbox_owner(fresh.mailbox_id), serialized_cache, None)
+    return _activate(deps, fresh)
 
 
 def _activate(deps: ConnectDeps, fresh: Mailbox) -> Mailbox:
@@ -382,40 +560,96 @@ def _reactivated(existing: Mailbox, fresh: Mailbox) -> Mailbox:
 def start_admin_consent(
     deps: ConnectDeps, org_id: str, tenant_hint: str | None = None, return_url: str | None = None
 ) -> str:
-    """Build the tenant admin-consent URL (``/{tenant}/v2.0/adminconsent``) and remember its state."""
+    """Start a tenant admin's consent: the URL of the admin's OpenID Connect sign-in at ``tenant`` (the
+    chain then goes on to ``/{tid}/v2.0/adminconsent`` and ends at the admin-consent callback)."""
     tenant = (tenant_hint or "organizations").strip()
     if not _TENANT_HINT.fullmatch(tenant) or tenant.lower() in ("common", "consumers"):
         raise InvalidRequest("invalid_tenant", "tenant must be a tenant id, a verified domain or 'organizations'")
     allowed_return = _validate_return_url(return_url, deps.settings.get(org_id))
-    state = deps.new_state()
+    try:
+        flow = deps.identity.initiate_admin_sign_in(tenant, deps.admin_consent_redirect_uri)
+    except IdentityError as exc:
+        raise InvalidRequest("invalid_tenant", "the identity platform does not know this tenant") from exc
     deps.flows.save(
         PendingAuthFlow(
-            state=state,
+            state=str(flow["state"]),
             org_id=org_id,
-            kind="admin_consent",
+            kind="admin_sign_in",
             created_at=deps.clock.now(),
             return_url=allowed_return,
-            flow={"tenant_hint": tenant},
+            flow={"tenant_hint": tenant, "auth": flow},
         )
     )
-    return deps.identity.admin_consent_url(tenant, deps.admin_consent_redirect_uri, state)
+    return str(flow["auth_uri"])
 
 
 def complete_admin_consent(deps: ConnectDeps, params: Mapping[str, str]) -> ConnectResult:
-    """Handle ``/api/auth/admin-consent/callback``: on success, prove the consent with a
-    client-credentials token for the tenant before recording it for the org."""
+    """Handle ``/api/auth/admin-consent/callback``, reached twice per consent: after the admin's sign-in
+    (the result ``continues`` to the tenant's adminconsent page) and after the consent (proved with a
+    client-credentials token carrying the needed roles, then recorded for the org)."""
     pending = deps.flows.take(params.get("state") or "", deps.clock.now())
-    if pending is None or pending.kind != "admin_consent":
+    if pending is None or pending.kind not in ("admin_sign_in", "admin_consent"):
         return _invalid_state("admin_consent")
     fail = _failer("admin_consent", pending, deps)
     if params.get("error"):
         return fail(*_callback_error(params, "Admin consent was not granted."))
-    tenant_id = (params.get("tenant") or "").strip().lower()
+    if pending.kind == "admin_sign_in":
+        return _admin_signed_in(deps, pending, params, fail)
+    return _admin_consented(deps, pending, params, fail)
+
+
+def _admin_signed_in(
+    deps: ConnectDeps, pending: PendingAuthFlow, params: Mapping[str, str], fail: Callable[[str, str], ConnectResult]
+) -> ConnectResult:
+    """Step 1 done: the id_token's ``tid`` fixes the tenant; send the admin on to consent in that tenant."""
+    if not params.get("code"):
+        return fail("sign_in_failed", "The sign-in response carried no authorization code.")
+    hint = str(pending.flow.get("tenant_hint", "organizations"))
+    try:
+        signed_in = deps.identity.redeem_admin_sign_in(hint, pending.flow.get("auth") or {}, params)
+    except TransientGraphError:
+        return fail("temporarily_unavailable", "Microsoft sign-in is temporarily unavailable; please try again.")
+    except (IdentityError, ReauthRequired) as exc:
+        return fail("sign_in_failed", f"Microsoft sign-in failed: {exc}")
+    tenant_id = signed_in.tenant_id.strip().lower()
     if not _GUID.fullmatch(tenant_id):
+        return fail("consent_failed", "The sign-in did not name a tenant.")
+    if _GUID.fullmatch(hint) and hint.lower() != tenant_id:
+        return fail("tenant_mismatch", "The admin signed in to another tenant than the one requested.")
+    holder = deps.tenants.org_for_tenant(tenant_id)
+    if holder is not None and holder != pending.org_id:
+        return fail("tenant_claimed", "This Microsoft 365 tenant is already connected to another organisation.")
+    state = deps.new_state()
+    deps.flows.save(
+        PendingAuthFlow(
+            state=state,
+            org_id=pending.org_id,
+            kind="admin_consent",
+            created_at=deps.clock.now(),
+            return_url=pending.return_url,
+            flow={"tenant_id": tenant_id},
+        )
+    )
+    return ConnectResult(
+        ok=True,
+        kind="admin_consent",
+        message="Signed in; continue to grant consent for the organisation.",
+        org_id=pending.org_id,
+        tenant_id=tenant_id,
+        redirect_url=deps.identity.admin_consent_url(tenant_id, deps.admin_consent_redirect_uri, state),
+        continues=True,
+    )
+
+
+def _admin_consented(
+    deps: ConnectDeps, pending: PendingAuthFlow, params: Mapping[str, str], fail: Callable[[str, str], ConnectResult]
+) -> ConnectResult:
+    """Step 2 done: the redirect must name the tenant step 1 proved; then prove the consent's roles."""
+    tenant_id = (params.get("tenant") or "").strip().lower()
+    if not _GUID.fullmatch(tenant_id) or (params.get("admin_consent") or "").lower() != "true":
         return fail("consent_failed", "The consent response did not name a tenant.")
-    hint = str(pending.flow.get("tenant_hint", "")).lower()
-    if _GUID.fullmatch(hint) and hint != tenant_id:
-        return fail("tenant_mismatch", "Consent was granted in another tenant than the one requested.")
+    if tenant_id != str(pending.flow.get("tenant_id", "")).lower():
+        return fail("tenant_mismatch", "Consent was granted in another tenant than the one the admin signed in to.")
     holder = deps.tenants.org_for_tenant(tenant_id)
     if holder is not None and holder != pending.org_id:
         return fail("tenant_claimed", "This Microsoft 365 tenant is already connected to another organisation.")
@@ -426,6 +660,14 @@ def complete_admin_consent(deps: ConnectDeps, params: Mapping[str, str]) -> Conn
         return fail(
             "consent_not_proven",
             "Consent could not be verified with Microsoft yet (it can take a few minutes to apply); try again.",
+        )
+    missing = missing_app_roles(proof.roles, required_app_roles(deps.settings.get(pending.org_id)))
+    if missing:
+        log.info("admin consent lacks application permissions for org=%s: %s", pending.org_id, ", ".join(missing))
+        return fail(
+            "consent_missing_roles",
+            f"The consent does not grant the application permission(s) {', '.join(missing)}. An admin must "
+            "grant them to the app in Microsoft Entra ID (API permissions) and consent again.",
         )
     if not deps.tenants.claim(OrgTenant(pending.org_id, tenant_id, deps.clock.now())):
         return fail("tenant_claimed", "This Microsoft 365 tenant is already connected to another organisation.")
@@ -613,12 +855,17 @@ __all__ = [
     "aliases_from_profile",
     "complete_admin_consent",
     "complete_connect",
+    "confirm_connect",
+    "connect_code_key",
     "disconnect",
     "mailbox_id_for",
+    "missing_app_roles",
+    "required_app_roles",
     "return_url_allowed",
     "sign_out_all",
     "start_admin_consent",
     "start_connect",
+    "tenant_allowed",
     "with_params",
 ]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -234,6 +234,25 @@ def test_a_saved_flow_is_taken_once(auth_stores: AuthStores) -> None:
     taken = auth_stores.flows.take("state-1", T0 + timedelta(minutes=1))
     assert taken == flow()
     assert auth_stores.flows.take("state-1", T0 + timedelta(minutes=1)) is None
+
+
+def test_a_parked_sign_in_with_its_login_hint_and_token_cache_round_trips_encrypted(auth_stores: AuthStores) -> None:
+    started = replace(flow("state-2"), login_hint="adele@contoso.example")
+    parked = PendingAuthFlow(
+        state="cc_" + "ab" * 32,
+        org_id="org1",
+        kind="connect_confirm",
+        created_at=T0,
+        user_id="crm-user-7",
+        flow={"address": "adele@contoso.example", "cache": '{"RefreshToken": "REFRESH-SECRET-xyz"}'},
+    )
+    auth_stores.flows.save(started)
+    auth_stores.flows.save(parked)
+
+    raw = auth_stores.raw_values()
+    assert not any("REFRESH-SECRET" in value or "adele@contoso" in value for value in raw)
+    assert auth_stores.flows.take("state-2", T0) == started
+    assert auth_stores.flows.take(parked.state, T0) == parked
 
 
 def test_a_flow_is_stored_encrypted(auth_stores: AuthStores) -> None:

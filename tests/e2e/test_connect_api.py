@@ -3,11 +3,11 @@ consent, application mode, and the status codes of the connect routes."""
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs, urlsplit
-
 import requests
 
 from emulator.client import EmulatorClient, EmulatorTenant
+from tests import connect_flow
+from tests.connect_flow import query_of
 from tests.e2e.conftest import AppUnderTest
 
 RETURN_URL = "https://crm.example/app/mailboxes"
@@ -26,27 +26,21 @@ def sign_in(
     upn: str,
     *,
     return_url: str | None = None,
+    account: str | None = None,
 ) -> requests.Response:
     """POST connect, sign in on the emulator's page, then follow the redirect to our callback (not further)."""
-    body = {"user_id": "crm-user-1", "login_hint": upn, **({"return_url": return_url} if return_url else {})}
-    started = api.post(app_host.url(f"orgs/{org}/mailboxes/connect"), json=body)
-    assert started.status_code == 200, started.text
-    callback = emulator_client.authorize(started.json()["authorize_url"], upn)
-    assert callback.startswith(app_host.url("auth/callback"))
-    return requests.get(callback, allow_redirects=False, timeout=30)
+    return connect_flow.sign_in(
+        api, app_host.url, emulator_client, org, upn, return_url=return_url, account=account
+    )
 
 
 def consent(
     app_host: AppUnderTest, api: requests.Session, emulator_client: EmulatorClient, org: str, tenant: EmulatorTenant
 ) -> requests.Response:
-    started = api.get(app_host.url(f"orgs/{org}/admin-consent"), params={"tenant": tenant.id})
-    assert started.status_code == 200, started.text
-    callback = emulator_client.admin_consent(started.json()["consent_url"], tenant.users["megan"].upn)
-    assert callback.startswith(app_host.url("auth/admin-consent/callback"))
-    return requests.get(callback, allow_redirects=False, timeout=30)
+    return connect_flow.consent(api, app_host.url, emulator_client, org, tenant.users["megan"].upn, tenant=tenant.id)
 
 
-def test_a_browser_sign_in_redirects_to_the_allowed_return_url_and_the_mailbox_is_active(
+def test_a_browser_sign_in_comes_back_with_a_connect_code_and_the_crms_confirmation_activates_the_mailbox(
     app_host: AppUnderTest, api: requests.Session, emulator_client: EmulatorClient, tenant: EmulatorTenant, org: str
 ) -> None:
     allow_return_url(app_host, api, org)
@@ -57,9 +51,13 @@ def test_a_browser_sign_in_redirects_to_the_allowed_return_url_and_the_mailbox_i
     assert response.status_code == 302
     location = response.headers["Location"]
     assert location.startswith(RETURN_URL + "?")
-    query = {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
-    assert query["status"] == "connected"
-    mailbox = api.get(app_host.url(f"orgs/{org}/mailboxes/{query['mailbox_id']}")).json()
+    query = query_of(location)
+    assert query["status"] == "signed_in" and set(query) == {"status", "connect_code"}
+    assert api.get(app_host.url(f"orgs/{org}/mailboxes")).json() == {"mailboxes": []}
+    confirmed = connect_flow.confirm(api, app_host.url, org, query["connect_code"])
+    assert confirmed.status_code == 200, confirmed.text
+    mailbox = api.get(app_host.url(f"orgs/{org}/mailboxes/{confirmed.json()['id']}")).json()
+    assert confirmed.json()["status"] == "active"
     assert mailbox["status"] == "active" and mailbox["mode"] == "delegated"
     assert mailbox["address"] == adele.mail
     assert f"adele.vance@{tenant.domain}" in mailbox["aliases"]
@@ -68,9 +66,16 @@ def test_a_browser_sign_in_redirects_to_the_allowed_return_url_and_the_mailbox_i
     assert not any("token" in key for key in mailbox)
 
 
-def test_a_sign_in_without_a_return_url_ends_on_a_plain_result_page(
+def test_a_connect_without_a_return_url_is_refused_unless_the_org_turned_confirmation_off(
     app_host: AppUnderTest, api: requests.Session, emulator_client: EmulatorClient, tenant: EmulatorTenant, org: str
 ) -> None:
+    body = {"user_id": "crm-user-1", "login_hint": tenant.users["megan"].upn}
+    refused = api.post(app_host.url(f"orgs/{org}/mailboxes/connect"), json=body)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["code"] == "return_url_required"
+    assert refused.json()["error"]["details"] == {"field": "return_url"}
+    assert api.put(app_host.url(f"orgs/{org}/settings"), json={"connect_confirmation": False}).status_code == 200
+
     response = sign_in(app_host, api, emulator_client, org, tenant.users["megan"].upn)
 
     assert response.status_code == 200
@@ -183,3 +188,54 @@ def test_the_oauth_callbacks_need_no_function_key_but_the_connect_route_does(
 
     assert started.status_code == 401
     assert callback.status_code == 400
+
+
+def test_a_connect_link_opened_by_someone_else_or_confirmed_for_another_user_connects_nothing(
+    app_host: AppUnderTest, api: requests.Session, emulator_client: EmulatorClient, tenant: EmulatorTenant, org: str
+) -> None:
+    allow_return_url(app_host, api, org)
+    adele, megan = tenant.users["adele"], tenant.users["megan"]
+
+    stranger = sign_in(app_host, api, emulator_client, org, adele.upn, return_url=RETURN_URL, account=megan.upn)
+    assert query_of(stranger.headers["Location"]) == {"status": "error", "error": "wrong_account"}
+    genuine = sign_in(app_host, api, emulator_client, org, adele.upn, return_url=RETURN_URL)
+    assert api.get(app_host.url(f"orgs/{org}/mailboxes")).json() == {"mailboxes": []}
+    code = query_of(genuine.headers["Location"])["connect_code"]
+    wrong_user = connect_flow.confirm(api, app_host.url, org, code, user_id="crm-user-2")
+    other_org = connect_flow.confirm(api, app_host.url, "org-elsewhere", code)
+
+    for refused in (wrong_user, other_org):
+        assert refused.status_code == 400
+        assert refused.json()["error"]["code"] == "invalid_connect_code"
+    assert api.get(app_host.url(f"orgs/{org}/mailboxes")).json() == {"mailboxes": []}
+    assert connect_flow.confirm(api, app_host.url, org, code).status_code == 200
+    reused = connect_flow.confirm(api, app_host.url, org, code)
+    assert (reused.status_code, reused.json()["error"]["code"]) == (400, "invalid_connect_code")
+
+
+def test_confirm_refuses_bad_bodies_with_400_naming_the_field(
+    app_host: AppUnderTest, api: requests.Session, org: str
+) -> None:
+    url = app_host.url(f"orgs/{org}/mailboxes/connect:confirm")
+
+    missing = api.post(url, json={"user_id": "u-1"})
+    too_long = api.post(url, json={"user_id": "u-1", "code": "x" * 500})
+    unknown = api.post(url, json={"user_id": "u-1", "code": "c", "mailbox_id": "m"})
+
+    assert (missing.status_code, missing.json()["error"]["details"]) == (400, {"field": "code"})
+    assert (too_long.status_code, too_long.json()["error"]["details"]) == (400, {"field": "code"})
+    assert unknown.status_code == 400
+
+
+def test_a_consent_without_mail_read_gets_a_403_page_and_application_mode_stays_unavailable(
+    app_host: AppUnderTest, api: requests.Session, emulator_client: EmulatorClient, tenant: EmulatorTenant, org: str
+) -> None:
+    emulator_client.set_app_roles(app_host.client_id, ["User.Read.All"])
+    try:
+        page = consent(app_host, api, emulator_client, org, tenant)
+    finally:
+        emulator_client.set_app_roles(app_host.client_id, ["Mail.Read", "User.Read.All"])
+
+    assert page.status_code == 403 and "consent_missing_roles" in page.text and "Mail.Read" in page.text
+    response = api.post(app_host.url(f"orgs/{org}/mailboxes"), json={"address": tenant.users["sales"].mail})
+    assert (response.status_code, response.json()["error"]["code"]) == (409, "admin_consent_required")

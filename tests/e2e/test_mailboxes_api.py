@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
@@ -16,8 +15,9 @@ from sync_core.adapters.tables import TableStores
 from sync_core.domain.model import activity_id_for
 from sync_core.ports import RunReport
 from sync_core.settings import Settings
+from tests import connect_flow
 from tests.e2e.conftest import AppUnderTest
-from tests.e2e.test_connect_api import RETURN_URL, allow_return_url, sign_in
+from tests.e2e.test_connect_api import RETURN_URL, allow_return_url
 
 CAROL = "carol@client.example"
 
@@ -33,11 +33,10 @@ def app_stores() -> TableStores:
 def mailbox_id(
     app_host: AppUnderTest, api: requests.Session, emulator_client: EmulatorClient, tenant: EmulatorTenant, org: str
 ) -> str:
-    """Adele's mailbox, connected to ``org`` through the browser-style sign-in."""
+    """Adele's mailbox, connected to ``org`` through the browser-style sign-in and the CRM's confirmation."""
     allow_return_url(app_host, api, org)
-    response = sign_in(app_host, api, emulator_client, org, tenant.users["adele"].upn, return_url=RETURN_URL)
-    assert response.status_code == 302, response.text
-    return parse_qs(urlsplit(response.headers["Location"]).query)["mailbox_id"][0]
+    upn = tenant.users["adele"].upn
+    return connect_flow.connect(api, app_host.url, emulator_client, org, upn, return_url=RETURN_URL)
 
 
 def after_watermark(app_host: AppUnderTest, api: requests.Session, org: str, mailbox_id: str) -> str:

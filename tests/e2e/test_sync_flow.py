@@ -10,7 +10,6 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
@@ -20,6 +19,7 @@ from devhost import functions as devhost_functions
 from emulator.client import EmulatorClient, EmulatorTenant
 from sync_core import bootstrap
 from sync_core.adapters.graph_http import GraphError
+from tests import connect_flow
 from tests.e2e.conftest import AppUnderTest
 
 TIMER = "enqueue_due_mailboxes"
@@ -51,17 +51,9 @@ def set_up_org(app_host: AppUnderTest, api: requests.Session, org: str, tenant: 
 def connect(
     app_host: AppUnderTest, api: requests.Session, emulator_client: EmulatorClient, org: str, upn: str
 ) -> str:
-    """The CRM's "Connect mailbox": POST connect, sign in on the emulator's page, follow the redirect to
-    the callback; returns the new mailbox's id."""
-    body = {"user_id": "crm-user-1", "login_hint": upn, "return_url": RETURN_URL}
-    started = api.post(app_host.url(f"orgs/{org}/mailboxes/connect"), json=body)
-    assert started.status_code == 200, started.text
-    callback = emulator_client.authorize(started.json()["authorize_url"], upn)
-    finished = requests.get(callback, allow_redirects=False, timeout=30)
-    assert finished.status_code == 302, finished.text
-    query = {k: v[0] for k, v in parse_qs(urlsplit(finished.headers["Location"]).query).items()}
-    assert query["status"] == "connected", query
-    return query["mailbox_id"]
+    """The CRM's "Connect mailbox": POST connect, sign in on the emulator's page, come back to the CRM
+    with a connect code and confirm it; returns the new mailbox's id."""
+    return connect_flow.connect(api, app_host.url, emulator_client, org, upn, return_url=RETURN_URL)
 
 
 def run_scheduler(app_host: AppUnderTest) -> None:

@@ -475,6 +475,33 @@ def test_admin_consent_redirects_with_the_tenant_then_client_credentials_carry_t
     assert "scp" not in access
 
 
+def test_admin_consent_grants_the_roles_the_registration_requests_then_and_app_tokens_carry_exactly_those(
+    tenant: EmulatorTenant,
+) -> None:
+    tenant.client.set_app_roles(tenant.app.client_id, ["User.Read.All"])
+    tenant.consent_as_admin()
+    before = claims(tenant.msal_app().acquire_token_for_client(["https://graph.microsoft.com/.default"])["access_token"])
+    tenant.client.set_app_roles(tenant.app.client_id, ["Mail.Read", "User.Read.All"])
+    unchanged = claims(tenant.msal_app().acquire_token_for_client(["https://graph.microsoft.com/.default"])["access_token"])
+    tenant.consent_as_admin()
+    after = claims(tenant.msal_app().acquire_token_for_client(["https://graph.microsoft.com/.default"])["access_token"])
+
+    assert before["roles"] == ["User.Read.All"] and unchanged["roles"] == ["User.Read.All"]
+    assert after["roles"] == ["Mail.Read", "User.Read.All"]
+    with pytest.raises(EmulatorError) as unknown:
+        tenant.client.set_app_roles("00000000-0000-0000-0000-000000000000", ["Mail.Read"])
+    assert unknown.value.status == 404
+
+
+@pytest.mark.filterwarnings("ignore:response_mode='form_post' is recommended:UserWarning")
+def test_an_oidc_only_sign_in_gets_an_id_token_naming_the_tenant(tenant: EmulatorTenant) -> None:
+    app = tenant.msal_app(authority=f"{tenant.base_url}/organizations")
+    result = tenant.client.sign_in(app, tenant.users["megan"].upn, [], tenant.app.admin_consent_redirect_uri)
+
+    assert result["id_token_claims"]["tid"] == tenant.id
+    assert result["id_token_claims"]["oid"] == tenant.users["megan"].id
+
+
 def test_admin_consent_through_organizations_reports_the_admins_tenant(tenant: EmulatorTenant) -> None:
     redirect = tenant.client.admin_consent(tenant.admin_consent_uri("organizations"), tenant.users["megan"].upn)
 

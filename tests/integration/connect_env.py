@@ -25,13 +25,23 @@ from sync_core.auth.msal_tokens import MsalHttpClient, MsalIdentity, make_sessio
 from sync_core.auth.token_cache_store import TableAuthFlowStore, TableOrgTenantStore, TableTokenCacheStore
 from sync_core.domain.model import Mailbox, OrgSettings
 from sync_core.settings import Settings
-from sync_core.use_cases.connect import ConnectDeps, ConnectResult, complete_connect, start_connect
+from sync_core.use_cases.connect import (
+    ConnectDeps,
+    ConnectResult,
+    complete_admin_consent,
+    complete_connect,
+    confirm_connect,
+    start_admin_consent,
+    start_connect,
+)
 
 KEY_A = "a:" + "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE="
 KEY_B = "b:" + "QkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkI="
 PUBLIC_BASE_URL = ADMIN_CONSENT_REDIRECT_URI.split("/api/")[0]  # what the emulator's app registration allows
 RETURN_URL = "https://crm.example.com/settings/mailboxes"
 ORG = "org-1"
+RETURN_URL_2 = "https://other.example.org/crm"
+ORG_RETURN_URLS = {ORG: RETURN_URL, "org-2": RETURN_URL_2}
 
 
 class MutableClock:
@@ -102,9 +112,32 @@ class ConnectEnv:
         assert redirect.startswith(self.deps.redirect_uri), redirect
         return query_of(redirect)
 
-    def connect(self, user: str = "adele", org: str = ORG, return_url: str | None = RETURN_URL) -> ConnectResult:
-        url = start_connect(self.deps, org, f"crm-{user}", self.upn(user), return_url)
-        return complete_connect(self.deps, self.authorize(url, user))
+    def connect(self, user: str = "adele", org: str = ORG) -> ConnectResult:
+        """The whole delegated connect as the CRM runs it: start for CRM user ``crm-{user}``, sign in,
+        callback, then confirm the connect code for the same CRM user. Returns the callback's result
+        (its ``mailbox_id`` is active once the result is ok)."""
+        user_id = f"crm-{user}"
+        url = start_connect(self.deps, org, user_id, self.upn(user), ORG_RETURN_URLS[org])
+        result = complete_connect(self.deps, self.authorize(url, user))
+        if result.ok and result.connect_code:
+            confirm_connect(self.deps, org, user_id, result.connect_code)
+        return result
+
+    def consent(
+        self, org: str = ORG, admin: str = "megan", accept: bool = True, tenant: str | None = None
+    ) -> ConnectResult:
+        """The whole admin consent as a browser runs it: the admin's sign-in, the callback that sends
+        the admin on to the tenant's adminconsent page, the consent, and the final callback."""
+        url = start_admin_consent(self.deps, org, tenant, ORG_RETURN_URLS[org])
+        signed_in = self.finish_admin_step(self.client.authorize(url, self.upn(admin)))
+        if not signed_in.continues:
+            return signed_in
+        assert signed_in.redirect_url is not None
+        return self.finish_admin_step(self.client.admin_consent(signed_in.redirect_url, self.upn(admin), accept))
+
+    def finish_admin_step(self, redirect: str) -> ConnectResult:
+        assert redirect.startswith(self.deps.admin_consent_redirect_uri), redirect
+        return complete_admin_consent(self.deps, query_of(redirect))
 
     def mailbox(self, mailbox_id: str, org: str = ORG) -> Mailbox:
         found = self.mailboxes.get(org, mailbox_id)

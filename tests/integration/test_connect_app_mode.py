@@ -25,26 +25,44 @@ __all__ = ["env"]  # the fixture
 
 
 def consent(env: ConnectEnv, org: str = ORG, accept: bool = True, admin: str = "megan") -> ConnectResult:
-    url = start_admin_consent(env.deps, org, None, RETURN_URL if org == ORG else None)
-    redirect = env.client.admin_consent(url, env.upn(admin), accept=accept)
-    assert redirect.startswith(env.deps.admin_consent_redirect_uri)
-    return complete_admin_consent(env.deps, query_of(redirect))
+    return env.consent(org, admin, accept)
 
 
-def test_the_admin_consent_url_targets_the_v2_adminconsent_endpoint_with_graph_default(env: ConnectEnv) -> None:
+def split(url: str) -> tuple[str, dict[str, str]]:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}{parts.path}", {k: v[0] for k, v in parse_qs(parts.query).items()}
+
+
+def signed_in_admin(env: ConnectEnv, org: str = ORG, admin: str = "megan") -> ConnectResult:
+    """Step 1 of the chain only: the admin's sign-in, answered by the callback."""
+    url = start_admin_consent(env.deps, org, None, RETURN_URL)
+    return env.finish_admin_step(env.client.authorize(url, env.upn(admin)))
+
+
+def test_the_admin_consent_chain_signs_the_admin_in_then_asks_the_proven_tenant_for_graph_default(
+    env: ConnectEnv,
+) -> None:
     url = start_admin_consent(env.deps, ORG, env.tenant.domain, RETURN_URL)
 
-    parts = urlsplit(url)
-    query = {k: v[0] for k, v in parse_qs(parts.query).items()}
-    endpoint = f"{parts.scheme}://{parts.netloc}{parts.path}"
-    assert endpoint == f"{env.tenant.base_url}/{env.tenant.domain}/v2.0/adminconsent"
+    endpoint, query = split(url)
+    assert endpoint == f"{env.tenant.base_url}/{env.tenant.id}/oauth2/v2.0/authorize"  # MSAL resolved the domain
+    assert set(query["scope"].split()) == {"openid", "profile", "offline_access"}
+    assert query["redirect_uri"] == f"{PUBLIC_BASE_URL}/api/auth/admin-consent/callback"
+    assert query["prompt"] == "select_account" and query["code_challenge_method"] == "S256"
+    signed_in = env.finish_admin_step(env.client.authorize(url, env.upn("megan")))
+    assert signed_in.ok and signed_in.continues and signed_in.tenant_id == env.tenant.id
+    assert signed_in.redirect_url is not None
+    endpoint, query = split(signed_in.redirect_url)
+    assert endpoint == f"{env.tenant.base_url}/{env.tenant.id}/v2.0/adminconsent"
     assert query["client_id"] == env.tenant.app.client_id
     assert query["scope"] == "https://graph.microsoft.com/.default"
     assert query["redirect_uri"] == f"{PUBLIC_BASE_URL}/api/auth/admin-consent/callback"
-    assert query["state"]
-    assert start_admin_consent(env.deps, ORG).startswith(f"{env.tenant.base_url}/organizations/v2.0/adminconsent?")
-    with pytest.raises(InvalidRequest):
-        start_admin_consent(env.deps, ORG, "common")
+    assert query["state"] and query["state"] != split(url)[1]["state"]
+    assert start_admin_consent(env.deps, ORG).startswith(f"{env.tenant.base_url}/organizations/oauth2/v2.0/authorize?")
+    for bad in ("common", "unknown-tenant.example"):
+        with pytest.raises(InvalidRequest) as info:
+            start_admin_consent(env.deps, ORG, bad)
+        assert info.value.code == "invalid_tenant"
 
 
 def test_an_admin_consent_is_recorded_only_after_a_client_credentials_token_proved_it(env: ConnectEnv) -> None:
@@ -68,8 +86,9 @@ def test_a_declined_admin_consent_records_nothing(env: ConnectEnv) -> None:
 
 
 def test_a_forged_success_callback_for_a_tenant_without_consent_is_not_recorded(env: ConnectEnv) -> None:
-    url = start_admin_consent(env.deps, ORG, None, None)
-    state = query_of(url)["state"]
+    signed_in = signed_in_admin(env)
+    assert signed_in.redirect_url is not None
+    state = query_of(signed_in.redirect_url)["state"]
 
     result = complete_admin_consent(env.deps, {"admin_consent": "True", "tenant": env.tenant.id, "state": state})
 
@@ -79,7 +98,9 @@ def test_a_forged_success_callback_for_a_tenant_without_consent_is_not_recorded(
 
 def test_consent_granted_right_after_a_failed_proof_is_proven_at_once(env: ConnectEnv) -> None:
     # MSAL remembers an identical 400 for ~60 s per application object: the proof must use a fresh one.
-    state = query_of(start_admin_consent(env.deps, ORG))["state"]
+    signed_in = signed_in_admin(env)
+    assert signed_in.redirect_url is not None
+    state = query_of(signed_in.redirect_url)["state"]
     early = complete_admin_consent(env.deps, {"admin_consent": "True", "tenant": env.tenant.id, "state": state})
     assert early.error == "consent_not_proven"
 
@@ -187,3 +208,51 @@ def test_sign_out_all_also_signs_out_application_mode_mailboxes(env: ConnectEnv)
     assert env.mailbox(mailbox.mailbox_id).status is MailboxStatus.NEEDS_REAUTH
     assert env.tokens.get(ORG, f"tenant:{env.tenant.id}") is None
     assert add_app_mailbox(env.deps, ORG, env.tenant.users["sales"].mail).status is MailboxStatus.ACTIVE
+
+
+# -- a tenant's consent is recorded only with proof that its admin consented for this org's flow -----------
+
+
+def test_a_forged_consent_callback_naming_a_consented_tenant_records_nothing(env: ConnectEnv) -> None:
+    env.tenant.consent_as_admin()  # the tenant consented to the app, but not through this org's flow
+    state = query_of(start_admin_consent(env.deps, ORG, None, RETURN_URL))["state"]
+
+    forged = complete_admin_consent(env.deps, {"admin_consent": "True", "tenant": env.tenant.id, "state": state})
+
+    assert not forged.ok
+    assert env.deps.tenants.get(ORG) is None and env.deps.tenants.org_for_tenant(env.tenant.id) is None
+    with pytest.raises(ConsentRequired):
+        add_app_mailbox(env.deps, ORG, env.tenant.users["sales"].mail)
+
+
+def test_an_admin_signed_in_to_one_tenant_cannot_have_another_tenants_consent_recorded(env: ConnectEnv) -> None:
+    env.tenant.consent_as_admin()  # the victim tenant consented to the app
+    domain = f"own{env.tenant.id[:8]}.example"
+    own = env.client.create_tenant("Mallory's own", [domain])
+    mallory = env.client.create_user(own["id"], f"mallory@{domain}")
+    url = start_admin_consent(env.deps, ORG, None, RETURN_URL)
+    signed_in = env.finish_admin_step(env.client.authorize(url, mallory["user_principal_name"]))
+    assert signed_in.continues and signed_in.tenant_id == own["id"] and signed_in.redirect_url is not None
+    state = query_of(signed_in.redirect_url)["state"]
+
+    forged = complete_admin_consent(env.deps, {"admin_consent": "True", "tenant": env.tenant.id, "state": state})
+
+    assert not forged.ok and forged.error == "tenant_mismatch"
+    assert env.deps.tenants.get(ORG) is None and env.deps.tenants.org_for_tenant(env.tenant.id) is None
+
+
+def test_a_consent_whose_app_token_lacks_mail_read_records_nothing_and_app_mode_stays_unavailable(
+    env: ConnectEnv,
+) -> None:
+    env.client.set_app_roles(env.tenant.app.client_id, ["User.Read.All"])
+
+    result = consent(env)
+
+    assert not result.ok and result.error == "consent_missing_roles"
+    assert "Mail.Read" in result.message
+    assert result.redirect_url == f"{RETURN_URL}?status=error&error=consent_missing_roles"
+    assert env.deps.tenants.get(ORG) is None and env.tokens.get(ORG, f"tenant:{env.tenant.id}") is None
+    with pytest.raises(ConsentRequired):
+        add_app_mailbox(env.deps, ORG, env.tenant.users["sales"].mail)
+    env.client.set_app_roles(env.tenant.app.client_id, ["Mail.Read", "User.Read.All"])
+    assert consent(env).ok  # once the registration asks for Mail.Read, a new consent grants it

@@ -18,12 +18,21 @@ from sync_core.use_cases.connect import (
     InvalidRequest,
     MailboxNotFound,
     complete_connect,
+    confirm_connect,
     disconnect,
     mailbox_id_for,
     sign_out_all,
     start_connect,
 )
-from tests.integration.connect_env import ORG, PUBLIC_BASE_URL, RETURN_URL, ConnectEnv, env, query_of
+from tests.integration.connect_env import (
+    ORG,
+    ORG_RETURN_URLS,
+    PUBLIC_BASE_URL,
+    RETURN_URL,
+    ConnectEnv,
+    env,
+    query_of,
+)
 
 __all__ = ["env"]  # the fixture
 
@@ -33,25 +42,36 @@ def graph_ok(env: ConnectEnv, source: DelegatedTokenSource) -> str:
     return str(env.graph_for(source).get("me/mailFolders('inbox')", {"$select": "id"})["id"])
 
 
-def test_a_user_connects_a_mailbox_and_is_sent_back_to_the_crm(env: ConnectEnv) -> None:
-    result = env.connect("adele")
+def test_a_user_signs_in_is_sent_back_with_a_connect_code_and_the_crms_confirmation_connects_the_mailbox(
+    env: ConnectEnv,
+) -> None:
+    signed_in_at = env.clock.now()
+    url = start_connect(env.deps, ORG, "crm-adele", env.upn("adele"), RETURN_URL)
+    result = complete_connect(env.deps, env.authorize(url))
 
     adele = env.tenant.users["adele"]
     assert result.ok, result.message
     assert result.mailbox_id == mailbox_id_for(ORG, adele.id)
-    assert result.redirect_url == f"{RETURN_URL}?status=connected&mailbox_id={result.mailbox_id}"
+    assert result.redirect_url == f"{RETURN_URL}?status=signed_in&connect_code={result.connect_code}"
+    assert env.mailboxes.list(ORG) == ()  # the callback alone activates nothing
+    assert env.tokens.get(ORG, f"mailbox:{result.mailbox_id}") is None
+    env.clock.advance(timedelta(minutes=2))
+
+    confirmed = confirm_connect(env.deps, ORG, "crm-adele", result.connect_code)
+
     mailbox = env.mailbox(result.mailbox_id)
+    assert confirmed == mailbox
     assert mailbox.address == adele.mail
     assert set(mailbox.aliases) == {adele.mail, adele.upn, f"adele.vance@{env.tenant.domain}"}
     assert mailbox.aliases[0] == adele.mail
     assert (mailbox.tenant_id, mailbox.graph_user_id, mailbox.user_id) == (env.tenant.id, adele.id, "crm-adele")
     assert mailbox.status is MailboxStatus.ACTIVE and mailbox.mode is ConnectionMode.DELEGATED
-    assert mailbox.watermark == env.clock.now()
+    assert mailbox.watermark == signed_in_at
     assert graph_ok(env, DelegatedTokenSource(env.identity, env.tokens, mailbox))
 
 
 def test_the_authorize_url_asks_for_mail_read_with_pkce_and_the_registered_redirect(env: ConnectEnv) -> None:
-    url = start_connect(env.deps, ORG, "crm-adele", env.upn("adele"), None)
+    url = start_connect(env.deps, ORG, "crm-adele", env.upn("adele"), RETURN_URL)
 
     parts = urlsplit(url)
     query = {k: v[0] for k, v in parse_qs(parts.query).items()}
@@ -60,6 +80,7 @@ def test_the_authorize_url_asks_for_mail_read_with_pkce_and_the_registered_redir
     assert query["code_challenge_method"] == "S256" and len(query["code_challenge"]) == 43
     assert query["redirect_uri"] == f"{PUBLIC_BASE_URL}/api/auth/callback"
     assert query["login_hint"] == env.upn("adele")
+    assert query["prompt"] == "select_account"
     assert query["state"]
 
 
@@ -76,20 +97,30 @@ def test_a_return_url_off_the_allow_list_is_rejected_before_sign_in(env: Connect
         assert info.value.code == "return_url_not_allowed"
 
 
-def test_without_a_return_url_the_callback_answers_with_a_plain_result(env: ConnectEnv) -> None:
-    result = env.connect("adele", return_url=None)
+def test_a_delegated_connect_needs_a_return_url_unless_the_org_turned_confirmation_off(env: ConnectEnv) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        start_connect(env.deps, ORG, "crm-adele", env.upn("adele"), None)
+    assert info.value.code == "return_url_required"
+    env.org_settings.put(ORG, replace(env.org_settings.get(ORG), connect_confirmation=False))
 
-    assert result.ok and result.redirect_url is None
+    url = start_connect(env.deps, ORG, "crm-adele", env.upn("adele"), None)
+    result = complete_connect(env.deps, env.authorize(url))
+
+    assert result.ok and result.redirect_url is None and result.connect_code == ""
     assert "is connected" in result.message
+    assert env.mailbox(result.mailbox_id).status is MailboxStatus.ACTIVE
 
 
-def test_a_return_url_removed_from_the_allow_list_meanwhile_is_not_redirected_to(env: ConnectEnv) -> None:
+def test_a_return_url_removed_from_the_allow_list_meanwhile_gets_no_code_and_connects_nothing(
+    env: ConnectEnv,
+) -> None:
     url = start_connect(env.deps, ORG, "crm-adele", None, RETURN_URL)
     env.org_settings.put(ORG, replace(env.org_settings.get(ORG), return_url_allow_list=()))
 
     result = complete_connect(env.deps, env.authorize(url))
 
-    assert result.ok and result.redirect_url is None
+    assert not result.ok and result.error == "confirmation_unavailable" and result.redirect_url is None
+    assert env.mailboxes.list(ORG) == ()
 
 
 def test_a_declined_consent_changes_nothing(env: ConnectEnv) -> None:
@@ -141,8 +172,8 @@ def test_a_callback_after_ten_minutes_is_refused(env: ConnectEnv) -> None:
 
 
 def test_a_code_issued_for_one_orgs_flow_cannot_complete_another_orgs_flow(env: ConnectEnv) -> None:
-    mine = env.authorize(start_connect(env.deps, ORG, "crm-adele", env.upn("adele"), None))
-    theirs = env.authorize(start_connect(env.deps, "org-2", "crm-mallory", env.upn("adele"), None))
+    mine = env.authorize(start_connect(env.deps, ORG, "crm-adele", env.upn("adele"), RETURN_URL))
+    theirs = env.authorize(start_connect(env.deps, "org-2", "crm-mallory", env.upn("adele"), ORG_RETURN_URLS["org-2"]))
 
     swapped = complete_connect(env.deps, {**theirs, "code": mine["code"]})
 
@@ -154,8 +185,8 @@ def test_a_code_issued_for_one_orgs_flow_cannot_complete_another_orgs_flow(env: 
 
 
 def test_the_same_person_connected_in_two_orgs_gets_two_separate_mailboxes(env: ConnectEnv) -> None:
-    first = env.connect("adele", ORG, None)
-    second = env.connect("adele", "org-2", None)
+    first = env.connect("adele", ORG)
+    second = env.connect("adele", "org-2")
 
     assert first.ok and second.ok and first.mailbox_id != second.mailbox_id
     assert env.tokens.get(ORG, f"mailbox:{first.mailbox_id}") is not None
@@ -325,7 +356,7 @@ def test_disconnect_deletes_tokens_and_delta_state_and_keeps_activities_unless_p
 def test_sign_out_all_deletes_every_token_of_the_org_and_asks_everyone_to_reconnect(env: ConnectEnv) -> None:
     adele = env.connect("adele")
     megan = env.connect("megan")
-    elsewhere = env.connect("adele", "org-2", None)
+    elsewhere = env.connect("adele", "org-2")
 
     assert sign_out_all(env.deps, ORG) == 2
 
@@ -361,8 +392,110 @@ def activity(message_id: str, mailbox_ids: tuple[str, ...], env: ConnectEnv) -> 
     )
 
 
-def test_the_callback_query_of_a_connect_carries_no_secret_to_the_crm(env: ConnectEnv) -> None:
+def test_the_callback_query_of_a_connect_carries_only_the_connect_code_to_the_crm(env: ConnectEnv) -> None:
     result = env.connect("adele")
 
     assert result.redirect_url is not None
-    assert set(query_of(result.redirect_url)) == {"status", "mailbox_id"}
+    assert set(query_of(result.redirect_url)) == {"status", "connect_code"}
+    issued = env.raw_cache(result.mailbox_id)
+    assert not any(result.connect_code in token for tokens in issued.values() for token in tokens)
+
+
+# -- a connect link connects only the intended account of the intended CRM user ----------------------------
+
+
+def test_a_link_completed_by_another_account_than_the_login_hint_connects_nothing(env: ConnectEnv) -> None:
+    url = start_connect(env.deps, ORG, "crm-adele", env.upn("adele"), RETURN_URL)
+
+    result = complete_connect(env.deps, env.authorize(url, "megan"))
+
+    assert not result.ok and result.error == "wrong_account"
+    assert result.redirect_url == f"{RETURN_URL}?status=error&error=wrong_account"
+    assert env.mailboxes.list(ORG) == () and env.tokens.delete_org(ORG) == 0
+
+
+def test_the_login_hint_matches_any_alias_of_the_account_whatever_its_case(env: ConnectEnv) -> None:
+    alias = f"Adele.Vance@{env.tenant.domain.upper()}"
+    url = start_connect(env.deps, ORG, "crm-adele", alias, RETURN_URL)
+
+    result = complete_connect(env.deps, env.authorize(url, "adele"))
+
+    assert result.ok and result.connect_code
+    with pytest.raises(InvalidRequest) as info:
+        start_connect(env.deps, ORG, "crm-adele", "adele", RETURN_URL)
+    assert info.value.code == "invalid_login_hint"
+
+
+def test_an_account_of_a_tenant_the_org_does_not_allow_connects_nothing(env: ConnectEnv) -> None:
+    outsider_tenant = env.client.create_tenant("Outsider", [f"out{env.tenant.id[:8]}.example"])
+    outsider = env.client.create_user(outsider_tenant["id"], f"eve@out{env.tenant.id[:8]}.example")
+    env.org_settings.put(ORG, replace(env.org_settings.get(ORG), allowed_tenants=(env.tenant.domain,)))
+
+    url = start_connect(env.deps, ORG, "crm-adele", None, RETURN_URL)
+    refused = complete_connect(env.deps, query_of(env.client.authorize(url, outsider["user_principal_name"])))
+    allowed = complete_connect(env.deps, env.authorize(start_connect(env.deps, ORG, "crm-adele", None, RETURN_URL)))
+
+    assert not refused.ok and refused.error == "tenant_not_allowed"
+    assert allowed.ok and allowed.connect_code
+    env.org_settings.put(ORG, replace(env.org_settings.get(ORG), allowed_tenants=(env.tenant.id.upper(),)))
+    assert confirm_connect(env.deps, ORG, "crm-adele", allowed.connect_code).status is MailboxStatus.ACTIVE
+    assert [m.graph_user_id for m in env.mailboxes.list(ORG)] == [env.tenant.users["adele"].id]
+
+
+def test_a_connect_code_confirmed_by_another_crm_user_or_org_activates_nothing_and_stays_valid(
+    env: ConnectEnv,
+) -> None:
+    url = start_connect(env.deps, ORG, "crm-adele", env.upn("adele"), RETURN_URL)
+    result = complete_connect(env.deps, env.authorize(url))
+
+    for org, user_id, code in (
+        (ORG, "crm-mallory", result.connect_code),
+        ("org-2", "crm-adele", result.connect_code),
+        (ORG, "crm-adele", result.connect_code + "x"),
+        (ORG, "crm-adele", ""),
+    ):
+        with pytest.raises(InvalidRequest) as info:
+            confirm_connect(env.deps, org, user_id, code)
+        assert info.value.code == "invalid_connect_code"
+    assert env.mailboxes.list(ORG) == () and env.mailboxes.list("org-2") == ()
+
+    assert confirm_connect(env.deps, ORG, "crm-adele", result.connect_code).user_id == "crm-adele"
+
+
+def test_a_connect_code_works_once_and_not_after_ten_minutes(env: ConnectEnv) -> None:
+    used = complete_connect(env.deps, env.authorize(start_connect(env.deps, ORG, "crm-adele", None, RETURN_URL)))
+    megan_url = start_connect(env.deps, ORG, "crm-megan", None, RETURN_URL)
+    late = complete_connect(env.deps, env.authorize(megan_url, "megan"))
+    confirm_connect(env.deps, ORG, "crm-adele", used.connect_code)
+    env.clock.advance(timedelta(minutes=10, seconds=1))
+
+    for user_id, code in (("crm-adele", used.connect_code), ("crm-megan", late.connect_code)):
+        with pytest.raises(InvalidRequest) as info:
+            confirm_connect(env.deps, ORG, user_id, code)
+        assert info.value.code == "invalid_connect_code"
+    assert [m.mailbox_id for m in env.mailboxes.list(ORG)] == [used.mailbox_id]
+
+
+def test_storage_holds_neither_the_connect_code_nor_the_pending_token_cache_in_plaintext(env: ConnectEnv) -> None:
+    result = complete_connect(env.deps, env.authorize(start_connect(env.deps, ORG, "crm-adele", None, RETURN_URL)))
+
+    stored = list(env.stored_values())
+
+    assert result.connect_code and not any(result.connect_code in value for value in stored)
+    assert not any("RefreshToken" in value or "secret" in value for value in stored)
+
+
+def test_reconnecting_a_mailbox_that_needs_reauth_waits_for_the_confirmation_too(env: ConnectEnv) -> None:
+    first = env.connect("adele")
+    stored = env.mailboxes.get(ORG, first.mailbox_id)
+    assert stored is not None
+    needs_reauth = replace(stored.value, status=MailboxStatus.NEEDS_REAUTH, status_reason="revoked")
+    env.mailboxes.replace(needs_reauth, stored.etag)
+    env.tokens.delete(ORG, f"mailbox:{first.mailbox_id}")
+
+    again = complete_connect(env.deps, env.authorize(start_connect(env.deps, ORG, "crm-adele", None, RETURN_URL)))
+
+    assert again.ok and env.mailbox(first.mailbox_id).status is MailboxStatus.NEEDS_REAUTH
+    assert env.tokens.get(ORG, f"mailbox:{first.mailbox_id}") is None
+    confirm_connect(env.deps, ORG, "crm-adele", again.connect_code)
+    assert env.mailbox(first.mailbox_id).status is MailboxStatus.ACTIVE

@@ -10,14 +10,8 @@ from typing import Any
 from sync_core.auth.msal_tokens import DelegatedTokenSource, MsalIdentity
 from sync_core.auth.ports import TokenCacheStore
 from sync_core.ports import Versioned
-from sync_core.use_cases.connect import (
-    add_app_mailbox,
-    complete_admin_consent,
-    complete_connect,
-    start_admin_consent,
-    start_connect,
-)
-from tests.integration.connect_env import KEY_A, KEY_B, ORG, ConnectEnv, env, query_of
+from sync_core.use_cases.connect import add_app_mailbox, complete_connect, connect_code_key, start_connect
+from tests.integration.connect_env import KEY_A, KEY_B, ORG, RETURN_URL, ConnectEnv, env, query_of
 
 __all__ = ["env"]  # the fixture
 
@@ -69,19 +63,23 @@ def test_no_storage_entity_ever_contains_an_issued_token_or_pkce_verifier_in_pla
         source = DelegatedTokenSource(env.identity, recorder, env.mailbox(result.mailbox_id))
         source(False)
         source(True)
-    consent_url = env.client.admin_consent(start_admin_consent(env.deps, ORG), env.upn("megan"))
-    assert complete_admin_consent(env.deps, query_of(consent_url)).ok
+    assert env.consent().ok
     app_mailbox = add_app_mailbox(env.deps, ORG, env.tenant.users["sales"].mail)
     env.identity.token_source(app_mailbox)(True)
-    pending_url = start_connect(env.deps, ORG, "crm-adele", None, None)  # a flow left pending in storage
+    pending_url = start_connect(env.deps, ORG, "crm-adele", None, RETURN_URL)  # a flow left pending in storage
+    parked_url = start_connect(env.deps, ORG, "crm-megan", None, RETURN_URL)
+    parked = complete_connect(env.deps, env.authorize(parked_url, "megan"))  # signed in, not confirmed yet
 
     stored = list(env.stored_values())
-    issued = {secret for cache in recorder.serialized for secret in secrets_in(cache)}
     flow = env.deps.flows.take(query_of(pending_url)["state"], env.clock.now())
+    waiting = env.deps.flows.take(connect_code_key(ORG, "crm-megan", parked.connect_code), env.clock.now())
+    assert flow is not None and waiting is not None
+    caches = [*recorder.serialized, str(waiting.flow["cache"])]
+    issued = {secret for cache in caches for secret in secrets_in(cache)}
 
-    assert flow is not None and len(issued) >= 10
+    assert len(issued) >= 10
     assert any(value.startswith("v1.") for value in stored)
-    for secret in issued | {str(flow.flow["code_verifier"])}:
+    for secret in issued | {str(flow.flow["code_verifier"]), parked.connect_code}:
         assert len(secret) >= 20
         assert not any(secret in value for value in stored), "a secret was stored in plaintext"
 
@@ -93,7 +91,7 @@ def test_rotating_the_key_keeps_every_cache_readable_and_rewrites_them_under_the
     for result in (adele, megan):
         DelegatedTokenSource(env.identity, env.tokens, env.mailbox(result.mailbox_id))(False)
         assert env.tokens.stored_key_id(ORG, f"mailbox:{result.mailbox_id}") == "a"
-    pending = start_connect(env.deps, ORG, "crm-adele", env.upn("adele"), None)  # a flow saved under A
+    pending = start_connect(env.deps, ORG, "crm-adele", env.upn("adele"), RETURN_URL)  # a flow saved under A
 
     env.rotate(f"{KEY_B},{KEY_A}")
     for result in (adele, megan):

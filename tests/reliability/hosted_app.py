@@ -19,7 +19,6 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import requests
 from azure.data.tables import TableServiceClient
@@ -27,6 +26,7 @@ from azure.storage.queue import QueueClient
 
 from emulator.client import EmulatorClient
 from emulator.server import EmulatorServer
+from tests import connect_flow
 from tests.app_settings import register_app
 from tools.azurite import free_port
 
@@ -91,17 +91,9 @@ class HostedApp:
             time.sleep(0.2)
 
     def connect(self, emulator_client: EmulatorClient, org: str, upn: str, return_url: str) -> str:
-        """The CRM's "Connect mailbox": POST connect, sign in on the emulator's page, follow the redirect
-        to the callback (not further); returns the new mailbox's id."""
-        body = {"user_id": "crm-user-1", "login_hint": upn, "return_url": return_url}
-        started = self.api.post(self.url(f"orgs/{org}/mailboxes/connect"), json=body, timeout=30)
-        assert started.status_code == 200, started.text
-        callback = emulator_client.authorize(started.json()["authorize_url"], upn)
-        finished = requests.get(callback, allow_redirects=False, timeout=30)
-        assert finished.status_code == 302, finished.text
-        query = {k: v[0] for k, v in parse_qs(urlsplit(finished.headers["Location"]).query).items()}
-        assert query["status"] == "connected", query
-        return query["mailbox_id"]
+        """The CRM's "Connect mailbox": POST connect, sign in on the emulator's page, come back with a
+        connect code and confirm it; returns the new mailbox's id."""
+        return connect_flow.connect(self.api, self.url, emulator_client, org, upn, return_url=return_url)
 
     def stop(self) -> None:
         self.api.close()

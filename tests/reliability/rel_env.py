@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -33,12 +33,13 @@ from sync_core.auth.token_cache_store import TableAuthFlowStore, TableOrgTenantS
 from sync_core.domain.model import Activity, AttachmentSummary, Mailbox, MailboxStatus
 from sync_core.ports import ActivityStore, Clock, CursorStore, DeltaPage, LeaseStore, MailSource
 from sync_core.settings import Settings
-from sync_core.use_cases.connect import ConnectDeps, ConnectResult, complete_connect, start_connect
+from sync_core.use_cases.connect import ConnectDeps, ConnectResult, complete_connect, confirm_connect, start_connect
 from sync_core.use_cases.sync_mailbox import SyncDeps, SyncOutcome, sync_mailbox
 from tests.integration.sync_env import ADELE, CAROL, DAN, ERIN, ORG, STRANGER, SyncEnv
 
 # The redirect URI every emulator tenant's app registration allows (see emulator.client.REDIRECT_URI).
 PUBLIC_BASE_URL = "http://127.0.0.1:7071"
+RETURN_URL = "https://crm.example.com/settings/mailboxes"
 RECORD_OF = {CAROL: "c-carol", DAN: "c-dan", ERIN: "c-erin"}
 
 
@@ -319,15 +320,24 @@ class RelEnv(SyncEnv):
             )
         return self._identity
 
+    def allow_return_url(self) -> str:
+        """Put ``RETURN_URL`` on the org's allow-list (a delegated connect needs one); returns it."""
+        settings = self.stores.settings.get(ORG)
+        if RETURN_URL not in settings.return_url_allow_list:
+            allowed = (*settings.return_url_allow_list, RETURN_URL)
+            self.stores.settings.put(ORG, replace(settings, return_url_allow_list=allowed))
+        return RETURN_URL
+
     def connect(self, user: str = "adele") -> ConnectResult:
         """The delegated sign-in through the product's connect use case, the emulator standing in for
-        the browser and the sign-in page."""
+        the browser and the sign-in page, then the CRM's confirmation of its connect code."""
         _ = self.identity
         upn = self.tenant.users[user].upn
-        url = start_connect(self.connect_deps, ORG, f"crm-{user}", upn, None)
+        url = start_connect(self.connect_deps, ORG, f"crm-{user}", upn, self.allow_return_url())
         redirect = self.client.authorize(url, upn)
         result = complete_connect(self.connect_deps, dict(parse_qsl(urlsplit(redirect).query)))
         assert result.ok, result
+        confirm_connect(self.connect_deps, ORG, f"crm-{user}", result.connect_code)
         return result
 
     def close(self) -> None:

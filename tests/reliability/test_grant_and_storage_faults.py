@@ -98,7 +98,7 @@ def test_the_identity_platform_down_while_a_sign_in_completes_gives_a_try_again_
 ) -> None:
     _ = rel.identity
     upn = rel.tenant.users["adele"].upn
-    url = start_connect(rel.connect_deps, ORG, "crm-adele", upn, None)
+    url = start_connect(rel.connect_deps, ORG, "crm-adele", upn, rel.allow_return_url())
     callback = dict(parse_qsl(urlsplit(rel.client.authorize(url, upn)).query))
     before = {m.mailbox_id for m in rel.stores.mailboxes.list(ORG)}
     rel.client.add_fault(status=503, count=1, path_contains="/oauth2/v2.0/token")

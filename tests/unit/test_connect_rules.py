@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import base64
 import itertools
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -12,24 +14,39 @@ from typing import Any
 import pytest
 
 from sync_core.adapters.memory import InMemoryStores
+from sync_core.api.http import ApiError
+from sync_core.api.settings import settings_from_json
 from sync_core.auth.crypto import TokenCipher
-from sync_core.auth.msal_tokens import AppGrant, DelegatedGrant, IdentityError, TokenSource, reauth_error
+from sync_core.auth.msal_tokens import (
+    AdminSignIn,
+    AppGrant,
+    DelegatedGrant,
+    IdentityError,
+    TokenSource,
+    reauth_error,
+    token_roles,
+)
 from sync_core.auth.ports import OrgTenant, PendingAuthFlow
 from sync_core.auth.token_cache_store import MemoryAuthFlowStore, MemoryOrgTenantStore, MemoryTokenCacheStore
 from sync_core.domain.model import Mailbox, MailboxStatus, OrgSettings
 from sync_core.errors import MessageNotFound, TransientGraphError
 from sync_core.use_cases.connect import (
     ConnectDeps,
+    ConnectResult,
     InvalidRequest,
     add_app_mailbox,
     aliases_from_profile,
     complete_admin_consent,
     complete_connect,
+    confirm_connect,
     disconnect,
     mailbox_id_for,
+    missing_app_roles,
     return_url_allowed,
     sign_out_all,
+    start_admin_consent,
     start_connect,
+    tenant_allowed,
     with_params,
 )
 
@@ -58,7 +75,8 @@ class FakeIdentity:
     grant: DelegatedGrant | Exception = field(
         default_factory=lambda: DelegatedGrant("at-1", TENANT, ADELE["id"], "adele@contoso.example", "{}")
     )
-    proof: AppGrant | Exception = field(default_factory=lambda: AppGrant(TENANT, "app-at", "{}"))
+    proof: AppGrant | Exception = field(default_factory=lambda: AppGrant(TENANT, "app-at", "{}", ("Mail.Read",)))
+    admin: AdminSignIn = field(default_factory=lambda: AdminSignIn(TENANT, "admin-oid", "admin@contoso.example"))
     counter: Any = field(default_factory=lambda: itertools.count(1))
 
     def initiate_connect(self, redirect_uri: str, login_hint: str | None) -> dict[str, Any]:
@@ -69,6 +87,15 @@ class FakeIdentity:
         if isinstance(self.grant, Exception):
             raise self.grant
         return self.grant
+
+    def initiate_admin_sign_in(self, tenant: str, redirect_uri: str) -> dict[str, Any]:
+        state = f"admin-state-{next(self.counter)}"
+        return {"state": state, "auth_uri": f"https://login.example/{tenant}/authorize?state={state}"}
+
+    def redeem_admin_sign_in(
+        self, tenant: str, flow: Mapping[str, Any], auth_response: Mapping[str, str]
+    ) -> AdminSignIn:
+        return self.admin
 
     def admin_consent_url(self, tenant: str, redirect_uri: str, state: str) -> str:
         return f"https://login.example/{tenant}/v2.0/adminconsent?state={state}"
@@ -118,9 +145,17 @@ def deps() -> ConnectDeps:
     )
 
 
-def callback(deps: ConnectDeps, **extra: str) -> dict[str, str]:
-    url = start_connect(deps, "org", "crm-user", None, "https://crm.example.com/app/done")
+def callback(deps: ConnectDeps, login_hint: str | None = None, **extra: str) -> dict[str, str]:
+    url = start_connect(deps, "org", "crm-user", login_hint, "https://crm.example.com/app/done")
     return {"state": url.rpartition("=")[2], "code": "code-1", **extra}
+
+
+def connected(deps: ConnectDeps) -> ConnectResult:
+    """Sign-in callback, then the CRM's confirmation for the same CRM user."""
+    result = complete_connect(deps, callback(deps))
+    assert result.ok and result.connect_code
+    confirm_connect(deps, "org", "crm-user", result.connect_code)
+    return result
 
 
 # -- rules ---------------------------------------------------------------------------------------------
@@ -261,7 +296,7 @@ def test_an_admin_consent_state_cannot_complete_a_user_connect(deps: ConnectDeps
 
 
 def test_an_admin_consent_in_another_tenant_than_the_requested_one_is_refused(deps: ConnectDeps) -> None:
-    deps.flows.save(PendingAuthFlow("s", "org", "admin_consent", T0, flow={"tenant_hint": TENANT}))
+    deps.flows.save(PendingAuthFlow("s", "org", "admin_consent", T0, flow={"tenant_id": TENANT}))
 
     result = complete_admin_consent(
         deps, {"admin_consent": "True", "tenant": "99999999-2222-3333-4444-555555555555", "state": "s"}
@@ -280,7 +315,7 @@ def test_a_consent_callback_without_a_tenant_guid_is_refused(deps: ConnectDeps) 
 
 
 def test_connecting_creates_an_active_mailbox_watermarked_at_the_connect_time(deps: ConnectDeps) -> None:
-    result = complete_connect(deps, callback(deps))
+    result = connected(deps)
 
     stored = deps.mailboxes.get("org", result.mailbox_id)
     assert result.ok and stored is not None
@@ -289,13 +324,13 @@ def test_connecting_creates_an_active_mailbox_watermarked_at_the_connect_time(de
 
 
 def test_reconnecting_a_paused_mailbox_refreshes_its_tokens_but_keeps_it_paused(deps: ConnectDeps) -> None:
-    first = complete_connect(deps, callback(deps))
+    first = connected(deps)
     stored = deps.mailboxes.get("org", first.mailbox_id)
     assert stored is not None
     deps.mailboxes.replace(replace(stored.value, status=MailboxStatus.PAUSED, enabled=False), stored.etag)
     deps.tokens.delete("org", f"mailbox:{first.mailbox_id}")
 
-    again = complete_connect(deps, callback(deps))
+    again = connected(deps)
 
     kept = deps.mailboxes.get("org", first.mailbox_id)
     assert again.ok and kept is not None
@@ -304,7 +339,7 @@ def test_reconnecting_a_paused_mailbox_refreshes_its_tokens_but_keeps_it_paused(
 
 
 def test_sign_out_all_leaves_disconnected_mailboxes_alone(deps: ConnectDeps) -> None:
-    first = complete_connect(deps, callback(deps))
+    first = connected(deps)
     disconnect(deps, "org", first.mailbox_id)
     deps.clock.current += timedelta(minutes=1)  # type: ignore[attr-defined]
 
@@ -320,3 +355,85 @@ def test_a_lookup_of_an_unknown_address_in_app_mode_is_a_request_error(deps: Con
     with pytest.raises(InvalidRequest) as info:
         add_app_mailbox(deps, "org", "Nobody@Contoso.example")
     assert info.value.code == "address_not_found"
+
+
+# -- connect confirmation and consent proof ----------------------------------------------------------------
+
+
+def test_the_callback_activates_nothing_and_only_the_starting_crm_user_can_confirm(deps: ConnectDeps) -> None:
+    result = complete_connect(deps, callback(deps))
+
+    assert result.ok and not result.activated and deps.mailboxes.list("org") == ()
+    with pytest.raises(InvalidRequest):
+        confirm_connect(deps, "org", "crm-other-user", result.connect_code)
+    assert deps.mailboxes.list("org") == ()
+    mailbox = confirm_connect(deps, "org", "crm-user", result.connect_code)
+    assert mailbox.status is MailboxStatus.ACTIVE and mailbox.user_id == "crm-user"
+    with pytest.raises(InvalidRequest):
+        confirm_connect(deps, "org", "crm-user", result.connect_code)
+
+
+def test_a_sign_in_by_an_account_that_does_not_own_the_login_hint_is_refused(deps: ConnectDeps) -> None:
+    assert complete_connect(deps, callback(deps, "ADELE.VANCE@contoso.example")).ok
+    refused = complete_connect(deps, callback(deps, "megan@contoso.example"))
+
+    assert not refused.ok and refused.error == "wrong_account"
+
+
+@pytest.mark.parametrize(
+    ("allowed", "result"),
+    [
+        ((), True),
+        ((TENANT,), True),
+        (("contoso.example",), True),
+        (("fabrikam.example", TENANT.upper()), True),
+        (("fabrikam.example",), False),
+        (("99999999-2222-3333-4444-555555555555",), False),
+        (("example",), False),
+    ],
+)
+def test_a_tenant_is_allowed_by_its_id_or_the_domain_of_the_accounts_upn(
+    allowed: tuple[str, ...], result: bool
+) -> None:
+    assert tenant_allowed(allowed, TENANT, "Adele@Contoso.example") is result
+
+
+def test_allowed_tenants_are_validated_and_normalised_and_confirmation_is_on_by_default() -> None:
+    settings = settings_from_json({"allowed_tenants": [TENANT.upper(), "Contoso.Example", "contoso.example"]})
+
+    assert settings.allowed_tenants == (TENANT, "contoso.example") and settings.connect_confirmation is True
+    assert settings_from_json({"connect_confirmation": False}).connect_confirmation is False
+    with pytest.raises(ApiError):
+        settings_from_json({"allowed_tenants": ["not a tenant"]})
+
+
+def test_mail_read_is_needed_and_mail_readwrite_includes_it() -> None:
+    assert missing_app_roles(("User.Read.All",), ("Mail.Read",)) == ("Mail.Read",)
+    assert missing_app_roles(("mail.read",), ("Mail.Read",)) == ()
+    assert missing_app_roles(("Mail.ReadWrite",), ("Mail.Read",)) == ()
+
+
+def test_the_roles_of_an_app_token_are_read_from_its_claims_and_an_opaque_token_has_none() -> None:
+    payload = base64.urlsafe_b64encode(json.dumps({"roles": ["Mail.Read"]}).encode()).decode().rstrip("=")
+
+    assert token_roles(f"h.{payload}.s") == ("Mail.Read",)
+    assert token_roles("opaque") == () and token_roles("a.%%%.b") == ()
+
+
+def admin_consent_through(deps: ConnectDeps) -> ConnectResult:
+    url = start_admin_consent(deps, "org", None, "https://crm.example.com/app")
+    signed_in = complete_admin_consent(deps, {"state": url.rpartition("=")[2], "code": "c"})
+    assert signed_in.continues and signed_in.redirect_url is not None
+    state = signed_in.redirect_url.rpartition("=")[2]
+    return complete_admin_consent(deps, {"admin_consent": "True", "tenant": TENANT, "state": state})
+
+
+def test_a_consent_proven_by_a_token_without_mail_read_is_refused_and_records_nothing(deps: ConnectDeps) -> None:
+    deps.identity = FakeIdentity(proof=AppGrant(TENANT, "app-at", "{}", ("User.Read.All",)))
+
+    result = admin_consent_through(deps)
+
+    assert not result.ok and result.error == "consent_missing_roles"
+    assert deps.tenants.get("org") is None
+    deps.identity = FakeIdentity()
+    assert admin_consent_through(deps).ok and deps.tenants.get("org") is not None
