@@ -130,7 +130,7 @@ def test_one_activity_reads_back_in_full_and_an_unknown_one_is_404(
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
 
 
-def test_delete_removes_the_activity_from_every_view_and_repeating_it_is_harmless(
+def test_delete_removes_the_activity_from_every_view_and_repeating_it_is_a_json_404(
     app_host: AppUnderTest, api: requests.Session, org: str
 ) -> None:
     ids = store(org, ("<m1@x>", "t1", 1, ("cand-1",)), ("<m2@x>", "t1", 2, ("cand-1",)))
@@ -142,7 +142,22 @@ def test_delete_removes_the_activity_from_every_view_and_repeating_it_is_harmles
     assert [a["internet_message_id"] for a in timeline(app_host, api, org, "cand-1")["activities"]] == ["<m1@x>"]
     [thread] = timeline(app_host, api, org, "cand-1", view="threads")["threads"]
     assert [a["internet_message_id"] for a in thread["activities"]] == ["<m1@x>"]
-    assert api.delete(url).status_code == 204
+    again = api.delete(url)
+    assert (again.status_code, again.json()["error"]["code"]) == (404, "not_found")
+
+
+def test_deleting_an_activity_that_never_existed_is_a_json_404_and_deletes_nothing(
+    app_host: AppUnderTest, api: requests.Session, org: str
+) -> None:
+    ids = store(org, ("<m1@x>", "t1", 1, ("cand-1",)))
+    unknown = app_host.url(f"orgs/{org}/activities/act-never-stored")
+
+    answer = api.delete(unknown)
+
+    assert answer.status_code == 404
+    assert answer.headers["Content-Type"].startswith("application/json")
+    assert answer.json() == {"error": {"code": "not_found", "message": "activity not found", "details": None}}
+    assert api.get(app_host.url(f"orgs/{org}/activities/{ids['<m1@x>']}")).status_code == 200
 
 
 def test_nothing_of_one_org_is_readable_or_deletable_through_another(
@@ -154,7 +169,7 @@ def test_nothing_of_one_org_is_readable_or_deletable_through_another(
     assert api.get(app_host.url(f"orgs/{other}/activities/{ids['<m1@x>']}")).status_code == 404
     assert timeline(app_host, api, other, "cand-1")["activities"] == []
     assert timeline(app_host, api, other, "cand-1", view="threads")["threads"] == []
-    assert api.delete(app_host.url(f"orgs/{other}/activities/{ids['<m1@x>']}")).status_code == 204
+    assert api.delete(app_host.url(f"orgs/{other}/activities/{ids['<m1@x>']}")).status_code == 404
     assert api.get(app_host.url(f"orgs/{org}/activities/{ids['<m1@x>']}")).status_code == 200
 
 
