@@ -257,7 +257,7 @@ def issued_secrets(hosted: HostedApp, emulator: EmulatorServer, org: str, mailbo
     return {value: what for value, what in found.items() if len(value) >= 12}
 
 
-def test_a_full_flow_logs_no_token_secret_key_subject_or_body_at_any_level(
+def test_a_full_flow_logs_no_token_secret_key_subject_body_or_unmatched_address_at_any_level(
     hosted: HostedApp, emulator: EmulatorServer, emulator_client: EmulatorClient, tenant: EmulatorTenant
 ) -> None:
     org, token = new_org(), uuid.uuid4().hex
@@ -270,7 +270,10 @@ def test_a_full_flow_logs_no_token_secret_key_subject_or_body_at_any_level(
     user = tenant.users["adele"]
     private: list[str] = []
     received = datetime.now(UTC) + timedelta(seconds=2)
-    for k, sender in enumerate((CAROL, "stranger@nowhere.example", CAROL)):
+    # The unmatched sender's address is unique to this run, so any trace of it in a log is a leak: the
+    # app looks it up in the records index (Table query URLs carry it), then must forget it.
+    stranger = f"stranger-{token}@nowhere.example"
+    for k, sender in enumerate((CAROL, stranger, CAROL)):
         subject, body = f"Private subject {token} {k}", f"Private body {token}-{k} account 4242"
         emulator_client.deliver(user.upn, from_=sender, to=[user.mail], subject=subject, body=body,
                                 received=(received + timedelta(seconds=k)).isoformat())  # fmt: skip
@@ -296,6 +299,8 @@ def test_a_full_flow_logs_no_token_secret_key_subject_or_body_at_any_level(
 
     secrets = issued_secrets(hosted, emulator, org, mailbox_id)
     secrets.update({value: "message subject, body or callback parameter" for value in private})
+    # Its local part survives every encoding a URL or a Table filter gives the address (%40, %27, quoting).
+    secrets[stranger.partition("@")[0]] = "address of unmatched mail"
     records = hosted.log_records()
     leaks = [
         (what, record["logger"], record["level"], record["message"][:200])
@@ -316,6 +321,6 @@ def test_a_full_flow_logs_no_token_secret_key_subject_or_body_at_any_level(
         for entity in service.get_table_client(table.name).list_entities()
         for text in [repr(dict(entity))]
         for value, what in secrets.items()
-        if what != "message subject, body or callback parameter" and value in text
+        if what not in ("message subject, body or callback parameter", "address of unmatched mail") and value in text
     ]
     assert table_leaks == []
