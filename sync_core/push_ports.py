@@ -89,7 +89,9 @@ class SubscriptionStore(Protocol):
         """Add to the subscription's counters (and note a lifecycle event); a missing one is ignored."""
 
     def count_unknown(self, notifications: int) -> None:
-        """Count notifications that named no subscription of ours (not attributable to any org)."""
+        """Count notifications that named no subscription of ours (not attributable to any org). Anonymous
+        traffic calls this: concurrent callers never wait on one another (no single hot entity), and a
+        count lost to contention is acceptable (a diagnostic)."""
 
     def unknown_count(self) -> int: ...
 

@@ -5,8 +5,9 @@ Layout of ``<prefix>subscriptions`` (PartitionKey / RowKey):
   One partition per org: listing an org or a mailbox is one partition query.
 - ``id|<subscription id>`` / ``id``: which (org, mailbox, folder) a Graph subscription id belongs to, so
   a notification (which names only the id) is two point reads.
-- ``%counters`` / ``unknown``: notifications that named no subscription of ours. (``key_part`` escapes
-  ``%`` and ``|``, so no org partition can be ``%counters`` or start with ``id|``.)
+- ``%counters`` / ``unknown|<shard>``: notifications that named no subscription of ours, spread over
+  ``UNKNOWN_SHARDS`` rows (plus ``unknown`` itself, where older versions counted them all). (``key_part``
+  escapes ``%`` and ``|``, so no org partition can be ``%counters`` or start with ``id|``.)
 
 Invariants:
 - ``put`` writes the id row before the record; ``remove`` deletes the record (only while it still holds
@@ -14,6 +15,9 @@ Invariants:
   missing or newer, which ``get`` treats as unknown.
 - Counter updates are ETag-conditional read-modify-writes, retried (with jitter) on a concurrent change,
   up to ``COUNT_ATTEMPTS`` times; a count lost past that is logged (counters are diagnostics).
+- The unknown count is anonymous traffic, so it has no hot entity: each update goes to a random shard
+  and, on a concurrent change, to another one, at most ``UNKNOWN_ATTEMPTS`` times, without waiting;
+  ``unknown_count`` sums the shards (one partition query).
 - ``all`` is a filtered scan of the table (the maintenance timer's one read of every subscription).
 """
 
@@ -47,9 +51,15 @@ from sync_core.push_ports import PushSubscription
 log = logging.getLogger(__name__)
 
 COUNT_ATTEMPTS = 20  # counter updates are read-modify-writes; concurrent notifications retry this often
+UNKNOWN_SHARDS = 16
+UNKNOWN_ATTEMPTS = 3
 _ID_ROW = "id"
 _COUNTERS = ("%counters", "unknown")
 _KIND = "sub"
+
+
+def unknown_shard_row(shard: int) -> str:
+    return keys.compose(_COUNTERS[1], f"{shard:02d}")
 
 
 def record_row(mailbox_id: str, folder: str) -> str:
@@ -157,8 +167,9 @@ class TableSubscriptionStore:
         log.warning("subscriptions: a count of %s was lost to contention", subscription_id)
 
     def count_unknown(self, notifications: int) -> None:
-        partition, row = _COUNTERS
-        for _ in range(COUNT_ATTEMPTS):
+        partition = _COUNTERS[0]
+        for shard in random.sample(range(UNKNOWN_SHARDS), UNKNOWN_ATTEMPTS):
+            row = unknown_shard_row(shard)
             entity = self._table.get(partition, row)
             total = int(entity.get("count", 0)) + notifications if entity is not None else notifications
             body: dict[str, Any] = {"PartitionKey": partition, "RowKey": row, "count": total}
@@ -169,11 +180,14 @@ class TableSubscriptionStore:
                     self._table.write(Write("update", body, etag_of(entity)))
                 return
             except (AlreadyExists, ConcurrencyConflict):
-                time.sleep(random.uniform(0, 0.02))
+                continue  # another request holds this shard: take another, never wait
+        log.warning("subscriptions: a count of %d unknown notifications was lost to contention", notifications)
 
     def unknown_count(self) -> int:
-        entity = self._table.get(*_COUNTERS)
-        return int(entity.get("count", 0)) if entity is not None else 0
+        partition, legacy = _COUNTERS
+        low, high = keys.prefix_bounds(legacy)
+        rows = [self._table.get(partition, legacy), *self._table.rows(partition, at_least=low, below=high)]
+        return sum(int(entity.get("count", 0)) for entity in rows if entity is not None)
 
 
 def _entity(subscription: PushSubscription) -> dict[str, Any]:

@@ -209,7 +209,9 @@ def test_forged_change_and_lifecycle_notifications_are_ignored_and_answered_like
     after = due.get(org, mailbox_id)
     assert (after.value.queued_at if after else None) == (before.value.queued_at if before else None)
     stored = store.get(subscription_id)
-    assert stored is not None and stored.rejected == 5 and stored.notifications == 0  # the unknown id: not ours
+    # Counted on the subscription: the 4 wrong clientStates. Not: the unknown id (not ours), and the item
+    # without a clientState (malformed, refused before any storage read).
+    assert stored is not None and stored.rejected == 4 and stored.notifications == 0
     assert stored.last_lifecycle_event == ""
     assert hosted.queue_empty()
     # The genuine one, for contrast: the same request with the right clientState queues a sync.
