@@ -160,6 +160,33 @@ def test_deleting_an_activity_that_never_existed_is_a_json_404_and_deletes_nothi
     assert api.get(app_host.url(f"orgs/{org}/activities/{ids['<m1@x>']}")).status_code == 200
 
 
+def test_every_route_naming_an_unknown_id_answers_the_same_json_404(
+    app_host: AppUnderTest, api: requests.Session, org: str
+) -> None:
+    records, activities = app_host.url(f"orgs/{org}/records"), app_host.url(f"orgs/{org}/activities")
+    mailbox = app_host.url(f"orgs/{org}/mailboxes/mbx_nobody")
+    answers = {
+        "GET record": api.get(f"{records}/nobody"),
+        "DELETE record": api.delete(f"{records}/nobody"),
+        "GET activity": api.get(f"{activities}/act-nobody"),
+        "DELETE activity": api.delete(f"{activities}/act-nobody"),
+        "GET mailbox": api.get(mailbox),
+        "PATCH mailbox": api.patch(mailbox, json={"enabled": False}),
+        "DELETE mailbox": api.delete(mailbox),
+        "GET runs": api.get(f"{mailbox}/runs"),
+        "POST explain": api.post(f"{mailbox}/explain", json={"internet_message_id": "<x@example.com>"}),
+        "POST sync": api.post(f"{mailbox}/sync"),
+        "POST backfill": api.post(f"{mailbox}/backfill", json={"days": 7}),
+    }
+
+    def shape(answer: requests.Response) -> tuple[int, str, set[str], str]:
+        error = answer.json()["error"]
+        return answer.status_code, answer.headers["Content-Type"].split(";")[0], set(error), error["code"]
+
+    shapes = {route: shape(answer) for route, answer in answers.items()}
+    assert shapes == dict.fromkeys(answers, (404, "application/json", {"code", "message", "details"}, "not_found"))
+
+
 def test_nothing_of_one_org_is_readable_or_deletable_through_another(
     app_host: AppUnderTest, api: requests.Session, org: str
 ) -> None:
