@@ -298,11 +298,22 @@ def test_a_full_flow_logs_no_token_secret_key_subject_body_or_unmatched_address_
     private += [f"Private subject {token} late", f"{token}-late", f"code-{token}"]
     sync_now(hosted, org, mailbox_id)
     wait_for_timeline(hosted, org, "contact-1", 3)
+    # Unmatched mail through the other door, RFC 822 ingest, from (and copied to) another unique address.
+    uploaded = hosted.api.post(
+        hosted.url(f"orgs/{org}/messages:ingest"),
+        data=(f"From: <{stranger}>\r\nTo: <{user.mail}>\r\nCc: <other-{token}@elsewhere.example>\r\n"
+              f"Subject: Private subject {token} upload\r\nDate: Mon, 7 Dec 2026 09:00:00 +0000\r\n"
+              f"Message-ID: <upload-{token}@nowhere.example>\r\n\r\nPrivate body {token}-upload\r\n").encode(),
+        headers={"Content-Type": "message/rfc822"}, timeout=30,
+    )  # fmt: skip
+    assert uploaded.status_code == 200 and uploaded.json()["outcome"] == "not_logged", uploaded.text
+    private += [f"Private subject {token} upload", f"{token}-upload"]
 
     secrets = issued_secrets(hosted, emulator, org, mailbox_id)
     secrets.update({value: "message subject, body or callback parameter" for value in private})
     # Its local part survives every encoding a URL or a Table filter gives the address (%40, %27, quoting).
     secrets[stranger.partition("@")[0]] = "address of unmatched mail"
+    secrets[f"other-{token}"] = "address of unmatched mail"
     records = hosted.log_records()
     leaks = [
         (what, record["logger"], record["level"], record["message"][:200])
