@@ -14,7 +14,9 @@ Invariants:
   that subscription id) before the id row. A crash in between leaves at worst an id row whose record is
   missing or newer, which ``get`` treats as unknown.
 - Counter updates are ETag-conditional read-modify-writes, retried (with jitter) on a concurrent change,
-  up to ``COUNT_ATTEMPTS`` times; a count lost past that is logged (counters are diagnostics).
+  up to ``COUNT_ATTEMPTS`` times; a count lost past that is logged (counters are diagnostics). A count of
+  rejected notifications only (forgeries, anonymous) gets one attempt: a flood of forgeries naming one
+  subscription never makes requests wait on its entity; under contention some of them go uncounted.
 - The unknown count is anonymous traffic, so it has no hot entity: each update goes to a random shard
   and, on a concurrent change, to another one, at most ``UNKNOWN_ATTEMPTS`` times, without waiting;
   ``unknown_count`` sums the shards (one partition query).
@@ -147,7 +149,8 @@ class TableSubscriptionStore:
             return
         partition = keys.org_partition(str(pointer["org_id"]))
         row = record_row(str(pointer["mailbox_id"]), str(pointer["folder"]))
-        for _ in range(COUNT_ATTEMPTS):
+        genuine = bool(accepted or lifecycle)
+        for _ in range(COUNT_ATTEMPTS if genuine else 1):
             entity = self._table.get(partition, row)
             if entity is None or entity.get("subscription_id") != subscription_id:
                 return
@@ -163,8 +166,10 @@ class TableSubscriptionStore:
                 self._table.write(Write("update", _entity(updated), etag_of(entity)))
                 return
             except ConcurrencyConflict:
-                time.sleep(random.uniform(0, 0.02))  # concurrent notifications of one subscription: spread out
-        log.warning("subscriptions: a count of %s was lost to contention", subscription_id)
+                if genuine:
+                    time.sleep(random.uniform(0, 0.02))  # concurrent notifications of one subscription: spread out
+        if genuine:
+            log.warning("subscriptions: a count of %s was lost to contention", subscription_id)
 
     def count_unknown(self, notifications: int) -> None:
         partition = _COUNTERS[0]

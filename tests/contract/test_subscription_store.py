@@ -181,6 +181,39 @@ def test_unknown_counts_are_spread_over_shards_so_concurrent_requests_share_no_h
     assert sum(counters.values()) == 40
 
 
+class ConflictingTable:
+    """The adapter's own ``Table`` whose next ``conflicts`` writes fail as if another writer came first."""
+
+    def __init__(self, inner: Any, conflicts: int) -> None:
+        self.inner, self.conflicts, self.writes = inner, conflicts, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def write(self, operation: Any) -> str:
+        self.writes += 1
+        if self.conflicts:
+            self.conflicts -= 1
+            raise ConcurrencyConflict("another writer")
+        return str(self.inner.write(operation))
+
+
+@pytest.mark.parametrize("push", ["azurite"], indirect=True)  # contention is the Table adapter's
+def test_a_forged_rejection_count_never_waits_on_a_busy_subscription_but_genuine_counts_retry(push: Push) -> None:
+    push.subscriptions.put(sub())
+    table = ConflictingTable(push.subscriptions._table, conflicts=1)
+    push.subscriptions._table = table
+
+    push.subscriptions.count("s-1", accepted=0, rejected=1, at=T0)  # one attempt, lost to the other writer
+    rejected_writes = table.writes
+    table.conflicts = 2
+    push.subscriptions.count("s-1", accepted=1, rejected=0, at=T0)  # retried until it lands
+
+    assert rejected_writes == 1 and table.writes == 1 + 3
+    got = push.subscriptions.get("s-1")
+    assert (got.rejected, got.notifications) == (0, 1)
+
+
 @pytest.mark.parametrize("push", ["azurite"], indirect=True)
 def test_the_unknown_count_kept_in_one_row_by_older_versions_is_still_added(push: Push) -> None:
     push.subscriptions.count_unknown(2)
