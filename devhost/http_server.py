@@ -134,7 +134,9 @@ class HttpApp:
         self, method: str, path: str, headers: Mapping[str, str], params: Mapping[str, str], body: bytes
     ) -> Reply:
         segments = [s for s in path.split("/") if s]
-        if segments == ["admin", "host", "status"] and method == "GET":
+        if [s.lower() for s in segments] == ["admin", "host", "status"]:
+            if method != "GET":
+                return error_reply(405, "method_not_allowed", "Use GET.", [("Allow", "GET")])
             return Reply(200, [("Content-Type", "application/json")], b'{"state": "Running"}')
         if len(segments) != 3 or segments[1].lower() != "functions":
             return error_reply(404, "not_found", "Unknown admin endpoint.")

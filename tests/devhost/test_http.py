@@ -198,6 +198,16 @@ def test_any_method_a_route_does_not_serve_gets_a_json_405_with_allow_and_elsewh
     assert nowhere.status_code == 404 and nowhere.json()["error"]["code"] == "not_found"
 
 
+@pytest.mark.parametrize("method", ["TRACE", "DELETE", "BREW"])
+def test_the_admin_api_answers_other_methods_with_a_json_405(devhost_start: StartHost, method: str) -> None:
+    host = devhost_start()
+    status = requests.request(method, f"{host.origin}/admin/host/status", timeout=5)
+    invoke = requests.request(method, f"{host.origin}/admin/functions/tick", timeout=5)
+
+    assert [(r.status_code, r.headers["Allow"]) for r in (status, invoke)] == [(405, "GET"), (405, "POST")]
+    assert {r.json()["error"]["code"] for r in (status, invoke)} == {"method_not_allowed"}
+
+
 def test_connect_gets_a_json_404_not_a_501_page(devhost_start: StartHost) -> None:
     host = devhost_start()
     request = b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"
