@@ -53,8 +53,8 @@ from sync_core.push_ports import PushSubscription
 log = logging.getLogger(__name__)
 
 COUNT_ATTEMPTS = 20  # counter updates are read-modify-writes; concurrent notifications retry this often
-UNKNOWN_SHARDS = 16
-UNKNOWN_ATTEMPTS = 3
+UNKNOWN_SHARDS = 32
+UNKNOWN_ATTEMPTS = 8  # each on another shard, never waiting: loss needs 8 collisions in a row
 _ID_ROW = "id"
 _COUNTERS = ("%counters", "unknown")
 _KIND = "sub"
