@@ -2,9 +2,14 @@
 
 Invariants:
 
-* Error replies are JSON ``{"error": {"code": ..., "message": ...}}``: 401 unauthorized,
-  404 not_found, 405 method_not_allowed (with ``Allow``), 413 request_too_large,
-  500 internal_error. A 500 never contains exception text (the traceback goes to the log).
+* Error replies are the app's JSON ``{"error": {"code": ..., "message": ..., "details": null}}``:
+  401 unauthorized, 404 not_found, 405 method_not_allowed (with ``Allow``), 413 request_too_large,
+  500 internal_error (a function failed; never with exception text, the traceback goes to the log).
+  Requests the HTTP layer itself refuses (malformed request line or headers, an unusable ``Host``) get
+  the same JSON shape with their 4xx (505 for an HTTP version other than 1.x), never an HTML page.
+* Every method token is dispatched like GET or POST (TRACE, CONNECT, OPTIONS, HEAD, anything):
+  a route that exists for other methods answers 405 with ``Allow``, no route 404; never 501. A reply
+  to HEAD carries the headers (with the Content-Length) and no body.
 * Keys: when ``LOCAL_FUNCTIONS_KEY`` is set, ``function``/``admin`` functions and the admin API
   need it in ``x-functions-key`` or ``?code=``; when it is unset nothing is enforced (as Core
   Tools does locally). ``anonymous`` functions and ``GET /admin/host/status`` are always open.
@@ -40,7 +45,7 @@ class Reply:
 
 
 def error_reply(status: int, code: str, message: str, headers: list[tuple[str, str]] | None = None) -> Reply:
-    body = json.dumps({"error": {"code": code, "message": message}}).encode("utf-8")
+    body = json.dumps({"error": {"code": code, "message": message, "details": None}}).encode("utf-8")
     return Reply(status, [("Content-Type", "application/json; charset=utf-8"), *(headers or [])], body)
 
 
@@ -129,7 +134,9 @@ class HttpApp:
         self, method: str, path: str, headers: Mapping[str, str], params: Mapping[str, str], body: bytes
     ) -> Reply:
         segments = [s for s in path.split("/") if s]
-        if segments == ["admin", "host", "status"] and method == "GET":
+        if [s.lower() for s in segments] == ["admin", "host", "status"]:
+            if method != "GET":
+                return error_reply(405, "method_not_allowed", "Use GET.", [("Allow", "GET")])
             return Reply(200, [("Content-Type", "application/json")], b'{"state": "Running"}')
         if len(segments) != 3 or segments[1].lower() != "functions":
             return error_reply(404, "not_found", "Unknown admin endpoint.")
@@ -173,6 +180,15 @@ def _to_reply(result: Any, method: str) -> Reply:
     return Reply(result.status_code, headers, b"" if method == "HEAD" else result.get_body())
 
 
+_HTTP_ERRORS = {
+    400: "bad_request",
+    408: "request_timeout",
+    414: "uri_too_long",
+    431: "request_header_fields_too_large",
+    505: "http_version_not_supported",
+}
+
+
 class _BodyTooLarge(Exception):
     pass
 
@@ -200,10 +216,26 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             headers = {k.lower(): v for k, v in self.headers.items()}
             host = self.headers.get("Host") or f"{self.server.bind_host}:{self.server.server_port}"
-            reply = self.server.app.handle(self.command, f"http://{host}{self.path}", headers, body)
+            try:
+                reply = self.server.app.handle(self.command, f"http://{host}{self.path}", headers, body)
+            except ValueError:  # e.g. a Host header that is no host: the URL cannot be parsed
+                reply = error_reply(400, "bad_request", "Malformed request target or Host header.")
+                self.close_connection = True
         self._write(reply)
 
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _serve
+    def __getattr__(self, name: str) -> Any:
+        """``do_<METHOD>`` for every method token: the app, not the socket layer, decides (405/404)."""
+        if name.startswith("do_"):
+            return self._serve
+        raise AttributeError(name)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The socket layer's own refusals (bad request line, too long, bad version) in the app's JSON."""
+        reason = _HTTP_ERRORS.get(code, "bad_request")
+        if not str(self.request_version).startswith("HTTP/1."):
+            self.request_version = "HTTP/1.1"  # refused before the version was known: still a full reply
+        self.close_connection = True
+        self._write(error_reply(code, reason, message or "The request could not be read."))
 
     def _read_body(self, limit: int) -> bytes:
         try:
@@ -241,11 +273,11 @@ class _Handler(BaseHTTPRequestHandler):
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
-        if reply.body:
+        if reply.body and self.command != "HEAD":
             self.wfile.write(reply.body)
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        log.debug("%s %s -> %s", self.command, urlsplit(self.path).path, code)
+        log.debug("%s %s -> %s", self.command, urlsplit(getattr(self, "path", "")).path, code)
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("HTTP connection error (details withheld)")

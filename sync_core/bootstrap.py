@@ -43,8 +43,14 @@ if TYPE_CHECKING:
     from sync_core.use_cases.webhooks import WebhookDeps, WebhookEvents
 
 log = logging.getLogger(__name__)
-# The Azure SDK logs every storage request at INFO; keep worker logs about the product.
+# HTTP client libraries log request URLs: the Azure SDK every storage request at INFO, urllib3 every
+# request line at DEBUG and retries or unparsable headers (with the URL) at WARNING, under requests and
+# azure-core alike. Table query URLs carry partition and row keys, which hold addresses, unmatched mail's
+# included, so these loggers stay above those levels whatever level the app runs at (failures still reach
+# the app as exceptions, which it logs without URLs). Keep worker logs about the product.
 logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
+logging.getLogger("urllib3").setLevel(logging.ERROR)
+logging.getLogger("requests").setLevel(logging.WARNING)
 # MSAL's DEBUG log of the token cache shows authorization codes and PKCE verifiers: never let it through.
 logging.getLogger("msal").setLevel(logging.INFO)
 

@@ -86,10 +86,13 @@ class SubscriptionStore(Protocol):
         already holds another subscription. Missing is fine."""
 
     def count(self, subscription_id: str, *, accepted: int, rejected: int, at: datetime, lifecycle: str = "") -> None:
-        """Add to the subscription's counters (and note a lifecycle event); a missing one is ignored."""
+        """Add to the subscription's counters (and note a lifecycle event); a missing one is ignored. A
+        count of rejected notifications only never waits on concurrent writers (it may be lost to them)."""
 
     def count_unknown(self, notifications: int) -> None:
-        """Count notifications that named no subscription of ours (not attributable to any org)."""
+        """Count notifications that named no subscription of ours (not attributable to any org). Anonymous
+        traffic calls this: concurrent callers never wait on one another (no single hot entity), and a
+        count lost to contention is acceptable (a diagnostic)."""
 
     def unknown_count(self) -> int: ...
 

@@ -5,15 +5,21 @@ Layout of ``<prefix>subscriptions`` (PartitionKey / RowKey):
   One partition per org: listing an org or a mailbox is one partition query.
 - ``id|<subscription id>`` / ``id``: which (org, mailbox, folder) a Graph subscription id belongs to, so
   a notification (which names only the id) is two point reads.
-- ``%counters`` / ``unknown``: notifications that named no subscription of ours. (``key_part`` escapes
-  ``%`` and ``|``, so no org partition can be ``%counters`` or start with ``id|``.)
+- ``%counters`` / ``unknown|<shard>``: notifications that named no subscription of ours, spread over
+  ``UNKNOWN_SHARDS`` rows (plus ``unknown`` itself, where older versions counted them all). (``key_part``
+  escapes ``%`` and ``|``, so no org partition can be ``%counters`` or start with ``id|``.)
 
 Invariants:
 - ``put`` writes the id row before the record; ``remove`` deletes the record (only while it still holds
   that subscription id) before the id row. A crash in between leaves at worst an id row whose record is
   missing or newer, which ``get`` treats as unknown.
 - Counter updates are ETag-conditional read-modify-writes, retried (with jitter) on a concurrent change,
-  up to ``COUNT_ATTEMPTS`` times; a count lost past that is logged (counters are diagnostics).
+  up to ``COUNT_ATTEMPTS`` times; a count lost past that is logged (counters are diagnostics). A count of
+  rejected notifications only (forgeries, anonymous) gets one attempt: a flood of forgeries naming one
+  subscription never makes requests wait on its entity; under contention some of them go uncounted.
+- The unknown count is anonymous traffic, so it has no hot entity: each update goes to a random shard
+  and, on a concurrent change, to another one, at most ``UNKNOWN_ATTEMPTS`` times, without waiting;
+  ``unknown_count`` sums the shards (one partition query).
 - ``all`` is a filtered scan of the table (the maintenance timer's one read of every subscription).
 """
 
@@ -47,9 +53,15 @@ from sync_core.push_ports import PushSubscription
 log = logging.getLogger(__name__)
 
 COUNT_ATTEMPTS = 20  # counter updates are read-modify-writes; concurrent notifications retry this often
+UNKNOWN_SHARDS = 32
+UNKNOWN_ATTEMPTS = 8  # each on another shard, never waiting: loss needs 8 collisions in a row
 _ID_ROW = "id"
 _COUNTERS = ("%counters", "unknown")
 _KIND = "sub"
+
+
+def unknown_shard_row(shard: int) -> str:
+    return keys.compose(_COUNTERS[1], f"{shard:02d}")
 
 
 def record_row(mailbox_id: str, folder: str) -> str:
@@ -137,7 +149,8 @@ class TableSubscriptionStore:
             return
         partition = keys.org_partition(str(pointer["org_id"]))
         row = record_row(str(pointer["mailbox_id"]), str(pointer["folder"]))
-        for _ in range(COUNT_ATTEMPTS):
+        genuine = bool(accepted or lifecycle)
+        for _ in range(COUNT_ATTEMPTS if genuine else 1):
             entity = self._table.get(partition, row)
             if entity is None or entity.get("subscription_id") != subscription_id:
                 return
@@ -153,12 +166,15 @@ class TableSubscriptionStore:
                 self._table.write(Write("update", _entity(updated), etag_of(entity)))
                 return
             except ConcurrencyConflict:
-                time.sleep(random.uniform(0, 0.02))  # concurrent notifications of one subscription: spread out
-        log.warning("subscriptions: a count of %s was lost to contention", subscription_id)
+                if genuine:
+                    time.sleep(random.uniform(0, 0.02))  # concurrent notifications of one subscription: spread out
+        if genuine:
+            log.warning("subscriptions: a count of %s was lost to contention", subscription_id)
 
     def count_unknown(self, notifications: int) -> None:
-        partition, row = _COUNTERS
-        for _ in range(COUNT_ATTEMPTS):
+        partition = _COUNTERS[0]
+        for shard in random.sample(range(UNKNOWN_SHARDS), UNKNOWN_ATTEMPTS):
+            row = unknown_shard_row(shard)
             entity = self._table.get(partition, row)
             total = int(entity.get("count", 0)) + notifications if entity is not None else notifications
             body: dict[str, Any] = {"PartitionKey": partition, "RowKey": row, "count": total}
@@ -169,11 +185,14 @@ class TableSubscriptionStore:
                     self._table.write(Write("update", body, etag_of(entity)))
                 return
             except (AlreadyExists, ConcurrencyConflict):
-                time.sleep(random.uniform(0, 0.02))
+                continue  # another request holds this shard: take another, never wait
+        log.warning("subscriptions: a count of %d unknown notifications was lost to contention", notifications)
 
     def unknown_count(self) -> int:
-        entity = self._table.get(*_COUNTERS)
-        return int(entity.get("count", 0)) if entity is not None else 0
+        partition, legacy = _COUNTERS
+        low, high = keys.prefix_bounds(legacy)
+        rows = [self._table.get(partition, legacy), *self._table.rows(partition, at_least=low, below=high)]
+        return sum(int(entity.get("count", 0)) for entity in rows if entity is not None)
 
 
 def _entity(subscription: PushSubscription) -> dict[str, Any]:

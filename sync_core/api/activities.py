@@ -5,7 +5,9 @@
 - ``…?view=threads`` → ``{threads, next_cursor}``: the record's threads, the one with the newest message
   first; each thread's messages (those logged on this record) oldest first. ``limit`` counts threads.
 - ``GET /api/orgs/{org}/activities/{activity_id}`` → the activity (404 unknown);
-  ``DELETE`` → 204, idempotent: the activity and every index row pointing at it are gone.
+  ``DELETE`` → 204: the activity and every index row pointing at it are gone. An id that names no
+  activity (never stored, another org's, or already deleted) is a 404 ``not_found``, so a privacy
+  request for a wrong id is noticed rather than silently "done".
 
 Threads are paged over the timeline: a thread is listed where its newest message sits in the timeline,
 so it appears on exactly one page, and a cursor stays valid while new mail arrives.
@@ -71,10 +73,12 @@ def get_activity(svc: Services, req: ApiRequest) -> ApiResponse:
 
 
 def delete_activity(svc: Services, req: ApiRequest) -> ApiResponse:
-    """Privacy delete; repeating it is a 204 too. The CRM's webhook hears of the deletion once."""
+    """Privacy delete: 204 when it deleted the activity, 404 when there was none (a repeat included).
+    The CRM's webhook hears of the deletion once."""
     org, activity_id = req.param("org"), req.param("activity_id")
-    if svc.stores.activities.delete(org, activity_id):
-        svc.activity_events().deleted(org, [activity_id])
+    if not svc.stores.activities.delete(org, activity_id):
+        raise not_found("activity")
+    svc.activity_events().deleted(org, [activity_id])
     return ApiResponse(204)
 
 

@@ -46,7 +46,12 @@ def get_record(svc: Services, req: ApiRequest) -> ApiResponse:
 
 
 def delete_record(svc: Services, req: ApiRequest) -> ApiResponse:
-    svc.stores.records.delete(req.param("org"), [req.param("record_id")])
+    """204 when the record was indexed, 404 otherwise (like every route naming an unknown id);
+    ``records:batch`` deletes stay idempotent."""
+    org, record_id = req.param("org"), req.param("record_id")
+    if svc.stores.records.get(org, record_id) is None:
+        raise not_found("record")
+    svc.stores.records.delete(org, [record_id])
     return ApiResponse(204)
 
 

@@ -14,6 +14,15 @@ Invariants:
 - A notification is acted on only when its subscription id is ours and its clientState matches that
   subscription's secret (constant-time); anything else changes nothing but a counter: the subscription's
   ``rejected`` count (clientState mismatch) or the global unknown count (an id that is not ours).
+- The route is anonymous, so storage work per request is bounded before any is done: a request of more
+  than ``MAX_ITEMS`` items is refused whole (``InvalidNotification``, 400); an item that cannot be Graph's
+  (subscription id not a GUID, clientState missing or over Graph's 128 characters, an unknown
+  ``changeType`` / ``lifecycleEvent``) is counted as malformed without a read; each distinct id is read
+  once; and after ``MAX_UNKNOWN_IDS`` ids that are not ours, the request's remaining unread ids are
+  taken as forged and not read either. Graph documents no maximum batch size, so a genuine batch over
+  the limit would be lost: delta polling (the safety net) still syncs the mailbox at the next poll.
+- Counting never makes requests wait on each other: the unknown count is spread over shards
+  (``SubscriptionStore.count_unknown``), and only subscriptions that exist are counted on.
 - The answer comes after at most a few storage round trips per mailbox (the sync itself runs on the sync
   queue, Graph calls of lifecycle events on the push queue), well within Graph's 3 seconds.
 - Items of one request that name the same mailbox enqueue one sync; the scheduler coalesces further.
@@ -23,6 +32,7 @@ Invariants:
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -35,8 +45,18 @@ from sync_core.use_cases.subscriptions import SubscriptionDeps, client_state_mat
 
 log = logging.getLogger(__name__)
 
-MAX_ITEMS = 1000  # Graph batches far fewer; more is not a Graph notification
-MAX_ID_CHARS = 128
+MAX_ITEMS = 100
+"""Items one request may carry. Graph batches several notifications (of any of the URL's subscriptions)
+per POST but documents no maximum (change-notifications-delivery-webhooks: "may send multiple
+notifications ... in the same POST request"); 100 is far above a burst of one tenant's new mail and keeps
+an anonymous request's worst case to 100 cheap checks."""
+MAX_UNKNOWN_IDS = 3
+"""Subscription ids that are not ours one request may make us read; Graph only names subscriptions it
+holds for this URL, so past a few unknown ones the rest of the request is forged."""
+MAX_CLIENT_STATE_CHARS = 128  # Graph's limit on a subscription's clientState (facts §5)
+SUBSCRIPTION_ID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+"""Graph subscription ids are GUIDs (subscription resource: ``id``)."""
+CHANGE_TYPES = ("created", "updated", "deleted")
 LIFECYCLE_EVENTS = ("reauthorizationRequired", "subscriptionRemoved", "missed")
 WORK_KIND = "subscription"
 
@@ -121,25 +141,42 @@ def process_work(deps: NotificationDeps, sub_deps: SubscriptionDeps, message: Ma
     return "invalid"
 
 
+def well_formed(item: Any, *, lifecycle: bool) -> bool:
+    """Could this item be Graph's? Decided without storage: GUID subscription id, a clientState of at
+    most Graph's 128 characters, a known ``lifecycleEvent`` or ``changeType``."""
+    if not isinstance(item, dict):
+        return False
+    subscription_id, client_state = item.get("subscriptionId"), item.get("clientState")
+    if not isinstance(subscription_id, str) or not SUBSCRIPTION_ID.match(subscription_id):
+        return False
+    if not isinstance(client_state, str) or not 0 < len(client_state) <= MAX_CLIENT_STATE_CHARS:
+        return False
+    if lifecycle:
+        return item.get("lifecycleEvent") in LIFECYCLE_EVENTS
+    return item.get("changeType", "created") in CHANGE_TYPES
+
+
 def _authenticated(
     deps: NotificationDeps, items: list[Any], report: NotificationReport, *, lifecycle: bool
 ) -> list[tuple[PushSubscription, Mapping[str, Any]]]:
-    """The items whose subscription is ours and whose clientState matches; counts the others."""
+    """The items whose subscription is ours and whose clientState matches; counts the others. Reads
+    each distinct well-formed id once, and no more ids once ``MAX_UNKNOWN_IDS`` were not ours."""
+    candidates = [item for item in items if well_formed(item, lifecycle=lifecycle)]
+    report.malformed += len(items) - len(candidates)
     found: dict[str, PushSubscription | None] = {}
+    unknown_ids = 0
     accepted: Counter[str] = Counter()
     rejected: Counter[str] = Counter()
     events: dict[str, str] = {}
     passed: list[tuple[PushSubscription, Mapping[str, Any]]] = []
-    for item in items:
-        subscription_id = item.get("subscriptionId") if isinstance(item, dict) else None
-        if not isinstance(subscription_id, str) or not 0 < len(subscription_id) <= MAX_ID_CHARS:
-            report.malformed += 1
-            continue
-        if lifecycle and item.get("lifecycleEvent") not in LIFECYCLE_EVENTS:
-            report.malformed += 1
-            continue
+    for item in candidates:
+        subscription_id = str(item["subscriptionId"])
         if subscription_id not in found:
+            if unknown_ids >= MAX_UNKNOWN_IDS:
+                report.unknown += 1  # not read: the request already named too many ids that are not ours
+                continue
             found[subscription_id] = deps.store.get(subscription_id)
+            unknown_ids += found[subscription_id] is None
         sub = found[subscription_id]
         if sub is None:
             report.unknown += 1

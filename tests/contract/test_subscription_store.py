@@ -150,6 +150,78 @@ def test_unknown_notifications_are_counted_globally(push: Push) -> None:
     assert push.subscriptions.unknown_count() == 3
 
 
+def concurrent_unknown_counts(push: Push, threads: int = 8, each: int = 5) -> None:
+    barrier = threading.Barrier(threads)
+
+    def count() -> None:
+        barrier.wait()
+        for _ in range(each):
+            push.subscriptions.count_unknown(1)
+
+    workers = [threading.Thread(target=count) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+
+
+def test_unknown_counts_from_concurrent_requests_add_up(push: Push) -> None:
+    concurrent_unknown_counts(push)
+
+    assert push.subscriptions.unknown_count() == 40
+
+
+@pytest.mark.parametrize("push", ["azurite"], indirect=True)  # where the counter lives is the Table adapter's
+def test_unknown_counts_are_spread_over_shards_so_concurrent_requests_share_no_hot_entity(push: Push) -> None:
+    concurrent_unknown_counts(push)
+
+    counters = {row["RowKey"]: row["count"] for row in push.subscriptions._client.query_entities(
+        "PartitionKey eq '%counters'")}  # fmt: skip
+    assert len(counters) > 1 and max(counters.values()) < 40
+    assert sum(counters.values()) == 40
+
+
+class ConflictingTable:
+    """The adapter's own ``Table`` whose next ``conflicts`` writes fail as if another writer came first."""
+
+    def __init__(self, inner: Any, conflicts: int) -> None:
+        self.inner, self.conflicts, self.writes = inner, conflicts, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def write(self, operation: Any) -> str:
+        self.writes += 1
+        if self.conflicts:
+            self.conflicts -= 1
+            raise ConcurrencyConflict("another writer")
+        return str(self.inner.write(operation))
+
+
+@pytest.mark.parametrize("push", ["azurite"], indirect=True)  # contention is the Table adapter's
+def test_a_forged_rejection_count_never_waits_on_a_busy_subscription_but_genuine_counts_retry(push: Push) -> None:
+    push.subscriptions.put(sub())
+    table = ConflictingTable(push.subscriptions._table, conflicts=1)
+    push.subscriptions._table = table
+
+    push.subscriptions.count("s-1", accepted=0, rejected=1, at=T0)  # one attempt, lost to the other writer
+    rejected_writes = table.writes
+    table.conflicts = 2
+    push.subscriptions.count("s-1", accepted=1, rejected=0, at=T0)  # retried until it lands
+
+    assert rejected_writes == 1 and table.writes == 1 + 3
+    got = push.subscriptions.get("s-1")
+    assert (got.rejected, got.notifications) == (0, 1)
+
+
+@pytest.mark.parametrize("push", ["azurite"], indirect=True)
+def test_the_unknown_count_kept_in_one_row_by_older_versions_is_still_added(push: Push) -> None:
+    push.subscriptions.count_unknown(2)
+    push.subscriptions._client.upsert_entity({"PartitionKey": "%counters", "RowKey": "unknown", "count": 7})
+
+    assert push.subscriptions.unknown_count() == 9
+
+
 @pytest.mark.parametrize("push", ["azurite"], indirect=True)  # the stored form is the Table adapter's
 def test_the_table_never_holds_a_client_state_only_its_hash(push: Push) -> None:
     push.subscriptions.put(sub(client_state_hash="cd" * 32))

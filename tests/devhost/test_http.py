@@ -48,7 +48,9 @@ def test_an_unknown_path_gives_a_json_404(devhost_start: StartHost) -> None:
     for url in (f"{host.base_url}/nothing/here", f"{host.origin}/items/1"):
         reply = requests.get(url, timeout=5)
         assert reply.status_code == 404
-        assert reply.json() == {"error": {"code": "not_found", "message": "No function matches this route."}}
+        assert reply.json() == {
+            "error": {"code": "not_found", "message": "No function matches this route.", "details": None}
+        }
 
 
 def test_a_wrong_method_gives_a_json_405_with_allow(devhost_start: StartHost) -> None:
@@ -166,3 +168,82 @@ def test_a_malformed_content_length_gives_a_400(devhost_start: StartHost) -> Non
         sock.sendall(b"POST /api/echo HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n")
         status_line = sock.makefile("rb").readline()
     assert status_line.startswith(b"HTTP/1.1 400")
+
+
+def raw_exchange(host: LocalHost, request: bytes) -> tuple[bytes, dict[str, str], bytes]:
+    """Send raw bytes; return the status line, the headers (lower-case names) and the body."""
+    with socket.create_connection(("127.0.0.1", host.port), timeout=5) as sock:
+        sock.sendall(request)
+        reader = sock.makefile("rb")
+        status_line = reader.readline()
+        headers: dict[str, str] = {}
+        while (line := reader.readline()) not in (b"\r\n", b"\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        return status_line, headers, reader.read(int(headers.get("content-length", "0")))
+
+
+@pytest.mark.parametrize("method", ["TRACE", "OPTIONS", "PROPFIND", "BREW"])
+def test_any_method_a_route_does_not_serve_gets_a_json_405_with_allow_and_elsewhere_a_json_404(
+    devhost_start: StartHost, method: str
+) -> None:
+    host = devhost_start()
+    served = requests.request(method, f"{host.base_url}/items/1", timeout=5)
+    nowhere = requests.request(method, f"{host.base_url}/nothing/here", timeout=5)
+
+    assert (served.status_code, served.headers["Allow"]) == (405, "GET, POST")
+    assert served.json()["error"] == {
+        "code": "method_not_allowed", "message": f"Method {method} is not allowed here.", "details": None,
+    }  # fmt: skip
+    assert nowhere.status_code == 404 and nowhere.json()["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize("method", ["TRACE", "DELETE", "BREW"])
+def test_the_admin_api_answers_other_methods_with_a_json_405(devhost_start: StartHost, method: str) -> None:
+    host = devhost_start()
+    status = requests.request(method, f"{host.origin}/admin/host/status", timeout=5)
+    invoke = requests.request(method, f"{host.origin}/admin/functions/tick", timeout=5)
+
+    assert [(r.status_code, r.headers["Allow"]) for r in (status, invoke)] == [(405, "GET"), (405, "POST")]
+    assert {r.json()["error"]["code"] for r in (status, invoke)} == {"method_not_allowed"}
+
+
+def test_connect_gets_a_json_404_not_a_501_page(devhost_start: StartHost) -> None:
+    host = devhost_start()
+    request = b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"
+    status_line, headers, body = raw_exchange(host, request)
+
+    assert status_line.startswith(b"HTTP/1.1 404")
+    assert headers["content-type"].startswith("application/json")
+    assert json.loads(body)["error"]["code"] == "not_found"
+
+
+def test_head_gets_the_405_headers_without_a_body_and_the_connection_stays_usable(devhost_start: StartHost) -> None:
+    host = devhost_start()
+    with requests.Session() as session:
+        head = session.head(f"{host.base_url}/items/1", timeout=5)
+        after = session.get(f"{host.base_url}/items/1", timeout=5)
+
+    assert (head.status_code, head.headers["Allow"], head.content) == (405, "GET, POST", b"")
+    assert int(head.headers["Content-Length"]) > 0
+    assert after.status_code == 200 and after.json()["route"] == {"id": "1"}
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"GET /api/items/1 HTTP/1.1\r\nHost: [oops\r\n\r\n", b"400"),
+        (b"GET /api/items/1 HTTP/x.y\r\nHost: x\r\n\r\n", b"400"),
+        (b"GET /api/items/1 HTTP/2.0\r\nHost: x\r\n\r\n", b"505"),
+    ],
+    ids=["bad-host-header", "bad-version", "http-2-version"],
+)
+def test_requests_the_http_layer_refuses_get_the_json_error_body_never_html(
+    devhost_start: StartHost, request_bytes: bytes, status: bytes
+) -> None:
+    host = devhost_start()
+    status_line, headers, body = raw_exchange(host, request_bytes)
+
+    assert status_line.split(b" ")[1] == status
+    assert headers["content-type"].startswith("application/json")
+    assert set(json.loads(body)["error"]) == {"code", "message", "details"}

@@ -130,7 +130,7 @@ def test_one_activity_reads_back_in_full_and_an_unknown_one_is_404(
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
 
 
-def test_delete_removes_the_activity_from_every_view_and_repeating_it_is_harmless(
+def test_delete_removes_the_activity_from_every_view_and_repeating_it_is_a_json_404(
     app_host: AppUnderTest, api: requests.Session, org: str
 ) -> None:
     ids = store(org, ("<m1@x>", "t1", 1, ("cand-1",)), ("<m2@x>", "t1", 2, ("cand-1",)))
@@ -142,7 +142,49 @@ def test_delete_removes_the_activity_from_every_view_and_repeating_it_is_harmles
     assert [a["internet_message_id"] for a in timeline(app_host, api, org, "cand-1")["activities"]] == ["<m1@x>"]
     [thread] = timeline(app_host, api, org, "cand-1", view="threads")["threads"]
     assert [a["internet_message_id"] for a in thread["activities"]] == ["<m1@x>"]
-    assert api.delete(url).status_code == 204
+    again = api.delete(url)
+    assert (again.status_code, again.json()["error"]["code"]) == (404, "not_found")
+
+
+def test_deleting_an_activity_that_never_existed_is_a_json_404_and_deletes_nothing(
+    app_host: AppUnderTest, api: requests.Session, org: str
+) -> None:
+    ids = store(org, ("<m1@x>", "t1", 1, ("cand-1",)))
+    unknown = app_host.url(f"orgs/{org}/activities/act-never-stored")
+
+    answer = api.delete(unknown)
+
+    assert answer.status_code == 404
+    assert answer.headers["Content-Type"].startswith("application/json")
+    assert answer.json() == {"error": {"code": "not_found", "message": "activity not found", "details": None}}
+    assert api.get(app_host.url(f"orgs/{org}/activities/{ids['<m1@x>']}")).status_code == 200
+
+
+def test_every_route_naming_an_unknown_id_answers_the_same_json_404(
+    app_host: AppUnderTest, api: requests.Session, org: str
+) -> None:
+    records, activities = app_host.url(f"orgs/{org}/records"), app_host.url(f"orgs/{org}/activities")
+    mailbox = app_host.url(f"orgs/{org}/mailboxes/mbx_nobody")
+    answers = {
+        "GET record": api.get(f"{records}/nobody"),
+        "DELETE record": api.delete(f"{records}/nobody"),
+        "GET activity": api.get(f"{activities}/act-nobody"),
+        "DELETE activity": api.delete(f"{activities}/act-nobody"),
+        "GET mailbox": api.get(mailbox),
+        "PATCH mailbox": api.patch(mailbox, json={"enabled": False}),
+        "DELETE mailbox": api.delete(mailbox),
+        "GET runs": api.get(f"{mailbox}/runs"),
+        "POST explain": api.post(f"{mailbox}/explain", json={"internet_message_id": "<x@example.com>"}),
+        "POST sync": api.post(f"{mailbox}/sync"),
+        "POST backfill": api.post(f"{mailbox}/backfill", json={"days": 7}),
+    }
+
+    def shape(answer: requests.Response) -> tuple[int, str, set[str], str]:
+        error = answer.json()["error"]
+        return answer.status_code, answer.headers["Content-Type"].split(";")[0], set(error), error["code"]
+
+    shapes = {route: shape(answer) for route, answer in answers.items()}
+    assert shapes == dict.fromkeys(answers, (404, "application/json", {"code", "message", "details"}, "not_found"))
 
 
 def test_nothing_of_one_org_is_readable_or_deletable_through_another(
@@ -154,7 +196,7 @@ def test_nothing_of_one_org_is_readable_or_deletable_through_another(
     assert api.get(app_host.url(f"orgs/{other}/activities/{ids['<m1@x>']}")).status_code == 404
     assert timeline(app_host, api, other, "cand-1")["activities"] == []
     assert timeline(app_host, api, other, "cand-1", view="threads")["threads"] == []
-    assert api.delete(app_host.url(f"orgs/{other}/activities/{ids['<m1@x>']}")).status_code == 204
+    assert api.delete(app_host.url(f"orgs/{other}/activities/{ids['<m1@x>']}")).status_code == 404
     assert api.get(app_host.url(f"orgs/{org}/activities/{ids['<m1@x>']}")).status_code == 200
 
 

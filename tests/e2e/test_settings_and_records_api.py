@@ -81,6 +81,20 @@ def test_a_deleted_record_is_gone(app_host: AppUnderTest, api: requests.Session,
     assert api.get(url).status_code == 404
 
 
+def test_deleting_a_record_that_is_not_indexed_is_a_json_404(
+    app_host: AppUnderTest, api: requests.Session, org: str
+) -> None:
+    url = app_host.url(f"orgs/{org}/records/c-1")
+    api.put(url, json={"type": "contact", "emails": ["carol@client.example"]})
+    assert api.delete(url).status_code == 204
+
+    again = api.delete(url)
+    never = api.delete(app_host.url(f"orgs/{org}/records/never-pushed"))
+
+    assert [again.status_code, never.status_code] == [404, 404]
+    assert never.json() == {"error": {"code": "not_found", "message": "record not found", "details": None}}
+
+
 def test_a_batch_reports_each_bad_item_and_still_applies_the_good_ones(
     app_host: AppUnderTest, api: requests.Session, org: str
 ) -> None:

@@ -4,6 +4,8 @@ doubles of our own ports and a fake of the ``SubscriptionApi`` port."""
 from __future__ import annotations
 
 import itertools
+import uuid
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -45,7 +47,7 @@ class FakeSubscriptionApi:
     fail_next: list[Exception] = field(default_factory=list)
     max_minutes: int = 10_080
     clock: FixedClock = field(default_factory=lambda: FixedClock(NOW))
-    ids: Any = field(default_factory=lambda: (f"sub-{n}" for n in itertools.count(1)))
+    ids: Any = field(default_factory=lambda: (f"00000000-0000-4000-8000-{n:012d}" for n in itertools.count(1)))
 
     def _check(self, kind: str, mailbox: Mailbox, expires_at: datetime | None = None) -> None:
         self.calls.append((kind, mailbox.mailbox_id))
@@ -408,17 +410,17 @@ def test_a_wrong_client_state_changes_nothing_but_the_subscriptions_rejected_cou
     forged = [
         subscribed.notification(inbox, client_state="guess"),
         subscribed.notification(inbox, client_state=subscribed.secret_of(megan)),  # another subscription's secret
-        {"subscriptionId": inbox.subscription_id, "changeType": "created"},  # none at all
+        {"subscriptionId": inbox.subscription_id, "changeType": "created"},  # none at all: malformed, not read
     ]
 
     report = notifications.handle_changes(subscribed.notify, {"value": forged})
 
-    assert subscribed.synced == [] and report.rejected == 3
-    assert subscribed.folders()["inbox"].rejected == 3 and subscribed.folders()["inbox"].notifications == 0
+    assert subscribed.synced == [] and (report.rejected, report.malformed) == (2, 1)
+    assert subscribed.folders()["inbox"].rejected == 2 and subscribed.folders()["inbox"].notifications == 0
 
 
 def test_a_notification_for_an_unknown_subscription_changes_nothing_but_the_unknown_count(subscribed: World) -> None:
-    items = [{"subscriptionId": "not-ours", "clientState": "x"}, {"subscriptionId": 7}, "junk"]
+    items = [{"subscriptionId": str(uuid.uuid4()), "clientState": "x"}, {"subscriptionId": 7}, "junk"]
 
     report = notifications.handle_changes(subscribed.notify, {"value": items})
 
@@ -440,6 +442,110 @@ def test_a_notification_for_a_mailbox_that_cannot_sync_is_accepted_without_a_syn
 def test_a_body_that_is_not_a_notification_collection_is_refused(subscribed: World, payload: Any) -> None:
     with pytest.raises(InvalidNotification):
         notifications.handle_changes(subscribed.notify, payload)
+
+
+class CountingSubscriptionStore:
+    """The in-memory ``SubscriptionStore`` with a tally of its calls (storage round trips in production)."""
+
+    def __init__(self, inner: InMemorySubscriptionStore) -> None:
+        self.inner = inner
+        self.calls: Counter[str] = Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.inner, name)
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls[name] += 1
+            return method(*args, **kwargs)
+
+        return counted
+
+
+def unknown_item(**changes: Any) -> dict[str, Any]:
+    return {"subscriptionId": str(uuid.uuid4()), "clientState": "x" * 43, "changeType": "created", **changes}
+
+
+@pytest.fixture
+def counting(subscribed: World) -> CountingSubscriptionStore:
+    store = CountingSubscriptionStore(subscribed.store)
+    subscribed.notify = replace(subscribed.notify, store=store)
+    return store
+
+
+def test_a_request_of_more_items_than_graph_sends_is_refused_before_any_storage_read(
+    subscribed: World, counting: CountingSubscriptionStore
+) -> None:
+    genuine = subscribed.notification(subscribed.folders()["inbox"])
+    items = [genuine] + [unknown_item() for _ in range(100)]  # 101: over the documented cap of 100
+
+    with pytest.raises(InvalidNotification, match="more than 100 notifications"):
+        notifications.handle_changes(subscribed.notify, {"value": items})
+    with pytest.raises(InvalidNotification):
+        notifications.handle_lifecycle(subscribed.notify, {"value": [{**i, "lifecycleEvent": "missed"} for i in items]})
+
+    assert counting.calls == Counter() and subscribed.synced == []
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        {"subscriptionId": "not-a-guid", "clientState": "x" * 43},
+        {"subscriptionId": "0" * 128, "clientState": "x" * 43},
+        {"subscriptionId": str(uuid.uuid4()) + "x", "clientState": "x" * 43},
+        unknown_item(clientState="x" * 129),
+        unknown_item(clientState=""),
+        unknown_item(clientState=None),
+        unknown_item(clientState=12345),
+        unknown_item(changeType="exploded"),
+        "junk",
+        [unknown_item()],
+    ],
+    ids=[
+        "id-not-guid", "id-128-zeros", "id-guid-plus", "state-129", "state-empty", "state-none", "state-number",
+        "change-type", "string", "list",
+    ],
+)
+def test_an_item_that_cannot_be_graphs_is_counted_malformed_without_any_storage_call(
+    subscribed: World, counting: CountingSubscriptionStore, item: Any
+) -> None:
+    report = notifications.handle_changes(subscribed.notify, {"value": [item] * 50})
+
+    assert (report.malformed, report.unknown, report.rejected) == (50, 0, 0)
+    assert counting.calls == Counter() and subscribed.synced == []
+
+
+def test_a_lifecycle_item_with_an_unknown_event_is_malformed_without_any_storage_call(
+    subscribed: World, counting: CountingSubscriptionStore
+) -> None:
+    report = notifications.handle_lifecycle(subscribed.notify, {"value": [unknown_item(lifecycleEvent="boom")] * 9})
+
+    assert report.malformed == 9 and counting.calls == Counter()
+
+
+def test_a_request_naming_many_unknown_subscriptions_reads_only_a_few_and_counts_them_in_one_write(
+    subscribed: World, counting: CountingSubscriptionStore
+) -> None:
+    genuine = subscribed.notification(subscribed.folders()["inbox"])
+    items = [genuine] + [unknown_item() for _ in range(99)]
+
+    report = notifications.handle_changes(subscribed.notify, {"value": items})
+
+    assert (report.accepted, report.unknown) == (1, 99)
+    assert counting.calls["get"] == 1 + 3  # the genuine one, then 3 unknown ids; the other 96 are not read
+    assert counting.calls["count_unknown"] == 1 and subscribed.store.unknown_count() == 99
+    assert subscribed.synced == [(ORG, "mb-adele")]
+
+
+def test_repeated_items_of_one_subscription_are_read_once(
+    subscribed: World, counting: CountingSubscriptionStore
+) -> None:
+    inbox = subscribed.folders()["inbox"]
+    items = [subscribed.notification(inbox)] * 40 + [subscribed.notification(inbox, client_state="guess")] * 40
+
+    report = notifications.handle_changes(subscribed.notify, {"value": items})
+
+    assert (report.accepted, report.rejected) == (40, 40)
+    assert counting.calls["get"] == 1 and counting.calls["count"] == 1
 
 
 # -- lifecycle notifications -----------------------------------------------------------------------------
