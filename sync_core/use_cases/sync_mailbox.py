@@ -33,7 +33,8 @@ Invariants:
   watermark. A folder that 404s from the watermark too is gone: its cursor is cleared and the report
   counts it (``folders_gone``); a default folder 404ing is a configuration failure of the run.
 - Failures are classified by type (``sync_core.errors``), never by their text: transient ones end the run
-  ``more`` (pages before kept, status unchanged, retried after the Retry-After); a message whose
+  ``more`` (pages before kept, status unchanged, retried after the Retry-After, else after
+  ``TRANSIENT_RETRY``: an outage is never retried in a tight loop); a message whose
   attachment listing 404s is stored without the summary (``attachments_unavailable``); configuration
   failures set ``error`` and grant failures ``needs_reauth``, with the reason. Anything else is recorded
   the same way (class ``unexpected``, its type only) and raised, so the queue retries it.
@@ -135,6 +136,7 @@ class _Busy(Exception):
 SYNCABLE = frozenset({MailboxStatus.ACTIVE, MailboxStatus.ERROR})
 """Statuses a run syncs: ``error`` too, so a mailbox whose failure was fixed recovers by itself."""
 STATUS_ATTEMPTS = 5
+TRANSIENT_RETRY = timedelta(minutes=1)  # the continuation's delay after a transient failure without Retry-After
 
 
 def sync_mailbox(deps: SyncDeps, org_id: str, mailbox_id: str, budget: timedelta = timedelta(minutes=4)) -> SyncOutcome:
@@ -221,10 +223,10 @@ def _set_status(deps: SyncDeps, mailbox: Mailbox, failure: BaseException | None)
         wanted = (MailboxStatus.NEEDS_REAUTH, str(failure))
     elif kind is ConfigurationFailure:
         wanted = (MailboxStatus.ERROR, str(failure))
-    elif kind is None:
+    elif kind is None and mailbox.status is MailboxStatus.ERROR:
         wanted = (MailboxStatus.ACTIVE, "")
     else:
-        return
+        return  # nothing to say: no read, no write
     for _ in range(STATUS_ATTEMPTS):
         current = deps.mailboxes.get(mailbox.org_id, mailbox.mailbox_id)
         if current is None or current.value.status not in SYNCABLE:
@@ -298,7 +300,8 @@ class _Run:
             raise  # nothing can be recorded now: the queue retries the message
         except (TransientFailure, ConfigurationFailure, GrantFailure) as exc:
             if isinstance(exc, TransientFailure):
-                return "more", exc, exc.retry_after
+                told = exc.retry_after
+                return "more", exc, told if told is not None else TRANSIENT_RETRY.total_seconds()
             return "failed", exc, None
 
     def _sync_folders(self) -> bool:
