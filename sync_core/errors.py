@@ -83,10 +83,6 @@ def failure_of(exc: BaseException) -> type[SyncFailure]:
     return UnexpectedFailure
 
 
-def failure_class(code: str) -> type[SyncFailure]:
-    """The failure class stored under ``code`` (unknown codes read as ``UnexpectedFailure``)."""
-    return next((kind for kind in FAILURE_CLASSES if kind.code == code), UnexpectedFailure)
-
 
 class ConcurrencyConflict(SyncError):
     """An optimistic-concurrency write lost: someone else changed the entity first."""
