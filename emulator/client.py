@@ -156,6 +156,10 @@ class EmulatorClient(MailControlMixin):
         response = dict(parse_qsl(urlsplit(redirect).query, keep_blank_values=True))
         return dict(msal_app.acquire_token_by_auth_code_flow(flow, response))
 
+    def expire_client_secret(self, client_id: str, expired: bool = True) -> None:
+        """The app's client secret passes its end date (token requests: AADSTS7000222), or is renewed."""
+        self._call("POST", f"/apps/{quote(client_id, safe='')}/secret", {"expired": expired})
+
     def revoke_grant(self, user: str, client_id: str, reason: str = "revoked") -> int:
         """End a user's grants for a client: ``revoked`` (AADSTS50173), ``expired`` (AADSTS70008) or
         ``consent_removed`` (AADSTS65001). Access tokens already issued stay valid. Returns grants changed."""
@@ -173,7 +177,7 @@ class EmulatorClient(MailControlMixin):
     # -- faults and limits ---------------------------------------------------------------------
 
     def add_fault(self, **rule: Any) -> str:
-        """Inject a fault: ``status`` (429/500/503/504), ``retry_after``, ``delay_ms``, ``drop_connection``,
+        """Inject a fault: ``status`` (429/500/502/503/504), ``retry_after``, ``delay_ms``, ``drop_connection``,
         ``count`` (-1: until cleared), ``path_contains``, ``mailbox`` (id or UPN), ``method``. Returns its id."""
         return str(self._call("POST", "/faults", rule)["id"])
 

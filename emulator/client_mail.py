@@ -95,6 +95,11 @@ class MailControlMixin:
 
     # -- delta -------------------------------------------------------------------------------------
 
+    def forget_mailbox(self, user: str) -> dict[str, Any]:
+        """The mailbox as after a restart of the emulator: empty, new folder ids, its delta links unknown
+        (they answer 404 ``ErrorItemNotFound``)."""
+        return dict(self._call("POST", f"/_emulator/mailboxes/{quote(user, safe='')}/forget"))
+
     def expire_delta_tokens(self, user: str) -> dict[str, Any]:
         """Make every delta/skip token of the mailbox so far answer 410 ``SyncStateNotFound``."""
         return dict(self._call("POST", "/_emulator/delta/expire", {"user": user}))

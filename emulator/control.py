@@ -1,8 +1,9 @@
 """The control API under ``/_emulator``: JSON in, JSON out, no authentication (loopback test tooling).
 
 It sets up tenants, users and apps, drives sign-in and consent without a browser, revokes grants,
-sets access policies, tunes limits and latency, injects faults and reads per-mailbox counters. Routes
-under ``mailboxes/``, ``subscriptions/`` and ``delta/`` belong to the mail store.
+sets access policies, expires an app's client secret (AADSTS7000222), tunes limits and latency, injects
+faults and reads per-mailbox counters. Routes under ``mailboxes/``, ``subscriptions/`` and ``delta/``
+belong to the mail store.
 
 Invariants: a malformed or impossible request answers 4xx with ``{"error": "..."}`` and changes
 nothing; ``/_emulator/authorize`` and ``/_emulator/admin-consent`` do exactly what the person's form
@@ -80,6 +81,7 @@ class ControlApi:
             ("POST", re.compile(r"tenants/(?P<tenant>[^/]+)/users"), self._create_user),
             ("POST", re.compile(r"apps"), self._create_app),
             ("PUT", re.compile(r"apps/(?P<client>[^/]+)/app-roles"), self._set_app_roles),
+            ("POST", re.compile(r"apps/(?P<client_id>[^/]+)/secret"), self._secret_expiry),
             ("POST", re.compile(r"authorize"), self._authorize),
             ("POST", re.compile(r"admin-consent"), self._admin_consent),
             ("POST", re.compile(r"grants/revoke"), self._revoke),
@@ -188,6 +190,12 @@ class ControlApi:
         if not isinstance(roles, list) or not all(isinstance(r, str) and r for r in roles):
             raise ControlError(400, "app_roles must be a list of permission names")
         app = self.state.directory.set_app_roles(self._app(match["client"]).client_id, roles)
+        return Response.json(200, app_json(app))
+
+    def _secret_expiry(self, request: Request, match: re.Match[str]) -> Response:
+        """``{"expired": bool}``: the app's client secret passes its end date (or is renewed)."""
+        app = self._app(match["client_id"])
+        app.secret_expired = bool(self._body(request).get("expired", True))
         return Response.json(200, app_json(app))
 
     @staticmethod

@@ -73,6 +73,7 @@ class App:
     redirect_uris: list[str]
     app_roles: list[str]
     display_name: str = "CRM Mailbox Sync"
+    secret_expired: bool = False  # the secret still matches, but its end date passed (AADSTS7000222)
 
 
 @dataclass

@@ -745,6 +745,17 @@ class IdentityPlatform:
                 f"secret value, not the client secret ID, for a secret added to app '{app.client_id}'.",
                 401,
             )
+        if app.secret_expired:
+            # learn.microsoft.com/entra/identity-platform/reference-error-codes: AADSTS7000222
+            # InvalidClientSecretExpiredKeysProvided, an invalid_client error like a wrong secret.
+            raise TokenError(
+                "invalid_client",
+                7000222,
+                f"The provided client secret keys for app '{app.client_id}' are expired. Visit the Azure portal "
+                "to create new keys for your app: https://aka.ms/NewClientSecret, or consider using certificate "
+                "credentials for added security: https://aka.ms/certCreds.",
+                401,
+            )
         return app
 
     def _redeem_code(self, origin: str, tenant: Tenant | None, app: App, form: dict[str, str]) -> dict[str, Any]:

@@ -278,6 +278,20 @@ class MailStore:
             self.subscriptions.subscriptions.clear()
             self.notifier.log.clear()
 
+    def forget_mailbox(self, user_key: str) -> dict[str, Any]:
+        """What a restart of the emulator does to one mailbox: its folders, messages, change logs and
+        sync tokens are dropped; the next request starts an empty mailbox whose folders have new ids.
+        A delta link stored before then names a folder id nobody has: ``404 ErrorItemNotFound``, as for
+        any mailbox item id Graph does not have (learn.microsoft.com/graph/errors: 404 "The requested
+        resource doesn't exist"; Exchange's code is ``ErrorItemNotFound``). It is the answer a real
+        deleted or recreated folder's delta link gets, and the one the black-box run of issue 13 saw
+        after the emulator restarted while storage kept the app's cursors."""
+        user = self._user(user_key)
+        with self.lock:
+            self._mailboxes.pop(user.id, None)
+            self.delta.forget(user.id)
+            return {"user": user.id}
+
     # == mailbox operations (control API and tests) ================================================
 
     def deliver(self, user_key: str, fields: dict[str, Any], *, raw_mime: bytes | None = None) -> dict[str, Any]:

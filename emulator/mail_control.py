@@ -17,6 +17,8 @@ DELETE   /_emulator/mailboxes/{user}/messages/{id}          -> ids
 POST     /_emulator/mailboxes/{user}/messages/{id}/move     {folder} -> ids (+ previousId)
 GET      /_emulator/mailboxes/{user}/folders                -> every folder with wellKnownName
 POST     /_emulator/mailboxes/{user}/folders                {display_name, parent?} -> folder (201)
+POST     /_emulator/mailboxes/{user}/forget                 -> {user}: the mailbox as after a restart
+                                                            (empty, new folder ids, tokens gone)
 POST     /_emulator/delta/expire                            {user} -> {user, generation}
 POST     /_emulator/delta/behaviour                         {user?, empty_page_first?, replay_every?}
 GET      /_emulator/subscriptions                           -> every subscription (expired ones too)
@@ -100,6 +102,8 @@ def _mailbox_route(store: MailStore, method: str, user: str, rest: list[str], bo
     if rest == ["mime"] and method == "POST":
         raw = _mime_bytes(body)
         return _ok(store.deliver_mime(user, raw, str(body.get("folder") or "inbox"), body.get("received")), 201)
+    if rest == ["forget"] and method == "POST":
+        return _ok(store.forget_mailbox(user))
     if rest == ["send"] and method == "POST":
         return _ok(store.send(user, body), 201)
     if rest == ["folders"]:

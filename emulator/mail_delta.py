@@ -124,6 +124,11 @@ class DeltaEngine:
         self.default_behaviour = Behaviour()
         self.behaviours: dict[str, Behaviour] = {}
 
+    def forget(self, mailbox_id: str) -> None:
+        """Drop every token of the mailbox (its state is gone, as after a restart)."""
+        for token in [t for t, state in self.tokens.items() if _state_target(state)[0] == mailbox_id]:
+            del self.tokens[token]
+
     def behaviour_for(self, mailbox_id: str) -> Behaviour:
         return self.behaviours.get(mailbox_id, self.default_behaviour)
 

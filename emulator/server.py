@@ -84,6 +84,7 @@ GRAPH_FAULT_ERRORS = {
         "The service is temporarily unavailable for maintenance or is overloaded. You may repeat the request "
         "after a delay, the length of which may be specified in a Retry-After header.",
     ),
+    502: ("UnknownError", ""),  # a gateway error: seen from Graph's front door; its body is not documented
     504: ("UnknownError", ""),
 }
 

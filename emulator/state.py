@@ -25,7 +25,7 @@ from emulator.directory import App, Directory
 from emulator.identity import SigningKey, TokenStore
 from emulator.mail import MailStore
 
-FAULT_STATUSES = (429, 500, 503, 504)
+FAULT_STATUSES = (429, 500, 502, 503, 504)
 CONCURRENCY_MESSAGE = "Application is over its MailboxConcurrency limit."
 BUDGET_MESSAGE = "Please retry again later."
 

@@ -171,6 +171,9 @@ class RunReport:
     activities_merged: int = 0
     more: bool = False
     error: str = ""
+    error_class: str = ""
+    """``error``: why the run failed, in words (empty when it succeeded); ``error_class``: the failure's
+    class, ``SyncFailure.code`` (``transient``, ``configuration``, ``grant``, ``unexpected``)."""
 
 
 class RunReportStore(Protocol):
@@ -221,7 +224,9 @@ class MailSource(Protocol):
         """Poll several folders whose delta links are known, in as few requests as possible."""
 
     def attachments(self, mailbox: Mailbox, source_ids: Sequence[str]) -> Mapping[str, tuple[AttachmentSummary, ...]]:
-        """Attachment names/sizes/types (inline ones excluded) for these messages."""
+        """Attachment names/sizes/types (inline ones excluded) for these messages. A message the source no
+        longer has (deleted or moved since it was listed) is left out of the answer: a per-message failure
+        that costs that message its attachment summary, not the run."""
 
     def folders(self, mailbox: Mailbox) -> tuple[str, ...]:
         """Ids of every folder to sync when the org syncs all folders (system folders excluded)."""

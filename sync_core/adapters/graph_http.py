@@ -2,7 +2,9 @@
 
 Invariants:
 - Links Graph returns (nextLink, deltaLink, Location) are followed verbatim.
-- 429/503/504 are retried after ``Retry-After`` when given, else after jittered exponential backoff;
+- 429/500/502/503/504 are retried after ``Retry-After`` when given, else after jittered exponential backoff
+  (a 500 or 502 is a short outage of Graph or its front door as often as 503 is: retrying a read is
+  harmless, and giving up on the first one would fail whole runs for it);
   the total time spent waiting per client is bounded (``max_total_wait``), after which
   ``TransientGraphError`` carries the last Retry-After so the caller can re-schedule instead of blocking.
 - Connection errors and timeouts are retried the same way (reads, and ``send``'s writes whose repetition
@@ -35,7 +37,7 @@ from sync_core.errors import (
 
 log = logging.getLogger(__name__)
 
-RETRYABLE_STATUS = frozenset({429, 503, 504})
+RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 SYNC_RESET_CODES = frozenset({"syncstatenotfound", "resyncrequired", "syncstateinvalid"})
 BATCH_LIMIT = 20
 
@@ -119,7 +121,7 @@ class GraphHttp:
         return response.json() if response.content else None
 
     def batch(self, requests_: Sequence[Mapping[str, Any]]) -> dict[str, BatchResponse]:
-        """Send up to 20 requests in one ``$batch``; sub-requests throttled with 429/503/504 are retried
+        """Send up to 20 requests in one ``$batch``; sub-requests answered with a retryable status are retried
         (as a smaller batch) after their Retry-After. Returns responses by id."""
         if len(requests_) > BATCH_LIMIT:
             raise ValueError(f"a Graph batch holds at most {BATCH_LIMIT} requests")

@@ -131,26 +131,33 @@ class GraphMailSource:
         return pages
 
     def attachments(self, mailbox: Mailbox, source_ids: Sequence[str]) -> Mapping[str, tuple[AttachmentSummary, ...]]:
-        """One GET per message, ``LISTINGS_IN_FLIGHT`` at a time; the first failure (in ``source_ids``
-        order) is raised once every started listing has ended; listings not started by then never start."""
+        """One GET per message, ``LISTINGS_IN_FLIGHT`` at a time. A message Graph no longer has (404: deleted
+        or moved since its delta page) is left out of the answer; any other first failure (in
+        ``source_ids`` order) is raised once every started listing has ended; listings not started by then
+        never start."""
         http = self._http(mailbox)
         ids = list(dict.fromkeys(source_ids))
 
-        def listing(mid: str) -> tuple[AttachmentSummary, ...]:
+        def listing(mid: str) -> tuple[AttachmentSummary, ...] | None:
             path = f"{_user_path(mailbox)}/messages/{quote(mid, safe='')}/attachments"
-            payload = http.get(path, ATTACHMENT_SELECT, ('IdType="ImmutableId"',))
+            try:
+                payload = http.get(path, ATTACHMENT_SELECT, ('IdType="ImmutableId"',))
+            except MessageNotFound:
+                return None
             return tuple(_attachment(a) for a in payload.get("value", []) if not a.get("isInline"))
 
         if len(ids) <= 1:
-            return {mid: listing(mid) for mid in ids}
-        futures = [self._listers.submit(listing, mid) for mid in ids]
-        try:
-            return {mid: future.result() for mid, future in zip(ids, futures, strict=True)}
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            wait(futures)
-            raise
+            found = {mid: listing(mid) for mid in ids}
+        else:
+            futures = [self._listers.submit(listing, mid) for mid in ids]
+            try:
+                found = {mid: future.result() for mid, future in zip(ids, futures, strict=True)}
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                wait(futures)
+                raise
+        return {mid: files for mid, files in found.items() if files is not None}
 
     def folders(self, mailbox: Mailbox) -> tuple[str, ...]:
         """Every folder (child folders included) except system ones, by id."""

@@ -15,7 +15,9 @@ Invariants:
   ``active`` mailbox the CRM disabled, or of an org whose automation is off, shows as ``paused`` (that is
   what the sync does with it); the stored status is unchanged.
 - ``last_sync_at``, ``last_success_at``, ``last_error`` and ``counters`` are derived from the run reports
-  kept per mailbox (the newest ``REPORTS_KEPT``); ``counters`` are totals over those runs. An idle poll
+  kept per mailbox (the newest ``REPORTS_KEPT``); ``counters`` are totals over those runs. ``last_error``
+  is the newest run's failure (class and reason), so a run that succeeds clears it: with ``status`` it
+  always describes the latest outcome. An idle poll
   stores a report only once an hour (``sync_mailbox.IDLE_REFRESH``), so ``last_sync_at`` of an idle
   mailbox is at most that old.
 - PATCH writes with the mailbox's ETag (a concurrent writer, e.g. a sync setting an error, is never
@@ -297,7 +299,7 @@ def mailbox_to_json(mailbox: Mailbox, reports: Sequence[RunReport], settings: Or
     """``reports`` newest first."""
     status, reason = effective_status(mailbox, settings)
     last_success = next((r for r in reports if not r.error), None)
-    last_failure = next((r for r in reports if r.error), None)
+    latest = reports[0] if reports else None
     reasons: dict[str, int] = {}
     for report in reports:
         for key, count in report.reasons.items():
@@ -316,7 +318,7 @@ def mailbox_to_json(mailbox: Mailbox, reports: Sequence[RunReport], settings: Or
         "user_id": mailbox.user_id or None,
         "last_sync_at": _time(reports[0].finished_at) if reports else None,
         "last_success_at": _time(last_success.finished_at) if last_success else None,
-        "last_error": {"at": _time(last_failure.finished_at), "message": last_failure.error} if last_failure else None,
+        "last_error": _last_error(latest) if latest is not None and latest.error else None,
         "counters": {
             "runs": len(reports),
             "failed_runs": sum(1 for r in reports if r.error),
@@ -353,7 +355,12 @@ def run_to_json(report: RunReport) -> dict[str, Any]:
         "activities_merged": report.activities_merged,
         "more": report.more,
         "error": report.error or None,
+        "error_class": report.error_class or None,
     }
+
+
+def _last_error(report: RunReport) -> dict[str, Any]:
+    return {"at": _time(report.finished_at), "class": report.error_class or None, "message": report.error}
 
 
 def decision_to_json(decision: Decision) -> dict[str, Any]:

@@ -15,7 +15,10 @@ Invariants:
   ``repr``.
 - A revoked or expired grant (AADSTS 70008, 700082, 50173, 65001, or any other ``invalid_grant``)
   raises ``ReauthRequired`` with a readable reason and the AADSTS code; an unreachable identity
-  platform raises ``TransientGraphError`` (retry later, the mailbox stays active).
+  platform raises ``TransientGraphError`` (retry later, the mailbox stays active); a refusal of the app
+  itself (client secret expired or invalid: AADSTS 7000222, 7000215...) raises ``IdentityError``, a
+  ``ConfigurationFailure`` whose message says what an operator must fix, never ``ReauthRequired``:
+  reconnecting a mailbox cannot fix the app's credentials.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import requests
 
 from sync_core.auth.ports import TokenCacheStore, mailbox_owner, tenant_owner
 from sync_core.domain.model import ConnectionMode, Mailbox
-from sync_core.errors import ConcurrencyConflict, ReauthRequired, SyncError, TransientGraphError
+from sync_core.errors import ConcurrencyConflict, ConfigurationFailure, ReauthRequired, SyncError, TransientGraphError
 from sync_core.settings import GRAPH_RESOURCE, Settings
 
 log = logging.getLogger(__name__)
@@ -64,11 +67,20 @@ REAUTH_CODES = frozenset({70008, 700082, 50173, 65001})
 # client-credentials errors that mean "the tenant's admin consent is gone", not "retry later".
 APP_CONSENT_ERRORS = frozenset({"unauthorized_client", "invalid_client", "invalid_grant", "consent_required"})
 TRANSIENT_ERRORS = frozenset({"temporarily_unavailable", "server_error"})
+# The app's own credentials are refused: an operator must fix the app registration or the settings.
+CREDENTIAL_REASONS: Mapping[int, str] = {
+    7000222: "the app's client secret has expired; add a new secret to the app registration and "
+    "update GRAPH_CLIENT_SECRET",
+    7000215: "the app's client secret is invalid; check GRAPH_CLIENT_SECRET (the secret's value, not its id)",
+    7000216: "the app's client credentials are malformed; check GRAPH_CLIENT_ID and GRAPH_CLIENT_SECRET",
+    7000218: "the app sent no client secret; set GRAPH_CLIENT_SECRET",
+}
 
 
-class IdentityError(SyncError):
+class IdentityError(ConfigurationFailure):
     """The identity platform refused a request for a reason other than a dead grant (bad request,
-    misconfigured app registration). ``error`` is the OAuth error, ``codes`` the AADSTS codes."""
+    misconfigured app registration, expired client secret). ``error`` is the OAuth error, ``codes`` the
+    AADSTS codes."""
 
     def __init__(self, message: str, error: str = "", codes: Sequence[int] = ()) -> None:
         super().__init__(message)
@@ -82,6 +94,14 @@ def reauth_error(error: str, codes: Sequence[int]) -> ReauthRequired:
     reason = REAUTH_REASONS.get(code or 0, f"the identity platform refused the stored sign-in ({error})")
     suffix = f" (AADSTS{code})" if code else ""
     return ReauthRequired(f"{reason}; reconnect the mailbox{suffix}", code)
+
+
+def credential_error(error: str, codes: Sequence[int]) -> IdentityError | None:
+    """An ``IdentityError`` with an operator's reason when the app's own credentials were refused."""
+    code = next((c for c in codes if c in CREDENTIAL_REASONS), None)
+    if code is None:
+        return None
+    return IdentityError(f"{CREDENTIAL_REASONS[code]} (AADSTS{code})", error, codes)
 
 
 def _codes(result: Mapping[str, Any]) -> list[int]:
@@ -474,6 +494,8 @@ def _refresh_error(result: Mapping[str, Any]) -> SyncError:
     codes = _codes(result)
     if error in TRANSIENT_ERRORS:
         return TransientGraphError(f"identity platform unavailable ({error})")
+    if credentials := credential_error(error, codes):
+        return credentials
     if error in {"invalid_grant", "interaction_required", "consent_required"} or any(c in REAUTH_CODES for c in codes):
         return reauth_error(error, codes)
     return IdentityError(f"token refresh failed ({error}{_aadsts(codes)})", error, codes)
@@ -505,6 +527,8 @@ class AppTokenSource:
             codes = _codes(result)
             if error in TRANSIENT_ERRORS:
                 raise TransientGraphError(f"identity platform unavailable ({error})")
+            if credentials := credential_error(error, codes):
+                raise credentials
             if error in APP_CONSENT_ERRORS:
                 code = codes[0] if codes else None
                 raise ReauthRequired(

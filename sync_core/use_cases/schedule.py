@@ -12,8 +12,11 @@
                                               │           write when the entry already says so in substance)
                                               ── more:    continuation message (delay = Retry-After), queued_at = now
                                               ── busy:    another run holds the lease: drop (coalesced)
-                                              ── failed:  status already set by the run; entry parked
+                                              ── failed:  status already set by the run (grant: needs_reauth,
+                                              │           parked; configuration: error, due in ERROR_RETRY)
                                               ── skipped: not syncable; entry parked (removed when gone/disconnected)
+                                              ── raised:  the host retries the message; its last delivery
+                                                          gives up (``give_up``), see below
     "Sync now" / backfill ── request_sync / request_backfill ── coalesced when a message is already queued
 
 Invariants:
@@ -28,14 +31,22 @@ Invariants:
   mailbox; a bulk claim that met a change is redone entry by entry (re-read, compare-and-set).
 - A mailbox without an entry gets one from: ``schedule_mailbox`` (connect, add, re-enable), the end of any
   run of it, or the sweep, which checks ``SWEEP_PAGE`` mailboxes of the catalog per tick and wraps around.
-- A mailbox that is not syncable (paused, error, needs_reauth) stays in the index, rechecked every
-  ``PARKED_RECHECK``; a missing or disconnected one leaves it.
+- A mailbox that is not syncable (paused, needs_reauth) stays in the index, rechecked every
+  ``PARKED_RECHECK``; a missing or disconnected one leaves it. A mailbox in ``error`` is syncable: the
+  timer retries it every ``ERROR_RETRY``, "Sync now" and backfill are accepted at once (never 409), and
+  the first run that succeeds sets it ``active`` again. Nothing but a grant failure, a pause or a
+  disconnect stops a mailbox from being retried.
+- Transient failures never park a mailbox nor change its status: a run ends ``more`` and continues after
+  the Retry-After (or a backoff) in a continuation message.
 - Backfill moves the watermark back and clears the delta cursors only while holding the mailbox's sync
   lease (renewed before each of the two writes), so no run in flight can write back a cursor read before
   the backfill: a run renews the same lease before each of its writes and stops once it finds it taken.
-- A message failing on its last delivery (``dequeue_count`` = maxDequeueCount) sets the mailbox to
-  ``error`` with "sync failed N times: <exception type>" before the host moves it to the poison queue;
-  exception text (which may hold data) is never stored or logged.
+- A message failing on its last delivery (``dequeue_count`` = maxDequeueCount), with a failure that is
+  not transient, sets the mailbox to ``error`` with "sync failed N times: <exception type>" before the
+  host moves it to the poison queue, and keeps it due every ``ERROR_RETRY``, so it recovers by itself
+  once the cause is gone (each failed run's report already holds its class and reason). A transient one
+  (storage unreachable) only makes it due again after ``ERROR_RETRY``. Exception text (which may hold
+  data) is never stored or logged.
 """
 
 from __future__ import annotations
@@ -51,7 +62,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from sync_core.domain.model import Mailbox, MailboxStatus
-from sync_core.errors import ConcurrencyConflict, SyncError
+from sync_core.errors import ConcurrencyConflict, GrantFailure, SyncError, TransientFailure, failure_of
 from sync_core.ports import (
     Clock,
     CursorStore,
@@ -62,12 +73,13 @@ from sync_core.ports import (
     WorkQueue,
 )
 from sync_core.scheduling_ports import DueEntry, DueIndex, MailboxCatalog
-from sync_core.use_cases.sync_mailbox import SyncOutcome, sync_lease_key
+from sync_core.use_cases.sync_mailbox import SYNCABLE, SyncOutcome, sync_lease_key
 
 log = logging.getLogger(__name__)
 
 COALESCE_WINDOW = timedelta(seconds=120)
 PARKED_RECHECK = timedelta(hours=1)
+ERROR_RETRY = timedelta(minutes=15)  # a mailbox in ``error`` is retried this often (Sync now: at once)
 TICK_LIMIT = 5000  # due mailboxes one tick enqueues at most; the rest stay due for the next tick
 TICK_BUDGET = timedelta(seconds=40)  # stop claiming well before the next minute's tick
 TICK_PARALLELISM = 8
@@ -97,8 +109,8 @@ class MailboxNotFound(SyncError):
 
 
 class NotSyncable(SyncError):
-    """The mailbox cannot sync now (HTTP 409): ``status`` is ``paused``, ``needs_reauth``, ``error`` or
-    ``disconnected``; ``reason`` says why in words."""
+    """The mailbox cannot sync now (HTTP 409): ``status`` is ``paused``, ``needs_reauth`` or
+    ``disconnected``; ``reason`` says why in words. A mailbox in ``error`` can always sync."""
 
     code = "mailbox_not_syncable"
 
@@ -281,7 +293,7 @@ def _sweep(deps: ScheduleDeps, now: datetime) -> tuple[int, int]:
         page, following = deps.catalog.page(position, SWEEP_PAGE)
     except ValueError:
         page, following = deps.catalog.page(None, SWEEP_PAGE)
-    candidates = [(m.org_id, m.mailbox_id) for m in page if m.status is MailboxStatus.ACTIVE and m.enabled]
+    candidates = [(m.org_id, m.mailbox_id) for m in page if m.status in SYNCABLE and m.enabled]
     missing = deps.due.missing(candidates) if candidates else ()
     for org_id, mailbox_id in missing:
         log.info("sweep: scheduling mailbox %s of org %s, which had no due entry", mailbox_id, org_id)
@@ -397,7 +409,7 @@ def _move_watermark(
 def process_message(deps: ScheduleDeps, body: bytes | str, dequeue_count: int, max_dequeue_count: int) -> str:
     """Run one queue message; returns the outcome (``done``, ``more``, ``busy``, ``skipped``,
     ``failed`` or ``invalid``). Raises when the run raised, so the host retries the message; on its
-    last delivery the mailbox is set to ``error`` first."""
+    last delivery ``give_up`` records the failure first."""
     try:
         message = SyncMessage.parse(body)
     except InvalidMessage as exc:
@@ -437,19 +449,25 @@ def _process(deps: ScheduleDeps, message: SyncMessage) -> str:
             unschedule_mailbox(deps, org_id, mailbox_id)
         else:
             _park(deps, org_id, mailbox_id, now)
-    else:  # failed: the run already set needs_reauth/error with the reason
+    elif outcome.failure is GrantFailure:  # the run set needs_reauth: nothing to retry until reconnected
         _park(deps, org_id, mailbox_id, now)
+    else:  # a configuration failure: the run set error with the reason; retried until a run succeeds
+        _park(deps, org_id, mailbox_id, now, ERROR_RETRY)
     return outcome.status
 
 
 def give_up(deps: ScheduleDeps, org_id: str, mailbox_id: str, attempts: int, exc: BaseException) -> None:
-    """Set the mailbox to ``error`` ("sync failed N times: <type>") and park it. Best effort: the
-    message goes to the poison queue whatever happens here."""
+    """The last delivery of a message failed. A transient failure (storage unreachable) changes nothing
+    but the due time: the mailbox is retried after ``ERROR_RETRY``, never parked. Anything else sets the
+    mailbox to ``error`` ("sync failed N times: <type>", visible to the CRM) and keeps it scheduled every
+    ``ERROR_RETRY``: the next run that succeeds clears the error. Best effort: the message goes to the
+    poison queue whatever happens here."""
+    transient = issubclass(failure_of(exc), TransientFailure)
     reason = f"sync failed {attempts} times: {type(exc).__name__}"
     try:
         for _ in range(UPDATE_ATTEMPTS):
             current = deps.mailboxes.get(org_id, mailbox_id)
-            if current is None or current.value.status is MailboxStatus.DISCONNECTED:
+            if transient or current is None or current.value.status not in SYNCABLE:
                 break
             try:
                 errored = replace(current.value, status=MailboxStatus.ERROR, status_reason=reason)
@@ -457,11 +475,14 @@ def give_up(deps: ScheduleDeps, org_id: str, mailbox_id: str, attempts: int, exc
                 break
             except ConcurrencyConflict:
                 continue
-        _park(deps, org_id, mailbox_id, deps.clock.now())
+        _park(deps, org_id, mailbox_id, deps.clock.now(), ERROR_RETRY)
     except Exception as failure:  # the poison move must happen regardless
         log.error("could not record the failure of mailbox %s: %s", mailbox_id, type(failure).__name__)
     else:
-        log.error("mailbox %s of org %s set to error: %s", mailbox_id, org_id, reason)
+        if transient:
+            log.warning("mailbox %s of org %s: %s (transient); retried later", mailbox_id, org_id, reason)
+        else:
+            log.error("mailbox %s of org %s set to error: %s", mailbox_id, org_id, reason)
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -472,7 +493,7 @@ def _syncable(deps: ScheduleDeps, org_id: str, mailbox_id: str) -> Mailbox:
     if found is None:
         raise MailboxNotFound(f"no mailbox {mailbox_id}")
     mailbox = found.value
-    if mailbox.status is not MailboxStatus.ACTIVE:
+    if mailbox.status not in SYNCABLE:  # an ``error`` is always worth another try
         raise NotSyncable(mailbox.status.value, mailbox.status_reason)
     if not mailbox.enabled:
         raise NotSyncable(MailboxStatus.PAUSED.value, "the mailbox is disabled")
@@ -511,10 +532,14 @@ def _settled(entry: DueEntry, now: datetime, latest: datetime) -> bool:
     return entry.queued_at is None and entry.backfill_since is None and now < entry.due_at <= latest
 
 
-def _park(deps: ScheduleDeps, org_id: str, mailbox_id: str, now: datetime) -> None:
+def _park(
+    deps: ScheduleDeps, org_id: str, mailbox_id: str, now: datetime, after: timedelta = PARKED_RECHECK
+) -> None:
+    """Due again ``after`` from now, nothing queued."""
+
     def change(current: DueEntry | None) -> DueEntry:
         base = current or DueEntry(org_id, mailbox_id, now)
-        return replace(base, due_at=now + PARKED_RECHECK, queued_at=None)
+        return replace(base, due_at=now + after, queued_at=None)
 
     _update(deps.due, org_id, mailbox_id, change)
 

@@ -12,7 +12,10 @@
                         │   renew the lease; save activities (idempotent, keyed by internet message id)
                         │   renew the lease; checkpoint the folder's next/delta link  <- after the save
                         └─ until every folder reached its deltaLink, or the budget is spent
-      ──> renew the lease; store the report; release the lease
+      ──> status follows the outcome (success clears ``error``; configuration → ``error``; grant →
+          ``needs_reauth``); after a failure, date the cursors ``LONG_AGO``
+      ──> renew the lease; store the report (failed runs too); release the lease; raise an unclassified
+          failure
 
 Invariants:
 - A run writes (activities, cursors, mailbox status, its report) only while it holds the mailbox's lease
@@ -40,8 +43,20 @@ Invariants:
   whose cursors are older than ``IDLE_REFRESH`` stores the new delta links, and its report (so a
   mailbox's ``last_sync_at`` advances at least that often). A run that ends with an error dates its
   cursors ``LONG_AGO``, so the next poll stores its report too.
-- A lost delta token (410 / SyncStateNotFound) restarts that folder filtered from the mailbox
-  watermark, so a resync never imports mail older than the watermark.
+- A lost delta token (410 / SyncStateNotFound, or a stored link answering 404 ErrorItemNotFound) restarts
+  that folder filtered from the mailbox watermark, so a resync never imports mail older than the
+  watermark. A folder that 404s from the watermark too is gone: its cursor is cleared and the report
+  counts it (``folders_gone``); a default folder 404ing is a configuration failure of the run.
+- Failures are classified by type (``sync_core.errors``), never by their text: transient ones end the run
+  ``more`` (pages before kept, status unchanged, retried after the Retry-After, else after
+  ``TRANSIENT_RETRY``: an outage is never retried in a tight loop); a message whose
+  attachment listing 404s is stored without the summary (``attachments_unavailable``); configuration
+  failures set ``error`` and grant failures ``needs_reauth``, with the reason. Anything else is recorded
+  the same way (class ``unexpected``, its type only) and raised, so the queue retries it.
+- Every run that takes the lease stores a report, failed ones included, with ``error`` (the reason) and
+  ``error_class``; the mailbox's status follows the latest outcome: a run that succeeds sets an ``error``
+  mailbox ``active`` again (``error`` mailboxes are synced like active ones, and never end as an idle
+  poll, so their recovery is always recorded).
 - Unmatched and filtered messages leave nothing but a count in the run report.
 - Messages become activities through ``pipeline.build_activities`` (shared with RFC 822 ingest); new
   activities are announced to ``events`` (CRM webhooks) after they are durably written.
@@ -58,13 +73,25 @@ from datetime import UTC, datetime, timedelta
 
 from sync_core.domain.model import (
     Activity,
+    AttachmentSummary,
     FolderFilter,
     Mailbox,
     MailboxStatus,
     MailMessage,
     OrgSettings,
 )
-from sync_core.errors import DeltaTokenExpired, MailboxAccessDenied, ReauthRequired, TransientGraphError
+from sync_core.errors import (
+    ConcurrencyConflict,
+    ConfigurationFailure,
+    DeltaTokenExpired,
+    GrantFailure,
+    MessageNotFound,
+    StorageUnavailable,
+    SyncFailure,
+    TransientFailure,
+    UnexpectedFailure,
+    failure_of,
+)
 from sync_core.ports import (
     ActivityStore,
     Clock,
@@ -113,14 +140,16 @@ class SyncDeps:
 
 @dataclass(frozen=True)
 class SyncOutcome:
-    """``status``: ``done`` (caught up), ``more`` (budget spent, continue soon), ``busy`` (another run
-    holds the lease, or took it from this one, which then stopped without writing), ``skipped`` (mailbox
-    not syncable now, also when found so under the lease) or ``failed`` (see ``report.error``).
+    """``status``: ``done`` (caught up), ``more`` (budget spent or a transient failure: continue soon),
+    ``busy`` (another run holds the lease, or took it from this one, which then stopped without writing),
+    ``skipped`` (mailbox not syncable now, also when found so under the lease) or ``failed`` (a
+    configuration or grant failure: ``failure``, ``report.error``).
     An idle poll is ``done`` with a report that was not stored."""
 
     status: str
     report: RunReport | None = None
     retry_after: float | None = None
+    failure: type[SyncFailure] | None = None  # the class of the failure the run ended with, if any
 
 
 class _Stop(Exception):
@@ -144,7 +173,15 @@ class _NotSyncable(_Stop):
     status = "skipped"
 
 
+SYNCABLE = frozenset({MailboxStatus.ACTIVE, MailboxStatus.ERROR})
+"""Statuses a run syncs: ``error`` too, so a mailbox whose failure was fixed recovers by itself."""
+STATUS_ATTEMPTS = 5
+TRANSIENT_RETRY = timedelta(minutes=1)  # the continuation's delay after a transient failure without Retry-After
+
+
 def sync_mailbox(deps: SyncDeps, org_id: str, mailbox_id: str, budget: timedelta = timedelta(minutes=4)) -> SyncOutcome:
+    """One run. Raises only what no class handles (``UnexpectedFailure``s, storage down), after storing
+    the run's report with its class and reason, so the queue retries the message."""
     versioned = deps.mailboxes.get(org_id, mailbox_id)
     if versioned is None:
         return SyncOutcome("skipped")
@@ -156,13 +193,19 @@ def sync_mailbox(deps: SyncDeps, org_id: str, mailbox_id: str, budget: timedelta
     run = _Run(deps, mailbox, settings, started, budget)
     transactions_before = deps.table_transactions()
     requests_before = deps.mail.requests_made
+    escaped: Exception | None = None
+    failure: BaseException | None
     try:
-        status, error, retry_after = run.execute()
-        if status == "failed":
-            run.lease()  # the status, cursors and report are written under the lease too
-            _set_status(deps, run.mailbox, error)
-        if error:
-            run.expire_cursors()
+        try:
+            status, failure, retry_after = run.execute()
+        except _Stop:
+            raise
+        except Exception as exc:  # unclassified: recorded below, then raised for the queue to retry
+            status, failure, retry_after, escaped = "failed", exc, None, exc
+        if not run.idle:  # the status, the cursors' dates and the report are written under the lease too
+            _set_status(deps, run.mailbox, failure, before_write=run.lease)
+            if failure is not None:
+                run.expire_cursors()
         report = RunReport(
             org_id=org_id,
             mailbox_id=mailbox_id,
@@ -176,28 +219,73 @@ def sync_mailbox(deps: SyncDeps, org_id: str, mailbox_id: str, budget: timedelta
             activities_created=run.created,
             activities_merged=run.merged,
             more=status == "more",
-            error=error,
+            error=failure_reason(failure) if failure is not None else "",
+            error_class=failure_of(failure).code if failure is not None else "",
         )
         if not run.idle:
             run.lease()
             deps.reports.add(report, keep=REPORTS_KEPT)
     except _Stop as stop:
-        return SyncOutcome(stop.status)
+        return SyncOutcome(stop.status)  # the lease is someone else's now: so is the mailbox's state
+    except Exception as record_failure:
+        if escaped is None:
+            raise
+        log.warning("could not record the failure of a run: %s", type(record_failure).__name__)
+        raise escaped from None
     finally:
         run.release()
-    return SyncOutcome(status, report, retry_after)
+    if escaped is not None:
+        raise escaped
+    return SyncOutcome(status, report, retry_after, failure_of(failure) if failure is not None else None)
 
 
 def _syncable(mailbox: Mailbox, settings: OrgSettings) -> bool:
-    return mailbox.enabled and settings.automation_enabled and mailbox.status is MailboxStatus.ACTIVE
+    return mailbox.enabled and settings.automation_enabled and mailbox.status in SYNCABLE
 
 
-def _set_status(deps: SyncDeps, mailbox: Mailbox, error: str) -> None:
-    status = MailboxStatus.NEEDS_REAUTH if error.startswith("reauth:") else MailboxStatus.ERROR
-    current = deps.mailboxes.get(mailbox.org_id, mailbox.mailbox_id)
-    if current is not None:
-        reason = error.partition(": ")[2] or error
-        deps.mailboxes.replace(replace(current.value, status=status, status_reason=reason), current.etag)
+def failure_reason(exc: BaseException) -> str:
+    """The words a report and the mailbox show for a failure. A classified failure's message is written
+    for the CRM (no tokens, no mail data); an unclassified one shows its type only, since its text may
+    carry data."""
+    if isinstance(exc, SyncFailure) and not isinstance(exc, UnexpectedFailure):
+        return str(exc) or type(exc).__name__
+    return f"{type(exc).__name__} (unexpected; the run is retried)"
+
+
+def _set_status(
+    deps: SyncDeps, mailbox: Mailbox, failure: BaseException | None, before_write: Callable[[], None]
+) -> None:
+    """Make the stored status say what this run's outcome means for the mailbox: a grant failure
+    ``needs_reauth``, a configuration failure ``error`` (both with the reason); a success clears an
+    ``error``. Transient and unexpected failures leave the status as it is (retrying is under way: the
+    report and ``last_error`` say why). Compare-and-set, re-read on a conflict;
+    ``before_write`` (the run's lease renewal) runs before each write."""
+    kind = failure_of(failure) if failure is not None else None
+    if kind is GrantFailure:
+        wanted = (MailboxStatus.NEEDS_REAUTH, str(failure))
+    elif kind is ConfigurationFailure:
+        wanted = (MailboxStatus.ERROR, str(failure))
+    elif kind is None and mailbox.status is MailboxStatus.ERROR:
+        wanted = (MailboxStatus.ACTIVE, "")
+    else:
+        return  # nothing to say: no read, no write
+    for _ in range(STATUS_ATTEMPTS):
+        current = deps.mailboxes.get(mailbox.org_id, mailbox.mailbox_id)
+        if current is None or current.value.status not in SYNCABLE:
+            return  # disconnected, paused or signed out meanwhile: that decision stands
+        if (current.value.status, current.value.status_reason) == wanted:
+            return
+        if kind is None and current.value.status is not MailboxStatus.ERROR:
+            return  # an active mailbox's reason is not this run's to clear
+        before_write()
+        try:
+            deps.mailboxes.replace(
+                replace(current.value, status=wanted[0], status_reason=wanted[1]), current.etag
+            )
+            return
+        except ConcurrencyConflict:
+            continue
+    log.warning("mailbox %s kept changing; its status was not updated", mailbox.mailbox_id)
 
 
 class _Run:
@@ -218,6 +306,7 @@ class _Run:
         self.created = 0
         self.merged = 0
         self.seen: set[str] = set()  # internet message ids decided in this run
+        self.missing_defaults: list[str] = []  # default folders Graph answered 404 for, from the watermark
         self.threads = RunThreadCache(deps.activities)
         self._all_folders: tuple[str, ...] | None = None
 
@@ -265,16 +354,19 @@ class _Run:
                 self.lease()
                 self.deps.cursors.put(self.mailbox.org_id, self.mailbox.mailbox_id, folder, expired)
 
-    def execute(self) -> tuple[str, str, float | None]:
-        """Returns (status, error, retry_after)."""
+    def execute(self) -> tuple[str, SyncFailure | None, float | None]:
+        """Returns (status, failure, retry_after); raises what no failure class handles. Transient
+        failures end the run ``more`` (retried later; the pages before are kept), configuration and grant
+        failures ``failed``."""
         try:
-            return ("done" if self._sync_folders() else "more"), "", None
-        except ReauthRequired as exc:
-            return "failed", f"reauth: {exc}", None
-        except MailboxAccessDenied as exc:
-            return "failed", f"access_denied: {exc}", None
-        except TransientGraphError as exc:
-            return "more", f"transient: {exc}", exc.retry_after
+            return ("done" if self._sync_folders() else "more"), None, None
+        except StorageUnavailable:
+            raise  # nothing can be recorded now: the queue retries the message
+        except (TransientFailure, ConfigurationFailure, GrantFailure) as exc:
+            if isinstance(exc, TransientFailure):
+                told = exc.retry_after
+                return "more", exc, told if told is not None else TRANSIENT_RETRY.total_seconds()
+            return "failed", exc, None
 
     def _sync_folders(self) -> bool:
         """Returns True when every folder reached its delta link within the budget."""
@@ -290,7 +382,8 @@ class _Run:
             pages, expired = self._poll(caught_up)
             if self.leased:
                 break
-            if not expired and self._unchanged(pages.values(), [cursors[f] for f in caught_up]):
+            recovering = self.mailbox.status is not MailboxStatus.ACTIVE  # its report clears the error
+            if not expired and not recovering and self._unchanged(pages.values(), [cursors[f] for f in caught_up]):
                 self.idle = True
                 return True
             fresh = self._take_lease()
@@ -306,7 +399,14 @@ class _Run:
             resume[folder] = self._apply(page).link
             if page.delta_link:
                 resume.pop(folder)
-        return all(self._drain(folder, link) for folder, link in resume.items())
+        caught_up_all = all([self._drain(folder, link) for folder, link in resume.items()])
+        if self.missing_defaults:
+            names = ", ".join(self.missing_defaults)
+            raise ConfigurationFailure(
+                f"Graph does not find the mailbox's {names} folder (404); the other folders were synced. "
+                "Check that the mailbox still exists and has a licence"
+            )
+        return caught_up_all
 
     def _stored_cursors(self) -> dict[str, str]:
         return dict(self.deps.cursors.get_all(self.mailbox.org_id, self.mailbox.mailbox_id))
@@ -326,13 +426,18 @@ class _Run:
         return self._all_folders
 
     def _poll(self, links: Mapping[str, str]) -> tuple[Mapping[str, DeltaPage], bool]:
-        """One request for every caught-up folder: (pages, False), or ({}, True) when Graph lost the state."""
+        """One request for every caught-up folder: (pages, False), or ({}, True) when Graph lost the state.
+        A 404 for one of the links (its folder or its state is gone) polls nothing: the run takes the lease
+        and follows each folder's link on its own, where ``_drain`` handles the lost one."""
         if not links:
             return {}, False
         try:
             return self.deps.mail.delta_many(self.mailbox, links), False
         except DeltaTokenExpired:
             return {}, True
+        except MessageNotFound:
+            self.lease()
+            return {}, False
 
     def _unchanged(self, pages: Iterable[DeltaPage], cursors: Iterable[Cursor]) -> bool:
         """Nothing new in any folder, and the stored delta links are recent enough to keep."""
@@ -341,17 +446,32 @@ class _Run:
         return empty and all(c.written_at > refresh_before for c in cursors)
 
     def _drain(self, folder: str, link: str | None) -> bool:
-        """Follow one folder's pages until its delta link; False when the budget ran out first."""
+        """Follow one folder's pages until its delta link; False when the budget ran out first.
+
+        A stored link Graph no longer knows (410, or 404 ErrorItemNotFound: the provider forgot the state,
+        or the folder was recreated) restarts the folder from the watermark. A folder that 404s from the
+        watermark too is gone: its cursor is cleared and the report notes it (``folders_gone``); a default
+        folder cannot vanish, so it is noted as missing and fails the run with a configuration failure
+        once the other folders are synced."""
         while self.deps.clock.now() < self.deadline:
             try:
                 page = self.deps.mail.delta(self.mailbox, folder, link, self.mailbox.watermark)
-            except DeltaTokenExpired:
-                if link is None:
+            except (DeltaTokenExpired, MessageNotFound) as exc:
+                if link is not None:
+                    log.info("delta state lost (%s); resyncing the folder from the watermark", type(exc).__name__)
+                    self.reasons["folders_resynced"] += 1
+                    self._forget([folder])
+                    link = None
+                    continue
+                if isinstance(exc, DeltaTokenExpired):
                     raise
-                log.info("delta state lost; resyncing the folder from the watermark")
                 self._forget([folder])
-                link = None
-                continue
+                if self.settings.folders is FolderFilter.ALL and folder not in DEFAULT_FOLDERS:
+                    log.info("a folder of the mailbox is gone; dropped from its folders")
+                    self.reasons["folders_gone"] += 1
+                else:
+                    self.missing_defaults.append(folder)
+                return True
             cursor = self._apply(page)
             if cursor.caught_up:
                 return True
@@ -406,8 +526,17 @@ class _Run:
             records=self.deps.records,
             activities=self.threads,
             reasons=self.reasons,
-            fetch_attachments=lambda source_ids: self.deps.mail.attachments(mailbox, source_ids),
+            fetch_attachments=self._attachments,
         )
+
+    def _attachments(self, source_ids: Sequence[str]) -> Mapping[str, tuple[AttachmentSummary, ...]]:
+        """Attachment summaries; a message Graph no longer has (deleted since its page) is stored without
+        one, counted in the report as ``attachments_unavailable`` (a per-message failure, not the run's)."""
+        found = self.deps.mail.attachments(self.mailbox, source_ids)
+        missing = len(set(source_ids) - set(found))
+        if missing:
+            self.reasons["attachments_unavailable"] += missing
+        return found
 
 
 LONG_AGO = datetime(1970, 1, 1, tzinfo=UTC)

@@ -261,7 +261,7 @@ def report(run: int, mailbox_id: str = "mbx-1", **changes: Any) -> RunReport:
 def test_run_reports_come_back_newest_first_with_every_field(stores: Stores) -> None:
     for run in (1, 3, 2):
         stores.runs.add(report(run), keep=10)
-    failed = report(4, more=True, error="Graph throttled past the wait budget")
+    failed = report(4, more=True, error="Graph throttled past the wait budget", error_class="transient")
     stores.runs.add(failed, keep=10)
     recent = stores.runs.recent("org-1", "mbx-1", 10)
     assert [r.run_id for r in recent] == ["run-4", "run-3", "run-2", "run-1"]

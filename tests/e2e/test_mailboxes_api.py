@@ -46,7 +46,9 @@ def after_watermark(app_host: AppUnderTest, api: requests.Session, org: str, mai
     return (watermark.replace(microsecond=0) + timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def report(org: str, mailbox_id: str, minutes_ago: int, error: str = "", created: int = 0) -> RunReport:
+def report(
+    org: str, mailbox_id: str, minutes_ago: int, *, error: str = "", created: int = 0, error_class: str = ""
+) -> RunReport:
     started = datetime.now(UTC) - timedelta(minutes=minutes_ago)
     return RunReport(
         org_id=org,
@@ -59,6 +61,7 @@ def report(org: str, mailbox_id: str, minutes_ago: int, error: str = "", created
         graph_requests=3,
         activities_created=created,
         error=error,
+        error_class=error_class,
     )
 
 
@@ -129,7 +132,7 @@ def test_runs_are_listed_newest_first_and_summarised_on_the_mailbox(
     stores = app_stores()
     oldest, failed, newest = (
         report(org, mailbox_id, 30, created=2),
-        report(org, mailbox_id, 20, error="transient: Graph answered 503 8 times"),
+        report(org, mailbox_id, 20, error="Graph answered 503 8 times", error_class="transient"),
         report(org, mailbox_id, 10, created=1),
     )
     for run in (oldest, failed, newest):
@@ -141,12 +144,13 @@ def test_runs_are_listed_newest_first_and_summarised_on_the_mailbox(
     assert [r["run_id"] for r in runs] == [newest.run_id, failed.run_id]
     assert set(runs[0]) == {
         "run_id", "started_at", "finished_at", "duration_ms", "reasons", "pages", "graph_requests",
-        "table_transactions", "activities_created", "activities_merged", "more", "error",
+        "table_transactions", "activities_created", "activities_merged", "more", "error", "error_class",
     }  # fmt: skip
     assert (runs[0]["duration_ms"], runs[0]["error"], runs[1]["error"]) == (2000, None, failed.error)
+    assert (runs[0]["error_class"], runs[1]["error_class"]) == (None, "transient")
     assert runs[0]["reasons"] == {"matched": 1, "unmatched": 3}
     assert mailbox["last_sync_at"] == mailbox["last_success_at"] == runs[0]["finished_at"]
-    assert mailbox["last_error"] == {"at": runs[1]["finished_at"], "message": failed.error}
+    assert mailbox["last_error"] is None  # the newest run succeeded: the failure before it is history
     counters = mailbox["counters"]
     assert (counters["runs"], counters["failed_runs"], counters["activities_created"]) == (3, 1, 3)
     assert counters["reasons"] == {"matched": 3, "unmatched": 9}

@@ -5,20 +5,15 @@ queue messages and poison messages."""
 
 from __future__ import annotations
 
-import json
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 import requests
-from azure.functions.queue import QueueMessage
 
-from devhost import functions as devhost_functions
 from emulator.client import EmulatorClient, EmulatorTenant
 from sync_core import bootstrap
-from sync_core.adapters.graph_http import GraphError
 from tests import connect_flow
 from tests.e2e.conftest import AppUnderTest
 
@@ -251,27 +246,36 @@ def test_duplicate_queue_messages_do_not_duplicate_activities(
     assert activity["subject"] == "Only once" and activity["mailbox_ids"] == [adele.mailbox_id]
 
 
-def test_a_message_failing_on_its_last_delivery_sets_the_mailbox_to_error_with_the_reason(
-    app_host: AppUnderTest, api: requests.Session, emulator_client: EmulatorClient, adele: Connected
+def test_a_mailbox_in_error_shows_the_reason_is_accepted_by_sync_now_and_recovers_once_the_cause_is_fixed(
+    app_host: AppUnderTest, api: requests.Session, emulator_client: EmulatorClient, tenant: EmulatorTenant,
+    adele: Connected,
 ) -> None:
     org, mailbox_id = adele.org, adele.mailbox_id
-    # Graph answers 500 to every call for this mailbox: a failure no retry fixes, so each run raises.
-    emulator_client.add_fault(status=500, count=-1, mailbox=adele.upn)
-    spec = app_host.host.functions[QUEUE_FUNCTION]
-    body = json.dumps({"org_id": org, "mailbox_id": mailbox_id, "reason": "timer"}).encode()
+    sync_url = app_host.url(f"orgs/{org}/mailboxes/{mailbox_id}/sync")
+    emulator_client.deliver(adele.upn, from_=DAN, to=[adele.mail], subject="While the secret was expired")
+    # The app's client secret passes its end date: every token refresh answers AADSTS7000222.
+    emulator_client.expire_client_secret(app_host.client_id)
+    try:
+        emulator_client.expire_access_tokens(tenant.users["adele"].id)
+        assert api.post(sync_url).status_code == 202
+        app_host.host.drain_queues(timeout=30)
 
-    for delivery in (4, 5):  # host.json maxDequeueCount is 5: the host poisons the message after the 5th
-        message = QueueMessage(id=str(uuid.uuid4()), body=body, dequeue_count=delivery)  # type: ignore[no-untyped-call]
-        with pytest.raises(GraphError):
-            devhost_functions.call(spec, message)
-        if delivery == 4:
-            assert mailbox_json(app_host, api, org, mailbox_id)["status"] == "active"
+        status = mailbox_json(app_host, api, org, mailbox_id)
+        assert status["status"] == "error"
+        assert "client secret has expired" in status["status_reason"] and "AADSTS7000222" in status["status_reason"]
+        assert status["last_error"]["class"] == "configuration"
+        [latest, *_] = api.get(app_host.url(f"orgs/{org}/mailboxes/{mailbox_id}/runs")).json()["runs"]
+        assert (latest["error_class"], latest["error"]) == ("configuration", status["status_reason"])
+    finally:
+        emulator_client.expire_client_secret(app_host.client_id, expired=False)
+
+    # A mailbox in error is never refused: Sync now runs it, and the run that succeeds clears the error.
+    assert api.post(sync_url).status_code == 202
+    app_host.host.drain_queues(timeout=30)
 
     status = mailbox_json(app_host, api, org, mailbox_id)
-    assert status["status"] == "error"
-    assert status["status_reason"] == "sync failed 5 times: GraphError"
-    refused = api.post(app_host.url(f"orgs/{org}/mailboxes/{mailbox_id}/backfill"), json={"days": 7})
-    assert refused.status_code == 409
-    assert refused.json()["error"]["code"] == "mailbox_not_syncable"
-    assert refused.json()["error"]["details"]["status"] == "error"
-    assert api.post(app_host.url(f"orgs/{org}/mailboxes/{mailbox_id}/sync")).status_code == 409
+    assert (status["status"], status["status_reason"], status["last_error"]) == ("active", "", None)
+    [activity] = timeline(app_host, api, org, "cand-dan")["activities"]
+    assert activity["subject"] == "While the secret was expired"
+    backfill = api.post(app_host.url(f"orgs/{org}/mailboxes/{mailbox_id}/backfill"), json={"days": 7})
+    assert backfill.status_code == 202

@@ -244,11 +244,11 @@ def test_a_dead_grant_makes_the_token_source_raise_reauth_required_with_its_code
 
     with pytest.raises(ReauthRequired) as info:
         source(True)
-    assert info.value.code == code
+    assert info.value.aadsts == code
     assert words in str(info.value) and f"AADSTS{code}" in str(info.value)
     with pytest.raises(ReauthRequired) as through_graph:
         graph_ok(env, DelegatedTokenSource(env.identity, env.tokens, env.mailbox(result.mailbox_id)))
-    assert through_graph.value.code == code
+    assert through_graph.value.aadsts == code
 
 
 def test_a_refresh_rotates_the_tokens_and_persists_the_changed_cache(env: ConnectEnv) -> None:

@@ -2,7 +2,11 @@
 
 FakeMailSource keeps, per folder, an append-only log of messages and serves delta pages over it the
 way Graph does: a first round filtered by receivedDateTime, then changes since the last delta link.
-Links are opaque strings; ``expire_links()`` makes every issued link fail with DeltaTokenExpired.
+Links are opaque strings; ``expire_links()`` makes every issued link fail with DeltaTokenExpired,
+``forget_links()`` with MessageNotFound (Graph's 404 for a link whose state or folder it lost).
+``remove_folder`` makes a folder 404 whatever the link (it is still listed by ``folders``: deleted after
+the listing, the race a real run can meet); ``delete_message`` makes its attachment listing
+404 (it is left out of ``attachments``' answer, as GraphMailSource does).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from sync_core.domain.model import AttachmentSummary, Mailbox, MailMessage
-from sync_core.errors import DeltaTokenExpired, TransientGraphError
+from sync_core.errors import DeltaTokenExpired, MessageNotFound, TransientGraphError
 from sync_core.ports import DeltaPage
 
 
@@ -38,6 +42,9 @@ class FakeMailSource:
         self._ids = itertools.count(1)
         self.requests = 0
         self.fail_next: list[Exception] = []
+        self.forgotten: set[str] = set()  # links answered with 404
+        self.removed_folders: set[str] = set()
+        self.deleted: set[str] = set()  # source ids whose attachment listing 404s
 
     # -- test controls ------------------------------------------------------------------------------
 
@@ -49,6 +56,15 @@ class FakeMailSource:
     def expire_links(self) -> None:
         self._generation += 1
 
+    def forget_links(self) -> None:
+        self.forgotten.update(self._links)
+
+    def remove_folder(self, folder: str) -> None:
+        self.removed_folders.add(folder)
+
+    def delete_message(self, source_id: str) -> None:
+        self.deleted.add(source_id)
+
     # -- MailSource ---------------------------------------------------------------------------------
 
     @property
@@ -59,6 +75,8 @@ class FakeMailSource:
         self.requests += 1
         if self.fail_next:
             raise self.fail_next.pop(0)
+        if folder in self.removed_folders or link in self.forgotten:
+            raise MessageNotFound("ErrorItemNotFound: The specified object was not found in the store.")
         if link is None:
             position, since_filter = 0, since
         else:
@@ -91,7 +109,7 @@ class FakeMailSource:
 
     def attachments(self, mailbox: Mailbox, source_ids: Sequence[str]) -> Mapping[str, tuple[AttachmentSummary, ...]]:
         self.requests += 1
-        return {sid: self.files.get(sid, ()) for sid in source_ids}
+        return {sid: self.files.get(sid, ()) for sid in source_ids if sid not in self.deleted}
 
     def folders(self, mailbox: Mailbox) -> tuple[str, ...]:
         return tuple(self.folders_)

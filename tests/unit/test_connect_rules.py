@@ -232,7 +232,7 @@ def test_result_parameters_are_added_to_the_return_urls_own_query() -> None:
 def test_a_dead_grant_has_a_readable_reason_and_its_aadsts_code(codes: list[int], code: int | None, words: str) -> None:
     error = reauth_error("invalid_grant", codes)
 
-    assert error.code == code and words in str(error) and "reconnect" in str(error)
+    assert error.aadsts == code and words in str(error) and "reconnect" in str(error)
 
 
 # -- failure paths of the callback ------------------------------------------------------------------------

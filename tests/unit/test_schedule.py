@@ -15,8 +15,9 @@ import pytest
 from sync_core.adapters.memory import InMemoryStores
 from sync_core.adapters.memory_due import InMemoryDueIndex, InMemoryMailboxCatalog, InMemoryWorkQueue
 from sync_core.adapters.table_due import shard
+from sync_core.auth.msal_tokens import IdentityError
 from sync_core.domain.model import EmailAddress, Mailbox, MailboxStatus, MailMessage, OrgSettings, Record
-from sync_core.errors import ReauthRequired
+from sync_core.errors import ReauthRequired, StorageUnavailable
 from sync_core.ports import Versioned
 from sync_core.scheduling_ports import DueEntry
 from sync_core.use_cases import schedule
@@ -415,7 +416,8 @@ def test_a_paused_mailbox_is_parked_and_a_disconnected_one_leaves_the_index() ->
     assert world.due.get(ORG, "mb-never-existed") is None
 
 
-def test_a_message_failing_on_every_delivery_sets_error_with_the_count_and_type_on_the_last_one() -> None:
+def test_a_message_failing_on_every_delivery_sets_error_with_the_count_and_type_on_the_last_one_and_stays_scheduled(
+) -> None:
     world = World()
     secret = RuntimeError("could not parse mail from carol@client.example")
 
@@ -431,7 +433,12 @@ def test_a_message_failing_on_every_delivery_sets_error_with_the_count_and_type_
 
     assert world.mailbox().status is MailboxStatus.ERROR
     assert world.mailbox().status_reason == "sync failed 5 times: RuntimeError"
-    assert world.entry().due_at == T0 + schedule.PARKED_RECHECK
+    assert world.entry().due_at == T0 + schedule.ERROR_RETRY  # retried, not parked for good
+
+    world.clock.advance(seconds=schedule.ERROR_RETRY.total_seconds())
+    assert world.tick().enqueued == 1
+    assert world.deliver_queue() == ["done"]  # the cause is gone: the next run recovers the mailbox
+    assert (world.mailbox().status, world.mailbox().status_reason) == (MailboxStatus.ACTIVE, "")
 
 
 def test_a_message_that_is_not_a_sync_request_is_dropped() -> None:
@@ -485,7 +492,6 @@ def test_the_timer_does_not_enqueue_a_mailbox_whose_sync_is_already_queued_but_s
     ("changes", "status"),
     [
         ({"status": MailboxStatus.NEEDS_REAUTH, "status_reason": "grant revoked"}, "needs_reauth"),
-        ({"status": MailboxStatus.ERROR, "status_reason": "sync failed 5 times: GraphError"}, "error"),
         ({"status": MailboxStatus.DISCONNECTED}, "disconnected"),
         ({"status": MailboxStatus.PAUSED}, "paused"),
         ({"enabled": False}, "paused"),
@@ -502,6 +508,45 @@ def test_sync_now_and_backfill_refuse_a_mailbox_that_cannot_sync(changes: dict[s
         schedule.request_backfill(world.deps(), ORG, "mb-adele", 7)
     assert world.queue.messages == []
     assert world.mailbox().watermark == CONNECTED
+
+
+def test_sync_now_on_a_mailbox_in_error_is_accepted_and_its_successful_run_sets_it_active() -> None:
+    world = World()
+    world.set_mailbox(status=MailboxStatus.ERROR, status_reason="sync failed 5 times: GraphError")
+
+    assert schedule.request_sync(world.deps(), ORG, "mb-adele").status == "queued"
+    assert world.deliver_queue() == ["done"]
+
+    assert (world.mailbox().status, world.mailbox().status_reason) == (MailboxStatus.ACTIVE, "")
+    [report] = world.stores.runs.recent(ORG, "mb-adele", 5)
+    assert (report.error, report.error_class) == ("", "")
+    assert schedule.request_backfill(world.deps(), ORG, "mb-adele", 7).status == "queued"
+
+
+def test_a_configuration_failure_sets_error_and_is_retried_with_a_back_off_until_a_run_succeeds() -> None:
+    world = World()
+    world.mail.fail_next = [IdentityError("the app's client secret has expired (AADSTS7000222)", "invalid_client")]
+
+    assert world.process(message()) == "failed"
+
+    assert world.mailbox().status is MailboxStatus.ERROR
+    assert world.mailbox().status_reason == "the app's client secret has expired (AADSTS7000222)"
+    assert world.entry().due_at == T0 + schedule.ERROR_RETRY
+    world.clock.advance(seconds=schedule.ERROR_RETRY.total_seconds())
+    assert world.tick().enqueued == 1
+    assert world.deliver_queue() == ["done"]
+    assert (world.mailbox().status, world.mailbox().status_reason) == (MailboxStatus.ACTIVE, "")
+
+
+def test_a_transient_failure_on_the_last_delivery_neither_sets_error_nor_parks_the_mailbox() -> None:
+    world = World()
+    world.script = [StorageUnavailable("table storage unreachable")]
+
+    with pytest.raises(StorageUnavailable):
+        world.process(message(), dequeue_count=MAX_DEQUEUE)
+
+    assert (world.mailbox().status, world.mailbox().status_reason) == (MailboxStatus.ACTIVE, "")
+    assert world.entry().due_at == T0 + schedule.ERROR_RETRY
 
 
 def test_sync_now_refuses_while_the_org_switched_automation_off_and_for_an_unknown_mailbox() -> None:
@@ -612,10 +657,10 @@ def test_the_sweep_gives_entries_to_active_mailboxes_without_one_a_bounded_page_
     reports = [world.tick() for _ in range(3)]
 
     assert [r.swept for r in reports] == [schedule.SWEEP_PAGE, schedule.SWEEP_PAGE, 52]
-    assert [r.added for r in reports] == [schedule.SWEEP_PAGE, schedule.SWEEP_PAGE, 50]
-    assert sum(r.enqueued for r in reports) == count
+    assert [r.added for r in reports] == [schedule.SWEEP_PAGE, schedule.SWEEP_PAGE, 51]
+    assert sum(r.enqueued for r in reports) == count + 1
     assert world.due.get(ORG, "mb-paused") is None
-    assert world.due.get(ORG, "mb-broken") is None
+    assert world.due.get(ORG, "mb-broken") is not None  # a mailbox in error is retried, never dropped
     assert world.due.sweep_position() is None  # wrapped around: the next tick starts over
 
     again = world.tick()

@@ -10,11 +10,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from sync_core.adapters.memory import InMemoryActivityStore, InMemoryLeaseStore, InMemoryStores
+from sync_core.auth.msal_tokens import IdentityError
 from sync_core.domain.model import (
     Activity,
     AttachmentSummary,
     Direction,
     EmailAddress,
+    FolderFilter,
     Mailbox,
     MailboxStatus,
     MailMessage,
@@ -449,7 +451,7 @@ def test_after_a_failed_poll_the_next_idle_poll_stores_its_report_so_the_last_su
     world.sync()
     world.mail.fail_next.append(throttled())
     assert world.sync() == "more"
-    assert world.stores.runs.recent(ORG, "mb-adele", 1)[0].error.startswith("transient")
+    assert world.stores.runs.recent(ORG, "mb-adele", 1)[0].error_class == "transient"
 
     recovered = sync_mailbox(world.deps(), ORG, "mb-adele")
     idle = sync_mailbox(world.deps(), ORG, "mb-adele")
@@ -647,3 +649,123 @@ def test_a_run_that_takes_the_lease_after_its_mailbox_was_disconnected_writes_no
     assert world.stores.runs.recent(ORG, "mb-adele", 10) == ()
     now = world.clock.now()
     assert world.stores.leases.acquire(lease_key(), "next-run", now + timedelta(minutes=5), now)  # released
+
+
+# -- failures: classified, reported, recovered ---------------------------------------------------------
+
+
+def status_of(world: World, mailbox_id: str = "mb-adele") -> tuple[MailboxStatus, str]:
+    stored = world.stores.mailboxes.get(ORG, mailbox_id)
+    assert stored is not None
+    return stored.value.status, stored.value.status_reason
+
+
+def test_a_run_that_raises_an_unclassified_error_stores_its_report_with_class_and_reason_then_raises() -> None:
+    world = World()
+    world.clock.step = timedelta(seconds=1)  # reports are listed by start time
+    world.mail.deliver(message("carol@client.example", ["adele@acme.example"]))
+    world.mail.fail_next.append(RuntimeError("parser choked on carol@client.example"))
+
+    with pytest.raises(RuntimeError):
+        world.sync()
+
+    [failed] = world.stores.runs.recent(ORG, "mb-adele", 5)
+    assert failed.error_class == "unexpected"
+    assert failed.error.startswith("RuntimeError") and "carol" not in failed.error  # its type, never its text
+    assert status_of(world) == (MailboxStatus.ACTIVE, "")  # the queue retries it; give_up decides later
+    assert world.sync() == "done"
+    latest = world.stores.runs.recent(ORG, "mb-adele", 1)[0]
+    assert (latest.error, latest.error_class, latest.activities_created) == ("", "", 1)
+
+
+def test_a_configuration_failure_sets_error_with_the_reason_and_the_next_successful_run_clears_it() -> None:
+    world = World()
+    world.clock.step = timedelta(seconds=1)
+    world.mail.deliver(message("carol@client.example", ["adele@acme.example"]))
+    expired = "the app's client secret has expired; add a new secret (AADSTS7000222)"
+    world.mail.fail_next.append(IdentityError(expired, "invalid_client", [7000222]))
+
+    outcome = sync_mailbox(world.deps(), ORG, "mb-adele")
+
+    assert outcome.status == "failed" and outcome.report is not None
+    assert (outcome.report.error_class, outcome.report.error) == ("configuration", expired)
+    assert status_of(world) == (MailboxStatus.ERROR, expired)
+    assert world.sync() == "done"  # a mailbox in error is synced: the secret was renewed meanwhile
+    assert status_of(world) == (MailboxStatus.ACTIVE, "")
+    assert len(world.timeline("c-1")) == 1
+
+
+def test_a_transient_failure_leaves_an_error_mailbox_in_error_until_a_run_succeeds() -> None:
+    world = World()
+    world.clock.step = timedelta(seconds=1)
+    world.mail.fail_next.append(IdentityError("the app's client secret is invalid (AADSTS7000215)"))
+    world.sync()
+    world.mail.fail_next.append(throttled())
+
+    assert world.sync() == "more"
+
+    assert status_of(world)[0] is MailboxStatus.ERROR
+    assert world.stores.runs.recent(ORG, "mb-adele", 1)[0].error_class == "transient"
+    assert world.sync() == "done" and status_of(world) == (MailboxStatus.ACTIVE, "")
+
+
+def test_a_message_deleted_before_its_attachments_are_listed_is_stored_without_them_with_a_note() -> None:
+    world = World()
+    gone = message("carol@client.example", ["adele@acme.example"], has_attachments=True)
+    kept = message("carol@client.example", ["adele@acme.example"], has_attachments=True)
+    world.mail.deliver(gone, [AttachmentSummary("a.pdf", 10, "application/pdf")])
+    world.mail.deliver(kept, [AttachmentSummary("b.pdf", 20, "application/pdf")])
+    world.mail.delete_message(gone.source_id)
+
+    outcome = sync_mailbox(world.deps(), ORG, "mb-adele")
+
+    assert outcome.status == "done" and outcome.report is not None and outcome.report.error == ""
+    stored = {a.internet_message_id: a.attachments for a in world.timeline("c-1")}
+    pdf = AttachmentSummary("b.pdf", 20, "application/pdf")
+    assert stored == {gone.internet_message_id: (), kept.internet_message_id: (pdf,)}
+    assert outcome.report.reasons["attachments_unavailable"] == 1
+
+
+def test_a_stored_delta_link_answering_404_resyncs_the_folder_from_the_watermark_without_duplicates() -> None:
+    world = World()
+    world.mail.deliver(message("carol@client.example", ["adele@acme.example"]))
+    world.sync()
+    world.mail.forget_links()  # the provider lost the state (restart, recreated folder): 404 on the links
+    world.mail.deliver(message("dan@talent.example", ["adele@acme.example"]))
+
+    outcome = sync_mailbox(world.deps(), ORG, "mb-adele")
+
+    assert outcome.status == "done" and outcome.report is not None and outcome.report.error == ""
+    assert outcome.report.reasons["folders_resynced"] == 2
+    assert (outcome.report.activities_created, len(world.timeline("c-1")), len(world.timeline("c-2"))) == (1, 1, 1)
+    assert status_of(world) == (MailboxStatus.ACTIVE, "")
+    assert world.sync() == "done"  # the new links work: no loop
+
+
+def test_a_folder_gone_in_all_folders_mode_is_dropped_with_a_note_and_the_others_sync() -> None:
+    world = World()
+    world.stores.settings.put(ORG, OrgSettings(internal_domains=("acme.example",), folders=FolderFilter.ALL))
+    world.mail.deliver(message("carol@client.example", ["adele@acme.example"], folder="projects"))
+    world.sync()
+    world.mail.remove_folder("projects")  # deleted after this run listed the folders
+    world.mail.deliver(message("dan@talent.example", ["adele@acme.example"]))
+
+    outcome = sync_mailbox(world.deps(), ORG, "mb-adele")
+
+    assert outcome.status == "done" and outcome.report is not None and outcome.report.error == ""
+    assert outcome.report.reasons["folders_gone"] == 1
+    assert Cursor.parse(world.stores.cursors.get_all(ORG, "mb-adele")["projects"]).link == ""
+    assert len(world.timeline("c-2")) == 1 and status_of(world) == (MailboxStatus.ACTIVE, "")
+
+
+def test_a_default_folder_answering_404_fails_the_run_as_configuration_after_the_other_folder_synced() -> None:
+    world = World()
+    world.mail.remove_folder("inbox")
+    world.mail.deliver(message("adele@acme.example", ["dan@talent.example"], folder="sentitems"))
+
+    outcome = sync_mailbox(world.deps(), ORG, "mb-adele")
+
+    assert outcome.status == "failed" and outcome.report is not None
+    assert outcome.report.error_class == "configuration" and "inbox" in outcome.report.error
+    assert status_of(world)[0] is MailboxStatus.ERROR and "inbox" in status_of(world)[1]
+    assert len(world.timeline("c-2")) == 1
