@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from sync_core.domain.model import Activity, Mailbox
+from sync_core.domain.model import Mailbox
 from sync_core.errors import SyncError
-from sync_core.ports import Page, Versioned
+from sync_core.ports import ActivityEvent, Page, Versioned
 
 WHOLE_MAILBOX = "*"
 
@@ -124,9 +124,15 @@ class SubscriptionApi(Protocol):
 
 
 class ActivityEvents(Protocol):
-    """Told about activities after they are durably written or deleted (CRM webhooks listen)."""
+    """Told about activities after they are durably written or deleted (CRM webhooks listen).
 
-    def created(self, org_id: str, activities: Sequence[Activity]) -> None: ...
+    Creations come through the activity store's outbox: the use cases save with ``announce_at`` when
+    the org has a webhook URL, which writes an ``ActivityEvent`` per created activity in the same
+    transaction as the activity, then hand those events (``ActivityWrite.events``) to ``created``, which
+    announces them and only then clears them from the outbox. Events a crash left in the outbox are
+    announced later by ``webhooks.drain_outbox`` (the maintenance timer), with the same event ids."""
+
+    def created(self, org_id: str, events: Sequence[ActivityEvent]) -> None: ...
 
     def deleted(self, org_id: str, activity_ids: Sequence[str]) -> None: ...
 

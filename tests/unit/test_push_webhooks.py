@@ -29,6 +29,7 @@ from sync_core.domain.model import (
     RecordRef,
     activity_id_for,
 )
+from sync_core.ports import ActivityEvent
 from sync_core.push_ports import WebhookSendFailed, WebhookUrlRefused
 from sync_core.use_cases import webhooks
 from sync_core.use_cases.sync_mailbox import SyncDeps, sync_mailbox
@@ -96,9 +97,11 @@ class World:
             new_id=lambda: next(self.ids),
         )
 
-    def created(self, *items: Activity) -> None:
-        self.stores.activities.save(items)
-        WebhookEvents(self.deps).created(ORG, items)
+    def created(self, *items: Activity) -> tuple[ActivityEvent, ...]:
+        """Save as a sync run does (each new activity with its outbox event), then announce the events."""
+        written = self.stores.activities.save(items, announce_at=self.clock.now())
+        WebhookEvents(self.deps).created(ORG, written.events)
+        return written.events
 
     def run_queue(self) -> list[webhooks.WebhookDelivery]:
         """Deliver what is queued (each message once, ignoring its delay); returns the attempts' results."""
@@ -110,7 +113,7 @@ class World:
 
 def test_a_new_activity_is_posted_once_signed_with_the_orgs_secret() -> None:
     world = World()
-    world.created(activity())
+    [created] = world.created(activity())
 
     [result] = world.run_queue()
 
@@ -120,10 +123,13 @@ def test_a_new_activity_is_posted_once_signed_with_the_orgs_secret() -> None:
     assert url == HOOK and secret is not None
     expected = "sha256=" + hmac.new(secret.value.value.encode(), body, hashlib.sha256).hexdigest()
     assert headers["X-Signature"] == expected
-    assert headers["X-Delivery-Id"] == "d0" and headers["X-Event-Type"] == "activity.created"
+    # The delivery id is the outbox event's id, fixed when the activity was saved.
+    assert headers["X-Delivery-Id"] == created.event_id and headers["X-Event-Type"] == "activity.created"
     assert headers["X-Timestamp"] == str(int(NOW.timestamp()))
     event = json.loads(body)
-    assert (event["id"], event["type"], event["org_id"], event["attempt"]) == ("d0", "activity.created", ORG, 1)
+    assert (event["id"], event["type"], event["org_id"], event["attempt"]) == (
+        created.event_id, "activity.created", ORG, 1
+    )
     assert event["sent_at"] == "2026-11-01T09:00:00Z"  # the timestamp is inside the signed body too
     assert event["data"] == activity_to_json(activity())
 
