@@ -20,6 +20,9 @@ A request: ``POST <webhook_url>`` with ``Content-Type: application/json`` and
 
 The secret: generated on first use (the first delivery or the first ``POST …/webhooks/secret``), stored
 encrypted, and shown exactly once by ``reveal_secret``; revealing again needs ``rotate`` (a new secret).
+A stored secret no configured key opens (a key dropped too early, or a key id reused for a new key):
+revealing answers ``WebhookSecretUnreadable`` (409), ``rotate`` replaces it without reading it, and
+deliveries meanwhile are retried on their schedule with a note saying so (never sent unsigned).
 
 Invariants:
 - Creations are delivered at least once, with a stable event id: the use cases save an org's activities
@@ -56,6 +59,7 @@ from sync_core.push_ports import (
     WebhookLog,
     WebhookSecret,
     WebhookSecretStore,
+    WebhookSecretUnreadable,
     WebhookSender,
     WebhookSendFailed,
     WebhookUrlRefused,
@@ -76,6 +80,7 @@ OUTBOX_GRACE = timedelta(minutes=2)
 OUTBOX_BATCH = 200
 OUTBOX_ROUNDS = 25  # batches per org and drain; the rest waits for the next one
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the prefix of generated secrets, not a secret
+UNREADABLE_NOTE = "the webhook secret cannot be decrypted with the configured keys; rotate it (webhooks/secret)"
 
 
 @dataclass
@@ -241,7 +246,13 @@ def deliver(deps: WebhookDeps, message: Mapping[str, Any]) -> WebhookDelivery:
         data = deps.render(activity)
     else:
         data = {"id": delivery.activity_id}
-    secret = current_secret(deps, delivery.org_id)
+    try:
+        secret = current_secret(deps, delivery.org_id)
+    except WebhookSecretUnreadable:
+        # Not sent unsigned or under a made-up secret: retried on the usual schedule, so restoring the key
+        # or rotating the secret lets the next attempt through.
+        tried = replace(delivery, attempts=attempt, last_attempt_at=now, url=url)
+        return _retry_or_fail(deps, replace(tried, error=UNREADABLE_NOTE), attempt)
     body = json.dumps(
         {
             "id": delivery.delivery_id,
@@ -308,7 +319,8 @@ def _iso(moment: datetime) -> str:
 
 
 def current_secret(deps: WebhookDeps, org_id: str) -> str:
-    """The org's secret, generated on first use."""
+    """The org's secret, generated on first use. Raises ``WebhookSecretUnreadable`` when no configured
+    key opens the stored one."""
     for _ in range(5):
         found = deps.secrets.get(org_id)
         if found is not None:
@@ -325,7 +337,10 @@ def current_secret(deps: WebhookDeps, org_id: str) -> str:
 def reveal_secret(deps: WebhookDeps, org_id: str, rotate: bool = False) -> WebhookSecret:
     """Show the org's secret once: generated on first use; a secret shown before is never shown again
     (``SecretAlreadyRevealed``). ``rotate`` replaces it with a new one, which is shown and signs every
-    attempt from then on."""
+    attempt from then on; it never reads the old one, so it also replaces a secret no configured key
+    opens (which otherwise raises ``WebhookSecretUnreadable``)."""
+    if rotate:
+        return _rotate(deps, org_id)
     current_secret(deps, org_id)
     for _ in range(5):
         found = deps.secrets.get(org_id)
@@ -343,4 +358,15 @@ def reveal_secret(deps: WebhookDeps, org_id: str, rotate: bool = False) -> Webho
             return shown
         except ConcurrencyConflict:
             continue
+    raise ConcurrencyConflict("the webhook secret kept changing")
+
+
+def _rotate(deps: WebhookDeps, org_id: str) -> WebhookSecret:
+    for _ in range(5):
+        shown = WebhookSecret(deps.new_secret(), deps.clock.now(), revealed=True)
+        try:
+            deps.secrets.put(org_id, shown, deps.secrets.version(org_id))
+            return shown
+        except (AlreadyExists, ConcurrencyConflict):
+            continue  # replaced concurrently: replace that one
     raise ConcurrencyConflict("the webhook secret kept changing")
