@@ -54,11 +54,11 @@ class CrashingActivities:
     def __init__(self, inner: ActivityStore, on_save: int, after_write: bool) -> None:
         self.inner, self.on_save, self.after_write, self.saves = inner, on_save, after_write, 0
 
-    def save(self, activities: Sequence[Activity]) -> ActivityWrite:
+    def save(self, activities: Sequence[Activity], announce_at: datetime | None = None) -> ActivityWrite:
         self.saves += 1
         if self.saves == self.on_save and not self.after_write:
             raise Crash("before the write")
-        written = self.inner.save(activities)
+        written = self.inner.save(activities, announce_at)
         if self.saves == self.on_save:
             raise Crash("after the write, before the checkpoint")
         return written

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from sync_core.domain.model import Mailbox
     from sync_core.use_cases.connect import ConnectDeps
     from sync_core.use_cases.ingest import IngestDeps
+    from sync_core.use_cases.maintenance import MaintenanceDeps
     from sync_core.use_cases.notifications import NotificationDeps
     from sync_core.use_cases.schedule import ScheduleDeps
     from sync_core.use_cases.subscriptions import SubscriptionDeps
@@ -285,6 +286,23 @@ class Services:
         from sync_core.use_cases.webhooks import WebhookEvents
 
         return WebhookEvents(self.webhook_deps())
+
+    def maintenance_deps(self) -> MaintenanceDeps:
+        from sync_core.adapters.table_due import TableMailboxCatalog
+        from sync_core.auth.token_cache_store import TableOrgTenantStore
+        from sync_core.use_cases.maintenance import MaintenanceDeps
+
+        prefix, metrics = self.settings.table_prefix, self.stores.metrics
+        return MaintenanceDeps(
+            catalog=TableMailboxCatalog(self.tables, prefix, metrics),
+            settings=self.stores.settings,
+            tokens=self.token_caches,
+            tenants=TableOrgTenantStore(self.tables, prefix, metrics),
+            secrets=self._webhook_secrets,
+            webhooks=self.webhook_deps(),
+            clock=self.clock,
+            rotating=len(self._cipher.kids) > 1,
+        )
 
     def ingest_deps(self) -> IngestDeps:
         from sync_core.use_cases.ingest import IngestDeps

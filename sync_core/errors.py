@@ -117,6 +117,24 @@ class ReauthRequired(GrantFailure):
         self.aadsts = code
 
 
+class CredentialsUnreadable(ReauthRequired):
+    """The mailbox's stored credentials (its token cache) cannot be decrypted with any configured key
+    (``TOKEN_ENCRYPTION_KEY`` lost the key, or a key id was reused for a new key): the sign-in must be
+    redone, so it is a grant failure (``needs_reauth``), never a crash."""
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(
+            message or "stored credentials cannot be decrypted with the configured keys; reconnect the mailbox"
+        )
+
+
+class TokenDecryptionError(SyncError):
+    """A stored secret cannot be decrypted: unknown key id (a key was removed from the setting too
+    early), a malformed value, or an authentication failure (tampering, a value moved to another
+    owner, or a key id reused for another key). A configuration or integrity problem, not a revoked
+    grant; ``sync_core.auth.crypto`` raises it (defined here so callers need not load cryptography)."""
+
+
 class MessageNotFound(SyncError):
     """Graph has no such item (404: a message, an attachment listing's message, a folder, a delta link's
     folder). What it means depends on where: the caller classifies it."""

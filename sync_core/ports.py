@@ -82,19 +82,46 @@ class RecordsIndex(Protocol):
 
 
 @dataclass(frozen=True)
+class ActivityEvent:
+    """An activity's creation waiting in the activity store's outbox to be announced (CRM webhooks).
+    ``event_id`` is fixed when the row is written, so every announcement of it carries the same id."""
+
+    org_id: str
+    activity_id: str
+    event_id: str
+    occurred_at: datetime
+
+
+@dataclass(frozen=True)
 class ActivityWrite:
-    """Outcome of storing a batch of activities: which were new and which only gained a mailbox."""
+    """Outcome of storing a batch of activities: which were new and which only gained a mailbox, and
+    the outbox events written with the new ones (``save(..., announce_at=...)`` only)."""
 
     created: tuple[str, ...] = ()
     merged: tuple[str, ...] = ()
     unchanged: tuple[str, ...] = ()
     transactions: int = 0
+    events: tuple[ActivityEvent, ...] = ()
 
 
 class ActivityStore(Protocol):
-    def save(self, activities: Sequence[Activity]) -> ActivityWrite:
+    """Activities, their indexes, and an outbox of creations to announce.
+
+    The outbox: ``save(..., announce_at=t)`` writes, for each activity it creates, an ``ActivityEvent``
+    (a fresh event id, ``occurred_at`` = t) atomically with the activity: the event exists exactly when
+    the activity was created by that save. Events stay until ``clear_events``; whoever announces them
+    clears them afterwards, so a crash in between leaves them for ``pending_events`` (at least once)."""
+
+    def save(self, activities: Sequence[Activity], announce_at: datetime | None = None) -> ActivityWrite:
         """Store activities keyed by ``activity_id``. An existing activity keeps its content and gains
-        any new mailbox ids and record links; storing the same activity twice changes nothing."""
+        any new mailbox ids and record links; storing the same activity twice changes nothing. With
+        ``announce_at``, every activity this call creates gets its outbox event (``ActivityWrite.events``)."""
+
+    def pending_events(self, org_id: str, written_before: datetime, limit: int) -> tuple[ActivityEvent, ...]:
+        """Up to ``limit`` outbox events of the org that occurred before ``written_before``."""
+
+    def clear_events(self, org_id: str, events: Sequence[ActivityEvent]) -> None:
+        """Remove these events from the outbox (announced). Already removed ones are fine."""
 
     def get(self, org_id: str, activity_id: str) -> Activity | None: ...
 

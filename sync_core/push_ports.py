@@ -11,7 +11,8 @@ Invariants:
   would let anyone forge a notification.
 - A mailbox has at most one subscription per folder key (``inbox``, ``sentitems`` or ``*`` for the whole
   mailbox); ``SubscriptionStore.put`` replaces the folder's previous record.
-- Webhook secrets are stored encrypted (AES-GCM, ``TOKEN_ENCRYPTION_KEY``), bound to their org.
+- Webhook secrets are stored encrypted (AES-GCM, ``TOKEN_ENCRYPTION_KEY``), bound to their org, with the
+  key id they are encrypted under; the maintenance timer re-wraps them under the current key.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from sync_core.domain.model import Activity, Mailbox
-from sync_core.errors import SyncError
-from sync_core.ports import Page, Versioned
+from sync_core.domain.model import Mailbox
+from sync_core.errors import SyncError, TokenDecryptionError
+from sync_core.ports import ActivityEvent, Page, Versioned
 
 WHOLE_MAILBOX = "*"
 
@@ -127,9 +128,15 @@ class SubscriptionApi(Protocol):
 
 
 class ActivityEvents(Protocol):
-    """Told about activities after they are durably written or deleted (CRM webhooks listen)."""
+    """Told about activities after they are durably written or deleted (CRM webhooks listen).
 
-    def created(self, org_id: str, activities: Sequence[Activity]) -> None: ...
+    Creations come through the activity store's outbox: the use cases save with ``announce_at`` when
+    the org has a webhook URL, which writes an ``ActivityEvent`` per created activity in the same
+    transaction as the activity, then hand those events (``ActivityWrite.events``) to ``created``, which
+    announces them and only then clears them from the outbox. Events a crash left in the outbox are
+    announced later by ``webhooks.drain_outbox`` (the maintenance timer), with the same event ids."""
+
+    def created(self, org_id: str, events: Sequence[ActivityEvent]) -> None: ...
 
     def deleted(self, org_id: str, activity_ids: Sequence[str]) -> None: ...
 
@@ -173,12 +180,33 @@ class WebhookSecret:
     revealed: bool = False
 
 
+class WebhookSecretUnreadable(TokenDecryptionError):
+    """No configured key opens the org's stored webhook secret (HTTP 409): ``rotate`` replaces it
+    without reading it."""
+
+    code = "webhook_secret_unreadable"
+
+
 class WebhookSecretStore(Protocol):
-    def get(self, org_id: str) -> Versioned[WebhookSecret] | None: ...
+    """The org's webhook secret, encrypted under ``TOKEN_ENCRYPTION_KEY``'s current key (its key id
+    stored with it) and bound to the org; re-wrapped under the current key like token caches."""
+
+    def get(self, org_id: str) -> Versioned[WebhookSecret] | None:
+        """The secret, or None. Raises ``WebhookSecretUnreadable`` when no configured key opens it."""
 
     def put(self, org_id: str, secret: WebhookSecret, etag: str | None) -> str:
         """Store (encrypted); returns the new etag. ``etag`` None: create, ``AlreadyExists`` when the org
         has one; else replace only at that etag (``ConcurrencyConflict``)."""
+
+    def version(self, org_id: str) -> str | None:
+        """The stored secret's etag, without decrypting it (to replace one that cannot be read)."""
+
+    def rewrap_if_needed(self, org_id: str) -> bool:
+        """Re-encrypt under the current key a secret stored under an older one; True when rewritten.
+        Raises ``WebhookSecretUnreadable`` when no configured key opens it."""
+
+    def stored_key_id(self, org_id: str) -> str | None:
+        """The key id the stored secret is encrypted under (rotation checks); None when absent."""
 
 
 class WebhookSender(Protocol):

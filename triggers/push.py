@@ -1,6 +1,6 @@
 """Push: Graph change and lifecycle notifications (anonymous: clientState protects them), RFC 822 ingest,
-CRM webhook deliveries and secret, the org's subscriptions (function key); the subscription timer and the
-push queue.
+CRM webhook deliveries and secret, the org's subscriptions (function key); the subscription timer, the
+storage maintenance timer (webhook outbox, key rotation) and the push queue.
 
 The push queue is ``%SYNC_QUEUE_NAME%-push`` (``mailbox-sync-push`` with the default sync queue name):
 CRM webhook delivery attempts and lifecycle follow-ups that call Graph. No new app setting is needed.
@@ -16,6 +16,7 @@ from triggers.http_json import run
 bp = func.Blueprint()
 
 SUBSCRIPTION_TIMER = "0 */5 * * * *"  # NCRONTAB, seconds first: every 5 minutes
+MAINTENANCE_TIMER = "30 */5 * * * *"  # every 5 minutes, 30 s after the subscription timer
 PUSH_QUEUE = "%SYNC_QUEUE_NAME%-push"
 
 
@@ -66,6 +67,14 @@ def maintain_subscriptions(timer: func.TimerRequest) -> None:
     from sync_core.use_cases import subscriptions
 
     subscriptions.maintain(bootstrap.services().subscription_deps())
+
+
+@bp.timer_trigger(arg_name="timer", schedule=MAINTENANCE_TIMER, run_on_startup=False)
+def maintain_storage(timer: func.TimerRequest) -> None:
+    """Announce webhook events a crashed worker left in the outbox; while keys rotate, re-wrap secrets."""
+    from sync_core.use_cases import maintenance
+
+    maintenance.maintain(bootstrap.services().maintenance_deps())
 
 
 @bp.queue_trigger(arg_name="msg", queue_name=PUSH_QUEUE, connection="AzureWebJobsStorage")

@@ -25,12 +25,13 @@ from sync_core.adapters.table_codec import (
     fit_activity,
     group_by_org,
     merge_activity,
+    new_events,
     stored_record,
     to_utc,
 )
 from sync_core.domain.model import Activity, Mailbox, OrgSettings, Record, RecordRef, activity_id_for
 from sync_core.errors import AlreadyExists, ConcurrencyConflict
-from sync_core.ports import ActivityWrite, Page, RecordLookupResult, RunReport, Versioned
+from sync_core.ports import ActivityEvent, ActivityWrite, Page, RecordLookupResult, RunReport, Versioned
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -78,9 +79,11 @@ class InMemoryActivityStore:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._activities: dict[tuple[str, str], Activity] = {}
+        self._outbox: dict[tuple[str, str, str], ActivityEvent] = {}  # (org, activity, event id)
 
-    def save(self, activities: Sequence[Activity]) -> ActivityWrite:
+    def save(self, activities: Sequence[Activity], announce_at: datetime | None = None) -> ActivityWrite:
         outcomes: dict[str, str] = {}
+        events = new_events(activities, announce_at)
         with self._lock:
             for org_id, of_org in group_by_org(activities).items():
                 for activity_id, incoming in of_org.items():
@@ -88,17 +91,33 @@ class InMemoryActivityStore:
                     if stored is None:
                         self._activities[(org_id, activity_id)] = fit_activity(incoming)
                         outcomes[activity_id] = "created"
+                        if (event := events.get(activity_id)) is not None:
+                            self._outbox[(org_id, activity_id, event.event_id)] = event
                     elif (merged := merge_activity(stored, incoming)) != stored:
                         self._activities[(org_id, activity_id)] = fit_activity(merged)
                         outcomes[activity_id] = "merged"
                     else:
                         outcomes[activity_id] = "unchanged"
         order = list(dict.fromkeys(activity.activity_id for activity in activities))
+        created = tuple(key for key in order if outcomes[key] == "created")
         return ActivityWrite(
-            created=tuple(key for key in order if outcomes[key] == "created"),
+            created=created,
             merged=tuple(key for key in order if outcomes[key] == "merged"),
             unchanged=tuple(key for key in order if outcomes[key] == "unchanged"),
+            events=tuple(events[key] for key in created if key in events),
         )
+
+    def pending_events(self, org_id: str, written_before: datetime, limit: int) -> tuple[ActivityEvent, ...]:
+        with self._lock:
+            ordered = sorted(self._outbox.items(), key=lambda item: (item[0][1], item[0][2]))
+        before = to_utc(written_before)
+        found = (event for (org, _, _), event in ordered if org == org_id and event.occurred_at < before)
+        return tuple(itertools.islice(found, max(limit, 0)))
+
+    def clear_events(self, org_id: str, events: Sequence[ActivityEvent]) -> None:
+        with self._lock:
+            for event in events:
+                self._outbox.pop((org_id, event.activity_id, event.event_id), None)
 
     def get(self, org_id: str, activity_id: str) -> Activity | None:
         return self._activities.get((org_id, activity_id))

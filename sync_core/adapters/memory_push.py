@@ -18,7 +18,14 @@ from sync_core.adapters import table_keys as keys
 from sync_core.adapters.memory import _as_stored
 from sync_core.adapters.table_codec import decode_cursor, encode_cursor, to_utc
 from sync_core.adapters.table_subscriptions import record_row
-from sync_core.adapters.table_webhook_log import delivery_position
+from sync_core.adapters.table_webhook_log import (
+    delivery_position,
+    needs_rewrap,
+    open_secret,
+    secret_aad,
+    stored_key_id,
+)
+from sync_core.auth.crypto import TokenCipher
 from sync_core.errors import AlreadyExists, ConcurrencyConflict
 from sync_core.ports import Page, Versioned
 from sync_core.push_ports import PushSubscription, WebhookDelivery, WebhookSecret
@@ -118,22 +125,62 @@ class InMemoryWebhookLog:
 
 
 class InMemoryWebhookSecretStore:
-    def __init__(self) -> None:
+    """Stores the ciphertext the Table adapter stores (same cipher use, same associated data), so key
+    rotation and unreadable secrets behave the same; ``with_cipher`` is a worker with another key
+    setting on the same rows."""
+
+    def __init__(self, cipher: TokenCipher | None = None) -> None:
+        self._cipher = cipher or TokenCipher.from_setting(TokenCipher.generate_setting())
         self._lock = threading.Lock()
-        self._secrets: dict[str, Versioned[WebhookSecret]] = {}
+        self._rows: dict[str, tuple[str, datetime, bool, str]] = {}  # org -> ciphertext, created, revealed, etag
         self._versions = itertools.count(1)
+
+    def with_cipher(self, cipher: TokenCipher) -> InMemoryWebhookSecretStore:
+        other = InMemoryWebhookSecretStore(cipher)
+        other._lock, other._rows, other._versions = self._lock, self._rows, self._versions
+        return other
 
     def get(self, org_id: str) -> Versioned[WebhookSecret] | None:
         with self._lock:
-            return self._secrets.get(org_id)
+            row = self._rows.get(org_id)
+        if row is None:
+            return None
+        ciphertext, created_at, revealed, etag = row
+        return Versioned(WebhookSecret(open_secret(self._cipher, org_id, ciphertext), created_at, revealed), etag)
 
     def put(self, org_id: str, secret: WebhookSecret, etag: str | None) -> str:
+        stored = _as_stored(secret)
+        ciphertext = self._cipher.encrypt(stored.value.encode("utf-8"), secret_aad(org_id))
         with self._lock:
-            current = self._secrets.get(org_id)
+            current = self._rows.get(org_id)
             if etag is None and current is not None:
                 raise AlreadyExists("the org has a webhook secret")
-            if etag is not None and (current is None or current.etag != etag):
+            if etag is not None and (current is None or current[3] != etag):
                 raise ConcurrencyConflict("the webhook secret changed")
-            stored = Versioned(_as_stored(secret), f"v{next(self._versions)}")
-            self._secrets[org_id] = stored
-            return stored.etag
+            new_etag = f"v{next(self._versions)}"
+            self._rows[org_id] = (ciphertext, stored.created_at, stored.revealed, new_etag)
+            return new_etag
+
+    def version(self, org_id: str) -> str | None:
+        with self._lock:
+            row = self._rows.get(org_id)
+        return None if row is None else row[3]
+
+    def rewrap_if_needed(self, org_id: str) -> bool:
+        with self._lock:
+            row = self._rows.get(org_id)
+        if row is None or not needs_rewrap(self._cipher, row[0]):
+            return False
+        found = self.get(org_id)
+        if found is None:
+            return False
+        try:
+            self.put(org_id, found.value, found.etag)
+        except ConcurrencyConflict:
+            return False
+        return True
+
+    def stored_key_id(self, org_id: str) -> str | None:
+        with self._lock:
+            row = self._rows.get(org_id)
+        return None if row is None else stored_key_id(row[0])

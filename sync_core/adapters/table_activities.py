@@ -5,7 +5,9 @@ transaction writes an activity together with its index rows:
 - ``a|<activity>``: the activity (``table_codec.activity_entity``);
 - ``t|<record>|<inverted received>|<activity>``: a record's timeline, newest first;
 - ``h|<thread>|<received>|<activity>``: a thread, oldest first;
-- ``m|<mailbox>|<activity>``: what a mailbox saw (for purges).
+- ``m|<mailbox>|<activity>``: what a mailbox saw (for purges);
+- ``o|<activity>|<event>``: the outbox, an activity's creation not yet announced (``activity_id``,
+  ``event_id``, ``occurred_at``), written only by ``save(..., announce_at=...)``.
 Index rows hold only ``activity_id``; reads resolve them with a point read of the activity.
 
 Invariants:
@@ -21,6 +23,11 @@ Invariants:
   writes nothing; its activities, and any whose create exceeds one transaction (never split unread:
   its index rows would outlive a refused create), then take the read-and-merge path: a point read
   each, then their writes packed the same way.
+- An outbox row is written in the same transaction as its activity's create (``Plan.final``: the two
+  are never split, not even when a create's index rows span transactions): it exists exactly when
+  that create succeeded, so a crash after a save and before its announcement leaves the row behind
+  and nobody else's save ever writes or overwrites it. It counts as one more operation of the create
+  (six for an activity on two records: sixteen to a transaction instead of twenty).
 - Transactions of a save: ten new activities on two records each cost 1; a hundred cost 5. Ten already
   stored cost 1 (refused) + 10 reads (+ 1 if anything changed). A timeline page costs one query and one
   point read per activity shown.
@@ -31,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from functools import partial
 from typing import Any
 
@@ -54,12 +62,15 @@ from sync_core.adapters.table_codec import (
     decode_cursor,
     encode_cursor,
     fit_activity,
+    from_stored_datetime,
     group_by_org,
     merge_activity,
+    new_events,
+    to_utc,
 )
 from sync_core.domain.model import Activity, RecordRef, activity_id_for
 from sync_core.errors import AlreadyExists, ConcurrencyConflict
-from sync_core.ports import ActivityWrite, Page
+from sync_core.ports import ActivityEvent, ActivityWrite, Page
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,18 +89,33 @@ class TableActivityStore:
     ) -> None:
         self._table = Table(service, table_name(prefix, "activities"), metrics or TableMetrics(), after_write)
 
-    def save(self, activities: Sequence[Activity]) -> ActivityWrite:
+    def save(self, activities: Sequence[Activity], announce_at: datetime | None = None) -> ActivityWrite:
         outcomes: dict[str, str] = {}
+        events = new_events(activities, announce_at)
         with self._table.metrics.measure() as cost:
             for of_org in group_by_org(activities).values():
-                outcomes.update(self._save_org(of_org))
+                outcomes.update(self._save_org(of_org, events))
         order = list(dict.fromkeys(activity.activity_id for activity in activities))
+        created = tuple(key for key in order if outcomes[key] == "created")
         return ActivityWrite(
-            created=tuple(key for key in order if outcomes[key] == "created"),
+            created=created,
             merged=tuple(key for key in order if outcomes[key] == "merged"),
             unchanged=tuple(key for key in order if outcomes[key] == "unchanged"),
             transactions=cost.transactions,
+            events=tuple(events[key] for key in created if key in events),
         )
+
+    def pending_events(self, org_id: str, written_before: datetime, limit: int) -> tuple[ActivityEvent, ...]:
+        low, high = keys.prefix_bounds(keys.OUTBOX_PREFIX)
+        rows = self._table.rows(keys.activity_partition(org_id), at_least=low, below=high, page_size=max(limit, 1))
+        before = to_utc(written_before)
+        found = (_event_from_entity(org_id, row) for row in rows)
+        return tuple(itertools.islice((event for event in found if event.occurred_at < before), max(limit, 0)))
+
+    def clear_events(self, org_id: str, events: Sequence[ActivityEvent]) -> None:
+        partition = keys.activity_partition(org_id)
+        rows = [{"PartitionKey": partition, "RowKey": keys.outbox_row(e.activity_id, e.event_id)} for e in events]
+        self._table.submit([Write("delete", row) for row in rows])
 
     def get(self, org_id: str, activity_id: str) -> Activity | None:
         entity = self._read(org_id, activity_id)
@@ -176,10 +202,10 @@ class TableActivityStore:
 
     # --- internals ---
 
-    def _save_org(self, incoming: Mapping[str, Activity]) -> dict[str, str]:
+    def _save_org(self, incoming: Mapping[str, Activity], events: Mapping[str, ActivityEvent]) -> dict[str, str]:
         whole: list[Plan] = []
         to_read: list[str] = []
-        for plan in map(_create_plan, incoming.values()):
+        for plan in (_create_plan(activity, events.get(key)) for key, activity in incoming.items()):
             if len(pack([plan.writes])) == 1:
                 whole.append(plan)
             else:
@@ -187,7 +213,7 @@ class TableActivityStore:
         for batch in _packed(whole):
             to_read += self._create_all(batch)
         outcomes = dict.fromkeys((plan.key for plan in whole), "created")
-        outcomes.update(self._run(to_read, lambda key: self._plan_save(incoming[key])))
+        outcomes.update(self._run(to_read, lambda key: self._plan_save(incoming[key], events.get(key))))
         return outcomes
 
     def _create_all(self, plans: Sequence[Plan]) -> list[str]:
@@ -199,10 +225,10 @@ class TableActivityStore:
             return [plan.key for plan in plans]
         return []
 
-    def _plan_save(self, incoming: Activity) -> _Planned:
+    def _plan_save(self, incoming: Activity, event: ActivityEvent | None) -> _Planned:
         entity = self._read(incoming.org_id, incoming.activity_id)
         if entity is None:
-            return _Planned(_create_plan(incoming), "created")
+            return _Planned(_create_plan(incoming, event), "created")
         stored = activity_from_entity(entity)
         merged = merge_activity(stored, incoming)
         if merged == stored:
@@ -237,10 +263,31 @@ class TableActivityStore:
         return [activity_from_entity(entity) if entity is not None else None for entity in entities]
 
 
-def _create_plan(incoming: Activity) -> Plan:
+def _create_plan(incoming: Activity, event: ActivityEvent | None = None) -> Plan:
+    """Index rows, then (with ``event``) the outbox row and the activity's create in one final group."""
     activity = fit_activity(incoming)
     writes = _index_upserts(activity, activity.records, activity.mailbox_ids, with_thread=True)
-    return Plan(activity.activity_id, (*writes, Write("create", activity_entity(activity))))
+    create = Write("create", activity_entity(activity))
+    if event is None:
+        return Plan(activity.activity_id, (*writes, create))
+    return Plan(activity.activity_id, (*writes, _outbox_upsert(event), create), final=2)
+
+
+def _outbox_upsert(event: ActivityEvent) -> Write:
+    entity = {
+        "PartitionKey": keys.activity_partition(event.org_id),
+        "RowKey": keys.outbox_row(event.activity_id, event.event_id),
+        "activity_id": event.activity_id,
+        "event_id": event.event_id,
+        "occurred_at": to_utc(event.occurred_at),
+    }
+    return Write("upsert", entity)
+
+
+def _event_from_entity(org_id: str, entity: Any) -> ActivityEvent:
+    return ActivityEvent(
+        org_id, str(entity["activity_id"]), str(entity["event_id"]), from_stored_datetime(entity["occurred_at"])
+    )
 
 
 def _packed(plans: Sequence[Plan]) -> list[list[Plan]]:

@@ -17,7 +17,8 @@ Invariants:
   request limit. ``after_write`` runs after every write round trip that succeeded (tests use it to stop
   a multi-step write between two steps).
 - ``commit`` writes plans whose final operation is conditional (create, or update/delete at an ETag) and
-  whose other operations are idempotent; a plan is committed exactly when its final operation is.
+  whose other operations are idempotent; a plan is committed exactly when its final operation is, and
+  the plan's final group (``Plan.final`` writes) always goes in that operation's transaction.
 """
 
 from __future__ import annotations
@@ -144,10 +145,31 @@ class Write:
 @dataclass(frozen=True)
 class Plan:
     """Writes that take one item to its new state: idempotent operations, then one conditional
-    operation last. The item is in its new state exactly when that last operation succeeded."""
+    operation last. The item is in its new state exactly when that last operation succeeded.
+
+    ``final``: how many writes at the end (the conditional one last) are committed together, in one
+    transaction, however the plan is packed, so what rides with the conditional write (an outbox row)
+    exists exactly when it succeeded. The final group must fit one transaction."""
 
     key: str
     writes: tuple[Write, ...]
+    final: int = 1
+
+    @property
+    def preparation(self) -> tuple[Write, ...]:
+        return self.writes[: -self.final]
+
+    @property
+    def final_writes(self) -> tuple[Write, ...]:
+        return self.writes[-self.final :]
+
+    @property
+    def groups(self) -> list[tuple[Write, ...]]:
+        """The plan as ``pack`` groups: whole when it fits one transaction, else its preparation (spread as
+        needed) and then its final group, which is never split."""
+        if len(pack([self.writes])) == 1 or self.final == 1:
+            return [self.writes]
+        return [self.preparation, self.final_writes]
 
 
 @dataclass
@@ -310,7 +332,7 @@ class Table:
         result = Committed()
         final_writes = {id(plan.writes[-1]): plan for plan in plans}
         remaining = {plan.key: plan for plan in plans}
-        for batch in pack([list(plan.writes) for plan in plans]):
+        for batch in pack([group for plan in plans for group in plan.groups]):
             try:
                 etags = self.transact(batch)
             except (ConcurrencyConflict, AlreadyExists):
@@ -321,9 +343,12 @@ class Table:
                     result.etags[plan.key] = etag
                     del remaining[plan.key]
         for plan in remaining.values():
-            self.submit(plan.writes[:-1])
+            self.submit(plan.preparation)
             try:
-                result.etags[plan.key] = self.write(plan.writes[-1])
+                if plan.final == 1:
+                    result.etags[plan.key] = self.write(plan.writes[-1])
+                else:
+                    result.etags[plan.key] = self.transact(plan.final_writes)[-1]
             except (ConcurrencyConflict, AlreadyExists):
                 result.conflicted.append(plan.key)
         return result

@@ -24,6 +24,7 @@ import json
 import re
 import types
 import typing
+import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from enum import Enum
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sync_core.adapters import table_keys as keys
 from sync_core.domain.model import Activity, AttachmentSummary, Direction, EmailAddress, Record, RecordRef
+from sync_core.ports import ActivityEvent
 
 PROPERTY_MAX_UNITS = 32_000
 BODY_CHUNKS_MAX = 15
@@ -163,6 +165,14 @@ def merge_activity(stored: Activity, incoming: Activity) -> Activity:
     return dataclasses.replace(
         stored, mailbox_ids=tuple(dict.fromkeys(mailbox_ids)), records=records, direction=direction
     )
+
+
+def new_events(activities: Sequence[Activity], announce_at: datetime | None) -> dict[str, ActivityEvent]:
+    """A fresh outbox event per activity id when ``announce_at`` is given (the adapter's and the double's)."""
+    if announce_at is None:
+        return {}
+    at = to_utc(announce_at)
+    return {a.activity_id: ActivityEvent(a.org_id, a.activity_id, uuid.uuid4().hex, at) for a in activities}
 
 
 def group_by_org(activities: Sequence[Activity]) -> dict[str, dict[str, Activity]]:

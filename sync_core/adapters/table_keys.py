@@ -120,6 +120,7 @@ def domain_partition(org_id: str, domain: str) -> str:
 #   t|<record>|<inverted received>|<act>  a record's timeline, newest first
 #   h|<thread>|<received>|<act>           a thread, oldest first
 #   m|<mailbox>|<act>                     the activities a mailbox saw (for purge)
+#   o|<act>|<event>                       the outbox: the activity's creation, not yet announced
 
 
 def activity_partition(org_id: str) -> str:
@@ -154,6 +155,13 @@ def thread_position(received_at: datetime, activity_id: str) -> str:
 
 def thread_row(thread_id: str, received_at: datetime, activity_id: str) -> str:
     return compose(thread_prefix(thread_id), thread_position(received_at, activity_id))
+
+
+OUTBOX_PREFIX = "o"
+
+
+def outbox_row(activity_id: str, event_id: str) -> str:
+    return compose(OUTBOX_PREFIX, key_part(activity_id), key_part(event_id))
 
 
 def mailbox_prefix(mailbox_id: str) -> str:

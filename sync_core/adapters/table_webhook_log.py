@@ -4,10 +4,12 @@ Layout of ``<prefix>webhooks`` (PartitionKey / RowKey), one partition per org:
 - ``<org>`` / ``d|<inverted created time>|<delivery id>``: one delivery (every ``WebhookDelivery`` field),
   newest first; a delivery keeps its row through its attempts (the queue message carries its key).
 - ``<org>`` / ``secret``: the webhook secret, AES-GCM encrypted with ``TOKEN_ENCRYPTION_KEY`` and bound
-  to the org (associated data), with ``revealed`` and ``created_at``.
+  to the org (associated data), with ``revealed``, ``created_at`` and ``Kid`` (the key id it is
+  encrypted under, in clear, for rotation; the ciphertext names it too).
 
 Invariants:
-- The secret never reaches the table in plaintext; a ciphertext copied to another org fails to decrypt.
+- The secret never reaches the table in plaintext; a ciphertext copied to another org fails to decrypt
+  (``WebhookSecretUnreadable``, as does one under a key no longer configured).
 - Cursors are opaque positions in the org's delivery rows; a cursor stays valid while deliveries arrive.
 """
 
@@ -29,8 +31,9 @@ from sync_core.adapters.table_codec import (
     to_utc,
 )
 from sync_core.auth.crypto import TokenCipher
+from sync_core.errors import ConcurrencyConflict, TokenDecryptionError
 from sync_core.ports import Page, Versioned
-from sync_core.push_ports import WebhookDelivery, WebhookSecret
+from sync_core.push_ports import WebhookDelivery, WebhookSecret, WebhookSecretUnreadable
 
 _SECRET_ROW = "secret"  # noqa: S105 - a row key, not a password
 _DELIVERY = "d"
@@ -89,9 +92,8 @@ class TableWebhookSecretStore:
         entity = self._table.get(keys.org_partition(org_id), _SECRET_ROW)
         if entity is None:
             return None
-        value = self._cipher.decrypt(str(entity["ciphertext"]), secret_aad(org_id)).decode("utf-8")
         secret = WebhookSecret(
-            value=value,
+            value=open_secret(self._cipher, org_id, str(entity["ciphertext"])),
             created_at=from_stored_datetime(entity["created_at"]),
             revealed=bool(entity.get("revealed", False)),
         )
@@ -102,7 +104,53 @@ class TableWebhookSecretStore:
             "PartitionKey": keys.org_partition(org_id),
             "RowKey": _SECRET_ROW,
             "ciphertext": self._cipher.encrypt(secret.value.encode("utf-8"), secret_aad(org_id)),
+            "Kid": self._cipher.current_kid,
             "created_at": to_utc(secret.created_at),
             "revealed": secret.revealed,
         }
         return self._table.write(Write("create", entity) if etag is None else Write("update", entity, etag))
+
+    def version(self, org_id: str) -> str | None:
+        entity = self._table.get(keys.org_partition(org_id), _SECRET_ROW, select=["PartitionKey", "RowKey"])
+        return None if entity is None else etag_of(entity)
+
+    def rewrap_if_needed(self, org_id: str) -> bool:
+        entity = self._table.get(keys.org_partition(org_id), _SECRET_ROW)
+        if entity is None or not needs_rewrap(self._cipher, str(entity["ciphertext"])):
+            return False
+        secret = WebhookSecret(
+            value=open_secret(self._cipher, org_id, str(entity["ciphertext"])),
+            created_at=from_stored_datetime(entity["created_at"]),
+            revealed=bool(entity.get("revealed", False)),
+        )
+        try:
+            self.put(org_id, secret, etag_of(entity))
+        except ConcurrencyConflict:
+            return False  # rewritten meanwhile, and every write uses the current key
+        return True
+
+    def stored_key_id(self, org_id: str) -> str | None:
+        entity = self._table.get(keys.org_partition(org_id), _SECRET_ROW, select=["ciphertext"])
+        return None if entity is None else stored_key_id(str(entity["ciphertext"]))
+
+
+def open_secret(cipher: TokenCipher, org_id: str, ciphertext: str) -> str:
+    """Decrypt a stored secret (shared with the memory double); ``WebhookSecretUnreadable`` if no key opens it."""
+    try:
+        return cipher.decrypt(ciphertext, secret_aad(org_id)).decode("utf-8")
+    except TokenDecryptionError as exc:
+        raise WebhookSecretUnreadable(
+            f"the stored webhook secret cannot be decrypted with the configured keys ({exc})"
+        ) from None
+
+
+def needs_rewrap(cipher: TokenCipher, ciphertext: str) -> bool:
+    try:
+        return cipher.needs_rotation(ciphertext)
+    except TokenDecryptionError:
+        return True  # malformed: reading it will say so
+
+
+def stored_key_id(ciphertext: str) -> str:
+    """The key id a ``TokenCipher`` ciphertext names (``v1.<kid>.<...>``)."""
+    return ciphertext.split(".")[1] if ciphertext.count(".") >= 2 else ""

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from sync_core.api.http import ID_PATTERN, ApiError, ApiRequest, ApiResponse, not_found, ok
 from sync_core.domain.mime import InvalidMessage
 from sync_core.errors import StorageUnavailable
-from sync_core.push_ports import PushSubscription, WebhookDelivery
+from sync_core.push_ports import PushSubscription, WebhookDelivery, WebhookSecretUnreadable
 from sync_core.use_cases import ingest, notifications, webhooks
 
 if TYPE_CHECKING:
@@ -132,6 +132,12 @@ def webhook_secret(svc: Services, req: ApiRequest) -> ApiResponse:
         secret = webhooks.reveal_secret(svc.webhook_deps(), org, rotate=rotate)
     except webhooks.SecretAlreadyRevealed as exc:
         raise ApiError(409, exc.code, str(exc)) from exc
+    except WebhookSecretUnreadable as exc:
+        message = (
+            "the stored webhook secret cannot be decrypted with the configured keys (TOKEN_ENCRYPTION_KEY); "
+            "POST again with ?rotate=true to replace it with a new one"
+        )
+        raise ApiError(409, exc.code, message) from exc
     return ok({"secret": secret.value, "created_at": _iso(secret.created_at)}, 201)
 
 

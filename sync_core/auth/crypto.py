@@ -25,18 +25,12 @@ from collections.abc import Sequence
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from sync_core.errors import SyncError
+from sync_core.errors import TokenDecryptionError
 
 FORMAT_VERSION = "v1"
 NONCE_BYTES = 12
 KEY_SIZES = (16, 24, 32)
 _KID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
-
-class TokenDecryptionError(SyncError):
-    """A stored secret cannot be decrypted: unknown key id (a key was removed from the setting too
-    early), a malformed value, or an authentication failure (tampering, or a value moved to another
-    owner). This is a configuration or integrity problem, not a revoked grant."""
 
 
 def _b64url_encode(data: bytes) -> str:

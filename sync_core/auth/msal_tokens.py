@@ -19,6 +19,8 @@ Invariants:
   itself (client secret expired or invalid: AADSTS 7000222, 7000215...) raises ``IdentityError``, a
   ``ConfigurationFailure`` whose message says what an operator must fix, never ``ReauthRequired``:
   reconnecting a mailbox cannot fix the app's credentials.
+- A delegated token cache no configured key opens raises ``CredentialsUnreadable`` (a ``ReauthRequired``:
+  the mailbox goes ``needs_reauth``, never a crash); an application one is replaced by a fresh one.
 """
 
 from __future__ import annotations
@@ -40,7 +42,15 @@ import requests
 
 from sync_core.auth.ports import TokenCacheStore, mailbox_owner, tenant_owner
 from sync_core.domain.model import ConnectionMode, Mailbox
-from sync_core.errors import ConcurrencyConflict, ConfigurationFailure, ReauthRequired, SyncError, TransientGraphError
+from sync_core.errors import (
+    ConcurrencyConflict,
+    ConfigurationFailure,
+    CredentialsUnreadable,
+    ReauthRequired,
+    SyncError,
+    TokenDecryptionError,
+    TransientGraphError,
+)
 from sync_core.settings import GRAPH_RESOURCE, Settings
 
 log = logging.getLogger(__name__)
@@ -451,7 +461,12 @@ class DelegatedTokenSource:
     def __call__(self, force_refresh: bool = False) -> str:
         token = ""
         for attempt in (1, 2):
-            stored = self._store.get(self._org_id, self._owner)
+            try:
+                stored = self._store.get(self._org_id, self._owner)
+            except TokenDecryptionError:
+                # No configured key opens it (a key dropped too early, or a key id reused): only a new
+                # sign-in brings a refresh token back.
+                raise CredentialsUnreadable() from None
             if stored is None:
                 raise ReauthRequired("no token cache; connect the mailbox again")
             cache = msal.SerializableTokenCache()
@@ -516,7 +531,13 @@ class AppTokenSource:
         self._owner = tenant_owner(tenant_id)
 
     def __call__(self, force_refresh: bool = False) -> str:
-        stored = self._store.get(self._org_id, self._owner)
+        try:
+            stored = self._store.get(self._org_id, self._owner)
+        except TokenDecryptionError:
+            # Only app tokens live in it, and the client credentials get new ones: start afresh (the put
+            # below replaces it under the current key).
+            log.warning("an application token cache no configured key opens was replaced")
+            stored = None
         cache = msal.SerializableTokenCache()
         if stored is not None and not force_refresh:
             cache.deserialize(stored.value)

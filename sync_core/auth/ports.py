@@ -56,7 +56,8 @@ class TokenCacheStore(Protocol):
 
     def rewrap_if_needed(self, org_id: str, owner_key: str) -> bool:
         """Re-encrypt a cache stored under an old key with the current key (conditional on its etag;
-        a concurrent writer already wrote under the current key). True when it rewrote."""
+        a concurrent writer already wrote under the current key). True when it rewrote. Raises
+        ``TokenDecryptionError`` when no configured key opens it (the maintenance timer counts those)."""
 
 
 @dataclass(frozen=True)

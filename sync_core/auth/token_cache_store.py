@@ -42,9 +42,9 @@ from azure.data.tables import TableServiceClient
 from sync_core.adapters.table_client import Table, TableMetrics, Write, table_name
 from sync_core.adapters.table_codec import from_stored_datetime, get_text, put_text, to_utc
 from sync_core.adapters.table_keys import compose, key_part
-from sync_core.auth.crypto import TokenCipher, TokenDecryptionError
+from sync_core.auth.crypto import TokenCipher
 from sync_core.auth.ports import FLOW_LIFETIME, FlowKind, OrgTenant, PendingAuthFlow
-from sync_core.errors import AlreadyExists, ConcurrencyConflict
+from sync_core.errors import AlreadyExists, ConcurrencyConflict, TokenDecryptionError
 from sync_core.ports import Versioned
 
 log = logging.getLogger(__name__)

@@ -90,11 +90,12 @@ def ingest(
     if not activities:
         return IngestResult("not_logged", reason, message.internet_message_id, None, owner.mailbox_id or None, None)
     [activity] = activities
-    written = deps.activities.save(activities)
+    announce_at = deps.clock.now() if deps.events is not None and settings.webhook_url else None
+    written = deps.activities.save(activities, announce_at=announce_at)  # with its outbox event (webhooks)
     if written.created:
         outcome = "created"
-        if deps.events is not None:
-            deps.events.created(org_id, activities)
+        if deps.events is not None and written.events:
+            deps.events.created(org_id, written.events)
     else:
         outcome = "merged" if written.merged else "unchanged"
     return IngestResult(

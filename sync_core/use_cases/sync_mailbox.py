@@ -490,13 +490,15 @@ class _Run:
         activities = self._activities(self._first_sightings(page.messages))
         if activities:
             self.lease()
-            written = self.deps.activities.save(activities)
+            # With a webhook, each new activity's outbox event is written with it (announced at least once).
+            wanted = self.deps.events is not None and bool(self.settings.webhook_url)
+            announce_at = self.deps.clock.now() if wanted else None
+            written = self.deps.activities.save(activities, announce_at=announce_at)
             self.threads.saved(activities, written)
             self.created += len(written.created)
             self.merged += len(written.merged)
-            if written.created and self.deps.events is not None:
-                created = set(written.created)
-                self.deps.events.created(self.mailbox.org_id, [a for a in activities if a.activity_id in created])
+            if written.events and self.deps.events is not None:
+                self.deps.events.created(self.mailbox.org_id, written.events)
         cursor = Cursor(
             caught_up=page.delta_link is not None,
             link=page.delta_link or page.next_link or "",

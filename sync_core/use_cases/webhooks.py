@@ -1,6 +1,10 @@
 """CRM webhooks (spec §4): each new activity and each deletion POSTed to the org's ``webhook_url``.
 
-    activity saved (sync, ingest) / deleted ── WebhookEvents ── delivery logged "pending" + push-queue message
+    activity saved (sync, ingest) + its outbox event, in one transaction ── WebhookEvents.created ─┐
+    an outbox event a crash left behind ── drain_outbox (maintenance timer) ──────────────────────┤
+    activity deleted ── WebhookEvents.deleted ──────────────────────────────────────────────────┤
+                                          delivery logged "pending" + push-queue message <────────┘
+                                          (then the outbox event is cleared)
     push queue ── deliver ── 2xx ──────────────────────────────> "delivered"
                           ── other status / no answer ──────────> "retrying", queued again after RETRY_DELAYS[n]
                           ── attempts exhausted / URL refused ──> "failed"
@@ -16,10 +20,20 @@ A request: ``POST <webhook_url>`` with ``Content-Type: application/json`` and
 
 The secret: generated on first use (the first delivery or the first ``POST …/webhooks/secret``), stored
 encrypted, and shown exactly once by ``reveal_secret``; revealing again needs ``rotate`` (a new secret).
+A stored secret no configured key opens (a key dropped too early, or a key id reused for a new key):
+revealing answers ``WebhookSecretUnreadable`` (409), ``rotate`` replaces it without reading it, and
+deliveries meanwhile are retried on their schedule with a note saying so (never sent unsigned).
 
 Invariants:
-- Events are announced only after the activity is durably written; announcing never fails the caller
-  (an enqueue failure is logged): delivery is at least once from the moment the event is queued.
+- Creations are delivered at least once, with a stable event id: the use cases save an org's activities
+  with an outbox event each (when the org has a webhook URL), written in the same transaction as the
+  activity; the event is cleared only after its delivery was logged and queued. A crash between the
+  save and the announcement leaves the event in the outbox, and ``drain_outbox`` announces it later
+  with the same id (``X-Delivery-Id`` and the body's ``id``), so receivers dedupe on it. Announcing
+  never fails the caller (a failure is logged and the event stays in the outbox). Cost: the outbox row
+  is one more operation in the activity's transaction, and clearing a page's events one transaction.
+- Deletions are announced after the activity is deleted (at least once from the moment the event is
+  queued).
 - Nothing but an authenticated (function-key) org setting chooses the URL; the sender refuses non-https
   and private, loopback and link-local targets unless ``WEBHOOKS_ALLOW_PRIVATE_NETWORKS`` is set.
 - The delivery log keeps the newest ``LOG_KEPT`` deliveries per org.
@@ -40,12 +54,13 @@ from typing import Any
 
 from sync_core.domain.model import Activity
 from sync_core.errors import AlreadyExists, ConcurrencyConflict, SyncError
-from sync_core.ports import ActivityStore, Clock, SettingsRepository, WorkQueue
+from sync_core.ports import ActivityEvent, ActivityStore, Clock, SettingsRepository, WorkQueue
 from sync_core.push_ports import (
     WebhookDelivery,
     WebhookLog,
     WebhookSecret,
     WebhookSecretStore,
+    WebhookSecretUnreadable,
     WebhookSender,
     WebhookSendFailed,
     WebhookUrlRefused,
@@ -60,7 +75,13 @@ RETRY_DELAYS = (30, 120, 600, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600)  # seco
 MAX_ATTEMPTS = len(RETRY_DELAYS) + 1
 LOG_KEPT = 1000
 TRIM_EVERY = 64  # trim an org's log on about one delivery in this many
+# drain_outbox leaves events younger than this to the run or request that wrote them (announced within
+# moments), so it does not announce them a second time; it announces only what a crash left behind.
+OUTBOX_GRACE = timedelta(minutes=2)
+OUTBOX_BATCH = 200
+OUTBOX_ROUNDS = 25  # batches per org and drain; the rest waits for the next one
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the prefix of generated secrets, not a secret
+UNREADABLE_NOTE = "the webhook secret cannot be decrypted with the configured keys; rotate it (webhooks/secret)"
 
 
 @dataclass
@@ -96,8 +117,14 @@ class WebhookEvents:
     def __init__(self, deps: WebhookDeps) -> None:
         self._deps = deps
 
-    def created(self, org_id: str, activities: Sequence[Activity]) -> None:
-        self._announce(org_id, CREATED, [a.activity_id for a in activities])
+    def created(self, org_id: str, events: Sequence[ActivityEvent]) -> None:
+        if not events:
+            return
+        try:
+            publish(self._deps, org_id, events)
+        except Exception as exc:  # announcing must never fail the sync or the request that caused it
+            left = len(events)
+            log.error("webhooks: could not announce %d events of org %s (kept): %s", left, org_id, type(exc).__name__)
 
     def deleted(self, org_id: str, activity_ids: Sequence[str]) -> None:
         self._announce(org_id, DELETED, list(activity_ids))
@@ -125,9 +152,51 @@ def announce(deps: WebhookDeps, org_id: str, event: str, activity_id: str, url: 
         created_at=deps.clock.now(),
         url=url,
     )
+    return _queue_first(deps, delivery)
+
+
+def _queue_first(deps: WebhookDeps, delivery: WebhookDelivery) -> WebhookDelivery:
     deps.deliveries.record(delivery)
     deps.queue.enqueue(_work(delivery, attempt=1))
     return delivery
+
+
+def publish(deps: WebhookDeps, org_id: str, events: Sequence[ActivityEvent]) -> int:
+    """Announce outbox events of the org: a delivery per event, its id the event id and its time the
+    event's, logged and queued; then clear the events from the outbox. Without a webhook URL (removed
+    since the save) the events are only cleared. Raises on a storage or queue failure: the events not
+    cleared stay in the outbox, and announcing them again repeats the same delivery ids."""
+    url = deps.settings.get(org_id).webhook_url
+    if url:
+        for event in events:
+            _queue_first(
+                deps,
+                WebhookDelivery(
+                    org_id=org_id,
+                    delivery_id=event.event_id,
+                    event=CREATED,
+                    activity_id=event.activity_id,
+                    created_at=event.occurred_at,
+                    url=url,
+                ),
+            )
+    deps.activities.clear_events(org_id, events)
+    return len(events) if url else 0
+
+
+def drain_outbox(deps: WebhookDeps, org_id: str) -> int:
+    """Announce the org's outbox events older than ``OUTBOX_GRACE`` (left by a crash between a save and
+    its announcement); returns how many were announced. Raises on a storage or queue failure."""
+    written_before = deps.clock.now() - OUTBOX_GRACE
+    announced = 0
+    for _ in range(OUTBOX_ROUNDS):
+        pending = deps.activities.pending_events(org_id, written_before, OUTBOX_BATCH)
+        if pending:
+            announced += publish(deps, org_id, pending)
+            log.info("webhooks: %d outbox events of org %s left by an interrupted run", len(pending), org_id)
+        if len(pending) < OUTBOX_BATCH:
+            break
+    return announced
 
 
 def _work(delivery: WebhookDelivery, attempt: int) -> dict[str, Any]:
@@ -178,7 +247,13 @@ def deliver(deps: WebhookDeps, message: Mapping[str, Any]) -> WebhookDelivery:
         data = deps.render(activity)
     else:
         data = {"id": delivery.activity_id}
-    secret = current_secret(deps, delivery.org_id)
+    try:
+        secret = current_secret(deps, delivery.org_id)
+    except WebhookSecretUnreadable:
+        # Not sent unsigned or under a made-up secret: retried on the usual schedule, so restoring the key
+        # or rotating the secret lets the next attempt through.
+        tried = replace(delivery, attempts=attempt, last_attempt_at=now, url=url)
+        return _retry_or_fail(deps, replace(tried, error=UNREADABLE_NOTE), attempt)
     body = json.dumps(
         {
             "id": delivery.delivery_id,
@@ -245,7 +320,8 @@ def _iso(moment: datetime) -> str:
 
 
 def current_secret(deps: WebhookDeps, org_id: str) -> str:
-    """The org's secret, generated on first use."""
+    """The org's secret, generated on first use. Raises ``WebhookSecretUnreadable`` when no configured
+    key opens the stored one."""
     for _ in range(5):
         found = deps.secrets.get(org_id)
         if found is not None:
@@ -262,7 +338,10 @@ def current_secret(deps: WebhookDeps, org_id: str) -> str:
 def reveal_secret(deps: WebhookDeps, org_id: str, rotate: bool = False) -> WebhookSecret:
     """Show the org's secret once: generated on first use; a secret shown before is never shown again
     (``SecretAlreadyRevealed``). ``rotate`` replaces it with a new one, which is shown and signs every
-    attempt from then on."""
+    attempt from then on; it never reads the old one, so it also replaces a secret no configured key
+    opens (which otherwise raises ``WebhookSecretUnreadable``)."""
+    if rotate:
+        return _rotate(deps, org_id)
     current_secret(deps, org_id)
     for _ in range(5):
         found = deps.secrets.get(org_id)
@@ -280,4 +359,15 @@ def reveal_secret(deps: WebhookDeps, org_id: str, rotate: bool = False) -> Webho
             return shown
         except ConcurrencyConflict:
             continue
+    raise ConcurrencyConflict("the webhook secret kept changing")
+
+
+def _rotate(deps: WebhookDeps, org_id: str) -> WebhookSecret:
+    for _ in range(5):
+        shown = WebhookSecret(deps.new_secret(), deps.clock.now(), revealed=True)
+        try:
+            deps.secrets.put(org_id, shown, deps.secrets.version(org_id))
+            return shown
+        except (AlreadyExists, ConcurrencyConflict):
+            continue  # replaced concurrently: replace that one
     raise ConcurrencyConflict("the webhook secret kept changing")

@@ -308,6 +308,64 @@ def test_a_batch_holding_one_stored_activity_creates_the_others_and_merges_that_
     )
 
 
+# --- the outbox: an event per created activity, written with it, until cleared ---
+
+
+def test_a_save_with_announce_at_writes_an_outbox_event_for_each_created_activity_only(stores: Stores) -> None:
+    known = make_activity("<known@x>")
+    stores.activities.save([known])  # saved without events (an org without a webhook)
+    fresh = [make_activity(f"<fresh{i}@x>") for i in range(3)]
+
+    written = stores.activities.save([fresh[0], known, *fresh[1:]], announce_at=T0)
+
+    assert [e.activity_id for e in written.events] == [a.activity_id for a in fresh]
+    assert all(e.org_id == "org-1" and e.occurred_at == T0 for e in written.events)
+    assert len({e.event_id for e in written.events}) == 3
+    pending = stores.activities.pending_events("org-1", T0 + timedelta(seconds=1), 100)
+    assert sorted(pending, key=lambda e: e.activity_id) == sorted(written.events, key=lambda e: e.activity_id)
+    assert stores.activities.pending_events("org-1", T0, 100) == ()  # only events written before the bound
+    assert stores.activities.pending_events("org-2", T0 + timedelta(days=1), 100) == ()
+
+
+def test_saving_the_activities_again_writes_no_new_event_and_keeps_the_first_ids(stores: Stores) -> None:
+    batch = [make_activity(f"<m{i}@x>") for i in range(4)]
+    first = stores.activities.save(batch, announce_at=T0)
+    again = stores.activities.save(batch, announce_at=T0 + timedelta(minutes=5))  # a re-run after a crash
+
+    assert again.events == () and len(again.unchanged) == 4
+    later = T0 + timedelta(hours=1)
+    assert {e.event_id for e in stores.activities.pending_events("org-1", later, 100)} == {
+        e.event_id for e in first.events
+    }
+
+
+def test_cleared_events_are_gone_and_clearing_twice_is_harmless(stores: Stores) -> None:
+    written = stores.activities.save([make_activity(f"<m{i}@x>") for i in range(5)], announce_at=T0)
+    later = T0 + timedelta(hours=1)
+
+    stores.activities.clear_events("org-1", written.events[:2])
+    stores.activities.clear_events("org-1", written.events[:3])
+
+    assert {e.event_id for e in stores.activities.pending_events("org-1", later, 100)} == {
+        e.event_id for e in written.events[3:]
+    }
+    assert len(stores.activities.pending_events("org-1", later, 1)) == 1  # at most ``limit``
+    stores.activities.clear_events("org-1", written.events)
+    assert stores.activities.pending_events("org-1", later, 100) == ()
+
+
+def test_an_outbox_event_is_invisible_to_timelines_threads_and_purges(stores: Stores) -> None:
+    activity = make_activity("<m1@x>", mailbox_ids=("mbx-1",))
+    stores.activities.save([activity], announce_at=T0)
+
+    assert stores.activities.timeline("org-1", "cand-1", None, 10).items == (activity,)
+    assert stores.activities.thread("org-1", "thread-1") == (activity,)
+    assert stores.activities.delete_for_mailbox("org-1", "mbx-1") == 1
+    # The announcement of a deleted activity is left to the delivery, which skips it.
+    [event] = stores.activities.pending_events("org-1", T0 + timedelta(hours=1), 10)
+    assert event.activity_id == activity.activity_id
+
+
 # --- Table storage only: what a save costs, and what it leaves in the table ---
 
 
@@ -404,3 +462,50 @@ def test_large_bodies_saved_together_are_spread_over_transactions_within_the_req
         stored = store.get("org-1", activity.activity_id)
         assert stored == fit_activity(activity)
         assert stored is not None and stored.body_truncated
+
+
+def test_an_outbox_row_rides_in_its_activitys_transaction_and_costs_one_operation(
+    table_service: TableServiceClient, table_prefix: str
+) -> None:
+    writes = _Writes()
+    store = _store(table_service, table_prefix, writes)
+
+    ten = store.save([make_activity(f"<t{i}@x>", records=("cand-1", "acct-1")) for i in range(10)], announce_at=T0)
+    assert (len(ten.events), ten.transactions, writes.count) == (10, 1, 1)
+
+    hundred = store.save([make_activity(f"<h{i}@x>", records=("cand-1", "acct-1")) for i in range(100)], announce_at=T0)
+    # Six operations each (five as without events, and the outbox row): sixteen to a transaction.
+    assert (len(hundred.events), hundred.transactions, writes.count) == (100, 7, 1 + 7)
+
+
+class _StopAfter:
+    """An ``after_write`` hook that kills the save after ``n`` write round trips (a worker dying there)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __call__(self) -> None:
+        self.n -= 1
+        if self.n == 0:
+            raise RuntimeError("worker died")
+
+
+def test_a_create_spread_over_transactions_has_its_outbox_row_only_in_its_last_one(
+    table_service: TableServiceClient, table_prefix: str
+) -> None:
+    # 120 record links: the create (index rows, outbox row, activity) needs two transactions, so it is
+    # never sent unread; on the read path its index rows go first, and the outbox row with the activity.
+    big = make_activity("<big@x>", records=tuple(f"rec-{i}" for i in range(120)))
+    TableActivityStore(table_service, table_prefix).get("org-1", "warm-up")
+    dying = TableActivityStore(table_service, table_prefix, TableMetrics(), after_write=_StopAfter(1))
+    later = T0 + timedelta(hours=1)
+
+    with pytest.raises(RuntimeError):
+        dying.save([big], announce_at=T0)  # killed after its first transaction (index rows only)
+
+    store = TableActivityStore(table_service, table_prefix)
+    assert store.get("org-1", big.activity_id) is None
+    assert store.pending_events("org-1", later, 10) == ()  # no event without its activity
+    written = store.save([big], announce_at=T0)
+    assert written.created == (big.activity_id,)
+    assert store.pending_events("org-1", later, 10) == written.events and len(written.events) == 1

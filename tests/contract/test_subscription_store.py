@@ -19,7 +19,7 @@ from sync_core.adapters.table_subscriptions import TableSubscriptionStore
 from sync_core.adapters.table_webhook_log import TableWebhookLog, TableWebhookSecretStore
 from sync_core.auth.crypto import TokenCipher, TokenDecryptionError
 from sync_core.errors import AlreadyExists, ConcurrencyConflict
-from sync_core.push_ports import PushSubscription, WebhookDelivery, WebhookSecret
+from sync_core.push_ports import PushSubscription, WebhookDelivery, WebhookSecret, WebhookSecretUnreadable
 from tests.contract.conftest import T0
 
 
@@ -29,12 +29,20 @@ class Push:
     subscriptions: Any
     deliveries: Any
     secrets: Any
+    rekeyed: Any = None  # (key setting) -> the secret store of a worker with that TOKEN_ENCRYPTION_KEY
 
 
 @pytest.fixture(params=["memory", "azurite"])
 def push(request: pytest.FixtureRequest) -> Iterator[Push]:
     if request.param == "memory":
-        yield Push("memory", InMemorySubscriptionStore(), InMemoryWebhookLog(), InMemoryWebhookSecretStore())
+        memory_secrets = InMemoryWebhookSecretStore()
+        yield Push(
+            "memory",
+            InMemorySubscriptionStore(),
+            InMemoryWebhookLog(),
+            memory_secrets,
+            lambda setting: memory_secrets.with_cipher(TokenCipher.from_setting(setting)),
+        )
         return
     service: TableServiceClient = request.getfixturevalue("table_service")
     prefix: str = request.getfixturevalue("table_prefix")
@@ -44,6 +52,7 @@ def push(request: pytest.FixtureRequest) -> Iterator[Push]:
         TableSubscriptionStore(service, prefix),
         TableWebhookLog(service, prefix),
         TableWebhookSecretStore(service, cipher, prefix),
+        lambda setting: TableWebhookSecretStore(service, TokenCipher.from_setting(setting), prefix),
     )
 
 
@@ -305,3 +314,43 @@ def test_the_table_holds_the_secret_encrypted_and_bound_to_its_org(push: Push) -
     table.write(Write("upsert", moved))
     with pytest.raises(TokenDecryptionError):
         push.secrets.get("org-2")
+
+
+KEY_A = "a:" + "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE="  # 32 x "A"
+KEY_B = "b:" + "QkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkI="  # 32 x "B"
+KEY_A_REUSED = "a:" + "Q0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0M="  # the id "a" reused for 32 x "C"
+
+
+def test_a_secret_carries_its_key_id_and_is_rewrapped_under_the_new_key_during_a_rotation(push: Push) -> None:
+    old = push.rekeyed(KEY_A)
+    old.put("org-1", WebhookSecret("whsec_one", T0, revealed=True), None)
+    assert old.stored_key_id("org-1") == "a"
+    assert old.rewrap_if_needed("org-1") is False  # already under the current key
+
+    rotating = push.rekeyed(f"{KEY_B},{KEY_A}")
+    assert rotating.rewrap_if_needed("org-1") is True
+    assert rotating.stored_key_id("org-1") == "b"
+    assert rotating.rewrap_if_needed("org-1") is False
+    assert rotating.rewrap_if_needed("org-2") is False  # none stored
+
+    only_new = push.rekeyed(KEY_B)  # the old key dropped: nothing breaks
+    got = only_new.get("org-1")
+    assert got is not None and got.value == WebhookSecret("whsec_one", T0, revealed=True)
+
+
+def test_a_secret_no_configured_key_opens_is_unreadable_yet_can_be_replaced_at_its_version(push: Push) -> None:
+    push.rekeyed(KEY_A).put("org-1", WebhookSecret("whsec_one", T0), None)
+    changed = push.rekeyed(KEY_A_REUSED)  # operator error: the same key id for a new key
+
+    with pytest.raises(WebhookSecretUnreadable):
+        changed.get("org-1")
+    assert changed.rewrap_if_needed("org-1") is False  # under the current key id: nothing to re-wrap
+    with pytest.raises(WebhookSecretUnreadable):
+        push.rekeyed(KEY_B).rewrap_if_needed("org-1")  # under a key id no longer listed
+    version = changed.version("org-1")
+    assert version is not None and changed.version("org-2") is None
+    changed.put("org-1", WebhookSecret("whsec_two", T0), version)
+    got = changed.get("org-1")
+    assert got is not None and got.value.value == "whsec_two"
+    with pytest.raises(ConcurrencyConflict):
+        changed.put("org-1", WebhookSecret("whsec_three", T0), version)  # that version is gone

@@ -3,14 +3,28 @@ re-encrypts token caches under the new key without anyone reconnecting."""
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
+import pytest
+
+from sync_core.api import push
+from sync_core.api.http import ApiError, ApiRequest, ApiResponse
 from sync_core.auth.msal_tokens import DelegatedTokenSource, MsalIdentity
-from sync_core.auth.ports import TokenCacheStore
+from sync_core.auth.ports import OrgTenant, TokenCacheStore, mailbox_owner, tenant_owner
+from sync_core.auth.token_cache_store import TableOrgTenantStore
+from sync_core.bootstrap import Services
 from sync_core.ports import Versioned
-from sync_core.use_cases.connect import add_app_mailbox, complete_connect, connect_code_key, start_connect
+from sync_core.use_cases.connect import (
+    add_app_mailbox,
+    complete_connect,
+    connect_code_key,
+    start_connect,
+)
+from sync_core.use_cases.webhooks import current_secret
 from tests.integration.connect_env import KEY_A, KEY_B, ORG, RETURN_URL, ConnectEnv, env, query_of
 
 __all__ = ["env"]  # the fixture
@@ -108,3 +122,67 @@ def test_rotating_the_key_keeps_every_cache_readable_and_rewrites_them_under_the
     env.rotate(KEY_B)  # the old key is gone
     for result in (adele, megan):
         assert DelegatedTokenSource(env.identity, env.tokens, env.mailbox(result.mailbox_id))(True)
+
+
+# -- key changes: unreadable secrets fail cleanly, and the maintenance timer re-wraps old keys ----------------
+
+
+def app_services(env: ConnectEnv, storage_connection_string: str, key_setting: str) -> Services:
+    """The app's composition root (``bootstrap.Services``) on this test's tables with that key setting."""
+    return Services(
+        replace(env.settings, storage_connection_string=storage_connection_string, token_encryption_key=key_setting)
+    )
+
+
+def post_webhook_secret(services: Services, rotate: bool = False) -> ApiResponse:
+    query = {"rotate": "true"} if rotate else {}
+    return push.webhook_secret(services, ApiRequest("POST", route={"org": ORG}, query=query))
+
+
+def test_a_webhook_secret_no_configured_key_opens_answers_409_with_a_code_and_rotate_replaces_it(
+    env: ConnectEnv, storage_connection_string: str
+) -> None:
+    before = post_webhook_secret(app_services(env, storage_connection_string, KEY_A))
+    assert before.status == 201
+    # Operator error: the key id "a" reused for another key.
+    changed = app_services(env, storage_connection_string, "a:" + base64.b64encode(b"C" * 32).decode())
+
+    with pytest.raises(ApiError) as refused:
+        post_webhook_secret(changed)
+    rotated = post_webhook_secret(changed, rotate=True)
+
+    assert (refused.value.status, refused.value.code) == (409, "webhook_secret_unreadable")
+    assert "rotate=true" in refused.value.message and before.body["secret"] not in refused.value.message
+    assert rotated.status == 201 and rotated.body["secret"] != before.body["secret"]
+    assert current_secret(changed.webhook_deps(), ORG) == rotated.body["secret"]  # signs from now on
+
+
+def test_the_maintenance_timer_rewraps_everything_under_the_old_key_so_dropping_it_breaks_nothing(
+    env: ConnectEnv, storage_connection_string: str
+) -> None:
+    from sync_core.use_cases import maintenance  # noqa: PLC0415 - the timer's use case (absent before it existed)
+
+    adele = env.connect("adele")
+    megan = env.connect("megan")
+    parked = env.mailbox(megan.mailbox_id)  # a disabled mailbox: no run ever rewrites its cache
+    env.mailboxes.replace(replace(parked, enabled=False), env.mailboxes.get(ORG, megan.mailbox_id).etag)  # type: ignore[union-attr]
+    tenant_cache = '{"AccessToken": {}}'
+    TableOrgTenantStore(env.service, env.prefix).claim(OrgTenant(ORG, env.tenant.id, env.clock.now()))
+    env.tokens.put(ORG, tenant_owner(env.tenant.id), tenant_cache, None)
+    secret = post_webhook_secret(app_services(env, storage_connection_string, KEY_A)).body["secret"]
+    owners = [mailbox_owner(adele.mailbox_id), mailbox_owner(megan.mailbox_id), tenant_owner(env.tenant.id)]
+
+    rotating = app_services(env, storage_connection_string, f"{KEY_B},{KEY_A}")  # step 1: the new key first
+    assert [rotating.token_caches.stored_key_id(ORG, owner) for owner in owners] == ["a", "a", "a"]
+    counts = maintenance.maintain(rotating.maintenance_deps())  # step 2: the timer's tick
+
+    assert counts == {"rewrapped": 4}  # three caches and the webhook secret
+    assert [rotating.token_caches.stored_key_id(ORG, owner) for owner in owners] == ["b", "b", "b"]
+    assert rotating.maintenance_deps().secrets.stored_key_id(ORG) == "b"
+    assert maintenance.maintain(rotating.maintenance_deps()) == {}  # nothing left under the old key
+
+    env.rotate(KEY_B)  # step 3: the old key dropped
+    for result in (adele, megan):
+        assert DelegatedTokenSource(env.identity, env.tokens, env.mailbox(result.mailbox_id))(True)
+    assert env.tokens.get(ORG, tenant_owner(env.tenant.id)).value == tenant_cache  # type: ignore[union-attr]
+    assert current_secret(app_services(env, storage_connection_string, KEY_B).webhook_deps(), ORG) == secret

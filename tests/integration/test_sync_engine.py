@@ -247,11 +247,11 @@ class CrashingActivityStore:
         self.fail_on_call = fail_on_call
         self.when = when
 
-    def save(self, activities: Sequence[Activity]) -> ActivityWrite:
+    def save(self, activities: Sequence[Activity], announce_at: datetime | None = None) -> ActivityWrite:
         self.calls += 1
         if self.calls == self.fail_on_call and self.when == "before":
             raise RuntimeError("worker died before the write")
-        written = self.inner.save(activities)
+        written = self.inner.save(activities, announce_at)
         if self.calls == self.fail_on_call:
             raise RuntimeError("worker died before the checkpoint")
         return written

@@ -19,7 +19,7 @@ import os
 import signal
 import sys
 from collections.abc import Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +51,8 @@ class CountingActivities:
         self.progress = progress
         self.saves = 0
 
-    def save(self, activities: Sequence[Activity]) -> ActivityWrite:
-        written = self.inner.save(activities)
+    def save(self, activities: Sequence[Activity], announce_at: datetime | None = None) -> ActivityWrite:
+        written = self.inner.save(activities, announce_at)
         self.saves += 1
         self.progress.write(event="saved", n=self.saves, ids=[a.internet_message_id for a in activities])
         return written

@@ -4,6 +4,8 @@ middle of a run and started again. Each ends with ``assert_converged`` (see test
 
 from __future__ import annotations
 
+import base64
+import os
 from collections.abc import Callable
 from datetime import timedelta
 from urllib.parse import parse_qsl, urlsplit
@@ -90,6 +92,45 @@ def test_the_identity_platform_down_during_a_token_refresh_is_transient_and_neve
     rel.client.clear_faults()
     second = rel.run(mailbox_id, delegated=True)
     assert second.status == "done"
+    assert_converged(rel, ledger, mailbox_id)
+
+
+def restart_with_key(rel: RelEnv, key_setting: str) -> None:
+    """The app restarted with another ``TOKEN_ENCRYPTION_KEY``: ``rel.identity`` (and with it the token
+    store and connect wiring) is built again from the new setting on its next use."""
+    _ = rel.identity
+    rel._msal_http.close()
+    del rel._identity
+    rel.key_setting = key_setting
+
+
+def test_a_token_cache_no_configured_key_opens_asks_for_a_reconnect_with_the_reason_instead_of_crashing_the_run(
+    rel: RelEnv,
+) -> None:
+    connected = rel.connect("adele")
+    mailbox_id = connected.mailbox_id
+    watermark = rel.mailbox(mailbox_id).watermark
+    ledger = Ledger(rel, earliest=watermark).standard(matched=6, unmatched=2, sent=2, old=1, watermark=watermark)
+    kid = rel.key_setting.partition(":")[0]
+    # Operator error: the key id kept for a new key, so the stored cache fails to authenticate.
+    restart_with_key(rel, f"{kid}:" + base64.b64encode(os.urandom(32)).decode())
+
+    first = rel.run(mailbox_id, delegated=True)
+
+    assert first.status == "failed" and first.report is not None
+    mailbox = rel.mailbox(mailbox_id)
+    assert mailbox.status is MailboxStatus.NEEDS_REAUTH
+    assert "cannot be decrypted with the configured keys" in mailbox.status_reason
+    assert "reconnect" in mailbox.status_reason
+    view = rel.crm_view(mailbox_id)
+    assert (view["status"], view["status_reason"]) == ("needs_reauth", mailbox.status_reason)
+    assert rel.activities() == {}
+    assert rel.run(mailbox_id, delegated=True).status == "skipped"  # left alone until reconnected
+
+    again = rel.connect("adele")  # signs in again: a new cache under the configured key
+
+    assert again.mailbox_id == mailbox_id and rel.mailbox(mailbox_id).status is MailboxStatus.ACTIVE
+    assert rel.run(mailbox_id, delegated=True).status == "done"
     assert_converged(rel, ledger, mailbox_id)
 
 

@@ -41,7 +41,8 @@ class World:
         self.clock = FixedClock(CONNECTED + timedelta(hours=1))
         self.events = Events()
         self.stores.records.upsert(ORG, [Record("cand-dan", "candidate", "Dan", emails=(DAN,))])
-        self.stores.settings.put(ORG, OrgSettings(internal_domains=("acme.example",)))
+        # Creations are announced (through the outbox) to orgs with a webhook URL.
+        self.stores.settings.put(ORG, OrgSettings(internal_domains=("acme.example",), webhook_url="https://crm.example/h"))
         for box in ("adele", "megan"):
             address = f"{box}@acme.example"
             self.stores.mailboxes.add(Mailbox(ORG, f"mb-{box}", address, (address,), CONNECTED))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,6 +18,7 @@ from sync_core.adapters.memory import InMemoryStores
 from sync_core.adapters.memory_due import InMemoryWorkQueue
 from sync_core.adapters.memory_push import InMemoryWebhookLog, InMemoryWebhookSecretStore
 from sync_core.api.activities import activity_to_json
+from sync_core.auth.crypto import TokenCipher
 from sync_core.domain.model import (
     Activity,
     Direction,
@@ -29,8 +30,10 @@ from sync_core.domain.model import (
     RecordRef,
     activity_id_for,
 )
-from sync_core.push_ports import WebhookSendFailed, WebhookUrlRefused
+from sync_core.ports import ActivityEvent
+from sync_core.push_ports import WebhookSecretUnreadable, WebhookSendFailed, WebhookUrlRefused
 from sync_core.use_cases import webhooks
+from sync_core.use_cases.ingest import IngestDeps, ingest
 from sync_core.use_cases.sync_mailbox import SyncDeps, sync_mailbox
 from sync_core.use_cases.webhooks import MAX_ATTEMPTS, RETRY_DELAYS, SecretAlreadyRevealed, WebhookDeps, WebhookEvents
 from tests.unit.fake_mail import FakeMailSource, FixedClock
@@ -96,9 +99,11 @@ class World:
             new_id=lambda: next(self.ids),
         )
 
-    def created(self, *items: Activity) -> None:
-        self.stores.activities.save(items)
-        WebhookEvents(self.deps).created(ORG, items)
+    def created(self, *items: Activity) -> tuple[ActivityEvent, ...]:
+        """Save as a sync run does (each new activity with its outbox event), then announce the events."""
+        written = self.stores.activities.save(items, announce_at=self.clock.now())
+        WebhookEvents(self.deps).created(ORG, written.events)
+        return written.events
 
     def run_queue(self) -> list[webhooks.WebhookDelivery]:
         """Deliver what is queued (each message once, ignoring its delay); returns the attempts' results."""
@@ -110,7 +115,7 @@ class World:
 
 def test_a_new_activity_is_posted_once_signed_with_the_orgs_secret() -> None:
     world = World()
-    world.created(activity())
+    [created] = world.created(activity())
 
     [result] = world.run_queue()
 
@@ -120,10 +125,13 @@ def test_a_new_activity_is_posted_once_signed_with_the_orgs_secret() -> None:
     assert url == HOOK and secret is not None
     expected = "sha256=" + hmac.new(secret.value.value.encode(), body, hashlib.sha256).hexdigest()
     assert headers["X-Signature"] == expected
-    assert headers["X-Delivery-Id"] == "d0" and headers["X-Event-Type"] == "activity.created"
+    # The delivery id is the outbox event's id, fixed when the activity was saved.
+    assert headers["X-Delivery-Id"] == created.event_id and headers["X-Event-Type"] == "activity.created"
     assert headers["X-Timestamp"] == str(int(NOW.timestamp()))
     event = json.loads(body)
-    assert (event["id"], event["type"], event["org_id"], event["attempt"]) == ("d0", "activity.created", ORG, 1)
+    assert (event["id"], event["type"], event["org_id"], event["attempt"]) == (
+        created.event_id, "activity.created", ORG, 1
+    )
     assert event["sent_at"] == "2026-11-01T09:00:00Z"  # the timestamp is inside the signed body too
     assert event["data"] == activity_to_json(activity())
 
@@ -224,7 +232,74 @@ def test_an_announcement_that_cannot_be_queued_never_fails_the_caller() -> None:
 
     world.deps.queue = BrokenQueue()
 
-    WebhookEvents(world.deps).created(ORG, [activity()])  # logged, not raised
+    [event] = world.created(activity())  # logged, not raised
+
+    # The event stays in the outbox for the maintenance drain.
+    assert world.stores.activities.pending_events(ORG, NOW + timedelta(hours=1), 10) == (event,)
+
+
+class WorkerDied(RuntimeError):
+    pass
+
+
+class DiesBeforeAnnouncing:
+    """The ActivityEvents port of a worker that dies before it announces anything."""
+
+    def created(self, org_id: str, events: Sequence[Any]) -> None:
+        raise WorkerDied("killed after the save, before the announcement")
+
+    def deleted(self, org_id: str, activity_ids: Sequence[str]) -> None:
+        raise AssertionError("no deletion expected")
+
+
+def test_an_ingested_message_whose_worker_died_before_announcing_is_announced_by_the_drain_once_with_its_event_id() -> (
+    None
+):
+    world = World()
+    s = world.stores
+    s.records.upsert(ORG, [Record("cand-dan", "candidate", "Dan", emails=("dan@talent.example",))])
+    s.mailboxes.add(Mailbox(ORG, "mb-adele", "adele@acme.example", ("adele@acme.example",), NOW))
+    raw = (
+        b"From: dan@talent.example\r\nTo: adele@acme.example\r\nSubject: Hello\r\n"
+        b"Date: Sun, 01 Nov 2026 08:00:00 +0000\r\nMessage-ID: <up1@talent.example>\r\n\r\nHi.\r\n"
+    )
+    deps = IngestDeps(s.mailboxes, s.settings, s.records, s.activities, world.clock, DiesBeforeAnnouncing())
+
+    with pytest.raises(WorkerDied):
+        ingest(deps, ORG, raw)
+    activity_id = activity_id_for(ORG, "<up1@talent.example>")
+    assert s.activities.get(ORG, activity_id) is not None and world.queue.messages == []
+    [left] = s.activities.pending_events(ORG, NOW + timedelta(days=1), 10)
+
+    assert webhooks.drain_outbox(world.deps, ORG) == 0  # young: left to the request that wrote it
+    world.clock.moment = NOW + webhooks.OUTBOX_GRACE + timedelta(seconds=1)
+    assert webhooks.drain_outbox(world.deps, ORG) == 1
+    assert webhooks.drain_outbox(world.deps, ORG) == 0  # announced once, then cleared
+    [result] = world.run_queue()
+
+    [(_, body, headers)] = world.sender.posts
+    assert result.status == "delivered" and json.loads(body)["data"]["id"] == activity_id
+    assert headers["X-Delivery-Id"] == json.loads(body)["id"] == left.event_id
+
+
+def test_a_secret_no_configured_key_opens_gets_a_clear_error_rotation_replaces_it_and_deliveries_wait() -> None:
+    world = World()
+    webhooks.reveal_secret(world.deps, ORG)
+    world.deps.secrets = world.secrets.with_cipher(TokenCipher.from_setting("k1:" + "Q" * 43 + "="))  # key changed
+    world.created(activity())
+
+    [waiting] = world.run_queue()
+    with pytest.raises(WebhookSecretUnreadable) as raised:
+        webhooks.reveal_secret(world.deps, ORG)
+    rotated = webhooks.reveal_secret(world.deps, ORG, rotate=True)
+    [message] = world.queue.take()
+    delivered = webhooks.deliver(world.deps, message.body)
+
+    assert raised.value.code == "webhook_secret_unreadable"
+    assert (waiting.status, waiting.error) == ("retrying", webhooks.UNREADABLE_NOTE)  # never sent unsigned
+    assert delivered.status == "delivered" and delivered.attempts == 2
+    [(_, body, headers)] = world.sender.posts
+    assert headers["X-Signature"] == webhooks.signature(rotated.value, body)
 
 
 # -- the secret ---------------------------------------------------------------------------------------

@@ -151,11 +151,11 @@ class CrashingActivityStore:
         self.calls = 0
         self.fail_on_call = fail_on_call
 
-    def save(self, activities: Sequence[Activity]) -> ActivityWrite:
+    def save(self, activities: Sequence[Activity], announce_at: datetime | None = None) -> ActivityWrite:
         self.calls += 1
         if self.calls == self.fail_on_call:
             raise RuntimeError("worker died")
-        return self.inner.save(activities)
+        return self.inner.save(activities, announce_at)
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.inner, name)
@@ -507,10 +507,10 @@ def test_a_message_another_mailbox_stored_during_the_run_is_read_again_once_this
     known = message("carol@client.example", ["adele@acme.example", "megan@acme.example"], mid="<known@client.example>")
 
     class MeganSavesMeanwhile(CountingThreadLookups):
-        def save(self, activities: Sequence[Activity]) -> ActivityWrite:
+        def save(self, activities: Sequence[Activity], announce_at: datetime | None = None) -> ActivityWrite:
             if self.get(ORG, activity_id_for(ORG, known.internet_message_id)) is None:
                 super().save([_activity(known, "mb-megan", other_thread)])  # Megan's run, in between
-            return super().save(activities)
+            return super().save(activities, announce_at)
 
     store = MeganSavesMeanwhile()
     first_reply = message("adele@acme.example", ["carol@client.example"], references=(known.internet_message_id,))
