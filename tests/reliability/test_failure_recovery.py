@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -197,11 +198,11 @@ class FailingSaves:
         self.inner = inner
         self.failures = failures
 
-    def save(self, activities: Sequence[Activity]) -> ActivityWrite:
+    def save(self, activities: Sequence[Activity], announce_at: datetime | None = None) -> ActivityWrite:
         if self.failures:
             self.failures -= 1
             raise RuntimeError("the store choked on carol@client.example")  # text that must not be shown
-        return self.inner.save(activities)
+        return self.inner.save(activities, announce_at=announce_at)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)

@@ -43,10 +43,10 @@ class WatchedActivities:
         self.watching = False
         self.saves_seen: list[int] = []
 
-    def save(self, activities: Sequence[Activity]) -> ActivityWrite:
+    def save(self, activities: Sequence[Activity], announce_at: datetime | None = None) -> ActivityWrite:
         if self.watching:
             self.saves_seen.append(len(activities))
-        return self.inner.save(activities)
+        return self.inner.save(activities, announce_at=announce_at)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -107,14 +107,14 @@ class HeldSave:
         self.calls = 0
         self.holding, self.resume, self.saved = threading.Event(), threading.Event(), threading.Event()
 
-    def save(self, activities: Sequence[Activity]) -> ActivityWrite:
+    def save(self, activities: Sequence[Activity], announce_at: datetime | None = None) -> ActivityWrite:
         self.calls += 1
         if self.calls != self.hold_on:
-            return self.inner.save(activities)
+            return self.inner.save(activities, announce_at=announce_at)
         self.holding.set()
         assert self.resume.wait(60)
         try:
-            return self.inner.save(activities)
+            return self.inner.save(activities, announce_at=announce_at)
         finally:
             self.saved.set()
 
