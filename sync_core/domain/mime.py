@@ -30,7 +30,7 @@ from email.utils import collapse_rfc2231_value, parsedate_to_datetime
 
 from sync_core.domain.addresses import parse_address_list
 from sync_core.domain.model import AttachmentSummary, EmailAddress, MailMessage
-from sync_core.domain.text import decode_encoded_words, html_to_text, preview
+from sync_core.domain.text import decode_encoded_words, html_text, preview
 from sync_core.errors import SyncError
 
 MAX_MESSAGE_BYTES = 25 * 1024 * 1024
@@ -108,7 +108,7 @@ def parse_rfc822(
     to, cc = _addresses(message, "to"), _addresses(message, "cc")
     subject = " ".join(first.get("subject", "").split())
     sent_at = _parse_date(first.get("date"))
-    body = _body_text(message) or ""
+    body, body_truncated = _body_text(message) or ("", False)
     message_id = _normalize_message_id(first.get("message-id", "")) or _synthetic_message_id(
         _address_of(sender), _addresses_of(to), _addresses_of(cc), first.get("date", ""), subject, body
     )
@@ -125,6 +125,7 @@ def parse_rfc822(
         sent_at=sent_at,
         body_text=body,
         body_preview=preview(body),
+        body_truncated=body_truncated,
         folder=folder.strip().lower(),
         is_draft=first.get("x-unsent", "").strip() == "1",
         has_attachments=bool(attachments),
@@ -275,26 +276,28 @@ def _bounded_references(references: tuple[str, ...]) -> tuple[str, ...]:
     return references[:1] + references[-(MAX_REFERENCES - 1) :]
 
 
-def _body_text(part: Message) -> str | None:
-    """Plain text of a part: text/plain as is, text/html converted; alternatives prefer non-empty plain text;
-    other multiparts join their children's texts. None when the part holds no body text (attachments,
-    embedded messages, non-text parts)."""
+def _body_text(part: Message) -> tuple[str, bool] | None:
+    """Plain text of a part and whether it was cut: text/plain as is, text/html converted (``html_text``, which
+    reads at most ``MAX_HTML_CHARS`` characters); alternatives prefer non-empty plain text; other multiparts
+    join their children's texts. None when the part holds no body text (attachments, embedded messages,
+    non-text parts)."""
     content_type = part.get_content_type()
     if _is_attachment(part) or content_type.startswith("message/"):
         return None
     if content_type == "text/plain":
-        return _decoded_text(part)
+        return _decoded_text(part), False
     if content_type == "text/html":
-        return html_to_text(_decoded_text(part))
+        html = html_text(_decoded_text(part))
+        return html.text, html.truncated
     children = _children(part)
     if content_type == "multipart/alternative":
-        plain = [text for child in children if child.get_content_type() == "text/plain" if (text := _body_text(child))]
-        if plain and plain[0].strip():
+        plain = [body for child in children if child.get_content_type() == "text/plain" if (body := _body_text(child))]
+        if plain and plain[0][0].strip():
             return plain[0]
-        return next((text for child in reversed(children) if (text := _body_text(child)) and text.strip()), None)
+        return next((body for child in reversed(children) if (body := _body_text(child)) and body[0].strip()), None)
     if content_type.startswith("multipart/"):
-        texts = [text for child in children if (text := _body_text(child)) is not None and text.strip()]
-        return "\n\n".join(texts) if texts else None
+        bodies = [body for child in children if (body := _body_text(child)) is not None and body[0].strip()]
+        return ("\n\n".join(text for text, _ in bodies), any(cut for _, cut in bodies)) if bodies else None
     return None
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from sync_core.domain.mime import MAX_DEPTH, MAX_PARTS, InvalidMessage, parse_rfc822
 from sync_core.domain.model import AttachmentSummary, EmailAddress
+from sync_core.domain.text import MAX_HTML_CHARS
 from sync_core.errors import SyncError
 
 
@@ -94,6 +95,18 @@ def test_an_html_only_message_becomes_plain_text() -> None:
     message = parse_rfc822(raw)
     assert message.body_text == "Hi Alice,\n\nSee you Tuesday."
     assert message.body_preview == "Hi Alice, See you Tuesday."
+
+
+def test_an_html_body_is_read_up_to_the_html_limit_and_says_when_it_was_cut() -> None:
+    def html_message(html: str) -> bytes:
+        return eml(HEADERS, "Content-Type: text/html; charset=utf-8\n\n") + html.encode()
+
+    short = parse_rfc822(html_message("<p>Hi Alice</p>"))
+    long = parse_rfc822(html_message("<p>Hi Alice</p>" + " " * MAX_HTML_CHARS + "never read"))
+
+    assert (short.body_text, short.body_truncated) == ("Hi Alice", False)
+    assert (long.body_text, long.body_truncated) == ("Hi Alice", True)
+    assert not parse_rfc822(simple("x" * (MAX_HTML_CHARS + 1))).body_truncated  # plain text is not converted
 
 
 def test_an_empty_plain_alternative_falls_back_to_the_html_part() -> None:
