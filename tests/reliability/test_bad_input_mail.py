@@ -7,6 +7,8 @@
    the Table codec, and every step returns: no exception, every stored form within Table storage limits.
 2. The same kinds of mail, delivered through the emulator (JSON and raw MIME), synced by the real engine
    into Azurite: the run is ``done`` and what is stored is exactly the matched mail.
+3. An RFC 822 upload with a header line far over RFC 5322's limit, through the hosted app: refused with a
+   clear 400, nothing stored, nothing of the header in the app's logs (at DEBUG).
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from emulator.client import EmulatorTenant
 from sync_core.adapters.graph_mail import message_from_graph, page_from_payload
 from sync_core.adapters.memory import InMemoryActivityStore, InMemoryRecordsIndex
 from sync_core.adapters.table_codec import (
@@ -31,10 +35,13 @@ from sync_core.adapters.table_codec import (
     utf16_units,
 )
 from sync_core.domain.addresses import normalize_address
+from sync_core.domain.mime import MAX_HEADER_LINE_BYTES
 from sync_core.domain.model import Mailbox, OrgSettings, Reason, Record
 from sync_core.use_cases.pipeline import build_activities
 from tests.integration.sync_env import CAROL, DAN, STRANGER
+from tests.reliability.hosted_app import HostedApp
 from tests.reliability.rel_env import Ledger, RelEnv, assert_converged, iso, now
+from tests.reliability.test_security import new_org, set_up, timeline
 
 ORG = "org-fuzz"
 OWN = "adele@contoso.example"
@@ -278,3 +285,37 @@ def test_a_message_with_hundreds_of_references_costs_a_bounded_number_of_table_r
     per_message = outcome.report.table_transactions - idle.report.table_transactions
     assert plain.internet_message_id in assert_converged(rel, ledger)
     assert per_message < 60, f"two new messages cost {per_message} table transactions"
+
+
+# -- 3. an overlong header line through the hosted app ---------------------------------------------------
+
+
+def test_an_upload_with_a_120_kb_header_line_is_refused_and_nothing_of_it_is_stored_or_logged(
+    hosted: HostedApp, tenant: EmulatorTenant
+) -> None:
+    org, marker = new_org(), uuid.uuid4().hex
+    set_up(hosted, org, tenant, {"contact-1": {"type": "contact", "name": "Carol", "emails": [CAROL]}})
+
+    def upload(extra: str) -> requests.Response:
+        raw = (
+            f"From: Carol <{CAROL}>\r\nTo: bob@{tenant.domain}\r\nSubject: Offer\r\n"
+            f"Date: Mon, 01 Jun 2026 10:00:00 +0000\r\nMessage-ID: <{uuid.uuid4().hex}@client.example>\r\n"
+            f"{extra}Content-Type: text/plain\r\n\r\nHello.\r\n"
+        ).encode()
+        url = hosted.url(f"orgs/{org}/messages:ingest")
+        return hosted.api.post(url, data=raw, headers={"Content-Type": "message/rfc822"}, timeout=60)
+
+    refused = upload("X-Payload: " + marker * (120 * 1024 // len(marker)) + "\r\n")
+    stored_after_refusal = timeline(hosted, org, "contact-1")
+    accepted = upload("X-Payload: short\r\n")  # the same message with a short header: the org logs it
+
+    assert refused.status_code == 400
+    assert refused.json()["error"]["code"] == "header_line_too_long"
+    assert refused.json()["error"]["details"] == {"limit": MAX_HEADER_LINE_BYTES}
+    assert marker not in refused.text
+    assert stored_after_refusal == []
+    assert accepted.status_code == 201, accepted.text
+    assert len(timeline(hosted, org, "contact-1")) == 1
+    records = hosted.log_records()
+    leaks = [r["logger"] for r in records if any(marker in r[part] for part in ("msg", "args", "message", "exc"))]
+    assert records and leaks == []
