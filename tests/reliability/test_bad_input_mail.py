@@ -37,6 +37,7 @@ from sync_core.adapters.table_codec import (
 from sync_core.domain.addresses import normalize_address
 from sync_core.domain.mime import MAX_HEADER_LINE_BYTES
 from sync_core.domain.model import Mailbox, OrgSettings, Reason, Record
+from sync_core.domain.text import MAX_HTML_CHARS
 from sync_core.use_cases.pipeline import build_activities
 from tests.integration.sync_env import CAROL, DAN, STRANGER
 from tests.reliability.hosted_app import HostedApp
@@ -187,6 +188,25 @@ def test_address_normalisation_never_raises_and_is_idempotent(raw: str) -> None:
     if normal is not None:
         assert normalize_address(normal) == normal
         assert len(normal) <= 320 and normal == normal.lower()
+
+
+def test_a_graph_html_body_over_the_html_limit_is_read_up_to_it_and_the_activity_says_it_was_cut() -> None:
+    def item(html: str) -> dict[str, Any]:
+        return {
+            "id": "m1", "internetMessageId": "<m1@x>", "receivedDateTime": "2026-03-01T10:00:00Z",
+            "from": {"emailAddress": {"address": CAROL}}, "toRecipients": [{"emailAddress": {"address": OWN}}],
+            "body": {"contentType": "html", "content": html},
+        }  # fmt: skip
+
+    short = message_from_graph(item("<p>Dear Adele</p>"), "inbox")
+    long = message_from_graph(item("<p>Dear Adele</p>" + " " * MAX_HTML_CHARS + "<p>never read</p>"), "inbox")
+    records = InMemoryRecordsIndex()
+    records.upsert(ORG, list(RECORDS))
+    [activity] = build_activities([long] if long else [], MAILBOX, OrgSettings(), records=records,
+                                  activities=InMemoryActivityStore(), reasons=Counter())  # fmt: skip
+
+    assert short is not None and (short.body_text, short.body_truncated) == ("Dear Adele", False)
+    assert (activity.body_text, activity.body_truncated) == ("Dear Adele", True)
 
 
 def test_a_message_addressed_to_an_idn_or_quoted_contact_matches_that_contact_only() -> None:
