@@ -59,6 +59,8 @@ _PARAMETER_ERRORS = (LookupError, ValueError, TypeError)
 _MESSAGE_ID = re.compile(r"<[^<>\s]+>")
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 # Container headers, counted before parsing so that a pathological nesting never reaches the parser.
+# What the stdlib parser takes for a header line (``email.feedparser.headerRE``); any other line ends the headers.
+_HEADER_OR_CONTINUATION = re.compile(rb"From |[\041-\071\073-\176]*:|[\t ]")
 _CONTAINER_HEADER = re.compile(rb"(?:^|[\r\n])content-type:\s*(?:multipart|message)/", re.IGNORECASE)
 
 
@@ -151,17 +153,21 @@ def _refuse_unsafe_header_lines(raw: bytes) -> None:
     """The top-level header block, byte by byte, before it reaches the parser: header injection (a bare CR, or
     LF-only lines mixed with CRLF lines, would let one header value smuggle in another header, as the parser
     splits lines on either), physical lines over ``MAX_HEADER_LINE_BYTES`` and a block over
-    ``MAX_HEADER_SECTION_BYTES``."""
+    ``MAX_HEADER_SECTION_BYTES``. The sizes are measured up to where the parser ends the headers: the blank line,
+    or (in a message without one) the first line that is neither a header field nor a continuation."""
     endings: set[bytes] = set()
     section = 0
+    in_headers = True
     for line in io.BytesIO(raw):  # splits on LF only, so a bare CR stays inside its line
         content = line.removesuffix(b"\n")
         if line.endswith(b"\n"):
             endings.add(b"\r\n" if content.endswith(b"\r") else b"\n")
             content = content.removesuffix(b"\r")
-        _check_header_line(len(content))
-        section += len(line)
-        _check_header_section(section)
+        in_headers = in_headers and _HEADER_OR_CONTINUATION.match(content) is not None
+        if in_headers:
+            _check_header_line(len(content))
+            section += len(line)
+            _check_header_section(section)
         if b"\r" in content:
             raise InvalidMessage("malformed", "bare CR in the header block (header injection)")
         if len(endings) > 1:

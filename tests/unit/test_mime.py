@@ -443,6 +443,12 @@ def test_header_lines_count_one_physical_line_at_a_time_up_to_the_limit() -> Non
     assert refused(with_header(folded + "z")) == "header_line_too_long"
 
 
+def test_a_long_body_line_after_headers_without_a_blank_line_is_body_not_a_header() -> None:
+    # No blank line: the parser ends the headers at the first line that is not a header field.
+    raw = simple().replace(b"\r\n\r\nHello Alice", b"\r\n<p>" + b"w" * MAX_HEADER_LINE_BYTES + b"</p>")
+    assert parse_rfc822(raw).subject == "Interview"
+
+
 def test_a_long_header_line_in_a_mime_part_is_refused_too() -> None:
     def multipart(part_header: str) -> bytes:
         return eml(HEADERS, 'Content-Type: multipart/mixed; boundary="b"\n\n--b\n', part_header + "\n\nhello\n--b--\n")
