@@ -1,8 +1,8 @@
 """Plain-text helpers: HTML to text, previews, length-bounded text and RFC 2047 header decoding.
 
 Invariants: every function here is total (never raises on any ``str`` input) and deterministic. HTML to text
-is linear in the length of its input (no input makes the tokenizer search the same characters twice over) and
-reads at most ``MAX_HTML_CHARS`` characters of it.
+is linear in the length of its input (the tokenizer searches the rest of the document at most once, whatever
+the markup) and reads at most ``MAX_HTML_CHARS`` characters of it.
 """
 
 from __future__ import annotations
