@@ -82,19 +82,19 @@ def test_a_tag_or_comment_never_closed_runs_to_the_end_of_the_document_and_is_dr
     assert html_to_text("a < b, AT&T, 1 <") == "a < b, AT&T, 1 <"
 
 
-# Hostile documents that made the old conversion quadratic, each built from a repeated unit; the ones marked
-# "stdlib" were quadratic in ``HTMLParser.close()``, the others in the stack of open skipped elements.
+# Hostile documents, each built from a repeated unit. Those marked "stdlib" were quadratic in
+# ``HTMLParser.close()``, those marked "stack" in the stack of open skipped elements; the others are controls.
 HOSTILE_HTML: dict[str, Callable[[int], str]] = {
-    "skipped elements left open, then stray end tags": lambda n: "<svg>" * n + "</p>" * n,
+    "skipped elements left open, then stray end tags (stack)": lambda n: "<svg>" * n + "</p>" * n,
     "skipped elements nested and closed": lambda n: "<object>" * n + "</object>" * n,
     "nested blocks": lambda n: "<div>" * n + "x" + "</div>" * n,
     "comments never closed (stdlib)": lambda n: "<!--" * n,
-    "comments with only a > (stdlib)": lambda n: "<!-- >" * n,
+    "comments with only a > (stdlib)": lambda n: "<!--x>" * n,
     "end tags never closed (stdlib)": lambda n: "</" * n,
     "processing instructions never closed (stdlib)": lambda n: "<?" * n,
     "declarations never closed (stdlib)": lambda n: "<!x" * n,
     "marked sections never closed (stdlib)": lambda n: "<![if x]" * n,
-    "attributes with an open quote (stdlib)": lambda n: "<a x= '>" * n,
+    "attributes with an open quote": lambda n: "<a x= '>" * n,
     "start tags never closed (stdlib)": lambda n: "<a " * n,
     "all of them": lambda n: "<svg><!--</a<?<!x<a x='</b>" * n,
 }
