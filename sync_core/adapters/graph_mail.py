@@ -38,7 +38,7 @@ from sync_core.adapters.graph_http import BATCH_LIMIT, GraphHttp, raise_for_batc
 from sync_core.domain.addresses import normalize_address
 from sync_core.domain.decide import EXCLUDED_FOLDERS
 from sync_core.domain.model import AttachmentSummary, EmailAddress, Mailbox, MailMessage
-from sync_core.domain.text import html_to_text, preview
+from sync_core.domain.text import html_text, preview
 from sync_core.errors import MessageNotFound
 from sync_core.ports import DeltaPage
 
@@ -218,7 +218,8 @@ def message_from_graph(item: Mapping[str, Any], folder: str) -> MailMessage | No
     )
     body = item.get("body") or {}
     content = str(body.get("content") or "")
-    text = html_to_text(content) if str(body.get("contentType", "")).lower() == "html" else content
+    html = html_text(content) if str(body.get("contentType", "")).lower() == "html" else None
+    text = html.text if html is not None else content
     header_map = dict(headers)
     return MailMessage(
         source_id=str(item["id"]),
@@ -231,6 +232,7 @@ def message_from_graph(item: Mapping[str, Any], folder: str) -> MailMessage | No
         sent_at=_parse_time(str(item["sentDateTime"])) if item.get("sentDateTime") else None,
         body_text=text,
         body_preview=preview(str(item.get("bodyPreview") or text)),
+        body_truncated=html is not None and html.truncated,
         conversation_id=item.get("conversationId"),
         folder=folder,
         is_draft=bool(item.get("isDraft")),

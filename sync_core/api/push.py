@@ -8,7 +8,9 @@ org's Graph subscriptions (function key); plus the push queue's dispatcher.
 - ``POST /api/orgs/{org}/messages:ingest[?mailbox_id=]`` with ``Content-Type: message/rfc822``: 201 with
   ``{"outcome": "created", ...}`` for a new activity, 200 otherwise (``merged``, ``unchanged``,
   ``not_logged`` with ``reason``). 415 other content types, 413 over ``INGEST_MAX_MESSAGE_BYTES`` (25 MiB
-  by default), 400 ``malformed_message`` / ``message_too_complex``, 404 unknown mailbox, 409 disconnected.
+  by default), 400 ``malformed_message`` / ``message_too_complex`` / ``header_line_too_long`` (a physical header
+  line over 8 KiB) / ``header_section_too_large`` (a header section over 256 KiB), with ``details.limit``
+  (never the header itself), 404 unknown mailbox, 409 disconnected.
 - ``GET /api/orgs/{org}/webhooks/deliveries?limit=&cursor=`` → ``{deliveries, next_cursor}``, newest first.
 - ``POST /api/orgs/{org}/webhooks/secret[?rotate=true]`` → 201 ``{secret, created_at}``, shown once; 409
   ``secret_already_revealed`` when shown before and not rotated.
@@ -43,6 +45,8 @@ _INVALID_MESSAGE = {
     "too_large": (413, "message_too_large"),
     "malformed": (400, "malformed_message"),
     "too_complex": (400, "message_too_complex"),
+    "header_line_too_long": (400, "header_line_too_long"),
+    "header_section_too_large": (400, "header_section_too_large"),
 }
 
 
@@ -94,7 +98,7 @@ def ingest_message(svc: Services, req: ApiRequest) -> ApiResponse:
         result = ingest.ingest(svc.ingest_deps(), org, req.body, mailbox_id, max_bytes=limit)
     except InvalidMessage as exc:
         status, code = _INVALID_MESSAGE.get(exc.code, (400, "malformed_message"))
-        details = {"limit": limit} if status == 413 else None
+        details = {"limit": limit} if status == 413 else {"limit": exc.limit} if exc.limit is not None else None
         raise ApiError(status, code, str(exc)[:500], details) from exc
     except ingest.MailboxNotFound as exc:
         raise not_found("mailbox") from exc

@@ -11,6 +11,10 @@ Invariants of the result:
 - ``internet_message_id`` is ``<...>``; a message without one gets ``<sha256@ingest.invalid>``, a hash of
   its From/To/Cc/Date/Subject and plain-text body, so the same message (whatever its line endings or
   transport headers) always gets the same id and so the same activity.
+- Every header section (the message's, its MIME parts' and embedded messages') has physical lines of at most
+  ``MAX_HEADER_LINE_BYTES`` and at most ``MAX_HEADER_SECTION_BYTES`` in all; a message with a longer one is
+  refused (``header_line_too_long``, ``header_section_too_large``). RFC 5322 §2.1.1 caps lines at 998
+  characters; folded (continued) lines count one physical line each.
 - ``received_at`` is deterministic: the Date header, else the topmost Received header's date, else the
   caller's ``received_fallback``; with none of these the message is refused.
 """
@@ -30,7 +34,7 @@ from email.utils import collapse_rfc2231_value, parsedate_to_datetime
 
 from sync_core.domain.addresses import parse_address_list
 from sync_core.domain.model import AttachmentSummary, EmailAddress, MailMessage
-from sync_core.domain.text import decode_encoded_words, html_to_text, preview
+from sync_core.domain.text import decode_encoded_words, html_text, preview
 from sync_core.errors import SyncError
 
 MAX_MESSAGE_BYTES = 25 * 1024 * 1024
@@ -39,6 +43,11 @@ MAX_PARTS = 500  # MIME parts in the whole tree, embedded messages included
 MAX_HEADERS = 300  # headers kept on the MailMessage (the ones the pipeline reads are always kept)
 MAX_HEADER_CHARS = 4000  # characters kept of one header value
 MAX_REFERENCES = 100  # message ids kept from References: the first (thread root) and the latest ones
+# One physical header line, its line break not counted: 8 times RFC 5322's 998 characters, room for mailers
+# that do not fold (long To lists, DKIM signatures).
+MAX_HEADER_LINE_BYTES = 8 * 1024
+# One header section, line breaks counted: Exchange Online's message header size limit (256 KB).
+MAX_HEADER_SECTION_BYTES = 256 * 1024
 
 _IGNORED_HEADERS = frozenset({"bcc", "resent-bcc"})
 _PIPELINE_HEADERS = frozenset(
@@ -50,6 +59,8 @@ _PARAMETER_ERRORS = (LookupError, ValueError, TypeError)
 _MESSAGE_ID = re.compile(r"<[^<>\s]+>")
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 # Container headers, counted before parsing so that a pathological nesting never reaches the parser.
+# What the stdlib parser takes for a header line (``email.feedparser.headerRE``); any other line ends the headers.
+_HEADER_OR_CONTINUATION = re.compile(rb"From |[\041-\071\073-\176]*:|[\t ]")
 _CONTAINER_HEADER = re.compile(rb"(?:^|[\r\n])content-type:\s*(?:multipart|message)/", re.IGNORECASE)
 
 
@@ -65,12 +76,14 @@ _POLICY = _RawHeaderPolicy()
 
 
 class InvalidMessage(SyncError):
-    """The upload is not a message this service accepts. ``code``: ``too_large``, ``malformed`` or
-    ``too_complex``."""
+    """The upload is not a message this service accepts. ``code``: ``too_large``, ``malformed``,
+    ``too_complex``, ``header_line_too_long`` or ``header_section_too_large``; ``limit`` is the limit that was
+    exceeded, when one was. The message never quotes the refused content."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, *, limit: int | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.limit = limit
 
 
 def parse_rfc822(
@@ -108,7 +121,7 @@ def parse_rfc822(
     to, cc = _addresses(message, "to"), _addresses(message, "cc")
     subject = " ".join(first.get("subject", "").split())
     sent_at = _parse_date(first.get("date"))
-    body = _body_text(message) or ""
+    body, body_truncated = _body_text(message) or ("", False)
     message_id = _normalize_message_id(first.get("message-id", "")) or _synthetic_message_id(
         _address_of(sender), _addresses_of(to), _addresses_of(cc), first.get("date", ""), subject, body
     )
@@ -125,6 +138,7 @@ def parse_rfc822(
         sent_at=sent_at,
         body_text=body,
         body_preview=preview(body),
+        body_truncated=body_truncated,
         folder=folder.strip().lower(),
         is_draft=first.get("x-unsent", "").strip() == "1",
         has_attachments=bool(attachments),
@@ -136,14 +150,24 @@ def parse_rfc822(
 
 
 def _refuse_unsafe_header_lines(raw: bytes) -> None:
-    """Header injection at the byte level: a bare CR, or LF-only lines mixed with CRLF lines, in the header
-    block would let one header value smuggle in another header (the parser splits lines on either)."""
+    """The top-level header block, byte by byte, before it reaches the parser: header injection (a bare CR, or
+    LF-only lines mixed with CRLF lines, would let one header value smuggle in another header, as the parser
+    splits lines on either), physical lines over ``MAX_HEADER_LINE_BYTES`` and a block over
+    ``MAX_HEADER_SECTION_BYTES``. The sizes are measured up to where the parser ends the headers: the blank line,
+    or (in a message without one) the first line that is neither a header field nor a continuation."""
     endings: set[bytes] = set()
+    section = 0
+    in_headers = True
     for line in io.BytesIO(raw):  # splits on LF only, so a bare CR stays inside its line
         content = line.removesuffix(b"\n")
         if line.endswith(b"\n"):
             endings.add(b"\r\n" if content.endswith(b"\r") else b"\n")
             content = content.removesuffix(b"\r")
+        in_headers = in_headers and _HEADER_OR_CONTINUATION.match(content) is not None
+        if in_headers:
+            _check_header_line(len(content))
+            section += len(line)
+            _check_header_section(section)
         if b"\r" in content:
             raise InvalidMessage("malformed", "bare CR in the header block (header injection)")
         if len(endings) > 1:
@@ -152,13 +176,45 @@ def _refuse_unsafe_header_lines(raw: bytes) -> None:
             return  # the blank line that ends the headers
 
 
+def _check_header_line(length: int) -> None:
+    if length > MAX_HEADER_LINE_BYTES:
+        raise InvalidMessage(
+            "header_line_too_long",
+            f"a header line is longer than {MAX_HEADER_LINE_BYTES} bytes (RFC 5322 allows 998 characters)",
+            limit=MAX_HEADER_LINE_BYTES,
+        )
+
+
+def _check_header_section(size: int) -> None:
+    if size > MAX_HEADER_SECTION_BYTES:
+        raise InvalidMessage(
+            "header_section_too_large",
+            f"a header section is larger than {MAX_HEADER_SECTION_BYTES} bytes",
+            limit=MAX_HEADER_SECTION_BYTES,
+        )
+
+
+def _check_part_headers(part: Message) -> None:
+    """The header limits on a parsed part (MIME parts and embedded messages have header sections of their own).
+    A raw value keeps its folding line breaks, so each physical line is measured; the first one with its
+    ``Name:`` (the space after the colon, which the parser strips, not counted)."""
+    section = 0
+    for name, value in part.items():
+        lines = _LINE_BREAK.split(str(value))
+        _check_header_line(max([len(name) + 1 + len(lines[0]), *map(len, lines[1:])]))
+        section += len(name) + 1 + len(str(value)) + 2
+        _check_header_section(section)
+
+
 def _check_structure(message: Message) -> None:
-    """Refuse trees deeper than MAX_DEPTH or with more than MAX_PARTS parts (embedded messages included)."""
+    """Refuse trees deeper than MAX_DEPTH or with more than MAX_PARTS parts (embedded messages included), and
+    header sections over the header limits."""
     stack: list[tuple[Message, int]] = [(message, 0)]
     parts = 0
     while stack:
         part, depth = stack.pop()
         parts += 1
+        _check_part_headers(part)
         if depth > MAX_DEPTH:
             raise InvalidMessage("too_complex", f"MIME structure nested deeper than {MAX_DEPTH} levels")
         if parts > MAX_PARTS:
@@ -275,26 +331,28 @@ def _bounded_references(references: tuple[str, ...]) -> tuple[str, ...]:
     return references[:1] + references[-(MAX_REFERENCES - 1) :]
 
 
-def _body_text(part: Message) -> str | None:
-    """Plain text of a part: text/plain as is, text/html converted; alternatives prefer non-empty plain text;
-    other multiparts join their children's texts. None when the part holds no body text (attachments,
-    embedded messages, non-text parts)."""
+def _body_text(part: Message) -> tuple[str, bool] | None:
+    """Plain text of a part and whether it was cut: text/plain as is, text/html converted (``html_text``, which
+    reads at most ``MAX_HTML_CHARS`` characters); alternatives prefer non-empty plain text; other multiparts
+    join their children's texts. None when the part holds no body text (attachments, embedded messages,
+    non-text parts)."""
     content_type = part.get_content_type()
     if _is_attachment(part) or content_type.startswith("message/"):
         return None
     if content_type == "text/plain":
-        return _decoded_text(part)
+        return _decoded_text(part), False
     if content_type == "text/html":
-        return html_to_text(_decoded_text(part))
+        html = html_text(_decoded_text(part))
+        return html.text, html.truncated
     children = _children(part)
     if content_type == "multipart/alternative":
-        plain = [text for child in children if child.get_content_type() == "text/plain" if (text := _body_text(child))]
-        if plain and plain[0].strip():
+        plain = [body for child in children if child.get_content_type() == "text/plain" if (body := _body_text(child))]
+        if plain and plain[0][0].strip():
             return plain[0]
-        return next((text for child in reversed(children) if (text := _body_text(child)) and text.strip()), None)
+        return next((body for child in reversed(children) if (body := _body_text(child)) and body[0].strip()), None)
     if content_type.startswith("multipart/"):
-        texts = [text for child in children if (text := _body_text(child)) is not None and text.strip()]
-        return "\n\n".join(texts) if texts else None
+        bodies = [body for child in children if (body := _body_text(child)) is not None and body[0].strip()]
+        return ("\n\n".join(text for text, _ in bodies), any(cut for _, cut in bodies)) if bodies else None
     return None
 
 

@@ -108,6 +108,7 @@ class MailMessage:
     sent_at: datetime | None = None
     body_text: str = ""
     body_preview: str = ""
+    body_truncated: bool = False  # body_text is only the start of the body (e.g. an HTML body over its limit)
     conversation_id: str | None = None
     folder: str = "inbox"
     is_draft: bool = False

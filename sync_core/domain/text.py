@@ -1,17 +1,25 @@
 """Plain-text helpers: HTML to text, previews, length-bounded text and RFC 2047 header decoding.
 
-Invariants: every function here is total (never raises on any ``str`` input) and deterministic.
+Invariants: every function here is total (never raises on any ``str`` input) and deterministic. HTML to text
+is linear in the length of its input (the tokenizer searches the rest of the document at most once, whatever
+the markup) and reads at most ``MAX_HTML_CHARS`` characters of it.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
+from collections import Counter
+from dataclasses import dataclass
 from email.header import decode_header
 from email.policy import default as default_policy
+from html import unescape
 from html.parser import HTMLParser
 
 PREVIEW_LENGTH = 255
+# HTML characters read per body: far above real mail bodies (a long newsletter is a few hundred KB; what is stored
+# of a body is at most 480,000 characters), and a bound on the work one message can ask for.
+MAX_HTML_CHARS = 4 * 1024 * 1024
 
 # Elements whose content is never text the reader sees.
 _SKIPPED = frozenset({"script", "style", "head", "title", "noscript", "template", "xml", "svg", "object"})
@@ -28,8 +36,19 @@ _CELLS = frozenset({"td", "th"})
 _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u2060\ufeff\u034f\u00ad"), None)
 _HORIZONTAL_SPACE = re.compile(r"[^\S\n]+")
 _BLANK_LINES = re.compile(r"\n{3,}")
-_TAG = re.compile(r"<[^>]*>")
+_TAG = re.compile(r"<[^<>]*>")  # never rescans: a '<' ends the attempt that started at the previous one
 _WHITESPACE = re.compile(r"\s+")
+
+
+@dataclass(frozen=True)
+class HtmlText:
+    """``text``: the readable text (see ``html_to_text``); ``truncated``: the HTML was longer than
+    ``MAX_HTML_CHARS`` and ``text`` is that of its first ``MAX_HTML_CHARS`` characters; ``examined``: characters
+    the tokenizer consumed or searched, at most a small multiple of the input length (a seam for tests)."""
+
+    text: str
+    truncated: bool
+    examined: int
 
 
 def html_to_text(html: str) -> str:
@@ -39,17 +58,32 @@ def html_to_text(html: str) -> str:
     lists and tables a blank line, except Outlook's one-paragraph-per-line ``MsoNormal`` paragraphs), list
     items start with ``- ``, table cells are separated by spaces; link text is kept (URLs are not); entities
     are unescaped; ``<pre>`` keeps its line breaks; spaces are collapsed, every line is stripped, at most one
-    blank line separates paragraphs, and the result is stripped. Broken
-    HTML is parsed as far as it goes; if the parser itself fails, tags are removed with a regular expression.
+    blank line separates paragraphs, and the result is stripped. Broken HTML is parsed as far as it goes: a
+    tag, comment, declaration or processing instruction that is never closed runs to the end of the document
+    and is dropped (as in HTML5); if the parser itself fails, tags are removed with a regular expression. Only
+    the first ``MAX_HTML_CHARS`` characters are read (``html_text`` says whether that cut anything).
     """
+    return html_text(html).text
+
+
+def html_text(html: str) -> HtmlText:
+    """``html_to_text`` with whether the input was cut and how much work it took.
+
+    Linear: the stdlib tokenizer is fed the document once and never closed. ``feed`` consumes every construct
+    it scans and stops at the first one that is never terminated; ``close`` would instead rescan the rest of
+    the document once for every later ``<`` (quadratic: ``"<!--" * n``), so the rest is handled here.
+    """
+    truncated = len(html) > MAX_HTML_CHARS
+    html = html[:MAX_HTML_CHARS]
     parser = _TextExtractor()
     try:
         parser.feed(html)
-        parser.close()
+        parser.finish()
         text = parser.text()
     except Exception:  # the stdlib parser is lenient, but this function must never raise
         text = _TAG.sub(" ", html)
-    return _tidy(text)
+        parser.examined += len(html)
+    return HtmlText(_tidy(text), truncated, parser.examined)
 
 
 def preview(text: str, limit: int = PREVIEW_LENGTH) -> str:
@@ -119,24 +153,67 @@ def _tidy(text: str) -> str:
 class _TextExtractor(HTMLParser):
     """Collects visible text. Block boundaries ask for at least one (or two, for paragraphs) line breaks
     since the last visible text, so nested or empty blocks never pile up blank lines; ``<br>`` always adds one.
+
+    Every tag costs O(1) amortised: open skipped elements are a stack plus a count per name, so an end tag of
+    an element that is not open never searches the stack. ``examined`` counts the characters each tokenizer
+    step consumed or searched (a failed search counts up to the end of the buffer).
     """
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self._parts: list[str] = []
-        self._skipping: list[str] = []
+        self._skipping: list[str] = []  # open elements whose content is dropped, innermost last
+        self._open_skipped: Counter[str] = Counter()  # how many of each name are on ``_skipping``
         self._pre = 0
         self._newlines = 0  # line breaks since the last visible text
         self._outlook_paragraph = False
+        self.examined = 0
 
     def text(self) -> str:
         return "".join(self._parts)
 
+    def finish(self) -> None:
+        """End of document, instead of ``close()``: what ``feed`` left unconsumed starts at a construct that is
+        never terminated (dropped with the rest, as in HTML5: EOF inside a tag or comment), is the content of an
+        unclosed script or style (dropped), a lone ``<`` or ``</`` (text), or text held back because it ends
+        in what could be a cut character reference (text)."""
+        rest, self.rawdata = self.rawdata, ""
+        self.examined += len(rest)
+        if self.cdata_elem is not None or not rest:
+            return
+        if rest in ("<", "</") or not rest.startswith("<"):
+            self.handle_data(unescape(rest))
+
+    # -- tokenizer steps, counted -------------------------------------------------------------------------
+
+    def parse_starttag(self, i: int) -> int:
+        return self._count(i, super().parse_starttag(i))
+
+    def parse_endtag(self, i: int) -> int:
+        return self._count(i, super().parse_endtag(i))
+
+    def parse_comment(self, i: int, report: bool = True) -> int:
+        return self._count(i, super().parse_comment(i, report))
+
+    def parse_pi(self, i: int) -> int:
+        return self._count(i, super().parse_pi(i))
+
+    def parse_html_declaration(self, i: int) -> int:
+        return self._count(i, super().parse_html_declaration(i))
+
+    def _count(self, start: int, end: int) -> int:
+        self.examined += (end if end >= 0 else len(self.rawdata)) - start
+        return end
+
+    # -- handlers -----------------------------------------------------------------------------------------
+
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag == "body":
             self._skipping.clear()  # an unclosed <head> or <title> ends where the body starts
+            self._open_skipped.clear()
         if tag in _SKIPPED:
             self._skipping.append(tag)
+            self._open_skipped[tag] += 1
             return
         if self._skipping:
             return
@@ -157,9 +234,10 @@ class _TextExtractor(HTMLParser):
             self._pre += 1
 
     def handle_endtag(self, tag: str) -> None:
-        if tag in self._skipping:
-            while self._skipping.pop() != tag:
-                pass
+        if tag in _SKIPPED and self._open_skipped[tag]:  # close it and every skipped element opened inside it
+            while (closed := self._skipping.pop()) != tag:
+                self._open_skipped[closed] -= 1
+            self._open_skipped[tag] -= 1
             return
         if self._skipping:
             return
@@ -173,6 +251,7 @@ class _TextExtractor(HTMLParser):
             self._break(2 if tag in _PARAGRAPHS else 1)
 
     def handle_data(self, data: str) -> None:
+        self.examined += len(data)
         if self._skipping:
             return
         data = data.replace("\xa0", " ")

@@ -85,7 +85,7 @@ def build_activities(
             subject=m.subject,
             body_text=m.body_text,
             body_preview=m.body_preview,
-            body_truncated=False,
+            body_truncated=m.body_truncated,
             sender=m.sender,
             to=m.to,
             cc=m.cc,

@@ -208,6 +208,10 @@ def _hostile(kind: str) -> bytes:
         return message(subject="=?utf-8?q?hello=0D=0ABcc:_everyone@talent.example?=")
     if kind == "mixed_line_endings_header_injection":
         return message(extra="X-One: 1\nX-Two: 2\r\n")
+    if kind == "overlong_header_line":
+        return message(extra="X-Long: " + "x" * (120 * 1024) + "\r\n")
+    if kind == "overlong_header_section":
+        return message(extra="".join(f"X-Pad-{n}: {'p' * 990}\r\n" for n in range(300)))
     if kind == "deep_nesting":
         return (head + _nested(40)).encode()
     if kind == "pathological_nesting":
@@ -226,6 +230,8 @@ HOSTILE = {
     "bare_cr_header_injection": (400, "malformed_message"),
     "encoded_newline_header_injection": (400, "malformed_message"),
     "mixed_line_endings_header_injection": (400, "malformed_message"),
+    "overlong_header_line": (400, "header_line_too_long"),
+    "overlong_header_section": (400, "header_section_too_large"),
     "deep_nesting": (400, "message_too_complex"),
     "pathological_nesting": (400, "message_too_complex"),
     "too_many_parts": (400, "message_too_complex"),

@@ -7,6 +7,8 @@
    the Table codec, and every step returns: no exception, every stored form within Table storage limits.
 2. The same kinds of mail, delivered through the emulator (JSON and raw MIME), synced by the real engine
    into Azurite: the run is ``done`` and what is stored is exactly the matched mail.
+3. An RFC 822 upload with a header line far over RFC 5322's limit, through the hosted app: refused with a
+   clear 400, nothing stored, nothing of the header in the app's logs (at DEBUG).
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from emulator.client import EmulatorTenant
 from sync_core.adapters.graph_mail import message_from_graph, page_from_payload
 from sync_core.adapters.memory import InMemoryActivityStore, InMemoryRecordsIndex
 from sync_core.adapters.table_codec import (
@@ -31,10 +35,14 @@ from sync_core.adapters.table_codec import (
     utf16_units,
 )
 from sync_core.domain.addresses import normalize_address
+from sync_core.domain.mime import MAX_HEADER_LINE_BYTES
 from sync_core.domain.model import Mailbox, OrgSettings, Reason, Record
+from sync_core.domain.text import MAX_HTML_CHARS
 from sync_core.use_cases.pipeline import build_activities
 from tests.integration.sync_env import CAROL, DAN, STRANGER
+from tests.reliability.hosted_app import HostedApp
 from tests.reliability.rel_env import Ledger, RelEnv, assert_converged, iso, now
+from tests.reliability.test_security import new_org, set_up, timeline
 
 ORG = "org-fuzz"
 OWN = "adele@contoso.example"
@@ -182,6 +190,25 @@ def test_address_normalisation_never_raises_and_is_idempotent(raw: str) -> None:
         assert len(normal) <= 320 and normal == normal.lower()
 
 
+def test_a_graph_html_body_over_the_html_limit_is_read_up_to_it_and_the_activity_says_it_was_cut() -> None:
+    def item(html: str) -> dict[str, Any]:
+        return {
+            "id": "m1", "internetMessageId": "<m1@x>", "receivedDateTime": "2026-03-01T10:00:00Z",
+            "from": {"emailAddress": {"address": CAROL}}, "toRecipients": [{"emailAddress": {"address": OWN}}],
+            "body": {"contentType": "html", "content": html},
+        }  # fmt: skip
+
+    short = message_from_graph(item("<p>Dear Adele</p>"), "inbox")
+    long = message_from_graph(item("<p>Dear Adele</p>" + " " * MAX_HTML_CHARS + "<p>never read</p>"), "inbox")
+    records = InMemoryRecordsIndex()
+    records.upsert(ORG, list(RECORDS))
+    [activity] = build_activities([long] if long else [], MAILBOX, OrgSettings(), records=records,
+                                  activities=InMemoryActivityStore(), reasons=Counter())  # fmt: skip
+
+    assert short is not None and (short.body_text, short.body_truncated) == ("Dear Adele", False)
+    assert (activity.body_text, activity.body_truncated) == ("Dear Adele", True)
+
+
 def test_a_message_addressed_to_an_idn_or_quoted_contact_matches_that_contact_only() -> None:
     for contact, record_id in ((IDN_CONTACT.upper(), "c-idn"), ("JOSÉ@xn--exmple-cua.com", "c-idn"),
                                ('"John Smith"@quoted.example', "c-quoted")):  # fmt: skip
@@ -278,3 +305,37 @@ def test_a_message_with_hundreds_of_references_costs_a_bounded_number_of_table_r
     per_message = outcome.report.table_transactions - idle.report.table_transactions
     assert plain.internet_message_id in assert_converged(rel, ledger)
     assert per_message < 60, f"two new messages cost {per_message} table transactions"
+
+
+# -- 3. an overlong header line through the hosted app ---------------------------------------------------
+
+
+def test_an_upload_with_a_120_kb_header_line_is_refused_and_nothing_of_it_is_stored_or_logged(
+    hosted: HostedApp, tenant: EmulatorTenant
+) -> None:
+    org, marker = new_org(), uuid.uuid4().hex
+    set_up(hosted, org, tenant, {"contact-1": {"type": "contact", "name": "Carol", "emails": [CAROL]}})
+
+    def upload(extra: str) -> requests.Response:
+        raw = (
+            f"From: Carol <{CAROL}>\r\nTo: bob@{tenant.domain}\r\nSubject: Offer\r\n"
+            f"Date: Mon, 01 Jun 2026 10:00:00 +0000\r\nMessage-ID: <{uuid.uuid4().hex}@client.example>\r\n"
+            f"{extra}Content-Type: text/plain\r\n\r\nHello.\r\n"
+        ).encode()
+        url = hosted.url(f"orgs/{org}/messages:ingest")
+        return hosted.api.post(url, data=raw, headers={"Content-Type": "message/rfc822"}, timeout=60)
+
+    refused = upload("X-Payload: " + marker * (120 * 1024 // len(marker)) + "\r\n")
+    stored_after_refusal = timeline(hosted, org, "contact-1")
+    accepted = upload("X-Payload: short\r\n")  # the same message with a short header: the org logs it
+
+    assert refused.status_code == 400
+    assert refused.json()["error"]["code"] == "header_line_too_long"
+    assert refused.json()["error"]["details"] == {"limit": MAX_HEADER_LINE_BYTES}
+    assert marker not in refused.text
+    assert stored_after_refusal == []
+    assert accepted.status_code == 201, accepted.text
+    assert len(timeline(hosted, org, "contact-1")) == 1
+    records = hosted.log_records()
+    leaks = [r["logger"] for r in records if any(marker in r[part] for part in ("msg", "args", "message", "exc"))]
+    assert records and leaks == []

@@ -11,8 +11,16 @@ from textwrap import dedent
 
 import pytest
 
-from sync_core.domain.mime import MAX_DEPTH, MAX_PARTS, InvalidMessage, parse_rfc822
+from sync_core.domain.mime import (
+    MAX_DEPTH,
+    MAX_HEADER_LINE_BYTES,
+    MAX_HEADER_SECTION_BYTES,
+    MAX_PARTS,
+    InvalidMessage,
+    parse_rfc822,
+)
 from sync_core.domain.model import AttachmentSummary, EmailAddress
+from sync_core.domain.text import MAX_HTML_CHARS
 from sync_core.errors import SyncError
 
 
@@ -94,6 +102,18 @@ def test_an_html_only_message_becomes_plain_text() -> None:
     message = parse_rfc822(raw)
     assert message.body_text == "Hi Alice,\n\nSee you Tuesday."
     assert message.body_preview == "Hi Alice, See you Tuesday."
+
+
+def test_an_html_body_is_read_up_to_the_html_limit_and_says_when_it_was_cut() -> None:
+    def html_message(html: str) -> bytes:
+        return eml(HEADERS, "Content-Type: text/html; charset=utf-8\n\n") + html.encode()
+
+    short = parse_rfc822(html_message("<p>Hi Alice</p>"))
+    long = parse_rfc822(html_message("<p>Hi Alice</p>" + " " * MAX_HTML_CHARS + "never read"))
+
+    assert (short.body_text, short.body_truncated) == ("Hi Alice", False)
+    assert (long.body_text, long.body_truncated) == ("Hi Alice", True)
+    assert not parse_rfc822(simple("x" * (MAX_HTML_CHARS + 1))).body_truncated  # plain text is not converted
 
 
 def test_an_empty_plain_alternative_falls_back_to_the_html_part() -> None:
@@ -352,7 +372,8 @@ def test_bulk_headers_are_kept_for_the_pipeline_even_after_hundreds_of_others() 
 
 
 def test_header_values_are_capped_in_length() -> None:
-    message = parse_rfc822(simple(headers=HEADERS + "    X-Long: " + "y" * 10_000 + "\n"))
+    folded = "y" * 5_000 + "\n" + "      " + "y" * 5_000  # two physical lines, each within the line limit
+    message = parse_rfc822(simple(headers=HEADERS + "    X-Long: " + folded + "\n"))
     assert len(message.header("x-long") or "") == 4000
 
 
@@ -396,6 +417,56 @@ def test_a_bare_carriage_return_in_the_headers_is_refused_as_header_injection() 
 def test_mixed_line_endings_in_the_headers_are_refused_as_header_injection() -> None:
     raw = simple().replace(b"Subject: Interview\r\n", b"Subject: Interview\nCc: victim@example.com\r\n")
     assert refused(raw) == "malformed"
+
+
+def with_header(line: str, raw: bytes | None = None) -> bytes:
+    """``simple()`` (or ``raw``) with ``line`` (CRLF added) inserted before its Subject header."""
+    return (raw or simple()).replace(b"Subject: Interview\r\n", line.encode() + b"\r\nSubject: Interview\r\n")
+
+
+def test_a_120_kb_header_line_is_refused_naming_the_limit_never_the_header() -> None:
+    with pytest.raises(InvalidMessage) as error:
+        parse_rfc822(with_header("X-Payload: " + "secret-" * (120 * 1024 // 7)))
+
+    assert (error.value.code, error.value.limit) == ("header_line_too_long", MAX_HEADER_LINE_BYTES)
+    assert str(MAX_HEADER_LINE_BYTES) in str(error.value) and "secret" not in str(error.value)
+
+
+def test_header_lines_count_one_physical_line_at_a_time_up_to_the_limit() -> None:
+    name = "X-Long: "
+    at_limit = name + "y" * (MAX_HEADER_LINE_BYTES - len(name))
+    folded = "\r\n ".join([at_limit] + [" " + "z" * (MAX_HEADER_LINE_BYTES - 2)] * 3)  # 4 lines of the limit
+
+    assert (parse_rfc822(with_header(at_limit)).header("x-long") or "").startswith("yyy")
+    assert parse_rfc822(with_header(folded)).subject == "Interview"
+    assert refused(with_header(at_limit + "y")) == "header_line_too_long"
+    assert refused(with_header(folded + "z")) == "header_line_too_long"
+
+
+def test_a_long_body_line_after_headers_without_a_blank_line_is_body_not_a_header() -> None:
+    # No blank line: the parser ends the headers at the first line that is not a header field.
+    raw = simple().replace(b"\r\n\r\nHello Alice", b"\r\n<p>" + b"w" * MAX_HEADER_LINE_BYTES + b"</p>")
+    assert parse_rfc822(raw).subject == "Interview"
+
+
+def test_a_long_header_line_in_a_mime_part_is_refused_too() -> None:
+    def multipart(part_header: str) -> bytes:
+        return eml(HEADERS, 'Content-Type: multipart/mixed; boundary="b"\n\n--b\n', part_header + "\n\nhello\n--b--\n")
+
+    assert parse_rfc822(multipart('Content-Type: text/plain; x-note="short"')).body_text == "hello"
+    assert refused(multipart('Content-Type: text/plain; x-note="' + "n" * MAX_HEADER_LINE_BYTES + '"')) == (
+        "header_line_too_long"
+    )
+
+
+def test_a_header_section_over_the_limit_is_refused_even_when_each_line_is_short() -> None:
+    lines = MAX_HEADER_SECTION_BYTES // 1000 + 1
+    raw = with_header("\r\n".join(f"X-Pad-{n:04}: " + "p" * 990 for n in range(lines)))
+
+    with pytest.raises(InvalidMessage) as error:
+        parse_rfc822(raw)
+    assert (error.value.code, error.value.limit) == ("header_section_too_large", MAX_HEADER_SECTION_BYTES)
+    assert parse_rfc822(with_header("\r\n".join(f"X-Pad-{n:04}: " + "p" * 990 for n in range(200)))).subject
 
 
 def test_lf_only_messages_and_mixed_endings_in_the_body_are_fine() -> None:

@@ -12,6 +12,7 @@ import pytest
 from sync_core.adapters.memory import InMemoryStores
 from sync_core.domain.mime import InvalidMessage
 from sync_core.domain.model import Activity, EmailAddress, Mailbox, MailboxStatus, MailMessage, OrgSettings, Record
+from sync_core.domain.text import MAX_HTML_CHARS
 from sync_core.use_cases import ingest
 from sync_core.use_cases.ingest import IngestDeps
 from sync_core.use_cases.sync_mailbox import SyncDeps, sync_mailbox
@@ -164,3 +165,16 @@ def test_a_refused_message_changes_nothing() -> None:
         world.ingest(b"From: a\r\nX: \rinjected\r\n\r\nbody")
 
     assert world.stores.activities.timeline(ORG, "cand-dan", None, 10).items == ()
+
+
+def test_an_html_body_over_the_html_limit_is_stored_as_its_start_and_marked_truncated() -> None:
+    world = World()
+    html = "<p>Start of the letter.</p>" + "<div>" * (MAX_HTML_CHARS // 5) + "<p>Never read.</p>"
+    raw = eml(DAN, "adele@acme.example").replace(b"Content-Type: text/plain", b"Content-Type: text/html")
+    raw = raw.replace(b"Hi there.", html.encode())
+
+    result = world.ingest(raw)
+
+    stored = world.stores.activities.get(ORG, result.activity_id or "")
+    assert result.outcome == "created" and stored is not None
+    assert stored.body_text == "Start of the letter." and stored.body_truncated

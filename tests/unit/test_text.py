@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
+from sync_core.domain import text as text_module
 from sync_core.domain.text import decode_encoded_words, fit_text, html_to_text, preview
 
 
@@ -68,6 +71,55 @@ def test_broken_html_never_raises(html: str) -> None:
 
 def test_broken_html_keeps_the_text_it_can_read() -> None:
     assert html_to_text("<p>one<div>two</span></b><p>three") == "one\ntwo\n\nthree"
+
+
+def test_a_tag_or_comment_never_closed_runs_to_the_end_of_the_document_and_is_dropped() -> None:
+    # As in HTML5 (and every mail client): the rest of the document is inside the comment, or the tag.
+    assert html_to_text("<p>Hi</p><!-- never closed <p>not shown</p>") == "Hi"
+    assert html_to_text("<p>Hi</p><a href='never closed>not shown</a>") == "Hi"
+    assert html_to_text("<p>Hi</p></p not shown") == "Hi"
+    assert html_to_text("<p>Hi</p><script>never closed") == "Hi"
+    assert html_to_text("a < b, AT&T, 1 <") == "a < b, AT&T, 1 <"
+
+
+# Hostile documents, each built from a repeated unit. Those marked "stdlib" were quadratic in
+# ``HTMLParser.close()``, those marked "stack" in the stack of open skipped elements; the others are controls.
+HOSTILE_HTML: dict[str, Callable[[int], str]] = {
+    "skipped elements left open, then stray end tags (stack)": lambda n: "<svg>" * n + "</p>" * n,
+    "skipped elements nested and closed": lambda n: "<object>" * n + "</object>" * n,
+    "nested blocks": lambda n: "<div>" * n + "x" + "</div>" * n,
+    "comments never closed (stdlib)": lambda n: "<!--" * n,
+    "comments with only a > (stdlib)": lambda n: "<!--x>" * n,
+    "end tags never closed (stdlib)": lambda n: "</" * n,
+    "processing instructions never closed (stdlib)": lambda n: "<?" * n,
+    "declarations never closed (stdlib)": lambda n: "<!x" * n,
+    "marked sections never closed (stdlib)": lambda n: "<![if x]" * n,
+    "attributes with an open quote": lambda n: "<a x= '>" * n,
+    "start tags never closed (stdlib)": lambda n: "<a " * n,
+    "all of them": lambda n: "<svg><!--</a<?<!x<a x='</b>" * n,
+}
+
+
+@pytest.mark.parametrize("shape", sorted(HOSTILE_HTML))
+def test_html_to_text_examines_each_character_a_bounded_number_of_times_whatever_the_document(shape: str) -> None:
+    build = HOSTILE_HTML[shape]
+    unit = len(build(1))
+    small, large = build(72_000 // unit), build(288_000 // unit)  # 72 KB and 288 KB
+
+    work_small = text_module.html_text(small).examined
+    work_large = text_module.html_text(large).examined
+
+    assert work_large <= 3 * len(large)  # linear: a quadratic tokenizer examines ~n²/unit characters here
+    assert work_large <= 4.5 * work_small
+
+
+def test_html_beyond_the_limit_is_not_read_and_the_text_says_it_was_cut() -> None:
+    limit = text_module.MAX_HTML_CHARS
+    inside = text_module.html_text("<p>" + "word " * 1000 + "</p>")
+    cut = text_module.html_text("<div>" * (limit // 5 + 1) + "<p>beyond the limit</p>")
+
+    assert (inside.truncated, cut.truncated) == (False, True)
+    assert cut.text == "" and cut.examined <= 3 * limit
 
 
 def test_a_preview_collapses_whitespace_and_is_cut_at_the_limit() -> None:
