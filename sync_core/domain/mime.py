@@ -46,7 +46,9 @@ MAX_REFERENCES = 100  # message ids kept from References: the first (thread root
 # One physical header line, its line break not counted: 8 times RFC 5322's 998 characters, room for mailers
 # that do not fold (long To lists, DKIM signatures).
 MAX_HEADER_LINE_BYTES = 8 * 1024
-# One header section, line breaks counted: Exchange Online's message header size limit (256 KB).
+# One header section, line breaks counted: Exchange Online's "message header size limit" (256 KB; Exchange
+# Online limits, learn.microsoft.com/office365/servicedescriptions/exchange-online-service-description/
+# exchange-online-limits, message limits).
 MAX_HEADER_SECTION_BYTES = 256 * 1024
 
 _IGNORED_HEADERS = frozenset({"bcc", "resent-bcc"})
