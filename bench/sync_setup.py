@@ -16,10 +16,10 @@ from typing import Any
 from azure.data.tables import TableServiceClient
 
 from sync_core.adapters.clock import SystemClock
-from sync_core.adapters.memory import InMemoryStores
 from sync_core.adapters.tables import TableRecordsIndex, TableStores
 from sync_core.domain.model import ConnectionMode, Mailbox, OrgSettings, Record, RecordRef
 from sync_core.ports import MailSource, RecordLookupResult
+from sync_core.testing.stores import InMemoryStores
 from sync_core.use_cases.sync_mailbox import SyncDeps
 
 ORG = "bench-org"

@@ -14,9 +14,6 @@ from typing import Any
 import pytest
 
 from sync_core.adapters.http_webhooks import check_url
-from sync_core.adapters.memory import InMemoryStores
-from sync_core.adapters.memory_due import InMemoryWorkQueue
-from sync_core.adapters.memory_push import InMemoryWebhookLog, InMemoryWebhookSecretStore
 from sync_core.api.activities import activity_to_json
 from sync_core.auth.crypto import TokenCipher
 from sync_core.domain.model import (
@@ -32,11 +29,14 @@ from sync_core.domain.model import (
 )
 from sync_core.ports import ActivityEvent
 from sync_core.push_ports import WebhookSecretUnreadable, WebhookSendFailed, WebhookUrlRefused
+from sync_core.testing.mail import FakeMailSource, FixedClock
+from sync_core.testing.push import InMemoryWebhookLog, InMemoryWebhookSecretStore
+from sync_core.testing.scheduling import InMemoryWorkQueue
+from sync_core.testing.stores import InMemoryStores
 from sync_core.use_cases import webhooks
 from sync_core.use_cases.ingest import IngestDeps, ingest
 from sync_core.use_cases.sync_mailbox import SyncDeps, sync_mailbox
 from sync_core.use_cases.webhooks import MAX_ATTEMPTS, RETRY_DELAYS, SecretAlreadyRevealed, WebhookDeps, WebhookEvents
-from tests.unit.fake_mail import FakeMailSource, FixedClock
 
 ORG = "acme"
 HOOK = "https://crm.example/hooks/mail"

@@ -9,7 +9,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from sync_core.adapters.memory import InMemoryActivityStore, InMemoryLeaseStore, InMemoryStores
 from sync_core.auth.msal_tokens import IdentityError
 from sync_core.domain.model import (
     Activity,
@@ -27,8 +26,9 @@ from sync_core.domain.model import (
 )
 from sync_core.errors import ReauthRequired
 from sync_core.ports import ActivityWrite, DeltaPage
+from sync_core.testing.mail import FakeMailSource, FixedClock, throttled
+from sync_core.testing.stores import InMemoryActivityStore, InMemoryLeaseStore, InMemoryStores
 from sync_core.use_cases.sync_mailbox import IDLE_REFRESH, Cursor, SyncDeps, sync_mailbox
-from tests.unit.fake_mail import FakeMailSource, FixedClock, throttled
 
 ORG = "acme"
 CONNECTED = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)

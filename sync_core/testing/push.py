@@ -15,7 +15,6 @@ from dataclasses import replace
 from datetime import datetime
 
 from sync_core.adapters import table_keys as keys
-from sync_core.adapters.memory import _as_stored
 from sync_core.adapters.table_codec import decode_cursor, encode_cursor, to_utc
 from sync_core.adapters.table_subscriptions import record_row
 from sync_core.adapters.table_webhook_log import (
@@ -29,6 +28,7 @@ from sync_core.auth.crypto import TokenCipher
 from sync_core.errors import AlreadyExists, ConcurrencyConflict
 from sync_core.ports import Page, Versioned
 from sync_core.push_ports import PushSubscription, WebhookDelivery, WebhookSecret
+from sync_core.testing.stores import _as_stored
 
 
 class InMemorySubscriptionStore:
