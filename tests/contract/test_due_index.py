@@ -21,6 +21,7 @@ from sync_core.adapters.table_state import TableMailboxRepository
 from sync_core.domain.model import Mailbox, MailboxStatus
 from sync_core.ports import Versioned
 from sync_core.scheduling_ports import DueEntry
+from sync_core.testing.app import InMemoryApp
 from sync_core.testing.scheduling import InMemoryDueIndex, InMemoryMailboxCatalog, InMemoryWorkQueue
 from sync_core.testing.stores import InMemoryMailboxRepository, InMemoryStores
 from sync_core.use_cases import schedule
@@ -307,10 +308,8 @@ class Interleaved:
 
 
 def timer_deps(index: Any, stores: InMemoryStores, queue: InMemoryWorkQueue) -> ScheduleDeps:
-    s = stores
-    return ScheduleDeps(
-        index, queue, s.mailboxes, s.settings, s.cursors, s.leases, FixedClock(T0), lambda *_: SyncOutcome("done")
-    )
+    app = InMemoryApp(stores=stores, due=index, queue=queue, clock=FixedClock(T0))
+    return app.schedule_deps(sync=lambda *_: SyncOutcome("done"), catalog=None)
 
 
 class FixedClock:
