@@ -146,7 +146,7 @@ def decide_pages(pages: list[list[Any]], records: Any, mailbox: Any, settings: A
     an in-memory activity store). Returns timings and counts."""
     from collections import Counter  # noqa: PLC0415
 
-    from sync_core.adapters.memory import InMemoryActivityStore  # noqa: PLC0415
+    from sync_core.testing.stores import InMemoryActivityStore  # noqa: PLC0415
     from sync_core.use_cases.pipeline import build_activities  # noqa: PLC0415
 
     counter = _KeyCounter(records)

@@ -16,10 +16,10 @@ from typing import Any
 from azure.data.tables import TableServiceClient
 
 from sync_core.adapters.clock import SystemClock
-from sync_core.adapters.memory import InMemoryStores
 from sync_core.adapters.tables import TableRecordsIndex, TableStores
 from sync_core.domain.model import ConnectionMode, Mailbox, OrgSettings, Record, RecordRef
 from sync_core.ports import MailSource, RecordLookupResult
+from sync_core.testing.app import InMemoryApp
 from sync_core.use_cases.sync_mailbox import SyncDeps
 
 ORG = "bench-org"
@@ -142,17 +142,7 @@ def records_to_json(records: Sequence[Record]) -> list[list[Any]]:
 def memory_deps(box: BenchMailbox, records: DictRecordsIndex, mail: MailSource) -> SyncDeps:
     """The sync run on the product's in-memory store doubles and a ``DictRecordsIndex``: no storage cost,
     so what remains is Graph and the engine."""
-    stores = InMemoryStores()
-    stores.settings.put(ORG, box.settings())
-    stores.mailboxes.add(box.mailbox())
-    return SyncDeps(
-        mailboxes=stores.mailboxes,
-        settings=stores.settings,
-        records=records,  # type: ignore[arg-type]  # lookup is all the run uses
-        activities=stores.activities,
-        cursors=stores.cursors,
-        leases=stores.leases,
-        reports=stores.runs,
-        mail=mail,
-        clock=SystemClock(),
-    )
+    app = InMemoryApp(mail=mail, clock=SystemClock())
+    app.stores.settings.put(ORG, box.settings())
+    app.stores.mailboxes.add(box.mailbox())
+    return app.sync_deps(records=records)  # lookup is all the run uses

@@ -1,7 +1,7 @@
 """Encrypted storage of MSAL token caches, pending OAuth flows and consented tenants.
 
-Azure Table Storage adapters (``Table*``, on the shared ``sync_core.adapters.table_client.Table``) and
-in-memory doubles (``Memory*``) of the ports in ``sync_core.auth.ports``. Both kinds encrypt with the same
+Azure Table Storage adapters (``Table*``, on the shared ``sync_core.adapters.table_client.Table``) of the
+ports in ``sync_core.auth.ports``. Their in-memory doubles (``sync_core.testing.auth``) encrypt with the same
 ``TokenCipher`` and hold the same ciphertext, so the contract tests check the same invariants on both.
 
 Tables (names prefixed with the deployment's table prefix); keys go through
@@ -28,12 +28,8 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import logging
-import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
@@ -180,77 +176,6 @@ class TableTokenCacheStore:
         return None if entity is None else self._cipher.key_id(get_text(entity, _CACHE))
 
 
-@dataclass
-class _Row:
-    ciphertext: str
-    etag: str
-
-
-class MemoryTokenCacheStore:
-    """In-memory ``TokenCacheStore`` double; stores ciphertext exactly like the table adapter."""
-
-    def __init__(self, cipher: TokenCipher) -> None:
-        self._cipher = cipher
-        self._rows: dict[tuple[str, str], _Row] = {}
-        self._lock = threading.Lock()
-        self._etags = itertools.count(1)
-
-    def _next_etag(self) -> str:
-        return f'W/"{next(self._etags)}"'
-
-    def get(self, org_id: str, owner_key: str) -> Versioned[str] | None:
-        with self._lock:
-            row = self._rows.get((org_id, owner_key))
-        if row is None:
-            return None
-        plaintext = self._cipher.decrypt(row.ciphertext, cache_aad(org_id, owner_key))
-        return Versioned(plaintext.decode("utf-8"), row.etag)
-
-    def put(self, org_id: str, owner_key: str, serialized: str, etag: str | None) -> str:
-        ciphertext = self._cipher.encrypt(serialized.encode("utf-8"), cache_aad(org_id, owner_key))
-        _checked(ciphertext)  # same size limit as the table adapter
-        with self._lock:
-            current = self._rows.get((org_id, owner_key))
-            if etag is not None and (current is None or current.etag != etag):
-                raise ConcurrencyConflict(f"token cache {owner_key} changed concurrently")
-            row = _Row(ciphertext, self._next_etag())
-            self._rows[(org_id, owner_key)] = row
-            return row.etag
-
-    def delete(self, org_id: str, owner_key: str) -> None:
-        with self._lock:
-            self._rows.pop((org_id, owner_key), None)
-
-    def delete_org(self, org_id: str) -> int:
-        with self._lock:
-            keys = [key for key in self._rows if key[0] == org_id]
-            for key in keys:
-                del self._rows[key]
-            return len(keys)
-
-    def rewrap_if_needed(self, org_id: str, owner_key: str) -> bool:
-        with self._lock:
-            row = self._rows.get((org_id, owner_key))
-        if row is None or not self._cipher.needs_rotation(row.ciphertext):
-            return False
-        plaintext = self._cipher.decrypt(row.ciphertext, cache_aad(org_id, owner_key)).decode("utf-8")
-        try:
-            self.put(org_id, owner_key, plaintext, row.etag)
-        except ConcurrencyConflict:
-            return False
-        return True
-
-    def stored_key_id(self, org_id: str, owner_key: str) -> str | None:
-        with self._lock:
-            row = self._rows.get((org_id, owner_key))
-        return None if row is None else self._cipher.key_id(row.ciphertext)
-
-    def raw_values(self) -> Iterator[str]:
-        """Every stored ciphertext (tests scan them for plaintext tokens)."""
-        with self._lock:
-            return iter([row.ciphertext for row in self._rows.values()])
-
-
 # -- pending auth flows --------------------------------------------------------------------------------
 
 _FLOW_ROW = "flow"
@@ -310,39 +235,6 @@ class TableAuthFlowStore:
         ]
         self._table.submit([Write("delete", {"PartitionKey": _FLOW_PARTITION, "RowKey": rk}) for rk in expired])
         return len(expired)
-
-
-class MemoryAuthFlowStore:
-    """In-memory ``AuthFlowStore`` double (ciphertext too, same single-use semantics)."""
-
-    def __init__(self, cipher: TokenCipher) -> None:
-        self._cipher = cipher
-        self._rows: dict[str, tuple[datetime, str]] = {}
-        self._lock = threading.Lock()
-
-    def save(self, pending: PendingAuthFlow) -> None:
-        ciphertext = self._cipher.encrypt(_flow_payload(pending), flow_aad(pending.state))
-        with self._lock:
-            if pending.state in self._rows:
-                raise AlreadyExists("auth flow state already in use")
-            self._rows[pending.state] = (to_utc(pending.created_at), ciphertext)
-
-    def take(self, state: str, now: datetime) -> PendingAuthFlow | None:
-        with self._lock:
-            row = self._rows.pop(state, None)
-        return None if row is None else _open_flow(self._cipher, state, row[1], now)
-
-    def purge_expired(self, now: datetime) -> int:
-        cutoff = to_utc(now) - FLOW_LIFETIME
-        with self._lock:
-            expired = [state for state, (created, _) in self._rows.items() if created < cutoff]
-            for state in expired:
-                del self._rows[state]
-            return len(expired)
-
-    def raw_values(self) -> Iterator[str]:
-        with self._lock:
-            return iter([ciphertext for _, ciphertext in self._rows.values()])
 
 
 # -- consented tenants ---------------------------------------------------------------------------------
@@ -412,38 +304,3 @@ class TableOrgTenantStore:
             # On a conflict it was re-claimed meanwhile: leave it to its new holder.
             with contextlib.suppress(ConcurrencyConflict):
                 self._table.write(Write("delete", {"PartitionKey": pk, "RowKey": _CLAIM_ROW}, _etag(entity)))
-
-
-class MemoryOrgTenantStore:
-    """In-memory ``OrgTenantStore`` double."""
-
-    def __init__(self) -> None:
-        self._consents: dict[str, OrgTenant] = {}
-        self._claims: dict[str, str] = {}
-        self._lock = threading.Lock()
-
-    def get(self, org_id: str) -> OrgTenant | None:
-        with self._lock:
-            return self._consents.get(org_id)
-
-    def org_for_tenant(self, tenant_id: str) -> str | None:
-        with self._lock:
-            return self._claims.get(tenant_id.lower())
-
-    def claim(self, consent: OrgTenant) -> bool:
-        tenant_id = consent.tenant_id.lower()
-        with self._lock:
-            holder = self._claims.setdefault(tenant_id, consent.org_id)
-            if holder != consent.org_id:
-                return False
-            previous = self._consents.get(consent.org_id)
-            self._consents[consent.org_id] = OrgTenant(consent.org_id, tenant_id, to_utc(consent.consented_at))
-            if previous is not None and previous.tenant_id != tenant_id:
-                self._claims.pop(previous.tenant_id, None)
-            return True
-
-    def release(self, org_id: str) -> None:
-        with self._lock:
-            previous = self._consents.pop(org_id, None)
-            if previous is not None and self._claims.get(previous.tenant_id) == org_id:
-                del self._claims[previous.tenant_id]

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from azure.data.tables import TableServiceClient
 
-from sync_core.adapters.memory import InMemoryStores
 from sync_core.adapters.tables import TableStores
 from sync_core.domain.model import Activity, AttachmentSummary, Direction, EmailAddress, RecordRef, activity_id_for
+from sync_core.testing.stores import InMemoryStores
 
 T0 = datetime(2026, 3, 2, 9, 30, 15, 123456, tzinfo=UTC)
 

@@ -15,14 +15,15 @@ from typing import Any
 import pytest
 from azure.data.tables import TableServiceClient, UpdateMode
 
-from sync_core.adapters.memory import InMemoryMailboxRepository, InMemoryStores
-from sync_core.adapters.memory_due import InMemoryDueIndex, InMemoryMailboxCatalog, InMemoryWorkQueue
 from sync_core.adapters.table_client import TableMetrics
 from sync_core.adapters.table_due import SHARDS, TableDueIndex, TableMailboxCatalog, entry_row, index_row, shard
 from sync_core.adapters.table_state import TableMailboxRepository
 from sync_core.domain.model import Mailbox, MailboxStatus
 from sync_core.ports import Versioned
 from sync_core.scheduling_ports import DueEntry
+from sync_core.testing.app import InMemoryApp
+from sync_core.testing.scheduling import InMemoryDueIndex, InMemoryMailboxCatalog, InMemoryWorkQueue
+from sync_core.testing.stores import InMemoryMailboxRepository, InMemoryStores
 from sync_core.use_cases import schedule
 from sync_core.use_cases.schedule import ScheduleDeps
 from sync_core.use_cases.sync_mailbox import SyncOutcome
@@ -307,10 +308,8 @@ class Interleaved:
 
 
 def timer_deps(index: Any, stores: InMemoryStores, queue: InMemoryWorkQueue) -> ScheduleDeps:
-    s = stores
-    return ScheduleDeps(
-        index, queue, s.mailboxes, s.settings, s.cursors, s.leases, FixedClock(T0), lambda *_: SyncOutcome("done")
-    )
+    app = InMemoryApp(stores=stores, due=index, queue=queue, clock=FixedClock(T0))
+    return app.schedule_deps(sync=lambda *_: SyncOutcome("done"), catalog=None)
 
 
 class FixedClock:

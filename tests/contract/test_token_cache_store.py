@@ -14,15 +14,9 @@ from azure.data.tables import TableServiceClient
 
 from sync_core.auth.crypto import TokenCipher, TokenDecryptionError
 from sync_core.auth.ports import OrgTenant, PendingAuthFlow
-from sync_core.auth.token_cache_store import (
-    MemoryAuthFlowStore,
-    MemoryOrgTenantStore,
-    MemoryTokenCacheStore,
-    TableAuthFlowStore,
-    TableOrgTenantStore,
-    TableTokenCacheStore,
-)
+from sync_core.auth.token_cache_store import TableAuthFlowStore, TableOrgTenantStore, TableTokenCacheStore
 from sync_core.errors import AlreadyExists, ConcurrencyConflict
+from sync_core.testing.auth import MemoryAuthFlowStore, MemoryOrgTenantStore, MemoryTokenCacheStore
 
 KEY_A = "a:" + "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE="  # 32 x "A"
 KEY_B = "b:" + "QkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkI="  # 32 x "B"

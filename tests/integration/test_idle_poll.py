@@ -13,9 +13,9 @@ from urllib.parse import unquote, urlsplit
 
 from sync_core.adapters.table_client import TableMetrics
 from sync_core.adapters.tables import TableStores
+from sync_core.testing.mail import FixedClock
 from sync_core.use_cases.sync_mailbox import IDLE_REFRESH, Cursor
 from tests.integration.sync_env import ADELE, CAROL, ORG, STRANGER, SyncEnv, sync_env
-from tests.unit.fake_mail import FixedClock
 
 __all__ = ["sync_env"]  # the fixture
 

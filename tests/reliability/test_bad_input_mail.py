@@ -24,7 +24,6 @@ from hypothesis import strategies as st
 
 from emulator.client import EmulatorTenant
 from sync_core.adapters.graph_mail import message_from_graph, page_from_payload
-from sync_core.adapters.memory import InMemoryActivityStore, InMemoryRecordsIndex
 from sync_core.adapters.table_codec import (
     ENTITY_MAX_BYTES,
     PROPERTY_MAX_UNITS,
@@ -38,6 +37,7 @@ from sync_core.domain.addresses import normalize_address
 from sync_core.domain.mime import MAX_HEADER_LINE_BYTES
 from sync_core.domain.model import Mailbox, OrgSettings, Reason, Record
 from sync_core.domain.text import MAX_HTML_CHARS
+from sync_core.testing.stores import InMemoryActivityStore, InMemoryRecordsIndex
 from sync_core.use_cases.pipeline import build_activities
 from tests.integration.sync_env import CAROL, DAN, STRANGER
 from tests.reliability.hosted_app import HostedApp

@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 
-from sync_core.adapters.memory_due import InMemoryWorkQueue
 from sync_core.adapters.table_due import TableMailboxCatalog
 from sync_core.adapters.table_webhook_log import TableWebhookLog, TableWebhookSecretStore
 from sync_core.api.activities import activity_to_json
@@ -27,6 +26,7 @@ from sync_core.auth.token_cache_store import TableOrgTenantStore, TableTokenCach
 from sync_core.domain.model import Activity
 from sync_core.errors import StorageUnavailable
 from sync_core.ports import ActivityStore, ActivityWrite, Clock
+from sync_core.testing.scheduling import InMemoryWorkQueue
 from sync_core.use_cases import webhooks
 from sync_core.use_cases.sync_mailbox import sync_mailbox
 from sync_core.use_cases.webhooks import WebhookDeps, WebhookEvents

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from sync_core.adapters.memory_due import InMemoryDueIndex, InMemoryWorkQueue
 from sync_core.api.mailboxes import run_to_json
 from sync_core.domain.model import Activity, MailboxStatus
 from sync_core.ports import ActivityStore, ActivityWrite
+from sync_core.testing.scheduling import InMemoryDueIndex, InMemoryWorkQueue
 from sync_core.use_cases import schedule
 from sync_core.use_cases.schedule import ScheduleDeps
 from tests.integration.sync_env import ADELE, CAROL, ORG, STRANGER

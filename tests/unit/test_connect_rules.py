@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from sync_core.adapters.memory import InMemoryStores
 from sync_core.api.http import ApiError
 from sync_core.api.settings import settings_from_json
 from sync_core.auth.crypto import TokenCipher
@@ -27,9 +26,10 @@ from sync_core.auth.msal_tokens import (
     token_roles,
 )
 from sync_core.auth.ports import OrgTenant, PendingAuthFlow
-from sync_core.auth.token_cache_store import MemoryAuthFlowStore, MemoryOrgTenantStore, MemoryTokenCacheStore
 from sync_core.domain.model import Mailbox, MailboxStatus, OrgSettings
 from sync_core.errors import MessageNotFound, TransientGraphError
+from sync_core.testing.auth import MemoryAuthFlowStore, MemoryOrgTenantStore, MemoryTokenCacheStore
+from sync_core.testing.stores import InMemoryStores
 from sync_core.use_cases.connect import (
     ConnectDeps,
     ConnectResult,

@@ -11,7 +11,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from sync_core.adapters.memory import InMemoryActivityStore, InMemoryRecordsIndex
 from sync_core.domain.decide import decide
 from sync_core.domain.model import (
     Activity,
@@ -26,6 +25,7 @@ from sync_core.domain.model import (
     RecordRef,
 )
 from sync_core.ports import RecordLookup
+from sync_core.testing.stores import InMemoryActivityStore, InMemoryRecordsIndex
 from sync_core.use_cases.pipeline import build_activities
 
 ORG = "org-1"

@@ -9,14 +9,14 @@ from email.utils import format_datetime
 
 import pytest
 
-from sync_core.adapters.memory import InMemoryStores
 from sync_core.domain.mime import InvalidMessage
 from sync_core.domain.model import Activity, EmailAddress, Mailbox, MailboxStatus, MailMessage, OrgSettings, Record
 from sync_core.domain.text import MAX_HTML_CHARS
+from sync_core.testing.app import InMemoryApp
+from sync_core.testing.mail import FakeMailSource, FixedClock
+from sync_core.testing.stores import InMemoryStores
 from sync_core.use_cases import ingest
-from sync_core.use_cases.ingest import IngestDeps
-from sync_core.use_cases.sync_mailbox import SyncDeps, sync_mailbox
-from tests.unit.fake_mail import FakeMailSource, FixedClock
+from sync_core.use_cases.sync_mailbox import sync_mailbox
 
 ORG = "acme"
 CONNECTED = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
@@ -47,8 +47,8 @@ class World:
         for box in ("adele", "megan"):
             address = f"{box}@acme.example"
             self.stores.mailboxes.add(Mailbox(ORG, f"mb-{box}", address, (address,), CONNECTED))
-        s = self.stores
-        self.deps = IngestDeps(s.mailboxes, s.settings, s.records, s.activities, self.clock, self.events)
+        self.app = InMemoryApp(stores=self.stores, clock=self.clock)
+        self.deps = self.app.ingest_deps(events=self.events)
 
     def ingest(self, raw: bytes, mailbox_id: str | None = None) -> ingest.IngestResult:
         return ingest.ingest(self.deps, ORG, raw, mailbox_id)
@@ -148,7 +148,7 @@ def test_a_message_synced_from_graph_and_then_ingested_is_one_activity_with_one_
         )
     )
     s = world.stores
-    deps = SyncDeps(s.mailboxes, s.settings, s.records, s.activities, s.cursors, s.leases, s.runs, mail, world.clock)
+    deps = world.app.sync_deps(mail=mail)
     assert sync_mailbox(deps, ORG, "mb-adele").status == "done"
 
     result = world.ingest(eml(DAN, "adele@acme.example", when=when, mid="<same@talent.example>"))

@@ -7,16 +7,12 @@ import hashlib
 import hmac
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from sync_core.adapters.http_webhooks import check_url
-from sync_core.adapters.memory import InMemoryStores
-from sync_core.adapters.memory_due import InMemoryWorkQueue
-from sync_core.adapters.memory_push import InMemoryWebhookLog, InMemoryWebhookSecretStore
 from sync_core.api.activities import activity_to_json
 from sync_core.auth.crypto import TokenCipher
 from sync_core.domain.model import (
@@ -32,28 +28,19 @@ from sync_core.domain.model import (
 )
 from sync_core.ports import ActivityEvent
 from sync_core.push_ports import WebhookSecretUnreadable, WebhookSendFailed, WebhookUrlRefused
+from sync_core.testing.app import InMemoryApp
+from sync_core.testing.mail import FakeMailSource, FixedClock
+from sync_core.testing.push import FakeWebhookSender, InMemoryWebhookLog, InMemoryWebhookSecretStore
+from sync_core.testing.scheduling import InMemoryWorkQueue
+from sync_core.testing.stores import InMemoryStores
 from sync_core.use_cases import webhooks
-from sync_core.use_cases.ingest import IngestDeps, ingest
-from sync_core.use_cases.sync_mailbox import SyncDeps, sync_mailbox
-from sync_core.use_cases.webhooks import MAX_ATTEMPTS, RETRY_DELAYS, SecretAlreadyRevealed, WebhookDeps, WebhookEvents
-from tests.unit.fake_mail import FakeMailSource, FixedClock
+from sync_core.use_cases.ingest import ingest
+from sync_core.use_cases.sync_mailbox import sync_mailbox
+from sync_core.use_cases.webhooks import MAX_ATTEMPTS, RETRY_DELAYS, SecretAlreadyRevealed, WebhookEvents
 
 ORG = "acme"
 HOOK = "https://crm.example/hooks/mail"
 NOW = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
-
-
-@dataclass
-class FakeSender:
-    answers: list[int | Exception] = field(default_factory=list)  # then 200
-    posts: list[tuple[str, bytes, dict[str, str]]] = field(default_factory=list)
-
-    def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> int:
-        self.posts.append((url, body, dict(headers)))
-        answer = self.answers.pop(0) if self.answers else 200
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
 
 
 def activity(activity_id: str = "act-1", subject: str = "Interview") -> Activity:
@@ -82,22 +69,20 @@ class World:
         self.stores = InMemoryStores()
         self.stores.settings.put(ORG, OrgSettings(webhook_url=webhook_url))
         self.queue = InMemoryWorkQueue()
-        self.sender = FakeSender()
+        self.sender = FakeWebhookSender()
         self.clock = FixedClock(NOW)
         self.log = InMemoryWebhookLog()
         self.secrets = InMemoryWebhookSecretStore()
         self.ids = iter(f"d{n}" for n in range(1000))
-        self.deps = WebhookDeps(
-            settings=self.stores.settings,
-            activities=self.stores.activities,
-            deliveries=self.log,
-            secrets=self.secrets,
-            queue=self.queue,
+        self.app = InMemoryApp(
+            stores=self.stores,
             clock=self.clock,
-            sender=self.sender,
-            render=activity_to_json,
-            new_id=lambda: next(self.ids),
+            push_queue=self.queue,
+            webhook_log=self.log,
+            webhook_secrets=self.secrets,
+            webhook_sender=self.sender,
         )
+        self.deps = self.app.webhook_deps(new_id=lambda: next(self.ids))
 
     def created(self, *items: Activity) -> tuple[ActivityEvent, ...]:
         """Save as a sync run does (each new activity with its outbox event), then announce the events."""
@@ -263,7 +248,7 @@ def test_an_ingested_message_whose_worker_died_before_announcing_is_announced_by
         b"From: dan@talent.example\r\nTo: adele@acme.example\r\nSubject: Hello\r\n"
         b"Date: Sun, 01 Nov 2026 08:00:00 +0000\r\nMessage-ID: <up1@talent.example>\r\n\r\nHi.\r\n"
     )
-    deps = IngestDeps(s.mailboxes, s.settings, s.records, s.activities, world.clock, DiesBeforeAnnouncing())
+    deps = world.app.ingest_deps(events=DiesBeforeAnnouncing())
 
     with pytest.raises(WorkerDied):
         ingest(deps, ORG, raw)
@@ -382,8 +367,7 @@ def test_a_sync_run_announces_only_the_activities_it_created() -> None:
     )
     mail.deliver(shared)
     events = WebhookEvents(world.deps)
-    deps = SyncDeps(s.mailboxes, s.settings, s.records, s.activities, s.cursors, s.leases, s.runs, mail, world.clock,
-                    events=events)  # fmt: skip
+    deps = world.app.sync_deps(mail=mail, events=events)
 
     assert sync_mailbox(deps, ORG, "mb-adele").status == "done"
     assert sync_mailbox(deps, ORG, "mb-megan").status == "done"  # same message: merged, not new

@@ -12,18 +12,19 @@ from typing import Any
 
 import pytest
 
-from sync_core.adapters.memory import InMemoryStores
-from sync_core.adapters.memory_due import InMemoryDueIndex, InMemoryMailboxCatalog, InMemoryWorkQueue
 from sync_core.adapters.table_due import shard
 from sync_core.auth.msal_tokens import IdentityError
 from sync_core.domain.model import EmailAddress, Mailbox, MailboxStatus, MailMessage, OrgSettings, Record
 from sync_core.errors import ReauthRequired, StorageUnavailable
 from sync_core.ports import Versioned
 from sync_core.scheduling_ports import DueEntry
+from sync_core.testing.app import InMemoryApp
+from sync_core.testing.mail import FakeMailSource, throttled
+from sync_core.testing.scheduling import InMemoryDueIndex, InMemoryWorkQueue
+from sync_core.testing.stores import InMemoryStores
 from sync_core.use_cases import schedule
 from sync_core.use_cases.schedule import ScheduleDeps, SyncMessage
-from sync_core.use_cases.sync_mailbox import SyncDeps, SyncOutcome, sync_mailbox
-from tests.unit.fake_mail import FakeMailSource, throttled
+from sync_core.use_cases.sync_mailbox import SyncOutcome
 
 ORG = "acme"
 T0 = datetime(2026, 11, 2, 9, 0, 30, tzinfo=UTC)
@@ -81,6 +82,7 @@ class World:
         self.queue = InMemoryWorkQueue()
         self.clock = Clock(T0)
         self.mail = FakeMailSource(page_size=10)
+        self.app = InMemoryApp(stores=self.stores, mail=self.mail, clock=self.clock, due=self.due, queue=self.queue)
         self.script: list[SyncOutcome | Exception | Callable[[], SyncOutcome]] = []
         self.runs: list[str] = []
         self.stores.records.upsert(ORG, [Record("c-1", "contact", "Carol", emails=("carol@client.example",))])
@@ -94,18 +96,7 @@ class World:
         self.stores.mailboxes.add(dataclasses.replace(box, **changes))
 
     def deps(self, queue: Any = None) -> ScheduleDeps:
-        s = self.stores
-        return ScheduleDeps(
-            due=self.due,
-            queue=queue or self.queue,
-            mailboxes=s.mailboxes,
-            settings=s.settings,
-            cursors=s.cursors,
-            leases=s.leases,
-            clock=self.clock,
-            sync=self.sync,
-            catalog=InMemoryMailboxCatalog(s.mailboxes),
-        )
+        return self.app.schedule_deps(queue=queue or self.queue, sync=self.sync)
 
     def sync(self, org_id: str, mailbox_id: str) -> SyncOutcome:
         self.runs.append(mailbox_id)
@@ -114,11 +105,7 @@ class World:
             if isinstance(step, Exception):
                 raise step
             return step() if callable(step) else step
-        s = self.stores
-        deps = SyncDeps(
-            s.mailboxes, s.settings, s.records, s.activities, s.cursors, s.leases, s.runs, self.mail, self.clock
-        )
-        return sync_mailbox(deps, org_id, mailbox_id)
+        return self.app.sync(org_id, mailbox_id)
 
     # -- driving ------------------------------------------------------------------------------------
 

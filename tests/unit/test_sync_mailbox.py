@@ -9,7 +9,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from sync_core.adapters.memory import InMemoryActivityStore, InMemoryLeaseStore, InMemoryStores
 from sync_core.auth.msal_tokens import IdentityError
 from sync_core.domain.model import (
     Activity,
@@ -27,8 +26,10 @@ from sync_core.domain.model import (
 )
 from sync_core.errors import ReauthRequired
 from sync_core.ports import ActivityWrite, DeltaPage
+from sync_core.testing.app import InMemoryApp
+from sync_core.testing.mail import FakeMailSource, FixedClock, throttled
+from sync_core.testing.stores import InMemoryActivityStore, InMemoryLeaseStore, InMemoryStores
 from sync_core.use_cases.sync_mailbox import IDLE_REFRESH, Cursor, SyncDeps, sync_mailbox
-from tests.unit.fake_mail import FakeMailSource, FixedClock, throttled
 
 ORG = "acme"
 CONNECTED = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
@@ -73,6 +74,7 @@ class World:
         self.stores = InMemoryStores()
         self.mail = FakeMailSource(page_size=page_size)
         self.clock = FixedClock()
+        self.app = InMemoryApp(self.stores, self.mail, self.clock)
         self.stores.records.upsert(
             ORG,
             [
@@ -85,18 +87,8 @@ class World:
             self.stores.mailboxes.add(box)
 
     def deps(self, activities: object | None = None) -> SyncDeps:
-        s = self.stores
-        return SyncDeps(
-            mailboxes=s.mailboxes,
-            settings=s.settings,
-            records=s.records,
-            activities=activities or s.activities,  # type: ignore[arg-type]
-            cursors=s.cursors,
-            leases=s.leases,
-            reports=s.runs,
-            mail=self.mail,
-            clock=self.clock,
-        )
+        # Tests swap ``world.mail`` after building the world: pass the current one.
+        return self.app.sync_deps(mail=self.mail, activities=activities or self.stores.activities)
 
     def sync(self, mailbox_id: str = "mb-adele", **kw: object) -> str:
         return sync_mailbox(self.deps(**kw), ORG, mailbox_id).status  # type: ignore[arg-type]

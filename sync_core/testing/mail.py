@@ -77,6 +77,7 @@ class FakeMailSource:
             raise self.fail_next.pop(0)
         if folder in self.removed_folders or link in self.forgotten:
             raise MessageNotFound("ErrorItemNotFound: The specified object was not found in the store.")
+        since_filter: datetime | None
         if link is None:
             position, since_filter = 0, since
         else:

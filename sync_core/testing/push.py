@@ -1,4 +1,5 @@
-"""In-memory doubles of the push ports' stores (subscriptions, webhook log, webhook secret).
+"""In-memory doubles of the push ports' stores (subscriptions, webhook log, webhook secret), and a
+scripted ``WebhookSender``.
 
 They behave like ``table_subscriptions`` and ``table_webhook_log`` (tests/contract runs the same cases
 on both): the same stored forms (``table_codec``: aware UTC datetimes), the same orders (an org's
@@ -10,12 +11,11 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Iterator
-from dataclasses import replace
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from sync_core.adapters import table_keys as keys
-from sync_core.adapters.memory import _as_stored
 from sync_core.adapters.table_codec import decode_cursor, encode_cursor, to_utc
 from sync_core.adapters.table_subscriptions import record_row
 from sync_core.adapters.table_webhook_log import (
@@ -29,6 +29,7 @@ from sync_core.auth.crypto import TokenCipher
 from sync_core.errors import AlreadyExists, ConcurrencyConflict
 from sync_core.ports import Page, Versioned
 from sync_core.push_ports import PushSubscription, WebhookDelivery, WebhookSecret
+from sync_core.testing.stores import _as_stored
 
 
 class InMemorySubscriptionStore:
@@ -184,3 +185,19 @@ class InMemoryWebhookSecretStore:
         with self._lock:
             row = self._rows.get(org_id)
         return None if row is None else stored_key_id(row[0])
+
+
+@dataclass
+class FakeWebhookSender:
+    """Answers each post with the next of ``answers`` (a status, or an exception it raises), then 200;
+    records every post in ``posts``."""
+
+    answers: list[int | Exception] = field(default_factory=list)
+    posts: list[tuple[str, bytes, dict[str, str]]] = field(default_factory=list)
+
+    def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> int:
+        self.posts.append((url, body, dict(headers)))
+        answer = self.answers.pop(0) if self.answers else 200
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
