@@ -10,6 +10,11 @@
   ``required`` names among the ``properties``), and its enums and limits are the code's. Whether the
   running app's answers match the documented schemas is checked against the real app by the
   schemathesis run in tests/reliability.
+
+Request rules are written three times on purpose: the field readers of ``sync_core/api/http.py`` (they give
+the API's error codes, ``unknown_field``/``invalid_field`` with ``details.field``), the document, and the
+enum and limit checks below. Models generating the components (msgspec or pydantic) were weighed and not
+adopted; the numbers are in the commit that added this paragraph.
 """
 
 from __future__ import annotations
