@@ -14,6 +14,10 @@ Invariants:
   need it in ``x-functions-key`` or ``?code=``; when it is unset nothing is enforced (as Core
   Tools does locally). ``anonymous`` functions and ``GET /admin/host/status`` are always open.
 * Nothing here logs bodies, query strings or headers: only method, path and status.
+
+Replies are werkzeug Responses. The socket side stays the stdlib's ThreadingHTTPServer: werkzeug's
+server (``werkzeug.serving``) answers every request with ``Connection: close``, drops headers whose
+name holds ``_`` and joins repeated ones. Routes stay ASP.NET Core templates (:mod:`devhost.routing`).
 """
 
 from __future__ import annotations
@@ -22,12 +26,14 @@ import hmac
 import json
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import azure.functions as func
+from werkzeug.datastructures import MultiDict
+from werkzeug.wrappers import Response
 
 from devhost.functions import FunctionSpec
 from devhost.routing import RouteTemplate, compile_route
@@ -37,16 +43,17 @@ log = logging.getLogger("devhost")
 DRAIN_LIMIT = 8 * 1024 * 1024  # read (and drop) at most this much of a too-large body
 
 
-@dataclass
-class Reply:
-    status: int
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    body: bytes = b""
+class Reply(Response):
+    """werkzeug's Response without its defaults: no Content-Type unless given (the admin API's 202 has
+    none), no Content-Length (the socket side writes the body's length, for HEAD too)."""
+
+    default_mimetype = None
+    automatically_set_content_length = False
 
 
 def error_reply(status: int, code: str, message: str, headers: list[tuple[str, str]] | None = None) -> Reply:
     body = json.dumps({"error": {"code": code, "message": message, "details": None}}).encode("utf-8")
-    return Reply(status, [("Content-Type", "application/json; charset=utf-8"), *(headers or [])], body)
+    return Reply(body, status, headers, content_type="application/json; charset=utf-8")
 
 
 @dataclass(frozen=True)
@@ -103,9 +110,8 @@ class HttpApp:
     def handle(self, method: str, url: str, headers: Mapping[str, str], body: bytes) -> Reply:
         """Dispatch one request; ``headers`` keys are lower-case."""
         parts = urlsplit(url)
-        params: dict[str, str] = {}
-        for name, value in parse_qsl(parts.query, keep_blank_values=True):
-            params[name] = f"{params[name]},{value}" if name in params else value
+        args = MultiDict(parse_qsl(parts.query, keep_blank_values=True))
+        params = {name: ",".join(args.getlist(name)) for name in args}  # repeats joined, as Functions does
         if parts.path.lower().startswith("/admin/"):
             return self._admin(method, parts.path, headers, params, body)
         candidates = [(r, v) for r in self._routes if (v := r.template.match(parts.path)) is not None]
@@ -137,7 +143,7 @@ class HttpApp:
         if [s.lower() for s in segments] == ["admin", "host", "status"]:
             if method != "GET":
                 return error_reply(405, "method_not_allowed", "Use GET.", [("Allow", "GET")])
-            return Reply(200, [("Content-Type", "application/json")], b'{"state": "Running"}')
+            return Reply(b'{"state": "Running"}', 200, content_type="application/json")
         if len(segments) != 3 or segments[1].lower() != "functions":
             return error_reply(404, "not_found", "Unknown admin endpoint.")
         if method != "POST":
@@ -159,7 +165,7 @@ class HttpApp:
             return error_reply(400, "bad_request", "HTTP functions are invoked through their route.")
         except Exception:
             return _internal_error()
-        return Reply(202)
+        return Reply(status=202)
 
 
 def _internal_error() -> Reply:
@@ -175,9 +181,17 @@ def _to_reply(result: Any, method: str) -> Reply:
         return _internal_error()
     skip = {"content-length", "transfer-encoding", "connection"}
     headers = [(k, v) for k, v in result.headers.items() if k.lower() not in skip]
-    if not any(k.lower() == "content-type" for k, _ in headers):
-        headers.append(("Content-Type", f"{result.mimetype}; charset={result.charset}"))
-    return Reply(result.status_code, headers, b"" if method == "HEAD" else result.get_body())
+    typed = any(k.lower() == "content-type" for k, _ in headers)
+    try:
+        return Reply(
+            b"" if method == "HEAD" else result.get_body(),
+            result.status_code,
+            headers,
+            content_type=None if typed else f"{result.mimetype}; charset={result.charset}",
+        )
+    except ValueError:  # a header value with a line break: never written to the socket
+        log.error("HTTP function returned a header value with a line break")
+        return _internal_error()
 
 
 _HTTP_ERRORS = {
@@ -266,15 +280,16 @@ class _Handler(BaseHTTPRequestHandler):
             self.rfile.readline(1024)
 
     def _write(self, reply: Reply) -> None:
-        self.send_response(reply.status)
-        for name, value in reply.headers:
+        body = reply.get_data()
+        self.send_response(reply.status_code)
+        for name, value in reply.headers.items():
             self.send_header(name, value)
-        self.send_header("Content-Length", str(len(reply.body)))
+        self.send_header("Content-Length", str(len(body)))
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
-        if reply.body and self.command != "HEAD":
-            self.wfile.write(reply.body)
+        if body and self.command != "HEAD":
+            self.wfile.write(body)
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         log.debug("%s %s -> %s", self.command, urlsplit(getattr(self, "path", "")).path, code)

@@ -13,6 +13,10 @@ Invariants:
   length/minlength/maxlength, regex) reject non-matching values; unknown ones are ignored.
 * :func:`precedence` orders literal segments before constrained, plain, optional and
   catch-all parameters, so the most specific template is tried first.
+
+Not werkzeug's ``Map``/``Rule``: it matches literals case-sensitively, ends the whole match when a
+converter rejects a value (ASP.NET falls through to the next route), adds HEAD to GET rules, and has
+no ``{...}`` syntax, optional or defaulted parameters; this module would shrink by its regex only.
 """
 
 from __future__ import annotations

@@ -20,35 +20,17 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs
 
-
-class Headers(dict[str, str]):
-    """Case-insensitive header map (keys stored lower-case)."""
-
-    def __init__(self, items: dict[str, str] | None = None) -> None:
-        super().__init__()
-        for key, value in (items or {}).items():
-            self[key] = value
-
-    def __setitem__(self, key: str, value: str) -> None:
-        super().__setitem__(key.lower(), value)
-
-    def __getitem__(self, key: str) -> str:
-        return super().__getitem__(key.lower())
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return super().get(key.lower(), default)
-
-    def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and super().__contains__(key.lower())
+from werkzeug.datastructures import Headers
 
 
 @dataclass
 class Request:
     """One HTTP request as the emulator sees it.
 
-    ``path`` is the URL path without the query string, percent-decoded. ``query`` maps each parameter
-    to its first value (Graph and the identity platform never repeat one); ``raw_query`` keeps the
-    original string so opaque links can be compared verbatim.
+    ``headers`` is werkzeug's case-insensitive :class:`~werkzeug.datastructures.Headers`. ``path`` is the
+    URL path without the query string, percent-decoded. ``query`` maps each parameter to its first value
+    (Graph and the identity platform never repeat one); ``raw_query`` keeps the original string so opaque
+    links can be compared verbatim.
     """
 
     method: str

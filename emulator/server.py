@@ -35,9 +35,11 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from werkzeug.datastructures import Headers
+
 from emulator.certs import TlsMaterial, ensure_tls_material
 from emulator.control import ControlApi
-from emulator.core import GraphContext, Headers, Principal, Request, Response, graph_error, graph_time, now_utc
+from emulator.core import GraphContext, Principal, Request, Response, graph_error, graph_time, now_utc
 from emulator.directory import USER_DEFAULT_PROPERTIES, organization_properties, user_properties
 from emulator.identity import GRAPH_APP_ID, IdentityPlatform, aad_error
 from emulator.state import BUDGET_MESSAGE, EmulatorState, FaultRule
@@ -313,17 +315,12 @@ class GraphApi:
         target = urlsplit("/" + item["url"].lstrip("/"))
         body = item.get("body")
         raw = b"" if body is None else body.encode() if isinstance(body, str) else json.dumps(body).encode()
-        sub = Request(
-            item["method"].upper(),
-            "/v1.0" + unquote(target.path),
-            target.query,
-            Headers(item.get("headers") or {}),
-            raw,
-        )
+        path = "/v1.0" + unquote(target.path)
         try:
+            sub = Request(item["method"].upper(), path, target.query, Headers(item.get("headers") or {}), raw)
             response = self._route(sub, principal, origin, in_batch=True)
-        except Exception:  # one broken sub-request must not take the whole batch down
-            log.exception("unhandled error for batch request %s %s", sub.method, sub.path)
+        except Exception:  # one broken sub-request (even a header value with a newline) must not take the batch down
+            log.exception("unhandled error for batch request %s %s", item["method"].upper(), path)
             response = graph_error(500, *GRAPH_FAULT_ERRORS[500])
         if response.drop_connection:
             response = graph_error(504, "UnknownError", "")
@@ -458,8 +455,11 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         target = urlsplit(self.path)
-        request = Request(self.command, unquote(target.path), target.query, Headers(dict(self.headers.items())), body)
         try:
+            # Folded (obs-fold) header lines are unfolded as werkzeug's own server does; werkzeug's Headers
+            # refuses newlines in values. The last of repeated headers wins, as it always did here.
+            headers = Headers({k: v.replace("\r\n", "") for k, v in self.headers.items()})
+            request = Request(self.command, unquote(target.path), target.query, headers, body)
             response = self.server.dispatch(request)
         except Exception:  # a bug must not kill the connection thread silently
             log.exception("unhandled error for %s %s", self.command, target.path)
