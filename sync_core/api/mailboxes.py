@@ -35,8 +35,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from sync_core.adapters.graph_http import BATCH_LIMIT, GraphHttp
-from sync_core.adapters.graph_mail import DEFAULT_FOLDERS, MESSAGE_FIELDS, message_from_graph
+from sync_core.adapters.graph.http import BATCH_LIMIT, GraphHttp
+from sync_core.adapters.graph.mail import DEFAULT_FOLDERS, MESSAGE_FIELDS, message_from_graph
 from sync_core.api.auth import use_case_errors
 from sync_core.api.http import (
     ApiError,

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from sync_core.api.http import ID_PATTERN, ApiError, ApiRequest, ApiResponse, not_found, ok
 from sync_core.domain.mime import InvalidMessage
 from sync_core.errors import StorageUnavailable
-from sync_core.push_ports import PushSubscription, WebhookDelivery, WebhookSecretUnreadable
+from sync_core.ports.push import PushSubscription, WebhookDelivery, WebhookSecretUnreadable
 from sync_core.use_cases import ingest, notifications, webhooks
 
 if TYPE_CHECKING:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Protocol
 
 from sync_core.domain.decide import DecisionContext
 from sync_core.domain.model import (
@@ -29,18 +28,11 @@ from sync_core.domain.model import (
     Reason,
     activity_id_for,
 )
-from sync_core.ports import ActivityWrite, RecordLookupResult, RecordsIndex
-
-
-class ThreadLookup(Protocol):
-    """What the pipeline needs of the activity store: the stored thread of already-stored messages."""
-
-    def thread_ids_for_messages(self, org_id: str, internet_message_ids: Sequence[str]) -> Mapping[str, str]: ...
-
+from sync_core.ports import ActivityWrite, RecordLookupResult, RecordsIndex, ThreadLookup
 
 AttachmentFetcher = Callable[[Sequence[str]], Mapping[str, tuple[AttachmentSummary, ...]]]
-"""Attachment summaries of messages by ``source_id`` (Graph: one ``$batch``); None when the messages
-already carry them (RFC 822 uploads)."""
+"""Attachment summaries of messages by ``source_id`` (one batched request where the provider allows it);
+None when the messages already carry them (RFC 822 uploads)."""
 
 
 def build_activities(

@@ -43,14 +43,14 @@ from urllib.parse import quote
 from sync_core.domain.model import FolderFilter, Mailbox, MailboxStatus, OrgSettings
 from sync_core.errors import MailboxAccessDenied, MessageNotFound, ReauthRequired, SyncError
 from sync_core.ports import Clock, LeaseStore, MailboxRepository, SettingsRepository
-from sync_core.push_ports import (
+from sync_core.ports.push import (
     WHOLE_MAILBOX,
     PushSubscription,
     SubscriptionApi,
     SubscriptionRefused,
     SubscriptionStore,
 )
-from sync_core.scheduling_ports import MailboxCatalog
+from sync_core.ports.scheduling import MailboxCatalog
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")

@@ -105,7 +105,7 @@ from sync_core.ports import (
     RunReportStore,
     SettingsRepository,
 )
-from sync_core.push_ports import ActivityEvents
+from sync_core.ports.push import ActivityEvents
 from sync_core.use_cases.pipeline import RunThreadCache, build_activities
 
 log = logging.getLogger(__name__)

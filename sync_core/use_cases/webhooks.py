@@ -55,7 +55,7 @@ from typing import Any
 from sync_core.domain.model import Activity
 from sync_core.errors import AlreadyExists, ConcurrencyConflict, SyncError
 from sync_core.ports import ActivityEvent, ActivityStore, Clock, SettingsRepository, WorkQueue
-from sync_core.push_ports import (
+from sync_core.ports.push import (
     WebhookDelivery,
     WebhookLog,
     WebhookSecret,

@@ -22,7 +22,7 @@ from sync_core.adapters.table_due import SHARDS, TableDueIndex, TableMailboxCata
 from sync_core.adapters.table_state import TableMailboxRepository
 from sync_core.domain.model import Mailbox, MailboxStatus
 from sync_core.ports import Versioned
-from sync_core.scheduling_ports import DueEntry
+from sync_core.ports.scheduling import DueEntry
 from sync_core.use_cases import schedule
 from sync_core.use_cases.schedule import ScheduleDeps
 from sync_core.use_cases.sync_mailbox import SyncOutcome

@@ -13,7 +13,6 @@ import pytest
 from azure.data.tables import TableServiceClient
 
 from sync_core.auth.crypto import TokenCipher, TokenDecryptionError
-from sync_core.auth.ports import OrgTenant, PendingAuthFlow
 from sync_core.auth.token_cache_store import (
     MemoryAuthFlowStore,
     MemoryOrgTenantStore,
@@ -23,6 +22,7 @@ from sync_core.auth.token_cache_store import (
     TableTokenCacheStore,
 )
 from sync_core.errors import AlreadyExists, ConcurrencyConflict
+from sync_core.ports.identity import OrgTenant, PendingAuthFlow
 
 KEY_A = "a:" + "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE="  # 32 x "A"
 KEY_B = "b:" + "QkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkI="  # 32 x "B"

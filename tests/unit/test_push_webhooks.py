@@ -31,7 +31,7 @@ from sync_core.domain.model import (
     activity_id_for,
 )
 from sync_core.ports import ActivityEvent
-from sync_core.push_ports import WebhookSecretUnreadable, WebhookSendFailed, WebhookUrlRefused
+from sync_core.ports.push import WebhookSecretUnreadable, WebhookSendFailed, WebhookUrlRefused
 from sync_core.use_cases import webhooks
 from sync_core.use_cases.ingest import IngestDeps, ingest
 from sync_core.use_cases.sync_mailbox import SyncDeps, sync_mailbox

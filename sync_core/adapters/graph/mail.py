@@ -34,7 +34,7 @@ from urllib.parse import quote
 
 import requests
 
-from sync_core.adapters.graph_http import BATCH_LIMIT, GraphHttp, raise_for_batch_item
+from sync_core.adapters.graph.http import BATCH_LIMIT, GraphHttp, raise_for_batch_item
 from sync_core.domain.addresses import normalize_address
 from sync_core.domain.decide import EXCLUDED_FOLDERS
 from sync_core.domain.model import AttachmentSummary, EmailAddress, Mailbox, MailMessage

@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Protocol
 
 from sync_core.domain.model import MailboxStatus
-from sync_core.ports import Versioned
+from sync_core.ports.storage import Versioned
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from typing import Protocol
 
 from sync_core.domain.model import Mailbox
 from sync_core.errors import SyncError, TokenDecryptionError
-from sync_core.ports import ActivityEvent, Page, Versioned
+from sync_core.ports.storage import ActivityEvent, Page, Versioned
 
 WHOLE_MAILBOX = "*"
 
