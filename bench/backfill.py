@@ -325,7 +325,8 @@ def raw_worker(params: dict[str, Any]) -> dict[str, Any]:
     """GET and decode every delta page of both folders with plain ``requests``; nothing else."""
     import requests  # noqa: PLC0415
 
-    from sync_core.adapters.graph.mail import DEFAULT_FOLDERS, MESSAGE_FIELDS, graph_time  # noqa: PLC0415
+    from sync_core.adapters.graph.mail import MESSAGE_FIELDS, graph_time  # noqa: PLC0415
+    from sync_core.domain.folders import DEFAULT_FOLDERS  # noqa: PLC0415
 
     stack = Stack.from_env()
     box = BenchMailbox.from_json(params["mailbox"])

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from sync_core.auth.crypto import TokenCipher
     from sync_core.auth.token_cache_store import TableTokenCacheStore
     from sync_core.domain.model import Mailbox
+    from sync_core.ports import MailSource
     from sync_core.use_cases.connect import ConnectDeps
     from sync_core.use_cases.ingest import IngestDeps
     from sync_core.use_cases.maintenance import MaintenanceDeps
@@ -109,6 +110,12 @@ class Services:
         from sync_core.adapters.graph.http import GraphHttp
 
         return GraphHttp(self._session, self.settings.graph_base_url, self.identity.token_source(mailbox))
+
+    def mail_source(self) -> MailSource:
+        """A mail source for one request (explain); the sync builds its own per run (``sync_deps``)."""
+        from sync_core.adapters.graph.mail import GraphMailSource
+
+        return GraphMailSource(self.graph_http)
 
     def connect_deps(self) -> ConnectDeps:
         from sync_core.adapters.graph.directory import GraphDirectory

@@ -1,6 +1,6 @@
 """The mail-source port: a mailbox's mail, read folder by folder through opaque cursors.
 
-Folders are named by their well-known role (``domain.model.FolderRole``: ``inbox``, ``sentitems``) or,
+Folders are named by their role (``domain.folders.FolderRole``: ``inbox``, ``sentitems``) or,
 when an org syncs every folder, by the provider's folder id. Cursors (``link``) are opaque per provider:
 the use cases store them and hand them back verbatim, never parse them.
 """
@@ -43,6 +43,11 @@ class MailSource(Protocol):
         """Attachment names/sizes/types (inline ones excluded) for these messages. A message the source no
         longer has (deleted or moved since it was listed) is left out of the answer: a per-message failure
         that costs that message its attachment summary, not the run."""
+
+    def find_message(self, mailbox: Mailbox, internet_message_id: str) -> MailMessage | None:
+        """The mailbox's copy of the message with this Internet Message-ID (with or without its angle
+        brackets), read as the sync reads it; a copy in a ``DEFAULT_FOLDERS`` folder is preferred, its
+        ``folder`` a role where the folder has one. None when the mailbox has no such message."""
 
     def folders(self, mailbox: Mailbox) -> tuple[str, ...]:
         """Ids of every folder to sync when the org syncs all folders (system folders excluded)."""

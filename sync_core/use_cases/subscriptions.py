@@ -40,6 +40,7 @@ from datetime import timedelta
 from typing import TypeVar
 from urllib.parse import quote
 
+from sync_core.domain.folders import DEFAULT_FOLDERS
 from sync_core.domain.model import FolderFilter, Mailbox, MailboxStatus, OrgSettings
 from sync_core.errors import MailboxAccessDenied, MessageNotFound, ReauthRequired, SyncError
 from sync_core.ports import Clock, LeaseStore, MailboxRepository, SettingsRepository
@@ -61,7 +62,6 @@ MAX_EXPIRATION_MINUTES = 10_080
 REQUESTED_MINUTES = 10_070  # below the maximum, so a few minutes of clock skew never get it refused
 RENEW_BEFORE = timedelta(hours=24)  # the timer renews a subscription in its last day
 HEALTHY_MARGIN = timedelta(minutes=30)
-DEFAULT_FOLDERS = ("inbox", "sentitems")
 MAX_CLIENT_STATE = 128  # Graph's limit; what we generate is 43 characters
 LEASE = timedelta(minutes=2)
 TICK_BUDGET = timedelta(minutes=3)

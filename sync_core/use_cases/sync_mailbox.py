@@ -71,6 +71,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
+from sync_core.domain.folders import DEFAULT_FOLDERS
 from sync_core.domain.model import (
     Activity,
     AttachmentSummary,
@@ -110,7 +111,6 @@ from sync_core.use_cases.pipeline import RunThreadCache, build_activities
 
 log = logging.getLogger(__name__)
 
-DEFAULT_FOLDERS = ("inbox", "sentitems")
 REPORTS_KEPT = 50
 IDLE_REFRESH = timedelta(hours=1)  # an idle poll rewrites cursors (and stores its report) older than this
 LEASE_MARGIN = timedelta(minutes=1)  # a take or renewal holds the lease at least this long past it

@@ -32,7 +32,7 @@ from sync_core.adapters.tables import TableStores
 from sync_core.api.mailboxes import mailbox_to_json
 from sync_core.auth.crypto import TokenCipher
 from sync_core.auth.token_cache_store import TableAuthFlowStore, TableOrgTenantStore, TableTokenCacheStore
-from sync_core.domain.model import Activity, AttachmentSummary, Mailbox, MailboxStatus
+from sync_core.domain.model import Activity, AttachmentSummary, Mailbox, MailboxStatus, MailMessage
 from sync_core.ports import ActivityStore, Clock, CursorStore, DeltaPage, LeaseStore, MailSource
 from sync_core.settings import Settings
 from sync_core.use_cases.connect import ConnectDeps, ConnectResult, complete_connect, confirm_connect, start_connect
@@ -104,6 +104,9 @@ class HookedMail:
 
     def attachments(self, mailbox: Mailbox, source_ids: Sequence[str]) -> Mapping[str, tuple[AttachmentSummary, ...]]:
         return self.inner.attachments(mailbox, source_ids)
+
+    def find_message(self, mailbox: Mailbox, internet_message_id: str) -> MailMessage | None:
+        return self.inner.find_message(mailbox, internet_message_id)
 
     def folders(self, mailbox: Mailbox) -> tuple[str, ...]:
         return self.inner.folders(mailbox)
