@@ -105,9 +105,14 @@ class CreatedSubscription:
 
 
 class SubscriptionApi(Protocol):
-    """Graph's ``/subscriptions`` for one mailbox's credentials. Raises ``MessageNotFound`` when the
-    subscription is gone, ``ReauthRequired``/``MailboxAccessDenied`` for the mailbox's grant,
-    ``TransientGraphError`` when Graph stays unavailable, ``SubscriptionRefused`` otherwise."""
+    """The provider's change-notification subscriptions (Graph's ``/subscriptions``) for one mailbox's
+    credentials. Raises ``MessageNotFound`` when the subscription is gone, ``ReauthRequired``/
+    ``MailboxAccessDenied`` for the mailbox's grant, ``TransientGraphError`` when the provider stays
+    unavailable, ``SubscriptionRefused`` otherwise."""
+
+    def resource_for(self, mailbox: Mailbox, folder: str) -> str:
+        """The provider's name of what a subscription to ``folder`` (a role, a folder id or
+        ``WHOLE_MAILBOX``) watches; stored with the subscription and shown by the API."""
 
     def create(
         self,

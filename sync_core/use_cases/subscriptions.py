@@ -38,7 +38,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import TypeVar
-from urllib.parse import quote
 
 from sync_core.domain.folders import DEFAULT_FOLDERS
 from sync_core.domain.model import FolderFilter, Mailbox, MailboxStatus, OrgSettings
@@ -127,13 +126,6 @@ def client_state_matches(subscription: PushSubscription, presented: object) -> b
 
 def wanted_folders(settings: OrgSettings) -> tuple[str, ...]:
     return (WHOLE_MAILBOX,) if settings.folders is FolderFilter.ALL else DEFAULT_FOLDERS
-
-
-def resource_for(mailbox: Mailbox, folder: str) -> str:
-    user = f"users/{quote(mailbox.graph_user_id or mailbox.address, safe='@')}"
-    if folder == WHOLE_MAILBOX:
-        return f"{user}/messages"
-    return f"{user}/mailFolders('{quote(folder, safe='')}')/messages"
 
 
 def _syncable(mailbox: Mailbox | None, settings: OrgSettings) -> bool:
@@ -304,7 +296,7 @@ def _reconcile(deps: SubscriptionDeps, org_id: str, mailbox_id: str, *, unwanted
 
 def _create(deps: SubscriptionDeps, mailbox: Mailbox, folder: str) -> Outcome:
     secret = deps.new_secret()
-    resource = resource_for(mailbox, folder)
+    resource = deps.api.resource_for(mailbox, folder)
     now = deps.clock.now()
     try:
         created = _retrying_shorter(

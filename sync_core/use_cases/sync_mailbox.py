@@ -1,6 +1,6 @@
 """Sync one mailbox: delta pages → decisions → activities → checkpoint, under a lease and a time budget.
 
-    read cursors ─ every folder caught up? ─ yes: poll them all in one $batch, without the lease
+    read cursors ─ every folder caught up? ─ yes: poll them all in one batched request, without the lease
         │                                         │ every page empty, cursors younger than IDLE_REFRESH
         │                                         └──> done: nothing written (no lease, cursor or report)
         ▼ no / something changed
@@ -374,7 +374,7 @@ class _Run:
         while True:
             folders = self._folders()
             cursors = {f: Cursor.parse(v) for f, v in stored.items()}
-            # Folders already caught up are polled together: one $batch for an idle mailbox.
+            # Folders already caught up are polled together: one batched request for an idle mailbox.
             caught_up = {f: cursors[f].link for f in folders if f in cursors and cursors[f].caught_up}
             if not self.leased and len(caught_up) < len(folders):
                 stored = self._take_lease()  # a folder to start or resume: this run will write

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from sync_core.adapters.graph.subscriptions import resource_for as graph_resource_for
 from sync_core.adapters.memory import InMemoryStores
 from sync_core.adapters.memory_due import InMemoryMailboxCatalog
 from sync_core.adapters.memory_push import InMemorySubscriptionStore
@@ -57,6 +58,9 @@ class FakeSubscriptionApi:
             raise SubscriptionRefused(
                 f"Subscription expiration can only be {self.max_minutes} minutes in the future.", self.max_minutes
             )
+
+    def resource_for(self, mailbox: Mailbox, folder: str) -> str:
+        return graph_resource_for(mailbox, folder)
 
     def create(
         self,

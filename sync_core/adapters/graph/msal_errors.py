@@ -13,8 +13,8 @@ from typing import Any
 import msal
 import requests
 
+from sync_core.adapters.graph.endpoints import GRAPH_RESOURCE
 from sync_core.errors import IdentityError, ReauthRequired, TransientGraphError
-from sync_core.settings import GRAPH_RESOURCE
 
 TokenSource = Callable[[bool], str]
 
