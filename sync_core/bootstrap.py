@@ -258,7 +258,7 @@ class Services:
 
     def webhook_deps(self) -> WebhookDeps:
         from sync_core.adapters.http_webhooks import RequestsWebhookSender
-        from sync_core.api.activities import activity_to_json
+        from sync_core.domain.representation import activity_to_json
         from sync_core.use_cases.webhooks import WebhookDeps
 
         return WebhookDeps(

@@ -31,7 +31,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -55,6 +54,7 @@ from sync_core.domain.model import (
     OrgSettings,
     activity_id_for,
 )
+from sync_core.domain.representation import iso
 from sync_core.errors import ConcurrencyConflict
 from sync_core.ports import RunReport, Versioned
 from sync_core.use_cases.connect import (
@@ -209,7 +209,7 @@ def explain_message(svc: Services, req: ApiRequest) -> ApiResponse:
             "message": {
                 "internet_message_id": message.internet_message_id,
                 "folder": message.folder,
-                "received_at": _time(message.received_at),
+                "received_at": iso(message.received_at),
                 "activity_id": stored.activity_id if stored is not None else None,
             },
         }
@@ -237,11 +237,11 @@ def mailbox_to_json(mailbox: Mailbox, reports: Sequence[RunReport], settings: Or
         "status_reason": reason,
         "enabled": mailbox.enabled,
         "directions": mailbox.directions.value,
-        "watermark": _time(mailbox.watermark),
+        "watermark": iso(mailbox.watermark),
         "tenant_id": mailbox.tenant_id,
         "user_id": mailbox.user_id or None,
-        "last_sync_at": _time(reports[0].finished_at) if reports else None,
-        "last_success_at": _time(last_success.finished_at) if last_success else None,
+        "last_sync_at": iso(reports[0].finished_at) if reports else None,
+        "last_success_at": iso(last_success.finished_at) if last_success else None,
         "last_error": _last_error(latest) if latest is not None and latest.error else None,
         "counters": {
             "runs": len(reports),
@@ -268,8 +268,8 @@ def run_to_json(report: RunReport) -> dict[str, Any]:
     duration = (report.finished_at - report.started_at).total_seconds()
     return {
         "run_id": report.run_id,
-        "started_at": _time(report.started_at),
-        "finished_at": _time(report.finished_at),
+        "started_at": iso(report.started_at),
+        "finished_at": iso(report.finished_at),
         "duration_ms": max(0, round(duration * 1000)),
         "reasons": dict(sorted((k, int(v)) for k, v in report.reasons.items())),
         "pages": report.pages,
@@ -284,7 +284,7 @@ def run_to_json(report: RunReport) -> dict[str, Any]:
 
 
 def _last_error(report: RunReport) -> dict[str, Any]:
-    return {"at": _time(report.finished_at), "class": report.error_class or None, "message": report.error}
+    return {"at": iso(report.finished_at), "class": report.error_class or None, "message": report.error}
 
 
 def decision_to_json(decision: Decision) -> dict[str, Any]:
@@ -334,11 +334,6 @@ def _query_int(req: ApiRequest, name: str, low: int, high: int, default: int) ->
     if not raw.isdigit() or not low <= int(raw) <= high:
         raise ApiError(400, "invalid_query", f"'{name}' must be an integer from {low} to {high}", {"field": name})
     return int(raw)
-
-
-def _time(moment: datetime) -> str:
-    aware = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-    return aware.isoformat().replace("+00:00", "Z")
 
 
 __all__ = [
