@@ -262,7 +262,7 @@ def instrument(deps: Any, probe: HttpProbe) -> Phases:
     the JSON decoding and the conversion to ``MailMessage`` (each phase excludes the ones nested in it)."""
     import requests  # noqa: PLC0415
 
-    from sync_core.adapters import graph_mail  # noqa: PLC0415
+    from sync_core.adapters.graph import mail as graph_mail  # noqa: PLC0415
     from sync_core.domain import decide  # noqa: PLC0415
 
     phases = Phases()

@@ -1,6 +1,6 @@
 """Ports of the scheduler (``use_cases.schedule``): the due-time index and a paged view of every mailbox.
 
-Kept apart from ``sync_core.ports`` because only the scheduler uses them. Production adapters live in
+Only the scheduler uses them. Production adapters live in
 ``adapters.table_due``, in-memory doubles in ``adapters.memory_due``; tests/contract runs the same cases on
 both.
 
