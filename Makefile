@@ -1,6 +1,6 @@
 # Two commands work on a fresh machine (Python 3.11+, Node 20+); each installs what it needs.
 #   make run    Azurite + the Graph/identity emulator (demo tenant) + the local Functions host
-#   make test   lint, type-check, then the whole test suite against Azurite and the emulator
+#   make test   lint, type-check, check the import layers, then the whole suite against Azurite and the emulator
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -42,6 +42,7 @@ run: install
 lint: $(PY_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: install lint
 	$(BIN)/python -m tools.stack test -- $(PYTEST_ARGS)
@@ -58,4 +59,4 @@ bench: $(BENCH_STAMP) $(NODE_STAMP)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:
-	rm -rf .local .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .local .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

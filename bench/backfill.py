@@ -179,9 +179,9 @@ def _prefix() -> str:
 def ours_worker(params: dict[str, Any]) -> dict[str, Any]:
     """One backfill with the product's Graph adapter, on Azurite (``storage``: ``azurite``) or on in-memory
     stores (``memory``); ``profile`` adds a cProfile listing."""
-    from sync_core.adapters.graph_http import GraphHttp  # noqa: PLC0415
-    from sync_core.adapters.graph_mail import GraphMailSource  # noqa: PLC0415
-    from sync_core.auth.msal_tokens import make_session  # noqa: PLC0415
+    from sync_core.adapters.graph.http import GraphHttp  # noqa: PLC0415
+    from sync_core.adapters.graph.mail import GraphMailSource  # noqa: PLC0415
+    from sync_core.adapters.graph.session import make_session  # noqa: PLC0415
 
     stack = Stack.from_env()
     probe = HttpProbe(stack.emulator_url, stack.storage).install()
@@ -262,7 +262,7 @@ def instrument(deps: Any, probe: HttpProbe) -> Phases:
     the JSON decoding and the conversion to ``MailMessage`` (each phase excludes the ones nested in it)."""
     import requests  # noqa: PLC0415
 
-    from sync_core.adapters import graph_mail  # noqa: PLC0415
+    from sync_core.adapters.graph import mail as graph_mail  # noqa: PLC0415
     from sync_core.domain import decide  # noqa: PLC0415
 
     phases = Phases()
@@ -325,7 +325,8 @@ def raw_worker(params: dict[str, Any]) -> dict[str, Any]:
     """GET and decode every delta page of both folders with plain ``requests``; nothing else."""
     import requests  # noqa: PLC0415
 
-    from sync_core.adapters.graph_mail import DEFAULT_FOLDERS, MESSAGE_FIELDS, graph_time  # noqa: PLC0415
+    from sync_core.adapters.graph.mail import MESSAGE_FIELDS, graph_time  # noqa: PLC0415
+    from sync_core.domain.folders import DEFAULT_FOLDERS  # noqa: PLC0415
 
     stack = Stack.from_env()
     box = BenchMailbox.from_json(params["mailbox"])

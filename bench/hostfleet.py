@@ -96,7 +96,8 @@ class HostFleet:
         """Leave every mailbox caught up, as after earlier polls: each folder's cursor holds a delta link
         (from an initial delta request made here directly, with the product's Graph adapter)."""
         from sync_core import bootstrap  # noqa: PLC0415
-        from sync_core.adapters.graph_mail import DEFAULT_FOLDERS, GraphMailSource  # noqa: PLC0415
+        from sync_core.adapters.graph.mail import GraphMailSource  # noqa: PLC0415
+        from sync_core.domain.folders import DEFAULT_FOLDERS  # noqa: PLC0415
         from sync_core.use_cases.sync_mailbox import Cursor  # noqa: PLC0415
 
         services = bootstrap.services()

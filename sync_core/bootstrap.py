@@ -25,15 +25,16 @@ if TYPE_CHECKING:
     import requests
     from azure.data.tables import TableServiceClient
 
-    from sync_core.adapters.graph_http import GraphHttp
+    from sync_core.adapters.graph.http import GraphHttp
+    from sync_core.adapters.graph.identity import MsalIdentity
     from sync_core.adapters.storage_queue import StorageWorkQueue
     from sync_core.adapters.table_due import TableDueIndex
     from sync_core.adapters.table_subscriptions import TableSubscriptionStore
     from sync_core.adapters.table_webhook_log import TableWebhookLog, TableWebhookSecretStore
     from sync_core.auth.crypto import TokenCipher
-    from sync_core.auth.msal_tokens import MsalIdentity
     from sync_core.auth.token_cache_store import TableTokenCacheStore
     from sync_core.domain.model import Mailbox
+    from sync_core.ports import MailSource
     from sync_core.use_cases.connect import ConnectDeps
     from sync_core.use_cases.ingest import IngestDeps
     from sync_core.use_cases.maintenance import MaintenanceDeps
@@ -83,7 +84,7 @@ class Services:
     @functools.cached_property
     def _session(self) -> requests.Session:
         """Graph's connection pool, shared by every Graph client of the worker."""
-        from sync_core.auth.msal_tokens import make_session
+        from sync_core.adapters.graph.session import make_session
 
         return make_session(self.settings.ca_bundle)
 
@@ -101,17 +102,24 @@ class Services:
 
     @functools.cached_property
     def identity(self) -> MsalIdentity:
-        from sync_core.auth.msal_tokens import MsalIdentity
+        from sync_core.adapters.graph.identity import MsalIdentity
 
         return MsalIdentity(self.settings, self.token_caches)
 
     def graph_http(self, mailbox: Mailbox) -> GraphHttp:
-        from sync_core.adapters.graph_http import GraphHttp
+        from sync_core.adapters.graph.http import GraphHttp
 
         return GraphHttp(self._session, self.settings.graph_base_url, self.identity.token_source(mailbox))
 
+    def mail_source(self) -> MailSource:
+        """A mail source for one request (explain); the sync builds its own per run (``sync_deps``)."""
+        from sync_core.adapters.graph.mail import GraphMailSource
+
+        return GraphMailSource(self.graph_http)
+
     def connect_deps(self) -> ConnectDeps:
-        from sync_core.adapters.graph_http import GraphHttp
+        from sync_core.adapters.graph.directory import GraphDirectory
+        from sync_core.adapters.graph.http import GraphHttp
         from sync_core.auth.token_cache_store import TableAuthFlowStore, TableOrgTenantStore
         from sync_core.use_cases.connect import ConnectDeps
         from sync_core.use_cases.subscriptions import remove_for_mailbox
@@ -128,14 +136,16 @@ class Services:
             activities=s.activities,
             leases=s.leases,
             clock=self.clock,
-            graph_for=lambda token_source: GraphHttp(self._session, self.settings.graph_base_url, token_source),
+            directory_for=lambda token_source: GraphDirectory(
+                GraphHttp(self._session, self.settings.graph_base_url, token_source)
+            ),
             public_base_url=self.settings.public_base_url,
             before_disconnect=lambda org, mailbox: remove_for_mailbox(self.subscription_deps(), org, mailbox),
         )
 
     def sync_deps(self, table_transactions: Callable[[], int] = lambda: 0) -> SyncDeps:
         """Fresh per run: the mail source keeps per-run request counts and Graph clients."""
-        from sync_core.adapters.graph_mail import GraphMailSource
+        from sync_core.adapters.graph.mail import GraphMailSource
         from sync_core.use_cases.sync_mailbox import SyncDeps
 
         s = self.stores
@@ -218,7 +228,7 @@ class Services:
         return TableSubscriptionStore(self.tables, self.settings.table_prefix, self.stores.metrics)
 
     def subscription_deps(self) -> SubscriptionDeps:
-        from sync_core.adapters.graph_subscriptions import GraphSubscriptionApi
+        from sync_core.adapters.graph.subscriptions import GraphSubscriptionApi
         from sync_core.adapters.table_due import TableMailboxCatalog
         from sync_core.use_cases.subscriptions import SubscriptionDeps
 
@@ -248,7 +258,7 @@ class Services:
 
     def webhook_deps(self) -> WebhookDeps:
         from sync_core.adapters.http_webhooks import RequestsWebhookSender
-        from sync_core.api.activities import activity_to_json
+        from sync_core.domain.representation import activity_to_json
         from sync_core.use_cases.webhooks import WebhookDeps
 
         return WebhookDeps(

@@ -18,6 +18,7 @@ raises, so the queue retries it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
 
@@ -82,6 +83,27 @@ def failure_of(exc: BaseException) -> type[SyncFailure]:
             return kind
     return UnexpectedFailure
 
+
+
+class IdentityError(ConfigurationFailure):
+    """The identity platform refused a request for a reason other than a dead grant (bad request,
+    misconfigured app registration, expired client secret). ``error`` is the OAuth error, ``codes`` the
+    AADSTS codes."""
+
+    def __init__(self, message: str, error: str = "", codes: Sequence[int] = ()) -> None:
+        super().__init__(message)
+        self.error = error
+        self.codes = tuple(codes)
+
+
+class ProviderRefused(SyncError):
+    """The mail provider refused a request for a reason retrying will not fix; ``status`` is its HTTP
+    status, ``code`` its error code (the Graph adapter raises ``GraphError``, a subclass)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
 
 
 class ConcurrencyConflict(SyncError):

@@ -10,10 +10,6 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com"
-DEFAULT_GRAPH_BASE_URL = "https://graph.microsoft.com/v1.0"
-# The resource Graph tokens are issued for; a scope, not a URL the app calls.
-GRAPH_RESOURCE = "https://graph.microsoft.com"
 DEVELOPMENT_STORAGE = "UseDevelopmentStorage=true"
 AZURITE_CONNECTION_STRING = (
     "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
@@ -29,8 +25,9 @@ class Settings:
     storage_account_name: str = ""
     graph_client_id: str = ""
     graph_client_secret: str = ""
-    authority_host: str = DEFAULT_AUTHORITY_HOST
-    graph_base_url: str = DEFAULT_GRAPH_BASE_URL
+    # Empty unless given: ``from_env`` fills in the Graph adapter's defaults (adapters.graph.endpoints).
+    authority_host: str = ""
+    graph_base_url: str = ""
     public_base_url: str = ""
     token_encryption_key: str = ""
     ca_bundle: str | None = None
@@ -46,6 +43,9 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        # Here, not at the top: importing settings (cold start) loads no adapter package.
+        from sync_core.adapters.graph.endpoints import DEFAULT_AUTHORITY_HOST, DEFAULT_GRAPH_BASE_URL  # noqa: PLC0415
+
         env = os.environ if env is None else env
         storage = env.get("AzureWebJobsStorage", "")
         if storage.strip() == DEVELOPMENT_STORAGE:

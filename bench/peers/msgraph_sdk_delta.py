@@ -47,7 +47,7 @@ from msgraph.generated.users.item.messages.item.attachments.attachments_request_
 )
 from msgraph_core import GraphClientFactory
 
-from sync_core.adapters.graph_mail import MESSAGE_FIELDS, _message_ids, graph_time
+from sync_core.adapters.graph.mail import MESSAGE_FIELDS, _message_ids, graph_time
 from sync_core.domain.addresses import normalize_address
 from sync_core.domain.model import AttachmentSummary, EmailAddress, Mailbox, MailMessage
 from sync_core.domain.text import html_to_text, preview

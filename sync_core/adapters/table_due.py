@@ -54,7 +54,7 @@ from sync_core.adapters.table_codec import from_stored_datetime, to_utc
 from sync_core.domain.model import MailboxStatus
 from sync_core.errors import AlreadyExists, ConcurrencyConflict, StorageUnavailable
 from sync_core.ports import Versioned
-from sync_core.scheduling_ports import DueEntry, MailboxSummary
+from sync_core.ports.scheduling import DueEntry, MailboxSummary
 
 log = logging.getLogger(__name__)
 

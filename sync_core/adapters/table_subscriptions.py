@@ -48,7 +48,7 @@ from sync_core.adapters.table_client import (
 )
 from sync_core.adapters.table_codec import dataclass_entity, dataclass_from_entity, to_utc
 from sync_core.errors import AlreadyExists, ConcurrencyConflict
-from sync_core.push_ports import PushSubscription
+from sync_core.ports.push import PushSubscription
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from sync_core.adapters.table_codec import (
 from sync_core.auth.crypto import TokenCipher
 from sync_core.errors import ConcurrencyConflict, TokenDecryptionError
 from sync_core.ports import Page, Versioned
-from sync_core.push_ports import WebhookDelivery, WebhookSecret, WebhookSecretUnreadable
+from sync_core.ports.push import WebhookDelivery, WebhookSecret, WebhookSecretUnreadable
 
 _SECRET_ROW = "secret"  # noqa: S105 - a row key, not a password
 _DELIVERY = "d"

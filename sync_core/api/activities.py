@@ -16,11 +16,11 @@ so it appears on exactly one page, and a cursor stays valid while new mail arriv
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from sync_core.api.http import ApiError, ApiRequest, ApiResponse, field_error, not_found, ok
-from sync_core.domain.model import Activity, EmailAddress
+from sync_core.domain.model import Activity
+from sync_core.domain.representation import activity_to_json, iso
 from sync_core.ports import ActivityStore
 
 if TYPE_CHECKING:
@@ -121,30 +121,6 @@ def _newest(members: Sequence[Activity]) -> Activity:
 # -- JSON --------------------------------------------------------------------------------------------
 
 
-def activity_to_json(activity: Activity) -> dict[str, Any]:
-    return {
-        "id": activity.activity_id,
-        "internet_message_id": activity.internet_message_id,
-        "thread_id": activity.thread_id,
-        "conversation_id": activity.conversation_id,
-        "subject": activity.subject,
-        "body": activity.body_text,
-        "body_preview": activity.body_preview,
-        "body_truncated": activity.body_truncated,
-        "from": _party(activity.sender) if activity.sender else None,
-        "to": [_party(p) for p in activity.to],
-        "cc": [_party(p) for p in activity.cc],
-        "sent_at": iso(activity.sent_at) if activity.sent_at else None,
-        "received_at": iso(activity.received_at),
-        "direction": activity.direction.value,
-        "mailbox_ids": list(activity.mailbox_ids),
-        "records": [{"id": ref.record_id, "type": ref.record_type} for ref in activity.records],
-        "attachments": [
-            {"name": item.name, "size": item.size, "content_type": item.content_type} for item in activity.attachments
-        ],
-    }
-
-
 def thread_to_json(members: Sequence[Activity]) -> dict[str, Any]:
     """A thread: its messages oldest first, with the thread's subject (its first message's) and times."""
     return {
@@ -155,15 +131,6 @@ def thread_to_json(members: Sequence[Activity]) -> dict[str, Any]:
         "last_received_at": iso(_newest(members).received_at),
         "activities": [activity_to_json(m) for m in members],
     }
-
-
-def iso(moment: datetime) -> str:
-    """ISO 8601 in UTC with a ``Z``."""
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def _party(party: EmailAddress) -> dict[str, str]:
-    return {"address": party.address, "name": party.name}
 
 
 def _limit(raw: str | None) -> int:

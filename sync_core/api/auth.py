@@ -23,11 +23,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Literal
 
-from sync_core.adapters.graph_http import GraphError
 from sync_core.api.http import ApiError, ApiRequest, ApiResponse, ok, read_str, reject_unknown
 from sync_core.errors import (
     ConcurrencyConflict,
     MailboxAccessDenied,
+    ProviderRefused,
     ReauthRequired,
     StorageUnavailable,
     TransientGraphError,
@@ -90,7 +90,7 @@ def use_case_errors() -> Iterator[None]:
         details = {"retry_after": exc.retry_after} if exc.retry_after is not None else None
         message = "Microsoft 365 is temporarily unavailable; try again"
         raise ApiError(503, "graph_unavailable", message, details) from exc
-    except GraphError as exc:
+    except ProviderRefused as exc:
         raise ApiError(502, "graph_error", f"Microsoft 365 refused the request ({exc.status} {exc.code})") from exc
     except StorageUnavailable as exc:
         raise ApiError(503, "storage_unavailable", "storage is temporarily unavailable; try again") from exc

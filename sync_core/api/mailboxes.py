@@ -22,8 +22,8 @@ Invariants:
   mailbox is at most that old.
 - PATCH writes with the mailbox's ETag (a concurrent writer, e.g. a sync setting an error, is never
   overwritten) and re-reads and re-applies once on a conflict.
-- Explain reads the message from Graph the way the sync does and runs the same decision; it writes
-  nothing (no activity, cursor, report or status).
+- Explain reads the message through the mail source the way the sync does and runs the same decision
+  (``use_cases.explain``); it writes nothing (no activity, cursor, report or status).
 """
 
 from __future__ import annotations
@@ -31,12 +31,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from sync_core.adapters.graph_http import BATCH_LIMIT, GraphHttp
-from sync_core.adapters.graph_mail import DEFAULT_FOLDERS, MESSAGE_FIELDS, message_from_graph
 from sync_core.api.auth import use_case_errors
 from sync_core.api.http import (
     ApiError,
@@ -49,20 +46,16 @@ from sync_core.api.http import (
     read_str,
     reject_unknown,
 )
-from sync_core.domain.decide import EXCLUDED_FOLDERS, decide
 from sync_core.domain.model import (
     Decision,
-    DecisionStep,
     DirectionSetting,
-    FolderFilter,
     Mailbox,
     MailboxStatus,
-    MailMessage,
     OrgSettings,
-    Reason,
     activity_id_for,
 )
-from sync_core.errors import ConcurrencyConflict, MessageNotFound
+from sync_core.domain.representation import iso
+from sync_core.errors import ConcurrencyConflict
 from sync_core.ports import RunReport, Versioned
 from sync_core.use_cases.connect import (
     MAX_CONNECT_CODE,
@@ -72,6 +65,7 @@ from sync_core.use_cases.connect import (
     disconnect,
     sign_out_all,
 )
+from sync_core.use_cases.explain import explain
 from sync_core.use_cases.sync_mailbox import REPORTS_KEPT
 
 if TYPE_CHECKING:
@@ -79,8 +73,6 @@ if TYPE_CHECKING:
 
 DEFAULT_RUNS = 20
 MAX_INTERNET_MESSAGE_ID = 998  # RFC 5322 line limit
-# What the sync asks Graph for (see GraphMailSource): immutable ids and plain-text bodies.
-GRAPH_PREFER = ('IdType="ImmutableId"', 'outlook.body-content-type="text"')
 _LIST_PARALLELISM = 8
 
 
@@ -193,7 +185,7 @@ def sign_out_all_mailboxes(svc: Services, req: ApiRequest) -> ApiResponse:
 
 
 def explain_message(svc: Services, req: ApiRequest) -> ApiResponse:
-    """Fetch one message (by internetMessageId) from the mailbox through Graph and return the decision the
+    """Fetch one message (by internetMessageId) through the mailbox's mail source and return the decision the
     sync would take for it now, check by check. Stores nothing."""
     org, mailbox_id = req.param("org"), req.param("mailbox_id")
     body = req.json_body()
@@ -206,10 +198,10 @@ def explain_message(svc: Services, req: ApiRequest) -> ApiResponse:
         raise ApiError(409, "disconnected", "the mailbox is disconnected; connect it again to explain its mail")
     settings = svc.stores.settings.get(org)
     with use_case_errors():
-        message = _fetch_message(svc, mailbox, wanted)
-        if message is None:
+        explained = explain(svc.mail_source(), svc.stores.records, mailbox, settings, wanted)
+        if explained is None:
             raise ApiError(404, "message_not_found", "the mailbox has no message with this internet_message_id")
-        decision = _explain(svc, message, mailbox, settings)
+        message, decision = explained.message, explained.decision
     stored = svc.stores.activities.get(org, activity_id_for(org, message.internet_message_id))
     return ok(
         {
@@ -217,79 +209,11 @@ def explain_message(svc: Services, req: ApiRequest) -> ApiResponse:
             "message": {
                 "internet_message_id": message.internet_message_id,
                 "folder": message.folder,
-                "received_at": _time(message.received_at),
+                "received_at": iso(message.received_at),
                 "activity_id": stored.activity_id if stored is not None else None,
             },
         }
     )
-
-
-# -- explain -----------------------------------------------------------------------------------------
-
-
-def _fetch_message(svc: Services, mailbox: Mailbox, wanted: str) -> MailMessage | None:
-    """The mailbox's copy of the message (a copy in a folder the sync reads preferred), or None."""
-    graph = svc.graph_http(mailbox)
-    user = f"users/{quote(mailbox.graph_user_id or mailbox.address, safe='@')}"
-    candidates = [wanted] if wanted.startswith("<") else [wanted, f"<{wanted}>"]
-    items: list[dict[str, Any]] = []
-    for candidate in candidates:
-        params = {
-            "$filter": "internetMessageId eq '{}'".format(candidate.replace("'", "''")),
-            "$select": MESSAGE_FIELDS,
-            "$top": "10",
-        }
-        try:
-            items = list(graph.get(f"{user}/messages", params, GRAPH_PREFER).get("value", []))
-        except MessageNotFound:
-            return None
-        if items:
-            break
-    if not items:
-        return None
-    folders = _well_known_folders(graph, user)
-    copies: list[MailMessage] = []
-    for item in items:
-        folder_id = str(item.get("parentFolderId") or "")
-        message = message_from_graph(item, folders.get(folder_id, folder_id))
-        if message is not None:
-            copies.append(message)
-    if not copies:
-        return None
-    return next((m for m in copies if m.folder in DEFAULT_FOLDERS), copies[0])
-
-
-def _well_known_folders(graph: GraphHttp, user: str) -> dict[str, str]:
-    """Folder id → well-known name (inbox, sentitems, drafts, junkemail…) in one ``$batch``; folders
-    the mailbox does not have are left out."""
-    names = sorted({*DEFAULT_FOLDERS, *EXCLUDED_FOLDERS})
-    found: dict[str, str] = {}
-    for start in range(0, len(names), BATCH_LIMIT):
-        chunk = names[start : start + BATCH_LIMIT]
-        requests_ = [
-            {"id": str(i), "method": "GET", "url": f"/{user}/mailFolders('{name}')?$select=id",
-             "headers": {"Prefer": 'IdType="ImmutableId"'}}
-            for i, name in enumerate(chunk)
-        ]  # fmt: skip
-        responses = graph.batch(requests_)
-        for i, name in enumerate(chunk):
-            item = responses.get(str(i))
-            if item is not None and item.status < 300 and isinstance(item.body, dict) and item.body.get("id"):
-                found[str(item.body["id"])] = name
-    return found
-
-
-def _explain(svc: Services, message: MailMessage, mailbox: Mailbox, settings: OrgSettings) -> Decision:
-    folder = message.folder.strip().lower()
-    if settings.folders is FolderFilter.DEFAULT and folder not in DEFAULT_FOLDERS and folder not in EXCLUDED_FOLDERS:
-        step = DecisionStep(
-            "folder", False, f"folder {message.folder!r}: the organisation syncs Inbox and Sent Items only"
-        )
-        return Decision(store=False, reason=Reason.EXCLUDED_FOLDER, steps=(step,))
-    addresses = {p.address for p in message.participants}
-    domains = {a.rpartition("@")[2] for a in addresses} if settings.match_by_domain else set()
-    lookup = svc.stores.records.lookup(mailbox.org_id, addresses, domains)
-    return decide(message, mailbox, settings, lookup)
 
 
 # -- JSON --------------------------------------------------------------------------------------------
@@ -313,11 +237,11 @@ def mailbox_to_json(mailbox: Mailbox, reports: Sequence[RunReport], settings: Or
         "status_reason": reason,
         "enabled": mailbox.enabled,
         "directions": mailbox.directions.value,
-        "watermark": _time(mailbox.watermark),
+        "watermark": iso(mailbox.watermark),
         "tenant_id": mailbox.tenant_id,
         "user_id": mailbox.user_id or None,
-        "last_sync_at": _time(reports[0].finished_at) if reports else None,
-        "last_success_at": _time(last_success.finished_at) if last_success else None,
+        "last_sync_at": iso(reports[0].finished_at) if reports else None,
+        "last_success_at": iso(last_success.finished_at) if last_success else None,
         "last_error": _last_error(latest) if latest is not None and latest.error else None,
         "counters": {
             "runs": len(reports),
@@ -344,8 +268,8 @@ def run_to_json(report: RunReport) -> dict[str, Any]:
     duration = (report.finished_at - report.started_at).total_seconds()
     return {
         "run_id": report.run_id,
-        "started_at": _time(report.started_at),
-        "finished_at": _time(report.finished_at),
+        "started_at": iso(report.started_at),
+        "finished_at": iso(report.finished_at),
         "duration_ms": max(0, round(duration * 1000)),
         "reasons": dict(sorted((k, int(v)) for k, v in report.reasons.items())),
         "pages": report.pages,
@@ -360,7 +284,7 @@ def run_to_json(report: RunReport) -> dict[str, Any]:
 
 
 def _last_error(report: RunReport) -> dict[str, Any]:
-    return {"at": _time(report.finished_at), "class": report.error_class or None, "message": report.error}
+    return {"at": iso(report.finished_at), "class": report.error_class or None, "message": report.error}
 
 
 def decision_to_json(decision: Decision) -> dict[str, Any]:
@@ -410,11 +334,6 @@ def _query_int(req: ApiRequest, name: str, low: int, high: int, default: int) ->
     if not raw.isdigit() or not low <= int(raw) <= high:
         raise ApiError(400, "invalid_query", f"'{name}' must be an integer from {low} to {high}", {"field": name})
     return int(raw)
-
-
-def _time(moment: datetime) -> str:
-    aware = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-    return aware.isoformat().replace("+00:00", "Z")
 
 
 __all__ = [

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from sync_core.api.http import ID_PATTERN, ApiError, ApiRequest, ApiResponse, not_found, ok
 from sync_core.domain.mime import InvalidMessage
+from sync_core.domain.representation import iso_or_none
 from sync_core.errors import StorageUnavailable
-from sync_core.push_ports import PushSubscription, WebhookDelivery, WebhookSecretUnreadable
+from sync_core.ports.push import PushSubscription, WebhookDelivery, WebhookSecretUnreadable
 from sync_core.use_cases import ingest, notifications, webhooks
 
 if TYPE_CHECKING:
@@ -142,7 +142,7 @@ def webhook_secret(svc: Services, req: ApiRequest) -> ApiResponse:
             "POST again with ?rotate=true to replace it with a new one"
         )
         raise ApiError(409, exc.code, message) from exc
-    return ok({"secret": secret.value, "created_at": _iso(secret.created_at)}, 201)
+    return ok({"secret": secret.value, "created_at": iso_or_none(secret.created_at)}, 201)
 
 
 def list_subscriptions(svc: Services, req: ApiRequest) -> ApiResponse:
@@ -187,9 +187,9 @@ def delivery_json(delivery: WebhookDelivery) -> dict[str, Any]:
         "activity_id": delivery.activity_id,
         "status": delivery.status,
         "attempts": delivery.attempts,
-        "created_at": _iso(delivery.created_at),
-        "last_attempt_at": _iso(delivery.last_attempt_at),
-        "next_attempt_at": _iso(delivery.next_attempt_at),
+        "created_at": iso_or_none(delivery.created_at),
+        "last_attempt_at": iso_or_none(delivery.last_attempt_at),
+        "next_attempt_at": iso_or_none(delivery.next_attempt_at),
         "response_status": delivery.response_status,
         "error": delivery.error or None,
         "url": delivery.url or None,
@@ -202,18 +202,14 @@ def subscription_json(sub: PushSubscription) -> dict[str, Any]:
         "mailbox_id": sub.mailbox_id,
         "folder": sub.folder,
         "resource": sub.resource,
-        "expires_at": _iso(sub.expires_at),
-        "created_at": _iso(sub.created_at),
-        "renewed_at": _iso(sub.renewed_at),
+        "expires_at": iso_or_none(sub.expires_at),
+        "created_at": iso_or_none(sub.created_at),
+        "renewed_at": iso_or_none(sub.renewed_at),
         "notifications": sub.notifications,
         "rejected_notifications": sub.rejected,
-        "last_notification_at": _iso(sub.last_notification_at),
+        "last_notification_at": iso_or_none(sub.last_notification_at),
         "last_lifecycle_event": sub.last_lifecycle_event or None,
     }
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z") if moment is not None else None
 
 
 def _limit(raw: str | None) -> int:

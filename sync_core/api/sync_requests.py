@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from sync_core.api.http import ApiError, ApiRequest, ApiResponse, field_error, not_found, read_int, reject_unknown
+from sync_core.domain.representation import iso
 from sync_core.use_cases import schedule
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ def backfill(svc: Services, req: ApiRequest) -> ApiResponse:
         "mailbox_id": mailbox_id,
         "status": result.status,
         "days": days,
-        "since": _iso(result.since) if result.since else None,
+        "since": iso(result.since) if result.since else None,
     }
     return ApiResponse(202, payload)
 
@@ -58,5 +58,3 @@ def _mapped_errors() -> Iterator[None]:
         raise ApiError(409, exc.code, f"the mailbox cannot sync while {exc.status}", details) from exc
 
 
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -1,7 +1,7 @@
 """Encrypted storage of MSAL token caches, pending OAuth flows and consented tenants.
 
 Azure Table Storage adapters (``Table*``, on the shared ``sync_core.adapters.table_client.Table``) of the
-ports in ``sync_core.auth.ports``. Their in-memory doubles (``sync_core.testing.auth``) encrypt with the same
+ports in ``sync_core.ports.identity``. Their in-memory doubles (``sync_core.testing.auth``) encrypt with the same
 ``TokenCipher`` and hold the same ciphertext, so the contract tests check the same invariants on both.
 
 Tables (names prefixed with the deployment's table prefix); keys go through
@@ -39,9 +39,9 @@ from sync_core.adapters.table_client import Table, TableMetrics, Write, table_na
 from sync_core.adapters.table_codec import from_stored_datetime, get_text, put_text, to_utc
 from sync_core.adapters.table_keys import compose, key_part
 from sync_core.auth.crypto import TokenCipher
-from sync_core.auth.ports import FLOW_LIFETIME, FlowKind, OrgTenant, PendingAuthFlow
 from sync_core.errors import AlreadyExists, ConcurrencyConflict, TokenDecryptionError
 from sync_core.ports import Versioned
+from sync_core.ports.identity import FLOW_LIFETIME, FlowKind, OrgTenant, PendingAuthFlow
 
 log = logging.getLogger(__name__)
 

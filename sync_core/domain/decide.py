@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from sync_core.domain.addresses import is_free_mail, normalize_address, normalize_domain
+from sync_core.domain.lookup import RecordLookup
 from sync_core.domain.model import (
     Decision,
     DecisionStep,
@@ -32,7 +33,6 @@ from sync_core.domain.model import (
     RecordMatch,
     RecordRef,
 )
-from sync_core.ports import RecordLookup
 
 DRAFT_FOLDERS = frozenset({"drafts"})
 DELETED_FOLDERS = frozenset({"deleteditems", "recoverableitemsdeletions"})

@@ -18,10 +18,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from sync_core.api.activities import activity_to_json
+from sync_core.domain.representation import activity_to_json
 from sync_core.ports import Clock, MailSource, WorkQueue
-from sync_core.push_ports import ActivityEvents, SubscriptionStore, WebhookLog, WebhookSecretStore, WebhookSender
-from sync_core.scheduling_ports import DueIndex
+from sync_core.ports.push import ActivityEvents, SubscriptionStore, WebhookLog, WebhookSecretStore, WebhookSender
+from sync_core.ports.scheduling import DueIndex
 from sync_core.testing.mail import FakeMailSource, FixedClock
 from sync_core.testing.push import (
     FakeWebhookSender,

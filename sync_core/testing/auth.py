@@ -16,10 +16,10 @@ from datetime import datetime
 
 from sync_core.adapters.table_codec import to_utc
 from sync_core.auth.crypto import TokenCipher
-from sync_core.auth.ports import FLOW_LIFETIME, OrgTenant, PendingAuthFlow
 from sync_core.auth.token_cache_store import _checked, _flow_payload, _open_flow, cache_aad, flow_aad
 from sync_core.errors import AlreadyExists, ConcurrencyConflict
 from sync_core.ports import Versioned
+from sync_core.ports.identity import FLOW_LIFETIME, OrgTenant, PendingAuthFlow
 
 
 @dataclass

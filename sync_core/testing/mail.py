@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from sync_core.domain.folders import DEFAULT_FOLDERS
 from sync_core.domain.model import AttachmentSummary, Mailbox, MailMessage
 from sync_core.errors import DeltaTokenExpired, MessageNotFound, TransientGraphError
 from sync_core.ports import DeltaPage
@@ -100,7 +101,7 @@ class FakeMailSource:
         )
 
     def delta_many(self, mailbox: Mailbox, links: Mapping[str, str]) -> Mapping[str, DeltaPage]:
-        self.requests += 1  # one $batch
+        self.requests += 1  # one request polls every folder, as the port promises
         pages = {}
         for folder, link in links.items():
             before = self.requests
@@ -111,6 +112,12 @@ class FakeMailSource:
     def attachments(self, mailbox: Mailbox, source_ids: Sequence[str]) -> Mapping[str, tuple[AttachmentSummary, ...]]:
         self.requests += 1
         return {sid: self.files.get(sid, ()) for sid in source_ids if sid not in self.deleted}
+
+    def find_message(self, mailbox: Mailbox, internet_message_id: str) -> MailMessage | None:
+        self.requests += 1
+        wanted = {internet_message_id, f"<{internet_message_id.strip('<>')}>"}
+        copies = [m for log in self.folders_.values() for m in log if m.internet_message_id in wanted]
+        return next((m for m in copies if m.folder in DEFAULT_FOLDERS), copies[0] if copies else None)
 
     def folders(self, mailbox: Mailbox) -> tuple[str, ...]:
         return tuple(self.folders_)

@@ -28,7 +28,7 @@ from sync_core.adapters.table_webhook_log import (
 from sync_core.auth.crypto import TokenCipher
 from sync_core.errors import AlreadyExists, ConcurrencyConflict
 from sync_core.ports import Page, Versioned
-from sync_core.push_ports import PushSubscription, WebhookDelivery, WebhookSecret
+from sync_core.ports.push import PushSubscription, WebhookDelivery, WebhookSecret
 from sync_core.testing.stores import _as_stored
 
 

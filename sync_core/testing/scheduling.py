@@ -21,7 +21,7 @@ from sync_core.adapters import table_keys as keys
 from sync_core.adapters.table_codec import to_utc
 from sync_core.adapters.table_due import index_row, shard
 from sync_core.ports import Versioned
-from sync_core.scheduling_ports import DueEntry, MailboxSummary
+from sync_core.ports.scheduling import DueEntry, MailboxSummary
 from sync_core.testing.stores import InMemoryMailboxRepository
 
 

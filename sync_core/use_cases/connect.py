@@ -1,7 +1,7 @@
 """Connecting mailboxes (spec §3): delegated sign-in, admin consent, application mode, disconnect.
 
-Pure logic over ports: the identity platform is an ``IdentityProvider`` (MSAL in production), Graph a
-``GraphReader`` built from a token source, storage the repository/store ports.
+Pure logic over ports: the identity platform is an ``IdentityProvider`` (MSAL in production), the
+directory a ``Directory`` built from a token source, storage the repository/store ports.
 
 Invariants:
 - An OAuth round trip is bound to the org, CRM user, return URL and kind it was started for: the
@@ -45,24 +45,15 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
-from typing import Any, Literal, Protocol
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+from typing import Any, Literal
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
-from sync_core.auth.msal_tokens import IdentityError, IdentityProvider, TokenSource
-from sync_core.auth.ports import (
-    AuthFlowStore,
-    OrgTenant,
-    OrgTenantStore,
-    PendingAuthFlow,
-    TokenCacheStore,
-    mailbox_owner,
-    tenant_owner,
-)
 from sync_core.domain.addresses import normalize_address
 from sync_core.domain.model import ConnectionMode, Mailbox, MailboxStatus, OrgSettings
 from sync_core.errors import (
     AlreadyExists,
     ConcurrencyConflict,
+    IdentityError,
     MailboxAccessDenied,
     MessageNotFound,
     ReauthRequired,
@@ -78,13 +69,24 @@ from sync_core.ports import (
     SettingsRepository,
     Versioned,
 )
+from sync_core.ports.identity import (
+    AuthFlowStore,
+    Directory,
+    IdentityProvider,
+    OrgTenant,
+    OrgTenantStore,
+    PendingAuthFlow,
+    TokenCacheStore,
+    TokenSource,
+    mailbox_owner,
+    tenant_owner,
+)
 from sync_core.use_cases.sync_mailbox import WRITE_GRACE, sync_lease_key
 
 log = logging.getLogger(__name__)
 
 CALLBACK_PATH = "/api/auth/callback"
 ADMIN_CONSENT_CALLBACK_PATH = "/api/auth/admin-consent/callback"
-PROFILE_FIELDS = "id,mail,userPrincipalName,proxyAddresses,displayName"
 SIGNED_OUT_REASON = "signed out by admin"
 _TENANT_HINT = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 _GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
@@ -121,15 +123,6 @@ class MailboxNotFound(SyncError):
     code = "mailbox_not_found"
 
 
-# -- ports of this use case ----------------------------------------------------------------------------
-
-
-class GraphReader(Protocol):
-    """What the connect flows read from Graph (``GraphHttp`` satisfies it)."""
-
-    def get(self, url: str, params: Mapping[str, str] | None = None, prefer: Sequence[str] = ()) -> Any: ...
-
-
 @dataclass
 class ConnectDeps:
     identity: IdentityProvider
@@ -142,7 +135,7 @@ class ConnectDeps:
     activities: ActivityStore
     leases: LeaseStore  # the sync leases: ``disconnect`` takes a mailbox's over
     clock: Clock
-    graph_for: Callable[[TokenSource], GraphReader]
+    directory_for: Callable[[TokenSource], Directory]
     public_base_url: str
     new_state: Callable[[], str] = lambda: secrets.token_urlsafe(32)
     # Called by ``disconnect`` while the mailbox's tokens still exist (deletes its Graph subscriptions).
@@ -375,7 +368,7 @@ def complete_connect(deps: ConnectDeps, params: Mapping[str, str]) -> ConnectRes
 
     token = grant.access_token
     try:
-        profile = deps.graph_for(lambda _refresh: token).get("me", {"$select": PROFILE_FIELDS})
+        profile = deps.directory_for(lambda _refresh: token).me()
     except SyncError as exc:
         log.warning("reading the signed-in user's profile failed: %s", type(exc).__name__)
         return fail("profile_unavailable", "The mailbox profile could not be read from Microsoft 365.")
@@ -699,9 +692,9 @@ def add_app_mailbox(deps: ConnectDeps, org_id: str, address: str) -> Mailbox:
     wanted = normalize_address(address or "")
     if wanted is None:
         raise InvalidRequest("invalid_address", "address is not a valid email address")
-    graph = deps.graph_for(deps.identity.app_token_source(org_id, consent.tenant_id))
+    directory = deps.directory_for(deps.identity.app_token_source(org_id, consent.tenant_id))
     try:
-        user = graph.get(f"users/{quote(wanted, safe='@')}", {"$select": PROFILE_FIELDS})
+        user = directory.user(wanted)
     except MessageNotFound as exc:
         raise InvalidRequest("address_not_found", f"no mailbox {wanted} in the organisation's tenant") from exc
     except (ReauthRequired, MailboxAccessDenied) as exc:
@@ -713,7 +706,7 @@ def add_app_mailbox(deps: ConnectDeps, org_id: str, address: str) -> Mailbox:
         raise InvalidRequest("address_not_found", f"{wanted} has no mailbox in the organisation's tenant")
     status, reason = MailboxStatus.ACTIVE, ""
     try:
-        graph.get(f"users/{quote(graph_user_id, safe='')}/mailFolders('inbox')", {"$select": "id"})
+        directory.check_mail_access(graph_user_id)
     except MailboxAccessDenied:
         status = MailboxStatus.ERROR
         reason = "access denied: the organisation's application access policy does not include this mailbox"
@@ -848,7 +841,6 @@ __all__ = [
     "ConnectResult",
     "ConsentRequired",
     "DisconnectResult",
-    "GraphReader",
     "InvalidRequest",
     "MailboxNotFound",
     "add_app_mailbox",

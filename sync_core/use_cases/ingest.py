@@ -30,7 +30,7 @@ from sync_core.domain.mime import MAX_MESSAGE_BYTES, parse_rfc822
 from sync_core.domain.model import Mailbox, MailboxStatus, MailMessage, OrgSettings, activity_id_for
 from sync_core.errors import SyncError
 from sync_core.ports import ActivityStore, Clock, MailboxRepository, RecordsIndex, SettingsRepository
-from sync_core.push_ports import ActivityEvents
+from sync_core.ports.push import ActivityEvents
 from sync_core.use_cases.pipeline import build_activities
 
 NO_WATERMARK = datetime(1970, 1, 1, tzinfo=UTC)

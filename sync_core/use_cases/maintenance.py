@@ -31,11 +31,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
 
-from sync_core.auth.ports import OrgTenantStore, TokenCacheStore, mailbox_owner, tenant_owner
 from sync_core.errors import SyncError, TokenDecryptionError
 from sync_core.ports import Clock, SettingsRepository
-from sync_core.push_ports import WebhookSecretStore
-from sync_core.scheduling_ports import MailboxCatalog
+from sync_core.ports.identity import OrgTenantStore, TokenCacheStore, mailbox_owner, tenant_owner
+from sync_core.ports.push import WebhookSecretStore
+from sync_core.ports.scheduling import MailboxCatalog
 from sync_core.use_cases import webhooks
 
 log = logging.getLogger(__name__)

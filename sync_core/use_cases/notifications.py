@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sync_core.ports import Clock
-from sync_core.push_ports import PushSubscription, SubscriptionStore
+from sync_core.ports.push import PushSubscription, SubscriptionStore
 from sync_core.use_cases import schedule, subscriptions
 from sync_core.use_cases.subscriptions import SubscriptionDeps, client_state_matches
 

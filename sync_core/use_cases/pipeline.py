@@ -16,12 +16,12 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Protocol
 
 from sync_core.domain.decide import DecisionContext
 from sync_core.domain.model import (
     Activity,
     AttachmentSummary,
+    Decision,
     Direction,
     Mailbox,
     MailMessage,
@@ -29,18 +29,26 @@ from sync_core.domain.model import (
     Reason,
     activity_id_for,
 )
-from sync_core.ports import ActivityWrite, RecordLookupResult, RecordsIndex
-
-
-class ThreadLookup(Protocol):
-    """What the pipeline needs of the activity store: the stored thread of already-stored messages."""
-
-    def thread_ids_for_messages(self, org_id: str, internet_message_ids: Sequence[str]) -> Mapping[str, str]: ...
-
+from sync_core.ports import ActivityWrite, RecordLookupResult, RecordsIndex, ThreadLookup
 
 AttachmentFetcher = Callable[[Sequence[str]], Mapping[str, tuple[AttachmentSummary, ...]]]
-"""Attachment summaries of messages by ``source_id`` (Graph: one ``$batch``); None when the messages
-already carry them (RFC 822 uploads)."""
+"""Attachment summaries of messages by ``source_id`` (one batched request where the provider allows it);
+None when the messages already carry them (RFC 822 uploads)."""
+
+
+def decide_messages(
+    messages: Sequence[MailMessage], mailbox: Mailbox, settings: OrgSettings, records: RecordsIndex
+) -> list[Decision]:
+    """The decision on each message as seen in ``mailbox``: every message screened, then one records
+    lookup for all of them, then matching (the sync's pages and explain decide alike)."""
+    context = DecisionContext.of(mailbox, settings)
+    screenings = [context.screen(message) for message in messages]
+    # Only what matching can ask for: not the owner, colleagues, never-logged or blocked participants,
+    # nor those of messages refused before matching; domains only when the org matches by domain.
+    addresses = list(dict.fromkeys(a for screening in screenings for a in screening.addresses))
+    domains = list(dict.fromkeys(d for screening in screenings for d in screening.domains))
+    lookup = records.lookup(mailbox.org_id, addresses, domains) if addresses or domains else RecordLookupResult()
+    return [screening.finish(lookup) for screening in screenings]
 
 
 def build_activities(
@@ -57,16 +65,8 @@ def build_activities(
     stored: the caller saves them). Adds one count per message to ``reasons``."""
     if not messages:
         return []
-    context = DecisionContext.of(mailbox, settings)
-    screenings = [context.screen(message) for message in messages]
-    # Only what matching can ask for: not the owner, colleagues, never-logged or blocked participants,
-    # nor those of messages refused before matching; domains only when the org matches by domain.
-    addresses = list(dict.fromkeys(a for screening in screenings for a in screening.addresses))
-    domains = list(dict.fromkeys(d for screening in screenings for d in screening.domains))
-    lookup = records.lookup(mailbox.org_id, addresses, domains) if addresses or domains else RecordLookupResult()
     decisions = []
-    for message, screening in zip(messages, screenings, strict=True):
-        decision = screening.finish(lookup)
+    for message, decision in zip(messages, decide_messages(messages, mailbox, settings, records), strict=True):
         reasons[decision.reason.value] += 1
         if decision.reason is Reason.MATCHED:
             decisions.append((message, decision))

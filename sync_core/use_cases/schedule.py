@@ -72,7 +72,7 @@ from sync_core.ports import (
     Versioned,
     WorkQueue,
 )
-from sync_core.scheduling_ports import DueEntry, DueIndex, MailboxCatalog
+from sync_core.ports.scheduling import DueEntry, DueIndex, MailboxCatalog
 from sync_core.use_cases.sync_mailbox import SYNCABLE, SyncOutcome, sync_lease_key
 
 log = logging.getLogger(__name__)

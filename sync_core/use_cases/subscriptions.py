@@ -38,19 +38,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import TypeVar
-from urllib.parse import quote
 
+from sync_core.domain.folders import DEFAULT_FOLDERS
 from sync_core.domain.model import FolderFilter, Mailbox, MailboxStatus, OrgSettings
 from sync_core.errors import MailboxAccessDenied, MessageNotFound, ReauthRequired, SyncError
 from sync_core.ports import Clock, LeaseStore, MailboxRepository, SettingsRepository
-from sync_core.push_ports import (
+from sync_core.ports.push import (
     WHOLE_MAILBOX,
     PushSubscription,
     SubscriptionApi,
     SubscriptionRefused,
     SubscriptionStore,
 )
-from sync_core.scheduling_ports import MailboxCatalog
+from sync_core.ports.scheduling import MailboxCatalog
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -61,7 +61,6 @@ MAX_EXPIRATION_MINUTES = 10_080
 REQUESTED_MINUTES = 10_070  # below the maximum, so a few minutes of clock skew never get it refused
 RENEW_BEFORE = timedelta(hours=24)  # the timer renews a subscription in its last day
 HEALTHY_MARGIN = timedelta(minutes=30)
-DEFAULT_FOLDERS = ("inbox", "sentitems")
 MAX_CLIENT_STATE = 128  # Graph's limit; what we generate is 43 characters
 LEASE = timedelta(minutes=2)
 TICK_BUDGET = timedelta(minutes=3)
@@ -127,13 +126,6 @@ def client_state_matches(subscription: PushSubscription, presented: object) -> b
 
 def wanted_folders(settings: OrgSettings) -> tuple[str, ...]:
     return (WHOLE_MAILBOX,) if settings.folders is FolderFilter.ALL else DEFAULT_FOLDERS
-
-
-def resource_for(mailbox: Mailbox, folder: str) -> str:
-    user = f"users/{quote(mailbox.graph_user_id or mailbox.address, safe='@')}"
-    if folder == WHOLE_MAILBOX:
-        return f"{user}/messages"
-    return f"{user}/mailFolders('{quote(folder, safe='')}')/messages"
 
 
 def _syncable(mailbox: Mailbox | None, settings: OrgSettings) -> bool:
@@ -304,7 +296,7 @@ def _reconcile(deps: SubscriptionDeps, org_id: str, mailbox_id: str, *, unwanted
 
 def _create(deps: SubscriptionDeps, mailbox: Mailbox, folder: str) -> Outcome:
     secret = deps.new_secret()
-    resource = resource_for(mailbox, folder)
+    resource = deps.api.resource_for(mailbox, folder)
     now = deps.clock.now()
     try:
         created = _retrying_shorter(

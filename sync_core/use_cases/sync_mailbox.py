@@ -1,6 +1,6 @@
 """Sync one mailbox: delta pages → decisions → activities → checkpoint, under a lease and a time budget.
 
-    read cursors ─ every folder caught up? ─ yes: poll them all in one $batch, without the lease
+    read cursors ─ every folder caught up? ─ yes: poll them all in one batched request, without the lease
         │                                         │ every page empty, cursors younger than IDLE_REFRESH
         │                                         └──> done: nothing written (no lease, cursor or report)
         ▼ no / something changed
@@ -71,6 +71,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
+from sync_core.domain.folders import DEFAULT_FOLDERS
 from sync_core.domain.model import (
     Activity,
     AttachmentSummary,
@@ -105,12 +106,11 @@ from sync_core.ports import (
     RunReportStore,
     SettingsRepository,
 )
-from sync_core.push_ports import ActivityEvents
+from sync_core.ports.push import ActivityEvents
 from sync_core.use_cases.pipeline import RunThreadCache, build_activities
 
 log = logging.getLogger(__name__)
 
-DEFAULT_FOLDERS = ("inbox", "sentitems")
 REPORTS_KEPT = 50
 IDLE_REFRESH = timedelta(hours=1)  # an idle poll rewrites cursors (and stores its report) older than this
 LEASE_MARGIN = timedelta(minutes=1)  # a take or renewal holds the lease at least this long past it
@@ -374,7 +374,7 @@ class _Run:
         while True:
             folders = self._folders()
             cursors = {f: Cursor.parse(v) for f, v in stored.items()}
-            # Folders already caught up are polled together: one $batch for an idle mailbox.
+            # Folders already caught up are polled together: one batched request for an idle mailbox.
             caught_up = {f: cursors[f].link for f in folders if f in cursors and cursors[f].caught_up}
             if not self.leased and len(caught_up) < len(folders):
                 stored = self._take_lease()  # a folder to start or resume: this run will write

@@ -53,9 +53,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sync_core.domain.model import Activity
+from sync_core.domain.representation import iso
 from sync_core.errors import AlreadyExists, ConcurrencyConflict, SyncError
 from sync_core.ports import ActivityEvent, ActivityStore, Clock, SettingsRepository, WorkQueue
-from sync_core.push_ports import (
+from sync_core.ports.push import (
     WebhookDelivery,
     WebhookLog,
     WebhookSecret,
@@ -259,8 +260,8 @@ def deliver(deps: WebhookDeps, message: Mapping[str, Any]) -> WebhookDelivery:
             "id": delivery.delivery_id,
             "type": delivery.event,
             "org_id": delivery.org_id,
-            "occurred_at": _iso(delivery.created_at),
-            "sent_at": _iso(now),
+            "occurred_at": iso(delivery.created_at),
+            "sent_at": iso(now),
             "attempt": attempt,
             "data": data,
         },
@@ -310,10 +311,6 @@ def _maybe_trim(deps: WebhookDeps, delivery: WebhookDelivery) -> None:
 
 def signature(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 # -- the secret --------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from sync_core.adapters.table_due import SHARDS, TableDueIndex, TableMailboxCata
 from sync_core.adapters.table_state import TableMailboxRepository
 from sync_core.domain.model import Mailbox, MailboxStatus
 from sync_core.ports import Versioned
-from sync_core.scheduling_ports import DueEntry
+from sync_core.ports.scheduling import DueEntry
 from sync_core.testing.app import InMemoryApp
 from sync_core.testing.scheduling import InMemoryDueIndex, InMemoryMailboxCatalog, InMemoryWorkQueue
 from sync_core.testing.stores import InMemoryMailboxRepository, InMemoryStores

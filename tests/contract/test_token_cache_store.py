@@ -13,9 +13,9 @@ import pytest
 from azure.data.tables import TableServiceClient
 
 from sync_core.auth.crypto import TokenCipher, TokenDecryptionError
-from sync_core.auth.ports import OrgTenant, PendingAuthFlow
 from sync_core.auth.token_cache_store import TableAuthFlowStore, TableOrgTenantStore, TableTokenCacheStore
 from sync_core.errors import AlreadyExists, ConcurrencyConflict
+from sync_core.ports.identity import OrgTenant, PendingAuthFlow
 from sync_core.testing.auth import MemoryAuthFlowStore, MemoryOrgTenantStore, MemoryTokenCacheStore
 
 KEY_A = "a:" + "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE="  # 32 x "A"

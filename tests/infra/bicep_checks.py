@@ -46,7 +46,7 @@ from typing import Any
 
 from pycep import BicepParser
 
-from sync_core.settings import DEFAULT_AUTHORITY_HOST, DEFAULT_GRAPH_BASE_URL
+from sync_core.adapters.graph.endpoints import DEFAULT_AUTHORITY_HOST, DEFAULT_GRAPH_BASE_URL
 
 # Built-in role definition ids (the same in every tenant).
 BLOB_DATA_OWNER = "b7e6dc6d-f1e8-4753-8033-0f276bb0955b"

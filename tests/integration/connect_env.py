@@ -18,12 +18,15 @@ from azure.data.tables import TableServiceClient
 
 from emulator.client import ADMIN_CONSENT_REDIRECT_URI, EmulatorClient, EmulatorTenant
 from emulator.server import EmulatorServer
-from sync_core.adapters.graph_http import GraphHttp, TokenSource
+from sync_core.adapters.graph.directory import GraphDirectory
+from sync_core.adapters.graph.http import GraphHttp
+from sync_core.adapters.graph.identity import MsalIdentity
+from sync_core.adapters.graph.session import MsalHttpClient, make_session
 from sync_core.adapters.tables import TableStores
 from sync_core.auth.crypto import TokenCipher
-from sync_core.auth.msal_tokens import MsalHttpClient, MsalIdentity, make_session
 from sync_core.auth.token_cache_store import TableAuthFlowStore, TableOrgTenantStore, TableTokenCacheStore
 from sync_core.domain.model import Mailbox, OrgSettings
+from sync_core.ports.identity import TokenSource
 from sync_core.settings import Settings
 from sync_core.use_cases.connect import (
     ConnectDeps,
@@ -96,7 +99,7 @@ class ConnectEnv:
             activities=self.stores.activities,
             leases=self.stores.leases,
             clock=self.clock,
-            graph_for=self.graph_for,
+            directory_for=lambda source: GraphDirectory(self.graph_for(source)),
             public_base_url=self.settings.public_base_url,
         )
 

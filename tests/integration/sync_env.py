@@ -31,11 +31,11 @@ from azure.data.tables import TableServiceClient
 from emulator.client import EmulatorClient, EmulatorTenant
 from emulator.server import EmulatorServer
 from sync_core.adapters.clock import SystemClock
-from sync_core.adapters.graph_http import GraphHttp
-from sync_core.adapters.graph_mail import MAX_PAGE_SIZE, GraphMailSource
+from sync_core.adapters.graph.http import GraphHttp
+from sync_core.adapters.graph.mail import MAX_PAGE_SIZE, GraphMailSource
+from sync_core.adapters.graph.session import make_session
 from sync_core.adapters.table_codec import activity_from_entity
 from sync_core.adapters.tables import TableStores
-from sync_core.auth.msal_tokens import make_session
 from sync_core.domain.model import Activity, ConnectionMode, Mailbox, OrgSettings, Record
 from sync_core.ports import ActivityStore
 from sync_core.use_cases.sync_mailbox import SyncDeps, SyncOutcome, sync_mailbox

@@ -6,7 +6,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from sync_core.auth.msal_tokens import AppTokenSource
+from sync_core.adapters.graph.tokens import AppTokenSource
 from sync_core.domain.model import ConnectionMode, MailboxStatus
 from sync_core.errors import ReauthRequired
 from sync_core.use_cases.connect import (

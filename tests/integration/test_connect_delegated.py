@@ -11,7 +11,9 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
-from sync_core.auth.msal_tokens import DelegatedTokenSource, MsalHttpClient, MsalIdentity
+from sync_core.adapters.graph.identity import MsalIdentity
+from sync_core.adapters.graph.session import MsalHttpClient
+from sync_core.adapters.graph.tokens import DelegatedTokenSource
 from sync_core.domain.model import Activity, ConnectionMode, Direction, MailboxStatus, RecordRef, activity_id_for
 from sync_core.errors import ReauthRequired
 from sync_core.use_cases.connect import (

@@ -11,13 +11,14 @@ from typing import Any
 
 import pytest
 
+from sync_core.adapters.graph.identity import MsalIdentity
+from sync_core.adapters.graph.tokens import DelegatedTokenSource
 from sync_core.api import push
 from sync_core.api.http import ApiError, ApiRequest, ApiResponse
-from sync_core.auth.msal_tokens import DelegatedTokenSource, MsalIdentity
-from sync_core.auth.ports import OrgTenant, TokenCacheStore, mailbox_owner, tenant_owner
 from sync_core.auth.token_cache_store import TableOrgTenantStore
 from sync_core.bootstrap import Services
 from sync_core.ports import Versioned
+from sync_core.ports.identity import OrgTenant, TokenCacheStore, mailbox_owner, tenant_owner
 from sync_core.use_cases.connect import (
     add_app_mailbox,
     complete_connect,

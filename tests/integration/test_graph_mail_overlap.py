@@ -18,8 +18,8 @@ from datetime import timedelta
 
 import pytest
 
-from sync_core.adapters.graph_http import GraphHttp
-from sync_core.adapters.graph_mail import (
+from sync_core.adapters.graph.http import GraphHttp
+from sync_core.adapters.graph.mail import (
     LISTING_THREAD_NAME,
     PREFETCH_THREAD_NAME,
     GraphMailSource,

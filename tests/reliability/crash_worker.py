@@ -26,10 +26,10 @@ from typing import Any
 from azure.data.tables import TableServiceClient
 
 from sync_core.adapters.clock import SystemClock
-from sync_core.adapters.graph_http import GraphHttp
-from sync_core.adapters.graph_mail import GraphMailSource
+from sync_core.adapters.graph.http import GraphHttp
+from sync_core.adapters.graph.mail import GraphMailSource
+from sync_core.adapters.graph.session import make_session
 from sync_core.adapters.tables import TableStores
-from sync_core.auth.msal_tokens import make_session
 from sync_core.domain.model import Activity
 from sync_core.ports import ActivityStore, ActivityWrite, CursorStore
 from sync_core.use_cases.sync_mailbox import SyncDeps, sync_mailbox

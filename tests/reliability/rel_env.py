@@ -23,14 +23,16 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from sync_core.adapters.clock import SystemClock
-from sync_core.adapters.graph_http import GraphHttp
-from sync_core.adapters.graph_mail import GraphMailSource
+from sync_core.adapters.graph.directory import GraphDirectory
+from sync_core.adapters.graph.http import GraphHttp
+from sync_core.adapters.graph.identity import MsalIdentity
+from sync_core.adapters.graph.mail import GraphMailSource
+from sync_core.adapters.graph.session import MsalHttpClient, make_session
 from sync_core.adapters.tables import TableStores
 from sync_core.api.mailboxes import mailbox_to_json
 from sync_core.auth.crypto import TokenCipher
-from sync_core.auth.msal_tokens import MsalHttpClient, MsalIdentity, make_session
 from sync_core.auth.token_cache_store import TableAuthFlowStore, TableOrgTenantStore, TableTokenCacheStore
-from sync_core.domain.model import Activity, AttachmentSummary, Mailbox, MailboxStatus
+from sync_core.domain.model import Activity, AttachmentSummary, Mailbox, MailboxStatus, MailMessage
 from sync_core.ports import ActivityStore, Clock, CursorStore, DeltaPage, LeaseStore, MailSource
 from sync_core.settings import Settings
 from sync_core.use_cases.connect import ConnectDeps, ConnectResult, complete_connect, confirm_connect, start_connect
@@ -102,6 +104,9 @@ class HookedMail:
 
     def attachments(self, mailbox: Mailbox, source_ids: Sequence[str]) -> Mapping[str, tuple[AttachmentSummary, ...]]:
         return self.inner.attachments(mailbox, source_ids)
+
+    def find_message(self, mailbox: Mailbox, internet_message_id: str) -> MailMessage | None:
+        return self.inner.find_message(mailbox, internet_message_id)
 
     def folders(self, mailbox: Mailbox) -> tuple[str, ...]:
         return self.inner.folders(mailbox)
@@ -315,7 +320,7 @@ class RelEnv(SyncEnv):
                 activities=self.stores.activities,
                 leases=self.stores.leases,
                 clock=SystemClock(),
-                graph_for=lambda source: GraphHttp(self.session, self.tenant.graph_url, source),
+                directory_for=lambda source: GraphDirectory(GraphHttp(self.session, self.tenant.graph_url, source)),
                 public_base_url=PUBLIC_BASE_URL,
             )
         return self._identity

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from emulator.client import EmulatorTenant
-from sync_core.adapters.graph_mail import message_from_graph, page_from_payload
+from sync_core.adapters.graph.mail import message_from_graph, page_from_payload
 from sync_core.adapters.table_codec import (
     ENTITY_MAX_BYTES,
     PROPERTY_MAX_UNITS,

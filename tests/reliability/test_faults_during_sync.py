@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from sync_core.adapters.graph_http import GraphHttp
+from sync_core.adapters.graph.http import GraphHttp
 from sync_core.errors import TransientGraphError
 from tests.reliability.rel_env import GraphOptions, Ledger, RelEnv, Waits, assert_converged, at_page
 

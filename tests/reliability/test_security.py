@@ -32,7 +32,7 @@ from sync_core.adapters.table_due import TableDueIndex
 from sync_core.adapters.table_subscriptions import TableSubscriptionStore
 from sync_core.auth.crypto import TokenCipher
 from sync_core.auth.token_cache_store import TableTokenCacheStore
-from sync_core.push_ports import PushSubscription
+from sync_core.ports.push import PushSubscription
 from sync_core.use_cases.connect import return_url_allowed
 from sync_core.use_cases.subscriptions import hash_client_state
 from tests.reliability.hosted_app import FUNCTION_KEY, HostedApp

@@ -13,21 +13,14 @@ from typing import Any
 
 import pytest
 
+from sync_core.adapters.graph.directory import GraphDirectory
+from sync_core.adapters.graph.identity import reauth_error, token_roles
 from sync_core.api.http import ApiError
 from sync_core.api.settings import settings_from_json
 from sync_core.auth.crypto import TokenCipher
-from sync_core.auth.msal_tokens import (
-    AdminSignIn,
-    AppGrant,
-    DelegatedGrant,
-    IdentityError,
-    TokenSource,
-    reauth_error,
-    token_roles,
-)
-from sync_core.auth.ports import OrgTenant, PendingAuthFlow
 from sync_core.domain.model import Mailbox, MailboxStatus, OrgSettings
-from sync_core.errors import MessageNotFound, TransientGraphError
+from sync_core.errors import IdentityError, MessageNotFound, TransientGraphError
+from sync_core.ports.identity import AdminSignIn, AppGrant, DelegatedGrant, OrgTenant, PendingAuthFlow, TokenSource
 from sync_core.testing.auth import MemoryAuthFlowStore, MemoryOrgTenantStore, MemoryTokenCacheStore
 from sync_core.testing.stores import InMemoryStores
 from sync_core.use_cases.connect import (
@@ -140,7 +133,7 @@ def deps() -> ConnectDeps:
         activities=stores.activities,
         leases=stores.leases,
         clock=Clock(),
-        graph_for=lambda _source: graph,
+        directory_for=lambda _source: GraphDirectory(graph),
         public_base_url="https://sync.example.net/",
     )
 
@@ -248,7 +241,9 @@ def test_a_profile_of_another_account_than_the_one_that_signed_in_is_refused(dep
 
 
 def test_an_account_without_any_mailbox_address_is_refused(deps: ConnectDeps) -> None:
-    deps.graph_for = lambda _source: FakeGraph({"me": {"id": ADELE["id"], "mail": None, "userPrincipalName": None}})
+    deps.directory_for = lambda _source: GraphDirectory(
+        FakeGraph({"me": {"id": ADELE["id"], "mail": None, "userPrincipalName": None}})
+    )
 
     result = complete_connect(deps, callback(deps))
 
@@ -257,7 +252,7 @@ def test_an_account_without_any_mailbox_address_is_refused(deps: ConnectDeps) ->
 
 
 def test_an_unreadable_profile_stores_nothing(deps: ConnectDeps) -> None:
-    deps.graph_for = lambda _source: FakeGraph({"me": TransientGraphError("down")})
+    deps.directory_for = lambda _source: GraphDirectory(FakeGraph({"me": TransientGraphError("down")}))
 
     result = complete_connect(deps, callback(deps))
 
@@ -350,7 +345,9 @@ def test_sign_out_all_leaves_disconnected_mailboxes_alone(deps: ConnectDeps) -> 
 
 def test_a_lookup_of_an_unknown_address_in_app_mode_is_a_request_error(deps: ConnectDeps) -> None:
     deps.tenants.claim(OrgTenant("org", TENANT, T0))
-    deps.graph_for = lambda _source: FakeGraph({"users/nobody@contoso.example": MessageNotFound("404")})
+    deps.directory_for = lambda _source: GraphDirectory(
+        FakeGraph({"users/nobody@contoso.example": MessageNotFound("404")})
+    )
 
     with pytest.raises(InvalidRequest) as info:
         add_app_mailbox(deps, "org", "Nobody@Contoso.example")

@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
+from sync_core.adapters.graph.subscriptions import resource_for as graph_resource_for
 from sync_core.domain.model import FolderFilter, Mailbox, MailboxStatus, OrgSettings
 from sync_core.errors import MessageNotFound, ReauthRequired, TransientGraphError
-from sync_core.push_ports import CreatedSubscription, PushSubscription, SubscriptionRefused
+from sync_core.ports.push import CreatedSubscription, PushSubscription, SubscriptionRefused
 from sync_core.testing.mail import FixedClock
 from sync_core.testing.push import InMemorySubscriptionStore
 from sync_core.testing.scheduling import InMemoryMailboxCatalog
@@ -57,6 +58,9 @@ class FakeSubscriptionApi:
             raise SubscriptionRefused(
                 f"Subscription expiration can only be {self.max_minutes} minutes in the future.", self.max_minutes
             )
+
+    def resource_for(self, mailbox: Mailbox, folder: str) -> str:
+        return graph_resource_for(mailbox, folder)
 
     def create(
         self,

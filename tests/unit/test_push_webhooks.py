@@ -27,7 +27,7 @@ from sync_core.domain.model import (
     activity_id_for,
 )
 from sync_core.ports import ActivityEvent
-from sync_core.push_ports import WebhookSecretUnreadable, WebhookSendFailed, WebhookUrlRefused
+from sync_core.ports.push import WebhookSecretUnreadable, WebhookSendFailed, WebhookUrlRefused
 from sync_core.testing.app import InMemoryApp
 from sync_core.testing.mail import FakeMailSource, FixedClock
 from sync_core.testing.push import FakeWebhookSender, InMemoryWebhookLog, InMemoryWebhookSecretStore

@@ -13,11 +13,10 @@ from typing import Any
 import pytest
 
 from sync_core.adapters.table_due import shard
-from sync_core.auth.msal_tokens import IdentityError
 from sync_core.domain.model import EmailAddress, Mailbox, MailboxStatus, MailMessage, OrgSettings, Record
-from sync_core.errors import ReauthRequired, StorageUnavailable
+from sync_core.errors import IdentityError, ReauthRequired, StorageUnavailable
 from sync_core.ports import Versioned
-from sync_core.scheduling_ports import DueEntry
+from sync_core.ports.scheduling import DueEntry
 from sync_core.testing.app import InMemoryApp
 from sync_core.testing.mail import FakeMailSource, throttled
 from sync_core.testing.scheduling import InMemoryDueIndex, InMemoryWorkQueue

@@ -9,7 +9,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from sync_core.auth.msal_tokens import IdentityError
 from sync_core.domain.model import (
     Activity,
     AttachmentSummary,
@@ -24,7 +23,7 @@ from sync_core.domain.model import (
     RecordRef,
     activity_id_for,
 )
-from sync_core.errors import ReauthRequired
+from sync_core.errors import IdentityError, ReauthRequired
 from sync_core.ports import ActivityWrite, DeltaPage
 from sync_core.testing.app import InMemoryApp
 from sync_core.testing.mail import FakeMailSource, FixedClock, throttled

@@ -1,7 +1,7 @@
 """Ports of the scheduler (``use_cases.schedule``): the due-time index and a paged view of every mailbox.
 
-Kept apart from ``sync_core.ports`` because only the scheduler uses them. Production adapters live in
-``adapters.table_due``, in-memory doubles in ``adapters.memory_due``; tests/contract runs the same cases on
+Only the scheduler uses them. Production adapters live in
+``adapters.table_due``, in-memory doubles in ``sync_core.testing.scheduling``; tests/contract runs the same cases on
 both.
 
 Invariants of a ``DueIndex``:
@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Protocol
 
 from sync_core.domain.model import MailboxStatus
-from sync_core.ports import Versioned
+from sync_core.ports.storage import Versioned
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,15 @@
-"""Ports of push (issue 6): Graph change-notification subscriptions, CRM webhooks and activity events.
+"""Ports of push (issue 6): change-notification subscriptions, CRM webhooks and activity events.
 
-Kept apart from ``sync_core.ports`` because only the push use cases (``subscriptions``, ``notifications``,
-``webhooks``, ``ingest``) use them. Production adapters: ``adapters.table_subscriptions``,
-``adapters.table_webhook_log``, ``adapters.graph_subscriptions``, ``adapters.http_webhooks``; in-memory
-doubles of the stores live in ``adapters.memory_push`` and tests/contract runs the same cases on both.
+Used by the push use cases (``subscriptions``, ``notifications``, ``webhooks``, ``ingest``). Production
+adapters: ``adapters.table_subscriptions``, ``adapters.table_webhook_log``, ``adapters.graph.subscriptions``,
+``adapters.http_webhooks``; in-memory
+doubles of the stores live in ``sync_core.testing.push`` and tests/contract runs the same cases on both.
 
 Invariants:
 - A subscription's ``clientState`` is never stored: only its SHA-256 (``client_state_hash``). The secret
   is 256 random bits, so a plain hash cannot be brute-forced, and a stolen table reveals nothing that
   would let anyone forge a notification.
-- A mailbox has at most one subscription per folder key (``inbox``, ``sentitems`` or ``*`` for the whole
+- A mailbox has at most one subscription per folder key (a folder role, ``inbox``/``sentitems``, or ``*`` for the whole
   mailbox); ``SubscriptionStore.put`` replaces the folder's previous record.
 - Webhook secrets are stored encrypted (AES-GCM, ``TOKEN_ENCRYPTION_KEY``), bound to their org, with the
   key id they are encrypted under; the maintenance timer re-wraps them under the current key.
@@ -24,7 +24,7 @@ from typing import Protocol
 
 from sync_core.domain.model import Mailbox
 from sync_core.errors import SyncError, TokenDecryptionError
-from sync_core.ports import ActivityEvent, Page, Versioned
+from sync_core.ports.storage import ActivityEvent, Page, Versioned
 
 WHOLE_MAILBOX = "*"
 
@@ -105,9 +105,14 @@ class CreatedSubscription:
 
 
 class SubscriptionApi(Protocol):
-    """Graph's ``/subscriptions`` for one mailbox's credentials. Raises ``MessageNotFound`` when the
-    subscription is gone, ``ReauthRequired``/``MailboxAccessDenied`` for the mailbox's grant,
-    ``TransientGraphError`` when Graph stays unavailable, ``SubscriptionRefused`` otherwise."""
+    """The provider's change-notification subscriptions (Graph's ``/subscriptions``) for one mailbox's
+    credentials. Raises ``MessageNotFound`` when the subscription is gone, ``ReauthRequired``/
+    ``MailboxAccessDenied`` for the mailbox's grant, ``TransientGraphError`` when the provider stays
+    unavailable, ``SubscriptionRefused`` otherwise."""
+
+    def resource_for(self, mailbox: Mailbox, folder: str) -> str:
+        """The provider's name of what a subscription to ``folder`` (a role, a folder id or
+        ``WHOLE_MAILBOX``) watches; stored with the subscription and shown by the API."""
 
     def create(
         self,

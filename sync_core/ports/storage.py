@@ -1,7 +1,7 @@
-"""The small interfaces sync_core's use cases depend on.
+"""Storage ports: records, activities, mailboxes, cursors, leases, run reports, settings, the work queue, the clock.
 
 Production adapters (Azure Table Storage, Azure Queue Storage, Microsoft Graph over requests, MSAL)
-live in ``sync_core.adapters``; in-memory doubles of the same ports live in ``sync_core.adapters.memory``
+live in ``sync_core.adapters``; in-memory doubles of the same ports live in ``sync_core.testing.stores``
 and are kept honest by contract tests that run the same cases on both.
 
 Conventions:
@@ -17,15 +17,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
 
-from sync_core.domain.model import (
-    Activity,
-    AttachmentSummary,
-    Mailbox,
-    MailMessage,
-    OrgSettings,
-    Record,
-    RecordRef,
-)
+from sync_core.domain.lookup import RecordLookup
+from sync_core.domain.model import Activity, Mailbox, OrgSettings, Record
 
 T = TypeVar("T")
 
@@ -42,29 +35,6 @@ class Page(Generic[T]):
 class Versioned(Generic[T]):
     value: T
     etag: str
-
-
-class RecordLookup(Protocol):
-    """What the decision pipeline needs from the records index: pure, in-memory lookups."""
-
-    def records_for_address(self, address: str) -> Sequence[RecordRef]: ...
-
-    def records_for_domain(self, domain: str) -> Sequence[RecordRef]: ...
-
-
-@dataclass(frozen=True)
-class RecordLookupResult:
-    """A ``RecordLookup`` over records fetched up front: what ``RecordsIndex.lookup`` returns.
-    Addresses and domains that were not fetched, or have no record, give ``()``."""
-
-    by_address: Mapping[str, tuple[RecordRef, ...]] = field(default_factory=dict)
-    by_domain: Mapping[str, tuple[RecordRef, ...]] = field(default_factory=dict)
-
-    def records_for_address(self, address: str) -> Sequence[RecordRef]:
-        return self.by_address.get(address, ())
-
-    def records_for_domain(self, domain: str) -> Sequence[RecordRef]:
-        return self.by_domain.get(domain, ())
 
 
 class RecordsIndex(Protocol):
@@ -139,6 +109,12 @@ class ActivityStore(Protocol):
 
     def delete_for_mailbox(self, org_id: str, mailbox_id: str) -> int:
         """Purge: remove the mailbox from every activity; delete activities no other mailbox saw."""
+
+
+class ThreadLookup(Protocol):
+    """What the pipeline needs of the activity store: the stored thread of already-stored messages."""
+
+    def thread_ids_for_messages(self, org_id: str, internet_message_ids: Sequence[str]) -> Mapping[str, str]: ...
 
 
 class MailboxRepository(Protocol):
@@ -224,39 +200,3 @@ class WorkQueue(Protocol):
 
 class Clock(Protocol):
     def now(self) -> datetime: ...
-
-
-@dataclass(frozen=True)
-class DeltaPage:
-    """One page of a folder's delta. Exactly one of ``next_link``/``delta_link`` is set.
-
-    ``messages`` are complete new or moved-in messages; ``skipped`` counts items that carry no new
-    message (partial updates, ``@removed`` entries, replays of items without content)."""
-
-    folder: str
-    messages: tuple[MailMessage, ...]
-    next_link: str | None
-    delta_link: str | None
-    skipped: int = 0
-
-
-class MailSource(Protocol):
-    """A mailbox's mail, read through delta queries (Graph in production)."""
-
-    def delta(self, mailbox: Mailbox, folder: str, link: str | None, since: datetime) -> DeltaPage:
-        """Follow ``link`` verbatim, or start the folder's delta filtered to mail received at or
-        after ``since``. Raises ``DeltaTokenExpired`` when Graph lost the sync state."""
-
-    def delta_many(self, mailbox: Mailbox, links: Mapping[str, str]) -> Mapping[str, DeltaPage]:
-        """Poll several folders whose delta links are known, in as few requests as possible."""
-
-    def attachments(self, mailbox: Mailbox, source_ids: Sequence[str]) -> Mapping[str, tuple[AttachmentSummary, ...]]:
-        """Attachment names/sizes/types (inline ones excluded) for these messages. A message the source no
-        longer has (deleted or moved since it was listed) is left out of the answer: a per-message failure
-        that costs that message its attachment summary, not the run."""
-
-    def folders(self, mailbox: Mailbox) -> tuple[str, ...]:
-        """Ids of every folder to sync when the org syncs all folders (system folders excluded)."""
-
-    @property
-    def requests_made(self) -> int: ...

@@ -1,4 +1,5 @@
-"""The MailSource port on Microsoft Graph: message delta per folder, attachments, folder list.
+"""The MailSource port on Microsoft Graph: message delta per folder, attachments, folder list, one
+message by its Internet Message-ID (explain).
 
 Invariants:
 - Every request asks for immutable ids, plain-text bodies and ``odata.maxpagesize``; BCC is never
@@ -34,9 +35,10 @@ from urllib.parse import quote
 
 import requests
 
-from sync_core.adapters.graph_http import BATCH_LIMIT, GraphHttp, raise_for_batch_item
+from sync_core.adapters.graph.http import BATCH_LIMIT, GraphHttp, raise_for_batch_item
 from sync_core.domain.addresses import normalize_address
 from sync_core.domain.decide import EXCLUDED_FOLDERS
+from sync_core.domain.folders import DEFAULT_FOLDERS, FolderRole
 from sync_core.domain.model import AttachmentSummary, EmailAddress, Mailbox, MailMessage
 from sync_core.domain.text import html_text, preview
 from sync_core.errors import MessageNotFound
@@ -46,12 +48,16 @@ MESSAGE_FIELDS = (
     "id,internetMessageId,conversationId,subject,body,bodyPreview,from,toRecipients,ccRecipients,"
     "receivedDateTime,sentDateTime,isDraft,hasAttachments,internetMessageHeaders,parentFolderId"
 )
-DEFAULT_FOLDERS = ("inbox", "sentitems")
+GRAPH_FOLDERS: Mapping[FolderRole, str] = {FolderRole.INBOX: "inbox", FolderRole.SENT: "sentitems"}
+"""Graph's well-known folder name of each folder role."""
+_GRAPH_NAME = {role.value: name for role, name in GRAPH_FOLDERS.items()}
 MAX_PAGE_SIZE = 1000
 LISTINGS_IN_FLIGHT = 4  # GraphHttp's (and Graph's) per-mailbox limit
 ATTACHMENT_SELECT = {"$select": "name,size,contentType,isInline"}
 PREFETCH_THREAD_NAME = "graph-delta-prefetch"
 LISTING_THREAD_NAME = "graph-attachment-listing"
+# ``find_message`` reads one message the way the sync does (immutable ids, plain-text bodies), unpaged.
+FIND_PREFER = ('IdType="ImmutableId"', 'outlook.body-content-type="text"')
 
 
 def graph_time(moment: datetime) -> str:
@@ -99,7 +105,8 @@ class GraphMailSource:
             payload = http.get(link, prefer=self._prefer)
         else:
             params = {"$select": MESSAGE_FIELDS, "$filter": f"receivedDateTime ge {graph_time(since)}"}
-            payload = http.get(f"{_user_path(mailbox)}/mailFolders('{folder}')/messages/delta", params, self._prefer)
+            name = _graph_folder(folder)
+            payload = http.get(f"{_user_path(mailbox)}/mailFolders('{name}')/messages/delta", params, self._prefer)
         next_link = payload.get("@odata.nextLink")
         if next_link:
             self._prefetch(http, key, str(next_link))
@@ -159,6 +166,39 @@ class GraphMailSource:
                 raise
         return {mid: files for mid, files in found.items() if files is not None}
 
+    def find_message(self, mailbox: Mailbox, internet_message_id: str) -> MailMessage | None:
+        """One ``$filter`` on ``internetMessageId`` (as given, then in angle brackets), then the ids of the
+        well-known folders in one ``$batch`` to name the copies' folders."""
+        http = self._http(mailbox)
+        user = _user_path(mailbox)
+        wanted = internet_message_id
+        candidates = [wanted] if wanted.startswith("<") else [wanted, f"<{wanted}>"]
+        items: list[dict[str, Any]] = []
+        for candidate in candidates:
+            params = {
+                "$filter": "internetMessageId eq '{}'".format(candidate.replace("'", "''")),
+                "$select": MESSAGE_FIELDS,
+                "$top": "10",
+            }
+            try:
+                items = list(http.get(f"{user}/messages", params, FIND_PREFER).get("value", []))
+            except MessageNotFound:
+                return None
+            if items:
+                break
+        if not items:
+            return None
+        folders = _well_known_folders(http, user)
+        copies: list[MailMessage] = []
+        for item in items:
+            folder_id = str(item.get("parentFolderId") or "")
+            message = message_from_graph(item, folders.get(folder_id, folder_id))
+            if message is not None:
+                copies.append(message)
+        if not copies:
+            return None
+        return next((m for m in copies if m.folder in DEFAULT_FOLDERS), copies[0])
+
     def folders(self, mailbox: Mailbox) -> tuple[str, ...]:
         """Every folder (child folders included) except system ones, by id."""
         http = self._http(mailbox)
@@ -181,6 +221,32 @@ class GraphMailSource:
                         pending.append(f"{_user_path(mailbox)}/mailFolders/{fid}/childFolders?$select=id,childFolderCount")
                 url = payload.get("@odata.nextLink")
         return tuple(result)
+
+
+def _graph_folder(folder: str) -> str:
+    """Graph's name of a folder: its well-known name for a role, else the folder id as it is."""
+    return _GRAPH_NAME.get(folder, folder)
+
+
+def _well_known_folders(http: GraphHttp, user: str) -> dict[str, str]:
+    """Folder id → role or well-known name (inbox, sentitems, drafts, junkemail…) in one ``$batch``;
+    folders the mailbox does not have are left out."""
+    by_name = {graph_name: role.value for role, graph_name in GRAPH_FOLDERS.items()}
+    names = sorted({*by_name, *EXCLUDED_FOLDERS})
+    found: dict[str, str] = {}
+    for start in range(0, len(names), BATCH_LIMIT):
+        chunk = names[start : start + BATCH_LIMIT]
+        requests_ = [
+            {"id": str(i), "method": "GET", "url": f"/{user}/mailFolders('{name}')?$select=id",
+             "headers": {"Prefer": 'IdType="ImmutableId"'}}
+            for i, name in enumerate(chunk)
+        ]  # fmt: skip
+        responses = http.batch(requests_)
+        for i, name in enumerate(chunk):
+            item = responses.get(str(i))
+            if item is not None and item.status < 300 and isinstance(item.body, dict) and item.body.get("id"):
+                found[str(item.body["id"])] = by_name.get(name, name)
+    return found
 
 
 def _key(mailbox: Mailbox) -> str:

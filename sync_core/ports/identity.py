@@ -1,6 +1,9 @@
-"""Storage ports of the connection/auth layer (spec §3).
+"""Identity ports (spec §3): the identity platform, the directory, token sources, and the stores of
+connections (token caches, OAuth flows in progress, admin-consented tenants).
 
-Adapters: ``sync_core.auth.token_cache_store`` (Azure Table Storage and in-memory doubles, kept honest by
+Adapters: ``adapters.graph.identity`` (``MsalIdentity``), ``adapters.graph.directory``
+(``GraphDirectory``), ``adapters.graph.tokens`` (token sources), ``sync_core.auth.token_cache_store``
+(Azure Table Storage; in-memory doubles in ``sync_core.testing.auth``, both kept honest by
 tests/contract/test_token_cache_store.py).
 
 Invariants shared by every adapter:
@@ -12,12 +15,16 @@ Invariants shared by every adapter:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
-from sync_core.ports import Versioned
+from sync_core.domain.model import Mailbox
+from sync_core.ports.storage import Versioned
+
+TokenSource = Callable[[bool], str]
+"""An access token for a provider's API; ``True`` forces a refresh (the API answered 401)."""
 
 FLOW_LIFETIME = timedelta(minutes=10)
 
@@ -121,3 +128,92 @@ class OrgTenantStore(Protocol):
 
     def release(self, org_id: str) -> None:
         """Forget the org's consent and its tenant claim (missing is fine)."""
+
+
+# -- the identity platform and the directory -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DelegatedGrant:
+    """Tokens of a redeemed authorization code. ``serialized_cache`` holds the refresh token: it goes
+    to the ``TokenCacheStore`` and nowhere else."""
+
+    access_token: str = field(repr=False)
+    tenant_id: str
+    object_id: str
+    username: str
+    serialized_cache: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class AdminSignIn:
+    """Who signed in for an admin consent: ``tenant_id`` is the id_token's ``tid`` (MSAL checked the
+    id_token's nonce and audience; it came from the token endpoint over TLS)."""
+
+    tenant_id: str
+    object_id: str
+    username: str
+
+
+@dataclass(frozen=True)
+class AppGrant:
+    """A client-credentials token for one tenant: the proof that its admin consented. ``roles`` are the
+    application permissions the token carries (its ``roles`` claim): what the admin actually granted."""
+
+    tenant_id: str
+    access_token: str = field(repr=False)
+    serialized_cache: str = field(repr=False)
+    roles: tuple[str, ...] = ()
+
+
+class IdentityProvider(Protocol):
+    """What the connect use cases need from the identity platform (``MsalIdentity`` in production,
+    a fake in unit tests)."""
+
+    def initiate_connect(self, redirect_uri: str, login_hint: str | None) -> dict[str, Any]:
+        """Start an auth-code flow with PKCE; returns the flow dict (``auth_uri``, ``state``...)."""
+
+    def redeem_connect(self, flow: Mapping[str, Any], auth_response: Mapping[str, str]) -> DelegatedGrant:
+        """Redeem the code of a callback. Raises ``IdentityError`` (or ``ReauthRequired`` for a consent
+        problem) when the identity platform refuses, ``TransientGraphError`` when it is unreachable."""
+
+    def initiate_admin_sign_in(self, tenant: str, redirect_uri: str) -> dict[str, Any]:
+        """Start an OpenID Connect sign-in (no API scopes) of a tenant admin at ``tenant`` (a tenant id,
+        verified domain or ``organizations``); returns the flow dict. Raises ``IdentityError`` for an
+        unknown tenant, ``TransientGraphError`` when the identity platform is unreachable."""
+
+    def redeem_admin_sign_in(
+        self, tenant: str, flow: Mapping[str, Any], auth_response: Mapping[str, str]
+    ) -> AdminSignIn:
+        """Redeem the admin's sign-in code; the result's ``tenant_id`` is the id_token's ``tid``. Raises
+        like ``redeem_connect``."""
+
+    def admin_consent_url(self, tenant: str, redirect_uri: str, state: str) -> str: ...
+
+    def prove_app_access(self, tenant_id: str) -> AppGrant:
+        """Acquire a client-credentials token for ``tenant_id`` with a fresh application object; its
+        ``roles`` are the token's. Raises ``IdentityError`` when the tenant has not (or not yet) consented."""
+
+    def token_source(self, mailbox: Mailbox) -> TokenSource:
+        """The token source for syncing ``mailbox`` (delegated or application, by its mode)."""
+
+    def app_token_source(self, org_id: str, tenant_id: str) -> TokenSource: ...
+
+
+class Directory(Protocol):
+    """The directory behind a token source: who the signed-in user is, which user owns an address.
+
+    A profile is a mapping with ``id`` (the provider's stable user id), ``mail``, ``userPrincipalName``,
+    ``proxyAddresses`` (``SMTP:``/``smtp:`` prefixed aliases) and ``displayName``; missing keys are
+    absent or None. Raises ``ReauthRequired``/``MailboxAccessDenied`` for the token's grant,
+    ``TransientGraphError`` when the provider stays unavailable."""
+
+    def me(self) -> Mapping[str, Any]:
+        """The signed-in user's profile (delegated tokens)."""
+
+    def user(self, address: str) -> Mapping[str, Any]:
+        """The profile of the user or shared mailbox owning ``address``; ``MessageNotFound`` when none."""
+
+    def check_mail_access(self, user_id: str) -> None:
+        """Raise ``MailboxAccessDenied`` when this token may not read the user's mail (e.g. an
+        application access policy excludes the mailbox)."""

@@ -16,11 +16,13 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
-from sync_core.adapters.graph_http import GraphError, GraphHttp
+from sync_core.adapters.graph.http import GraphError, GraphHttp
+from sync_core.adapters.graph.mail import GRAPH_FOLDERS
 from sync_core.domain.model import Mailbox
 from sync_core.errors import MessageNotFound
-from sync_core.push_ports import CreatedSubscription, SubscriptionRefused
+from sync_core.ports.push import WHOLE_MAILBOX, CreatedSubscription, SubscriptionRefused
 
+_GRAPH_NAME = {role.value: name for role, name in GRAPH_FOLDERS.items()}
 _MAX_MINUTES = re.compile(r"(\d+)\s*minutes", re.IGNORECASE)
 _FRACTION = re.compile(r"^(.*T\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)?$")
 
@@ -39,9 +41,20 @@ def parse_graph_datetime(value: str) -> datetime:
     return datetime.fromisoformat(f"{match.group(1)}.{fraction}{zone}").astimezone(UTC)
 
 
+def resource_for(mailbox: Mailbox, folder: str) -> str:
+    """The Graph resource of a folder's messages (``WHOLE_MAILBOX``: every message of the mailbox)."""
+    user = f"users/{quote(mailbox.graph_user_id or mailbox.address, safe='@')}"
+    if folder == WHOLE_MAILBOX:
+        return f"{user}/messages"
+    return f"{user}/mailFolders('{quote(_GRAPH_NAME.get(folder, folder), safe='')}')/messages"
+
+
 class GraphSubscriptionApi:
     def __init__(self, http_for: Callable[[Mailbox], GraphHttp]) -> None:
         self._http_for = http_for
+
+    def resource_for(self, mailbox: Mailbox, folder: str) -> str:
+        return resource_for(mailbox, folder)
 
     def create(
         self,

@@ -30,10 +30,12 @@ from sync_core.errors import (
     DeltaTokenExpired,
     MailboxAccessDenied,
     MessageNotFound,
+    ProviderRefused,
     ReauthRequired,
     SyncError,
     TransientGraphError,
 )
+from sync_core.ports.identity import TokenSource
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +43,12 @@ RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 SYNC_RESET_CODES = frozenset({"syncstatenotfound", "resyncrequired", "syncstateinvalid"})
 BATCH_LIMIT = 20
 
-TokenSource = Callable[[bool], str]
-"""Returns an access token; called with True to force a refresh after a 401."""
 
-
-class GraphError(SyncError):
+class GraphError(ProviderRefused):
     """A Graph error that retrying will not fix."""
 
     def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(f"Graph {status} {code}: {message}")
-        self.status = status
-        self.code = code
+        super().__init__(status, code, f"Graph {status} {code}: {message}")
 
 
 @dataclass

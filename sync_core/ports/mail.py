@@ -1,0 +1,56 @@
+"""The mail-source port: a mailbox's mail, read folder by folder through opaque cursors.
+
+Folders are named by their role (``domain.folders.FolderRole``: ``inbox``, ``sentitems``) or,
+when an org syncs every folder, by the provider's folder id. Cursors (``link``) are opaque per provider:
+the use cases store them and hand them back verbatim, never parse them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from sync_core.domain.model import AttachmentSummary, Mailbox, MailMessage
+
+
+@dataclass(frozen=True)
+class DeltaPage:
+    """One page of a folder's delta. Exactly one of ``next_link``/``delta_link`` is set.
+
+    ``messages`` are complete new or moved-in messages; ``skipped`` counts items that carry no new
+    message (partial updates, ``@removed`` entries, replays of items without content)."""
+
+    folder: str
+    messages: tuple[MailMessage, ...]
+    next_link: str | None
+    delta_link: str | None
+    skipped: int = 0
+
+
+class MailSource(Protocol):
+    """A mailbox's mail, read through delta queries (Graph in production)."""
+
+    def delta(self, mailbox: Mailbox, folder: str, link: str | None, since: datetime) -> DeltaPage:
+        """Follow ``link`` verbatim, or start the folder's delta filtered to mail received at or
+        after ``since``. Raises ``DeltaTokenExpired`` when Graph lost the sync state."""
+
+    def delta_many(self, mailbox: Mailbox, links: Mapping[str, str]) -> Mapping[str, DeltaPage]:
+        """Poll several folders whose delta links are known, in as few requests as possible."""
+
+    def attachments(self, mailbox: Mailbox, source_ids: Sequence[str]) -> Mapping[str, tuple[AttachmentSummary, ...]]:
+        """Attachment names/sizes/types (inline ones excluded) for these messages. A message the source no
+        longer has (deleted or moved since it was listed) is left out of the answer: a per-message failure
+        that costs that message its attachment summary, not the run."""
+
+    def find_message(self, mailbox: Mailbox, internet_message_id: str) -> MailMessage | None:
+        """The mailbox's copy of the message with this Internet Message-ID (with or without its angle
+        brackets), read as the sync reads it; a copy in a ``DEFAULT_FOLDERS`` folder is preferred, its
+        ``folder`` a role where the folder has one. None when the mailbox has no such message."""
+
+    def folders(self, mailbox: Mailbox) -> tuple[str, ...]:
+        """Ids of every folder to sync when the org syncs all folders (system folders excluded)."""
+
+    @property
+    def requests_made(self) -> int: ...

@@ -1,0 +1,38 @@
+"""Only the Graph adapter package knows Microsoft Graph: no other module of sync_core mentions a Graph URL,
+``$batch``, ``$filter``, an ``@odata`` key or a Graph resource path. A new provider is then one adapter
+package beside it (docs/architecture.md)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+CORE = Path(__file__).resolve().parents[2] / "sync_core"
+GRAPH_ADAPTER = CORE / "adapters" / "graph"
+GRAPH_MARKERS = re.compile(r"graph\.microsoft|/me\b|/users/|\$batch|@odata|\$filter|mailFolders")
+
+
+def _core_modules() -> list[Path]:
+    return sorted(p for p in CORE.rglob("*.py") if GRAPH_ADAPTER not in p.parents)
+
+
+def test_the_core_has_modules_outside_the_graph_adapter() -> None:
+    assert len(_core_modules()) > 40
+
+
+@pytest.mark.parametrize("module", _core_modules(), ids=lambda p: str(p.relative_to(CORE)))
+def test_no_module_outside_the_graph_adapter_speaks_graph(module: Path) -> None:
+    hits = [
+        f"{number}: {line.strip()}"
+        for number, line in enumerate(module.read_text(encoding="utf-8").splitlines(), 1)
+        if GRAPH_MARKERS.search(line)
+    ]
+    assert hits == []
+
+
+def test_the_markers_do_find_graph_in_the_graph_adapter() -> None:
+    text = "\n".join(p.read_text(encoding="utf-8") for p in GRAPH_ADAPTER.rglob("*.py"))
+    for marker in ("graph.microsoft", "$batch", "@odata", "$filter", "mailFolders"):
+        assert marker in text
