@@ -28,6 +28,7 @@ import requests
 
 from sync_core.errors import (
     DeltaTokenExpired,
+    GraphError,
     MailboxAccessDenied,
     MessageNotFound,
     ReauthRequired,
@@ -43,15 +44,6 @@ BATCH_LIMIT = 20
 
 TokenSource = Callable[[bool], str]
 """Returns an access token; called with True to force a refresh after a 401."""
-
-
-class GraphError(SyncError):
-    """A Graph error that retrying will not fix."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(f"Graph {status} {code}: {message}")
-        self.status = status
-        self.code = code
 
 
 @dataclass

@@ -16,10 +16,10 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
-from sync_core.adapters.graph_http import GraphError, GraphHttp
+from sync_core.adapters.graph_http import GraphHttp
 from sync_core.domain.model import Mailbox
-from sync_core.errors import MessageNotFound
-from sync_core.push_ports import CreatedSubscription, SubscriptionRefused
+from sync_core.errors import GraphError, MessageNotFound, SubscriptionRefused
+from sync_core.push_ports import CreatedSubscription
 
 _MAX_MINUTES = re.compile(r"(\d+)\s*minutes", re.IGNORECASE)
 _FRACTION = re.compile(r"^(.*T\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)?$")

@@ -44,8 +44,8 @@ from sync_core.auth.ports import TokenCacheStore, mailbox_owner, tenant_owner
 from sync_core.domain.model import ConnectionMode, Mailbox
 from sync_core.errors import (
     ConcurrencyConflict,
-    ConfigurationFailure,
     CredentialsUnreadable,
+    IdentityError,
     ReauthRequired,
     SyncError,
     TokenDecryptionError,
@@ -85,17 +85,6 @@ CREDENTIAL_REASONS: Mapping[int, str] = {
     7000216: "the app's client credentials are malformed; check GRAPH_CLIENT_ID and GRAPH_CLIENT_SECRET",
     7000218: "the app sent no client secret; set GRAPH_CLIENT_SECRET",
 }
-
-
-class IdentityError(ConfigurationFailure):
-    """The identity platform refused a request for a reason other than a dead grant (bad request,
-    misconfigured app registration, expired client secret). ``error`` is the OAuth error, ``codes`` the
-    AADSTS codes."""
-
-    def __init__(self, message: str, error: str = "", codes: Sequence[int] = ()) -> None:
-        super().__init__(message)
-        self.error = error
-        self.codes = tuple(codes)
 
 
 def reauth_error(error: str, codes: Sequence[int]) -> ReauthRequired:

@@ -48,7 +48,7 @@ from datetime import timedelta
 from typing import Any, Literal, Protocol
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
-from sync_core.auth.msal_tokens import IdentityError, IdentityProvider, TokenSource
+from sync_core.auth.msal_tokens import IdentityProvider, TokenSource
 from sync_core.auth.ports import (
     AuthFlowStore,
     OrgTenant,
@@ -63,7 +63,11 @@ from sync_core.domain.model import ConnectionMode, Mailbox, MailboxStatus, OrgSe
 from sync_core.errors import (
     AlreadyExists,
     ConcurrencyConflict,
+    ConsentRequired,
+    IdentityError,
+    InvalidRequest,
     MailboxAccessDenied,
+    MailboxNotFound,
     MessageNotFound,
     ReauthRequired,
     SyncError,
@@ -76,8 +80,8 @@ from sync_core.ports import (
     LeaseStore,
     MailboxRepository,
     SettingsRepository,
-    Versioned,
 )
+from sync_core.use_cases.mailbox_updates import update_mailbox
 from sync_core.use_cases.sync_mailbox import WRITE_GRACE, sync_lease_key
 
 log = logging.getLogger(__name__)
@@ -96,29 +100,6 @@ _DECLINED = {"access_denied", "consent_required", "interaction_required"}
 
 
 # -- errors the HTTP API maps to statuses -----------------------------------------------------------------
-
-
-class InvalidRequest(SyncError):
-    """The caller's request is invalid (HTTP 400). ``code`` is machine-readable, e.g.
-    ``return_url_not_allowed``, ``return_url_required``, ``invalid_user_id``, ``invalid_login_hint``,
-    ``invalid_connect_code``, ``tenant_not_allowed``, ``invalid_tenant``, ``invalid_address``,
-    ``address_not_found``."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class ConsentRequired(SyncError):
-    """Application mode needs a proven admin consent first (HTTP 409, ``admin_consent_required``)."""
-
-    code = "admin_consent_required"
-
-
-class MailboxNotFound(SyncError):
-    """No such mailbox in this org (HTTP 404)."""
-
-    code = "mailbox_not_found"
 
 
 # -- ports of this use case ----------------------------------------------------------------------------
@@ -761,7 +742,7 @@ def disconnect(deps: ConnectDeps, org_id: str, mailbox_id: str, purge: bool = Fa
     try:
         deps.tokens.delete(org_id, mailbox_owner(mailbox_id))
         deps.cursors.clear(org_id, mailbox_id)
-        mailbox = _set_status(deps, current, MailboxStatus.DISCONNECTED, "disconnected")
+        mailbox = _update(deps, org_id, mailbox_id, Mailbox.disconnected)
         purged = deps.activities.delete_for_mailbox(org_id, mailbox_id) if purge else 0
     finally:
         deps.leases.release(key, fence)  # a run taking it from now on reads the mailbox disconnected
@@ -777,24 +758,18 @@ def sign_out_all(deps: ConnectDeps, org_id: str) -> int:
     for mailbox in deps.mailboxes.list(org_id):
         if mailbox.status is MailboxStatus.DISCONNECTED:
             continue
-        current = deps.mailboxes.get(org_id, mailbox.mailbox_id)
-        if current is not None:
-            _set_status(deps, current, MailboxStatus.NEEDS_REAUTH, SIGNED_OUT_REASON)
+        if deps.mailboxes.get(org_id, mailbox.mailbox_id) is not None:
+            _update(deps, org_id, mailbox.mailbox_id, lambda m: m.signed_out(SIGNED_OUT_REASON))
             changed += 1
     return changed
 
 
-def _set_status(deps: ConnectDeps, current: Versioned[Mailbox], status: MailboxStatus, reason: str) -> Mailbox:
-    for _ in range(5):
-        try:
-            updated = replace(current.value, status=status, status_reason=reason)
-            return deps.mailboxes.replace(updated, current.etag).value
-        except ConcurrencyConflict:
-            latest = deps.mailboxes.get(current.value.org_id, current.value.mailbox_id)
-            if latest is None:
-                raise MailboxNotFound(f"no mailbox {current.value.mailbox_id}") from None
-            current = latest
-    raise ConcurrencyConflict(f"mailbox {current.value.mailbox_id} kept changing")
+def _update(deps: ConnectDeps, org_id: str, mailbox_id: str, change: Callable[[Mailbox], Mailbox]) -> Mailbox:
+    """Compare-and-set a status transition; ``MailboxNotFound`` when the mailbox went meanwhile."""
+    updated = update_mailbox(deps.mailboxes, org_id, mailbox_id, change)
+    if updated is None:
+        raise MailboxNotFound(f"no mailbox {mailbox_id}")
+    return updated.value
 
 
 # -- callback results ----------------------------------------------------------------------------------

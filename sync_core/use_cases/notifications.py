@@ -38,9 +38,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from sync_core.errors import InvalidNotification, MailboxNotFound, NotSyncable
 from sync_core.ports import Clock
 from sync_core.push_ports import PushSubscription, SubscriptionStore
-from sync_core.use_cases import schedule, subscriptions
+from sync_core.use_cases import subscriptions
 from sync_core.use_cases.subscriptions import SubscriptionDeps, client_state_matches
 
 log = logging.getLogger(__name__)
@@ -80,10 +81,6 @@ class NotificationReport:
     malformed: int = 0
     syncs: Counter[str] = field(default_factory=Counter)
     events: Counter[str] = field(default_factory=Counter)
-
-
-class InvalidNotification(ValueError):
-    """The body is not a Graph notification collection (``{"value": [...]}``)."""
 
 
 def items_of(payload: Any) -> list[Any]:
@@ -211,7 +208,7 @@ def _authenticated(
 def _sync(deps: NotificationDeps, org_id: str, mailbox_id: str, report: NotificationReport) -> None:
     try:
         report.syncs[deps.request_sync(org_id, mailbox_id)] += 1
-    except (schedule.MailboxNotFound, schedule.NotSyncable):
+    except (MailboxNotFound, NotSyncable):
         report.syncs["not_syncable"] += 1
 
 

@@ -61,8 +61,16 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from sync_core.domain.model import Mailbox, MailboxStatus
-from sync_core.errors import ConcurrencyConflict, GrantFailure, SyncError, TransientFailure, failure_of
+from sync_core.domain.model import SYNCABLE_STATUSES, Mailbox, MailboxStatus, RequestStatus, RunStatus
+from sync_core.errors import (
+    ConcurrencyConflict,
+    GrantFailure,
+    InvalidCommand,
+    MailboxNotFound,
+    NotSyncable,
+    TransientFailure,
+    failure_of,
+)
 from sync_core.ports import (
     Clock,
     CursorStore,
@@ -73,7 +81,8 @@ from sync_core.ports import (
     WorkQueue,
 )
 from sync_core.scheduling_ports import DueEntry, DueIndex, MailboxCatalog
-from sync_core.use_cases.sync_mailbox import SYNCABLE, SyncOutcome, sync_lease_key
+from sync_core.use_cases.mailbox_updates import update_mailbox
+from sync_core.use_cases.sync_mailbox import SyncOutcome, sync_lease_key
 
 log = logging.getLogger(__name__)
 
@@ -99,29 +108,16 @@ class Reason(StrEnum):
     SCHEDULED = "scheduled"
 
 
+class Claim(StrEnum):
+    """What the timer did with one due entry: ``enqueued`` a message, ``coalesced`` with one queued
+    recently, or ``lost`` the entry to a racing writer (moved or removed since the due query read it)."""
+
+    ENQUEUED = "enqueued"
+    COALESCED = "coalesced"
+    LOST = "lost"
+
+
 # -- errors the HTTP API maps to statuses -----------------------------------------------------------
-
-
-class MailboxNotFound(SyncError):
-    """No such mailbox in this org (HTTP 404)."""
-
-    code = "mailbox_not_found"
-
-
-class NotSyncable(SyncError):
-    """The mailbox cannot sync now (HTTP 409): ``status`` is ``paused``, ``needs_reauth`` or
-    ``disconnected``; ``reason`` says why in words. A mailbox in ``error`` can always sync."""
-
-    code = "mailbox_not_syncable"
-
-    def __init__(self, status: str, reason: str) -> None:
-        super().__init__(f"the mailbox cannot sync while {status}" + (f": {reason}" if reason else ""))
-        self.status = status
-        self.reason = reason
-
-
-class InvalidMessage(SyncError):
-    """A queue message that is not ``{org_id, mailbox_id, reason}``."""
 
 
 # -- deps, messages, reports -------------------------------------------------------------------------
@@ -154,12 +150,12 @@ class SyncMessage:
         try:
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidMessage("the message is not JSON") from exc
+            raise InvalidCommand("the message is not JSON") from exc
         if not isinstance(data, dict):
-            raise InvalidMessage("the message is not a JSON object")
+            raise InvalidCommand("the message is not a JSON object")
         org_id, mailbox_id, reason = data.get("org_id"), data.get("mailbox_id"), data.get("reason", "")
         if not (isinstance(org_id, str) and org_id and isinstance(mailbox_id, str) and mailbox_id):
-            raise InvalidMessage("the message lacks org_id or mailbox_id")
+            raise InvalidCommand("the message lacks org_id or mailbox_id")
         return cls(org_id, mailbox_id, str(reason))
 
 
@@ -179,7 +175,7 @@ class SyncRequest:
     already queued. ``since`` is the backfill's new watermark; ``applied`` whether the watermark and
     cursors were already changed (else the next run of the mailbox applies it)."""
 
-    status: str
+    status: RequestStatus
     since: datetime | None = None
     applied: bool = False
 
@@ -225,9 +221,9 @@ def enqueue_due(deps: ScheduleDeps) -> TickReport:
             outcomes.extend(_claim_chunk(deps, pool, due[start : start + TICK_CHUNK], now, intervals))
     report = TickReport(
         due=len(due),
-        enqueued=outcomes.count("enqueued"),
-        coalesced=outcomes.count("coalesced"),
-        lost_races=outcomes.count("lost"),
+        enqueued=outcomes.count(Claim.ENQUEUED),
+        coalesced=outcomes.count(Claim.COALESCED),
+        lost_races=outcomes.count(Claim.LOST),
         swept=swept,
         added=added,
     )
@@ -245,13 +241,13 @@ def _claim_chunk(
     chunk: Sequence[Versioned[DueEntry]],
     now: datetime,
     intervals: dict[str, timedelta],
-) -> list[str]:
+) -> list[Claim]:
     """Claim the chunk at the versions the due query read (in bulk), then enqueue; an entry whose bulk
     claim was not written is claimed alone (re-read, compare-and-set), so a racing timer never wins it too."""
     claims = [(_claimed(found.value, now, intervals[found.value.org_id]), found) for found in chunk]
     written = deps.due.put_many(claims)
 
-    def finish(found: Versioned[DueEntry], version: Versioned[DueEntry] | None) -> str:
+    def finish(found: Versioned[DueEntry], version: Versioned[DueEntry] | None) -> Claim:
         entry = found.value
         if version is None:
             return _claim(deps, entry.org_id, entry.mailbox_id, now, intervals[entry.org_id])
@@ -260,22 +256,22 @@ def _claim_chunk(
     return list(pool.map(finish, chunk, written))
 
 
-def _claim(deps: ScheduleDeps, org_id: str, mailbox_id: str, now: datetime, interval: timedelta) -> str:
+def _claim(deps: ScheduleDeps, org_id: str, mailbox_id: str, now: datetime, interval: timedelta) -> Claim:
     current = deps.due.get(org_id, mailbox_id)
     if current is None or current.value.due_at > now:
-        return "lost"  # moved or removed since the index was read
+        return Claim.LOST  # moved or removed since the index was read
     if deps.due.put(_claimed(current.value, now, interval), current) is None:
-        return "lost"
+        return Claim.LOST
     return _enqueue_claimed(deps, current.value, now)
 
 
-def _enqueue_claimed(deps: ScheduleDeps, entry: DueEntry, now: datetime) -> str:
+def _enqueue_claimed(deps: ScheduleDeps, entry: DueEntry, now: datetime) -> Claim:
     """After a claim of ``entry`` (as read before it): enqueue a timer message, unless one queued
     recently covers this turn."""
     if _recently_queued(entry, now):
-        return "coalesced"
+        return Claim.COALESCED
     _enqueue(deps, SyncMessage(entry.org_id, entry.mailbox_id, Reason.TIMER))
-    return "enqueued"
+    return Claim.ENQUEUED
 
 
 def _claimed(entry: DueEntry, now: datetime, interval: timedelta) -> DueEntry:
@@ -293,7 +289,7 @@ def _sweep(deps: ScheduleDeps, now: datetime) -> tuple[int, int]:
         page, following = deps.catalog.page(position, SWEEP_PAGE)
     except ValueError:
         page, following = deps.catalog.page(None, SWEEP_PAGE)
-    candidates = [(m.org_id, m.mailbox_id) for m in page if m.status in SYNCABLE and m.enabled]
+    candidates = [(m.org_id, m.mailbox_id) for m in page if m.status in SYNCABLE_STATUSES and m.enabled]
     missing = deps.due.missing(candidates) if candidates else ()
     for org_id, mailbox_id in missing:
         log.info("sweep: scheduling mailbox %s of org %s, which had no due entry", mailbox_id, org_id)
@@ -322,9 +318,9 @@ def request_sync(deps: ScheduleDeps, org_id: str, mailbox_id: str) -> SyncReques
 
     _update(deps.due, org_id, mailbox_id, change)
     if coalesced:
-        return SyncRequest("coalesced")
+        return SyncRequest(RequestStatus.COALESCED)
     _enqueue_or_unmark(deps, SyncMessage(org_id, mailbox_id, Reason.SYNC_NOW), now)
-    return SyncRequest("queued")
+    return SyncRequest(RequestStatus.QUEUED)
 
 
 def request_backfill(deps: ScheduleDeps, org_id: str, mailbox_id: str, days: int) -> SyncRequest:
@@ -346,7 +342,7 @@ def request_backfill(deps: ScheduleDeps, org_id: str, mailbox_id: str, days: int
     _update(deps.due, org_id, mailbox_id, change)
     applied = apply_pending_backfill(deps, org_id, mailbox_id)
     _enqueue_or_unmark(deps, SyncMessage(org_id, mailbox_id, Reason.BACKFILL), now)
-    return SyncRequest("queued", since=since, applied=applied)
+    return SyncRequest(RequestStatus.QUEUED, since=since, applied=applied)
 
 
 def apply_pending_backfill(deps: ScheduleDeps, org_id: str, mailbox_id: str) -> bool:
@@ -389,32 +385,36 @@ def _move_watermark(
     deps: ScheduleDeps, org_id: str, mailbox_id: str, since: datetime, fence: Callable[[], bool]
 ) -> bool:
     """Move the watermark back to ``since`` (never forward); False when ``fence`` says the lease is lost."""
-    for _ in range(UPDATE_ATTEMPTS):
-        current = deps.mailboxes.get(org_id, mailbox_id)
-        if current is None or current.value.watermark <= since:
-            return True
+
+    def fenced() -> None:
         if not fence():
-            return False
-        try:
-            deps.mailboxes.replace(replace(current.value, watermark=since), current.etag)
-            return True
-        except ConcurrencyConflict:
-            continue
-    raise ConcurrencyConflict(f"mailbox {mailbox_id} kept changing")
+            raise _FenceLost
+
+    try:
+        update_mailbox(deps.mailboxes, org_id, mailbox_id, lambda m: m.backfilled(since), before_write=fenced)
+    except _FenceLost:
+        return False
+    return True
+
+
+class _FenceLost(Exception):
+    """Control flow only: the backfill's lease was taken over before its write."""
 
 
 # -- the queue-triggered run -------------------------------------------------------------------------
 
 
-def process_message(deps: ScheduleDeps, body: bytes | str, dequeue_count: int, max_dequeue_count: int) -> str:
+def process_message(
+    deps: ScheduleDeps, body: bytes | str, dequeue_count: int, max_dequeue_count: int
+) -> RunStatus:
     """Run one queue message; returns the outcome (``done``, ``more``, ``busy``, ``skipped``,
     ``failed`` or ``invalid``). Raises when the run raised, so the host retries the message; on its
     last delivery ``give_up`` records the failure first."""
     try:
         message = SyncMessage.parse(body)
-    except InvalidMessage as exc:
+    except InvalidCommand as exc:
         log.warning("dropping a sync message: %s", exc)  # retrying would never make it valid
-        return "invalid"
+        return RunStatus.INVALID
     try:
         return _process(deps, message)
     except Exception as exc:
@@ -427,23 +427,23 @@ def process_message(deps: ScheduleDeps, body: bytes | str, dequeue_count: int, m
         raise
 
 
-def _process(deps: ScheduleDeps, message: SyncMessage) -> str:
+def _process(deps: ScheduleDeps, message: SyncMessage) -> RunStatus:
     org_id, mailbox_id = message.org_id, message.mailbox_id
     if not apply_pending_backfill(deps, org_id, mailbox_id):
-        return "busy"  # a run holds the lease; its end sees the pending backfill
+        return RunStatus.BUSY  # a run holds the lease; its end sees the pending backfill
     outcome = deps.sync(org_id, mailbox_id)
     now = deps.clock.now()
-    if outcome.status == "busy":
-        return "busy"
-    if outcome.status == "more":
+    if outcome.status == RunStatus.BUSY:
+        return RunStatus.BUSY
+    if outcome.status == RunStatus.MORE:
         _reschedule(deps, org_id, mailbox_id, now, queued=True)
         delay = min(max(math.ceil(outcome.retry_after or 0), 0), MAX_DELAY_SECONDS)
         deps.queue.enqueue(SyncMessage(org_id, mailbox_id, Reason.CONTINUATION).to_json(), delay)
-    elif outcome.status == "done":
+    elif outcome.status == RunStatus.DONE:
         entry = _reschedule(deps, org_id, mailbox_id, now, queued=None)
         if entry is not None and entry.backfill_since is not None:  # requested while this run held the lease
             deps.queue.enqueue(SyncMessage(org_id, mailbox_id, Reason.BACKFILL).to_json())
-    elif outcome.status == "skipped":
+    elif outcome.status == RunStatus.SKIPPED:
         found = deps.mailboxes.get(org_id, mailbox_id)
         if found is None or found.value.status is MailboxStatus.DISCONNECTED:
             unschedule_mailbox(deps, org_id, mailbox_id)
@@ -464,17 +464,15 @@ def give_up(deps: ScheduleDeps, org_id: str, mailbox_id: str, attempts: int, exc
     poison queue whatever happens here."""
     transient = issubclass(failure_of(exc), TransientFailure)
     reason = f"sync failed {attempts} times: {type(exc).__name__}"
+    def errored(mailbox: Mailbox) -> Mailbox | None:
+        return mailbox.failed(MailboxStatus.ERROR, reason) if mailbox.can_sync_status() else None
+
     try:
-        for _ in range(UPDATE_ATTEMPTS):
-            current = deps.mailboxes.get(org_id, mailbox_id)
-            if transient or current is None or current.value.status not in SYNCABLE:
-                break
+        if not transient:
             try:
-                errored = replace(current.value, status=MailboxStatus.ERROR, status_reason=reason)
-                deps.mailboxes.replace(errored, current.etag)
-                break
-            except ConcurrencyConflict:
-                continue
+                update_mailbox(deps.mailboxes, org_id, mailbox_id, errored)
+            except ConcurrencyConflict:  # kept changing: the mailbox is still parked below
+                log.warning("mailbox %s kept changing; its status was not updated", mailbox_id)
         _park(deps, org_id, mailbox_id, deps.clock.now(), ERROR_RETRY)
     except Exception as failure:  # the poison move must happen regardless
         log.error("could not record the failure of mailbox %s: %s", mailbox_id, type(failure).__name__)
@@ -493,12 +491,10 @@ def _syncable(deps: ScheduleDeps, org_id: str, mailbox_id: str) -> Mailbox:
     if found is None:
         raise MailboxNotFound(f"no mailbox {mailbox_id}")
     mailbox = found.value
-    if mailbox.status not in SYNCABLE:  # an ``error`` is always worth another try
-        raise NotSyncable(mailbox.status.value, mailbox.status_reason)
-    if not mailbox.enabled:
-        raise NotSyncable(MailboxStatus.PAUSED.value, "the mailbox is disabled")
-    if not deps.settings.get(org_id).automation_enabled:
-        raise NotSyncable(MailboxStatus.PAUSED.value, "automation is switched off for the organisation")
+    refusal = mailbox.sync_refusal(deps.settings.get(org_id).automation_enabled)
+    if refusal is not None:  # an ``error`` is always worth another try
+        status, reason = refusal
+        raise NotSyncable(status.value, reason)
     return mailbox
 
 

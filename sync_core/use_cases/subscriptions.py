@@ -41,15 +41,9 @@ from typing import TypeVar
 from urllib.parse import quote
 
 from sync_core.domain.model import FolderFilter, Mailbox, MailboxStatus, OrgSettings
-from sync_core.errors import MailboxAccessDenied, MessageNotFound, ReauthRequired, SyncError
+from sync_core.errors import MailboxAccessDenied, MessageNotFound, ReauthRequired, SubscriptionRefused, SyncError
 from sync_core.ports import Clock, LeaseStore, MailboxRepository, SettingsRepository
-from sync_core.push_ports import (
-    WHOLE_MAILBOX,
-    PushSubscription,
-    SubscriptionApi,
-    SubscriptionRefused,
-    SubscriptionStore,
-)
+from sync_core.push_ports import WHOLE_MAILBOX, PushSubscription, SubscriptionApi, SubscriptionStore
 from sync_core.scheduling_ports import MailboxCatalog
 
 log = logging.getLogger(__name__)
@@ -137,12 +131,7 @@ def resource_for(mailbox: Mailbox, folder: str) -> str:
 
 
 def _syncable(mailbox: Mailbox | None, settings: OrgSettings) -> bool:
-    return (
-        mailbox is not None
-        and mailbox.status is MailboxStatus.ACTIVE
-        and mailbox.enabled
-        and settings.automation_enabled
-    )
+    return mailbox is not None and mailbox.wants_push(settings.automation_enabled)
 
 
 def healthy(deps: SubscriptionDeps, org_id: str, mailbox_id: str) -> bool:

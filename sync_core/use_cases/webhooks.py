@@ -53,18 +53,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sync_core.domain.model import Activity
-from sync_core.errors import AlreadyExists, ConcurrencyConflict, SyncError
-from sync_core.ports import ActivityEvent, ActivityStore, Clock, SettingsRepository, WorkQueue
-from sync_core.push_ports import (
-    WebhookDelivery,
-    WebhookLog,
-    WebhookSecret,
-    WebhookSecretStore,
+from sync_core.errors import (
+    AlreadyExists,
+    ConcurrencyConflict,
+    InvalidCommand,
+    SecretAlreadyRevealed,
     WebhookSecretUnreadable,
-    WebhookSender,
     WebhookSendFailed,
     WebhookUrlRefused,
 )
+from sync_core.ports import ActivityEvent, ActivityStore, Clock, SettingsRepository, WorkQueue
+from sync_core.push_ports import WebhookDelivery, WebhookLog, WebhookSecret, WebhookSecretStore, WebhookSender
 
 log = logging.getLogger(__name__)
 
@@ -96,16 +95,6 @@ class WebhookDeps:
     render: Callable[[Activity], Mapping[str, Any]]
     new_id: Callable[[], str] = lambda: uuid.uuid4().hex
     new_secret: Callable[[], str] = lambda: SECRET_PREFIX + secrets.token_urlsafe(32)
-
-
-class SecretAlreadyRevealed(SyncError):
-    """The org's webhook secret was shown before (HTTP 409): rotate to get a new one."""
-
-    code = "secret_already_revealed"
-
-
-class InvalidWork(SyncError):
-    """A push-queue message that is not a webhook delivery."""
 
 
 # -- events ------------------------------------------------------------------------------------------
@@ -222,9 +211,9 @@ def delivery_from_work(message: Mapping[str, Any]) -> tuple[WebhookDelivery, int
         )
         attempt = int(message["attempt"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise InvalidWork("not a webhook delivery message") from exc
+        raise InvalidCommand("not a webhook delivery message") from exc
     if delivery.event not in (CREATED, DELETED) or attempt < 1:
-        raise InvalidWork("not a webhook delivery message")
+        raise InvalidCommand("not a webhook delivery message")
     return delivery, attempt
 
 

@@ -18,8 +18,8 @@ from sync_core.adapters.memory_push import InMemorySubscriptionStore, InMemoryWe
 from sync_core.adapters.table_subscriptions import TableSubscriptionStore
 from sync_core.adapters.table_webhook_log import TableWebhookLog, TableWebhookSecretStore
 from sync_core.auth.crypto import TokenCipher, TokenDecryptionError
-from sync_core.errors import AlreadyExists, ConcurrencyConflict
-from sync_core.push_ports import PushSubscription, WebhookDelivery, WebhookSecret, WebhookSecretUnreadable
+from sync_core.errors import AlreadyExists, ConcurrencyConflict, WebhookSecretUnreadable
+from sync_core.push_ports import PushSubscription, WebhookDelivery, WebhookSecret
 from tests.contract.conftest import T0
 
 

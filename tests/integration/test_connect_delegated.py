@@ -13,10 +13,8 @@ import requests
 
 from sync_core.auth.msal_tokens import DelegatedTokenSource, MsalHttpClient, MsalIdentity
 from sync_core.domain.model import Activity, ConnectionMode, Direction, MailboxStatus, RecordRef, activity_id_for
-from sync_core.errors import ReauthRequired
+from sync_core.errors import InvalidRequest, MailboxNotFound, ReauthRequired
 from sync_core.use_cases.connect import (
-    InvalidRequest,
-    MailboxNotFound,
     complete_connect,
     confirm_connect,
     disconnect,

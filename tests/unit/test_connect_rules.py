@@ -17,23 +17,14 @@ from sync_core.adapters.memory import InMemoryStores
 from sync_core.api.http import ApiError
 from sync_core.api.settings import settings_from_json
 from sync_core.auth.crypto import TokenCipher
-from sync_core.auth.msal_tokens import (
-    AdminSignIn,
-    AppGrant,
-    DelegatedGrant,
-    IdentityError,
-    TokenSource,
-    reauth_error,
-    token_roles,
-)
+from sync_core.auth.msal_tokens import AdminSignIn, AppGrant, DelegatedGrant, TokenSource, reauth_error, token_roles
 from sync_core.auth.ports import OrgTenant, PendingAuthFlow
 from sync_core.auth.token_cache_store import MemoryAuthFlowStore, MemoryOrgTenantStore, MemoryTokenCacheStore
 from sync_core.domain.model import Mailbox, MailboxStatus, OrgSettings
-from sync_core.errors import MessageNotFound, TransientGraphError
+from sync_core.errors import IdentityError, InvalidRequest, MessageNotFound, TransientGraphError
 from sync_core.use_cases.connect import (
     ConnectDeps,
     ConnectResult,
-    InvalidRequest,
     add_app_mailbox,
     aliases_from_profile,
     complete_admin_consent,

@@ -10,9 +10,9 @@ from email.utils import format_datetime
 import pytest
 
 from sync_core.adapters.memory import InMemoryStores
-from sync_core.domain.mime import InvalidMessage
 from sync_core.domain.model import Activity, EmailAddress, Mailbox, MailboxStatus, MailMessage, OrgSettings, Record
 from sync_core.domain.text import MAX_HTML_CHARS
+from sync_core.errors import InvalidMessage
 from sync_core.use_cases import ingest
 from sync_core.use_cases.ingest import IngestDeps
 from sync_core.use_cases.sync_mailbox import SyncDeps, sync_mailbox

@@ -17,8 +17,8 @@ from sync_core.adapters.memory import InMemoryStores
 from sync_core.adapters.memory_due import InMemoryMailboxCatalog
 from sync_core.adapters.memory_push import InMemorySubscriptionStore
 from sync_core.domain.model import FolderFilter, Mailbox, MailboxStatus, OrgSettings
-from sync_core.errors import MessageNotFound, ReauthRequired, TransientGraphError
-from sync_core.push_ports import CreatedSubscription, PushSubscription, SubscriptionRefused
+from sync_core.errors import MessageNotFound, ReauthRequired, SubscriptionRefused, TransientGraphError
+from sync_core.push_ports import CreatedSubscription, PushSubscription
 from sync_core.use_cases import notifications, schedule, subscriptions
 from sync_core.use_cases.notifications import InvalidNotification, NotificationDeps
 from sync_core.use_cases.subscriptions import RENEW_BEFORE, REQUESTED_MINUTES, SubscriptionDeps

@@ -30,12 +30,12 @@ from sync_core.domain.model import (
     RecordRef,
     activity_id_for,
 )
+from sync_core.errors import SecretAlreadyRevealed, WebhookSecretUnreadable, WebhookSendFailed, WebhookUrlRefused
 from sync_core.ports import ActivityEvent
-from sync_core.push_ports import WebhookSecretUnreadable, WebhookSendFailed, WebhookUrlRefused
 from sync_core.use_cases import webhooks
 from sync_core.use_cases.ingest import IngestDeps, ingest
 from sync_core.use_cases.sync_mailbox import SyncDeps, sync_mailbox
-from sync_core.use_cases.webhooks import MAX_ATTEMPTS, RETRY_DELAYS, SecretAlreadyRevealed, WebhookDeps, WebhookEvents
+from sync_core.use_cases.webhooks import MAX_ATTEMPTS, RETRY_DELAYS, WebhookDeps, WebhookEvents
 from tests.unit.fake_mail import FakeMailSource, FixedClock
 
 ORG = "acme"

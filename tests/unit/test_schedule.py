@@ -15,9 +15,8 @@ import pytest
 from sync_core.adapters.memory import InMemoryStores
 from sync_core.adapters.memory_due import InMemoryDueIndex, InMemoryMailboxCatalog, InMemoryWorkQueue
 from sync_core.adapters.table_due import shard
-from sync_core.auth.msal_tokens import IdentityError
 from sync_core.domain.model import EmailAddress, Mailbox, MailboxStatus, MailMessage, OrgSettings, Record
-from sync_core.errors import ReauthRequired, StorageUnavailable
+from sync_core.errors import IdentityError, ReauthRequired, StorageUnavailable
 from sync_core.ports import Versioned
 from sync_core.scheduling_ports import DueEntry
 from sync_core.use_cases import schedule

@@ -10,7 +10,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from sync_core.adapters.memory import InMemoryActivityStore, InMemoryLeaseStore, InMemoryStores
-from sync_core.auth.msal_tokens import IdentityError
 from sync_core.domain.model import (
     Activity,
     AttachmentSummary,
@@ -25,7 +24,7 @@ from sync_core.domain.model import (
     RecordRef,
     activity_id_for,
 )
-from sync_core.errors import ReauthRequired
+from sync_core.errors import IdentityError, ReauthRequired
 from sync_core.ports import ActivityWrite, DeltaPage
 from sync_core.use_cases.sync_mailbox import IDLE_REFRESH, Cursor, SyncDeps, sync_mailbox
 from tests.unit.fake_mail import FakeMailSource, FixedClock, throttled
