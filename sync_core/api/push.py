@@ -1,5 +1,6 @@
 """Push routes: Graph notifications (anonymous), RFC 822 ingest, CRM webhook deliveries and secret, and the
-org's Graph subscriptions (function key); plus the push queue's dispatcher.
+org's Graph subscriptions (function key). The push queue's messages are commands
+(``use_cases.commands``), dispatched there.
 
 - ``POST /api/notifications`` and ``POST /api/notifications/lifecycle``: with ``?validationToken=`` the
   Graph validation handshake (200, ``text/plain``, the decoded token, never HTML); otherwise a
@@ -20,14 +21,13 @@ org's Graph subscriptions (function key); plus the push queue's dispatcher.
 
 from __future__ import annotations
 
-import json
 import logging
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from sync_core.api.errors import api_error_of
 from sync_core.api.http import ID_PATTERN, ApiError, ApiRequest, ApiResponse, ok
-from sync_core.errors import InvalidCommand, StorageUnavailable, WebhookSecretUnreadable
+from sync_core.errors import StorageUnavailable, WebhookSecretUnreadable
 from sync_core.push_ports import PushSubscription, WebhookDelivery
 from sync_core.use_cases import ingest, notifications, webhooks
 
@@ -127,32 +127,6 @@ def list_subscriptions(svc: Services, req: ApiRequest) -> ApiResponse:
     org = req.param("org")
     deps = svc.subscription_deps()
     return ok({"enabled": deps.enabled, "subscriptions": [subscription_json(s) for s in deps.store.for_org(org)]})
-
-
-# -- the push queue --------------------------------------------------------------------------------
-
-
-def process_push_message(svc: Services, body: bytes | str) -> str:
-    """One push-queue message: a webhook delivery attempt or subscription work. Returns the outcome;
-    raises on storage/Graph trouble so the host retries it."""
-    try:
-        message = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        message = None
-    if not isinstance(message, dict):
-        log.warning("push queue: dropping a message that is not a JSON object")
-        return "invalid"
-    kind = message.get("kind")
-    if kind == webhooks.WORK_KIND:
-        try:
-            return webhooks.deliver(svc.webhook_deps(), message).status
-        except InvalidCommand:
-            log.warning("push queue: dropping an invalid webhook message")
-            return "invalid"
-    if kind == notifications.WORK_KIND:
-        return notifications.process_work(svc.notification_deps(), svc.subscription_deps(), message)
-    log.warning("push queue: dropping a message of unknown kind %r", str(kind)[:40])
-    return "invalid"
 
 
 # -- JSON --------------------------------------------------------------------------------------------

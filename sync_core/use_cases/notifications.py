@@ -42,6 +42,7 @@ from sync_core.errors import InvalidNotification, MailboxNotFound, NotSyncable
 from sync_core.ports import Clock
 from sync_core.push_ports import PushSubscription, SubscriptionStore
 from sync_core.use_cases import subscriptions
+from sync_core.use_cases.commands import SubscriptionAction, SubscriptionWork
 from sync_core.use_cases.subscriptions import SubscriptionDeps, client_state_matches
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,6 @@ SUBSCRIPTION_ID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-
 """Graph subscription ids are GUIDs (subscription resource: ``id``)."""
 CHANGE_TYPES = ("created", "updated", "deleted")
 LIFECYCLE_EVENTS = ("reauthorizationRequired", "subscriptionRemoved", "missed")
-WORK_KIND = "subscription"
 
 
 @dataclass
@@ -111,9 +111,9 @@ def handle_lifecycle(deps: NotificationDeps, payload: Any) -> NotificationReport
         event = item.get("lifecycleEvent")
         report.events[str(event)] += 1
         if event == "reauthorizationRequired":
-            deps.enqueue_work({"kind": WORK_KIND, "action": "reauthorize", "subscription_id": sub.subscription_id})
+            deps.enqueue_work(SubscriptionWork(SubscriptionAction.REAUTHORIZE, sub.subscription_id).to_json())
         elif event == "subscriptionRemoved":
-            deps.enqueue_work({"kind": WORK_KIND, "action": "recreate", "subscription_id": sub.subscription_id})
+            deps.enqueue_work(SubscriptionWork(SubscriptionAction.RECREATE, sub.subscription_id).to_json())
         elif event == "missed":
             resync[(sub.org_id, sub.mailbox_id)] = None
     for org_id, mailbox_id in resync:
@@ -121,15 +121,18 @@ def handle_lifecycle(deps: NotificationDeps, payload: Any) -> NotificationReport
     return report
 
 
-def process_work(deps: NotificationDeps, sub_deps: SubscriptionDeps, message: Mapping[str, Any]) -> str:
-    """The push queue's subscription work: ``reauthorize`` renews; ``recreate`` subscribes again and then
-    resyncs the mailbox with delta (what arrived while it had no subscription). Returns the outcome."""
-    subscription_id = str(message.get("subscription_id", ""))
-    action = message.get("action")
-    if action == "reauthorize":
+def process_work(
+    deps: NotificationDeps, sub_deps: SubscriptionDeps, message: SubscriptionWork | Mapping[str, Any]
+) -> str:
+    """The push queue's subscription work (the command, or its JSON): ``reauthorize`` renews; ``recreate``
+    subscribes again and then resyncs the mailbox with delta (what arrived while it had no
+    subscription). Returns the outcome."""
+    work = message if isinstance(message, SubscriptionWork) else SubscriptionWork.from_json(message)
+    subscription_id, action = work.subscription_id, work.action
+    if action == SubscriptionAction.REAUTHORIZE:
         outcome = subscriptions.reauthorize(sub_deps, subscription_id)
         return _summary(outcome.counts)
-    if action == "recreate":
+    if action == SubscriptionAction.RECREATE:
         outcome, removed = subscriptions.recreate(sub_deps, subscription_id)
         if removed is not None:
             _sync(deps, removed.org_id, removed.mailbox_id, NotificationReport())

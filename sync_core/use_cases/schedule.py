@@ -51,7 +51,6 @@ Invariants:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import uuid
@@ -81,6 +80,7 @@ from sync_core.ports import (
     WorkQueue,
 )
 from sync_core.scheduling_ports import DueEntry, DueIndex, MailboxCatalog
+from sync_core.use_cases.commands import SyncMailbox, SyncReason
 from sync_core.use_cases.mailbox_updates import update_mailbox
 from sync_core.use_cases.sync_mailbox import SyncOutcome, sync_lease_key
 
@@ -98,14 +98,6 @@ UPDATE_ATTEMPTS = 5
 BACKFILL_LEASE = timedelta(minutes=1)
 MAX_BACKFILL_DAYS = 365
 MAX_DELAY_SECONDS = 7 * 24 * 3600 - 1
-
-
-class Reason(StrEnum):
-    TIMER = "timer"
-    SYNC_NOW = "sync_now"
-    BACKFILL = "backfill"
-    CONTINUATION = "continuation"
-    SCHEDULED = "scheduled"
 
 
 class Claim(StrEnum):
@@ -134,29 +126,6 @@ class ScheduleDeps:
     clock: Clock
     sync: Callable[[str, str], SyncOutcome]
     catalog: MailboxCatalog | None = None
-
-
-@dataclass(frozen=True)
-class SyncMessage:
-    org_id: str
-    mailbox_id: str
-    reason: str
-
-    def to_json(self) -> dict[str, str]:
-        return {"org_id": self.org_id, "mailbox_id": self.mailbox_id, "reason": self.reason}
-
-    @classmethod
-    def parse(cls, body: bytes | str) -> SyncMessage:
-        try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidCommand("the message is not JSON") from exc
-        if not isinstance(data, dict):
-            raise InvalidCommand("the message is not a JSON object")
-        org_id, mailbox_id, reason = data.get("org_id"), data.get("mailbox_id"), data.get("reason", "")
-        if not (isinstance(org_id, str) and org_id and isinstance(mailbox_id, str) and mailbox_id):
-            raise InvalidCommand("the message lacks org_id or mailbox_id")
-        return cls(org_id, mailbox_id, str(reason))
 
 
 @dataclass(frozen=True)
@@ -270,7 +239,7 @@ def _enqueue_claimed(deps: ScheduleDeps, entry: DueEntry, now: datetime) -> Clai
     recently covers this turn."""
     if _recently_queued(entry, now):
         return Claim.COALESCED
-    _enqueue(deps, SyncMessage(entry.org_id, entry.mailbox_id, Reason.TIMER))
+    _enqueue(deps, SyncMailbox(entry.org_id, entry.mailbox_id, SyncReason.TIMER))
     return Claim.ENQUEUED
 
 
@@ -319,7 +288,7 @@ def request_sync(deps: ScheduleDeps, org_id: str, mailbox_id: str) -> SyncReques
     _update(deps.due, org_id, mailbox_id, change)
     if coalesced:
         return SyncRequest(RequestStatus.COALESCED)
-    _enqueue_or_unmark(deps, SyncMessage(org_id, mailbox_id, Reason.SYNC_NOW), now)
+    _enqueue_or_unmark(deps, SyncMailbox(org_id, mailbox_id, SyncReason.SYNC_NOW), now)
     return SyncRequest(RequestStatus.QUEUED)
 
 
@@ -341,7 +310,7 @@ def request_backfill(deps: ScheduleDeps, org_id: str, mailbox_id: str, days: int
 
     _update(deps.due, org_id, mailbox_id, change)
     applied = apply_pending_backfill(deps, org_id, mailbox_id)
-    _enqueue_or_unmark(deps, SyncMessage(org_id, mailbox_id, Reason.BACKFILL), now)
+    _enqueue_or_unmark(deps, SyncMailbox(org_id, mailbox_id, SyncReason.BACKFILL), now)
     return SyncRequest(RequestStatus.QUEUED, since=since, applied=applied)
 
 
@@ -407,14 +376,20 @@ class _FenceLost(Exception):
 def process_message(
     deps: ScheduleDeps, body: bytes | str, dequeue_count: int, max_dequeue_count: int
 ) -> RunStatus:
-    """Run one queue message; returns the outcome (``done``, ``more``, ``busy``, ``skipped``,
-    ``failed`` or ``invalid``). Raises when the run raised, so the host retries the message; on its
-    last delivery ``give_up`` records the failure first."""
+    """Run one sync-queue message as it came (``commands.dispatch`` for the sync queue, on this deps):
+    returns the outcome, ``invalid`` for a message that is not a ``SyncMailbox``."""
     try:
-        message = SyncMessage.parse(body)
+        message = SyncMailbox.parse(body)
     except InvalidCommand as exc:
         log.warning("dropping a sync message: %s", exc)  # retrying would never make it valid
         return RunStatus.INVALID
+    return run_command(deps, message, dequeue_count, max_dequeue_count)
+
+
+def run_command(deps: ScheduleDeps, message: SyncMailbox, dequeue_count: int, max_dequeue_count: int) -> RunStatus:
+    """Run one ``SyncMailbox``; returns the outcome (``done``, ``more``, ``busy``, ``skipped`` or
+    ``failed``). Raises when the run raised, so the host retries the message; on its last delivery
+    ``give_up`` records the failure first."""
     try:
         return _process(deps, message)
     except Exception as exc:
@@ -427,7 +402,7 @@ def process_message(
         raise
 
 
-def _process(deps: ScheduleDeps, message: SyncMessage) -> RunStatus:
+def _process(deps: ScheduleDeps, message: SyncMailbox) -> RunStatus:
     org_id, mailbox_id = message.org_id, message.mailbox_id
     if not apply_pending_backfill(deps, org_id, mailbox_id):
         return RunStatus.BUSY  # a run holds the lease; its end sees the pending backfill
@@ -438,11 +413,11 @@ def _process(deps: ScheduleDeps, message: SyncMessage) -> RunStatus:
     if outcome.status == RunStatus.MORE:
         _reschedule(deps, org_id, mailbox_id, now, queued=True)
         delay = min(max(math.ceil(outcome.retry_after or 0), 0), MAX_DELAY_SECONDS)
-        deps.queue.enqueue(SyncMessage(org_id, mailbox_id, Reason.CONTINUATION).to_json(), delay)
+        deps.queue.enqueue(SyncMailbox(org_id, mailbox_id, SyncReason.CONTINUATION).to_json(), delay)
     elif outcome.status == RunStatus.DONE:
         entry = _reschedule(deps, org_id, mailbox_id, now, queued=None)
         if entry is not None and entry.backfill_since is not None:  # requested while this run held the lease
-            deps.queue.enqueue(SyncMessage(org_id, mailbox_id, Reason.BACKFILL).to_json())
+            deps.queue.enqueue(SyncMailbox(org_id, mailbox_id, SyncReason.BACKFILL).to_json())
     elif outcome.status == RunStatus.SKIPPED:
         found = deps.mailboxes.get(org_id, mailbox_id)
         if found is None or found.value.status is MailboxStatus.DISCONNECTED:
@@ -540,7 +515,7 @@ def _park(
     _update(deps.due, org_id, mailbox_id, change)
 
 
-def _enqueue(deps: ScheduleDeps, message: SyncMessage, delay_seconds: int = 0) -> None:
+def _enqueue(deps: ScheduleDeps, message: SyncMailbox, delay_seconds: int = 0) -> None:
     try:
         deps.queue.enqueue(message.to_json(), delay_seconds)
     except Exception:
@@ -550,7 +525,7 @@ def _enqueue(deps: ScheduleDeps, message: SyncMessage, delay_seconds: int = 0) -
         raise
 
 
-def _enqueue_or_unmark(deps: ScheduleDeps, message: SyncMessage, queued_at: datetime) -> None:
+def _enqueue_or_unmark(deps: ScheduleDeps, message: SyncMailbox, queued_at: datetime) -> None:
     try:
         deps.queue.enqueue(message.to_json())
     except Exception:

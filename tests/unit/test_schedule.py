@@ -20,7 +20,8 @@ from sync_core.errors import IdentityError, ReauthRequired, StorageUnavailable
 from sync_core.ports import Versioned
 from sync_core.scheduling_ports import DueEntry
 from sync_core.use_cases import schedule
-from sync_core.use_cases.schedule import ScheduleDeps, SyncMessage
+from sync_core.use_cases.commands import SyncMailbox as SyncMessage
+from sync_core.use_cases.schedule import ScheduleDeps
 from sync_core.use_cases.sync_mailbox import SyncDeps, SyncOutcome, sync_mailbox
 from tests.unit.fake_mail import FakeMailSource, throttled
 
