@@ -4,9 +4,8 @@
 handler lets escape into ``api_error_of(exc)``; handlers raise ``ApiError`` themselves only for what is
 about the HTTP request (bad fields, content types, unknown ids). Invariants:
 
-- Rows are tried in order and the first ``isinstance`` match wins, so subclasses come before their bases
-  (``TransientGraphError`` before nothing else of its kind, ``WebhookSecretUnreadable`` before any
-  ``TokenDecryptionError`` row).
+- Rows are tried in order and the first ``isinstance`` match wins, so a subclass with its own row comes
+  before its base's (``CredentialsUnreadable`` answers as the ``ReauthRequired`` it is).
 - The body is ``{code, message, details}``: ``code`` is the row's (when the wire code differs from the
   error's own) or the error's ``code``; ``message`` the row's fixed text (``{exc.…}`` fields filled in)
   or the error's text; ``details`` the error's ``details``. A row's text never echoes request input.
