@@ -13,6 +13,7 @@ import azure.functions as func
 
 from sync_core import bootstrap
 from sync_core.api.http import ApiError, ApiRequest, ApiResponse
+from sync_core.errors import SyncError
 
 log = logging.getLogger(__name__)
 
@@ -20,8 +21,9 @@ Handler = Callable[["bootstrap.Services", ApiRequest], ApiResponse]
 
 
 def run(req: func.HttpRequest, handler: Handler) -> func.HttpResponse:
-    """Parse the binding, call the handler, map the result. Unexpected errors become a 500 whose body
-    never carries exception text (it may hold data); the log gets the exception type only."""
+    """Parse the binding, call the handler, map the result. A ``SyncError`` the handler lets escape gets its
+    status from the one table (``sync_core.api.errors``); anything else, or an error without a row, is a
+    500 whose body never carries exception text (it may hold data); the log gets the exception type only."""
     request = ApiRequest(
         method=req.method.upper(),
         route=dict(req.route_params),
@@ -33,6 +35,14 @@ def run(req: func.HttpRequest, handler: Handler) -> func.HttpResponse:
         response = handler(bootstrap.services(), request)
     except ApiError as exc:
         return json_response(exc.status, exc.body())
+    except SyncError as exc:
+        from sync_core.api.errors import api_error_of  # loaded on the first refused call only
+
+        mapped = api_error_of(exc)
+        if mapped is not None:
+            return json_response(mapped.status, mapped.body())
+        log.error("unhandled %s in %s", type(exc).__name__, getattr(handler, "__name__", "handler"))
+        return json_response(500, ApiError(500, "internal_error", "the server failed; try again").body())
     except Exception as exc:
         log.error("unhandled %s in %s", type(exc).__name__, getattr(handler, "__name__", "handler"))
         return json_response(500, ApiError(500, "internal_error", "the server failed; try again").body())

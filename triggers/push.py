@@ -79,6 +79,6 @@ def maintain_storage(timer: func.TimerRequest) -> None:
 
 @bp.queue_trigger(arg_name="msg", queue_name=PUSH_QUEUE, connection="AzureWebJobsStorage")
 def push_work_from_queue(msg: func.QueueMessage) -> None:
-    from sync_core.api import push
+    from sync_core.use_cases import commands
 
-    push.process_push_message(bootstrap.services(), msg.get_body())
+    commands.dispatch(bootstrap.services(), "push", msg.get_body())

@@ -50,11 +50,9 @@ def enqueue_due_mailboxes(timer: func.TimerRequest) -> None:
 
 @bp.queue_trigger(arg_name="msg", queue_name=QUEUE_SETTING, connection="AzureWebJobsStorage")
 def sync_mailbox_from_queue(msg: func.QueueMessage) -> None:
-    from sync_core.use_cases import schedule
+    from sync_core.use_cases import commands
 
-    schedule.process_message(
-        bootstrap.services().schedule_deps(), msg.get_body(), int(msg.dequeue_count or 1), max_dequeue_count()
-    )
+    commands.dispatch(bootstrap.services(), "sync", msg.get_body(), int(msg.dequeue_count or 1), max_dequeue_count())
 
 
 @bp.route(route="orgs/{org}/mailboxes/{mailbox_id}/sync", methods=["POST"])

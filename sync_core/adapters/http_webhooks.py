@@ -31,7 +31,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.connectionpool import HTTPConnectionPool
 from urllib3.exceptions import NewConnectionError
 
-from sync_core.ports.push import WebhookSendFailed, WebhookUrlRefused
+from sync_core.errors import WebhookSendFailed, WebhookUrlRefused
 
 Resolver = Callable[[str, int], list[str]]
 MAX_ADDRESSES = 4  # tried per attempt, each within the connect timeout

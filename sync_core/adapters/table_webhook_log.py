@@ -31,9 +31,9 @@ from sync_core.adapters.table_codec import (
     to_utc,
 )
 from sync_core.auth.crypto import TokenCipher
-from sync_core.errors import ConcurrencyConflict, TokenDecryptionError
+from sync_core.errors import ConcurrencyConflict, TokenDecryptionError, WebhookSecretUnreadable
 from sync_core.ports import Page, Versioned
-from sync_core.ports.push import WebhookDelivery, WebhookSecret, WebhookSecretUnreadable
+from sync_core.ports.push import WebhookDelivery, WebhookSecret
 
 _SECRET_ROW = "secret"  # noqa: S105 - a row key, not a password
 _DELIVERY = "d"

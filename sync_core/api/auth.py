@@ -13,22 +13,17 @@ Invariants:
   they redirect only to the URL the use case returns (a return URL on the org's allow-list).
 - Result pages are fixed HTML with the use case's message escaped; no request input is ever reflected.
   Every callback answer is ``no-store`` and sends no referrer (the code was in this URL).
-- Use-case errors map to statuses in one place (``use_case_errors``), shared with the mailbox routes.
+- Use-case errors reach the HTTP edge unmapped: ``sync_core.api.errors`` gives each its status, once.
 """
 
 from __future__ import annotations
 
 import html
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Literal
 
 from sync_core.api.http import ApiError, ApiRequest, ApiResponse, ok, read_str, reject_unknown
 from sync_core.errors import (
     ConcurrencyConflict,
-    MailboxAccessDenied,
-    ProviderRefused,
-    ReauthRequired,
     StorageUnavailable,
     TransientGraphError,
 )
@@ -36,9 +31,6 @@ from sync_core.use_cases.connect import (
     MAX_RETURN_URL,
     MAX_USER_ID,
     ConnectResult,
-    ConsentRequired,
-    InvalidRequest,
-    MailboxNotFound,
     complete_admin_consent,
     complete_connect,
     start_admin_consent,
@@ -48,17 +40,6 @@ from sync_core.use_cases.connect import (
 if TYPE_CHECKING:
     from sync_core.bootstrap import Services
 
-# Which request field an InvalidRequest code is about (the CRM shows it next to that field).
-_FIELD_OF = {
-    "invalid_user_id": "user_id",
-    "invalid_login_hint": "login_hint",
-    "invalid_connect_code": "code",
-    "return_url_not_allowed": "return_url",
-    "return_url_required": "return_url",
-    "invalid_tenant": "tenant",
-    "invalid_address": "address",
-    "address_not_found": "address",
-}
 _PAGE_HEADERS = {
     "Content-Type": "text/html; charset=utf-8",
     "Cache-Control": "no-store",
@@ -66,34 +47,6 @@ _PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
     "X-Content-Type-Options": "nosniff",
 }
-
-
-@contextmanager
-def use_case_errors() -> Iterator[None]:
-    """Map the connect use cases' and Graph's errors to API errors with fitting statuses."""
-    try:
-        yield
-    except InvalidRequest as exc:
-        field = _FIELD_OF.get(exc.code)
-        raise ApiError(400, exc.code, str(exc), {"field": field} if field else None) from exc
-    except ConsentRequired as exc:
-        raise ApiError(409, exc.code, str(exc)) from exc
-    except MailboxNotFound as exc:
-        raise ApiError(404, "not_found", "mailbox not found") from exc
-    except ReauthRequired as exc:
-        raise ApiError(409, "needs_reauth", "the mailbox must be connected again before this works") from exc
-    except MailboxAccessDenied as exc:
-        raise ApiError(409, "access_denied", "Microsoft 365 denies access to this mailbox") from exc
-    except ConcurrencyConflict as exc:
-        raise ApiError(409, "concurrent_update", "the mailbox was changed concurrently; try again") from exc
-    except TransientGraphError as exc:
-        details = {"retry_after": exc.retry_after} if exc.retry_after is not None else None
-        message = "Microsoft 365 is temporarily unavailable; try again"
-        raise ApiError(503, "graph_unavailable", message, details) from exc
-    except ProviderRefused as exc:
-        raise ApiError(502, "graph_error", f"Microsoft 365 refused the request ({exc.status} {exc.code})") from exc
-    except StorageUnavailable as exc:
-        raise ApiError(503, "storage_unavailable", "storage is temporarily unavailable; try again") from exc
 
 
 # -- CRM routes ------------------------------------------------------------------------------------------
@@ -109,8 +62,7 @@ def connect_mailbox(svc: Services, req: ApiRequest) -> ApiResponse:
     return_url = read_str(body, "return_url", max_len=MAX_RETURN_URL)
     if not user_id or not user_id.strip():
         raise ApiError(400, "invalid_field", "'user_id' must not be empty", {"field": "user_id"})
-    with use_case_errors():
-        url = start_connect(svc.connect_deps(), org, user_id, login_hint or None, return_url or None)
+    url = start_connect(svc.connect_deps(), org, user_id, login_hint or None, return_url or None)
     return ok({"authorize_url": url})
 
 
@@ -122,8 +74,7 @@ def admin_consent_url(svc: Services, req: ApiRequest) -> ApiResponse:
     if return_url is not None and len(return_url) > MAX_RETURN_URL:
         message = f"'return_url' is over {MAX_RETURN_URL} characters"
         raise ApiError(400, "invalid_field", message, {"field": "return_url"})
-    with use_case_errors():
-        url = start_admin_consent(svc.connect_deps(), org, tenant, return_url)
+    url = start_admin_consent(svc.connect_deps(), org, tenant, return_url)
     return ok({"consent_url": url})
 
 

@@ -34,7 +34,6 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from sync_core.api.auth import use_case_errors
 from sync_core.api.http import (
     ApiError,
     ApiRequest,
@@ -55,8 +54,8 @@ from sync_core.domain.model import (
     activity_id_for,
 )
 from sync_core.domain.representation import iso
-from sync_core.errors import ConcurrencyConflict
 from sync_core.ports import RunReport, Versioned
+from sync_core.use_cases import mailbox_updates
 from sync_core.use_cases.connect import (
     MAX_CONNECT_CODE,
     MAX_USER_ID,
@@ -86,8 +85,7 @@ def add_mailbox(svc: Services, req: ApiRequest) -> ApiResponse:
     body = req.json_body()
     reject_unknown(body, {"address"})
     address = read_str(body, "address", required=True, max_len=320) or ""
-    with use_case_errors():
-        mailbox = add_app_mailbox(svc.connect_deps(), org, address)
+    mailbox = add_app_mailbox(svc.connect_deps(), org, address)
     if mailbox.status is MailboxStatus.ACTIVE:
         svc.mailbox_activated(org, mailbox.mailbox_id)
     location = f"/api/orgs/{quote(org, safe='')}/mailboxes/{quote(mailbox.mailbox_id, safe='')}"
@@ -103,8 +101,7 @@ def confirm_connect_mailbox(svc: Services, req: ApiRequest) -> ApiResponse:
     reject_unknown(body, {"user_id", "code"})
     user_id = read_str(body, "user_id", required=True, max_len=MAX_USER_ID)
     code = read_str(body, "code", required=True, max_len=MAX_CONNECT_CODE)
-    with use_case_errors():
-        mailbox = confirm_connect(svc.connect_deps(), org, user_id or "", code or "")
+    mailbox = confirm_connect(svc.connect_deps(), org, user_id or "", code or "")
     svc.mailbox_activated(org, mailbox.mailbox_id)
     return ok(mailbox_to_json(mailbox, (), svc.stores.settings.get(org)))
 
@@ -137,22 +134,20 @@ def update_mailbox(svc: Services, req: ApiRequest) -> ApiResponse:
             directions = DirectionSetting(raw_directions.strip().lower())
         except ValueError:
             raise field_error("directions", "must be one of both, sent, received") from None
-    current = _existing(svc, org, mailbox_id)
-    for attempt in range(2):
-        changed = replace(
-            current.value,
-            enabled=current.value.enabled if enabled is None else enabled,
-            directions=current.value.directions if directions is None else directions,
+    _existing(svc, org, mailbox_id)
+
+    def change(mailbox: Mailbox) -> Mailbox:
+        return replace(
+            mailbox,
+            enabled=mailbox.enabled if enabled is None else enabled,
+            directions=mailbox.directions if directions is None else directions,
         )
-        if changed == current.value:
-            break
-        try:
-            current = svc.stores.mailboxes.replace(changed, current.etag)
-            break
-        except ConcurrencyConflict as exc:
-            if attempt == 1:
-                raise ApiError(409, "concurrent_update", "the mailbox was changed concurrently; try again") from exc
-            current = _existing(svc, org, mailbox_id)
+
+    # Two tries, then 409 concurrent_update (ConcurrencyConflict, by the error table).
+    updated = mailbox_updates.update_mailbox(svc.stores.mailboxes, org, mailbox_id, change, attempts=2)
+    if updated is None:
+        raise not_found("mailbox")
+    current = updated
     if enabled and current.value.enabled:
         svc.mailbox_activated(org, mailbox_id)
     reports = svc.stores.runs.recent(org, mailbox_id, REPORTS_KEPT)
@@ -164,8 +159,7 @@ def delete_mailbox(svc: Services, req: ApiRequest) -> ApiResponse:
     ``?purge=true`` also deletes the activities no other mailbox saw. Idempotent."""
     org, mailbox_id = req.param("org"), req.param("mailbox_id")
     purge = _query_bool(req, "purge")
-    with use_case_errors():
-        disconnect(svc.connect_deps(), org, mailbox_id, purge=purge)
+    disconnect(svc.connect_deps(), org, mailbox_id, purge=purge)
     return ApiResponse(204)
 
 
@@ -179,8 +173,7 @@ def list_runs(svc: Services, req: ApiRequest) -> ApiResponse:
 def sign_out_all_mailboxes(svc: Services, req: ApiRequest) -> ApiResponse:
     """Revoke every stored token of the org; its mailboxes go to ``needs_reauth`` until reconnected."""
     org = req.param("org")
-    with use_case_errors():
-        count = sign_out_all(svc.connect_deps(), org)
+    count = sign_out_all(svc.connect_deps(), org)
     return ok({"signed_out": count})
 
 
@@ -197,11 +190,10 @@ def explain_message(svc: Services, req: ApiRequest) -> ApiResponse:
     if mailbox.status is MailboxStatus.DISCONNECTED:
         raise ApiError(409, "disconnected", "the mailbox is disconnected; connect it again to explain its mail")
     settings = svc.stores.settings.get(org)
-    with use_case_errors():
-        explained = explain(svc.mail_source(), svc.stores.records, mailbox, settings, wanted)
-        if explained is None:
-            raise ApiError(404, "message_not_found", "the mailbox has no message with this internet_message_id")
-        message, decision = explained.message, explained.decision
+    explained = explain(svc.mail_source(), svc.stores.records, mailbox, settings, wanted)
+    if explained is None:
+        raise ApiError(404, "message_not_found", "the mailbox has no message with this internet_message_id")
+    message, decision = explained.message, explained.decision
     stored = svc.stores.activities.get(org, activity_id_for(org, message.internet_message_id))
     return ok(
         {
@@ -256,12 +248,8 @@ def mailbox_to_json(mailbox: Mailbox, reports: Sequence[RunReport], settings: Or
 
 
 def effective_status(mailbox: Mailbox, settings: OrgSettings) -> tuple[str, str]:
-    if mailbox.status is MailboxStatus.ACTIVE:
-        if not mailbox.enabled:
-            return MailboxStatus.PAUSED.value, "disabled by the CRM"
-        if not settings.automation_enabled:
-            return MailboxStatus.PAUSED.value, "automation is disabled for the organisation"
-    return mailbox.status.value, mailbox.status_reason
+    status, reason = mailbox.effective_status(settings.automation_enabled)
+    return status.value, reason
 
 
 def run_to_json(report: RunReport) -> dict[str, Any]:

@@ -23,12 +23,12 @@ from sync_core.api.http import (
     reject_unknown,
 )
 from sync_core.domain.addresses import normalize_address, normalize_domain
-from sync_core.domain.model import BulkFilters, FolderFilter, OrgSettings
+from sync_core.domain.model import Ambiguity, BulkFilters, FolderFilter, OrgSettings
 
 if TYPE_CHECKING:
     from sync_core.bootstrap import Services
 
-AMBIGUITY_POLICIES = ("skip", "all", "prefer")
+AMBIGUITY_POLICIES = tuple(policy.value for policy in Ambiguity)
 FIELDS = {
     "internal_domains", "never_log", "blocked_domains", "bulk_filters", "match_by_domain", "ambiguity",
     "type_order", "folders", "poll_interval_minutes", "return_url_allow_list", "webhook_url", "automation_enabled",
@@ -61,7 +61,7 @@ def settings_from_json(data: dict[str, Any]) -> OrgSettings:
     if ambiguity not in AMBIGUITY_POLICIES:
         raise field_error("ambiguity", f"must be one of {', '.join(AMBIGUITY_POLICIES)}")
     type_order = tuple(read_str_list(data, "type_order", max_items=20, max_len=64) or ())
-    if ambiguity == "prefer" and not type_order:
+    if ambiguity == Ambiguity.PREFER and not type_order:
         raise field_error("type_order", "is required when ambiguity is 'prefer'")
     folders = read_str(data, "folders") or defaults.folders.value
     if folders not in {f.value for f in FolderFilter}:
@@ -77,7 +77,7 @@ def settings_from_json(data: dict[str, Any]) -> OrgSettings:
         blocked_domains=_domains(data, "blocked_domains"),
         bulk_filters=_bulk_filters(data.get("bulk_filters")),
         match_by_domain=defaults.match_by_domain if match_by_domain is None else match_by_domain,
-        ambiguity=ambiguity,
+        ambiguity=Ambiguity(ambiguity),
         type_order=type_order,
         folders=FolderFilter(folders),
         poll_interval_minutes=poll_interval or defaults.poll_interval_minutes,

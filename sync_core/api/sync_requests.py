@@ -8,11 +8,9 @@ produces a partial history.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from sync_core.api.http import ApiError, ApiRequest, ApiResponse, field_error, not_found, read_int, reject_unknown
+from sync_core.api.http import ApiRequest, ApiResponse, field_error, read_int, reject_unknown
 from sync_core.domain.representation import iso
 from sync_core.use_cases import schedule
 
@@ -24,8 +22,7 @@ def sync_now(svc: Services, req: ApiRequest) -> ApiResponse:
     org, mailbox_id = req.param("org"), req.param("mailbox_id")
     if req.body.strip():
         reject_unknown(req.json_body(), set())  # the route takes no fields; an empty object is fine
-    with _mapped_errors():
-        result = schedule.request_sync(svc.schedule_deps(), org, mailbox_id)
+    result = schedule.request_sync(svc.schedule_deps(), org, mailbox_id)
     return ApiResponse(202, {"mailbox_id": mailbox_id, "status": result.status})
 
 
@@ -36,8 +33,7 @@ def backfill(svc: Services, req: ApiRequest) -> ApiResponse:
     days = read_int(body, "days", 1, schedule.MAX_BACKFILL_DAYS)
     if days is None:
         raise field_error("days", f"is required: an integer from 1 to {schedule.MAX_BACKFILL_DAYS}")
-    with _mapped_errors():
-        result = schedule.request_backfill(svc.schedule_deps(), org, mailbox_id, days)
+    result = schedule.request_backfill(svc.schedule_deps(), org, mailbox_id, days)
     payload: dict[str, Any] = {
         "mailbox_id": mailbox_id,
         "status": result.status,
@@ -45,16 +41,5 @@ def backfill(svc: Services, req: ApiRequest) -> ApiResponse:
         "since": iso(result.since) if result.since else None,
     }
     return ApiResponse(202, payload)
-
-
-@contextmanager
-def _mapped_errors() -> Iterator[None]:
-    try:
-        yield
-    except schedule.MailboxNotFound as exc:
-        raise not_found("mailbox") from exc
-    except schedule.NotSyncable as exc:
-        details = {"status": exc.status, "reason": exc.reason}
-        raise ApiError(409, exc.code, f"the mailbox cannot sync while {exc.status}", details) from exc
 
 

@@ -35,7 +35,7 @@ from email.utils import collapse_rfc2231_value, parsedate_to_datetime
 from sync_core.domain.addresses import parse_address_list
 from sync_core.domain.model import AttachmentSummary, EmailAddress, MailMessage
 from sync_core.domain.text import decode_encoded_words, html_text, preview
-from sync_core.errors import SyncError
+from sync_core.errors import InvalidMessage
 
 MAX_MESSAGE_BYTES = 25 * 1024 * 1024
 MAX_DEPTH = 20  # multipart / message nesting levels below the top-level message
@@ -77,17 +77,6 @@ class _RawHeaderPolicy(Compat32):
 _POLICY = _RawHeaderPolicy()
 
 
-class InvalidMessage(SyncError):
-    """The upload is not a message this service accepts. ``code``: ``too_large``, ``malformed``,
-    ``too_complex``, ``header_line_too_long`` or ``header_section_too_large``; ``limit`` is the limit that was
-    exceeded, when one was. The message never quotes the refused content."""
-
-    def __init__(self, code: str, message: str, *, limit: int | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.limit = limit
-
-
 def parse_rfc822(
     raw: bytes,
     *,
@@ -104,7 +93,7 @@ def parse_rfc822(
     neither a Date nor a parseable Received header (e.g. the upload time).
     """
     if len(raw) > max_bytes:
-        raise InvalidMessage("too_large", f"message is {len(raw)} bytes, the limit is {max_bytes}")
+        raise InvalidMessage("too_large", f"message is {len(raw)} bytes, the limit is {max_bytes}", limit=max_bytes)
     _refuse_unsafe_header_lines(raw)
     if len(_CONTAINER_HEADER.findall(raw)) > MAX_PARTS:
         raise InvalidMessage("too_complex", f"more than {MAX_PARTS} multipart/message parts")

@@ -12,7 +12,7 @@ Invariants:
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 
@@ -39,6 +39,42 @@ class MailboxStatus(StrEnum):
     NEEDS_REAUTH = "needs_reauth"
     ERROR = "error"
     DISCONNECTED = "disconnected"
+
+
+SYNCABLE_STATUSES = frozenset({MailboxStatus.ACTIVE, MailboxStatus.ERROR})
+"""Statuses a run syncs: ``error`` too, so a mailbox whose failure was fixed recovers by itself."""
+
+
+class Ambiguity(StrEnum):
+    """What to do with an address that matches several CRM records: ``skip`` the message, log it on
+    ``all`` of them, or ``prefer`` the first record type in ``OrgSettings.type_order``."""
+
+    SKIP = "skip"
+    ALL = "all"
+    PREFER = "prefer"
+
+
+class RunStatus(StrEnum):
+    """How a sync run, or the queue message that asked for it, ended (run reports, logs, the queue).
+
+    ``done`` caught up; ``more`` budget spent or a transient failure: continue soon; ``busy`` another run
+    holds the lease (or took it from this one, which stopped without writing); ``skipped`` the mailbox
+    cannot sync now; ``failed`` a configuration or grant failure; ``invalid`` (queue only) the message
+    was not a command this version knows, and was dropped."""
+
+    DONE = "done"
+    MORE = "more"
+    BUSY = "busy"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+    INVALID = "invalid"
+
+
+class RequestStatus(StrEnum):
+    """What a "Sync now" or backfill request did: ``queued`` a message, or ``coalesced`` with one queued."""
+
+    QUEUED = "queued"
+    COALESCED = "coalesced"
 
 
 class ConnectionMode(StrEnum):
@@ -184,7 +220,7 @@ class OrgSettings:
     blocked_domains: tuple[str, ...] = ()
     bulk_filters: BulkFilters = field(default_factory=BulkFilters)
     match_by_domain: bool = False
-    ambiguity: str = "skip"
+    ambiguity: Ambiguity = Ambiguity.SKIP
     type_order: tuple[str, ...] = ()
     folders: FolderFilter = FolderFilter.DEFAULT
     poll_interval_minutes: int = 5
@@ -217,6 +253,65 @@ class Mailbox:
 
     def owns(self, address: str) -> bool:
         return address in self.aliases or address == self.address
+
+    # -- rules ---------------------------------------------------------------------------------------
+
+    def sync_refusal(self, automation_enabled: bool = True) -> tuple[MailboxStatus, str] | None:
+        """Why the mailbox may not sync now: the status it is held in and the reason in words, or None
+        when it may. ``error`` may always sync (a run is how it recovers); ``paused`` covers a disabled
+        mailbox and an org whose automation is off."""
+        if self.status not in SYNCABLE_STATUSES:
+            return self.status, self.status_reason
+        if not self.enabled:
+            return MailboxStatus.PAUSED, "the mailbox is disabled"
+        if not automation_enabled:
+            return MailboxStatus.PAUSED, "automation is switched off for the organisation"
+        return None
+
+    def can_sync_status(self) -> bool:
+        """Is the stored status one a run syncs (``active`` or ``error``), whatever the switches say?"""
+        return self.status in SYNCABLE_STATUSES
+
+    def can_sync(self, automation_enabled: bool = True) -> bool:
+        """May a run (timer, queue, Sync now, backfill) sync this mailbox now?"""
+        return self.enabled and automation_enabled and self.status in SYNCABLE_STATUSES
+
+    def wants_push(self, automation_enabled: bool = True) -> bool:
+        """Should Graph notify us of its changes? Only while it syncs and is healthy (not ``error``)."""
+        return self.status is MailboxStatus.ACTIVE and self.can_sync(automation_enabled)
+
+    def effective_status(self, automation_enabled: bool = True) -> tuple[MailboxStatus, str]:
+        """The status and reason the CRM sees: an ``active`` mailbox that is disabled, or whose org's
+        automation is off, shows as ``paused``; every other status shows as stored."""
+        if self.status is MailboxStatus.ACTIVE:
+            if not self.enabled:
+                return MailboxStatus.PAUSED, "disabled by the CRM"
+            if not automation_enabled:
+                return MailboxStatus.PAUSED, "automation is disabled for the organisation"
+        return self.status, self.status_reason
+
+    # -- transitions (each returns a new Mailbox; storing it is the caller's compare-and-set) ------
+
+    def with_status(self, status: MailboxStatus, reason: str = "") -> Mailbox:
+        return replace(self, status=status, status_reason=reason)
+
+    def failed(self, status: MailboxStatus, reason: str) -> Mailbox:
+        """A run's failure held against the mailbox: ``error`` (configuration) or ``needs_reauth`` (grant)."""
+        return self.with_status(status, reason)
+
+    def recovered(self) -> Mailbox:
+        """A run succeeded: an ``error`` is cleared; any other status stays as it is."""
+        return self.with_status(MailboxStatus.ACTIVE) if self.status is MailboxStatus.ERROR else self
+
+    def signed_out(self, reason: str) -> Mailbox:
+        return self.with_status(MailboxStatus.NEEDS_REAUTH, reason)
+
+    def disconnected(self) -> Mailbox:
+        return self.with_status(MailboxStatus.DISCONNECTED, "disconnected")
+
+    def backfilled(self, since: datetime) -> Mailbox:
+        """The watermark moved back to ``since``, never forward."""
+        return replace(self, watermark=since) if since < self.watermark else self
 
 
 @dataclass(frozen=True)

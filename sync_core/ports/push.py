@@ -23,28 +23,9 @@ from datetime import datetime
 from typing import Protocol
 
 from sync_core.domain.model import Mailbox
-from sync_core.errors import SyncError, TokenDecryptionError
 from sync_core.ports.storage import ActivityEvent, Page, Versioned
 
 WHOLE_MAILBOX = "*"
-
-
-class SubscriptionRefused(SyncError):
-    """Graph refused a subscription request for a reason retrying will not fix by itself (e.g. the
-    notification URL failed validation). ``max_minutes`` is set when Graph named a shorter maximum
-    expiration than the one asked for."""
-
-    def __init__(self, message: str, max_minutes: int | None = None) -> None:
-        super().__init__(message)
-        self.max_minutes = max_minutes
-
-
-class WebhookUrlRefused(SyncError):
-    """The webhook URL may not be called (not https, or a private, loopback or link-local address)."""
-
-
-class WebhookSendFailed(SyncError):
-    """The webhook POST got no answer (connection refused, TLS failure, timeout)."""
 
 
 @dataclass(frozen=True)
@@ -183,13 +164,6 @@ class WebhookSecret:
     value: str
     created_at: datetime
     revealed: bool = False
-
-
-class WebhookSecretUnreadable(TokenDecryptionError):
-    """No configured key opens the org's stored webhook secret (HTTP 409): ``rotate`` replaces it
-    without reading it."""
-
-    code = "webhook_secret_unreadable"
 
 
 class WebhookSecretStore(Protocol):

@@ -28,24 +28,12 @@ from datetime import UTC, datetime
 from sync_core.domain.addresses import normalize_domain
 from sync_core.domain.mime import MAX_MESSAGE_BYTES, parse_rfc822
 from sync_core.domain.model import Mailbox, MailboxStatus, MailMessage, OrgSettings, activity_id_for
-from sync_core.errors import SyncError
+from sync_core.errors import MailboxDisconnected, MailboxNotFound
 from sync_core.ports import ActivityStore, Clock, MailboxRepository, RecordsIndex, SettingsRepository
 from sync_core.ports.push import ActivityEvents
 from sync_core.use_cases.pipeline import build_activities
 
 NO_WATERMARK = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-class MailboxNotFound(SyncError):
-    """No such mailbox in this org (HTTP 404)."""
-
-    code = "mailbox_not_found"
-
-
-class MailboxDisconnected(SyncError):
-    """The named mailbox is disconnected (HTTP 409): its mail is not logged any more."""
-
-    code = "mailbox_disconnected"
 
 
 @dataclass

@@ -38,9 +38,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from sync_core.errors import InvalidNotification, MailboxNotFound, NotSyncable
 from sync_core.ports import Clock
 from sync_core.ports.push import PushSubscription, SubscriptionStore
-from sync_core.use_cases import schedule, subscriptions
+from sync_core.use_cases import subscriptions
+from sync_core.use_cases.commands import SubscriptionAction, SubscriptionWork
 from sync_core.use_cases.subscriptions import SubscriptionDeps, client_state_matches
 
 log = logging.getLogger(__name__)
@@ -58,7 +60,6 @@ SUBSCRIPTION_ID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-
 """Graph subscription ids are GUIDs (subscription resource: ``id``)."""
 CHANGE_TYPES = ("created", "updated", "deleted")
 LIFECYCLE_EVENTS = ("reauthorizationRequired", "subscriptionRemoved", "missed")
-WORK_KIND = "subscription"
 
 
 @dataclass
@@ -80,10 +81,6 @@ class NotificationReport:
     malformed: int = 0
     syncs: Counter[str] = field(default_factory=Counter)
     events: Counter[str] = field(default_factory=Counter)
-
-
-class InvalidNotification(ValueError):
-    """The body is not a Graph notification collection (``{"value": [...]}``)."""
 
 
 def items_of(payload: Any) -> list[Any]:
@@ -114,9 +111,9 @@ def handle_lifecycle(deps: NotificationDeps, payload: Any) -> NotificationReport
         event = item.get("lifecycleEvent")
         report.events[str(event)] += 1
         if event == "reauthorizationRequired":
-            deps.enqueue_work({"kind": WORK_KIND, "action": "reauthorize", "subscription_id": sub.subscription_id})
+            deps.enqueue_work(SubscriptionWork(SubscriptionAction.REAUTHORIZE, sub.subscription_id).to_json())
         elif event == "subscriptionRemoved":
-            deps.enqueue_work({"kind": WORK_KIND, "action": "recreate", "subscription_id": sub.subscription_id})
+            deps.enqueue_work(SubscriptionWork(SubscriptionAction.RECREATE, sub.subscription_id).to_json())
         elif event == "missed":
             resync[(sub.org_id, sub.mailbox_id)] = None
     for org_id, mailbox_id in resync:
@@ -124,15 +121,18 @@ def handle_lifecycle(deps: NotificationDeps, payload: Any) -> NotificationReport
     return report
 
 
-def process_work(deps: NotificationDeps, sub_deps: SubscriptionDeps, message: Mapping[str, Any]) -> str:
-    """The push queue's subscription work: ``reauthorize`` renews; ``recreate`` subscribes again and then
-    resyncs the mailbox with delta (what arrived while it had no subscription). Returns the outcome."""
-    subscription_id = str(message.get("subscription_id", ""))
-    action = message.get("action")
-    if action == "reauthorize":
+def process_work(
+    deps: NotificationDeps, sub_deps: SubscriptionDeps, message: SubscriptionWork | Mapping[str, Any]
+) -> str:
+    """The push queue's subscription work (the command, or its JSON): ``reauthorize`` renews; ``recreate``
+    subscribes again and then resyncs the mailbox with delta (what arrived while it had no
+    subscription). Returns the outcome."""
+    work = message if isinstance(message, SubscriptionWork) else SubscriptionWork.from_json(message)
+    subscription_id, action = work.subscription_id, work.action
+    if action == SubscriptionAction.REAUTHORIZE:
         outcome = subscriptions.reauthorize(sub_deps, subscription_id)
         return _summary(outcome.counts)
-    if action == "recreate":
+    if action == SubscriptionAction.RECREATE:
         outcome, removed = subscriptions.recreate(sub_deps, subscription_id)
         if removed is not None:
             _sync(deps, removed.org_id, removed.mailbox_id, NotificationReport())
@@ -211,7 +211,7 @@ def _authenticated(
 def _sync(deps: NotificationDeps, org_id: str, mailbox_id: str, report: NotificationReport) -> None:
     try:
         report.syncs[deps.request_sync(org_id, mailbox_id)] += 1
-    except (schedule.MailboxNotFound, schedule.NotSyncable):
+    except (MailboxNotFound, NotSyncable):
         report.syncs["not_syncable"] += 1
 
 

@@ -41,15 +41,9 @@ from typing import TypeVar
 
 from sync_core.domain.folders import DEFAULT_FOLDERS
 from sync_core.domain.model import FolderFilter, Mailbox, MailboxStatus, OrgSettings
-from sync_core.errors import MailboxAccessDenied, MessageNotFound, ReauthRequired, SyncError
+from sync_core.errors import MailboxAccessDenied, MessageNotFound, ReauthRequired, SubscriptionRefused, SyncError
 from sync_core.ports import Clock, LeaseStore, MailboxRepository, SettingsRepository
-from sync_core.ports.push import (
-    WHOLE_MAILBOX,
-    PushSubscription,
-    SubscriptionApi,
-    SubscriptionRefused,
-    SubscriptionStore,
-)
+from sync_core.ports.push import WHOLE_MAILBOX, PushSubscription, SubscriptionApi, SubscriptionStore
 from sync_core.ports.scheduling import MailboxCatalog
 
 log = logging.getLogger(__name__)
@@ -129,12 +123,7 @@ def wanted_folders(settings: OrgSettings) -> tuple[str, ...]:
 
 
 def _syncable(mailbox: Mailbox | None, settings: OrgSettings) -> bool:
-    return (
-        mailbox is not None
-        and mailbox.status is MailboxStatus.ACTIVE
-        and mailbox.enabled
-        and settings.automation_enabled
-    )
+    return mailbox is not None and mailbox.wants_push(settings.automation_enabled)
 
 
 def healthy(deps: SubscriptionDeps, org_id: str, mailbox_id: str) -> bool:

@@ -73,6 +73,7 @@ from datetime import UTC, datetime, timedelta
 
 from sync_core.domain.folders import DEFAULT_FOLDERS
 from sync_core.domain.model import (
+    SYNCABLE_STATUSES,
     Activity,
     AttachmentSummary,
     FolderFilter,
@@ -80,6 +81,7 @@ from sync_core.domain.model import (
     MailboxStatus,
     MailMessage,
     OrgSettings,
+    RunStatus,
 )
 from sync_core.errors import (
     ConcurrencyConflict,
@@ -107,6 +109,7 @@ from sync_core.ports import (
     SettingsRepository,
 )
 from sync_core.ports.push import ActivityEvents
+from sync_core.use_cases.mailbox_updates import update_mailbox
 from sync_core.use_cases.pipeline import RunThreadCache, build_activities
 
 log = logging.getLogger(__name__)
@@ -146,7 +149,7 @@ class SyncOutcome:
     configuration or grant failure: ``failure``, ``report.error``).
     An idle poll is ``done`` with a report that was not stored."""
 
-    status: str
+    status: RunStatus
     report: RunReport | None = None
     retry_after: float | None = None
     failure: type[SyncFailure] | None = None  # the class of the failure the run ended with, if any
@@ -155,7 +158,7 @@ class SyncOutcome:
 class _Stop(Exception):
     """Ends a run at once, writing nothing more; ``status`` is its outcome."""
 
-    status = "busy"
+    status = RunStatus.BUSY
 
 
 class _Busy(_Stop):
@@ -170,11 +173,9 @@ class _LeaseLost(_Busy):
 class _NotSyncable(_Stop):
     """Read under the lease, the mailbox is gone or no longer syncable (disconnected, paused, …)."""
 
-    status = "skipped"
+    status = RunStatus.SKIPPED
 
 
-SYNCABLE = frozenset({MailboxStatus.ACTIVE, MailboxStatus.ERROR})
-"""Statuses a run syncs: ``error`` too, so a mailbox whose failure was fixed recovers by itself."""
 STATUS_ATTEMPTS = 5
 TRANSIENT_RETRY = timedelta(minutes=1)  # the continuation's delay after a transient failure without Retry-After
 
@@ -184,11 +185,11 @@ def sync_mailbox(deps: SyncDeps, org_id: str, mailbox_id: str, budget: timedelta
     the run's report with its class and reason, so the queue retries the message."""
     versioned = deps.mailboxes.get(org_id, mailbox_id)
     if versioned is None:
-        return SyncOutcome("skipped")
+        return SyncOutcome(RunStatus.SKIPPED)
     mailbox = versioned.value
     settings = deps.settings.get(org_id)
-    if not _syncable(mailbox, settings):
-        return SyncOutcome("skipped")
+    if not mailbox.can_sync(settings.automation_enabled):
+        return SyncOutcome(RunStatus.SKIPPED)
     started = deps.clock.now()
     run = _Run(deps, mailbox, settings, started, budget)
     transactions_before = deps.table_transactions()
@@ -201,7 +202,7 @@ def sync_mailbox(deps: SyncDeps, org_id: str, mailbox_id: str, budget: timedelta
         except _Stop:
             raise
         except Exception as exc:  # unclassified: recorded below, then raised for the queue to retry
-            status, failure, retry_after, escaped = "failed", exc, None, exc
+            status, failure, retry_after, escaped = RunStatus.FAILED, exc, None, exc
         if not run.idle:  # the status, the cursors' dates and the report are written under the lease too
             _set_status(deps, run.mailbox, failure, before_write=run.lease)
             if failure is not None:
@@ -218,7 +219,7 @@ def sync_mailbox(deps: SyncDeps, org_id: str, mailbox_id: str, budget: timedelta
             table_transactions=deps.table_transactions() - transactions_before,
             activities_created=run.created,
             activities_merged=run.merged,
-            more=status == "more",
+            more=status == RunStatus.MORE,
             error=failure_reason(failure) if failure is not None else "",
             error_class=failure_of(failure).code if failure is not None else "",
         )
@@ -239,10 +240,6 @@ def sync_mailbox(deps: SyncDeps, org_id: str, mailbox_id: str, budget: timedelta
     return SyncOutcome(status, report, retry_after, failure_of(failure) if failure is not None else None)
 
 
-def _syncable(mailbox: Mailbox, settings: OrgSettings) -> bool:
-    return mailbox.enabled and settings.automation_enabled and mailbox.status in SYNCABLE
-
-
 def failure_reason(exc: BaseException) -> str:
     """The words a report and the mailbox show for a failure. A classified failure's message is written
     for the CRM (no tokens, no mail data); an unclassified one shows its type only, since its text may
@@ -258,34 +255,33 @@ def _set_status(
     """Make the stored status say what this run's outcome means for the mailbox: a grant failure
     ``needs_reauth``, a configuration failure ``error`` (both with the reason); a success clears an
     ``error``. Transient and unexpected failures leave the status as it is (retrying is under way: the
-    report and ``last_error`` say why). Compare-and-set, re-read on a conflict;
-    ``before_write`` (the run's lease renewal) runs before each write."""
+    report and ``last_error`` say why). Compare-and-set through ``update_mailbox``, re-read on a
+    conflict; ``before_write`` (the run's lease renewal) runs before each write. A mailbox that kept
+    changing keeps its status (logged): the run's report still says what happened."""
     kind = failure_of(failure) if failure is not None else None
     if kind is GrantFailure:
-        wanted = (MailboxStatus.NEEDS_REAUTH, str(failure))
+        held = MailboxStatus.NEEDS_REAUTH
     elif kind is ConfigurationFailure:
-        wanted = (MailboxStatus.ERROR, str(failure))
+        held = MailboxStatus.ERROR
     elif kind is None and mailbox.status is MailboxStatus.ERROR:
-        wanted = (MailboxStatus.ACTIVE, "")
+        held = MailboxStatus.ACTIVE
     else:
         return  # nothing to say: no read, no write
-    for _ in range(STATUS_ATTEMPTS):
-        current = deps.mailboxes.get(mailbox.org_id, mailbox.mailbox_id)
-        if current is None or current.value.status not in SYNCABLE:
-            return  # disconnected, paused or signed out meanwhile: that decision stands
-        if (current.value.status, current.value.status_reason) == wanted:
-            return
-        if kind is None and current.value.status is not MailboxStatus.ERROR:
-            return  # an active mailbox's reason is not this run's to clear
-        before_write()
-        try:
-            deps.mailboxes.replace(
-                replace(current.value, status=wanted[0], status_reason=wanted[1]), current.etag
-            )
-            return
-        except ConcurrencyConflict:
-            continue
-    log.warning("mailbox %s kept changing; its status was not updated", mailbox.mailbox_id)
+
+    def change(current: Mailbox) -> Mailbox | None:
+        if current.status not in SYNCABLE_STATUSES:
+            return None  # disconnected, paused or signed out meanwhile: that decision stands
+        if held is MailboxStatus.ACTIVE:
+            return current.recovered()  # an active mailbox's reason is not this run's to clear
+        return current.failed(held, str(failure))
+
+    try:
+        update_mailbox(
+            deps.mailboxes, mailbox.org_id, mailbox.mailbox_id, change,
+            before_write=before_write, attempts=STATUS_ATTEMPTS,
+        )  # fmt: skip
+    except ConcurrencyConflict:
+        log.warning("mailbox %s kept changing; its status was not updated", mailbox.mailbox_id)
 
 
 class _Run:
@@ -332,7 +328,7 @@ class _Run:
         self.leased = True
         current = self.deps.mailboxes.get(self.mailbox.org_id, self.mailbox.mailbox_id)
         self.settings = self.deps.settings.get(self.mailbox.org_id)
-        if current is None or not _syncable(current.value, self.settings):
+        if current is None or not current.value.can_sync(self.settings.automation_enabled):
             log.info("mailbox %s of org %s stopped being syncable before this run held its lease",
                      self.mailbox.mailbox_id, self.mailbox.org_id)  # fmt: skip
             raise _NotSyncable
@@ -354,19 +350,19 @@ class _Run:
                 self.lease()
                 self.deps.cursors.put(self.mailbox.org_id, self.mailbox.mailbox_id, folder, expired)
 
-    def execute(self) -> tuple[str, SyncFailure | None, float | None]:
+    def execute(self) -> tuple[RunStatus, SyncFailure | None, float | None]:
         """Returns (status, failure, retry_after); raises what no failure class handles. Transient
         failures end the run ``more`` (retried later; the pages before are kept), configuration and grant
         failures ``failed``."""
         try:
-            return ("done" if self._sync_folders() else "more"), None, None
+            return (RunStatus.DONE if self._sync_folders() else RunStatus.MORE), None, None
         except StorageUnavailable:
             raise  # nothing can be recorded now: the queue retries the message
         except (TransientFailure, ConfigurationFailure, GrantFailure) as exc:
             if isinstance(exc, TransientFailure):
                 told = exc.retry_after
-                return "more", exc, told if told is not None else TRANSIENT_RETRY.total_seconds()
-            return "failed", exc, None
+                return RunStatus.MORE, exc, told if told is not None else TRANSIENT_RETRY.total_seconds()
+            return RunStatus.FAILED, exc, None
 
     def _sync_folders(self) -> bool:
         """Returns True when every folder reached its delta link within the budget."""

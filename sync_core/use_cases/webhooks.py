@@ -49,29 +49,26 @@ import secrets
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sync_core.domain.model import Activity
 from sync_core.domain.representation import iso
-from sync_core.errors import AlreadyExists, ConcurrencyConflict, SyncError
-from sync_core.ports import ActivityEvent, ActivityStore, Clock, SettingsRepository, WorkQueue
-from sync_core.ports.push import (
-    WebhookDelivery,
-    WebhookLog,
-    WebhookSecret,
-    WebhookSecretStore,
+from sync_core.errors import (
+    AlreadyExists,
+    ConcurrencyConflict,
+    SecretAlreadyRevealed,
     WebhookSecretUnreadable,
-    WebhookSender,
     WebhookSendFailed,
     WebhookUrlRefused,
 )
+from sync_core.ports import ActivityEvent, ActivityStore, Clock, SettingsRepository, WorkQueue
+from sync_core.ports.push import WebhookDelivery, WebhookLog, WebhookSecret, WebhookSecretStore, WebhookSender
+from sync_core.use_cases.commands import WEBHOOK_EVENTS, DeliverWebhook
 
 log = logging.getLogger(__name__)
 
-CREATED = "activity.created"
-DELETED = "activity.deleted"
-WORK_KIND = "webhook"
+CREATED, DELETED = WEBHOOK_EVENTS  # "activity.created", "activity.deleted"
 RETRY_DELAYS = (30, 120, 600, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600)  # seconds; ~23 h in all
 MAX_ATTEMPTS = len(RETRY_DELAYS) + 1
 LOG_KEPT = 1000
@@ -97,16 +94,6 @@ class WebhookDeps:
     render: Callable[[Activity], Mapping[str, Any]]
     new_id: Callable[[], str] = lambda: uuid.uuid4().hex
     new_secret: Callable[[], str] = lambda: SECRET_PREFIX + secrets.token_urlsafe(32)
-
-
-class SecretAlreadyRevealed(SyncError):
-    """The org's webhook secret was shown before (HTTP 409): rotate to get a new one."""
-
-    code = "secret_already_revealed"
-
-
-class InvalidWork(SyncError):
-    """A push-queue message that is not a webhook delivery."""
 
 
 # -- events ------------------------------------------------------------------------------------------
@@ -158,7 +145,7 @@ def announce(deps: WebhookDeps, org_id: str, event: str, activity_id: str, url: 
 
 def _queue_first(deps: WebhookDeps, delivery: WebhookDelivery) -> WebhookDelivery:
     deps.deliveries.record(delivery)
-    deps.queue.enqueue(_work(delivery, attempt=1))
+    deps.queue.enqueue(_work(delivery, 1).to_json())
     return delivery
 
 
@@ -200,42 +187,27 @@ def drain_outbox(deps: WebhookDeps, org_id: str) -> int:
     return announced
 
 
-def _work(delivery: WebhookDelivery, attempt: int) -> dict[str, Any]:
-    return {
-        "kind": WORK_KIND,
-        "org_id": delivery.org_id,
-        "delivery_id": delivery.delivery_id,
-        "event": delivery.event,
-        "activity_id": delivery.activity_id,
-        "created_at": delivery.created_at.astimezone(UTC).isoformat(),
-        "attempt": attempt,
-    }
-
-
-def delivery_from_work(message: Mapping[str, Any]) -> tuple[WebhookDelivery, int]:
-    try:
-        delivery = WebhookDelivery(
-            org_id=str(message["org_id"]),
-            delivery_id=str(message["delivery_id"]),
-            event=str(message["event"]),
-            activity_id=str(message["activity_id"]),
-            created_at=datetime.fromisoformat(str(message["created_at"])),
-        )
-        attempt = int(message["attempt"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InvalidWork("not a webhook delivery message") from exc
-    if delivery.event not in (CREATED, DELETED) or attempt < 1:
-        raise InvalidWork("not a webhook delivery message")
-    return delivery, attempt
+def _work(delivery: WebhookDelivery, attempt: int) -> DeliverWebhook:
+    return DeliverWebhook(
+        delivery.org_id, delivery.delivery_id, delivery.event, delivery.activity_id, delivery.created_at, attempt
+    )
 
 
 # -- delivery ----------------------------------------------------------------------------------------
 
 
-def deliver(deps: WebhookDeps, message: Mapping[str, Any]) -> WebhookDelivery:
-    """One attempt of a queued delivery; logs and returns its new state. Raises only when storage or the
-    queue fail (the host then retries the message)."""
-    delivery, attempt = delivery_from_work(message)
+def deliver(deps: WebhookDeps, message: DeliverWebhook | Mapping[str, Any]) -> WebhookDelivery:
+    """One attempt of a queued delivery (the command, or its JSON); logs and returns its new state.
+    Raises only when storage or the queue fail (the host then retries the message)."""
+    command = message if isinstance(message, DeliverWebhook) else DeliverWebhook.from_json(message)
+    delivery = WebhookDelivery(
+        org_id=command.org_id,
+        delivery_id=command.delivery_id,
+        event=command.event,
+        activity_id=command.activity_id,
+        created_at=command.created_at,
+    )
+    attempt = command.attempt
     now = deps.clock.now()
     url = deps.settings.get(delivery.org_id).webhook_url
     if not url:
@@ -295,7 +267,7 @@ def _retry_or_fail(deps: WebhookDeps, delivery: WebhookDelivery, attempt: int) -
         return _log(deps, replace(delivery, status="failed", next_attempt_at=None))
     delay = RETRY_DELAYS[attempt - 1]
     retrying = replace(delivery, status="retrying", next_attempt_at=deps.clock.now() + timedelta(seconds=delay))
-    deps.queue.enqueue(_work(retrying, attempt + 1), delay)
+    deps.queue.enqueue(_work(retrying, attempt + 1).to_json(), delay)
     return _log(deps, retrying)
 
 

@@ -17,8 +17,8 @@ from azure.data.tables import TableServiceClient
 from sync_core.adapters.table_subscriptions import TableSubscriptionStore
 from sync_core.adapters.table_webhook_log import TableWebhookLog, TableWebhookSecretStore
 from sync_core.auth.crypto import TokenCipher, TokenDecryptionError
-from sync_core.errors import AlreadyExists, ConcurrencyConflict
-from sync_core.ports.push import PushSubscription, WebhookDelivery, WebhookSecret, WebhookSecretUnreadable
+from sync_core.errors import AlreadyExists, ConcurrencyConflict, WebhookSecretUnreadable
+from sync_core.ports.push import PushSubscription, WebhookDelivery, WebhookSecret
 from sync_core.testing.push import InMemorySubscriptionStore, InMemoryWebhookLog, InMemoryWebhookSecretStore
 from tests.contract.conftest import T0
 

@@ -16,7 +16,8 @@ import pytest
 import requests
 
 from emulator.client import EmulatorClient, EmulatorTenant
-from sync_core.domain.mime import InvalidMessage, parse_rfc822
+from sync_core.domain.mime import parse_rfc822
+from sync_core.errors import InvalidMessage
 from tests.e2e.conftest import AppUnderTest
 from tests.e2e.test_sync_flow import DAN, STRANGER, connect, iso, run_scheduler, set_up_org, timeline
 

@@ -8,11 +8,9 @@ import pytest
 
 from sync_core.adapters.graph.tokens import AppTokenSource
 from sync_core.domain.model import ConnectionMode, MailboxStatus
-from sync_core.errors import ReauthRequired
+from sync_core.errors import ConsentRequired, InvalidRequest, ReauthRequired
 from sync_core.use_cases.connect import (
     ConnectResult,
-    ConsentRequired,
-    InvalidRequest,
     add_app_mailbox,
     complete_admin_consent,
     mailbox_id_for,

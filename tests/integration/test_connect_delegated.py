@@ -15,10 +15,8 @@ from sync_core.adapters.graph.identity import MsalIdentity
 from sync_core.adapters.graph.session import MsalHttpClient
 from sync_core.adapters.graph.tokens import DelegatedTokenSource
 from sync_core.domain.model import Activity, ConnectionMode, Direction, MailboxStatus, RecordRef, activity_id_for
-from sync_core.errors import ReauthRequired
+from sync_core.errors import InvalidRequest, MailboxNotFound, ReauthRequired
 from sync_core.use_cases.connect import (
-    InvalidRequest,
-    MailboxNotFound,
     complete_connect,
     confirm_connect,
     disconnect,

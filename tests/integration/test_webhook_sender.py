@@ -22,7 +22,7 @@ import requests
 import trustme
 
 from sync_core.adapters.http_webhooks import RequestsWebhookSender
-from sync_core.ports.push import WebhookSendFailed, WebhookUrlRefused
+from sync_core.errors import WebhookSendFailed, WebhookUrlRefused
 
 PUBLIC = "93.184.216.34"  # a global address: passes the guard; nothing of the test listens there
 

@@ -23,7 +23,8 @@ from azure.storage.queue import QueueClient
 from sync_core.adapters.storage_queue import StorageWorkQueue
 from sync_core.adapters.table_due import TableDueIndex
 from sync_core.ports import DeltaPage, LeaseStore
-from sync_core.use_cases.schedule import ScheduleDeps, SyncMessage, process_message
+from sync_core.use_cases.commands import SyncMailbox as SyncMessage
+from sync_core.use_cases.schedule import ScheduleDeps, process_message
 from sync_core.use_cases.sync_mailbox import SyncOutcome
 from tests.integration.sync_env import ADELE, ORG
 from tests.reliability.rel_env import Ledger, OffsetClock, RelEnv, assert_converged

@@ -23,8 +23,9 @@ from sync_core.adapters.storage_queue import StorageWorkQueue
 from sync_core.adapters.table_due import TableDueIndex
 from sync_core.domain.model import Activity, MailboxStatus
 from sync_core.ports import ActivityStore, ActivityWrite, CursorStore, DeltaPage, LeaseStore
+from sync_core.use_cases.commands import SyncMailbox as SyncMessage
 from sync_core.use_cases.connect import disconnect
-from sync_core.use_cases.schedule import ScheduleDeps, SyncMessage, process_message, request_backfill
+from sync_core.use_cases.schedule import ScheduleDeps, process_message, request_backfill
 from sync_core.use_cases.sync_mailbox import WRITE_GRACE, SyncOutcome
 from tests.integration.sync_env import ADELE, CAROL, ORG
 from tests.reliability.rel_env import Delivered, Ledger, OffsetClock, RelEnv, assert_converged, iso, now

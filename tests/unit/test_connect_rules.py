@@ -19,14 +19,13 @@ from sync_core.api.http import ApiError
 from sync_core.api.settings import settings_from_json
 from sync_core.auth.crypto import TokenCipher
 from sync_core.domain.model import Mailbox, MailboxStatus, OrgSettings
-from sync_core.errors import IdentityError, MessageNotFound, TransientGraphError
+from sync_core.errors import IdentityError, InvalidRequest, MessageNotFound, TransientGraphError
 from sync_core.ports.identity import AdminSignIn, AppGrant, DelegatedGrant, OrgTenant, PendingAuthFlow, TokenSource
 from sync_core.testing.auth import MemoryAuthFlowStore, MemoryOrgTenantStore, MemoryTokenCacheStore
 from sync_core.testing.stores import InMemoryStores
 from sync_core.use_cases.connect import (
     ConnectDeps,
     ConnectResult,
-    InvalidRequest,
     add_app_mailbox,
     aliases_from_profile,
     complete_admin_consent,

@@ -11,17 +11,10 @@ from textwrap import dedent
 
 import pytest
 
-from sync_core.domain.mime import (
-    MAX_DEPTH,
-    MAX_HEADER_LINE_BYTES,
-    MAX_HEADER_SECTION_BYTES,
-    MAX_PARTS,
-    InvalidMessage,
-    parse_rfc822,
-)
+from sync_core.domain.mime import MAX_DEPTH, MAX_HEADER_LINE_BYTES, MAX_HEADER_SECTION_BYTES, MAX_PARTS, parse_rfc822
 from sync_core.domain.model import AttachmentSummary, EmailAddress
 from sync_core.domain.text import MAX_HTML_CHARS
-from sync_core.errors import SyncError
+from sync_core.errors import InvalidMessage, SyncError
 
 
 def eml(*pieces: str) -> bytes:

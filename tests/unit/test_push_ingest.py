@@ -9,9 +9,9 @@ from email.utils import format_datetime
 
 import pytest
 
-from sync_core.domain.mime import InvalidMessage
 from sync_core.domain.model import Activity, EmailAddress, Mailbox, MailboxStatus, MailMessage, OrgSettings, Record
 from sync_core.domain.text import MAX_HTML_CHARS
+from sync_core.errors import InvalidMessage
 from sync_core.testing.app import InMemoryApp
 from sync_core.testing.mail import FakeMailSource, FixedClock
 from sync_core.testing.stores import InMemoryStores

@@ -15,8 +15,8 @@ import pytest
 
 from sync_core.adapters.graph.subscriptions import resource_for as graph_resource_for
 from sync_core.domain.model import FolderFilter, Mailbox, MailboxStatus, OrgSettings
-from sync_core.errors import MessageNotFound, ReauthRequired, TransientGraphError
-from sync_core.ports.push import CreatedSubscription, PushSubscription, SubscriptionRefused
+from sync_core.errors import MessageNotFound, ReauthRequired, SubscriptionRefused, TransientGraphError
+from sync_core.ports.push import CreatedSubscription, PushSubscription
 from sync_core.testing.mail import FixedClock
 from sync_core.testing.push import InMemorySubscriptionStore
 from sync_core.testing.scheduling import InMemoryMailboxCatalog

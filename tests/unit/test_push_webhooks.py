@@ -26,8 +26,8 @@ from sync_core.domain.model import (
     RecordRef,
     activity_id_for,
 )
+from sync_core.errors import SecretAlreadyRevealed, WebhookSecretUnreadable, WebhookSendFailed, WebhookUrlRefused
 from sync_core.ports import ActivityEvent
-from sync_core.ports.push import WebhookSecretUnreadable, WebhookSendFailed, WebhookUrlRefused
 from sync_core.testing.app import InMemoryApp
 from sync_core.testing.mail import FakeMailSource, FixedClock
 from sync_core.testing.push import FakeWebhookSender, InMemoryWebhookLog, InMemoryWebhookSecretStore
@@ -36,7 +36,7 @@ from sync_core.testing.stores import InMemoryStores
 from sync_core.use_cases import webhooks
 from sync_core.use_cases.ingest import ingest
 from sync_core.use_cases.sync_mailbox import sync_mailbox
-from sync_core.use_cases.webhooks import MAX_ATTEMPTS, RETRY_DELAYS, SecretAlreadyRevealed, WebhookEvents
+from sync_core.use_cases.webhooks import MAX_ATTEMPTS, RETRY_DELAYS, WebhookEvents
 
 ORG = "acme"
 HOOK = "https://crm.example/hooks/mail"

@@ -22,7 +22,8 @@ from sync_core.testing.mail import FakeMailSource, throttled
 from sync_core.testing.scheduling import InMemoryDueIndex, InMemoryWorkQueue
 from sync_core.testing.stores import InMemoryStores
 from sync_core.use_cases import schedule
-from sync_core.use_cases.schedule import ScheduleDeps, SyncMessage
+from sync_core.use_cases.commands import SyncMailbox as SyncMessage
+from sync_core.use_cases.schedule import ScheduleDeps
 from sync_core.use_cases.sync_mailbox import SyncOutcome
 
 ORG = "acme"

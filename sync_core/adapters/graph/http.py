@@ -28,9 +28,9 @@ import requests
 
 from sync_core.errors import (
     DeltaTokenExpired,
+    GraphError,
     MailboxAccessDenied,
     MessageNotFound,
-    ProviderRefused,
     ReauthRequired,
     SyncError,
     TransientGraphError,
@@ -43,12 +43,6 @@ RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 SYNC_RESET_CODES = frozenset({"syncstatenotfound", "resyncrequired", "syncstateinvalid"})
 BATCH_LIMIT = 20
 
-
-class GraphError(ProviderRefused):
-    """A Graph error that retrying will not fix."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(status, code, f"Graph {status} {code}: {message}")
 
 
 @dataclass

@@ -16,11 +16,11 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
-from sync_core.adapters.graph.http import GraphError, GraphHttp
+from sync_core.adapters.graph.http import GraphHttp
 from sync_core.adapters.graph.mail import GRAPH_FOLDERS
 from sync_core.domain.model import Mailbox
-from sync_core.errors import MessageNotFound
-from sync_core.ports.push import WHOLE_MAILBOX, CreatedSubscription, SubscriptionRefused
+from sync_core.errors import GraphError, MessageNotFound, SubscriptionRefused
+from sync_core.ports.push import WHOLE_MAILBOX, CreatedSubscription
 
 _GRAPH_NAME = {role.value: name for role, name in GRAPH_FOLDERS.items()}
 _MAX_MINUTES = re.compile(r"(\d+)\s*minutes", re.IGNORECASE)

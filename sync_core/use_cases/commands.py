@@ -1,0 +1,196 @@
+"""Queue messages as typed commands, and the one dispatcher the queue triggers call.
+
+Two queues carry commands: the sync queue (``SyncMailbox``: run one mailbox) and the push queue
+(``DeliverWebhook``: one attempt of a CRM webhook delivery; ``SubscriptionWork``: renew or recreate a Graph
+subscription). Invariants:
+
+- The wire format is the JSON a deploy before this module wrote, byte-for-byte in meaning, so messages
+  queued by an older deploy still parse: a sync message is ``{org_id, mailbox_id, reason}`` (no kind); a push
+  message carries ``kind`` (``webhook`` or ``subscription``) and its fields.
+- ``parse_*`` raises ``InvalidCommand`` for anything else; ``dispatch`` drops such a message with a log line
+  and returns ``invalid`` (retrying would read the same bytes), never raising for it.
+- ``dispatch`` raises what the handler raises (storage or Graph trouble), so the host retries the message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from sync_core.errors import InvalidCommand
+
+if TYPE_CHECKING:
+    from sync_core.use_cases.notifications import NotificationDeps
+    from sync_core.use_cases.schedule import ScheduleDeps
+    from sync_core.use_cases.subscriptions import SubscriptionDeps
+    from sync_core.use_cases.webhooks import WebhookDeps
+
+log = logging.getLogger(__name__)
+
+WEBHOOK_KIND = "webhook"
+SUBSCRIPTION_KIND = "subscription"
+WEBHOOK_EVENTS = ("activity.created", "activity.deleted")
+
+
+class SyncReason(StrEnum):
+    """Why a sync message was queued (logs and run reports)."""
+
+    TIMER = "timer"
+    SYNC_NOW = "sync_now"
+    BACKFILL = "backfill"
+    CONTINUATION = "continuation"
+    SCHEDULED = "scheduled"
+
+
+class SubscriptionAction(StrEnum):
+    REAUTHORIZE = "reauthorize"
+    RECREATE = "recreate"
+
+
+# -- commands ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SyncMailbox:
+    """Run one sync of a mailbox (the sync queue). ``reason`` is free text on the wire: an older or newer
+    deploy's reason is kept as it came."""
+
+    org_id: str
+    mailbox_id: str
+    reason: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"org_id": self.org_id, "mailbox_id": self.mailbox_id, "reason": str(self.reason)}
+
+    @classmethod
+    def parse(cls, body: bytes | str) -> SyncMailbox:
+        data = _json_object(body)
+        org_id, mailbox_id, reason = data.get("org_id"), data.get("mailbox_id"), data.get("reason", "")
+        if not (isinstance(org_id, str) and org_id and isinstance(mailbox_id, str) and mailbox_id):
+            raise InvalidCommand("the message lacks org_id or mailbox_id")
+        return cls(org_id, mailbox_id, str(reason))
+
+
+@dataclass(frozen=True)
+class DeliverWebhook:
+    """One attempt (``attempt``, from 1) of the delivery ``delivery_id`` of an activity event to the org's
+    webhook (the push queue)."""
+
+    org_id: str
+    delivery_id: str
+    event: str
+    activity_id: str
+    created_at: datetime
+    attempt: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": WEBHOOK_KIND,
+            "org_id": self.org_id,
+            "delivery_id": self.delivery_id,
+            "event": self.event,
+            "activity_id": self.activity_id,
+            "created_at": self.created_at.astimezone(UTC).isoformat(),
+            "attempt": self.attempt,
+        }
+
+    @classmethod
+    def from_json(cls, message: Any) -> DeliverWebhook:
+        try:
+            command = cls(
+                org_id=str(message["org_id"]),
+                delivery_id=str(message["delivery_id"]),
+                event=str(message["event"]),
+                activity_id=str(message["activity_id"]),
+                created_at=datetime.fromisoformat(str(message["created_at"])),
+                attempt=int(message["attempt"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidCommand("not a webhook delivery message") from exc
+        if command.event not in WEBHOOK_EVENTS or command.attempt < 1:
+            raise InvalidCommand("not a webhook delivery message")
+        return command
+
+
+@dataclass(frozen=True)
+class SubscriptionWork:
+    """Renew (``reauthorize``) or subscribe again (``recreate``) one Graph subscription (the push queue).
+    ``action`` stays a string: an action this version does not know is dropped by its handler."""
+
+    action: str
+    subscription_id: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"kind": SUBSCRIPTION_KIND, "action": str(self.action), "subscription_id": self.subscription_id}
+
+    @classmethod
+    def from_json(cls, message: Any) -> SubscriptionWork:
+        return cls(str(message.get("action")), str(message.get("subscription_id", "")))
+
+
+PushCommand = DeliverWebhook | SubscriptionWork
+Command = SyncMailbox | PushCommand
+
+
+def parse_push(body: bytes | str) -> PushCommand:
+    """A push-queue message as its command (by ``kind``); ``InvalidCommand`` otherwise."""
+    data = _json_object(body)
+    kind = data.get("kind")
+    if kind == WEBHOOK_KIND:
+        return DeliverWebhook.from_json(data)
+    if kind == SUBSCRIPTION_KIND:
+        return SubscriptionWork.from_json(data)
+    raise InvalidCommand(f"a message of unknown kind {str(kind)[:40]!r}")
+
+
+def _json_object(body: bytes | str) -> dict[str, Any]:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidCommand("the message is not JSON") from exc
+    if not isinstance(data, dict):
+        raise InvalidCommand("the message is not a JSON object")
+    return data
+
+
+# -- the dispatcher ------------------------------------------------------------------------------------
+
+
+class Handlers(Protocol):
+    """Where the dispatcher gets each use case's dependencies (``bootstrap.Services``)."""
+
+    def schedule_deps(self) -> ScheduleDeps: ...
+    def webhook_deps(self) -> WebhookDeps: ...
+    def notification_deps(self) -> NotificationDeps: ...
+    def subscription_deps(self) -> SubscriptionDeps: ...
+
+
+def dispatch(
+    app: Handlers,
+    queue: Literal["sync", "push"],
+    body: bytes | str,
+    dequeue_count: int = 1,
+    max_dequeue_count: int = 1,
+) -> str:
+    """Parse one message of ``queue`` and run its command; returns the outcome (``invalid`` for a message
+    that is not a command). A sync command's last failing delivery (``dequeue_count`` reaching
+    ``max_dequeue_count``) records the failure on the mailbox before the exception poisons the message."""
+    # The use cases load on the first message, not when a trigger module is indexed (cold start).
+    from sync_core.use_cases import notifications, schedule, webhooks  # noqa: PLC0415
+
+    try:
+        command: Command = SyncMailbox.parse(body) if queue == "sync" else parse_push(body)
+    except InvalidCommand as exc:
+        log.warning("%s queue: dropping a message: %s", queue, exc)  # retrying would never make it valid
+        return "invalid"
+    match command:
+        case SyncMailbox():
+            return schedule.run_command(app.schedule_deps(), command, dequeue_count, max_dequeue_count)
+        case DeliverWebhook():
+            return webhooks.deliver(app.webhook_deps(), command).status
+        case SubscriptionWork():
+            return notifications.process_work(app.notification_deps(), app.subscription_deps(), command)

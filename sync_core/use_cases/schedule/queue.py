@@ -1,0 +1,155 @@
+"""The queue-triggered run of one mailbox and what its outcome does to the schedule (spec §5).
+
+The whole schedule, from connect to the outcome of a run (``tick``, ``requests`` and this module):
+
+    connect / app-mode add ─ schedule_mailbox(at=now) ─┐
+                                                        ▼
+    timer, every minute ── enqueue_due ──> due index ("due by now": one range query per shard, entries
+        │  and versions included); claim them in bulk (compare-and-set: due += poll interval; queued_at
+        │  kept only while recent), each conflicting one alone, then enqueue {org_id, mailbox_id, reason};
+        │  plus one page of the reconciliation sweep
+        ▼
+    queue ── process_message ── apply a pending backfill (under the mailbox's sync lease)
+                              ── sync_mailbox ── done:    due = now + poll interval, queued_at cleared (no
+                                              │           write when the entry already says so in substance)
+                                              ── more:    continuation message (delay = Retry-After), queued_at = now
+                                              ── busy:    another run holds the lease: drop (coalesced)
+                                              ── failed:  status already set by the run (grant: needs_reauth,
+                                              │           parked; configuration: error, due in ERROR_RETRY)
+                                              ── skipped: not syncable; entry parked (removed when gone/disconnected)
+                                              ── raised:  the host retries the message; its last delivery
+                                                          gives up (``give_up``), see below
+    "Sync now" / backfill ── request_sync / request_backfill ── coalesced when a message is already queued
+
+Invariants:
+- An idle poll through the timer writes the due entry once (the claim): a run ending ``done`` leaves an
+  entry with no ``queued_at``, no pending backfill and ``due_at`` within the next poll interval as it is.
+- A mailbox that is not syncable (paused, needs_reauth) stays in the index, rechecked every
+  ``PARKED_RECHECK``; a missing or disconnected one leaves it. A mailbox in ``error`` is syncable: the
+  timer retries it every ``ERROR_RETRY``, "Sync now" and backfill are accepted at once (never 409), and
+  the first run that succeeds sets it ``active`` again. Nothing but a grant failure, a pause or a
+  disconnect stops a mailbox from being retried.
+- Transient failures never park a mailbox nor change its status: a run ends ``more`` and continues after
+  the Retry-After (or a backoff) in a continuation message.
+- A message failing on its last delivery (``dequeue_count`` = maxDequeueCount), with a failure that is
+  not transient, sets the mailbox to ``error`` with "sync failed N times: <exception type>" before the
+  host moves it to the poison queue, and keeps it due every ``ERROR_RETRY``, so it recovers by itself
+  once the cause is gone (each failed run's report already holds its class and reason). A transient one
+  (storage unreachable) only makes it due again after ``ERROR_RETRY``. Exception text (which may hold
+  data) is never stored or logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from sync_core.domain.model import Mailbox, MailboxStatus, RunStatus
+from sync_core.errors import (
+    ConcurrencyConflict,
+    GrantFailure,
+    InvalidCommand,
+    TransientFailure,
+    failure_of,
+)
+from sync_core.use_cases.commands import SyncMailbox, SyncReason
+from sync_core.use_cases.mailbox_updates import update_mailbox
+from sync_core.use_cases.schedule.common import (
+    ERROR_RETRY,
+    MAX_DELAY_SECONDS,
+    ScheduleDeps,
+    park,
+    reschedule,
+    unschedule_mailbox,
+)
+from sync_core.use_cases.schedule.requests import apply_pending_backfill
+
+log = logging.getLogger(__name__)
+
+
+# -- the queue-triggered run -------------------------------------------------------------------------
+
+
+def process_message(
+    deps: ScheduleDeps, body: bytes | str, dequeue_count: int, max_dequeue_count: int
+) -> RunStatus:
+    """Run one sync-queue message as it came (``commands.dispatch`` for the sync queue, on this deps):
+    returns the outcome, ``invalid`` for a message that is not a ``SyncMailbox``."""
+    try:
+        message = SyncMailbox.parse(body)
+    except InvalidCommand as exc:
+        log.warning("dropping a sync message: %s", exc)  # retrying would never make it valid
+        return RunStatus.INVALID
+    return run_command(deps, message, dequeue_count, max_dequeue_count)
+
+
+def run_command(deps: ScheduleDeps, message: SyncMailbox, dequeue_count: int, max_dequeue_count: int) -> RunStatus:
+    """Run one ``SyncMailbox``; returns the outcome (``done``, ``more``, ``busy``, ``skipped`` or
+    ``failed``). Raises when the run raised, so the host retries the message; on its last delivery
+    ``give_up`` records the failure first."""
+    try:
+        return _process(deps, message)
+    except Exception as exc:
+        log.warning(
+            "sync of mailbox %s (org %s) raised %s on delivery %d of %d",
+            message.mailbox_id, message.org_id, type(exc).__name__, dequeue_count, max_dequeue_count,
+        )
+        if dequeue_count >= max_dequeue_count:
+            give_up(deps, message.org_id, message.mailbox_id, dequeue_count, exc)
+        raise
+
+
+def _process(deps: ScheduleDeps, message: SyncMailbox) -> RunStatus:
+    org_id, mailbox_id = message.org_id, message.mailbox_id
+    if not apply_pending_backfill(deps, org_id, mailbox_id):
+        return RunStatus.BUSY  # a run holds the lease; its end sees the pending backfill
+    outcome = deps.sync(org_id, mailbox_id)
+    now = deps.clock.now()
+    if outcome.status == RunStatus.BUSY:
+        return RunStatus.BUSY
+    if outcome.status == RunStatus.MORE:
+        reschedule(deps, org_id, mailbox_id, now, queued=True)
+        delay = min(max(math.ceil(outcome.retry_after or 0), 0), MAX_DELAY_SECONDS)
+        deps.queue.enqueue(SyncMailbox(org_id, mailbox_id, SyncReason.CONTINUATION).to_json(), delay)
+    elif outcome.status == RunStatus.DONE:
+        entry = reschedule(deps, org_id, mailbox_id, now, queued=None)
+        if entry is not None and entry.backfill_since is not None:  # requested while this run held the lease
+            deps.queue.enqueue(SyncMailbox(org_id, mailbox_id, SyncReason.BACKFILL).to_json())
+    elif outcome.status == RunStatus.SKIPPED:
+        found = deps.mailboxes.get(org_id, mailbox_id)
+        if found is None or found.value.status is MailboxStatus.DISCONNECTED:
+            unschedule_mailbox(deps, org_id, mailbox_id)
+        else:
+            park(deps, org_id, mailbox_id, now)
+    elif outcome.failure is GrantFailure:  # the run set needs_reauth: nothing to retry until reconnected
+        park(deps, org_id, mailbox_id, now)
+    else:  # a configuration failure: the run set error with the reason; retried until a run succeeds
+        park(deps, org_id, mailbox_id, now, ERROR_RETRY)
+    return outcome.status
+
+
+def give_up(deps: ScheduleDeps, org_id: str, mailbox_id: str, attempts: int, exc: BaseException) -> None:
+    """The last delivery of a message failed. A transient failure (storage unreachable) changes nothing
+    but the due time: the mailbox is retried after ``ERROR_RETRY``, never parked. Anything else sets the
+    mailbox to ``error`` ("sync failed N times: <type>", visible to the CRM) and keeps it scheduled every
+    ``ERROR_RETRY``: the next run that succeeds clears the error. Best effort: the message goes to the
+    poison queue whatever happens here."""
+    transient = issubclass(failure_of(exc), TransientFailure)
+    reason = f"sync failed {attempts} times: {type(exc).__name__}"
+    def errored(mailbox: Mailbox) -> Mailbox | None:
+        return mailbox.failed(MailboxStatus.ERROR, reason) if mailbox.can_sync_status() else None
+
+    try:
+        if not transient:
+            try:
+                update_mailbox(deps.mailboxes, org_id, mailbox_id, errored)
+            except ConcurrencyConflict:  # kept changing: the mailbox is still parked below
+                log.warning("mailbox %s kept changing; its status was not updated", mailbox_id)
+        park(deps, org_id, mailbox_id, deps.clock.now(), ERROR_RETRY)
+    except Exception as failure:  # the poison move must happen regardless
+        log.error("could not record the failure of mailbox %s: %s", mailbox_id, type(failure).__name__)
+    else:
+        if transient:
+            log.warning("mailbox %s of org %s: %s (transient); retried later", mailbox_id, org_id, reason)
+        else:
+            log.error("mailbox %s of org %s set to error: %s", mailbox_id, org_id, reason)
