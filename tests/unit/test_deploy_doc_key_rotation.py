@@ -16,11 +16,11 @@ from pathlib import Path
 from sync_core.auth.crypto import TokenCipher
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "deploy.md").read_text(encoding="utf-8")
-FIRST = 'TOKEN_KEY="k$(date -u +%Y%m%d):$(openssl rand -base64 32)"'
+FIRST = 'TOKEN_KEY="k$(date -u +%Y%m%d%H%M):$(openssl rand -base64 32)"'
 READ_BACK = 'TOKEN_KEY=$(az keyvault secret show --vault-name "$KV" --name token-encryption-key --query value -o tsv)'
 ROTATE = (
     'CURRENT=$(az keyvault secret show --vault-name "$KV" --name token-encryption-key --query value -o tsv)\n'
-    'TOKEN_KEY="k$(date -u +%Y%m%d):$(openssl rand -base64 32),$CURRENT"'
+    'TOKEN_KEY="k$(date -u +%Y%m%d%H%M):$(openssl rand -base64 32),$CURRENT"'
 )
 DROP_OLD = (
     'TOKEN_KEY=$(az keyvault secret show --vault-name "$KV" --name token-encryption-key --query value -o tsv'
