@@ -193,7 +193,7 @@ def sync_mailbox(deps: SyncDeps, org_id: str, mailbox_id: str, budget: timedelta
     started = deps.clock.now()
     run = _Run(deps, mailbox, settings, started, budget)
     transactions_before = deps.table_transactions()
-    requests_before = deps.mail.requests_made
+    requests_before = deps.mail.requests_for(mailbox)
     escaped: Exception | None = None
     failure: BaseException | None
     try:
@@ -215,7 +215,7 @@ def sync_mailbox(deps: SyncDeps, org_id: str, mailbox_id: str, budget: timedelta
             finished_at=deps.clock.now(),
             reasons=dict(run.reasons),
             pages=run.pages,
-            graph_requests=deps.mail.requests_made - requests_before,
+            graph_requests=deps.mail.requests_for(mailbox) - requests_before,
             table_transactions=deps.table_transactions() - transactions_before,
             activities_created=run.created,
             activities_merged=run.merged,
