@@ -2,7 +2,7 @@
 
 Two queues carry commands: the sync queue (``SyncMailbox``: run one mailbox) and the push queue
 (``DeliverWebhook``: one attempt of a CRM webhook delivery; ``SubscriptionWork``: renew or recreate a Graph
-subscription). Invariants:
+subscription, or subscribe a mailbox that just became active). Invariants:
 
 - The wire format is the JSON a deploy before this module wrote, byte-for-byte in meaning, so messages
   queued by an older deploy still parse: a sync message is ``{org_id, mailbox_id, reason}`` (no kind); a push
@@ -49,6 +49,7 @@ class SyncReason(StrEnum):
 class SubscriptionAction(StrEnum):
     REAUTHORIZE = "reauthorize"
     RECREATE = "recreate"
+    ENSURE = "ensure"  # a mailbox became active: give it its subscriptions now (an older deploy drops it)
 
 
 # -- commands ------------------------------------------------------------------------------------------
@@ -118,18 +119,30 @@ class DeliverWebhook:
 
 @dataclass(frozen=True)
 class SubscriptionWork:
-    """Renew (``reauthorize``) or subscribe again (``recreate``) one Graph subscription (the push queue).
-    ``action`` stays a string: an action this version does not know is dropped by its handler."""
+    """Renew (``reauthorize``) or subscribe again (``recreate``) one Graph subscription, or subscribe a
+    mailbox that just became active (``ensure``, by ``org_id`` and ``mailbox_id``; no subscription id),
+    on the push queue. ``action`` stays a string: an action this version does not know is dropped by its
+    handler. The mailbox fields are written only when set, so the older messages' JSON is unchanged."""
 
     action: str
-    subscription_id: str
+    subscription_id: str = ""
+    org_id: str = ""
+    mailbox_id: str = ""
 
     def to_json(self) -> dict[str, str]:
-        return {"kind": SUBSCRIPTION_KIND, "action": str(self.action), "subscription_id": self.subscription_id}
+        data = {"kind": SUBSCRIPTION_KIND, "action": str(self.action), "subscription_id": self.subscription_id}
+        if self.org_id or self.mailbox_id:
+            data.update(org_id=self.org_id, mailbox_id=self.mailbox_id)
+        return data
 
     @classmethod
     def from_json(cls, message: Any) -> SubscriptionWork:
-        return cls(str(message.get("action")), str(message.get("subscription_id", "")))
+        return cls(
+            str(message.get("action")),
+            str(message.get("subscription_id", "")),
+            str(message.get("org_id", "")),
+            str(message.get("mailbox_id", "")),
+        )
 
 
 PushCommand = DeliverWebhook | SubscriptionWork
