@@ -163,12 +163,15 @@ class Services:
             events=self.activity_events(),
         )
 
-    def sync(self, org_id: str, mailbox_id: str, budget: timedelta = timedelta(minutes=4)) -> SyncOutcome:
+    def sync(
+        self, org_id: str, mailbox_id: str, run_id: str = "", budget: timedelta = timedelta(minutes=4)
+    ) -> SyncOutcome:
         from sync_core.use_cases.sync_mailbox import sync_mailbox
 
         # A per-run measurement, so concurrent runs in one worker never mix their transaction counts.
         with self.stores.metrics.measure() as tables:
-            return sync_mailbox(self.sync_deps(lambda: tables.transactions), org_id, mailbox_id, budget)
+            deps = self.sync_deps(lambda: tables.transactions)
+            return sync_mailbox(deps, org_id, mailbox_id, budget, run_id=run_id)
 
     @functools.cached_property
     def queue(self) -> StorageWorkQueue:

@@ -7,6 +7,7 @@
     PATCH  /api/orgs/{org}/mailboxes/{mailbox_id}             {enabled?, directions?} → mailbox
     DELETE /api/orgs/{org}/mailboxes/{mailbox_id}?purge=      → 204 (disconnect)
     GET    /api/orgs/{org}/mailboxes/{mailbox_id}/runs?limit= → {runs: [...]} newest first
+    GET    /api/orgs/{org}/mailboxes/{mailbox_id}/runs/{run_id} → {run_id, status, report} (Sync now, backfill)
     POST   /api/orgs/{org}/mailboxes/{mailbox_id}/explain     {internet_message_id} → {decision, message}
     POST   /api/orgs/{org}/mailboxes:sign-out-all             → {signed_out: n}
 
@@ -56,6 +57,7 @@ from sync_core.domain.model import (
 from sync_core.domain.representation import iso
 from sync_core.ports import RunReport, Versioned
 from sync_core.use_cases import mailbox_updates
+from sync_core.use_cases.commands import valid_run_id
 from sync_core.use_cases.connect import (
     MAX_CONNECT_CODE,
     MAX_USER_ID,
@@ -65,6 +67,7 @@ from sync_core.use_cases.connect import (
     sign_out_all,
 )
 from sync_core.use_cases.explain import explain
+from sync_core.use_cases.run_status import run_state
 from sync_core.use_cases.sync_mailbox import REPORTS_KEPT
 
 if TYPE_CHECKING:
@@ -168,6 +171,17 @@ def list_runs(svc: Services, req: ApiRequest) -> ApiResponse:
     limit = _query_int(req, "limit", 1, REPORTS_KEPT, DEFAULT_RUNS)
     _existing(svc, org, mailbox_id)
     return ok({"runs": [run_to_json(r) for r in svc.stores.runs.recent(org, mailbox_id, limit)]})
+
+
+def get_run(svc: Services, req: ApiRequest) -> ApiResponse:
+    """Where a run a CRM was given an id for stands (``use_cases.run_status``); 404 for an unknown id."""
+    org, mailbox_id, run_id = req.param("org"), req.param("mailbox_id"), req.param("run_id")
+    _existing(svc, org, mailbox_id)
+    state = run_state(svc.due_index, svc.stores.runs, org, mailbox_id, run_id) if valid_run_id(run_id) else None
+    if state is None:
+        raise not_found("run")
+    report = run_to_json(state.report) if state.report is not None else None
+    return ok({"run_id": state.run_id, "mailbox_id": mailbox_id, "status": state.status, "report": report})
 
 
 def sign_out_all_mailboxes(svc: Services, req: ApiRequest) -> ApiResponse:
@@ -330,6 +344,7 @@ __all__ = [
     "delete_mailbox",
     "explain_message",
     "get_mailbox",
+    "get_run",
     "list_mailboxes",
     "list_runs",
     "mailbox_to_json",

@@ -792,3 +792,33 @@ def test_an_idle_poll_that_refreshes_its_cursors_reports_two_pages_received_in_o
     [report] = world.stores.runs.recent(ORG, "mb-adele", 1)
     assert outcome.report == report
     assert (report.pages, report.graph_requests) == (2, 1)  # both folders' pages came in one batched request
+
+
+# -- runs a CRM polls ------------------------------------------------------------------------------------
+
+
+def test_a_requested_run_with_nothing_new_stores_its_report_under_the_given_id() -> None:
+    world = World()
+    world.sync()
+    run_id = "0123456789abcdef0123456789abcdef"
+
+    outcome = sync_mailbox(world.deps(), ORG, "mb-adele", run_id=run_id)
+
+    assert outcome.status == "done"
+    [newest, *_] = world.stores.runs.recent(ORG, "mb-adele", 50)
+    assert newest.run_id == run_id and outcome.report == newest
+
+
+def test_two_deliveries_of_one_requested_run_never_share_the_lease() -> None:
+    world = World()
+    run_id = "0123456789abcdef0123456789abcdef"
+    seen: list[str] = []
+
+    def duplicate() -> None:
+        seen.append(sync_mailbox(world.deps(), ORG, "mb-adele", run_id=run_id).status)
+
+    world.mail = HookedMailSource(page_size=3, after_page={1: duplicate})
+    world.mail.deliver(message("carol@client.example", ["adele@acme.example"]))
+
+    assert sync_mailbox(world.deps(), ORG, "mb-adele", run_id=run_id).status == "done"
+    assert seen == ["busy"]  # the duplicate met the first delivery's lease
