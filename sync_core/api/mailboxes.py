@@ -8,7 +8,7 @@
     DELETE /api/orgs/{org}/mailboxes/{mailbox_id}?purge=      → 204 (disconnect)
     GET    /api/orgs/{org}/mailboxes/{mailbox_id}/runs?limit= → {runs: [...]} newest first
     GET    /api/orgs/{org}/mailboxes/{mailbox_id}/runs/{run_id} → {run_id, status, report} (Sync now, backfill)
-    POST   /api/orgs/{org}/mailboxes/{mailbox_id}/explain     {internet_message_id} → {decision, message}
+    POST   /api/orgs/{org}/mailboxes/{mailbox_id}/explain     {internet_message_id} → {decision, message, storage}
     POST   /api/orgs/{org}/mailboxes:sign-out-all             → {signed_out: n}
 
 Invariants:
@@ -24,7 +24,9 @@ Invariants:
 - PATCH writes with the mailbox's ETag (a concurrent writer, e.g. a sync setting an error, is never
   overwritten) and re-reads and re-applies once on a conflict.
 - Explain reads the message through the mail source the way the sync does and runs the same decision
-  (``use_cases.explain``); it writes nothing (no activity, cursor, report or status).
+  (``use_cases.explain``); it writes nothing (no activity, cursor, report or status). Its ``storage`` says
+  what actually happens to the message (stored, pending the next run, read past by a run, before the
+  watermark, refused by a rule) and the request that would log it (``remedy``).
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ from sync_core.use_cases.connect import (
     disconnect,
     sign_out_all,
 )
-from sync_core.use_cases.explain import explain
+from sync_core.use_cases.explain import Storage, explain, storage_of
 from sync_core.use_cases.run_status import run_state
 from sync_core.use_cases.sync_mailbox import REPORTS_KEPT
 
@@ -209,6 +211,10 @@ def explain_message(svc: Services, req: ApiRequest) -> ApiResponse:
         raise ApiError(404, "message_not_found", "the mailbox has no message with this internet_message_id")
     message, decision = explained.message, explained.decision
     stored = svc.stores.activities.get(org, activity_id_for(org, message.internet_message_id))
+    cursors = svc.stores.cursors.get_all(org, mailbox_id)
+    storage = storage_of(
+        message, decision, stored=stored is not None, cursors=cursors, settings=settings, now=svc.clock.now()
+    )
     return ok(
         {
             "decision": decision_to_json(decision),
@@ -218,6 +224,7 @@ def explain_message(svc: Services, req: ApiRequest) -> ApiResponse:
                 "received_at": iso(message.received_at),
                 "activity_id": stored.activity_id if stored is not None else None,
             },
+            "storage": storage_to_json(storage, org, mailbox_id),
         }
     )
 
@@ -300,6 +307,19 @@ def decision_to_json(decision: Decision) -> dict[str, Any]:
         ],
         "steps": [{"check": s.check, "passed": s.passed, "detail": s.detail} for s in decision.steps],
     }
+
+
+def storage_to_json(storage: Storage, org: str, mailbox_id: str) -> dict[str, Any]:
+    """``remedy``: the request that would log the message, or None when nothing would."""
+    base = f"/api/orgs/{quote(org, safe='')}/mailboxes/{quote(mailbox_id, safe='')}"
+    remedy: dict[str, Any] | None = None
+    if storage.remedy == "backfill":
+        remedy = {"action": "backfill", "method": "POST", "path": f"{base}/backfill", "body": {"days": storage.days}}
+    elif storage.remedy == "sync_now":
+        remedy = {"action": "sync_now", "method": "POST", "path": f"{base}/sync", "body": {}}
+        if storage.days is not None:
+            remedy["then_backfill_days"] = storage.days
+    return {"state": storage.state, "detail": storage.detail, "remedy": remedy}
 
 
 # -- helpers -----------------------------------------------------------------------------------------
