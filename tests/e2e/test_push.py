@@ -1,6 +1,6 @@
 """Push through the local Functions host: Graph change notifications from the emulator (subscriptions
-created by the app's own timer, the validation handshake, lifecycle events, forged notifications), and CRM
-webhooks signed and delivered to a local HTTPS receiver.
+created when a mailbox connects and by the app's own timer, the validation handshake, lifecycle events,
+forged notifications), and CRM webhooks signed and delivered to a local HTTPS receiver.
 
 The host's PUBLIC_BASE_URL is http, so each test allows http notification URLs on both sides: the emulator
 (``allow_http_notification_urls``; the ``tenant`` fixture restores it) and the app
@@ -63,7 +63,8 @@ def subscribed(
     org: str,
     push_allowed: None,
 ) -> Connected:
-    """Adele connected, synced once, and subscribed by one tick of the app's subscription timer."""
+    """Adele connected (which queues her subscriptions), synced once, and one tick of the app's subscription
+    timer (the safety net: it finds nothing left to do)."""
     set_up_org(app_host, api, org, tenant)
     user = tenant.users["adele"]
     mailbox_id = connect(app_host, api, emulator_client, org, user.upn)
