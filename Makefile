@@ -54,7 +54,7 @@ $(BENCH_STAMP): $(PY_STAMP) requirements-bench.txt
 	$(BIN)/python -m pip install -q -r requirements-bench.txt
 	touch $@
 
-# Regenerates docs/performance.md (about 15 min). BENCH_ARGS: e.g. --quick, --only backfill,idle.
+# Regenerates docs/performance.md (about 10 min). BENCH_ARGS: e.g. --quick, --only backfill,idle.
 bench: $(BENCH_STAMP) $(NODE_STAMP)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 

@@ -565,9 +565,9 @@ class IdentityPlatform:
         directory = self.state.directory
         user = directory.resolve_user(pending.tenant.id, login) if pending.tenant else directory.lookup_user(login)
         if user is None:
-            where = pending.tenant.display_name if pending.tenant else "this"
+            where = f"the {pending.tenant.display_name}" if pending.tenant else "this"
             raise SignInError(
-                f"AADSTS50034: The user account {login} does not exist in the {where} directory. To sign into "
+                f"AADSTS50034: The user account {login} does not exist in {where} directory. To sign into "
                 "this application, the account must be added to the directory."
             )
         if password is not None and user.password is not None and not hmac.compare_digest(password, user.password):

@@ -163,12 +163,15 @@ class Services:
             events=self.activity_events(),
         )
 
-    def sync(self, org_id: str, mailbox_id: str, budget: timedelta = timedelta(minutes=4)) -> SyncOutcome:
+    def sync(
+        self, org_id: str, mailbox_id: str, run_id: str = "", budget: timedelta = timedelta(minutes=4)
+    ) -> SyncOutcome:
         from sync_core.use_cases.sync_mailbox import sync_mailbox
 
         # A per-run measurement, so concurrent runs in one worker never mix their transaction counts.
         with self.stores.metrics.measure() as tables:
-            return sync_mailbox(self.sync_deps(lambda: tables.transactions), org_id, mailbox_id, budget)
+            deps = self.sync_deps(lambda: tables.transactions)
+            return sync_mailbox(deps, org_id, mailbox_id, budget, run_id=run_id)
 
     @functools.cached_property
     def queue(self) -> StorageWorkQueue:
@@ -184,15 +187,25 @@ class Services:
         return TableDueIndex(self.tables, self.settings.table_prefix, self.stores.metrics)
 
     def mailbox_activated(self, org_id: str, mailbox_id: str) -> None:
-        """Make a newly connected, added or re-enabled mailbox due now. A storage hiccup here is only
-        logged: the timer's catch-up sweep and the mailbox's next run schedule it anyway. (Change
-        notifications are subscribed by the maintenance timer, within five minutes.)"""
+        """Make a newly connected, added, reconnected or re-enabled mailbox due now, and queue its change
+        notification subscriptions (``SubscriptionWork`` ``ensure`` on the push queue), so mail arriving
+        right after the connect is pushed instead of waiting for the 5-minute maintenance timer. Neither
+        ever fails the request: a storage hiccup is logged, and the timer's catch-up sweep and the
+        maintenance timer (the safety net) do the same work later."""
+        from sync_core.use_cases.commands import SubscriptionAction, SubscriptionWork
         from sync_core.use_cases.schedule import schedule_mailbox
 
         try:
             schedule_mailbox(self.schedule_deps(), org_id, mailbox_id)
         except StorageUnavailable:
             log.warning("could not schedule a mailbox right away; the timer sweep will")
+        if not self.subscription_deps().enabled:
+            return  # no public https URL: nothing is ever subscribed
+        work = SubscriptionWork(SubscriptionAction.ENSURE, org_id=org_id, mailbox_id=mailbox_id)
+        try:
+            self.push_queue.enqueue(work.to_json())
+        except Exception as exc:  # best effort: the maintenance timer subscribes it anyway
+            log.warning("could not queue the subscriptions of a new mailbox (%s); the timer will", type(exc).__name__)
 
     def schedule_deps(self) -> ScheduleDeps:
         from sync_core.adapters.table_due import TableMailboxCatalog

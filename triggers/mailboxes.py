@@ -59,6 +59,13 @@ def list_mailbox_runs(req: func.HttpRequest) -> func.HttpResponse:
     return run(req, mailboxes.list_runs)
 
 
+@bp.route(route="orgs/{org}/mailboxes/{mailbox_id}/runs/{run_id}", methods=["GET"])
+def get_mailbox_run(req: func.HttpRequest) -> func.HttpResponse:
+    from sync_core.api import mailboxes
+
+    return run(req, mailboxes.get_run)
+
+
 @bp.route(route="orgs/{org}/mailboxes/{mailbox_id}/explain", methods=["POST"])
 def explain_message(req: func.HttpRequest) -> func.HttpResponse:
     from sync_core.api import mailboxes

@@ -120,6 +120,10 @@ class MsgraphSdkMailSource:
 
     # -- MailSource --------------------------------------------------------------------------------
 
+    def requests_for(self, mailbox: Mailbox) -> int:
+        """Every request (the bench syncs one mailbox per source)."""
+        return self.requests_made
+
     def delta(self, mailbox: Mailbox, folder: str, link: str | None, since: datetime) -> DeltaPage:
         return self._loop.run_until_complete(self._delta(mailbox, folder, link, since))
 

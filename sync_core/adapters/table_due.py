@@ -64,7 +64,7 @@ _INDEX = "d"
 _SWEEP_PARTITION, _SWEEP_ROW = "sweep", "position"
 _ONE_TICK = timedelta(microseconds=1)
 _ENTRY_VERSION, _INDEX_VERSION = "e:", "i:"
-_FIELDS = ("org_id", "mailbox_id", "due_at", "queued_at", "backfill_since")
+_FIELDS = ("org_id", "mailbox_id", "due_at", "queued_at", "backfill_since", "run_id", "run_outcome")
 CLAIMS_PER_TRANSACTION = MAX_BATCH_OPERATIONS // 3  # a claim: delete the old index row, write the new, the entry
 
 
@@ -246,6 +246,10 @@ def _entry_entity(partition: str, entry: DueEntry) -> dict[str, Any]:
         entity["queued_at"] = to_utc(entry.queued_at)
     if entry.backfill_since is not None:
         entity["backfill_since"] = to_utc(entry.backfill_since)
+    if entry.run_id:
+        entity["run_id"] = entry.run_id
+    if entry.run_outcome:
+        entity["run_outcome"] = entry.run_outcome
     return entity
 
 
@@ -266,6 +270,8 @@ def _versioned(entity: TableEntity, kind: str) -> Versioned[DueEntry]:
         due_at=due_at,
         queued_at=moment("queued_at"),
         backfill_since=moment("backfill_since"),
+        run_id=str(entity.get("run_id") or ""),
+        run_outcome=str(entity.get("run_outcome") or ""),
     )
     return Versioned(entry, kind + etag_of(entity))
 
@@ -278,6 +284,8 @@ def _stored(entry: DueEntry) -> DueEntry:
         due_at=to_utc(entry.due_at),
         queued_at=to_utc(entry.queued_at) if entry.queued_at is not None else None,
         backfill_since=to_utc(entry.backfill_since) if entry.backfill_since is not None else None,
+        run_id=entry.run_id,
+        run_outcome=entry.run_outcome,
     )
 
 

@@ -7,7 +7,8 @@
     PATCH  /api/orgs/{org}/mailboxes/{mailbox_id}             {enabled?, directions?} → mailbox
     DELETE /api/orgs/{org}/mailboxes/{mailbox_id}?purge=      → 204 (disconnect)
     GET    /api/orgs/{org}/mailboxes/{mailbox_id}/runs?limit= → {runs: [...]} newest first
-    POST   /api/orgs/{org}/mailboxes/{mailbox_id}/explain     {internet_message_id} → {decision, message}
+    GET    /api/orgs/{org}/mailboxes/{mailbox_id}/runs/{run_id} → {run_id, status, report} (Sync now, backfill)
+    POST   /api/orgs/{org}/mailboxes/{mailbox_id}/explain     {internet_message_id} → {decision, message, storage}
     POST   /api/orgs/{org}/mailboxes:sign-out-all             → {signed_out: n}
 
 Invariants:
@@ -23,7 +24,9 @@ Invariants:
 - PATCH writes with the mailbox's ETag (a concurrent writer, e.g. a sync setting an error, is never
   overwritten) and re-reads and re-applies once on a conflict.
 - Explain reads the message through the mail source the way the sync does and runs the same decision
-  (``use_cases.explain``); it writes nothing (no activity, cursor, report or status).
+  (``use_cases.explain``); it writes nothing (no activity, cursor, report or status). Its ``storage`` says
+  what actually happens to the message (stored, pending the next run, read past by a run, before the
+  watermark, refused by a rule) and the request that would log it (``remedy``).
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from sync_core.domain.model import (
 from sync_core.domain.representation import iso
 from sync_core.ports import RunReport, Versioned
 from sync_core.use_cases import mailbox_updates
+from sync_core.use_cases.commands import valid_run_id
 from sync_core.use_cases.connect import (
     MAX_CONNECT_CODE,
     MAX_USER_ID,
@@ -64,7 +68,8 @@ from sync_core.use_cases.connect import (
     disconnect,
     sign_out_all,
 )
-from sync_core.use_cases.explain import explain
+from sync_core.use_cases.explain import Storage, explain, storage_of
+from sync_core.use_cases.run_status import run_state
 from sync_core.use_cases.sync_mailbox import REPORTS_KEPT
 
 if TYPE_CHECKING:
@@ -170,6 +175,17 @@ def list_runs(svc: Services, req: ApiRequest) -> ApiResponse:
     return ok({"runs": [run_to_json(r) for r in svc.stores.runs.recent(org, mailbox_id, limit)]})
 
 
+def get_run(svc: Services, req: ApiRequest) -> ApiResponse:
+    """Where a run a CRM was given an id for stands (``use_cases.run_status``); 404 for an unknown id."""
+    org, mailbox_id, run_id = req.param("org"), req.param("mailbox_id"), req.param("run_id")
+    _existing(svc, org, mailbox_id)
+    state = run_state(svc.due_index, svc.stores.runs, org, mailbox_id, run_id) if valid_run_id(run_id) else None
+    if state is None:
+        raise not_found("run")
+    report = run_to_json(state.report) if state.report is not None else None
+    return ok({"run_id": state.run_id, "mailbox_id": mailbox_id, "status": state.status, "report": report})
+
+
 def sign_out_all_mailboxes(svc: Services, req: ApiRequest) -> ApiResponse:
     """Revoke every stored token of the org; its mailboxes go to ``needs_reauth`` until reconnected."""
     org = req.param("org")
@@ -195,6 +211,10 @@ def explain_message(svc: Services, req: ApiRequest) -> ApiResponse:
         raise ApiError(404, "message_not_found", "the mailbox has no message with this internet_message_id")
     message, decision = explained.message, explained.decision
     stored = svc.stores.activities.get(org, activity_id_for(org, message.internet_message_id))
+    cursors = svc.stores.cursors.get_all(org, mailbox_id)
+    storage = storage_of(
+        message, decision, stored=stored is not None, cursors=cursors, settings=settings, now=svc.clock.now()
+    )
     return ok(
         {
             "decision": decision_to_json(decision),
@@ -204,6 +224,7 @@ def explain_message(svc: Services, req: ApiRequest) -> ApiResponse:
                 "received_at": iso(message.received_at),
                 "activity_id": stored.activity_id if stored is not None else None,
             },
+            "storage": storage_to_json(storage, org, mailbox_id),
         }
     )
 
@@ -288,6 +309,19 @@ def decision_to_json(decision: Decision) -> dict[str, Any]:
     }
 
 
+def storage_to_json(storage: Storage, org: str, mailbox_id: str) -> dict[str, Any]:
+    """``remedy``: the request that would log the message, or None when nothing would."""
+    base = f"/api/orgs/{quote(org, safe='')}/mailboxes/{quote(mailbox_id, safe='')}"
+    remedy: dict[str, Any] | None = None
+    if storage.remedy == "backfill":
+        remedy = {"action": "backfill", "method": "POST", "path": f"{base}/backfill", "body": {"days": storage.days}}
+    elif storage.remedy == "sync_now":
+        remedy = {"action": "sync_now", "method": "POST", "path": f"{base}/sync", "body": {}}
+        if storage.days is not None:
+            remedy["then_backfill_days"] = storage.days
+    return {"state": storage.state, "detail": storage.detail, "remedy": remedy}
+
+
 # -- helpers -----------------------------------------------------------------------------------------
 
 
@@ -330,6 +364,7 @@ __all__ = [
     "delete_mailbox",
     "explain_message",
     "get_mailbox",
+    "get_run",
     "list_mailboxes",
     "list_runs",
     "mailbox_to_json",

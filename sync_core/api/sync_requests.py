@@ -1,7 +1,9 @@
 """POST /api/orgs/{org}/mailboxes/{mailbox_id}/sync ("Sync now") and .../backfill ``{days}``.
 
 Both answer 202 once the run is queued (or coalesced with one already queued): the sync itself happens
-on the queue. 404 for an unknown mailbox; 409 when the mailbox cannot sync (``needs_reauth``, ``error``,
+on the queue. The answer names the run to poll: ``run_id``, ``run_url`` and a ``Location`` header, all for
+``GET …/runs/{run_id}`` (``use_cases.run_status``); a coalesced request names the run already queued.
+404 for an unknown mailbox; 409 when the mailbox cannot sync (``needs_reauth``, ``error``,
 ``disconnected``, or paused: disabled, or the org's automation is off), so a broken connection never
 produces a partial history.
 """
@@ -9,6 +11,7 @@ produces a partial history.
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from sync_core.api.http import ApiRequest, ApiResponse, field_error, read_int, reject_unknown
 from sync_core.domain.representation import iso
@@ -18,12 +21,23 @@ if TYPE_CHECKING:
     from sync_core.bootstrap import Services
 
 
+def run_url(org: str, mailbox_id: str, run_id: str) -> str:
+    """Where the CRM polls a run: ``GET /api/orgs/{org}/mailboxes/{mailbox_id}/runs/{run_id}``."""
+    return f"/api/orgs/{quote(org, safe='')}/mailboxes/{quote(mailbox_id, safe='')}/runs/{quote(run_id, safe='')}"
+
+
+def _accepted(org: str, mailbox_id: str, result: schedule.SyncRequest, payload: dict[str, Any]) -> ApiResponse:
+    url = run_url(org, mailbox_id, result.run_id)
+    body = {"mailbox_id": mailbox_id, "status": result.status, "run_id": result.run_id, "run_url": url, **payload}
+    return ApiResponse(202, body, {"Location": url})
+
+
 def sync_now(svc: Services, req: ApiRequest) -> ApiResponse:
     org, mailbox_id = req.param("org"), req.param("mailbox_id")
     if req.body.strip():
         reject_unknown(req.json_body(), set())  # the route takes no fields; an empty object is fine
     result = schedule.request_sync(svc.schedule_deps(), org, mailbox_id)
-    return ApiResponse(202, {"mailbox_id": mailbox_id, "status": result.status})
+    return _accepted(org, mailbox_id, result, {})
 
 
 def backfill(svc: Services, req: ApiRequest) -> ApiResponse:
@@ -34,12 +48,6 @@ def backfill(svc: Services, req: ApiRequest) -> ApiResponse:
     if days is None:
         raise field_error("days", f"is required: an integer from 1 to {schedule.MAX_BACKFILL_DAYS}")
     result = schedule.request_backfill(svc.schedule_deps(), org, mailbox_id, days)
-    payload: dict[str, Any] = {
-        "mailbox_id": mailbox_id,
-        "status": result.status,
-        "days": days,
-        "since": iso(result.since) if result.since else None,
-    }
-    return ApiResponse(202, payload)
+    return _accepted(org, mailbox_id, result, {"days": days, "since": iso(result.since) if result.since else None})
 
 

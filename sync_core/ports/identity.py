@@ -31,7 +31,7 @@ FLOW_LIFETIME = timedelta(minutes=10)
 # ``connect``: a user's sign-in, waiting for its callback; ``connect_confirm``: a completed sign-in waiting
 # for the CRM's confirmation (stored under a hash of the connect code, never the code itself);
 # ``admin_sign_in`` then ``admin_consent``: the two steps of a tenant admin's consent.
-FlowKind = Literal["connect", "connect_confirm", "admin_sign_in", "admin_consent"]
+FlowKind = Literal["connect", "connect_confirm", "connect_done", "admin_sign_in", "admin_consent"]
 
 
 def mailbox_owner(mailbox_id: str) -> str:
@@ -73,7 +73,9 @@ class PendingAuthFlow:
 
     ``flow`` is MSAL's auth-code flow dict (holds the PKCE verifier and nonce) for ``connect``; for
     ``connect_confirm`` the signed-in account and its serialized token cache; for ``admin_sign_in`` the
-    tenant hint and MSAL's flow; for ``admin_consent`` the tenant id the admin's sign-in proved."""
+    tenant hint and MSAL's flow; for ``admin_consent`` the tenant id the admin's sign-in proved;
+    ``connect_done`` is the empty trace a completed connect leaves under its ``state`` (nothing but the
+    org), so a reload of the callback says "already completed" rather than "invalid"."""
 
     state: str
     org_id: str

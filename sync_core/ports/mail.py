@@ -53,4 +53,10 @@ class MailSource(Protocol):
         """Ids of every folder to sync when the org syncs all folders (system folders excluded)."""
 
     @property
-    def requests_made(self) -> int: ...
+    def requests_made(self) -> int:
+        """HTTP requests sent to the provider so far, for every mailbox (a batch counts once, a retry
+        counts again)."""
+
+    def requests_for(self, mailbox: Mailbox) -> int:
+        """``requests_made`` for this mailbox only: a run's report counts its own requests, not those
+        of runs of other mailboxes sharing the source in the same process."""

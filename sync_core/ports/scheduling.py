@@ -30,13 +30,17 @@ class DueEntry:
 
     ``queued_at``: when a sync message was last enqueued for it and no run has finished since (enqueues
     within the coalescing window are skipped). ``backfill_since``: a requested backfill not applied yet
-    (the watermark to move back to)."""
+    (the watermark to move back to). ``run_id``: the run id the CRM was last given ("Sync now",
+    backfill); ``run_outcome``: empty while that run is queued or running, else how it ended when it
+    stored no report (``skipped``: the mailbox could not sync)."""
 
     org_id: str
     mailbox_id: str
     due_at: datetime
     queued_at: datetime | None = None
     backfill_since: datetime | None = None
+    run_id: str = ""
+    run_outcome: str = ""
 
 
 class DueIndex(Protocol):

@@ -176,7 +176,9 @@ class RunReport:
     error: str = ""
     error_class: str = ""
     """``error``: why the run failed, in words (empty when it succeeded); ``error_class``: the failure's
-    class, ``SyncFailure.code`` (``transient``, ``configuration``, ``grant``, ``unexpected``)."""
+    class, ``SyncFailure.code`` (``transient``, ``configuration``, ``grant``, ``unexpected``).
+    ``pages``: delta pages received (one per folder per round trip, batched or not); ``graph_requests``:
+    HTTP requests the run sent for its mailbox (a batch of several folders' pages counts once)."""
 
 
 class RunReportStore(Protocol):

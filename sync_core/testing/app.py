@@ -73,9 +73,9 @@ class InMemoryApp:
         )
         return dataclasses.replace(deps, **changes)
 
-    def sync(self, org_id: str, mailbox_id: str) -> SyncOutcome:
+    def sync(self, org_id: str, mailbox_id: str, run_id: str = "") -> SyncOutcome:
         """One sync run of the mailbox (what the scheduler calls, like ``Services.sync``)."""
-        return sync_mailbox(self.sync_deps(), org_id, mailbox_id)
+        return sync_mailbox(self.sync_deps(), org_id, mailbox_id, run_id=run_id)
 
     def schedule_deps(self, **changes: Any) -> ScheduleDeps:
         """Like ``Services.schedule_deps``."""

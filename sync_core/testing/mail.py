@@ -12,6 +12,7 @@ the listing, the race a real run can meet); ``delete_message`` makes its attachm
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -42,6 +43,7 @@ class FakeMailSource:
         self._generation = 0
         self._ids = itertools.count(1)
         self.requests = 0
+        self.requests_by_mailbox: Counter[tuple[str, str]] = Counter()
         self.fail_next: list[Exception] = []
         self.forgotten: set[str] = set()  # links answered with 404
         self.removed_folders: set[str] = set()
@@ -72,8 +74,18 @@ class FakeMailSource:
     def requests_made(self) -> int:
         return self.requests
 
-    def delta(self, mailbox: Mailbox, folder: str, link: str | None, since: datetime) -> DeltaPage:
+    def requests_for(self, mailbox: Mailbox) -> int:
+        return self.requests_by_mailbox[(mailbox.org_id, mailbox.mailbox_id)]
+
+    def _count(self, mailbox: Mailbox) -> None:
         self.requests += 1
+        self.requests_by_mailbox[(mailbox.org_id, mailbox.mailbox_id)] += 1
+
+    def delta(self, mailbox: Mailbox, folder: str, link: str | None, since: datetime) -> DeltaPage:
+        self._count(mailbox)
+        return self._delta(mailbox, folder, link, since)
+
+    def _delta(self, mailbox: Mailbox, folder: str, link: str | None, since: datetime) -> DeltaPage:
         if self.fail_next:
             raise self.fail_next.pop(0)
         if folder in self.removed_folders or link in self.forgotten:
@@ -101,20 +113,15 @@ class FakeMailSource:
         )
 
     def delta_many(self, mailbox: Mailbox, links: Mapping[str, str]) -> Mapping[str, DeltaPage]:
-        self.requests += 1  # one request polls every folder, as the port promises
-        pages = {}
-        for folder, link in links.items():
-            before = self.requests
-            pages[folder] = self.delta(mailbox, folder, link, mailbox.watermark)
-            self.requests = before
-        return pages
+        self._count(mailbox)  # one request polls every folder, as the port promises
+        return {folder: self._delta(mailbox, folder, link, mailbox.watermark) for folder, link in links.items()}
 
     def attachments(self, mailbox: Mailbox, source_ids: Sequence[str]) -> Mapping[str, tuple[AttachmentSummary, ...]]:
-        self.requests += 1
+        self._count(mailbox)
         return {sid: self.files.get(sid, ()) for sid in source_ids if sid not in self.deleted}
 
     def find_message(self, mailbox: Mailbox, internet_message_id: str) -> MailMessage | None:
-        self.requests += 1
+        self._count(mailbox)
         wanted = {internet_message_id, f"<{internet_message_id.strip('<>')}>"}
         copies = [m for log in self.folders_.values() for m in log if m.internet_message_id in wanted]
         return next((m for m in copies if m.folder in DEFAULT_FOLDERS), copies[0] if copies else None)

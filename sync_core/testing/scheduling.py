@@ -30,7 +30,13 @@ def _stored(entry: DueEntry) -> DueEntry:
         return to_utc(moment) if moment is not None else None
 
     return DueEntry(
-        entry.org_id, entry.mailbox_id, to_utc(entry.due_at), utc(entry.queued_at), utc(entry.backfill_since)
+        entry.org_id,
+        entry.mailbox_id,
+        to_utc(entry.due_at),
+        utc(entry.queued_at),
+        utc(entry.backfill_since),
+        entry.run_id,
+        entry.run_outcome,
     )
 
 

@@ -2,10 +2,11 @@
 
 Two queues carry commands: the sync queue (``SyncMailbox``: run one mailbox) and the push queue
 (``DeliverWebhook``: one attempt of a CRM webhook delivery; ``SubscriptionWork``: renew or recreate a Graph
-subscription). Invariants:
+subscription, or subscribe a mailbox that just became active). Invariants:
 
 - The wire format is the JSON a deploy before this module wrote, byte-for-byte in meaning, so messages
-  queued by an older deploy still parse: a sync message is ``{org_id, mailbox_id, reason}`` (no kind); a push
+  queued by an older deploy still parse: a sync message is ``{org_id, mailbox_id, reason}`` (no kind), with
+  ``run_id`` when a CRM was given one to poll; a push
   message carries ``kind`` (``webhook`` or ``subscription``) and its fields.
 - ``parse_*`` raises ``InvalidCommand`` for anything else; ``dispatch`` drops such a message with a log line
   and returns ``invalid`` (retrying would read the same bytes), never raising for it.
@@ -16,10 +17,12 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeGuard
 
 from sync_core.errors import InvalidCommand
 
@@ -49,6 +52,7 @@ class SyncReason(StrEnum):
 class SubscriptionAction(StrEnum):
     REAUTHORIZE = "reauthorize"
     RECREATE = "recreate"
+    ENSURE = "ensure"  # a mailbox became active: give it its subscriptions now (an older deploy drops it)
 
 
 # -- commands ------------------------------------------------------------------------------------------
@@ -57,14 +61,21 @@ class SubscriptionAction(StrEnum):
 @dataclass(frozen=True)
 class SyncMailbox:
     """Run one sync of a mailbox (the sync queue). ``reason`` is free text on the wire: an older or newer
-    deploy's reason is kept as it came."""
+    deploy's reason is kept as it came. ``run_id``: the id a CRM was given to poll ("Sync now", backfill,
+    and their follow-ups), which the run reports under; written only when set, so a message without one
+    (the timer's, an older deploy's) keeps the older JSON, and a run id that is not a short token is
+    dropped rather than failing the message."""
 
     org_id: str
     mailbox_id: str
     reason: str
+    run_id: str = ""
 
     def to_json(self) -> dict[str, str]:
-        return {"org_id": self.org_id, "mailbox_id": self.mailbox_id, "reason": str(self.reason)}
+        data = {"org_id": self.org_id, "mailbox_id": self.mailbox_id, "reason": str(self.reason)}
+        if self.run_id:
+            data["run_id"] = self.run_id
+        return data
 
     @classmethod
     def parse(cls, body: bytes | str) -> SyncMailbox:
@@ -72,7 +83,20 @@ class SyncMailbox:
         org_id, mailbox_id, reason = data.get("org_id"), data.get("mailbox_id"), data.get("reason", "")
         if not (isinstance(org_id, str) and org_id and isinstance(mailbox_id, str) and mailbox_id):
             raise InvalidCommand("the message lacks org_id or mailbox_id")
-        return cls(org_id, mailbox_id, str(reason))
+        run_id = data.get("run_id")
+        return cls(org_id, mailbox_id, str(reason), run_id if valid_run_id(run_id) else "")
+
+
+RUN_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def new_run_id() -> str:
+    """A fresh run id: 32 lowercase hex digits (a UUID4), safe in a URL path and a Table row key."""
+    return uuid.uuid4().hex
+
+
+def valid_run_id(value: object) -> TypeGuard[str]:
+    return isinstance(value, str) and RUN_ID.fullmatch(value) is not None
 
 
 @dataclass(frozen=True)
@@ -118,18 +142,30 @@ class DeliverWebhook:
 
 @dataclass(frozen=True)
 class SubscriptionWork:
-    """Renew (``reauthorize``) or subscribe again (``recreate``) one Graph subscription (the push queue).
-    ``action`` stays a string: an action this version does not know is dropped by its handler."""
+    """Renew (``reauthorize``) or subscribe again (``recreate``) one Graph subscription, or subscribe a
+    mailbox that just became active (``ensure``, by ``org_id`` and ``mailbox_id``; no subscription id),
+    on the push queue. ``action`` stays a string: an action this version does not know is dropped by its
+    handler. The mailbox fields are written only when set, so the older messages' JSON is unchanged."""
 
     action: str
-    subscription_id: str
+    subscription_id: str = ""
+    org_id: str = ""
+    mailbox_id: str = ""
 
     def to_json(self) -> dict[str, str]:
-        return {"kind": SUBSCRIPTION_KIND, "action": str(self.action), "subscription_id": self.subscription_id}
+        data = {"kind": SUBSCRIPTION_KIND, "action": str(self.action), "subscription_id": self.subscription_id}
+        if self.org_id or self.mailbox_id:
+            data.update(org_id=self.org_id, mailbox_id=self.mailbox_id)
+        return data
 
     @classmethod
     def from_json(cls, message: Any) -> SubscriptionWork:
-        return cls(str(message.get("action")), str(message.get("subscription_id", "")))
+        return cls(
+            str(message.get("action")),
+            str(message.get("subscription_id", "")),
+            str(message.get("org_id", "")),
+            str(message.get("mailbox_id", "")),
+        )
 
 
 PushCommand = DeliverWebhook | SubscriptionWork

@@ -126,12 +126,15 @@ def process_work(
 ) -> str:
     """The push queue's subscription work (the command, or its JSON): ``reauthorize`` renews; ``recreate``
     subscribes again and then resyncs the mailbox with delta (what arrived while it had no
-    subscription). Returns the outcome."""
+    subscription); ``ensure`` gives a mailbox that just became active its subscriptions (a failure is
+    logged and left to the maintenance timer, never retried by the queue). Returns the outcome."""
     work = message if isinstance(message, SubscriptionWork) else SubscriptionWork.from_json(message)
     subscription_id, action = work.subscription_id, work.action
     if action == SubscriptionAction.REAUTHORIZE:
         outcome = subscriptions.reauthorize(sub_deps, subscription_id)
         return _summary(outcome.counts)
+    if action == SubscriptionAction.ENSURE and work.org_id and work.mailbox_id:
+        return _summary(subscriptions.ensure_mailbox(sub_deps, work.org_id, work.mailbox_id).counts)
     if action == SubscriptionAction.RECREATE:
         outcome, removed = subscriptions.recreate(sub_deps, subscription_id)
         if removed is not None:

@@ -180,9 +180,16 @@ STATUS_ATTEMPTS = 5
 TRANSIENT_RETRY = timedelta(minutes=1)  # the continuation's delay after a transient failure without Retry-After
 
 
-def sync_mailbox(deps: SyncDeps, org_id: str, mailbox_id: str, budget: timedelta = timedelta(minutes=4)) -> SyncOutcome:
+def sync_mailbox(
+    deps: SyncDeps, org_id: str, mailbox_id: str, budget: timedelta = timedelta(minutes=4), run_id: str = ""
+) -> SyncOutcome:
     """One run. Raises only what no class handles (``UnexpectedFailure``s, storage down), after storing
-    the run's report with its class and reason, so the queue retries the message."""
+    the run's report with its class and reason, so the queue retries the message.
+
+    ``run_id``: the id a CRM was given for this run ("Sync now", backfill), which its report carries; such
+    a run is never an idle poll that stores nothing: with nothing new it takes the lease and stores its
+    report (and refreshed cursors), so the id the CRM polls always gets an answer. Without one the run
+    makes its own id."""
     versioned = deps.mailboxes.get(org_id, mailbox_id)
     if versioned is None:
         return SyncOutcome(RunStatus.SKIPPED)
@@ -191,9 +198,9 @@ def sync_mailbox(deps: SyncDeps, org_id: str, mailbox_id: str, budget: timedelta
     if not mailbox.can_sync(settings.automation_enabled):
         return SyncOutcome(RunStatus.SKIPPED)
     started = deps.clock.now()
-    run = _Run(deps, mailbox, settings, started, budget)
+    run = _Run(deps, mailbox, settings, started, budget, run_id=run_id)
     transactions_before = deps.table_transactions()
-    requests_before = deps.mail.requests_made
+    requests_before = deps.mail.requests_for(mailbox)
     escaped: Exception | None = None
     failure: BaseException | None
     try:
@@ -215,7 +222,7 @@ def sync_mailbox(deps: SyncDeps, org_id: str, mailbox_id: str, budget: timedelta
             finished_at=deps.clock.now(),
             reasons=dict(run.reasons),
             pages=run.pages,
-            graph_requests=deps.mail.requests_made - requests_before,
+            graph_requests=deps.mail.requests_for(mailbox) - requests_before,
             table_transactions=deps.table_transactions() - transactions_before,
             activities_created=run.created,
             activities_merged=run.merged,
@@ -286,14 +293,24 @@ def _set_status(
 
 class _Run:
     def __init__(
-        self, deps: SyncDeps, mailbox: Mailbox, settings: OrgSettings, started: datetime, budget: timedelta
+        self,
+        deps: SyncDeps,
+        mailbox: Mailbox,
+        settings: OrgSettings,
+        started: datetime,
+        budget: timedelta,
+        *,
+        run_id: str = "",
     ) -> None:
         self.deps = deps
         self.mailbox = mailbox
         self.settings = settings
         self.started = started
         self.deadline = started + budget
-        self.run_id = uuid.uuid4().hex
+        self.requested = bool(run_id)  # a CRM polls this id: the run stores its report even when idle
+        self.run_id = run_id or uuid.uuid4().hex
+        # The lease's owner is this attempt, never the run id: two deliveries of one message share it.
+        self.owner = uuid.uuid4().hex
         self.lease_key = sync_lease_key(mailbox.org_id, mailbox.mailbox_id)
         self.leased = False
         self.idle = False  # the run polled without the lease, found nothing to write, and wrote nothing
@@ -315,7 +332,7 @@ class _Run:
         now = self.deps.clock.now()
         until = max(self.deadline, now) + LEASE_MARGIN
         if self.leased:
-            if self.deps.leases.renew(self.lease_key, self.run_id, until):
+            if self.deps.leases.renew(self.lease_key, self.owner, until):
                 return
             self.leased = False  # not ours any more: nothing to release
             log.warning(
@@ -323,7 +340,7 @@ class _Run:
                 self.run_id, self.mailbox.mailbox_id, self.mailbox.org_id,
             )  # fmt: skip
             raise _LeaseLost
-        if not self.deps.leases.acquire(self.lease_key, self.run_id, until, now):
+        if not self.deps.leases.acquire(self.lease_key, self.owner, until, now):
             raise _Busy
         self.leased = True
         current = self.deps.mailboxes.get(self.mailbox.org_id, self.mailbox.mailbox_id)
@@ -336,7 +353,7 @@ class _Run:
 
     def release(self) -> None:
         if self.leased:
-            self.deps.leases.release(self.lease_key, self.run_id)
+            self.deps.leases.release(self.lease_key, self.owner)
             self.leased = False
 
     def expire_cursors(self) -> None:
@@ -379,7 +396,8 @@ class _Run:
             if self.leased:
                 break
             recovering = self.mailbox.status is not MailboxStatus.ACTIVE  # its report clears the error
-            if not expired and not recovering and self._unchanged(pages.values(), [cursors[f] for f in caught_up]):
+            unchanged = self._unchanged(pages.values(), [cursors[f] for f in caught_up])
+            if not expired and not recovering and not self.requested and unchanged:
                 self.idle = True
                 return True
             fresh = self._take_lease()

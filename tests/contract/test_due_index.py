@@ -72,7 +72,12 @@ def due_keys(index: Any, now: datetime, limit: int) -> tuple[tuple[str, str], ..
 
 
 def test_an_entry_reads_back_with_every_field_and_an_unknown_one_is_none(due: Due) -> None:
-    full = entry(queued_at=T0 - timedelta(seconds=7), backfill_since=T0 - timedelta(days=30, microseconds=5))
+    full = entry(
+        queued_at=T0 - timedelta(seconds=7),
+        backfill_since=T0 - timedelta(days=30, microseconds=5),
+        run_id="0123456789abcdef0123456789abcdef",
+        run_outcome="skipped",
+    )
 
     created = due.index.put(full, None)
 
@@ -199,7 +204,12 @@ def same_shard(count: int, org_id: str = "org-1") -> list[str]:
 
 
 def test_due_returns_each_entry_with_every_field_and_a_version_writes_accept(due: Due) -> None:
-    full = entry(queued_at=T0 - timedelta(seconds=7), backfill_since=T0 - timedelta(days=30, microseconds=5))
+    full = entry(
+        queued_at=T0 - timedelta(seconds=7),
+        backfill_since=T0 - timedelta(days=30, microseconds=5),
+        run_id="0123456789abcdef0123456789abcdef",
+        run_outcome="skipped",
+    )
     create(due.index, full, entry("mbx-2", due_at=T0 - timedelta(seconds=1)))
 
     first, second = due.index.due(T0, 10)
@@ -309,7 +319,7 @@ class Interleaved:
 
 def timer_deps(index: Any, stores: InMemoryStores, queue: InMemoryWorkQueue) -> ScheduleDeps:
     app = InMemoryApp(stores=stores, due=index, queue=queue, clock=FixedClock(T0))
-    return app.schedule_deps(sync=lambda *_: SyncOutcome("done"), catalog=None)
+    return app.schedule_deps(sync=lambda *_, **__: SyncOutcome("done"), catalog=None)
 
 
 class FixedClock:

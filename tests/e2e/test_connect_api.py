@@ -86,6 +86,22 @@ def test_a_connect_without_a_return_url_is_refused_unless_the_org_turned_confirm
     assert [m["address"] for m in listed] == [tenant.users["megan"].mail]
 
 
+def test_reloading_the_success_page_of_a_connected_mailbox_says_it_was_already_completed(
+    app_host: AppUnderTest, api: requests.Session, emulator_client: EmulatorClient, tenant: EmulatorTenant, org: str
+) -> None:
+    assert api.put(app_host.url(f"orgs/{org}/settings"), json={"connect_confirmation": False}).status_code == 200
+    megan = tenant.users["megan"]
+    first = sign_in(app_host, api, emulator_client, org, megan.upn)
+    assert first.status_code == 200 and "is connected" in first.text
+
+    reloaded = requests.get(first.url, timeout=30)
+
+    assert reloaded.status_code == 200, reloaded.text
+    assert "Mailbox connection: Done" in reloaded.text and "already completed" in reloaded.text
+    assert "invalid_state" not in reloaded.text and megan.mail not in reloaded.text
+    assert reloaded.headers["Cache-Control"] == "no-store"
+
+
 def test_a_tampered_state_gets_a_400_page_that_reflects_nothing_and_connects_nothing(
     app_host: AppUnderTest, api: requests.Session, org: str
 ) -> None:

@@ -199,6 +199,67 @@ def test_explain_returns_the_decision_reason_by_reason_and_stores_nothing(
     assert stores.cursors.get_all(org, mailbox_id) == {}
 
 
+def test_explain_says_why_mail_that_arrived_before_its_record_is_not_stored_and_the_backfill_it_names_logs_it(
+    app_host: AppUnderTest, api: requests.Session, tenant: EmulatorTenant, org: str, mailbox_id: str
+) -> None:
+    emulator_client, adele = tenant.client, tenant.users["adele"]
+    base = app_host.url(f"orgs/{org}/mailboxes/{mailbox_id}")
+    assert api.post(base + "/backfill", json={"days": 1}).status_code == 202  # the watermark a day back
+    app_host.host.drain_queues(timeout=30)
+    received = (datetime.now(UTC) - timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    sent = emulator_client.deliver(
+        adele.upn, subject="Before the record", to=[adele.mail], received=received, **{"from": f"Carol <{CAROL}>"}
+    )
+    explain = {"internet_message_id": sent["internetMessageId"]}
+    pending = api.post(base + "/explain", json=explain).json()
+    assert pending["storage"]["state"] == "not_logged"  # no record for Carol yet: unmatched
+    assert api.post(base + "/sync").status_code == 202
+    app_host.host.drain_queues(timeout=30)  # the run reads the message and finds it unmatched
+    api.put(app_host.url(f"orgs/{org}/records/c-1"), json={"type": "contact", "name": "Carol", "emails": [CAROL]})
+
+    answer = api.post(base + "/explain", json=explain).json()
+
+    assert (answer["decision"]["store"], answer["decision"]["reason"]) == (True, "matched")  # as before
+    assert answer["message"]["activity_id"] is None
+    storage = answer["storage"]
+    assert storage["state"] == "passed" and "read past it" in storage["detail"]
+    assert storage["remedy"] == {
+        "action": "backfill", "method": "POST", "path": f"/api/orgs/{org}/mailboxes/{mailbox_id}/backfill",
+        "body": {"days": 1},
+    }  # fmt: skip
+    assert api.post(base + "/sync").status_code == 202  # Sync now does not log it: the cursor moved past it
+    app_host.host.drain_queues(timeout=30)
+    assert api.post(base + "/explain", json=explain).json()["storage"]["state"] == "passed"
+
+    assert api.post(app_host.url(storage["remedy"]["path"].removeprefix("/api/")), json=storage["remedy"]["body"])
+    app_host.host.drain_queues(timeout=30)
+
+    logged = api.post(base + "/explain", json=explain).json()
+    assert logged["storage"] == {"state": "stored", "detail": "The message is logged.", "remedy": None}
+    assert logged["message"]["activity_id"] is not None
+    timeline = api.get(app_host.url(f"orgs/{org}/records/c-1/activities")).json()["activities"]
+    assert [a["subject"] for a in timeline] == ["Before the record"]
+
+
+def test_explain_of_matched_mail_no_run_read_yet_says_sync_now_logs_it(
+    app_host: AppUnderTest, api: requests.Session, tenant: EmulatorTenant, org: str, mailbox_id: str
+) -> None:
+    emulator_client, adele = tenant.client, tenant.users["adele"]
+    api.put(app_host.url(f"orgs/{org}/records/c-1"), json={"type": "contact", "name": "Carol", "emails": [CAROL]})
+    received = after_watermark(app_host, api, org, mailbox_id)
+    sent = emulator_client.deliver(
+        adele.upn, subject="Fresh", to=[adele.mail], received=received, **{"from": f"Carol <{CAROL}>"}
+    )
+
+    url = app_host.url(f"orgs/{org}/mailboxes/{mailbox_id}/explain")
+    answer = api.post(url, json={"internet_message_id": sent["internetMessageId"]}).json()
+
+    assert answer["storage"]["state"] == "pending"
+    assert answer["storage"]["remedy"] == {
+        "action": "sync_now", "method": "POST", "path": f"/api/orgs/{org}/mailboxes/{mailbox_id}/sync", "body": {},
+    }  # fmt: skip
+
+
 def test_explain_refuses_a_body_without_an_internet_message_id(
     app_host: AppUnderTest, api: requests.Session, org: str, mailbox_id: str
 ) -> None:

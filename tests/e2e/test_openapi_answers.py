@@ -114,8 +114,9 @@ def test_every_operation_answers_what_the_document_says_through_the_running_app(
         body="<p>Hello Adele, does <b>Tuesday</b> work?</p>",
         attachments=[{"name": "cv.pdf", "content_type": "application/pdf", "size": 48213}],
     )  # fmt: skip
-    call("POST", f"orgs/{org}/mailboxes/{mailbox_id}/sync")
+    queued = call("POST", f"orgs/{org}/mailboxes/{mailbox_id}/sync")
     app_host.host.drain_queues(timeout=30)
+    call("GET", f"orgs/{org}/mailboxes/{mailbox_id}/runs/{queued.json()['run_id']}")
     call("POST", f"orgs/{org}/mailboxes/{mailbox_id}/backfill", json={"days": 7})
     app_host.host.drain_queues(timeout=30)
     wait_for(lambda: receiver.hits, timeout=30)

@@ -163,14 +163,50 @@ def test_sync_now_answers_202_and_new_mail_appears_after_the_queue_ran(
     response = api.post(sync_url)
 
     assert response.status_code == 202, response.text
-    assert response.json() == {"mailbox_id": adele.mailbox_id, "status": "queued"}
+    run_id = response.json()["run_id"]
+    run_path = f"/api/orgs/{adele.org}/mailboxes/{adele.mailbox_id}/runs/{run_id}"
+    expected = {"mailbox_id": adele.mailbox_id, "status": "queued", "run_id": run_id, "run_url": run_path}
+    assert response.json() == expected
+    assert response.headers["Location"] == run_path
     again = api.post(sync_url)
     assert again.status_code == 202 and again.json()["status"] == "coalesced"
+    assert again.json()["run_id"] == run_id and again.headers["Location"] == run_path
     app_host.host.drain_queues(timeout=30)
     subjects = [a["subject"] for a in timeline(app_host, api, adele.org, "lead-erin")["activities"]]
     assert subjects == ["Pricing question"]
-    assert api.post(sync_url).json()["status"] == "queued"  # the run finished: a new request queues again
+    polled = api.get(app_host.url(run_path.removeprefix("/api/")))
+    assert polled.status_code == 200, polled.text
+    assert polled.json()["status"] == "done" and polled.json()["run_id"] == run_id
+    assert polled.json()["report"]["activities_created"] == 1 and polled.json()["report"]["run_id"] == run_id
+    next_one = api.post(sync_url)
+    assert next_one.json()["status"] == "queued"  # the run finished: a new request queues again
+    assert next_one.json()["run_id"] != run_id
     app_host.host.drain_queues(timeout=30)
+
+
+def test_a_sync_now_with_nothing_new_is_queued_then_done_with_its_report(
+    app_host: AppUnderTest, api: requests.Session, adele: Connected
+) -> None:
+    response = api.post(app_host.url(f"orgs/{adele.org}/mailboxes/{adele.mailbox_id}/sync"))
+    run_url = app_host.url(response.json()["run_url"].removeprefix("/api/"))
+
+    queued = api.get(run_url)
+    assert queued.status_code == 200 and queued.json()["status"] == "queued" and queued.json()["report"] is None
+    app_host.host.drain_queues(timeout=30)
+
+    done = api.get(run_url).json()
+    assert done["status"] == "done" and done["report"]["activities_created"] == 0
+    assert done["report"]["graph_requests"] >= 1
+
+
+def test_an_unknown_run_id_gets_a_404_json_error(
+    app_host: AppUnderTest, api: requests.Session, adele: Connected
+) -> None:
+    for run_id in ("0" * 32, "not-a-run"):
+        response = api.get(app_host.url(f"orgs/{adele.org}/mailboxes/{adele.mailbox_id}/runs/{run_id}"))
+        assert response.status_code == 404, response.text
+        assert response.json()["error"]["code"] == "not_found"
+    assert api.get(app_host.url(f"orgs/{adele.org}/mailboxes/mbx_nobody/runs/{'0' * 32}")).status_code == 404
 
 
 def test_sync_now_and_backfill_of_an_unknown_mailbox_get_404(
@@ -197,9 +233,12 @@ def test_backfill_answers_202_and_brings_in_older_mail_within_the_window_only(
 
     assert response.status_code == 202, response.text
     assert response.json()["status"] == "queued" and response.json()["days"] == 7
+    assert response.headers["Location"] == response.json()["run_url"]
     app_host.host.drain_queues(timeout=30)
     subjects = [a["subject"] for a in timeline(app_host, api, adele.org, "cand-dan")["activities"]]
     assert subjects == ["Three days ago"]
+    polled = api.get(app_host.url(response.json()["run_url"].removeprefix("/api/"))).json()
+    assert polled["status"] == "done" and polled["report"]["activities_created"] == 1
     watermark = mailbox_json(app_host, api, adele.org, adele.mailbox_id)["watermark"]
     assert abs(datetime.fromisoformat(watermark.replace("Z", "+00:00")) - (now - timedelta(days=7))) < timedelta(
         minutes=1

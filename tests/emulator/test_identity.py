@@ -224,6 +224,26 @@ def test_a_user_of_another_tenant_cannot_sign_in_at_this_tenant(tenant: Emulator
         tenant.client.authorize(flow["auth_uri"], stranger["user_principal_name"])
 
 
+def test_an_unknown_account_at_a_tenant_is_named_with_the_tenants_directory(tenant: EmulatorTenant) -> None:
+    _, flow = start_flow(tenant)
+
+    with pytest.raises(EmulatorError, match="AADSTS50034") as refused:
+        tenant.client.authorize(flow["auth_uri"], f"nobody@{tenant.domain}")
+
+    assert "does not exist in the " in str(refused.value)
+    assert "the this" not in str(refused.value)
+
+
+@pytest.mark.filterwarnings("ignore:response_mode='form_post' is recommended:UserWarning")
+def test_an_unknown_account_at_organizations_does_not_exist_in_this_directory(tenant: EmulatorTenant) -> None:
+    _, flow = start_flow(tenant, tenant.msal_app(authority=f"{tenant.base_url}/organizations"))
+
+    with pytest.raises(EmulatorError, match="AADSTS50034") as refused:
+        tenant.client.authorize(flow["auth_uri"], f"nobody@nowhere-{tenant.domain}")
+
+    assert "does not exist in this directory" in str(refused.value)
+
+
 def test_a_shared_mailbox_cannot_sign_in(tenant: EmulatorTenant) -> None:
     _, flow = start_flow(tenant)
 

@@ -146,7 +146,7 @@ def test_a_tampered_state_is_refused_and_the_genuine_callback_still_works(env: C
     assert complete_connect(env.deps, params).ok
 
 
-def test_a_replayed_callback_is_refused_and_changes_nothing(env: ConnectEnv) -> None:
+def test_a_replayed_callback_says_already_completed_and_changes_nothing(env: ConnectEnv) -> None:
     url = start_connect(env.deps, ORG, "crm-adele", env.upn("adele"), RETURN_URL)
     params = env.authorize(url)
     first = complete_connect(env.deps, params)
@@ -154,10 +154,30 @@ def test_a_replayed_callback_is_refused_and_changes_nothing(env: ConnectEnv) -> 
     cache_before = env.tokens.get(ORG, f"mailbox:{first.mailbox_id}")
 
     replayed = complete_connect(env.deps, params)
+    reloaded_again = complete_connect(env.deps, params)
 
-    assert first.ok and not replayed.ok and replayed.error == "invalid_state"
+    assert first.ok and replayed.ok and replayed.already_completed and not replayed.activated
+    assert reloaded_again == replayed
+    # Nothing the URL's holder did not see before: no address, mailbox, code or redirect.
+    assert (replayed.mailbox_id, replayed.address, replayed.connect_code, replayed.redirect_url) == ("", "", "", None)
     assert env.mailboxes.get(ORG, first.mailbox_id) == before
     assert env.tokens.get(ORG, f"mailbox:{first.mailbox_id}") == cache_before
+
+
+def test_a_replayed_callback_of_a_failed_sign_in_is_still_invalid(env: ConnectEnv) -> None:
+    url = start_connect(env.deps, ORG, "crm-adele", env.upn("adele"), RETURN_URL)
+    params = env.authorize(url, consent=False)
+    assert complete_connect(env.deps, params).error == "consent_declined"
+
+    assert complete_connect(env.deps, params).error == "invalid_state"
+
+
+def test_a_reload_after_the_flow_lifetime_is_invalid(env: ConnectEnv) -> None:
+    params = env.authorize(start_connect(env.deps, ORG, "crm-adele", env.upn("adele"), RETURN_URL))
+    assert complete_connect(env.deps, params).ok
+    env.clock.advance(timedelta(minutes=10, seconds=1))
+
+    assert complete_connect(env.deps, params).error == "invalid_state"
 
 
 def test_a_callback_after_ten_minutes_is_refused(env: ConnectEnv) -> None:

@@ -115,6 +115,9 @@ class HookedMail:
     def requests_made(self) -> int:
         return self.inner.requests_made
 
+    def requests_for(self, mailbox: Mailbox) -> int:
+        return self.inner.requests_for(mailbox)
+
 
 def at_page(n: int, action: Callable[[], None]) -> Callable[[int, DeltaPage], None]:
     """An ``after_page`` hook running ``action`` once, after page ``n``."""

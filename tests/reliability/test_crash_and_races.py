@@ -194,7 +194,7 @@ def queue_deps(rel: RelEnv, storage_connection_string: str) -> Any:
     client = QueueClient.from_connection_string(storage_connection_string, queue_name)
     holds: list[Any] = []
 
-    def sync(org_id: str, mailbox_id: str) -> SyncOutcome:
+    def sync(org_id: str, mailbox_id: str, run_id: str = "") -> SyncOutcome:
         hook = holds[0] if holds else None
         return rel.run(mailbox_id, after_page=hook)
 

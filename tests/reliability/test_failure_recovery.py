@@ -37,7 +37,7 @@ def schedule_deps(rel: RelEnv, **run: Any) -> ScheduleDeps:
         cursors=s.cursors,
         leases=s.leases,
         clock=rel.clock,
-        sync=lambda _org, mailbox_id: rel.run(mailbox_id, **run),
+        sync=lambda _org, mailbox_id, run_id="": rel.run(mailbox_id, **run),
     )
 
 

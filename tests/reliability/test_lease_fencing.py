@@ -181,7 +181,7 @@ def schedule(rel: RelEnv, storage_connection_string: str) -> Iterator[ScheduleDe
         cursors=rel.stores.cursors,
         leases=rel.stores.leases,
         clock=rel.clock,
-        sync=lambda _org, mailbox_id: rel.run(mailbox_id),
+        sync=lambda _org, mailbox_id, run_id="": rel.run(mailbox_id),
     )
     with contextlib.suppress(ResourceNotFoundError):
         client.delete_queue()

@@ -4,6 +4,7 @@ doubles of our own ports and a fake of the ``SubscriptionApi`` port."""
 from __future__ import annotations
 
 import itertools
+import json
 import uuid
 from collections import Counter
 from collections.abc import Mapping
@@ -22,6 +23,7 @@ from sync_core.testing.push import InMemorySubscriptionStore
 from sync_core.testing.scheduling import InMemoryMailboxCatalog
 from sync_core.testing.stores import InMemoryStores
 from sync_core.use_cases import notifications, schedule, subscriptions
+from sync_core.use_cases.commands import SubscriptionAction, SubscriptionWork, parse_push
 from sync_core.use_cases.notifications import InvalidNotification, NotificationDeps
 from sync_core.use_cases.subscriptions import RENEW_BEFORE, REQUESTED_MINUTES, SubscriptionDeps
 
@@ -609,3 +611,51 @@ def test_work_for_an_unknown_subscription_does_nothing(subscribed: World) -> Non
         )
         assert result == "unknown=1"
     assert subscribed.synced == []
+
+
+# -- a mailbox that just became active ---------------------------------------------------------------
+
+
+def test_ensure_work_subscribes_a_mailbox_that_just_became_active_without_the_timer() -> None:
+    world = World()
+    world.add_mailbox()
+    message = SubscriptionWork(SubscriptionAction.ENSURE, org_id=ORG, mailbox_id="mb-adele").to_json()
+
+    result = notifications.process_work(world.notify, world.deps, parse_push(json.dumps(message)))
+
+    assert result == "created=2"
+    assert sorted(world.folders()) == ["inbox", "sentitems"]
+    assert world.synced == []  # the connect already made it due: subscribing adds no sync
+
+
+def test_ensure_work_for_a_mailbox_already_subscribed_changes_nothing(subscribed: World) -> None:
+    before = subscribed.folders()
+
+    result = notifications.process_work(
+        subscribed.notify, subscribed.deps, {"action": "ensure", "org_id": ORG, "mailbox_id": "mb-adele"}
+    )
+
+    assert result == "nothing"
+    assert subscribed.folders() == before
+
+
+def test_a_failed_subscribe_on_activation_is_logged_and_left_to_the_timer() -> None:
+    world = World()
+    world.add_mailbox()
+    world.api.fail_next = [TransientGraphError("Graph answered 503")]
+
+    result = notifications.process_work(
+        world.notify, world.deps, {"action": "ensure", "org_id": ORG, "mailbox_id": "mb-adele"}
+    )
+
+    assert result == "created=1,failed=1"  # no exception: the queue does not retry it, the maintenance timer does
+    assert subscriptions.maintain(world.deps).counts["created"] == 1
+    assert sorted(world.folders()) == ["inbox", "sentitems"]
+
+
+def test_subscription_work_keeps_the_older_wire_format_and_reads_the_mailbox_of_ensure() -> None:
+    older = SubscriptionWork(SubscriptionAction.RECREATE, "sub-1").to_json()
+    ensure = SubscriptionWork(SubscriptionAction.ENSURE, org_id=ORG, mailbox_id="mb-adele").to_json()
+
+    assert older == {"kind": "subscription", "action": "recreate", "subscription_id": "sub-1"}
+    assert parse_push(json.dumps(ensure)) == SubscriptionWork("ensure", "", ORG, "mb-adele")

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from sync_core.adapters.table_due import shard
-from sync_core.domain.model import EmailAddress, Mailbox, MailboxStatus, MailMessage, OrgSettings, Record
+from sync_core.domain.model import EmailAddress, Mailbox, MailboxStatus, MailMessage, OrgSettings, Record, RunStatus
 from sync_core.errors import IdentityError, ReauthRequired, StorageUnavailable
 from sync_core.ports import Versioned
 from sync_core.ports.scheduling import DueEntry
@@ -23,6 +23,7 @@ from sync_core.testing.scheduling import InMemoryDueIndex, InMemoryWorkQueue
 from sync_core.testing.stores import InMemoryStores
 from sync_core.use_cases import schedule
 from sync_core.use_cases.commands import SyncMailbox as SyncMessage
+from sync_core.use_cases.run_status import run_state
 from sync_core.use_cases.schedule import ScheduleDeps
 from sync_core.use_cases.sync_mailbox import SyncOutcome
 
@@ -85,6 +86,7 @@ class World:
         self.app = InMemoryApp(stores=self.stores, mail=self.mail, clock=self.clock, due=self.due, queue=self.queue)
         self.script: list[SyncOutcome | Exception | Callable[[], SyncOutcome]] = []
         self.runs: list[str] = []
+        self.run_ids: list[str] = []
         self.stores.records.upsert(ORG, [Record("c-1", "contact", "Carol", emails=("carol@client.example",))])
         self.stores.settings.put(ORG, OrgSettings(internal_domains=("acme.example",)))
         for mailbox_id in mailboxes:
@@ -98,14 +100,15 @@ class World:
     def deps(self, queue: Any = None) -> ScheduleDeps:
         return self.app.schedule_deps(queue=queue or self.queue, sync=self.sync)
 
-    def sync(self, org_id: str, mailbox_id: str) -> SyncOutcome:
+    def sync(self, org_id: str, mailbox_id: str, run_id: str = "") -> SyncOutcome:
         self.runs.append(mailbox_id)
+        self.run_ids.append(run_id)
         if self.script:
             step = self.script.pop(0)
             if isinstance(step, Exception):
                 raise step
             return step() if callable(step) else step
-        return self.app.sync(org_id, mailbox_id)
+        return self.app.sync(org_id, mailbox_id, run_id)
 
     # -- driving ------------------------------------------------------------------------------------
 
@@ -158,8 +161,9 @@ class World:
         return [a.internet_message_id for a in self.stores.activities.timeline(ORG, "c-1", None, 100).items]
 
 
-def message(mailbox_id: str = "mb-adele", reason: str = "timer") -> dict[str, str]:
-    return {"org_id": ORG, "mailbox_id": mailbox_id, "reason": reason}
+def message(mailbox_id: str = "mb-adele", reason: str = "timer", run_id: str = "") -> dict[str, str]:
+    body = {"org_id": ORG, "mailbox_id": mailbox_id, "reason": reason}
+    return {**body, "run_id": run_id} if run_id else body
 
 
 # --- the due index and the timer ---
@@ -313,8 +317,9 @@ def test_a_sync_now_right_after_a_timer_driven_run_is_queued_not_coalesced() -> 
     world.tick()
     assert world.deliver_queue() == ["done"]
 
-    assert schedule.request_sync(world.deps(), ORG, "mb-adele").status == "queued"
-    assert [m.body for m in world.queue.messages] == [message(reason="sync_now")]
+    requested = schedule.request_sync(world.deps(), ORG, "mb-adele")
+    assert requested.status == "queued"
+    assert [m.body for m in world.queue.messages] == [message(reason="sync_now", run_id=requested.run_id)]
 
 
 def test_a_sync_now_while_a_timer_message_waits_is_queued_and_the_two_runs_store_mail_once() -> None:
@@ -443,9 +448,11 @@ def test_sync_now_enqueues_once_and_coalesces_until_a_run_finished() -> None:
     world = World()
     deps = world.deps()
 
-    assert schedule.request_sync(deps, ORG, "mb-adele").status == "queued"
-    assert schedule.request_sync(deps, ORG, "mb-adele").status == "coalesced"
-    assert [m.body for m in world.queue.messages] == [message(reason="sync_now")]
+    first = schedule.request_sync(deps, ORG, "mb-adele")
+    second = schedule.request_sync(deps, ORG, "mb-adele")
+    assert (first.status, second.status) == ("queued", "coalesced")
+    assert second.run_id == first.run_id  # the coalesced request polls the run already queued
+    assert [m.body for m in world.queue.messages] == [message(reason="sync_now", run_id=first.run_id)]
 
     world.deliver_queue()
     assert schedule.request_sync(deps, ORG, "mb-adele").status == "queued"
@@ -667,3 +674,90 @@ def test_the_sweep_starts_over_from_a_position_the_catalog_does_not_know() -> No
 def test_messages_carry_org_mailbox_and_reason_only() -> None:
     assert SyncMessage("o", "m", "timer").to_json() == {"org_id": "o", "mailbox_id": "m", "reason": "timer"}
     assert SyncMessage.parse(b'{"org_id": "o", "mailbox_id": "m"}') == SyncMessage("o", "m", "")
+
+
+# --- runs a CRM polls ---
+
+
+def state(world: World, run_id: str) -> str | None:
+    found = run_state(world.due, world.stores.runs, ORG, "mb-adele", run_id)
+    return found.status if found is not None else None
+
+
+def test_a_sync_now_is_queued_until_its_run_reports_under_the_same_id_even_when_idle() -> None:
+    world = World()
+    schedule.schedule_mailbox(world.deps(), ORG, "mb-adele")
+    world.tick()
+    assert world.deliver_queue() == ["done"]  # caught up: the next poll finds nothing new
+
+    requested = schedule.request_sync(world.deps(), ORG, "mb-adele")
+    assert state(world, requested.run_id) == "queued"
+    assert world.deliver_queue() == ["done"]
+
+    assert world.run_ids[-1] == requested.run_id
+    found = run_state(world.due, world.stores.runs, ORG, "mb-adele", requested.run_id)
+    assert found is not None and found.status == "done" and found.report is not None
+    assert found.report.run_id == requested.run_id
+
+
+def test_a_requested_run_that_meets_another_run_runs_again_later_under_its_id() -> None:
+    world = World()
+    requested = schedule.request_sync(world.deps(), ORG, "mb-adele")
+    [queued] = world.queue.take()
+    world.script = [SyncOutcome(RunStatus.BUSY)]
+
+    assert world.process(queued.body) == "busy"
+    [retry] = world.queue.take()
+    assert retry.body == message(reason="sync_now", run_id=requested.run_id)
+    assert retry.delay_seconds == 30
+    assert state(world, requested.run_id) == "queued"
+
+
+def test_a_requested_run_of_a_mailbox_that_cannot_sync_ends_skipped_not_queued_for_ever() -> None:
+    world = World()
+    requested = schedule.request_sync(world.deps(), ORG, "mb-adele")
+    current = world.stores.mailboxes.get(ORG, "mb-adele")
+    assert current is not None
+    world.stores.mailboxes.replace(dataclasses.replace(current.value, enabled=False), current.etag)
+
+    assert world.deliver_queue() == ["skipped"]
+
+    assert state(world, requested.run_id) == "skipped"
+
+
+def test_a_continuation_reports_under_the_run_id_the_crm_polls() -> None:
+    world = World()
+    requested = schedule.request_sync(world.deps(), ORG, "mb-adele")
+    [queued] = world.queue.take()
+    world.script = [SyncOutcome(RunStatus.MORE, retry_after=5)]
+
+    assert world.process(queued.body) == "more"
+
+    [continuation] = world.queue.take()
+    assert continuation.body == message(reason="continuation", run_id=requested.run_id)
+
+
+def test_a_backfill_answers_a_run_id_its_message_carries() -> None:
+    world = World()
+
+    requested = schedule.request_backfill(world.deps(), ORG, "mb-adele", 30)
+
+    assert requested.run_id and [m.body for m in world.queue.messages] == [
+        message(reason="backfill", run_id=requested.run_id)
+    ]
+    assert state(world, requested.run_id) == "queued"
+
+
+def test_an_unknown_run_id_has_no_state() -> None:
+    world = World()
+    schedule.request_sync(world.deps(), ORG, "mb-adele")
+
+    assert state(world, "0" * 32) is None
+
+
+def test_a_sync_message_keeps_its_older_form_and_a_run_id_that_is_not_a_token_is_dropped() -> None:
+    older = SyncMessage.parse(json.dumps(message(reason="sync_now")))
+    odd = SyncMessage.parse(json.dumps({**message(reason="sync_now"), "run_id": "../../x"}))
+
+    assert older == SyncMessage(ORG, "mb-adele", "sync_now") and older.to_json() == message(reason="sync_now")
+    assert odd.run_id == ""

@@ -760,3 +760,65 @@ def test_a_default_folder_answering_404_fails_the_run_as_configuration_after_the
     assert outcome.report.error_class == "configuration" and "inbox" in outcome.report.error
     assert status_of(world)[0] is MailboxStatus.ERROR and "inbox" in status_of(world)[1]
     assert len(world.timeline("c-2")) == 1
+
+
+# -- the report's counts ------------------------------------------------------------------------------
+
+
+def test_a_runs_graph_requests_count_only_its_own_mailboxs_requests_not_a_concurrent_runs() -> None:
+    world = World(page_size=1)
+    for _ in range(2):
+        world.mail.deliver(message("carol@client.example", ["adele@acme.example"]))
+    megan = mailbox("mb-megan", "megan@acme.example")
+    # Another mailbox's run, sharing the mail source in the same process, reads mail during this run.
+    world.mail = HookedMailSource(page_size=1, after_page={1: lambda: world.mail.find_message(megan, "<x@y>")})
+    for _ in range(2):
+        world.mail.deliver(message("carol@client.example", ["adele@acme.example"]))
+
+    outcome = sync_mailbox(world.deps(), ORG, "mb-adele")
+
+    assert outcome.report is not None
+    assert world.mail.requests == outcome.report.graph_requests + 1
+    assert outcome.report.pages == 3  # inbox: 2 pages of one message; sent items: 1 (delta pages received)
+
+
+def test_an_idle_poll_that_refreshes_its_cursors_reports_two_pages_received_in_one_request() -> None:
+    world = World()
+    world.sync()
+    world.clock.moment += IDLE_REFRESH + timedelta(minutes=1)
+
+    outcome = sync_mailbox(world.deps(), ORG, "mb-adele")
+
+    [report] = world.stores.runs.recent(ORG, "mb-adele", 1)
+    assert outcome.report == report
+    assert (report.pages, report.graph_requests) == (2, 1)  # both folders' pages came in one batched request
+
+
+# -- runs a CRM polls ------------------------------------------------------------------------------------
+
+
+def test_a_requested_run_with_nothing_new_stores_its_report_under_the_given_id() -> None:
+    world = World()
+    world.sync()
+    run_id = "0123456789abcdef0123456789abcdef"
+
+    outcome = sync_mailbox(world.deps(), ORG, "mb-adele", run_id=run_id)
+
+    assert outcome.status == "done"
+    [newest, *_] = world.stores.runs.recent(ORG, "mb-adele", 50)
+    assert newest.run_id == run_id and outcome.report == newest
+
+
+def test_two_deliveries_of_one_requested_run_never_share_the_lease() -> None:
+    world = World()
+    run_id = "0123456789abcdef0123456789abcdef"
+    seen: list[str] = []
+
+    def duplicate() -> None:
+        seen.append(sync_mailbox(world.deps(), ORG, "mb-adele", run_id=run_id).status)
+
+    world.mail = HookedMailSource(page_size=3, after_page={1: duplicate})
+    world.mail.deliver(message("carol@client.example", ["adele@acme.example"]))
+
+    assert sync_mailbox(world.deps(), ORG, "mb-adele", run_id=run_id).status == "done"
+    assert seen == ["busy"]  # the duplicate met the first delivery's lease

@@ -89,7 +89,14 @@ class GraphMailSource:
 
     @property
     def requests_made(self) -> int:
-        return sum(client.metrics.requests for client in self._clients.values())
+        with self._lock:
+            clients = list(self._clients.values())
+        return sum(client.metrics.requests for client in clients)
+
+    def requests_for(self, mailbox: Mailbox) -> int:
+        with self._lock:
+            client = self._clients.get(_key(mailbox))
+        return client.metrics.requests if client is not None else 0
 
     def delta(self, mailbox: Mailbox, folder: str, link: str | None, since: datetime) -> DeltaPage:
         http = self._http(mailbox)

@@ -104,11 +104,12 @@ class ConnectResult:
     redirect_url: str | None = None
     connect_code: str = field(default="", repr=False)
     continues: bool = False
+    already_completed: bool = False  # a reload of a callback whose sign-in completed: nothing happened now
 
     @property
     def activated(self) -> bool:
         """A mailbox became active through this callback (no confirmation pending)."""
-        return self.ok and self.kind == "connect" and not self.connect_code
+        return self.ok and self.kind == "connect" and not self.connect_code and not self.already_completed
 
 
 @dataclass(frozen=True)

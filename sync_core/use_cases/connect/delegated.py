@@ -12,6 +12,10 @@ Invariants:
   A wrong user, org or code, a reused or expired code: ``InvalidRequest``, nothing activated. An org
   that sets ``connect_confirmation`` off gets the weaker behaviour: the callback activates at once.
 - The token cache is saved before the mailbox is activated: an active mailbox always has tokens.
+- A callback that completed (connected, or handed a connect code to the CRM) leaves a ``connect_done``
+  trace under its ``state`` for ``FLOW_LIFETIME``: reloading the page then says the sign-in was already
+  completed, and nothing more: no address, mailbox id, code or redirect (the state is in the URL, so the
+  page must tell whoever holds the URL nothing the first answer did not). Nothing is done again.
 - Nothing here logs tokens, codes, or caches.
 """
 
@@ -24,9 +28,11 @@ from collections.abc import Callable, Mapping, Sequence
 from sync_core.domain.addresses import normalize_address
 from sync_core.domain.model import ConnectionMode, Mailbox
 from sync_core.errors import (
+    AlreadyExists,
     IdentityError,
     InvalidRequest,
     ReauthRequired,
+    StorageUnavailable,
     SyncError,
     TransientGraphError,
 )
@@ -117,8 +123,35 @@ def complete_connect(deps: ConnectDeps, params: Mapping[str, str]) -> ConnectRes
     re-activate the mailbox and store its token cache). Never raises for a bad or refused callback: the
     result says why."""
     pending = deps.flows.take(params.get("state") or "", deps.clock.now())
+    if pending is not None and pending.kind == "connect_done":
+        _leave_done_trace(deps, pending)  # taken to read it: put back, so a further reload says the same
+        return ALREADY_COMPLETED
     if pending is None or pending.kind != "connect":
         return invalid_state("connect")
+    result = _complete(deps, pending, params)
+    if result.ok:
+        now = deps.clock.now()
+        _leave_done_trace(deps, PendingAuthFlow(pending.state, pending.org_id, "connect_done", now))
+    return result
+
+
+ALREADY_COMPLETED = ConnectResult(
+    ok=True,
+    kind="connect",
+    message="This sign-in was already completed. Return to the CRM to see the mailbox.",
+    already_completed=True,
+)
+
+
+def _leave_done_trace(deps: ConnectDeps, done: PendingAuthFlow) -> None:
+    """Best effort: without the trace a reload only says "invalid or already used"."""
+    try:
+        deps.flows.save(done)
+    except (AlreadyExists, StorageUnavailable):
+        log.info("could not leave the trace of a completed connect; a reload will say the link was used")
+
+
+def _complete(deps: ConnectDeps, pending: PendingAuthFlow, params: Mapping[str, str]) -> ConnectResult:
     fail = failer("connect", pending, deps)
     if params.get("error"):
         return fail(*callback_error(params, "The sign-in was cancelled or consent was declined."))

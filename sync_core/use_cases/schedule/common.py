@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from sync_core.errors import (
     ConcurrencyConflict,
@@ -44,6 +45,12 @@ UPDATE_ATTEMPTS = 5
 MAX_DELAY_SECONDS = 7 * 24 * 3600 - 1
 
 
+class SyncRunner(Protocol):
+    """One run of a mailbox (``Services.sync``); ``run_id`` is the id a CRM polls, empty for the timer's."""
+
+    def __call__(self, org_id: str, mailbox_id: str, run_id: str = "") -> SyncOutcome: ...
+
+
 @dataclass
 class ScheduleDeps:
     due: DueIndex
@@ -53,7 +60,7 @@ class ScheduleDeps:
     cursors: CursorStore
     leases: LeaseStore
     clock: Clock
-    sync: Callable[[str, str], SyncOutcome]
+    sync: SyncRunner
     catalog: MailboxCatalog | None = None
 
 
@@ -108,12 +115,21 @@ def _settled(entry: DueEntry, now: datetime, latest: datetime) -> bool:
 
 
 def park(
-    deps: ScheduleDeps, org_id: str, mailbox_id: str, now: datetime, after: timedelta = PARKED_RECHECK
+    deps: ScheduleDeps,
+    org_id: str,
+    mailbox_id: str,
+    now: datetime,
+    after: timedelta = PARKED_RECHECK,
+    *,
+    skipped_run: str = "",
 ) -> None:
-    """Due again ``after`` from now, nothing queued."""
+    """Due again ``after`` from now, nothing queued. ``skipped_run``: a requested run that ended without
+    a report because the mailbox could not sync; recorded as ``skipped`` if it is still the entry's."""
 
     def change(current: DueEntry | None) -> DueEntry:
         base = current or DueEntry(org_id, mailbox_id, now)
+        if skipped_run and base.run_id == skipped_run:
+            base = replace(base, run_outcome="skipped")
         return replace(base, due_at=now + after, queued_at=None)
 
     update_entry(deps.due, org_id, mailbox_id, change)

@@ -20,6 +20,10 @@ The whole schedule, from connect to the outcome of a run (``tick``, ``requests``
                                               ── raised:  the host retries the message; its last delivery
                                                           gives up (``give_up``), see below
     "Sync now" / backfill ── request_sync / request_backfill ── coalesced when a message is already queued
+        with a run id (the CRM polls GET …/runs/{run_id}); the message carries it, the run reports under it,
+        and so does its continuation. A requested run never ends unanswered: an idle one stores its
+        report, a busy one runs again after ``BUSY_RETRY``, a skipped one is recorded on the due entry
+        (``run_outcome``) when the mailbox stays scheduled.
 
 Invariants:
 - An idle poll through the timer writes the due entry once (the claim): a run ending ``done`` leaves an
@@ -43,6 +47,7 @@ from __future__ import annotations
 
 import logging
 import math
+from datetime import timedelta
 
 from sync_core.domain.model import Mailbox, MailboxStatus, RunStatus
 from sync_core.errors import (
@@ -65,6 +70,8 @@ from sync_core.use_cases.schedule.common import (
 from sync_core.use_cases.schedule.requests import apply_pending_backfill
 
 log = logging.getLogger(__name__)
+
+BUSY_RETRY = timedelta(seconds=30)  # a requested run that met another run's lease runs again this much later
 
 
 # -- the queue-triggered run -------------------------------------------------------------------------
@@ -100,27 +107,30 @@ def run_command(deps: ScheduleDeps, message: SyncMailbox, dequeue_count: int, ma
 
 
 def _process(deps: ScheduleDeps, message: SyncMailbox) -> RunStatus:
-    org_id, mailbox_id = message.org_id, message.mailbox_id
+    org_id, mailbox_id, run_id = message.org_id, message.mailbox_id, message.run_id
     if not apply_pending_backfill(deps, org_id, mailbox_id):
-        return RunStatus.BUSY  # a run holds the lease; its end sees the pending backfill
-    outcome = deps.sync(org_id, mailbox_id)
+        return RunStatus.BUSY  # a run holds the lease; its end sees the pending backfill (and its run id)
+    outcome = deps.sync(org_id, mailbox_id, run_id)
     now = deps.clock.now()
     if outcome.status == RunStatus.BUSY:
+        if run_id:  # a CRM polls this run: it runs after the one holding the lease instead of vanishing
+            deps.queue.enqueue(message.to_json(), int(BUSY_RETRY.total_seconds()))
         return RunStatus.BUSY
     if outcome.status == RunStatus.MORE:
         reschedule(deps, org_id, mailbox_id, now, queued=True)
         delay = min(max(math.ceil(outcome.retry_after or 0), 0), MAX_DELAY_SECONDS)
-        deps.queue.enqueue(SyncMailbox(org_id, mailbox_id, SyncReason.CONTINUATION).to_json(), delay)
+        # The continuation reports under the same run id, so the CRM polls one id until the run is done.
+        deps.queue.enqueue(SyncMailbox(org_id, mailbox_id, SyncReason.CONTINUATION, run_id).to_json(), delay)
     elif outcome.status == RunStatus.DONE:
         entry = reschedule(deps, org_id, mailbox_id, now, queued=None)
         if entry is not None and entry.backfill_since is not None:  # requested while this run held the lease
-            deps.queue.enqueue(SyncMailbox(org_id, mailbox_id, SyncReason.BACKFILL).to_json())
+            deps.queue.enqueue(SyncMailbox(org_id, mailbox_id, SyncReason.BACKFILL, entry.run_id).to_json())
     elif outcome.status == RunStatus.SKIPPED:
         found = deps.mailboxes.get(org_id, mailbox_id)
         if found is None or found.value.status is MailboxStatus.DISCONNECTED:
             unschedule_mailbox(deps, org_id, mailbox_id)
         else:
-            park(deps, org_id, mailbox_id, now)
+            park(deps, org_id, mailbox_id, now, skipped_run=run_id)
     elif outcome.failure is GrantFailure:  # the run set needs_reauth: nothing to retry until reconnected
         park(deps, org_id, mailbox_id, now)
     else:  # a configuration failure: the run set error with the reason; retried until a run succeeds

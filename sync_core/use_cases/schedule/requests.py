@@ -24,7 +24,7 @@ from sync_core.errors import (
     NotSyncable,
 )
 from sync_core.ports.scheduling import DueEntry
-from sync_core.use_cases.commands import SyncMailbox, SyncReason
+from sync_core.use_cases.commands import SyncMailbox, SyncReason, new_run_id
 from sync_core.use_cases.mailbox_updates import update_mailbox
 from sync_core.use_cases.schedule.common import (
     ScheduleDeps,
@@ -46,33 +46,40 @@ MAX_BACKFILL_DAYS = 365
 @dataclass(frozen=True)
 class SyncRequest:
     """What a "sync now" or backfill request did: ``queued`` a message, or ``coalesced`` with one
-    already queued. ``since`` is the backfill's new watermark; ``applied`` whether the watermark and
-    cursors were already changed (else the next run of the mailbox applies it)."""
+    already queued. ``run_id``: the run to poll (``GET …/runs/{run_id}``), the queued one's when
+    coalesced. ``since`` is the backfill's new watermark; ``applied`` whether the watermark and cursors
+    were already changed (else the next run of the mailbox applies it)."""
 
     status: RequestStatus
+    run_id: str = ""
     since: datetime | None = None
     applied: bool = False
 
 
 def request_sync(deps: ScheduleDeps, org_id: str, mailbox_id: str) -> SyncRequest:
-    """"Sync now": enqueue a run unless one is already queued. ``MailboxNotFound``, ``NotSyncable``."""
+    """"Sync now": enqueue a run unless one is already queued; either way the answer names the run to
+    poll. A message queued without a run id (a continuation of the timer's run, an older deploy's) is
+    not coalesced with: nothing could be polled for it. ``MailboxNotFound``, ``NotSyncable``."""
     _syncable(deps, org_id, mailbox_id)
     now = deps.clock.now()
     interval = poll_interval(deps, org_id)
-    coalesced = False
+    fresh = new_run_id()
+    answer = fresh
 
     def change(current: DueEntry | None) -> DueEntry:
-        nonlocal coalesced
-        coalesced = current is not None and recently_queued(current, now)
-        if current is not None and coalesced:
+        nonlocal answer
+        if current is not None and recently_queued(current, now) and current.run_id and not current.run_outcome:
+            answer = current.run_id
             return current
-        return replace(current or DueEntry(org_id, mailbox_id, now + interval), queued_at=now)
+        answer = fresh
+        base = current or DueEntry(org_id, mailbox_id, now + interval)
+        return replace(base, queued_at=now, run_id=fresh, run_outcome="")
 
     update_entry(deps.due, org_id, mailbox_id, change)
-    if coalesced:
-        return SyncRequest(RequestStatus.COALESCED)
-    enqueue_or_unmark(deps, SyncMailbox(org_id, mailbox_id, SyncReason.SYNC_NOW), now)
-    return SyncRequest(RequestStatus.QUEUED)
+    if answer != fresh:
+        return SyncRequest(RequestStatus.COALESCED, run_id=answer)
+    enqueue_or_unmark(deps, SyncMailbox(org_id, mailbox_id, SyncReason.SYNC_NOW, fresh), now)
+    return SyncRequest(RequestStatus.QUEUED, run_id=fresh)
 
 
 def request_backfill(deps: ScheduleDeps, org_id: str, mailbox_id: str, days: int) -> SyncRequest:
@@ -86,15 +93,17 @@ def request_backfill(deps: ScheduleDeps, org_id: str, mailbox_id: str, days: int
     since = now - timedelta(days=days)
     interval = poll_interval(deps, org_id)
 
+    run_id = new_run_id()
+
     def change(current: DueEntry | None) -> DueEntry:
         base = current or DueEntry(org_id, mailbox_id, now + interval)
         pending = min(base.backfill_since, since) if base.backfill_since else since
-        return replace(base, backfill_since=pending, queued_at=now)
+        return replace(base, backfill_since=pending, queued_at=now, run_id=run_id, run_outcome="")
 
     update_entry(deps.due, org_id, mailbox_id, change)
     applied = apply_pending_backfill(deps, org_id, mailbox_id)
-    enqueue_or_unmark(deps, SyncMailbox(org_id, mailbox_id, SyncReason.BACKFILL), now)
-    return SyncRequest(RequestStatus.QUEUED, since=since, applied=applied)
+    enqueue_or_unmark(deps, SyncMailbox(org_id, mailbox_id, SyncReason.BACKFILL, run_id), now)
+    return SyncRequest(RequestStatus.QUEUED, run_id=run_id, since=since, applied=applied)
 
 
 def apply_pending_backfill(deps: ScheduleDeps, org_id: str, mailbox_id: str) -> bool:
