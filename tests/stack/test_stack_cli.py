@@ -1,0 +1,107 @@
+"""``python -m tools.stack run|services`` started the way a non-interactive shell starts a background job
+(SIGINT ignored, inherited): it stops on SIGINT and on SIGTERM, leaves no process and no pid file, and
+``services`` runs Azurite and the emulator only, printing the settings a ``func start`` needs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from tools.azurite import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Started:
+    process: subprocess.Popen[bytes]
+    output: Path
+    local: Path
+    emulator_port: int
+    host_port: int
+
+    def text(self) -> str:
+        return self.output.read_text(errors="replace")
+
+    def pids(self) -> dict[str, int]:
+        return {path.stem: int(path.read_text()) for path in (self.local / "run").glob("*.pid")}
+
+
+def start(command: str, local: Path, output: Path) -> Started:
+    """Start the stack with SIGINT ignored, as ``cmd &`` in a script does; wait for its ready line."""
+    emulator_port, host_port = free_port(), free_port()
+    ports = ",".join(str(free_port()) for _ in range(3))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRAPH_")}
+    with output.open("ab") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tools.stack", command, "--local-dir", str(local), "--storage-ports", ports,
+             "--emulator-port", str(emulator_port), "--host-port", str(host_port)],
+            cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # noqa: PLW1509 (single-threaded here)
+        )
+    started = Started(process, output, local, emulator_port, host_port)
+    deadline = time.monotonic() + 120
+    while "stack ready" not in started.text():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"the stack did not start:\n{started.text()}")
+        time.sleep(0.1)
+    return started
+
+
+def stop_and_check_nothing_is_left(started: Started, stop_signal: signal.Signals) -> None:
+    pids = started.pids()
+    started.process.send_signal(stop_signal)
+    try:
+        assert started.process.wait(timeout=60) == 0, started.text()
+    finally:
+        if started.process.poll() is None:
+            started.process.kill()
+    assert f"stopped on {stop_signal.name}" in started.text()
+    assert list((started.local / "run").glob("*.pid")) == []
+    for pid in pids.values():  # every process it started is gone
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_run_started_with_sigint_ignored_stops_on_the_signal_and_leaves_nothing_running(
+    tmp_path: Path, stop_signal: signal.Signals
+) -> None:
+    started = start("run", tmp_path / "local", tmp_path / "out.txt")
+    assert set(started.pids()) == {"azurite", "emulator", "devhost"}
+    health = requests.get(f"http://127.0.0.1:{started.host_port}/api/health", timeout=10)
+    assert health.status_code == 200
+
+    stop_and_check_nothing_is_left(started, stop_signal)
+
+
+def test_services_start_azurite_and_the_emulator_only_print_the_settings_and_keep_the_state_across_restarts(
+    tmp_path: Path,
+) -> None:
+    local = tmp_path / "local"
+    started = start("services", local, tmp_path / "first.txt")
+    assert set(started.pids()) == {"azurite", "emulator"}
+    bundle = local / "emulator" / "ca-bundle.pem"
+    text = started.text()
+    assert f"GRAPH_BASE_URL=https://localhost:{started.emulator_port}/v1.0" in text
+    assert f"REQUESTS_CA_BUNDLE={bundle}" in text
+    assert ". .venv/bin/activate && func start" in text
+    discovery = f"https://localhost:{started.emulator_port}/contoso.example/v2.0/.well-known/openid-configuration"
+    assert requests.get(discovery, verify=str(bundle), timeout=10).status_code == 200
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{started.host_port}/api/health", timeout=5)
+    stop_and_check_nothing_is_left(started, signal.SIGINT)
+    assert "state restored" not in text
+
+    again = start("services", local, tmp_path / "second.txt")
+    assert f"Emulator state restored from {local / 'emulator' / 'state.pickle'}" in again.text()
+    stop_and_check_nothing_is_left(again, signal.SIGTERM)
