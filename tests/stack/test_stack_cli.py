@@ -1,6 +1,7 @@
 """``python -m tools.stack run|services`` started the way a non-interactive shell starts a background job
-(SIGINT ignored, inherited): it stops on SIGINT and on SIGTERM, leaves no process and no pid file, and
-``services`` runs Azurite and the emulator only, printing the settings a ``func start`` needs."""
+(SIGINT ignored, inherited): it stops on SIGINT and on SIGTERM, leaves no process and no pid file;
+``services`` runs Azurite and the emulator only, printing the settings a ``func start`` needs; and
+``run`` restarted twice keeps a connected mailbox syncing."""
 
 from __future__ import annotations
 
@@ -9,12 +10,15 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import requests
 
+from emulator.client import EmulatorClient
+from tests import connect_flow
 from tools.azurite import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,14 +39,27 @@ class Started:
         return {path.stem: int(path.read_text()) for path in (self.local / "run").glob("*.pid")}
 
 
-def start(command: str, local: Path, output: Path) -> Started:
+@dataclass(frozen=True)
+class Ports:
+    storage: str
+    emulator: int
+    host: int
+
+    @classmethod
+    def free(cls) -> Ports:
+        return cls(",".join(str(free_port()) for _ in range(3)), free_port(), free_port())
+
+
+def start(
+    command: str, local: Path, output: Path, ports: Ports | None = None, env_extra: dict[str, str] | None = None
+) -> Started:
     """Start the stack with SIGINT ignored, as ``cmd &`` in a script does; wait for its ready line."""
-    emulator_port, host_port = free_port(), free_port()
-    ports = ",".join(str(free_port()) for _ in range(3))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GRAPH_")}
+    ports = ports or Ports.free()
+    emulator_port, host_port = ports.emulator, ports.host
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRAPH_")} | (env_extra or {})
     with output.open("ab") as sink:
         process = subprocess.Popen(
-            [sys.executable, "-m", "tools.stack", command, "--local-dir", str(local), "--storage-ports", ports,
+            [sys.executable, "-m", "tools.stack", command, "--local-dir", str(local), "--storage-ports", ports.storage,
              "--emulator-port", str(emulator_port), "--host-port", str(host_port)],
             cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT,
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # noqa: PLW1509 (single-threaded here)
@@ -105,3 +122,54 @@ def test_services_start_azurite_and_the_emulator_only_print_the_settings_and_kee
     again = start("services", local, tmp_path / "second.txt")
     assert f"Emulator state restored from {local / 'emulator' / 'state.pickle'}" in again.text()
     stop_and_check_nothing_is_left(again, signal.SIGTERM)
+
+
+def test_run_restarted_twice_keeps_a_connected_mailbox_syncing_without_a_reconnect(tmp_path: Path) -> None:
+    """``make run``'s own path (persistent Azurite and emulator under one folder), stopped and started again
+    twice: mail delivered after each restart is stored after Sync now, and the mailbox stays active."""
+    local, ports = tmp_path / "local", Ports.free()
+    origin = f"http://127.0.0.1:{ports.host}"
+    url = lambda path: f"{origin}/api/{path.lstrip('/')}"  # noqa: E731
+    # An app registration whose redirect URIs are on this host's free port (the demo one names 7071).
+    client_id, secret = str(uuid.uuid4()), f"secret-{uuid.uuid4().hex}"
+    app_env = {"GRAPH_CLIENT_ID": client_id, "GRAPH_CLIENT_SECRET": secret, "PUBLIC_BASE_URL": origin}
+    org, upn, dan = "org-" + uuid.uuid4().hex[:12], "adele@contoso.example", "dan@talent.example"
+    api = requests.Session()
+
+    def emulator() -> EmulatorClient:
+        return EmulatorClient(f"https://localhost:{ports.emulator}", local / "emulator" / "ca-bundle.pem")
+
+    def deliver_sync_and_see(mailbox_id: str, subject: str) -> None:
+        emulator().deliver(upn, from_=f"Dan <{dan}>", to=[upn], subject=subject)
+        assert api.post(url(f"orgs/{org}/mailboxes/{mailbox_id}/sync"), timeout=30).status_code == 202
+        deadline = time.monotonic() + 60
+        while True:
+            listed = api.get(url(f"orgs/{org}/records/cand-dan/activities"), timeout=30).json()["activities"]
+            if subject in [a["subject"] for a in listed]:
+                return
+            assert time.monotonic() < deadline, f"{subject!r} was never stored: {listed}"
+            time.sleep(0.2)
+
+    started = start("run", local, tmp_path / "run-0.txt", ports, app_env)
+    try:
+        redirect_uris = [url("auth/callback"), url("auth/admin-consent/callback")]
+        emulator().create_app(client_id, secret, redirect_uris, ["Mail.Read", "User.Read.All"])
+        settings = {"internal_domains": ["contoso.example"], "return_url_allow_list": ["https://crm.example/app"]}
+        assert api.put(url(f"orgs/{org}/settings"), json=settings, timeout=30).status_code == 200
+        record = {"type": "candidate", "name": "Dan", "emails": [dan]}
+        assert api.put(url(f"orgs/{org}/records/cand-dan"), json=record, timeout=30).status_code == 200
+        mailbox_id = connect_flow.connect(api, url, emulator(), org, upn, return_url="https://crm.example/app/x")
+        deliver_sync_and_see(mailbox_id, "before any restart")
+    finally:
+        stop_and_check_nothing_is_left(started, signal.SIGTERM)
+
+    for restart in (1, 2):
+        started = start("run", local, tmp_path / f"run-{restart}.txt", ports, app_env)
+        try:
+            assert "Emulator state restored" in started.text()
+            deliver_sync_and_see(mailbox_id, f"after restart {restart}")
+            mailbox = api.get(url(f"orgs/{org}/mailboxes/{mailbox_id}"), timeout=30).json()
+            assert mailbox["status"] == "active", mailbox
+        finally:
+            stop_and_check_nothing_is_left(started, signal.SIGINT)
+    api.close()
