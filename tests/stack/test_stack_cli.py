@@ -19,6 +19,7 @@ import requests
 
 from emulator.client import EmulatorClient
 from tests import connect_flow
+from tests.reliability.hosted_app import APP_SETTING_PREFIXES
 from tools.azurite import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,7 +57,9 @@ def start(
     """Start the stack with SIGINT ignored, as ``cmd &`` in a script does; wait for its ready line."""
     ports = ports or Ports.free()
     emulator_port, host_port = ports.emulator, ports.host
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GRAPH_")} | (env_extra or {})
+    # App settings from local.settings.json and ``env_extra`` only: not from an in-process host of
+    # tests/e2e, whose settings sit in os.environ while it runs, nor from the developer's shell.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(APP_SETTING_PREFIXES)} | (env_extra or {})
     with output.open("ab") as sink:
         process = subprocess.Popen(
             [sys.executable, "-m", "tools.stack", command, "--local-dir", str(local), "--storage-ports", ports.storage,
