@@ -170,7 +170,10 @@ def _local_settings() -> dict[str, str]:
     """local.settings.json values (created from the example on first run)."""
     settings_file = ROOT / "local.settings.json"
     if not settings_file.exists():
-        shutil.copy(ROOT / "local.settings.json.example", settings_file)
+        # Copied whole under a temp name, then renamed: a stack starting alongside never reads half a file.
+        temp = settings_file.with_name(f".local.settings.json.{os.getpid()}.tmp")
+        shutil.copy(ROOT / "local.settings.json.example", temp)
+        os.replace(temp, settings_file)
         print("created local.settings.json from local.settings.json.example")
     values: dict[str, str] = json.loads(settings_file.read_text())["Values"]
     return values
