@@ -1,6 +1,9 @@
-# Two commands work on a fresh machine (Python 3.11+, Node 20+); each installs what it needs.
-#   make run    Azurite + the Graph/identity emulator (demo tenant) + the local Functions host
-#   make test   lint, type-check, check the import layers, then the whole suite against Azurite and the emulator
+# Two commands work on a fresh machine (Python 3.11+, Node 20+); each installs what it needs, no more.
+#   make run       Azurite + the Graph/identity emulator (demo tenant) + the local Functions host (.venv, node_modules)
+#   make test      lint, type-check, check the import layers, then the whole suite against Azurite and the emulator
+#                  (also the checkov venv, .venv-infra, that tests/infra scan with)
+#   make services  Azurite + the emulator only, for `func start` (Core Tools)
+#   make clean     delete the local state (Azurite's data, the emulator's state): the next run is a fresh demo
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -13,9 +16,12 @@ PYTEST_ARGS ?= -n 2 -q
 BENCH_STAMP := $(VENV)/.bench-installed
 BENCH_ARGS ?=
 
-.PHONY: install run test lint unit bench clean
+.PHONY: install install-infra run services test lint unit bench clean
 
-install: $(PY_STAMP) $(NODE_STAMP) $(INFRA_STAMP)
+# What running needs; the infra scan venv (about 290 MB) only comes with `make test` or `make install-infra`.
+install: $(PY_STAMP) $(NODE_STAMP)
+
+install-infra: $(INFRA_STAMP)
 
 $(PY_STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -39,12 +45,15 @@ $(NODE_STAMP): package.json package-lock.json
 run: install
 	$(BIN)/python -m tools.stack run
 
+services: install
+	$(BIN)/python -m tools.stack services
+
 lint: $(PY_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: install lint
+test: install $(INFRA_STAMP) lint
 	$(BIN)/python -m tools.stack test -- $(PYTEST_ARGS)
 
 unit: $(PY_STAMP)
@@ -58,5 +67,6 @@ $(BENCH_STAMP): $(PY_STAMP) requirements-bench.txt
 bench: $(BENCH_STAMP) $(NODE_STAMP)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
+# Local state only (installs stay): Azurite's data and the emulator's state, kept across restarts together.
 clean:
 	rm -rf .local .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

@@ -1,5 +1,8 @@
 """``python -m emulator``: run the emulator in the foreground until SIGINT or SIGTERM.
 
+With ``--persist`` the state survives restarts (``emulator.persistence``); ``--seed demo`` then adds
+the demo tenant only if the restored state lacks it.
+
 Prints exactly one line on stdout, ``emulator ready {url}``, once it accepts connections. The pid file
 (if asked for) exists exactly while the emulator runs.
 """
@@ -23,6 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8443)
     parser.add_argument("--state-dir", type=Path, default=Path(".local/emulator"))
     parser.add_argument("--seed", choices=["demo"], default=None)
+    parser.add_argument(
+        "--persist", action="store_true",
+        help="keep the whole state in STATE_DIR/state.pickle: restored on start, saved on change and on stop",
+    )
     parser.add_argument("--pid-file", type=Path, default=None)
     parser.add_argument("--log-level", default="WARNING", help="access log is at INFO")
     args = parser.parse_args(argv)
@@ -35,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    server = EmulatorServer(args.host, args.port, state_dir=args.state_dir, seed=args.seed)
+    server = EmulatorServer(args.host, args.port, state_dir=args.state_dir, seed=args.seed, persist=args.persist)
     try:
         server.start()
         if args.pid_file:

@@ -58,6 +58,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit, urlunsplit
 
 import jwt
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
@@ -129,9 +130,22 @@ class PageError(Exception):
 class SigningKey:
     """The RSA key that signs every JWT the emulator issues; published at the JWKS endpoint."""
 
-    def __init__(self) -> None:
-        self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        self.kid = secrets.token_urlsafe(16)
+    def __init__(self, pem: bytes | None = None, kid: str | None = None) -> None:
+        """A new key, or (``pem`` and ``kid``, from :meth:`to_pem`) the key of a restored emulator."""
+        if pem is None:
+            self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        else:
+            key = serialization.load_pem_private_key(pem, password=None)
+            if not isinstance(key, rsa.RSAPrivateKey):
+                raise ValueError("the stored signing key is not an RSA key")
+            self._key = key
+        self.kid = kid or secrets.token_urlsafe(16)
+
+    def to_pem(self) -> bytes:
+        """The private key as unencrypted PKCS#8 PEM (kept in the emulator's local state dir only)."""
+        return self._key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
 
     def sign(self, claims: dict[str, Any]) -> str:
         return jwt.encode(claims, self._key, algorithm="RS256", headers={"kid": self.kid, "typ": "JWT"})

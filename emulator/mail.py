@@ -36,6 +36,7 @@ Choices where the real service is unconfirmed or the emulator is simpler (facts 
 from __future__ import annotations
 
 import operator
+import pickle
 import re
 import threading
 from collections.abc import Callable
@@ -269,6 +270,27 @@ class MailStore:
     def close(self) -> None:
         """Stop the notification workers (call when the store is discarded)."""
         self.notifier.shutdown()
+
+    def snapshot(self) -> bytes:
+        """Every mailbox, delta token, subscription and the notification log, pickled under the lock."""
+        with self.lock:
+            return pickle.dumps(
+                {
+                    "mailboxes": self._mailboxes,
+                    "delta": self.delta,
+                    "subscriptions": self.subscriptions.subscriptions,
+                    "notifications": self.notifier.log,
+                }
+            )
+
+    def restore(self, blob: bytes) -> None:
+        """Replace the mail state with a :meth:`snapshot` (unpickled before anything changes)."""
+        data = pickle.loads(blob)  # noqa: S301 (our own snapshot, from our own state dir)
+        with self.lock:
+            self._mailboxes = data["mailboxes"]
+            self.delta = data["delta"]
+            self.subscriptions.subscriptions = data["subscriptions"]
+            self.notifier.log = data["notifications"]
 
     def reset(self) -> None:
         """Forget every mailbox, token and subscription (the notification log too)."""

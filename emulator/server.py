@@ -42,6 +42,7 @@ from emulator.control import ControlApi
 from emulator.core import GraphContext, Principal, Request, Response, graph_error, graph_time, now_utc
 from emulator.directory import USER_DEFAULT_PROPERTIES, organization_properties, user_properties
 from emulator.identity import GRAPH_APP_ID, IdentityPlatform, aad_error
+from emulator.persistence import StateFile
 from emulator.state import BUDGET_MESSAGE, EmulatorState, FaultRule
 
 access_log = logging.getLogger("emulator.access")
@@ -527,11 +528,26 @@ class _TlsHttpServer(ThreadingHTTPServer):
 
 
 class EmulatorServer:
-    """The whole emulator on one HTTPS port. ``start()`` serves on a daemon thread; ``stop()`` is idempotent."""
+    """The whole emulator on one HTTPS port. ``start()`` serves on a daemon thread; ``stop()`` is idempotent.
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, state_dir: Path, seed: str | None = None) -> None:
+    ``persist``: restore the state from ``state_dir`` (if a snapshot is there) and keep saving it there
+    (``emulator.persistence``); ``restored`` says whether a snapshot was loaded. Without it the state
+    lives in memory only, as tests and benchmarks want.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        state_dir: Path,
+        seed: str | None = None,
+        persist: bool = False,
+    ) -> None:
         self.tls: TlsMaterial = ensure_tls_material(Path(state_dir))
         self.state = EmulatorState(seed)
+        self.state_file = StateFile(self.state, Path(state_dir)) if persist else None
+        self.restored = self.state_file.load() if self.state_file else False
         self.identity = IdentityPlatform(self.state)
         self.graph = GraphApi(self.state)
         self.control = ControlApi(self.state, self.identity, self.tls.ca_pem)
@@ -562,6 +578,8 @@ class EmulatorServer:
                 target=self._http.serve_forever, kwargs={"poll_interval": 0.1}, name="emulator", daemon=True
             )
             self._thread.start()
+            if self.state_file:
+                self.state_file.start()
         return self
 
     def stop(self) -> None:
@@ -572,6 +590,8 @@ class EmulatorServer:
         self._http.close_connections()
         self._http.server_close()
         self.graph.close()
+        if self.state_file:
+            self.state_file.stop()
 
     def __enter__(self) -> EmulatorServer:
         return self.start()
@@ -582,6 +602,15 @@ class EmulatorServer:
         self.stop()
 
     def dispatch(self, request: Request) -> Response:
+        """Answer one request; with ``persist``, every request counts as a change to save (delta reads
+        mint tokens, sign-ins issue codes: telling reads from writes would be a second source of truth)."""
+        try:
+            return self._dispatch(request)
+        finally:
+            if self.state_file:
+                self.state_file.changed()
+
+    def _dispatch(self, request: Request) -> Response:
         origin = f"https://{request.headers.get('host') or f'localhost:{self.port}'}"
         path = request.path
         if path == "/_emulator" or path.startswith("/_emulator/"):

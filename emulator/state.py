@@ -6,7 +6,12 @@ Invariants:
   while calling into ``mail`` (which has its own locking) or while sleeping.
 * ``reset()`` returns the emulator to its start-up state: a fresh directory, tokens, mail store,
   default configuration, no faults, empty counters, and the start-up seed applied again. The token
-  signing key survives resets, so the published JWKS stays stable for the process lifetime.
+  signing key survives resets, so the published JWKS stays stable for the process lifetime (and, with
+  ``--persist``, across restarts).
+* ``snapshot()`` / ``restore()`` carry everything above except the mailbox limiter's windows and
+  in-flight counts (process-local, like the real service's per-process counters) across a restart: a
+  restored emulator answers the delta links, refresh tokens, access tokens and subscriptions it issued
+  before exactly as it would have. ``emulator.persistence`` writes and reads the snapshot file.
 * Mailbox limits are per (client_id, mailbox): a sliding-window request budget and a cap on requests
   in flight. A rejected request does not consume budget.
 """
@@ -14,6 +19,7 @@ Invariants:
 from __future__ import annotations
 
 import math
+import pickle
 import threading
 import time
 import uuid
@@ -162,6 +168,52 @@ class EmulatorState:
             if self.seed == "demo":
                 seed_demo(self.directory)
 
+    def snapshot(self) -> dict[str, bytes]:
+        """The whole state as pickled parts: ``core`` (taken under the state lock) and ``mail`` (under the
+        mail store's own lock; the two locks are never held together)."""
+        with self.lock:
+            core = pickle.dumps(
+                {
+                    "signing_key": (self.signing_key.to_pem(), self.signing_key.kid),
+                    "config": self.config,
+                    "faults": self.faults,
+                    "mailbox_requests": self.mailbox_requests,
+                    "directory": {
+                        f.name: getattr(self.directory, f.name) for f in fields(Directory) if f.name != "lock"
+                    },
+                    "tokens": {
+                        f.name: getattr(self.tokens, f.name)
+                        for f in fields(TokenStore)
+                        if f.name not in ("lock", "signing_key")
+                    },
+                }
+            )
+            mail = self.mail
+        return {"core": core, "mail": mail.snapshot()}
+
+    def restore(self, parts: dict[str, bytes]) -> None:
+        """Replace the whole state with a ``snapshot()``; the start-up seed is applied only where the
+        restored directory lacks it. Unpickles everything before changing anything, so a broken snapshot
+        raises and leaves the state as it was."""
+        core = pickle.loads(parts["core"])  # noqa: S301 (our own snapshot, from our own state dir)
+        signing_key = SigningKey(*core["signing_key"])
+        config: EmulatorConfig = core["config"]
+        directory = Directory(self.lock, **core["directory"])
+        tokens = TokenStore(self.lock, signing_key, **core["tokens"])
+        mail = MailStore(directory)
+        mail.restore(parts["mail"])
+        mail.allow_http_notification_urls = config.allow_http_notification_urls
+        with self.lock:
+            self.mail.notifier.shutdown()
+            self.signing_key, self.config, self.directory, self.tokens, self.mail = (
+                signing_key, config, directory, tokens, mail
+            )
+            self.faults = core["faults"]
+            self.limiter = MailboxLimiter(self.lock, self.config)
+            self.mailbox_requests = core["mailbox_requests"]
+            if self.seed == "demo":
+                seed_demo(self.directory)
+
     def configure(self, changes: dict[str, Any]) -> dict[str, Any]:
         """Change settings (all or nothing) and pass the mail store its share; returns every setting."""
         with self.lock:
@@ -223,17 +275,21 @@ def _demo_id(name: str) -> str:
 
 
 def seed_demo(directory: Directory) -> None:
-    """Tenant Contoso with two users, a shared mailbox and the demo app registration."""
-    tenant = directory.add_tenant(
+    """Tenant Contoso with two users, a shared mailbox and the demo app registration. Idempotent: what a
+    restored directory already has (same stable ids) is kept as it is, never added twice."""
+    tenant = directory.find_tenant(_demo_id("contoso")) or directory.add_tenant(
         "Contoso", ["contoso.example", "contoso.onmicrosoft.example"], tenant_id=_demo_id("contoso")
     )
-    directory.add_user(
-        tenant.id,
-        "adele@contoso.example",
-        display_name="Adele Vance",
-        proxy_addresses=["smtp:adele.vance@contoso.example"],
-        user_id=_demo_id("adele"),
-    )
-    directory.add_user(tenant.id, "megan@contoso.example", display_name="Megan Bowen", user_id=_demo_id("megan"))
-    directory.add_user(tenant.id, "sales@contoso.example", display_name="Sales", shared=True, user_id=_demo_id("sales"))
-    directory.add_app(App(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, list(DEMO_REDIRECT_URIS), ["Mail.Read", "User.Read.All"]))
+    users: list[tuple[str, str, dict[str, Any]]] = [
+        ("adele", "adele@contoso.example",
+         {"display_name": "Adele Vance", "proxy_addresses": ["smtp:adele.vance@contoso.example"]}),
+        ("megan", "megan@contoso.example", {"display_name": "Megan Bowen"}),
+        ("sales", "sales@contoso.example", {"display_name": "Sales", "shared": True}),
+    ]
+    for name, upn, options in users:
+        if directory.get_user(_demo_id(name)) is None:
+            directory.add_user(tenant.id, upn, user_id=_demo_id(name), **options)
+    if directory.get_app(DEMO_CLIENT_ID) is None:
+        directory.add_app(
+            App(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, list(DEMO_REDIRECT_URIS), ["Mail.Read", "User.Read.All"])
+        )

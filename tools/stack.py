@@ -1,11 +1,15 @@
 """Run the local stack: Azurite, the Graph/identity emulator and the local Functions host.
 
     python -m tools.stack run            # make run: Azurite + emulator (demo tenant) + local host
+    python -m tools.stack services       # make services: Azurite + emulator only, for `func start`
     python -m tools.stack test [ARGS]    # make test: Azurite for the tests, pytest ARGS, then stop
 
-Every process it starts records a pid file under ``.local/run`` and is stopped on exit, Ctrl-C or
-SIGTERM, so nothing is left running. ``GRAPH_BASE_URL`` set in the environment means "use that Graph"
-and no emulator is started.
+Every process it starts records a pid file under ``.local/run`` and is stopped on exit, SIGINT or
+SIGTERM (handlers installed explicitly, so it stops however it was started), so nothing is left
+running. Azurite (``.local/azurite``) and the emulator (``.local/emulator/state.pickle``) both keep
+their state across restarts, so the app's stored tokens and delta links stay valid; ``make clean``
+deletes both for a fresh demo. ``GRAPH_BASE_URL`` set in the environment means "use that Graph" and
+no emulator is started.
 """
 
 from __future__ import annotations
@@ -21,9 +25,11 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 from emulator.client import EmulatorClient
+from emulator.persistence import STATE_FILE
 from tools.azurite import free_port, start_azurite
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,16 +39,41 @@ EMULATOR_PORT = 8443
 HOST_PORT = 7071
 
 
-def _write_pid(name: str, pid: int) -> Path:
-    RUN_DIR.mkdir(parents=True, exist_ok=True)
-    path = RUN_DIR / f"{name}.pid"
+class _Stop(Exception):
+    """Raised in the main thread by SIGINT or SIGTERM, so the ExitStack unwinds wherever it was."""
+
+
+_starting: list[str] = []  # non-empty while a process is started and not yet owned by a cleanup
+_pending: list[str] = []  # the signal that asked to stop while one was
+
+
+@contextmanager
+def _starting_process() -> Iterator[None]:
+    """A stop signal arriving in here only asks to stop (``_stop_if_asked``), so that no process is
+    started without the pid file and the cleanup that stop it."""
+    _starting.append("starting")
+    try:
+        yield
+    finally:
+        _starting.pop()
+
+
+def _stop_if_asked() -> None:
+    """Honour a stop signal that came while a process was being started (call inside its cleanup)."""
+    if _pending:
+        raise _Stop(_pending[0])
+
+
+def _write_pid(name: str, pid: int, run_dir: Path = RUN_DIR) -> Path:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / f"{name}.pid"
     path.write_text(str(pid))
     return path
 
 
-def _stop_stale(name: str) -> None:
+def _stop_stale(name: str, run_dir: Path = RUN_DIR) -> None:
     """Stop a process a previous, killed run left behind (its pid file is still there)."""
-    path = RUN_DIR / f"{name}.pid"
+    path = run_dir / f"{name}.pid"
     if not path.exists():
         return
     with suppress(ValueError, ProcessLookupError, PermissionError):
@@ -64,17 +95,23 @@ def _stop_orphaned_test_azurites() -> None:
 
 
 @contextmanager
-def azurite(persistent: bool, ports: tuple[int, int, int] | None = None) -> Iterator[str]:
-    """``persistent``: the ``run`` stack's Azurite (one per checkout, a stale one is stopped first);
-    otherwise an in-memory one for a test run, alongside any other test run's."""
+def azurite(
+    persistent: bool, ports: tuple[int, int, int] | None = None, local: Path = LOCAL
+) -> Iterator[str]:
+    """``persistent``: the ``run`` stack's Azurite (one per ``local`` folder, a stale one is stopped
+    first, data under ``local/azurite``); otherwise an in-memory one for a test run, alongside any other
+    test run's."""
     name = "azurite" if persistent else f"azurite-test-{os.getpid()}"
+    run_dir = local / "run"
     if persistent:
-        _stop_stale(name)
+        _stop_stale(name, run_dir)
     else:
         _stop_orphaned_test_azurites()
-    instance = start_azurite(LOCAL / "azurite", ports=ports, in_memory=not persistent)
-    pid_file = _write_pid(name, instance.process.pid)
+    with _starting_process():
+        instance = start_azurite(local / "azurite", ports=ports, in_memory=not persistent)
+        pid_file = _write_pid(name, instance.process.pid, run_dir)
     try:
+        _stop_if_asked()
         yield instance.connection_string
     finally:
         instance.stop()
@@ -82,14 +119,20 @@ def azurite(persistent: bool, ports: tuple[int, int, int] | None = None) -> Iter
 
 
 @contextmanager
-def child(name: str, args: list[str], env: dict[str, str], ready: str, timeout: float = 60) -> Iterator[None]:
-    """Start a child process in its own process group, wait for its ``ready`` line, stop it on exit."""
-    _stop_stale(name)
-    process = subprocess.Popen(
-        args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    )
-    pid_file = _write_pid(name, process.pid)
+def child(
+    name: str, args: list[str], env: dict[str, str], ready: str, *, timeout: float = 60, run_dir: Path = RUN_DIR
+) -> Iterator[None]:
+    """Start a child process in its own process group, wait for its ``ready`` line, stop it on exit
+    (also when it never got ready: the signal handlers of ``run`` can interrupt the wait)."""
+    _stop_stale(name, run_dir)
+    with _starting_process():
+        process = subprocess.Popen(
+            args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True,
+        )
+        pid_file = _write_pid(name, process.pid, run_dir)
     try:
+        _stop_if_asked()
         _wait_for_line(process, ready, timeout, name)
         yield
     finally:
@@ -127,62 +170,132 @@ def _local_settings() -> dict[str, str]:
     """local.settings.json values (created from the example on first run)."""
     settings_file = ROOT / "local.settings.json"
     if not settings_file.exists():
-        shutil.copy(ROOT / "local.settings.json.example", settings_file)
+        # Copied whole under a temp name, then renamed: a stack starting alongside never reads half a file.
+        temp = settings_file.with_name(f".local.settings.json.{os.getpid()}.tmp")
+        shutil.copy(ROOT / "local.settings.json.example", temp)
+        os.replace(temp, settings_file)
         print("created local.settings.json from local.settings.json.example")
     values: dict[str, str] = json.loads(settings_file.read_text())["Values"]
     return values
 
 
-def run() -> int:
+@dataclass(frozen=True)
+class Layout:
+    """Where the local stack keeps its state and which ports it serves on (the defaults are the ones
+    ``local.settings.json`` names; tests pass a temp folder and free ports)."""
+
+    local: Path = LOCAL
+    storage_ports: tuple[int, int, int] = (10000, 10001, 10002)
+    emulator_port: int = EMULATOR_PORT
+    host_port: int = HOST_PORT
+
+    @property
+    def run_dir(self) -> Path:
+        return self.local / "run"
+
+
+def _stop_on_signals() -> None:
+    """Stop on SIGINT and SIGTERM, installed explicitly: a non-interactive shell starts background jobs
+    with SIGINT ignored, and ``KeyboardInterrupt`` never comes then. The first signal starts the
+    shutdown (at once, or as soon as a process being started has its pid file); further ones are
+    ignored so that it runs to the end (children stopped, pid files removed)."""
+
+    def handle(signum: int, _frame: object) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _pending.append(signal.Signals(signum).name)
+        if not _starting:
+            raise _Stop(_pending[0])
+
+    signal.signal(signal.SIGINT, handle)
+    signal.signal(signal.SIGTERM, handle)
+
+
+def _start_services(stack: ExitStack, env: dict[str, str], layout: Layout) -> None:
+    """Azurite (persistent, under ``local/azurite``) and, unless ``GRAPH_BASE_URL`` is set, the emulator
+    (persistent, under ``local/emulator``, demo tenant); points ``env`` at both."""
+    azurite_data = layout.local / "azurite"
+    had_app_data = azurite_data.is_dir() and any(azurite_data.iterdir())
+    env["AzureWebJobsStorage"] = stack.enter_context(
+        azurite(persistent=True, ports=layout.storage_ports, local=layout.local)
+    )
+    if "GRAPH_BASE_URL" in os.environ:
+        return
+    state_dir = layout.local / "emulator"
+    restoring = (state_dir / STATE_FILE).exists()
+    stack.enter_context(
+        child(
+            "emulator",
+            [sys.executable, "-m", "emulator", "--port", str(layout.emulator_port), "--state-dir", str(state_dir),
+             "--seed", "demo", "--persist"],
+            env,
+            ready="emulator ready",
+            run_dir=layout.run_dir,
+        )
+    )
+    env["GRAPH_AUTHORITY_HOST"] = f"https://localhost:{layout.emulator_port}"
+    env["GRAPH_BASE_URL"] = f"https://localhost:{layout.emulator_port}/v1.0"
+    env["REQUESTS_CA_BUNDLE"] = str(state_dir / "ca-bundle.pem")
+    # The local app is plain http: let the emulator deliver change notifications to it anyway.
+    EmulatorClient(env["GRAPH_AUTHORITY_HOST"], env["REQUESTS_CA_BUNDLE"]).configure(
+        allow_http_notification_urls=True
+    )
+    if restoring:
+        print(f"Emulator state restored from {state_dir / STATE_FILE}: connected mailboxes keep syncing.")
+    elif had_app_data:
+        print(
+            f"Note: {azurite_data} holds the app's data from an earlier run, but the emulator starts fresh: "
+            "mailboxes connected before must be connected again. `make clean` starts a fresh demo."
+        )
+
+
+def run(layout: Layout = Layout(), *, with_host: bool = True) -> int:
+    """``run``: Azurite, the emulator and (``with_host``) the local host, until SIGINT or SIGTERM."""
+    _stop_on_signals()
     env = {**_local_settings(), **os.environ}
     env.setdefault("SYNC_QUEUE_NAME", "mailbox-sync")  # local.settings.json from before the queue existed
-    python = sys.executable
-    with ExitStack() as stack:
-        env["AzureWebJobsStorage"] = stack.enter_context(azurite(persistent=True, ports=(10000, 10001, 10002)))
-        if "GRAPH_BASE_URL" not in os.environ:
-            state_dir = LOCAL / "emulator"
-            stack.enter_context(
-                child(
-                    "emulator",
-                    [python, "-m", "emulator", "--port", str(EMULATOR_PORT), "--state-dir", str(state_dir),
-                     "--seed", "demo"],
-                    env,
-                    ready="emulator ready",
+    try:
+        with ExitStack() as stack:
+            _start_services(stack, env, layout)
+            if with_host:
+                stack.enter_context(
+                    child("devhost", [sys.executable, "-m", "devhost", "--port", str(layout.host_port)], env,
+                          ready="devhost ready", run_dir=layout.run_dir)
                 )
-            )
-            env["GRAPH_AUTHORITY_HOST"] = f"https://localhost:{EMULATOR_PORT}"
-            env["GRAPH_BASE_URL"] = f"https://localhost:{EMULATOR_PORT}/v1.0"
-            env["REQUESTS_CA_BUNDLE"] = str(state_dir / "ca-bundle.pem")
-            # The local app is plain http: let the emulator deliver change notifications to it anyway.
-            EmulatorClient(env["GRAPH_AUTHORITY_HOST"], env["REQUESTS_CA_BUNDLE"]).configure(
-                allow_http_notification_urls=True
-            )
-        stack.enter_context(
-            child("devhost", [python, "-m", "devhost", "--port", str(HOST_PORT)], env, ready="devhost ready")
-        )
-        print(
-            f"\nThe app is running on http://127.0.0.1:{HOST_PORT}/api (health: /api/health).\n"
-            "Connect the demo mailbox: POST /api/orgs/demo/mailboxes/connect with {\"user_id\": \"adele\"}\n"
-            "and open the authorize_url it returns; sign in as adele@contoso.example.\n"
-            f"Emulator control API: https://localhost:{EMULATOR_PORT}/_emulator/  (Ctrl-C stops everything)\n"
-        )
-        _wait_for_signal()
+                _print_app_hints(layout)
+            else:
+                _print_service_settings(env, layout)
+            print("stack ready (Ctrl-C or SIGTERM stops everything)", flush=True)
+            while True:
+                time.sleep(3600)
+    except _Stop as stop:
+        print(f"stopped on {stop}; nothing left running", flush=True)
     return 0
 
 
-def _wait_for_signal() -> None:
-    stop = False
+def _print_app_hints(layout: Layout) -> None:
+    print(
+        f"\nThe app is running on http://127.0.0.1:{layout.host_port}/api (health: /api/health).\n"
+        "Connect the demo mailbox: POST /api/orgs/demo/mailboxes/connect with {\"user_id\": \"adele\"}\n"
+        "and open the authorize_url it returns; sign in as adele@contoso.example.\n"
+        f"Emulator control API: https://localhost:{layout.emulator_port}/_emulator/\n"
+        f"State is kept under {layout.local} across restarts; `make clean` deletes it for a fresh demo.\n",
+        flush=True,
+    )
 
-    def handle(_signum: int, _frame: object) -> None:
-        nonlocal stop
-        stop = True
 
-    signal.signal(signal.SIGTERM, handle)
-    try:
-        while not stop:
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
+def _print_service_settings(env: dict[str, str], layout: Layout) -> None:
+    """What a Functions host started by hand (``func start``) needs; local.settings.json has the same."""
+    names = ("AzureWebJobsStorage", "GRAPH_AUTHORITY_HOST", "GRAPH_BASE_URL", "REQUESTS_CA_BUNDLE")
+    print("\nAzurite and the emulator are running (no Functions host). Settings for the app:")
+    for name in names:
+        if name in env:
+            print(f"  {name}={env[name]}")
+    print(
+        "local.settings.json names the same services. In another shell:\n"
+        "  . .venv/bin/activate && func start\n",
+        flush=True,
+    )
 
 
 def test(pytest_args: list[str]) -> int:
@@ -192,14 +305,30 @@ def test(pytest_args: list[str]) -> int:
         return subprocess.call([sys.executable, "-m", "pytest", *pytest_args], cwd=ROOT, env=env)
 
 
-def main() -> int:
+def _ports(text: str) -> tuple[int, int, int]:
+    blob, queue, table = (int(part) for part in text.split(","))
+    return blob, queue, table
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.stack")
-    parser.add_argument("command", choices=["run", "test"])
-    parser.add_argument("args", nargs=argparse.REMAINDER)
-    options = parser.parse_args()
-    if options.command == "run":
-        return run()
-    return test([arg for arg in options.args if arg != "--"])
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (
+        ("run", "Azurite + emulator (demo tenant) + the local Functions host"),
+        ("services", "Azurite + emulator only, for `func start` (Core Tools)"),
+    ):
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument("--local-dir", type=Path, default=LOCAL, help="state and pid files (default .local)")
+        command.add_argument("--storage-ports", type=_ports, default=Layout.storage_ports, help="blob,queue,table")
+        command.add_argument("--emulator-port", type=int, default=EMULATOR_PORT)
+        command.add_argument("--host-port", type=int, default=HOST_PORT)
+    test_command = commands.add_parser("test", help="Azurite for the tests, then pytest ARGS")
+    test_command.add_argument("args", nargs=argparse.REMAINDER)
+    options = parser.parse_args(argv)
+    if options.command == "test":
+        return test([arg for arg in options.args if arg != "--"])
+    layout = Layout(options.local_dir.resolve(), options.storage_ports, options.emulator_port, options.host_port)
+    return run(layout, with_host=options.command == "run")
 
 
 if __name__ == "__main__":
