@@ -200,12 +200,22 @@ class Directory:
         return None
 
     def lookup_user(self, key: str) -> User | None:
-        """A user of any tenant by id or address; for the control API, where no tenant is implied."""
+        """A user of any tenant by id or address; for the control API, where no tenant is implied.
+
+        A key without ``@`` may also be a short name (the ``mailNickname``, i.e. the local part of the
+        mail address, or the UPN's local part, as ``adele`` in the demo tenant): it resolves only when
+        exactly one user of the whole directory has it, so an ambiguous short name finds nobody. This is
+        the control API's convenience (test tooling), never a Graph route's: Graph's ``/users/{id}``
+        takes an id or a UPN only."""
         with self.lock:
             for tenant_id in self.tenants:
                 if user := self.resolve_user(tenant_id, key):
                     return user
-        return None
+            if "@" in key or not key:
+                return None
+            short = key.lower()
+            named = [u for u in self.users.values() if short in _short_names(u)]
+        return named[0] if len(named) == 1 else None
 
     def users_of(self, tenant_id: str | None) -> list[User]:
         """Users of one tenant, or of all tenants when ``tenant_id`` is None."""
@@ -358,3 +368,8 @@ def organization_properties(tenant: Tenant) -> dict[str, Any]:
         "preferredLanguage": "en",
         "verifiedDomains": [dict(d) for d in tenant.verified_domains],
     }
+
+
+def _short_names(user: User) -> set[str]:
+    """The names a control-API caller may use for ``user`` without a domain: mail nickname, UPN local part."""
+    return {user.mail.partition("@")[0].lower(), user.user_principal_name.partition("@")[0].lower()}

@@ -512,7 +512,9 @@ class MailStore:
         if user is None and key:
             user = _lookup(self.directory, key)
         if user is None:
-            raise ControlError(404, f"no user {key!r} in the emulator's directory")
+            raise ControlError(
+                404, f"no user {key!r} in the emulator's directory (an id, an address, or a short name one user has)"
+            )
         return user
 
     def _folder_id_for(self, user_id: str, tenant_id: str, key: str) -> str | None:

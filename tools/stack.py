@@ -1,6 +1,6 @@
 """Run the local stack: Azurite, the Graph/identity emulator and the local Functions host.
 
-    python -m tools.stack run            # make run: Azurite + emulator (demo tenant) + local host
+    python -m tools.stack run            # make run: Azurite + emulator (demo tenant) + local host (demo org seeded)
     python -m tools.stack services       # make services: Azurite + emulator only, for `func start`
     python -m tools.stack test [ARGS]    # make test: Azurite for the tests, pytest ARGS, then stop
 
@@ -28,8 +28,11 @@ from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+import requests
+
 from emulator.client import EmulatorClient
 from emulator.persistence import STATE_FILE
+from tools import demo
 from tools.azurite import free_port, start_azurite
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -262,6 +265,7 @@ def run(layout: Layout = Layout(), *, with_host: bool = True) -> int:
                     child("devhost", [sys.executable, "-m", "devhost", "--port", str(layout.host_port)], env,
                           ready="devhost ready", run_dir=layout.run_dir)
                 )
+                _seed_demo(layout, env)
                 _print_app_hints(layout)
             else:
                 _print_service_settings(env, layout)
@@ -273,15 +277,40 @@ def run(layout: Layout = Layout(), *, with_host: bool = True) -> int:
     return 0
 
 
-def _print_app_hints(layout: Layout) -> None:
-    print(
-        f"\nThe app is running on http://127.0.0.1:{layout.host_port}/api (health: /api/health).\n"
-        "Connect the demo mailbox: POST /api/orgs/demo/mailboxes/connect with {\"user_id\": \"adele\"}\n"
-        "and open the authorize_url it returns; sign in as adele@contoso.example.\n"
-        f"Emulator control API: https://localhost:{layout.emulator_port}/_emulator/\n"
-        f"State is kept under {layout.local} across restarts; `make clean` deletes it for a fresh demo.\n",
-        flush=True,
+def _seed_demo(layout: Layout, env: dict[str, str]) -> None:
+    """The demo org's settings and records, through the app's API (idempotent). A failure is reported
+    and the stack keeps running: the app itself is up."""
+    try:
+        demo.seed(f"http://127.0.0.1:{layout.host_port}/api", env.get("LOCAL_FUNCTIONS_KEY") or None)
+    except requests.RequestException as exc:
+        print(f"Note: seeding the demo org failed ({exc}); `python -m tools.demo seed` tries again.", flush=True)
+
+
+def app_hints(layout: Layout) -> str:
+    """What ``run`` prints once the app is up: the first commands of the README's walkthrough ("Try it"),
+    on this stack's ports (the README's are the defaults, and then the lines are the README's own)."""
+    ca_bundle = layout.local / "emulator" / "ca-bundle.pem"
+    shown_ca = ".local/emulator/ca-bundle.pem" if layout.local == LOCAL else str(ca_bundle)
+    return (
+        f"\nThe app is running on http://127.0.0.1:{layout.host_port}/api (health: /api/health); the demo org "
+        f"'{demo.DEMO_ORG}' has its settings and records.\n"
+        "Try it (README.md, \"Try it\": connect adele's mailbox, sample mail, Sync now, timeline, explain):\n"
+        f"  BASE=http://127.0.0.1:{layout.host_port}/api\n"
+        f"  EMU=https://localhost:{layout.emulator_port}/_emulator\n"
+        f"  CA={shown_ca}\n"
+        f"  AUTHORIZE_URL=$(curl -sS -X POST \"$BASE/orgs/{demo.DEMO_ORG}/mailboxes/connect\" "
+        f"-H \"Content-Type: application/json\" -d '{{\"user_id\": \"crm-user-1\", "
+        f"\"login_hint\": \"{demo.DEMO_MAILBOX}\", \"return_url\": \"{demo.RETURN_URL}\"}}' | jq -r .authorize_url)\n"
+        '  echo "$AUTHORIZE_URL"   # open it in a browser and sign in as adele@contoso.example\n'
+        "  python -m tools.demo mail\n"
+        "The emulator's control API needs its CA (HTTPS), e.g. adele's Graph request counts:\n"
+        '  curl -sS --cacert "$CA" "$EMU/stats/mailboxes/adele" | jq .\n'
+        f"State is kept under {layout.local} across restarts; `make clean` deletes it for a fresh demo.\n"
     )
+
+
+def _print_app_hints(layout: Layout) -> None:
+    print(app_hints(layout), flush=True)
 
 
 def _print_service_settings(env: dict[str, str], layout: Layout) -> None:
