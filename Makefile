@@ -16,7 +16,7 @@ PYTEST_ARGS ?= -n 2 -q
 BENCH_STAMP := $(VENV)/.bench-installed
 BENCH_ARGS ?=
 
-.PHONY: install install-infra run services test lint unit bench clean
+.PHONY: walkthrough-tools install install-infra run services test lint unit bench clean
 
 # What running needs; the infra scan venv (about 290 MB) only comes with `make test` or `make install-infra`.
 install: $(PY_STAMP) $(NODE_STAMP)
@@ -53,7 +53,17 @@ lint: $(PY_STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: install $(INFRA_STAMP) lint
+# The README walkthrough and its test use curl and jq: installed from Debian's packages when missing.
+WALKTHROUGH_TOOLS := curl jq
+walkthrough-tools:
+	@missing=""; for tool in $(WALKTHROUGH_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && apt-get install -y -qq $$missing; \
+	  else echo "the walkthrough test needs:$$missing (e.g. sudo apt-get install$$missing)"; exit 1; fi; \
+	fi
+
+test: install $(INFRA_STAMP) walkthrough-tools lint
 	$(BIN)/python -m tools.stack test -- $(PYTEST_ARGS)
 
 unit: $(PY_STAMP)
