@@ -22,12 +22,13 @@ from azure.storage.queue import QueueClient
 from sync_core.adapters.storage_queue import StorageWorkQueue
 from sync_core.adapters.table_due import TableDueIndex
 from sync_core.domain.model import Activity, MailboxStatus
-from sync_core.ports import ActivityStore, ActivityWrite, CursorStore, DeltaPage, LeaseStore
+from sync_core.ports import ActivityStore, ActivityWrite, CursorStore, DeltaPage
 from sync_core.use_cases.commands import SyncMailbox as SyncMessage
 from sync_core.use_cases.connect import disconnect
 from sync_core.use_cases.schedule import ScheduleDeps, process_message, request_backfill
 from sync_core.use_cases.sync_mailbox import WRITE_GRACE, SyncOutcome
 from tests.integration.sync_env import ADELE, CAROL, ORG
+from tests.lease_hooks import BeforeFirstAcquire
 from tests.reliability.rel_env import Delivered, Ledger, OffsetClock, RelEnv, assert_converged, iso, now
 
 BACKFILL_DAYS = 1
@@ -73,29 +74,6 @@ class WatchedCursors:
         if self.watching:
             self.writes_seen.append("*")
         self.inner.clear(org_id, mailbox_id)
-
-
-class BeforeFirstAcquire:
-    """The real ``LeaseStore``; runs ``action`` once, just before the first ``acquire`` goes through."""
-
-    def __init__(self, inner: LeaseStore, action: Callable[[], None]) -> None:
-        self.inner = inner
-        self.action: Callable[[], None] | None = action
-
-    def acquire(self, key: str, owner: str, until: datetime, now: datetime) -> bool:
-        action, self.action = self.action, None
-        if action is not None:
-            action()
-        return self.inner.acquire(key, owner, until, now)
-
-    def renew(self, key: str, owner: str, until: datetime) -> bool:
-        return self.inner.renew(key, owner, until)
-
-    def take_over(self, key: str, owner: str, until: datetime, now: datetime) -> bool:
-        return self.inner.take_over(key, owner, until, now)
-
-    def release(self, key: str, owner: str) -> None:
-        self.inner.release(key, owner)
 
 
 class HeldSave:

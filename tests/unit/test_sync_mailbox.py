@@ -27,8 +27,9 @@ from sync_core.errors import IdentityError, ReauthRequired
 from sync_core.ports import ActivityWrite, DeltaPage
 from sync_core.testing.app import InMemoryApp
 from sync_core.testing.mail import FakeMailSource, FixedClock, throttled
-from sync_core.testing.stores import InMemoryActivityStore, InMemoryLeaseStore, InMemoryStores
+from sync_core.testing.stores import InMemoryActivityStore, InMemoryStores
 from sync_core.use_cases.sync_mailbox import IDLE_REFRESH, Cursor, SyncDeps, sync_mailbox
+from tests.lease_hooks import BeforeFirstAcquire
 
 ORG = "acme"
 CONNECTED = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
@@ -558,23 +559,6 @@ class HookedMailSource(FakeMailSource):
         if self.pages in self.after_page:
             self.after_page[self.pages]()
         return page
-
-
-class BeforeFirstAcquire:
-    """The in-memory lease store; ``action`` runs once, just before the first ``acquire``."""
-
-    def __init__(self, inner: InMemoryLeaseStore, action: Callable[[], None]) -> None:
-        self.inner = inner
-        self.action: Callable[[], None] | None = action
-
-    def acquire(self, key: str, owner: str, until: datetime, now: datetime) -> bool:
-        action, self.action = self.action, None
-        if action is not None:
-            action()
-        return self.inner.acquire(key, owner, until, now)
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.inner, name)
 
 
 def test_a_run_whose_expired_lease_another_run_took_stops_busy_without_writing_its_page_or_report() -> None:
