@@ -169,7 +169,6 @@ class SubscriptionWork:
 
 
 PushCommand = DeliverWebhook | SubscriptionWork
-Command = SyncMailbox | PushCommand
 
 
 def parse_push(body: bytes | str) -> PushCommand:
@@ -213,19 +212,20 @@ def dispatch(
     max_dequeue_count: int = 1,
 ) -> str:
     """Parse one message of ``queue`` and run its command; returns the outcome (``invalid`` for a message
-    that is not a command). A sync command's last failing delivery (``dequeue_count`` reaching
-    ``max_dequeue_count``) records the failure on the mailbox before the exception poisons the message."""
+    that is not a command). A sync message goes through ``schedule.process_message`` (the one entry the
+    tests drive too): its last failing delivery (``dequeue_count`` reaching ``max_dequeue_count``)
+    records the failure on the mailbox before the exception poisons the message."""
     # The use cases load on the first message, not when a trigger module is indexed (cold start).
     from sync_core.use_cases import notifications, schedule, webhooks  # noqa: PLC0415
 
+    if queue == "sync":
+        return schedule.process_message(app.schedule_deps(), body, dequeue_count, max_dequeue_count)
     try:
-        command: Command = SyncMailbox.parse(body) if queue == "sync" else parse_push(body)
+        command = parse_push(body)
     except InvalidCommand as exc:
-        log.warning("%s queue: dropping a message: %s", queue, exc)  # retrying would never make it valid
+        log.warning("push queue: dropping a message: %s", exc)  # retrying would never make it valid
         return "invalid"
     match command:
-        case SyncMailbox():
-            return schedule.run_command(app.schedule_deps(), command, dequeue_count, max_dequeue_count)
         case DeliverWebhook():
             return webhooks.deliver(app.webhook_deps(), command).status
         case SubscriptionWork():
