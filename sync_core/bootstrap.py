@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     import requests
     from azure.data.tables import TableServiceClient
 
+    from sync_core.adapters.google.http import GmailHttp
     from sync_core.adapters.graph.http import GraphHttp
     from sync_core.adapters.graph.identity import MsalIdentity
     from sync_core.adapters.storage_queue import StorageWorkQueue
@@ -111,6 +112,17 @@ class Services:
 
         return GraphHttp(self._session, self.settings.graph_base_url, self.identity.token_source(mailbox))
 
+    def gmail_http(self, mailbox: Mailbox) -> GmailHttp:
+        """The Gmail API for one delegated mailbox, with its stored Google grant."""
+        from sync_core.adapters.google.http import GmailHttp
+        from sync_core.adapters.google.tokens import GoogleTokenSource
+
+        s = self.settings
+        tokens = GoogleTokenSource(
+            self._session, s.google_token_url, s.google_client_id, s.google_client_secret, self.token_caches, mailbox
+        )
+        return GmailHttp(self._session, s.gmail_base_url, tokens)
+
     # -- providers: one registration per mail provider ------------------------------------------------
 
     def mail_source_factories(self) -> dict[str, Callable[[], MailSource]]:
@@ -122,7 +134,12 @@ class Services:
 
             return GraphMailSource(self.graph_http)
 
-        return {"microsoft": microsoft}
+        def google() -> MailSource:
+            from sync_core.adapters.google.mail import GmailMailSource
+
+            return GmailMailSource(self.gmail_http)
+
+        return {"microsoft": microsoft, "google": google}
 
     def mail_source(self) -> MailSource:
         """A mail source for one request (explain) or one run (``sync_deps``): it keeps per-run request
