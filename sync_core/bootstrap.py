@@ -36,7 +36,8 @@ if TYPE_CHECKING:
     from sync_core.auth.token_cache_store import TableTokenCacheStore
     from sync_core.domain.model import Mailbox
     from sync_core.ports import MailSource
-    from sync_core.use_cases.connect import ConnectDeps
+    from sync_core.ports.identity import TokenSource
+    from sync_core.use_cases.connect import ConnectDeps, ConnectProvider
     from sync_core.use_cases.ingest import IngestDeps
     from sync_core.use_cases.maintenance import MaintenanceDeps
     from sync_core.use_cases.notifications import NotificationDeps
@@ -112,16 +113,37 @@ class Services:
 
         return GraphHttp(self._session, self.settings.graph_base_url, self.identity.token_source(mailbox))
 
-    def gmail_http(self, mailbox: Mailbox) -> GmailHttp:
-        """The Gmail API for one delegated mailbox, with its stored Google grant."""
-        from sync_core.adapters.google.http import GmailHttp
+    def google_token_source(self, mailbox: Mailbox) -> TokenSource:
+        """Access tokens of a delegated Google mailbox, from its stored (encrypted) grant."""
         from sync_core.adapters.google.tokens import GoogleTokenSource
 
         s = self.settings
-        tokens = GoogleTokenSource(
+        return GoogleTokenSource(
             self._session, s.google_token_url, s.google_client_id, s.google_client_secret, self.token_caches, mailbox
         )
-        return GmailHttp(self._session, s.gmail_base_url, tokens)
+
+    def gmail_http(self, mailbox: Mailbox) -> GmailHttp:
+        """The Gmail API for one delegated mailbox, with its stored Google grant."""
+        from sync_core.adapters.google.http import GmailHttp
+
+        return GmailHttp(self._session, self.settings.gmail_base_url, self.google_token_source(mailbox))
+
+    def google_connect(self) -> ConnectProvider:
+        """Google's part of a delegated connect: OAuth with PKCE, and who the signed-in account is."""
+        from sync_core.adapters.google.identity import GoogleDirectory, GoogleIdentity
+        from sync_core.use_cases.connect import ConnectProvider
+
+        s = self.settings
+        identity = GoogleIdentity(
+            self._session, s.google_client_id, s.google_client_secret, s.google_authorize_url, s.google_token_url,
+            self.google_token_source,
+        )  # fmt: skip
+        return ConnectProvider(
+            identity=identity,
+            directory_for=lambda token: GoogleDirectory(self._session, s.google_userinfo_url, s.gmail_base_url, token),
+            label="Google",
+            account_label="Google",
+        )
 
     # -- providers: one registration per mail provider ------------------------------------------------
 
@@ -172,6 +194,7 @@ class Services:
             ),
             public_base_url=self.settings.public_base_url,
             before_disconnect=lambda org, mailbox: remove_for_mailbox(self.subscription_deps(), org, mailbox),
+            providers={"google": self.google_connect()},
         )
 
     def sync_deps(self, table_transactions: Callable[[], int] = lambda: 0) -> SyncDeps:
@@ -286,6 +309,7 @@ class Services:
             public_base_url=self.settings.public_base_url,
             allow_http=self.settings.notifications_allow_http,
             catalog=TableMailboxCatalog(self.tables, self.settings.table_prefix, s.metrics),
+            serves=lambda mailbox: mailbox.provider == "microsoft",
         )
 
     def notification_deps(self) -> NotificationDeps:

@@ -47,6 +47,7 @@ class Settings:
     google_authorize_url: str = ""
     google_token_url: str = ""
     gmail_base_url: str = ""
+    google_userinfo_url: str = ""
     google_jwks_url: str = ""
 
     @classmethod
@@ -79,6 +80,7 @@ class Settings:
             google_authorize_url=env.get("GOOGLE_AUTHORIZE_URL", google.DEFAULT_GOOGLE_AUTHORIZE_URL),
             google_token_url=env.get("GOOGLE_TOKEN_URL", google.DEFAULT_GOOGLE_TOKEN_URL),
             gmail_base_url=env.get("GMAIL_BASE_URL", google.DEFAULT_GMAIL_BASE_URL).rstrip("/"),
+            google_userinfo_url=env.get("GOOGLE_USERINFO_URL", google.DEFAULT_GOOGLE_USERINFO_URL),
             google_jwks_url=env.get("GOOGLE_JWKS_URL", google.DEFAULT_GOOGLE_JWKS_URL),
         )
 

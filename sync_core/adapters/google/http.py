@@ -141,6 +141,8 @@ class GmailHttp:
         )
         by_id = parse_batch_response(response.headers.get("Content-Type", ""), response.content)
         missing = BatchItem(500, {"error": {"code": 500, "message": "no answer in the batch"}})
+        if len(by_id) == len(paths) and not any(f"item-{i}" in by_id for i in range(len(paths))):
+            return list(by_id.values())  # answers without our Content-IDs: in request order
         return [by_id.get(f"item-{i}", missing) for i in range(len(paths))]
 
     def _current_token(self, refresh: bool) -> str:
@@ -266,7 +268,7 @@ def parse_batch_response(content_type: str, content: bytes) -> dict[str, BatchIt
         payload = part.get_payload(decode=True) or b""
         if not isinstance(payload, bytes):
             payload = str(payload).encode()
-        found[content_id] = _http_answer(payload)
+        found[content_id or f"part-{len(found)}"] = _http_answer(payload)
     return found
 
 
