@@ -21,7 +21,7 @@ from emulator.certs import TlsMaterial, ensure_tls_material
 from emulator.core import Request, Response
 from emulator.google import state as google_state
 from emulator.google.control import GoogleControl
-from emulator.google.gmail import GmailApi, gmail_error
+from emulator.google.gmail import FAULT_BODIES, GmailApi, gmail_error
 from emulator.google.oauth import GoogleOAuth
 from emulator.google.push import PushDeliverer
 from emulator.google.state import GoogleState
@@ -143,6 +143,7 @@ class GoogleEmulatorServer:
         if rule is not None and rule.drop_connection:
             return Response(drop_connection=True)
         if rule is not None and rule.status is not None:
-            return gmail_error(rule.status, "Backend Error", rule.reason or "backendError")
+            reason, domain, message = FAULT_BODIES[rule.status]
+            return gmail_error(rule.status, message, rule.reason or reason, domain)
         response: Response = handler(request, origin)
         return response
