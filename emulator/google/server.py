@@ -45,12 +45,28 @@ SCHEMA = tuple(
 GMAIL_PREFIXES = ("/gmail/v1/", "/upload/gmail/v1/", "/batch/gmail/v1", "/batch")
 
 
+def google_settings(url: str) -> dict[str, str]:
+    """The product's Google settings pointing at an emulator at ``url`` (each Google default with its
+    host replaced: the paths are Google's own)."""
+    return {
+        "GOOGLE_AUTHORIZE_URL": f"{url}/o/oauth2/v2/auth",
+        "GOOGLE_TOKEN_URL": f"{url}/token",
+        "GMAIL_BASE_URL": url,
+        "GOOGLE_OPENID_CONFIG_URL": f"{url}/.well-known/openid-configuration",
+        "GOOGLE_JWKS_URL": f"{url}/oauth2/v3/certs",
+        "GOOGLE_USERINFO_URL": f"{url}/v1/userinfo",
+        "GOOGLE_REVOKE_URL": f"{url}/revoke",
+    }
+
+
 class GoogleEmulatorServer:
     """The Google emulator on one HTTPS port. ``start()`` serves on a daemon thread; ``stop()`` is idempotent."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, state_dir: Path, persist: bool = False) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, *, state_dir: Path, seed: str | None = None, persist: bool = False
+    ) -> None:
         self.tls: TlsMaterial = ensure_tls_material(Path(state_dir))
-        self.state = GoogleState()
+        self.state = GoogleState(seed)
         self.state_file = (
             StateFile(self.state, Path(state_dir), file_name=STATE_FILE, schema=SCHEMA) if persist else None
         )
@@ -78,16 +94,8 @@ class GoogleEmulatorServer:
         return self.tls.ca_bundle
 
     def settings(self) -> dict[str, str]:
-        """The base URLs a client sets to reach this emulator instead of Google (names as in the product)."""
-        return {
-            "GOOGLE_OAUTH_AUTHORIZE_URL": f"{self.url}/o/oauth2/v2/auth",
-            "GOOGLE_OAUTH_BASE_URL": self.url,
-            "GOOGLE_TOKEN_URL": f"{self.url}/token",
-            "GOOGLE_GMAIL_BASE_URL": self.url,
-            "GOOGLE_OPENID_CONFIGURATION_URL": f"{self.url}/.well-known/openid-configuration",
-            "GOOGLE_JWKS_URL": f"{self.url}/oauth2/v3/certs",
-            "GOOGLE_USERINFO_URL": f"{self.url}/v1/userinfo",
-        }
+        """The URLs a client sets to reach this emulator instead of Google (the product's setting names)."""
+        return google_settings(self.url)
 
     def start(self) -> GoogleEmulatorServer:
         if self._thread is None:

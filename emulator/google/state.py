@@ -314,6 +314,29 @@ class GoogleFault:
         )
 
 
+DEMO_DOMAIN = "tailspin.example"
+DEMO_USERS = (("nestor@tailspin.example", "Nestor Wilke"), ("lidia@tailspin.example", "Lidia Holloway"))
+DEMO_CLIENT_ID = "000000000000-localdemo.apps.googleusercontent.com"
+DEMO_CLIENT_SECRET = "GOCSPX-local-demo-secret"
+DEMO_REDIRECT_URIS = [
+    "http://127.0.0.1:7071/api/auth/callback",
+    "http://127.0.0.1:7071/api/auth/google/callback",
+]
+
+
+def seed_demo(state: GoogleState) -> None:
+    """The demo Workspace domain with two users and the demo OAuth client. Idempotent: what a restored
+    state already has is kept as it is."""
+    with state.lock:
+        if DEMO_DOMAIN not in state.domains:
+            state.add_domain(DEMO_DOMAIN)
+        for email, name in DEMO_USERS:
+            if email not in state.users:
+                state.add_user(email, name)
+        if DEMO_CLIENT_ID not in state.clients:
+            state.add_client(OAuthClient(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, list(DEMO_REDIRECT_URIS)))
+
+
 def new_sub() -> str:
     """A Google account id: a 21-digit decimal string."""
     return str(10**20 + secrets.randbelow(9 * 10**20))
@@ -322,12 +345,16 @@ def new_sub() -> str:
 class GoogleState:
     """The Google emulator's whole memory; see the module docstring for its invariants."""
 
-    def __init__(self) -> None:
+    def __init__(self, seed: str | None = None) -> None:
+        if seed not in (None, "demo"):
+            raise ValueError(f"unknown seed {seed!r} (known: demo)")
+        self.seed = seed
         self.lock = threading.RLock()
         self.signing_key = SigningKey()
         self.reset()
 
     def reset(self) -> None:
+        """Back to the start-up state (the seed applied again); the signing key survives."""
         with self.lock:
             self.config = GoogleConfig()
             self.domains: dict[str, Domain] = {}
@@ -344,6 +371,8 @@ class GoogleState:
             self.faults: list[GoogleFault] = []
             self.requests: dict[str, dict[str, int]] = {}
             self.quota: dict[str, deque[tuple[float, int]]] = {}
+            if self.seed == "demo":
+                seed_demo(self)
 
     # -- persistence ---------------------------------------------------------------------------
 
@@ -366,6 +395,8 @@ class GoogleState:
             self.signing_key = signing_key
             for name, value in data.items():
                 setattr(self, name, value)
+            if self.seed == "demo":
+                seed_demo(self)
 
     # -- directory -----------------------------------------------------------------------------
 

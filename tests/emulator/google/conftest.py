@@ -11,7 +11,6 @@ import secrets
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -23,12 +22,6 @@ from emulator.google.server import GoogleEmulatorServer
 REDIRECT_URI = "http://127.0.0.1:7071/api/auth/google/callback"
 READONLY = "https://www.googleapis.com/auth/gmail.readonly"
 SEND = "https://www.googleapis.com/auth/gmail.send"
-
-
-@pytest.fixture(scope="session")
-def google(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GoogleEmulatorServer]:
-    with GoogleEmulatorServer(port=0, state_dir=Path(tmp_path_factory.mktemp("google"))) as server:
-        yield server
 
 
 @dataclass
@@ -104,7 +97,8 @@ class World:
 
 
 @pytest.fixture
-def world(google: GoogleEmulatorServer) -> Iterator[World]:
+def world(google_emulator: GoogleEmulatorServer) -> Iterator[World]:
+    google = google_emulator
     http = requests.Session()
     http.trust_env = False  # REQUESTS_CA_BUNDLE in the environment would override ``verify``
     http.verify = str(google.ca_bundle_path)
