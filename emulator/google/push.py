@@ -80,7 +80,7 @@ class PushDeliverer:
     def _deliver(self, topic: Topic, email: str, history_id: int, retries: int) -> None:
         message_id = str(uuid.uuid4().int)[:16]
         published = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        data = base64.b64encode(json.dumps({"emailAddress": email, "historyId": history_id}).encode()).decode()
+        data = base64.b64encode(json.dumps({"emailAddress": email, "historyId": str(history_id)}).encode()).decode()
         body: dict[str, Any] = {
             "message": {
                 "data": data,
