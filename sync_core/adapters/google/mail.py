@@ -15,7 +15,8 @@ Invariants (Gmail sync guide, developers.google.com/gmail/api/guides/sync):
   the listing asks ``after:`` one second early and keeps messages whose ``internalDate`` is at or after
   ``since``. The history starts at the ``historyId`` read before the listing began, so mail arriving
   during the listing is seen by both (the run and the keyed activity store dedupe it), never by neither.
-- ``history.list`` asks ``historyTypes=messageAdded`` and ``labelId`` of the folder; a 404 for the start
+- ``history.list`` asks ``historyTypes=messageAdded`` and ``labelId`` of the folder (a message added with
+  a date before the watermark is skipped, as the listing would never return it); a 404 for the start
   id (Google keeps history "at least a week", sometimes "only a few hours") is ``DeltaTokenExpired``:
   the sync restarts the folder from the watermark.
 - Two-phase: pages carry headers only (``format=metadata``, the headers decisions need, Bcc dropped, the
@@ -94,11 +95,7 @@ class GmailMailSource:
         if kind == "list":
             after_text, _, token = rest.partition(":")
             return self._list_page(http, folder, label, start, int(after_text), token)
-        try:
-            payload = http.get("history", self._history_params(label, start, rest))
-        except MessageNotFound:
-            raise DeltaTokenExpired("Gmail 404 for the stored historyId") from None
-        return self._history_page(http, folder, label, start, payload)
+        return self._history_page(http, folder, label, start, self._history(http, label, start, rest), since)
 
     def delta_many(self, mailbox: Mailbox, links: Mapping[str, str]) -> Mapping[str, DeltaPage]:
         """Caught-up folders' history in one batch (an idle poll of INBOX + SENT is one request); a
@@ -109,7 +106,7 @@ class GmailMailSource:
         for folder, link in links.items():
             kind, start, rest = _parse_link(link)
             if kind == "list":
-                pages[folder] = self.delta(mailbox, folder, link, datetime.now(UTC))
+                pages[folder] = self.delta(mailbox, folder, link, mailbox.watermark)
             else:
                 history.append((folder, gmail_label(folder), start, rest))
         paths = [f"history?{urlencode(self._history_params(label, start, tok))}" for _, label, start, tok in history]
@@ -118,7 +115,7 @@ class GmailMailSource:
                 raise DeltaTokenExpired("Gmail 404 for the stored historyId")
             if item.status >= 300:
                 raise classify(item.status, item.body)
-            pages[folder] = self._history_page(http, folder, label, start, item.body or {})
+            pages[folder] = self._history_page(http, folder, label, start, item.body or {}, mailbox.watermark)
         return pages
 
     def _history_params(self, label: str, start: str, token: str) -> dict[str, str]:
@@ -135,48 +132,61 @@ class GmailMailSource:
     def _list_page(  # noqa: PLR0917
         self, http: GmailHttp, folder: str, label: str, history_id: str, after: int, token: str
     ) -> DeltaPage:
+        """One page of the label's listing from the watermark. The last page also carries what history
+        added since the listing began (from ``history_id``, which was read before its first page), so a
+        round ends caught up, as a Graph delta round does; a page token outlives history, so mail that
+        arrived meanwhile is never left for the next run to notice."""
         params: dict[str, str] = {"labelIds": label, "q": f"after:{after}", "maxResults": str(self._page_size)}
         if token:
             params["pageToken"] = token
         payload = http.get("messages", params)
         ids = [str(m["id"]) for m in payload.get("messages") or () if m.get("id")]
-        messages, skipped = self._metadata(http, folder, ids)
         since = datetime.fromtimestamp(after + 1, UTC)
-        kept = tuple(m for m in messages if m.received_at >= since)
-        skipped += len(messages) - len(kept)
         next_token = payload.get("nextPageToken")
-        return DeltaPage(
-            folder=folder,
-            messages=kept,
-            next_link=f"gmail:list:{history_id}:{after}:{next_token}" if next_token else None,
-            delta_link=None if next_token else f"gmail:history:{history_id}",
-            skipped=skipped,
-        )
+        if next_token:
+            messages, skipped = self._metadata(http, folder, ids)
+            return DeltaPage(
+                folder=folder,
+                messages=_received_since(messages, since),
+                next_link=f"gmail:list:{history_id}:{after}:{next_token}",
+                delta_link=None,
+                skipped=skipped,
+            )
+        history = self._history(http, label, history_id, "")
+        added, history_skipped = _added_ids(history, label)
+        fresh = [mid for mid in added if mid not in set(ids)]
+        messages, skipped = self._metadata(http, folder, [*ids, *fresh])
+        return self._history_link_page(folder, history_id, history, _received_since(messages, since),
+                                       skipped + history_skipped + len(added) - len(fresh))  # fmt: skip
 
-    def _history_page(
-        self, http: GmailHttp, folder: str, label: str, start: str, payload: Mapping[str, Any]
+    def _history(self, http: GmailHttp, label: str, start: str, token: str) -> Mapping[str, Any]:
+        try:
+            payload: Mapping[str, Any] = http.get("history", self._history_params(label, start, token))
+        except MessageNotFound:
+            raise DeltaTokenExpired("Gmail 404 for the stored historyId") from None
+        return payload
+
+    def _history_page(  # noqa: PLR0917
+        self, http: GmailHttp, folder: str, label: str, start: str, payload: Mapping[str, Any], since: datetime
     ) -> DeltaPage:
-        ids: list[str] = []
-        skipped = 0
-        for record in payload.get("history") or ():
-            for added in record.get("messagesAdded") or ():
-                message = added.get("message") or {}
-                labels = set(message.get("labelIds") or ())
-                if not message.get("id") or (labels and (label not in labels or labels & EXCLUDED_LABELS)):
-                    skipped += 1
-                else:
-                    ids.append(str(message["id"]))
-        unique = list(dict.fromkeys(ids))
-        skipped += len(ids) - len(unique)
-        messages, missing = self._metadata(http, folder, unique)
+        """New messages of one history page; those received before ``since`` (mail added with an older
+        date, such as an import) are left out, as the listing from the watermark would never return them."""
+        ids, skipped = _added_ids(payload, label)
+        found, missing = self._metadata(http, folder, ids)
+        return self._history_link_page(folder, start, payload, _received_since(found, since), skipped + missing)
+
+    @staticmethod
+    def _history_link_page(
+        folder: str, start: str, payload: Mapping[str, Any], messages: tuple[MailMessage, ...], skipped: int
+    ) -> DeltaPage:
         next_token = payload.get("nextPageToken")
         current = str(payload.get("historyId") or start)
         return DeltaPage(
             folder=folder,
-            messages=tuple(messages),
+            messages=messages,
             next_link=f"gmail:history:{start}:{next_token}" if next_token else None,
             delta_link=None if next_token else f"gmail:history:{current}",
-            skipped=skipped + missing,
+            skipped=skipped,
         )
 
     def _metadata(self, http: GmailHttp, folder: str, ids: Sequence[str]) -> tuple[list[MailMessage], int]:
@@ -293,6 +303,29 @@ def folder_of_labels(labels: Sequence[str]) -> str:
         if label in _ROLE:
             return _ROLE[label]
     return labels[0] if labels else "archive"
+
+
+def _added_ids(payload: Mapping[str, Any], label: str) -> tuple[list[str], int]:
+    """Ids of the messages a history page adds to ``label`` (first mention only), and how many entries
+    it carried that add nothing (another label, spam, trash, a draft, a repeat)."""
+    ids: list[str] = []
+    skipped = 0
+    for record in payload.get("history") or ():
+        for added in record.get("messagesAdded") or ():
+            message = added.get("message") or {}
+            labels = set(message.get("labelIds") or ())
+            if not message.get("id") or (labels and (label not in labels or labels & EXCLUDED_LABELS)):
+                skipped += 1
+            else:
+                ids.append(str(message["id"]))
+    unique = list(dict.fromkeys(ids))
+    return unique, skipped + len(ids) - len(unique)
+
+
+def _received_since(messages: Sequence[MailMessage], since: datetime) -> tuple[MailMessage, ...]:
+    """Mail received at or after ``since`` only; the rest is outside the window, as Graph's filter would
+    never return it (not counted)."""
+    return tuple(m for m in messages if m.received_at >= since)
 
 
 def _parse_link(link: str) -> tuple[str, str, str]:
