@@ -62,7 +62,10 @@ class GmailSyncEnv(SyncEnv):
         ca_bundle: str,
         watermark: datetime,
         stores: TableStores | None = None,
+        mailbox_ids: tuple[str, str] = (ADELE, MEGAN),
     ) -> None:
+        """With ``stores`` (another env's), the org's settings and records are that env's, and adele's
+        and megan's Gmail mailboxes are added to them under ``mailbox_ids``."""
         self.google_url = google.url
         self.service = service
         self.prefix = prefix
@@ -79,6 +82,7 @@ class GmailSyncEnv(SyncEnv):
         self._call("POST", "domains", {"domain": self.domain})
         for user in ("adele", "megan"):
             self._call("POST", "users", {"email": self.address(user), "name": user.title()})
+        self.emulator_defaults = self._call("GET", "config")
         client = self._call("POST", "clients", {"redirect_uris": [REDIRECT_URI]})
         self.client_id, self.client_secret = str(client["client_id"]), str(client["client_secret"])
         self.identity = GoogleIdentity(
@@ -88,8 +92,8 @@ class GmailSyncEnv(SyncEnv):
         if stores is None:
             self.stores.settings.put(ORG, OrgSettings(internal_domains=(self.domain,), never_log=NEVER_LOG))
             self.stores.records.upsert(ORG, list(RECORDS))
-        self.ids = {ADELE: "", MEGAN: ""}
-        self.mailboxes = {ADELE: self.connect("adele", ADELE), MEGAN: self.connect("megan", MEGAN)}
+        self.ids = dict(zip(("adele", "megan"), mailbox_ids, strict=True))
+        self.mailboxes = {mid: self.connect(user, mid) for user, mid in self.ids.items()}
         self.ledger: dict[str, dict[str, str]] = {}  # Gmail id -> {subject, internetMessageId}
 
     @property
@@ -203,9 +207,16 @@ class GmailSyncEnv(SyncEnv):
     def requests_seen(self, user: str) -> dict[str, Any]:
         return self._call("GET", f"users/{self.address(user)}/stats")
 
+    def close(self) -> None:
+        """Give the (per-worker) emulator back as found: no faults, default settings."""
+        self.control.delete(f"{self.google_url}/_emulator/faults", timeout=30)
+        self._call("PUT", "config", self.emulator_defaults)
+        self.session.close()
+        self.control.close()
+
     def graph_messages(self, user: str, folder: str) -> list[dict[str, Any]]:
         """The label's messages as Gmail lists them (ids, read directly), described from the delivery ledger."""
-        token = self.token_source_for(self.mailboxes[ADELE if user == "adele" else MEGAN])(False)
+        token = self.token_source_for(self.mailboxes[self.ids[user]])(False)
         found: list[dict[str, Any]] = []
         params: dict[str, str] = {"labelIds": LABELS[folder], "maxResults": "500"}
         while True:
@@ -288,8 +299,7 @@ def gmail_env(  # noqa: PLR0917
     try:
         yield built
     finally:
-        built.session.close()
-        built.control.close()
+        built.close()
         for name in built.table_names():
             service.delete_table(name)
 

@@ -9,7 +9,8 @@ Invariants:
 - A batch (``POST /batch/gmail/v1``, multipart/mixed of ``application/http`` parts, at most
   ``BATCH_LIMIT`` requests: developers.google.com/gmail/api/guides/batch) answers each sub-request on its
   own; sub-requests answered with a retryable status are sent again, alone, in a smaller batch.
-- A 401 triggers exactly one token refresh and one retry; a second 401 is ``ReauthRequired``.
+- A 401 (of a request, or of a batch's sub-requests) triggers exactly one token refresh and one retry;
+  a second 401 is ``ReauthRequired``.
 - Tokens, addresses and mail never appear in logs or exception messages (only statuses and Google's
   ``reason`` codes).
 """
@@ -102,18 +103,26 @@ class GmailHttp:
         """GET each ``users/me``-relative path (with its query) in batches of ``BATCH_LIMIT``; answers in
         order. Sub-requests throttled or failing with a retryable status are retried after a backoff."""
         answers: list[BatchItem | None] = [None] * len(paths)
+        refreshed = False
         for start in range(0, len(paths), BATCH_LIMIT):
             pending = list(range(start, min(start + BATCH_LIMIT, len(paths))))
             attempt = 0
             while pending:
                 items = self._send_batch([paths[i] for i in pending])
                 retry: list[int] = []
+                unauthorized: list[int] = []
                 for index, item in zip(pending, items, strict=True):
-                    if _retryable(item.status, item.body):
+                    if item.status == 401 and not refreshed:
+                        unauthorized.append(index)
+                    elif _retryable(item.status, item.body):
                         retry.append(index)
                     else:
                         answers[index] = item
-                if retry:
+                if unauthorized:  # the batch's token expired or was revoked: one refresh, then again
+                    refreshed = True
+                    self._current_token(True)
+                    retry += unauthorized
+                elif retry:
                     self._count_throttled()
                     attempt += 1
                     if attempt >= self._max_attempts:
