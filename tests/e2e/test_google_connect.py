@@ -1,0 +1,93 @@
+"""A Gmail mailbox through the running function_app: the CRM starts a Google connect, the person signs
+in on the Google emulator's consent page, the browser comes back with a connect code, the CRM confirms,
+and the minute timer's sync logs a matched message from the Gmail API."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
+
+from emulator.google.server import GoogleEmulatorServer
+from tests import connect_flow
+from tests.e2e.conftest import AppUnderTest
+from tests.e2e.test_sync_flow import run_scheduler
+
+RETURN_URL = "https://crm.example/app/mailboxes"
+DAN = "dan@talent.example"
+
+
+class Google:
+    """The Google emulator's control API (a fresh Workspace domain per test)."""
+
+    def __init__(self, server: GoogleEmulatorServer) -> None:
+        self.url = server.url
+        self.http = requests.Session()
+        self.http.verify, self.http.trust_env = str(server.ca_bundle_path), False
+        self.domain = f"e{uuid.uuid4().hex[:10]}.example"
+        self.call("POST", "domains", {"domain": self.domain})
+
+    def call(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
+        response = self.http.request(method, f"{self.url}/_emulator/{path}", json=body, timeout=30)
+        assert response.status_code < 300, response.text
+        answer: dict[str, Any] = response.json()
+        return answer
+
+    def user(self, name: str) -> str:
+        email = f"{name}@{self.domain}"
+        self.call("POST", "users", {"email": email, "name": name.title()})
+        return email
+
+
+@pytest.fixture
+def google(google_emulator: GoogleEmulatorServer) -> Iterator[Google]:
+    found = Google(google_emulator)
+    yield found
+    found.http.close()
+
+
+def test_a_google_connect_through_the_consent_page_confirmed_by_the_crm_syncs_the_gmail_mailbox(
+    app_host: AppUnderTest, api: requests.Session, google: Google, org: str
+) -> None:
+    settings = {"internal_domains": [google.domain], "return_url_allow_list": ["https://crm.example/app"]}
+    assert api.put(app_host.url(f"orgs/{org}/settings"), json=settings).status_code == 200
+    record = {"type": "candidate", "name": "Dan", "emails": [DAN]}
+    assert api.put(app_host.url(f"orgs/{org}/records/cand-dan"), json=record).status_code == 200
+    ada = google.user("ada")
+    body = {"user_id": "crm-user-1", "login_hint": ada, "return_url": RETURN_URL, "provider": "google"}
+
+    started = api.post(app_host.url(f"orgs/{org}/mailboxes/connect"), json=body, timeout=30)
+    assert started.status_code == 200, started.text
+    authorize_url = started.json()["authorize_url"]
+    query = {k: v[0] for k, v in parse_qs(urlsplit(authorize_url).query).items()}
+    assert authorize_url.startswith(f"{google.url}/o/oauth2/v2/auth?")
+    assert (query["access_type"], query["code_challenge_method"], query["client_id"]) == (
+        "offline", "S256", app_host.google_client_id,
+    )  # fmt: skip
+    # The person allows on Google's consent page; the browser is sent to our callback.
+    callback = google.call("POST", "authorize", {"auth_uri": authorize_url, "user": ada})["redirect_url"]
+    assert callback.startswith(app_host.url("auth/callback"))
+    returned = requests.get(callback, allow_redirects=False, timeout=30)
+    assert returned.status_code == 302, returned.text
+    back = connect_flow.query_of(returned.headers["Location"])
+    assert back["status"] == "signed_in", back
+    confirmed = connect_flow.confirm(api, app_host.url, org, back["connect_code"])
+    assert confirmed.status_code == 200, confirmed.text
+    mailbox = confirmed.json()
+    assert (mailbox["status"], mailbox["provider"], mailbox["address"]) == ("active", "google", ada)
+
+    now = datetime.now(UTC).isoformat()
+    google.call("POST", f"users/{ada}/messages", {"from": DAN, "to": [ada], "subject": "CV attached",
+                                                  "body": "Please find my CV.", "received_at": now})
+    google.call("POST", f"users/{ada}/messages", {"from": "someone@else.example", "to": [ada],
+                                                  "subject": "Not logged", "received_at": now})
+    run_scheduler(app_host)
+
+    timeline = api.get(app_host.url(f"orgs/{org}/records/cand-dan/activities")).json()
+    shown = [(a["subject"], a["body"], a["mailbox_ids"]) for a in timeline["activities"]]
+    assert shown == [("CV attached", "Please find my CV.", [mailbox["id"]])]
