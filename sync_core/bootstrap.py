@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from azure.data.tables import TableServiceClient
 
     from sync_core.adapters.google.http import GmailHttp
+    from sync_core.adapters.google.push import GmailPushes
     from sync_core.adapters.graph.http import GraphHttp
     from sync_core.adapters.graph.identity import MsalIdentity
     from sync_core.adapters.storage_queue import StorageWorkQueue
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from sync_core.ports.identity import TokenSource
     from sync_core.use_cases.connect import ConnectDeps, ConnectProvider
     from sync_core.use_cases.ingest import IngestDeps
+    from sync_core.use_cases.mailbox_watch import MailboxWatchDeps
     from sync_core.use_cases.maintenance import MaintenanceDeps
     from sync_core.use_cases.notifications import NotificationDeps
     from sync_core.use_cases.schedule import ScheduleDeps
@@ -128,6 +130,38 @@ class Services:
 
         return GmailHttp(self._session, self.settings.gmail_base_url, self.google_token_source(mailbox))
 
+    @functools.cached_property
+    def gmail_pushes(self) -> GmailPushes:
+        """Gmail's watch and the verification of its pushes (one per worker: it caches Google's keys)."""
+        from sync_core.adapters.google.push import GmailPushes
+
+        s = self.settings
+        return GmailPushes(
+            self._session, self.gmail_http, s.google_pubsub_topic, s.google_jwks_url, s.google_push_audience,
+            s.google_push_service_account,
+        )  # fmt: skip
+
+    def mailbox_watch_deps(self) -> MailboxWatchDeps:
+        from sync_core.use_cases.mailbox_watch import MailboxWatchDeps
+        from sync_core.use_cases.schedule import request_sync
+
+        return MailboxWatchDeps(
+            pushes={"google": self.gmail_pushes},
+            store=self.subscription_store,
+            mailboxes=self.stores.mailboxes,
+            settings=self.stores.settings,
+            clock=self.clock,
+            request_sync=lambda org, mailbox: request_sync(self.schedule_deps(), org, mailbox),
+        )
+
+    def maintain_subscriptions(self) -> None:
+        """The subscription timer: Graph subscriptions, then mailbox watches (renewed daily)."""
+        from sync_core.use_cases import mailbox_watch, subscriptions
+
+        subscriptions.maintain(self.subscription_deps())
+        if self.gmail_pushes.enabled:
+            mailbox_watch.renew(self.mailbox_watch_deps())
+
     def google_connect(self) -> ConnectProvider:
         """Google's part of a delegated connect: OAuth with PKCE, and who the signed-in account is."""
         from sync_core.adapters.google.identity import GoogleDirectory, GoogleIdentity
@@ -175,7 +209,6 @@ class Services:
         from sync_core.adapters.graph.http import GraphHttp
         from sync_core.auth.token_cache_store import TableAuthFlowStore, TableOrgTenantStore
         from sync_core.use_cases.connect import ConnectDeps
-        from sync_core.use_cases.subscriptions import remove_for_mailbox
 
         s, prefix, metrics = self.stores, self.settings.table_prefix, self.stores.metrics
         return ConnectDeps(
@@ -193,9 +226,18 @@ class Services:
                 GraphHttp(self._session, self.settings.graph_base_url, token_source)
             ),
             public_base_url=self.settings.public_base_url,
-            before_disconnect=lambda org, mailbox: remove_for_mailbox(self.subscription_deps(), org, mailbox),
+            before_disconnect=self._before_disconnect,
             providers={"google": self.google_connect()},
         )
+
+    def _before_disconnect(self, org_id: str, mailbox_id: str) -> None:
+        """While the mailbox's tokens still exist: delete its Graph subscriptions and stop its watch."""
+        from sync_core.use_cases import mailbox_watch
+        from sync_core.use_cases.subscriptions import remove_for_mailbox
+
+        remove_for_mailbox(self.subscription_deps(), org_id, mailbox_id)
+        if self.gmail_pushes.enabled:
+            mailbox_watch.stop(self.mailbox_watch_deps(), org_id, mailbox_id)
 
     def sync_deps(self, table_transactions: Callable[[], int] = lambda: 0) -> SyncDeps:
         """Fresh per run: the mail source keeps per-run request counts and provider clients."""
@@ -252,6 +294,13 @@ class Services:
             schedule_mailbox(self.schedule_deps(), org_id, mailbox_id)
         except StorageUnavailable:
             log.warning("could not schedule a mailbox right away; the timer sweep will")
+        if self.gmail_pushes.enabled:  # a mailbox whose provider pushes per mailbox is watched now
+            from sync_core.use_cases import mailbox_watch
+
+            try:
+                mailbox_watch.ensure(self.mailbox_watch_deps(), org_id, mailbox_id)
+            except StorageUnavailable:
+                log.warning("could not record a mailbox watch; polling goes on")
         if not self.subscription_deps().enabled:
             return  # no public https URL: nothing is ever subscribed
         work = SubscriptionWork(SubscriptionAction.ENSURE, org_id=org_id, mailbox_id=mailbox_id)

@@ -49,6 +49,11 @@ class Settings:
     gmail_base_url: str = ""
     google_userinfo_url: str = ""
     google_jwks_url: str = ""
+    # Gmail push: the Pub/Sub topic ``users.watch`` publishes to, and what its push subscription's OIDC
+    # token must carry (audience; default: the push endpoint's URL) and be issued for (service account).
+    google_pubsub_topic: str = ""
+    google_push_audience: str = ""
+    google_push_service_account: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -82,6 +87,10 @@ class Settings:
             gmail_base_url=env.get("GMAIL_BASE_URL", google.DEFAULT_GMAIL_BASE_URL).rstrip("/"),
             google_userinfo_url=env.get("GOOGLE_USERINFO_URL", google.DEFAULT_GOOGLE_USERINFO_URL),
             google_jwks_url=env.get("GOOGLE_JWKS_URL", google.DEFAULT_GOOGLE_JWKS_URL),
+            google_pubsub_topic=env.get("GOOGLE_PUBSUB_TOPIC", "").strip(),
+            google_push_audience=env.get("GOOGLE_PUSH_AUDIENCE", "").strip()
+            or (f"{env.get('PUBLIC_BASE_URL', '').rstrip('/')}/api/google/push" if env.get("PUBLIC_BASE_URL") else ""),
+            google_push_service_account=env.get("GOOGLE_PUSH_SERVICE_ACCOUNT", "").strip(),
         )
 
     def __repr__(self) -> str:

@@ -268,6 +268,8 @@ def _mailbox(deps: SubscriptionDeps, org_id: str, mailbox_id: str) -> Mailbox | 
 def _reconcile(deps: SubscriptionDeps, org_id: str, mailbox_id: str, *, unwanted: bool) -> Outcome:
     outcome = Outcome()
     mailbox = _mailbox(deps, org_id, mailbox_id)
+    if mailbox is not None and not deps.serves(mailbox):
+        return outcome  # another provider's mailbox: its watch records are that provider's (mailbox_watch)
     settings = deps.settings.get(org_id)
     pushed = mailbox is not None and deps.serves(mailbox) and _syncable(mailbox, settings)
     wanted = () if unwanted or not deps.enabled or not pushed else wanted_folders(settings)

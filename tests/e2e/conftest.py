@@ -30,6 +30,8 @@ from tools.azurite import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 FUNCTION_KEY = "e2e-function-key"
+GOOGLE_TOPIC = "projects/crm-e2e/topics/gmail"  # the Pub/Sub topic Gmail watches publish to
+GOOGLE_PUSHER = "gmail-push@crm-e2e.iam.gserviceaccount.com"  # its push subscription's service account
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,8 @@ def register_google_client(
     bundle.write_bytes(Path(settings["REQUESTS_CA_BUNDLE"]).read_bytes() + google.tls.ca_pem.read_bytes())
     return {
         **google.settings(),
+        "GOOGLE_PUBSUB_TOPIC": GOOGLE_TOPIC,
+        "GOOGLE_PUSH_SERVICE_ACCOUNT": GOOGLE_PUSHER,
         "GOOGLE_CLIENT_ID": answer.json()["client_id"],
         "GOOGLE_CLIENT_SECRET": answer.json()["client_secret"],
         "REQUESTS_CA_BUNDLE": str(bundle),

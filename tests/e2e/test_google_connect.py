@@ -1,9 +1,11 @@
 """A Gmail mailbox through the running function_app: the CRM starts a Google connect, the person signs
 in on the Google emulator's consent page, the browser comes back with a connect code, the CRM confirms,
-and the minute timer's sync logs a matched message from the Gmail API."""
+and the minute timer's sync logs a matched message from the Gmail API; with the mailbox watched at
+connect, a message's Pub/Sub push (signed by the emulator's Google key) queues the sync on its own."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -15,7 +17,7 @@ import requests
 
 from emulator.google.server import GoogleEmulatorServer
 from tests import connect_flow
-from tests.e2e.conftest import AppUnderTest
+from tests.e2e.conftest import GOOGLE_PUSHER, GOOGLE_TOPIC, AppUnderTest
 from tests.e2e.test_sync_flow import run_scheduler
 
 RETURN_URL = "https://crm.example/app/mailboxes"
@@ -51,16 +53,16 @@ def google(google_emulator: GoogleEmulatorServer) -> Iterator[Google]:
     found.http.close()
 
 
-def test_a_google_connect_through_the_consent_page_confirmed_by_the_crm_syncs_the_gmail_mailbox(
-    app_host: AppUnderTest, api: requests.Session, google: Google, org: str
-) -> None:
+def set_up(app_host: AppUnderTest, api: requests.Session, google: Google, org: str) -> None:
     settings = {"internal_domains": [google.domain], "return_url_allow_list": ["https://crm.example/app"]}
     assert api.put(app_host.url(f"orgs/{org}/settings"), json=settings).status_code == 200
     record = {"type": "candidate", "name": "Dan", "emails": [DAN]}
     assert api.put(app_host.url(f"orgs/{org}/records/cand-dan"), json=record).status_code == 200
-    ada = google.user("ada")
-    body = {"user_id": "crm-user-1", "login_hint": ada, "return_url": RETURN_URL, "provider": "google"}
 
+
+def connect(app_host: AppUnderTest, api: requests.Session, google: Google, org: str, address: str) -> dict[str, Any]:
+    """The CRM's "Connect Gmail": start, the person allows on Google's page, back with a code, confirm."""
+    body = {"user_id": "crm-user-1", "login_hint": address, "return_url": RETURN_URL, "provider": "google"}
     started = api.post(app_host.url(f"orgs/{org}/mailboxes/connect"), json=body, timeout=30)
     assert started.status_code == 200, started.text
     authorize_url = started.json()["authorize_url"]
@@ -69,8 +71,7 @@ def test_a_google_connect_through_the_consent_page_confirmed_by_the_crm_syncs_th
     assert (query["access_type"], query["code_challenge_method"], query["client_id"]) == (
         "offline", "S256", app_host.google_client_id,
     )  # fmt: skip
-    # The person allows on Google's consent page; the browser is sent to our callback.
-    callback = google.call("POST", "authorize", {"auth_uri": authorize_url, "user": ada})["redirect_url"]
+    callback = google.call("POST", "authorize", {"auth_uri": authorize_url, "user": address})["redirect_url"]
     assert callback.startswith(app_host.url("auth/callback"))
     returned = requests.get(callback, allow_redirects=False, timeout=30)
     assert returned.status_code == 302, returned.text
@@ -78,9 +79,23 @@ def test_a_google_connect_through_the_consent_page_confirmed_by_the_crm_syncs_th
     assert back["status"] == "signed_in", back
     confirmed = connect_flow.confirm(api, app_host.url, org, back["connect_code"])
     assert confirmed.status_code == 200, confirmed.text
-    mailbox = confirmed.json()
-    assert (mailbox["status"], mailbox["provider"], mailbox["address"]) == ("active", "google", ada)
+    mailbox: dict[str, Any] = confirmed.json()
+    return mailbox
 
+
+def timeline(app_host: AppUnderTest, api: requests.Session, org: str) -> list[tuple[str, str, list[str]]]:
+    found = api.get(app_host.url(f"orgs/{org}/records/cand-dan/activities")).json()
+    return [(a["subject"], a["body"], a["mailbox_ids"]) for a in found["activities"]]
+
+
+def test_a_google_connect_through_the_consent_page_confirmed_by_the_crm_syncs_the_gmail_mailbox(
+    app_host: AppUnderTest, api: requests.Session, google: Google, org: str
+) -> None:
+    set_up(app_host, api, google, org)
+    ada = google.user("ada")
+
+    mailbox = connect(app_host, api, google, org, ada)
+    assert (mailbox["status"], mailbox["provider"], mailbox["address"]) == ("active", "google", ada)
     now = datetime.now(UTC).isoformat()
     google.call("POST", f"users/{ada}/messages", {"from": DAN, "to": [ada], "subject": "CV attached",
                                                   "body": "Please find my CV.", "received_at": now})
@@ -88,6 +103,38 @@ def test_a_google_connect_through_the_consent_page_confirmed_by_the_crm_syncs_th
                                                   "subject": "Not logged", "received_at": now})
     run_scheduler(app_host)
 
-    timeline = api.get(app_host.url(f"orgs/{org}/records/cand-dan/activities")).json()
-    shown = [(a["subject"], a["body"], a["mailbox_ids"]) for a in timeline["activities"]]
-    assert shown == [("CV attached", "Please find my CV.", [mailbox["id"]])]
+    assert timeline(app_host, api, org) == [("CV attached", "Please find my CV.", [mailbox["id"]])]
+
+
+def test_a_gmail_mailbox_is_watched_at_connect_and_a_signed_push_queues_its_sync_without_the_timer(
+    app_host: AppUnderTest, api: requests.Session, google: Google, org: str
+) -> None:
+    defaults = google.call("GET", "config")
+    google.call("PUT", "config", {"allow_http_push_endpoints": True})  # this host is plain http on loopback
+    google.call("POST", "topics", {"topic": GOOGLE_TOPIC, "push_endpoint": app_host.url("google/push"),
+                                   "service_account_email": GOOGLE_PUSHER})
+    google.call("PUT", "config", defaults)
+    set_up(app_host, api, google, org)
+    bea = google.user("bea")
+    mailbox = connect(app_host, api, google, org, bea)
+    assert google.call("GET", f"users/{bea}/watch")["topic"] == GOOGLE_TOPIC
+    forged = requests.post(app_host.url("google/push"), json={"message": {"data": "e30="}},
+                           headers={"Authorization": "Bearer forged"}, timeout=30)  # fmt: skip
+    assert forged.status_code == 400
+
+    google.call("POST", f"users/{bea}/messages", {"from": DAN, "to": [bea], "subject": "Pushed",
+                                                  "body": "Fresh news.", "received_at": datetime.now(UTC).isoformat()})
+    pushed = wait_for_push(google, bea)
+    app_host.host.drain_queues(timeout=30)
+
+    assert (pushed, timeline(app_host, api, org)) == (204, [("Pushed", "Fresh news.", [mailbox["id"]])])
+
+
+def wait_for_push(google: Google, address: str) -> int | str:
+    """The status our endpoint answered the emulator's push for ``address`` (it pushes on its own threads)."""
+    for _ in range(200):
+        done = [p["status"] for p in google.call("GET", "pushes")["pushes"] if p["email_address"] == address]
+        if done:
+            return done[-1]
+        time.sleep(0.05)
+    raise AssertionError("no push was delivered")
