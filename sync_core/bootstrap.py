@@ -130,6 +130,12 @@ class Services:
 
         return GmailHttp(self._session, self.settings.gmail_base_url, self.google_token_source(mailbox))
 
+    @property
+    def _gmail_push_configured(self) -> bool:
+        """Gmail push is set up (checked before building it: a deployment without it never loads its SDKs)."""
+        s = self.settings
+        return bool(s.google_pubsub_topic and s.google_push_audience and s.google_push_service_account)
+
     @functools.cached_property
     def gmail_pushes(self) -> GmailPushes:
         """Gmail's watch and the verification of its pushes (one per worker: it caches Google's keys)."""
@@ -159,7 +165,7 @@ class Services:
         from sync_core.use_cases import mailbox_watch, subscriptions
 
         subscriptions.maintain(self.subscription_deps())
-        if self.gmail_pushes.enabled:
+        if self._gmail_push_configured:
             mailbox_watch.renew(self.mailbox_watch_deps())
 
     def google_connect(self) -> ConnectProvider:
@@ -236,7 +242,7 @@ class Services:
         from sync_core.use_cases.subscriptions import remove_for_mailbox
 
         remove_for_mailbox(self.subscription_deps(), org_id, mailbox_id)
-        if self.gmail_pushes.enabled:
+        if self._gmail_push_configured:
             mailbox_watch.stop(self.mailbox_watch_deps(), org_id, mailbox_id)
 
     def sync_deps(self, table_transactions: Callable[[], int] = lambda: 0) -> SyncDeps:
@@ -294,7 +300,7 @@ class Services:
             schedule_mailbox(self.schedule_deps(), org_id, mailbox_id)
         except StorageUnavailable:
             log.warning("could not schedule a mailbox right away; the timer sweep will")
-        if self.gmail_pushes.enabled:  # a mailbox whose provider pushes per mailbox is watched now
+        if self._gmail_push_configured:  # a mailbox whose provider pushes per mailbox is watched now
             from sync_core.use_cases import mailbox_watch
 
             try:

@@ -5,10 +5,13 @@ connect, a message's Pub/Sub push (signed by the emulator's Google key) queues t
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from queue import Queue
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -16,6 +19,8 @@ import pytest
 import requests
 
 from emulator.google.server import GoogleEmulatorServer
+from sync_core.adapters.google.http import GmailHttp
+from sync_core.adapters.google.identity import GoogleIdentity
 from tests import connect_flow
 from tests.e2e.conftest import GOOGLE_PUSHER, GOOGLE_TOPIC, AppUnderTest
 from tests.e2e.test_sync_flow import run_scheduler
@@ -138,3 +143,46 @@ def wait_for_push(google: Google, address: str) -> int | str:
             return done[-1]
         time.sleep(0.05)
     raise AssertionError("no push was delivered")
+
+
+def signed_push(google: Google, audience: str) -> tuple[str, bytes]:
+    """A Gmail push as Pub/Sub delivers it for this deployment (OIDC token for ``audience`` and the push
+    service account, signed by the emulator's Google key), captured by a loopback receiver so a test can
+    replay it: (Authorization header, body). Its address is watched by nobody here."""
+    received: Queue[tuple[str, bytes]] = Queue()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            received.put((self.headers.get("Authorization") or "", body))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *_: Any) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    pat = google.user("pat")
+    redirect = "https://capture.example/callback"
+    client = google.call("POST", "clients", {"redirect_uris": [redirect]})
+    session = requests.Session()
+    session.verify, session.trust_env = google.http.verify, False
+    identity = GoogleIdentity(session, client["client_id"], client["client_secret"], f"{google.url}/o/oauth2/v2/auth",
+                              f"{google.url}/token", lambda _m: lambda _r: "")  # fmt: skip
+    flow = identity.initiate_connect(redirect, pat)
+    back = google.call("POST", "authorize", {"auth_uri": flow["auth_uri"], "user": pat})["redirect_url"]
+    token = identity.redeem_connect(flow, connect_flow.query_of(back)).access_token
+    topic = f"projects/crm-e2e/topics/capture-{uuid.uuid4().hex[:8]}"
+    defaults = google.call("GET", "config")
+    google.call("PUT", "config", {"allow_http_push_endpoints": True})
+    google.call("POST", "topics", {"topic": topic, "audience": audience, "service_account_email": GOOGLE_PUSHER,
+                                   "push_endpoint": f"http://127.0.0.1:{server.server_address[1]}/push"})
+    google.call("PUT", "config", defaults)
+    GmailHttp(session, google.url, lambda _r: token).post("watch", {"topicName": topic, "labelIds": ["INBOX"]})
+    google.call("POST", f"users/{pat}/messages", {"from": DAN, "to": [pat], "subject": "captured"})
+    try:
+        return received.get(timeout=10)
+    finally:
+        server.shutdown()
+        session.close()
