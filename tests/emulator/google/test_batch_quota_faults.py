@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 
-from tests.emulator.google.conftest import World
+from tests.emulator.google.world import World
 
 
 def batch_body(boundary: str, paths: list[str]) -> bytes:

@@ -8,7 +8,7 @@ from email.message import EmailMessage
 from email.parser import BytesParser
 from email.policy import default
 
-from tests.emulator.google.conftest import READONLY, SEND, World
+from tests.emulator.google.world import READONLY, SEND, World
 
 
 def raw_message(sender: str, to: str, subject: str, body: str = "Hello", **headers: str) -> str:

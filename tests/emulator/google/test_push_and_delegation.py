@@ -15,7 +15,7 @@ from typing import Any
 import jwt
 import pytest
 
-from tests.emulator.google.conftest import READONLY, World
+from tests.emulator.google.world import READONLY, World
 
 
 class PushSink:
