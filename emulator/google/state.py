@@ -167,6 +167,7 @@ class Mailbox:
     drafts: dict[str, Draft] = field(default_factory=dict)
     watch: Watch | None = None
     seq: int = 0
+    threads_by_message_id: dict[str, str] = field(default_factory=dict)  # RFC 822 Message-ID -> thread id
 
 
 @dataclass

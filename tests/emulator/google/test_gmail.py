@@ -238,3 +238,23 @@ def test_drafts_create_list_and_send(world: World) -> None:
     assert sent["labelIds"] == ["SENT"]
     assert world.gmail("GET", token, "me/drafts").json() == {"resultSizeEstimate": 0}
     assert world.gmail("GET", token, f"me/drafts/{created['id']}").status_code == 404
+
+
+def test_bulk_delivery_gives_count_messages_stepping_back_in_time(world: World) -> None:
+    answer = world.control("POST", f"users/{world.ada}/messages/bulk", {
+        "count": 30, "interval_seconds": 3600, "start": "2026-04-02T00:00:00", "subject": "Bulk",
+        "from": "news@northwind.example"})
+    assert answer.status_code == 201, answer.text
+    token = world.token_for(world.ada)
+    newest = world.gmail("GET", token, "me/messages", params={"maxResults": 1}).json()["messages"][0]
+    assert newest["id"] == answer.json()["first"]
+    count = world.gmail("GET", token, "me/messages", params={"q": "after:2026/04/01 from:news@northwind.example"})
+    # 2026/04/01 is midnight PDT, 07:00 UTC: the messages from Apr 2 00:00 back to Apr 1 07:00 UTC
+    assert count.json()["resultSizeEstimate"] == 18
+    assert world.control("POST", f"users/{world.ada}/messages/bulk", {"count": 0}).status_code == 400
+
+
+def test_a_reply_naming_the_original_in_references_only_joins_its_thread(world: World) -> None:
+    first = world.deliver(world.ada, subject="Topic", message_id="<t-1@fab.example>")
+    reply = world.deliver(world.ada, subject="Re: Topic", references="<t-0@x.example> <t-1@fab.example>")
+    assert reply["threadId"] == first["threadId"]
