@@ -79,6 +79,7 @@ class GoogleControl:
             ("POST", re.compile(r"tokens/expire"), self._expire_tokens),
             ("POST", re.compile(rf"{user}/messages"), self._deliver),
             ("POST", re.compile(rf"{user}/messages/bulk"), self._bulk),
+            ("POST", re.compile(rf"{user}/messages/(?P<message>[0-9a-f]{{16}})/labels"), self._relabel),
             ("POST", re.compile(rf"{user}/labels"), self._label),
             ("POST", re.compile(rf"{user}/history/expire"), self._expire_history),
             ("GET", re.compile(rf"{user}/stats"), self._stats),
@@ -310,6 +311,20 @@ class GoogleControl:
                                         internal_date_ms=int(received.timestamp() * 1000))
             ids.append(message.id)
         return Response.json(201, {"count": count, "first": ids[0], "last": ids[-1]})
+
+    def _relabel(self, request: Request, match: re.Match[str], origin: str) -> Response:
+        """``{"add": [...], "remove": [...]}`` (ids or user-label names): the person files a message."""
+        body = self._body(request)
+        user = self.state.user(match["user"])
+        with self.state.lock:
+            message = user.mailbox.messages.get(match["message"])
+        if message is None:
+            raise GoogleStateError(404, "unknown message")
+        add = self._label_ids(user, list(body.get("add") or []))
+        remove = self._label_ids(user, list(body.get("remove") or []))
+        store.modify_labels(self.state, self.pusher, user, message, add=add, remove=remove)
+        return Response.json(200, {"id": message.id, "labelIds": message.label_ids,
+                                   "historyId": str(message.history_id)})
 
     def _label(self, request: Request, match: re.Match[str], origin: str) -> Response:
         user = self.state.user(match["user"])

@@ -204,6 +204,8 @@ class GmailApi:
             (method == "GET" and rest == ["messages"], (self._list, 5, READ)),
             (method == "POST" and rest == ["messages", "send"], (self._send, 100, SEND)),
             (method == "GET" and head == "messages" and n == 2, (self._get, 5, READ)),
+            (method == "POST" and head == "messages" and n == 3 and rest[2] == "modify",
+             (self._modify, 5, (GMAIL_MODIFY, GMAIL_FULL))),
             (method == "GET" and head == "messages" and n == 4 and rest[2] == "attachments",
              (self._attachment, 5, READ)),
             (method == "GET" and rest == ["history"], (self._history, 2, READ)),
@@ -361,6 +363,25 @@ class GmailApi:
             body["payload"] = mime.payload(message.id, parsed)
         return body
 
+    def _modify(self, call: Call) -> Response:
+        """``messages.modify``: ``{"addLabelIds", "removeLabelIds"}`` (label ids); answers the message
+        (minimal). Unknown label ids are 400."""
+        message = self._message(call, call.rest[1])
+        if isinstance(message, Response):
+            return message
+        try:
+            body = json.loads(call.request.body or b"{}")
+        except ValueError:
+            return invalid("Invalid JSON payload received.")
+        add, remove = (body.get(k) or [] for k in ("addLabelIds", "removeLabelIds")) if isinstance(body, dict) \
+            else ([], [])
+        with self.state.lock:
+            known = set(SYSTEM_LABELS) | set(call.user.mailbox.user_labels)
+        if not all(isinstance(x, str) and x in known for x in [*add, *remove]):
+            return invalid("Invalid label")
+        store.modify_labels(self.state, self.pusher, call.user, message, add=list(add), remove=list(remove))
+        return ok(self.render(message, "minimal"))
+
     def _attachment(self, call: Call) -> Response:
         message = self._message(call, call.rest[1])
         if isinstance(message, Response):
@@ -398,7 +419,7 @@ class GmailApi:
             mailbox = call.user.mailbox
             if int(raw_start) < mailbox.history_floor:
                 return not_found()
-            kinds = {"messageAdded": "messageAdded", "labelsAdded": "labelAdded"}
+            kinds = {"messageAdded": "messageAdded", "labelsAdded": "labelAdded", "labelsRemoved": "labelRemoved"}
             records = [r for r in mailbox.history if r.id > start and kinds.get(r.kind) in types
                        and (not label or label in r.label_ids or label in r.added_labels)]
             current = mailbox.history_id
@@ -419,7 +440,7 @@ class GmailApi:
         if record.kind == "messageAdded":
             entry["messagesAdded"] = [{"message": message}]
         else:
-            entry["labelsAdded"] = [{"message": message, "labelIds": list(record.added_labels)}]
+            entry[record.kind] = [{"message": message, "labelIds": list(record.added_labels)}]
         return entry
 
     # -- watch ---------------------------------------------------------------------------------

@@ -74,6 +74,29 @@ def add_message(
     return message
 
 
+def modify_labels(
+    state: GoogleState, pusher: PushDeliverer, user: GoogleUser, message: GmailMessage, *, add: list[str],
+    remove: list[str],
+) -> GmailMessage:
+    """Add and remove labels (``messages.modify``, or the person filing mail): one ``labelsAdded`` and/or
+    one ``labelsRemoved`` history record for what actually changed; the watch is told of each."""
+    changes: list[tuple[int, list[str]]] = []
+    with state.lock:
+        added = [label for label in dict.fromkeys(add) if label not in message.label_ids]
+        removed = [label for label in dict.fromkeys(remove) if label in message.label_ids and label not in added]
+        if added:
+            message.label_ids.extend(added)
+            changes.append((state.record(user.mailbox, "labelsAdded", message, added), list(message.label_ids)))
+        if removed:
+            message.label_ids[:] = [label for label in message.label_ids if label not in removed]
+            changes.append((state.record(user.mailbox, "labelsRemoved", message, removed), removed))
+        if changes:
+            message.history_id = user.mailbox.history_id
+    for history_id, labels in changes:
+        pusher.mailbox_changed(user.email, history_id, labels)
+    return message
+
+
 def ensure_message_id(raw: bytes, sender: str) -> bytes:
     """Gmail adds a Message-ID to a sent message that has none, and sets From to the sender."""
     parsed = mime.parse(raw)

@@ -258,3 +258,31 @@ def test_a_reply_naming_the_original_in_references_only_joins_its_thread(world: 
     first = world.deliver(world.ada, subject="Topic", message_id="<t-1@fab.example>")
     reply = world.deliver(world.ada, subject="Re: Topic", references="<t-0@x.example> <t-1@fab.example>")
     assert reply["threadId"] == first["threadId"]
+
+
+def test_filing_a_message_under_a_label_is_a_label_added_history_record(world: World) -> None:
+    token = world.token_for(world.ada)
+    message = world.deliver(world.ada, subject="To file")
+    start = world.gmail("GET", token, "me/profile").json()["historyId"]
+    filed = world.control("POST", f"users/{world.ada}/messages/{message['id']}/labels",
+                          {"add": ["Clients"], "remove": ["INBOX"]})
+    assert filed.status_code == 200, filed.text
+    label_id = next(label for label in filed.json()["labelIds"] if label.startswith("Label_"))
+    history = world.gmail("GET", token, "me/history", params={"startHistoryId": start}).json()["history"]
+    assert [list(set(record) - {"id", "messages"}) for record in history] == [["labelsAdded"], ["labelsRemoved"]]
+    assert history[0]["labelsAdded"][0]["labelIds"] == [label_id]
+    assert history[1]["labelsRemoved"][0]["labelIds"] == ["INBOX"]
+    only_added = world.gmail("GET", token, "me/history", params={
+        "startHistoryId": start, "historyTypes": "messageAdded"}).json()
+    assert "history" not in only_added
+
+
+def test_messages_modify_needs_the_modify_scope_and_known_labels(world: World) -> None:
+    message = world.deliver(world.ada, subject="Modify")
+    readonly = world.token_for(world.ada)
+    path = f"me/messages/{message['id']}/modify"
+    assert world.gmail("POST", readonly, path, json={"removeLabelIds": ["UNREAD"]}).status_code == 403
+    modify = world.connect(world.ada, "openid email https://www.googleapis.com/auth/gmail.modify")["access_token"]
+    answer = world.gmail("POST", modify, path, json={"removeLabelIds": ["UNREAD"]})
+    assert answer.status_code == 200 and "UNREAD" not in answer.json()["labelIds"]
+    assert world.gmail("POST", modify, path, json={"addLabelIds": ["Label_999"]}).status_code == 400
