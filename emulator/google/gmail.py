@@ -28,6 +28,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from email.parser import BytesParser
 from email.policy import HTTP
 from http import HTTPStatus
@@ -513,6 +514,9 @@ class GmailApi:
         thread = self._thread(call, thread_id, parsed)
         if isinstance(thread, Response):
             return thread
+        refused = self._over_sending_limit(call)
+        if refused is not None:
+            return refused
         message = store.send(self.state, self.pusher, call.user, raw, thread)
         return ok({"id": message.id, "threadId": message.thread_id, "labelIds": list(message.label_ids)})
 
@@ -533,6 +537,15 @@ class GmailApi:
         if any(base(mime.header(mime.parse(m.raw), "Subject")) == subject for m in members):
             return str(thread_id)
         return None
+
+    def _over_sending_limit(self, call: Call) -> Response | None:
+        """429 "User-rate limit exceeded" (Mail sending) with the time to retry, past the daily limit."""
+        retry_at = self.state.take_send(call.user.email)
+        if retry_at is None:
+            return None
+        when = datetime.fromtimestamp(retry_at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return gmail_error(429, f"User-rate limit exceeded.  Retry after {when} (Mail sending)", "rateLimitExceeded",
+                           "usageLimits")
 
     def _draft_create(self, call: Call) -> Response:
         body = self._json_body(call)
@@ -591,6 +604,9 @@ class GmailApi:
         parsed = mime.parse(message.raw)
         if not mime.addresses(parsed, "To", "Cc", "Bcc"):
             return invalid("Recipient address required")
+        refused = self._over_sending_limit(call)
+        if refused is not None:
+            return refused
         with self.state.lock:
             call.user.mailbox.drafts.pop(draft_id, None)
             call.user.mailbox.messages.pop(message.id, None)
