@@ -345,7 +345,9 @@ class GoogleControl:
         user = self.state.user(match["user"])
         with self.state.lock:
             counts = dict(sorted(self.state.requests.get(user.email, {}).items()))
-        return Response.json(200, {"requests": sum(counts.values()), "by_status": counts})
+            published = self.state.published.get(user.email, 0)
+        return Response.json(200, {"requests": sum(counts.values()), "by_status": counts,
+                                   "notifications_published": published})
 
     def _watch(self, request: Request, match: re.Match[str], origin: str) -> Response:
         user = self.state.user(match["user"])

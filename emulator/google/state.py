@@ -374,6 +374,7 @@ class GoogleState:
             self.requests: dict[str, dict[str, int]] = {}
             self.quota: dict[str, deque[tuple[float, int]]] = {}
             self.sent: dict[str, deque[float]] = {}
+            self.published: dict[str, int] = {}  # notifications published per watched user (not persisted)
             if self.seed == "demo":
                 seed_demo(self)
 
