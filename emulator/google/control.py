@@ -19,7 +19,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -45,7 +45,14 @@ from emulator.google.state import (
 )
 
 Route = Callable[[Request, re.Match[str], str], Response]
+MAX_BULK = 10_000
 FAULT_FIELDS = ("status", "reason", "delay_ms", "drop_connection", "count", "path_contains", "user", "method")
+
+
+def aware(text: str) -> datetime:
+    """An ISO 8601 date-time; without an offset it is UTC."""
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def user_json(user: GoogleUser) -> dict[str, Any]:
@@ -71,6 +78,8 @@ class GoogleControl:
             ("POST", re.compile(r"grants/revoke"), self._revoke),
             ("POST", re.compile(r"tokens/expire"), self._expire_tokens),
             ("POST", re.compile(rf"{user}/messages"), self._deliver),
+            ("POST", re.compile(rf"{user}/messages/bulk"), self._bulk),
+            ("POST", re.compile(rf"{user}/messages/(?P<message>[0-9a-f]{{16}})/labels"), self._relabel),
             ("POST", re.compile(rf"{user}/labels"), self._label),
             ("POST", re.compile(rf"{user}/history/expire"), self._expire_history),
             ("GET", re.compile(rf"{user}/stats"), self._stats),
@@ -273,11 +282,49 @@ class GoogleControl:
             raise GoogleStateError(400, "labels must be a list of label ids or names")
         label_ids = self._label_ids(user, labels if labels is not None else list(store.DELIVERED_LABELS))
         received = body.get("received_at")
-        internal = int(datetime.fromisoformat(str(received)).timestamp() * 1000) if received else None
+        internal = int(aware(str(received)).timestamp() * 1000) if received else None
         message = store.add_message(self.state, self.pusher, user, raw, label_ids, internal_date_ms=internal)
         return Response.json(201, {"id": message.id, "threadId": message.thread_id, "labelIds": message.label_ids,
                                    "historyId": str(message.history_id),
                                    "internalDate": str(message.internal_date_ms)})
+
+    def _bulk(self, request: Request, match: re.Match[str], origin: str) -> Response:
+        """``{"count", "interval_seconds"?, "start"?, "labels"?, ...fields}``: ``count`` messages from one
+        template (subjects get `` #n``, each its own Message-ID), received ``interval_seconds`` apart going
+        back from ``start`` (default now), as the Graph emulator's bulk route."""
+        body = self._body(request)
+        user = self.state.user(match["user"])
+        count = body.get("count")
+        if not isinstance(count, int) or not 1 <= count <= MAX_BULK:
+            raise GoogleStateError(400, f"count must be an integer between 1 and {MAX_BULK}")
+        interval = float(body.get("interval_seconds", 60))
+        start = aware(str(body["start"])) if body.get("start") else datetime.now(UTC)
+        labels = self._label_ids(user, list(body.get("labels") or store.DELIVERED_LABELS))
+        template = {k: v for k, v in body.items() if k not in ("count", "interval_seconds", "start", "labels")}
+        subject = str(template.get("subject", "Message"))
+        ids = []
+        for n in range(count):
+            received = start - timedelta(seconds=interval * n)
+            raw = mime.build({**template, "subject": f"{subject} #{n + 1}", "date": received.isoformat(),
+                              "message_id": None}, default_from="sender@external.example")
+            message = store.add_message(self.state, self.pusher, user, raw, labels,
+                                        internal_date_ms=int(received.timestamp() * 1000))
+            ids.append(message.id)
+        return Response.json(201, {"count": count, "first": ids[0], "last": ids[-1]})
+
+    def _relabel(self, request: Request, match: re.Match[str], origin: str) -> Response:
+        """``{"add": [...], "remove": [...]}`` (ids or user-label names): the person files a message."""
+        body = self._body(request)
+        user = self.state.user(match["user"])
+        with self.state.lock:
+            message = user.mailbox.messages.get(match["message"])
+        if message is None:
+            raise GoogleStateError(404, "unknown message")
+        add = self._label_ids(user, list(body.get("add") or []))
+        remove = self._label_ids(user, list(body.get("remove") or []))
+        store.modify_labels(self.state, self.pusher, user, message, add=add, remove=remove)
+        return Response.json(200, {"id": message.id, "labelIds": message.label_ids,
+                                   "historyId": str(message.history_id)})
 
     def _label(self, request: Request, match: re.Match[str], origin: str) -> Response:
         user = self.state.user(match["user"])
@@ -298,7 +345,9 @@ class GoogleControl:
         user = self.state.user(match["user"])
         with self.state.lock:
             counts = dict(sorted(self.state.requests.get(user.email, {}).items()))
-        return Response.json(200, {"requests": sum(counts.values()), "by_status": counts})
+            published = self.state.published.get(user.email, 0)
+        return Response.json(200, {"requests": sum(counts.values()), "by_status": counts,
+                                   "notifications_published": published})
 
     def _watch(self, request: Request, match: re.Match[str], origin: str) -> Response:
         user = self.state.user(match["user"])

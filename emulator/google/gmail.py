@@ -28,6 +28,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from email.parser import BytesParser
 from email.policy import HTTP
 from http import HTTPStatus
@@ -204,6 +205,8 @@ class GmailApi:
             (method == "GET" and rest == ["messages"], (self._list, 5, READ)),
             (method == "POST" and rest == ["messages", "send"], (self._send, 100, SEND)),
             (method == "GET" and head == "messages" and n == 2, (self._get, 5, READ)),
+            (method == "POST" and head == "messages" and n == 3 and rest[2] == "modify",
+             (self._modify, 5, (GMAIL_MODIFY, GMAIL_FULL))),
             (method == "GET" and head == "messages" and n == 4 and rest[2] == "attachments",
              (self._attachment, 5, READ)),
             (method == "GET" and rest == ["history"], (self._history, 2, READ)),
@@ -361,6 +364,25 @@ class GmailApi:
             body["payload"] = mime.payload(message.id, parsed)
         return body
 
+    def _modify(self, call: Call) -> Response:
+        """``messages.modify``: ``{"addLabelIds", "removeLabelIds"}`` (label ids); answers the message
+        (minimal). Unknown label ids are 400."""
+        message = self._message(call, call.rest[1])
+        if isinstance(message, Response):
+            return message
+        try:
+            body = json.loads(call.request.body or b"{}")
+        except ValueError:
+            return invalid("Invalid JSON payload received.")
+        add, remove = (body.get(k) or [] for k in ("addLabelIds", "removeLabelIds")) if isinstance(body, dict) \
+            else ([], [])
+        with self.state.lock:
+            known = set(SYSTEM_LABELS) | set(call.user.mailbox.user_labels)
+        if not all(isinstance(x, str) and x in known for x in [*add, *remove]):
+            return invalid("Invalid label")
+        store.modify_labels(self.state, self.pusher, call.user, message, add=list(add), remove=list(remove))
+        return ok(self.render(message, "minimal"))
+
     def _attachment(self, call: Call) -> Response:
         message = self._message(call, call.rest[1])
         if isinstance(message, Response):
@@ -398,7 +420,7 @@ class GmailApi:
             mailbox = call.user.mailbox
             if int(raw_start) < mailbox.history_floor:
                 return not_found()
-            kinds = {"messageAdded": "messageAdded", "labelsAdded": "labelAdded"}
+            kinds = {"messageAdded": "messageAdded", "labelsAdded": "labelAdded", "labelsRemoved": "labelRemoved"}
             records = [r for r in mailbox.history if r.id > start and kinds.get(r.kind) in types
                        and (not label or label in r.label_ids or label in r.added_labels)]
             current = mailbox.history_id
@@ -419,7 +441,7 @@ class GmailApi:
         if record.kind == "messageAdded":
             entry["messagesAdded"] = [{"message": message}]
         else:
-            entry["labelsAdded"] = [{"message": message, "labelIds": list(record.added_labels)}]
+            entry[record.kind] = [{"message": message, "labelIds": list(record.added_labels)}]
         return entry
 
     # -- watch ---------------------------------------------------------------------------------
@@ -492,6 +514,9 @@ class GmailApi:
         thread = self._thread(call, thread_id, parsed)
         if isinstance(thread, Response):
             return thread
+        refused = self._over_sending_limit(call)
+        if refused is not None:
+            return refused
         message = store.send(self.state, self.pusher, call.user, raw, thread)
         return ok({"id": message.id, "threadId": message.thread_id, "labelIds": list(message.label_ids)})
 
@@ -512,6 +537,15 @@ class GmailApi:
         if any(base(mime.header(mime.parse(m.raw), "Subject")) == subject for m in members):
             return str(thread_id)
         return None
+
+    def _over_sending_limit(self, call: Call) -> Response | None:
+        """429 "User-rate limit exceeded" (Mail sending) with the time to retry, past the daily limit."""
+        retry_at = self.state.take_send(call.user.email)
+        if retry_at is None:
+            return None
+        when = datetime.fromtimestamp(retry_at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return gmail_error(429, f"User-rate limit exceeded.  Retry after {when} (Mail sending)", "rateLimitExceeded",
+                           "usageLimits")
 
     def _draft_create(self, call: Call) -> Response:
         body = self._json_body(call)
@@ -570,6 +604,9 @@ class GmailApi:
         parsed = mime.parse(message.raw)
         if not mime.addresses(parsed, "To", "Cc", "Bcc"):
             return invalid("Recipient address required")
+        refused = self._over_sending_limit(call)
+        if refused is not None:
+            return refused
         with self.state.lock:
             call.user.mailbox.drafts.pop(draft_id, None)
             call.user.mailbox.messages.pop(message.id, None)

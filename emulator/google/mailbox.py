@@ -30,14 +30,13 @@ def new_message_id() -> str:
     return secrets.token_hex(8)
 
 
-def _thread_for(state: GoogleState, user: GoogleUser, raw: bytes) -> str | None:
+def _thread_for(user: GoogleUser, raw: bytes) -> str | None:
+    """The thread of the first message of the mailbox that ``raw``'s In-Reply-To/References name."""
     parsed = mime.parse(raw)
-    wanted = set(MESSAGE_ID.findall(f"{parsed.get('In-Reply-To', '')} {parsed.get('References', '')}"))
-    if not wanted:
-        return None
-    for message in user.mailbox.messages.values():
-        if mime.header(mime.parse(message.raw), "Message-ID").strip() in wanted:
-            return message.thread_id
+    for wanted in MESSAGE_ID.findall(f"{parsed.get('In-Reply-To', '')} {parsed.get('References', '')}"):
+        thread = user.mailbox.threads_by_message_id.get(wanted)
+        if thread is not None:
+            return thread
     return None
 
 
@@ -58,7 +57,7 @@ def add_message(
         mailbox.seq += 1
         message = GmailMessage(
             id=message_id,
-            thread_id=thread_id or _thread_for(state, user, raw) or message_id,
+            thread_id=thread_id or _thread_for(user, raw) or message_id,
             raw=raw,
             label_ids=list(dict.fromkeys(label_ids)),
             internal_date_ms=internal_date_ms if internal_date_ms is not None else int(time.time() * 1000),
@@ -66,9 +65,35 @@ def add_message(
             seq=mailbox.seq,
         )
         mailbox.messages[message_id] = message
+        rfc822_id = mime.header(mime.parse(raw), "Message-ID").strip()
+        if rfc822_id:
+            mailbox.threads_by_message_id.setdefault(rfc822_id, message.thread_id)
         message.history_id = state.record(mailbox, "messageAdded", message)
         history_id, labels = message.history_id, list(message.label_ids)
     pusher.mailbox_changed(user.email, history_id, labels)
+    return message
+
+
+def modify_labels(
+    state: GoogleState, pusher: PushDeliverer, user: GoogleUser, message: GmailMessage, *, add: list[str],
+    remove: list[str],
+) -> GmailMessage:
+    """Add and remove labels (``messages.modify``, or the person filing mail): one ``labelsAdded`` and/or
+    one ``labelsRemoved`` history record for what actually changed; the watch is told of each."""
+    changes: list[tuple[int, list[str]]] = []
+    with state.lock:
+        added = [label for label in dict.fromkeys(add) if label not in message.label_ids]
+        removed = [label for label in dict.fromkeys(remove) if label in message.label_ids and label not in added]
+        if added:
+            message.label_ids.extend(added)
+            changes.append((state.record(user.mailbox, "labelsAdded", message, added), list(message.label_ids)))
+        if removed:
+            message.label_ids[:] = [label for label in message.label_ids if label not in removed]
+            changes.append((state.record(user.mailbox, "labelsRemoved", message, removed), removed))
+        if changes:
+            message.history_id = user.mailbox.history_id
+    for history_id, labels in changes:
+        pusher.mailbox_changed(user.email, history_id, labels)
     return message
 
 

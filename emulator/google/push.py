@@ -59,6 +59,7 @@ class PushDeliverer:
             if topic is None:
                 return
             retries = self.state.config.push_retries
+            self.state.published[email] = self.state.published.get(email, 0) + 1
         self._pool.submit(self._deliver, topic, email, history_id, retries)
 
     def token(self, topic: Topic) -> str:
@@ -107,4 +108,5 @@ class PushDeliverer:
             if isinstance(status, int) and 200 <= status < 300:
                 return
             log.info("push to %s for topic %s answered %s", topic.push_endpoint.split("?")[0], topic.name, status)
-            time.sleep(min(0.2 * 2**attempt, 2))
+            if attempt < retries:
+                time.sleep(min(0.2 * 2**attempt, 2))

@@ -76,6 +76,7 @@ class GoogleConfig:
     watch_lifetime_s: int = 7 * 24 * 3600
     allow_http_push_endpoints: bool = False
     push_retries: int = 3
+    daily_send_limit: int = 2000  # messages per user per rolling 24 h (Google Workspace sending limit)
 
     def update(self, changes: dict[str, Any]) -> None:
         """Apply ``changes`` after checking every name and type; raises ValueError, changing nothing."""
@@ -167,6 +168,7 @@ class Mailbox:
     drafts: dict[str, Draft] = field(default_factory=dict)
     watch: Watch | None = None
     seq: int = 0
+    threads_by_message_id: dict[str, str] = field(default_factory=dict)  # RFC 822 Message-ID -> thread id
 
 
 @dataclass
@@ -371,6 +373,8 @@ class GoogleState:
             self.faults: list[GoogleFault] = []
             self.requests: dict[str, dict[str, int]] = {}
             self.quota: dict[str, deque[tuple[float, int]]] = {}
+            self.sent: dict[str, deque[float]] = {}
+            self.published: dict[str, int] = {}  # notifications published per watched user (not persisted)
             if self.seed == "demo":
                 seed_demo(self)
 
@@ -463,6 +467,19 @@ class GoogleState:
                 return False
             window.append((now, units))
             return True
+
+    def take_send(self, user_email: str) -> float | None:
+        """Count one sent message against the user's daily sending limit; None if it fits, else the epoch
+        seconds when the oldest send of the window leaves it (nothing counted)."""
+        with self.lock:
+            now = time.time()
+            window = self.sent.setdefault(user_email, deque())
+            while window and window[0] <= now - 86_400:
+                window.popleft()
+            if len(window) >= self.config.daily_send_limit:
+                return window[0] + 86_400 if window else now + 86_400
+            window.append(now)
+            return None
 
     def add_fault(self, **spec: Any) -> GoogleFault:
         rule = GoogleFault(id=str(uuid.uuid4()), **spec)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import re
 import time
 
-from tests.emulator.google.conftest import World
+from tests.emulator.google.world import World
 
 
 def batch_body(boundary: str, paths: list[str]) -> bytes:
@@ -132,3 +133,15 @@ def test_a_token_endpoint_fault_is_a_5xx(world: World) -> None:
 def test_unknown_fault_fields_and_statuses_are_refused(world: World) -> None:
     assert world.control("POST", "faults", {"status": 418}).status_code == 400
     assert world.control("POST", "faults", {"status": 500, "colour": "red"}).status_code == 400
+
+
+def test_past_the_daily_sending_limit_send_is_429_mail_sending_and_nothing_is_sent(world: World) -> None:
+    world.control("PUT", "config", {"daily_send_limit": 1})
+    token = world.token_for(world.ada)
+    raw = base64.urlsafe_b64encode(f"From: {world.ada}\r\nTo: {world.bob}\r\nSubject: s\r\n\r\nhi".encode()).decode()
+    assert world.gmail("POST", token, "me/messages/send", json={"raw": raw}).status_code == 200
+    refused = world.gmail("POST", token, "me/messages/send", json={"raw": raw})
+    assert refused.status_code == 429
+    assert refused.json()["error"]["message"].endswith("(Mail sending)")
+    sent = world.gmail("GET", token, "me/messages", params={"labelIds": "SENT"}).json()
+    assert sent["resultSizeEstimate"] == 1

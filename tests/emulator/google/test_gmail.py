@@ -8,7 +8,7 @@ from email.message import EmailMessage
 from email.parser import BytesParser
 from email.policy import default
 
-from tests.emulator.google.conftest import READONLY, SEND, World
+from tests.emulator.google.world import READONLY, SEND, World
 
 
 def raw_message(sender: str, to: str, subject: str, body: str = "Hello", **headers: str) -> str:
@@ -238,3 +238,51 @@ def test_drafts_create_list_and_send(world: World) -> None:
     assert sent["labelIds"] == ["SENT"]
     assert world.gmail("GET", token, "me/drafts").json() == {"resultSizeEstimate": 0}
     assert world.gmail("GET", token, f"me/drafts/{created['id']}").status_code == 404
+
+
+def test_bulk_delivery_gives_count_messages_stepping_back_in_time(world: World) -> None:
+    answer = world.control("POST", f"users/{world.ada}/messages/bulk", {
+        "count": 30, "interval_seconds": 3600, "start": "2026-04-02T00:00:00", "subject": "Bulk",
+        "from": "news@northwind.example"})
+    assert answer.status_code == 201, answer.text
+    token = world.token_for(world.ada)
+    newest = world.gmail("GET", token, "me/messages", params={"maxResults": 1}).json()["messages"][0]
+    assert newest["id"] == answer.json()["first"]
+    count = world.gmail("GET", token, "me/messages", params={"q": "after:2026/04/01 from:news@northwind.example"})
+    # 2026/04/01 is midnight PDT, 07:00 UTC: the messages from Apr 2 00:00 back to Apr 1 07:00 UTC
+    assert count.json()["resultSizeEstimate"] == 18
+    assert world.control("POST", f"users/{world.ada}/messages/bulk", {"count": 0}).status_code == 400
+
+
+def test_a_reply_naming_the_original_in_references_only_joins_its_thread(world: World) -> None:
+    first = world.deliver(world.ada, subject="Topic", message_id="<t-1@fab.example>")
+    reply = world.deliver(world.ada, subject="Re: Topic", references="<t-0@x.example> <t-1@fab.example>")
+    assert reply["threadId"] == first["threadId"]
+
+
+def test_filing_a_message_under_a_label_is_a_label_added_history_record(world: World) -> None:
+    token = world.token_for(world.ada)
+    message = world.deliver(world.ada, subject="To file")
+    start = world.gmail("GET", token, "me/profile").json()["historyId"]
+    filed = world.control("POST", f"users/{world.ada}/messages/{message['id']}/labels",
+                          {"add": ["Clients"], "remove": ["INBOX"]})
+    assert filed.status_code == 200, filed.text
+    label_id = next(label for label in filed.json()["labelIds"] if label.startswith("Label_"))
+    history = world.gmail("GET", token, "me/history", params={"startHistoryId": start}).json()["history"]
+    assert [list(set(record) - {"id", "messages"}) for record in history] == [["labelsAdded"], ["labelsRemoved"]]
+    assert history[0]["labelsAdded"][0]["labelIds"] == [label_id]
+    assert history[1]["labelsRemoved"][0]["labelIds"] == ["INBOX"]
+    only_added = world.gmail("GET", token, "me/history", params={
+        "startHistoryId": start, "historyTypes": "messageAdded"}).json()
+    assert "history" not in only_added
+
+
+def test_messages_modify_needs_the_modify_scope_and_known_labels(world: World) -> None:
+    message = world.deliver(world.ada, subject="Modify")
+    readonly = world.token_for(world.ada)
+    path = f"me/messages/{message['id']}/modify"
+    assert world.gmail("POST", readonly, path, json={"removeLabelIds": ["UNREAD"]}).status_code == 403
+    modify = world.connect(world.ada, "openid email https://www.googleapis.com/auth/gmail.modify")["access_token"]
+    answer = world.gmail("POST", modify, path, json={"removeLabelIds": ["UNREAD"]})
+    assert answer.status_code == 200 and "UNREAD" not in answer.json()["labelIds"]
+    assert world.gmail("POST", modify, path, json={"addLabelIds": ["Label_999"]}).status_code == 400

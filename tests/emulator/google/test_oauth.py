@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, urlsplit
 import jwt
 from jwt import PyJWKClient
 
-from tests.emulator.google.conftest import READONLY, REDIRECT_URI, SEND, World
+from tests.emulator.google.world import READONLY, REDIRECT_URI, SEND, World
 
 USERINFO_EMAIL = "https://www.googleapis.com/auth/userinfo.email"
 

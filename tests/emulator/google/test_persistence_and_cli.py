@@ -16,7 +16,7 @@ import requests
 
 from emulator.google.server import STATE_FILE, GoogleEmulatorServer
 from emulator.google.state import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DEMO_REDIRECT_URIS
-from tests.emulator.google.conftest import READONLY
+from tests.emulator.google.world import READONLY
 
 ROOT = Path(__file__).resolve().parents[3]
 
