@@ -163,6 +163,14 @@ class SendControlMixin:
         """``user``'s Exchange rights on ``owner``'s mailbox: FullAccess, SendAs, SendOnBehalf ([] revokes)."""
         return dict(self._call("PUT", f"/_emulator/mailboxes/{_seg(owner)}/rights", {"user": user, "rights": rights}))
 
+    def hold_submissions(self, user: str) -> None:
+        """From now on ``user``'s sent mail waits in its Outbox and reaches nobody until released."""
+        self._call("POST", f"/_emulator/mailboxes/{_seg(user)}/submission/hold")
+
+    def release_submissions(self, user: str) -> int:
+        """Send what ``user``'s Outbox holds (saved copies move to Sent Items); stop holding."""
+        return int(self._call("POST", f"/_emulator/mailboxes/{_seg(user)}/submission/release")["released"])
+
     def fail_sends(
         self,
         count: int = 1,

@@ -71,7 +71,7 @@ from .mail_model import (
     render_folder,
     render_message,
 )
-from .mail_send import AddressBook, handle_write
+from .mail_send import AddressBook, handle_write, release_held
 from .mail_send_model import RIGHTS, SendingState, SendLimits
 from .mail_subscriptions import Notifier, SubscriptionService
 from .mail_upload import handle_upload, session_mailbox
@@ -474,6 +474,16 @@ class MailStore:
             folder = self._control_folder(box, folder_key)
             found = sorted(box.in_folder(folder.id), key=lambda m: m.received, reverse=True)
             return [{**render_message(m, View(), SELECT_ALL), **_ids(m)} for m in found]
+
+    def hold_submissions(self, user_key: str, hold: bool) -> dict[str, Any]:
+        """Hold a mailbox's submissions in its Outbox (``hold``), or release them all (delivering them)."""
+        user = self._user(user_key)
+        book = AddressBook(self.directory.users_of(None))  # directory before our lock
+        with self.lock:
+            if hold:
+                self.sending.holding.add(user.id)
+                return {"user": user.id, "holding": True, "released": 0}
+            return {"user": user.id, "holding": False, "released": release_held(self, user.id, book)}
 
     def outbox(self, internet_message_id: str | None = None) -> list[dict[str, Any]]:
         """Mail handed to addresses outside the emulator (one entry per sent message), oldest first."""

@@ -22,6 +22,10 @@ GET      /_emulator/mailboxes/{user}/sent                   -> the same for Sent
 GET      /_emulator/mailboxes/{user}/rights                 -> [{user, rights}] held on this mailbox
 PUT      /_emulator/mailboxes/{user}/rights                 {user, rights: [FullAccess|SendAs|SendOnBehalf]}
                                                             -> {owner, user, rights} (replaces; [] revokes)
+POST     /_emulator/mailboxes/{user}/submission/hold    -> submissions wait in the Outbox (sent, isDraft
+                                                            false, same immutable id) and reach nobody
+POST     /_emulator/mailboxes/{user}/submission/release -> {released}: held mail goes out, saved copies
+                                                            move to Sent Items; holding stops
 GET      /_emulator/outbox                                  ?internet_message_id= -> mail that left for
                                                             addresses outside the emulator, oldest first
 DELETE   /_emulator/outbox                                  clears it (204)
@@ -132,6 +136,8 @@ def _mailbox_route(store: MailStore, method: str, user: str, rest: list[str], bo
         return _ok(store.folder_messages(user, "sentitems"))
     if len(rest) == 3 and rest[0] == "folders" and rest[2] == "messages" and method == "GET":
         return _ok(store.folder_messages(user, rest[1]))
+    if rest[:1] == ["submission"] and len(rest) == 2 and rest[1] in ("hold", "release") and method == "POST":
+        return _ok(store.hold_submissions(user, rest[1] == "hold"))
     if rest == ["rights"]:
         if method == "GET":
             return _ok(store.rights_on(user))

@@ -30,6 +30,10 @@ Invariants:
   often it is addressed) gets one copy in its Inbox through the same path as delivered mail (delta,
   change notifications); Bcc is never on a recipient's copy. Every other address is handed to the
   outbox (``GET /_emulator/outbox``): one entry per sent message.
+* While a mailbox's submissions are held (control API ``…/submission/hold``), a submitted message waits
+  in its Outbox (``isDraft`` false, same immutable id) and nobody receives it until ``…/release``: the
+  emulator's deterministic stand-in for "might not succeed immediately". Held submissions count
+  against the limits when submitted.
 * A submission is checked in this order: recipients (400), rights to send as ``from`` (403
   ``ErrorSendAsDenied``), Exchange Online's limits (429 ``ErrorSubmissionQuotaExceeded`` with
   Retry-After), then it happens completely under the store's lock (no half-sent message).
@@ -52,7 +56,7 @@ from .core import GraphContext, Response, graph_error, now_utc
 from .mail_compose import _generated_headers, compose_message, new_internet_message_id
 from .mail_mime import parse_mime
 from .mail_model import Attachment, Folder, Message, View, looks_like_html, new_id, recipient, render_message
-from .mail_send_model import OutboxEntry, SendLimits
+from .mail_send_model import HeldSubmission, OutboxEntry, SendLimits
 from .mail_upload import add_attachment, create_upload_session, delete_attachment
 
 if TYPE_CHECKING:
@@ -291,8 +295,8 @@ def send_draft(store: MailStore, call: _Call, msg: Message, book: AddressBook) -
     assert sentitems is not None  # every mailbox has the well-known folders
     custom = [h for h in msg.headers if _is_custom(h["name"])]
     _as_sent(msg, submission, sentitems)
-    store._relocate(call.box, msg, sentitems)
-    deliver(store, msg, submission, book, custom)
+    store._relocate(call.box, msg, _landing(store, call, sentitems))
+    deliver(store, msg, submission, book, custom, saved=True)
     return Response(202)
 
 
@@ -331,13 +335,14 @@ def send_mail(store: MailStore, call: _Call, book: AddressBook) -> Response:
     sentitems = call.box.folder("sentitems")
     assert sentitems is not None
     if save:
-        msg = store._create_message(call.box, {**fields, "folder": "sentitems", "is_read": True})
+        landing = _landing(store, call, sentitems)
+        msg = store._create_message(call.box, {**fields, "folder": landing.id, "is_read": True})
     else:  # saveToSentItems false: nothing is kept, the message exists only on its way out
         msg = compose_message(call.box, sentitems, fields)
         del call.box.messages[msg.immutable_id]
     msg.attachments = attachments
     _as_sent(msg, submission, sentitems)
-    deliver(store, msg, submission, book, custom)
+    deliver(store, msg, submission, book, custom, saved=save)
     return Response(202)
 
 
@@ -367,14 +372,16 @@ def _send_mime(store: MailStore, call: _Call, book: AddressBook) -> Response:
     now = now_utc().replace(microsecond=0)
     fields["received"] = now.isoformat()
     fields["sent"] = fields.get("sent") or now.isoformat()
-    msg = store._create_message(call.box, {**fields, "folder": "sentitems", "is_read": True}, raw_mime=raw)
-    store.sending.count_submission(submission.owner.id, len(submission.recipients))
+    sentitems = call.box.folder("sentitems")
+    assert sentitems is not None
+    landing = _landing(store, call, sentitems)
+    msg = store._create_message(call.box, {**fields, "folder": landing.id, "is_read": True}, raw_mime=raw)
     without_bcc = {
         **fields,
         "bcc": [],
         "headers": [h for h in fields["headers"] if h["name"].lower() != "bcc"],
     }
-    _deliver_copies(store, msg, submission, book, without_bcc, raw_mime=_strip_header(raw, "Bcc"))
+    submit(store, msg, submission, book, without_bcc, raw_mime=_strip_header(raw, "Bcc"), saved=True)
     return Response(202)
 
 
@@ -423,10 +430,15 @@ def check_submission(
 
 
 def deliver(
-    store: MailStore, msg: Message, submission: Submission, book: AddressBook, custom: list[dict[str, str]]
+    store: MailStore,
+    msg: Message,
+    submission: Submission,
+    book: AddressBook,
+    custom: list[dict[str, str]],
+    *,
+    saved: bool,
 ) -> None:
-    """Count the submission, then hand ``msg`` to every recipient (see the module invariants)."""
-    store.sending.count_submission(submission.owner.id, len(submission.recipients))
+    """Submit ``msg`` with recipients' copies made of its fields and the ``custom`` x- headers."""
     fields = {
         "from": msg.from_,
         "sender": msg.sender,
@@ -446,7 +458,54 @@ def deliver(
         "is_delivery_receipt_requested": msg.is_delivery_receipt_requested,
         "headers": custom,
     }
-    _deliver_copies(store, msg, submission, book, fields)
+    submit(store, msg, submission, book, fields, saved=saved)
+
+
+def submit(
+    store: MailStore,
+    msg: Message,
+    submission: Submission,
+    book: AddressBook,
+    fields: dict[str, Any],
+    *,
+    raw_mime: bytes | None = None,
+    saved: bool,
+) -> None:
+    """Count the submission against the limits, then deliver it, or keep it in the Outbox while the
+    mailbox's submissions are held (``msg`` is already there when ``saved``)."""
+    sending = store.sending
+    sending.count_submission(submission.owner.id, len(submission.recipients))
+    if submission.owner.id in sending.holding:
+        sending.held.append(HeldSubmission(submission.owner.id, msg, saved, submission.recipients, fields, raw_mime))
+        return
+    _deliver_copies(store, msg, submission, book, fields, raw_mime=raw_mime)
+
+
+def release_held(store: MailStore, owner_id: str, book: AddressBook) -> int:
+    """Deliver what ``owner_id``'s Outbox holds: each saved copy moves to Sent Items (same immutable id),
+    recipients get theirs. Stops holding. Returns how many messages went out. Call under the lock."""
+    sending = store.sending
+    sending.holding.discard(owner_id)
+    mine = [h for h in sending.held if h.owner_id == owner_id]
+    sending.held = [h for h in sending.held if h.owner_id != owner_id]
+    owner = book.by_id[owner_id]
+    box = store._mailbox(owner.id, owner.tenant_id)
+    sentitems = box.folder("sentitems")
+    assert sentitems is not None
+    for held in mine:
+        kept = box.message(held.message.immutable_id)
+        if held.saved and kept is not None and kept.folder_id != sentitems.id:
+            store._relocate(box, kept, sentitems)
+        submission = Submission(owner, None, None, held.recipients)
+        _deliver_copies(store, held.message, submission, book, held.fields, raw_mime=held.raw_mime)
+    return len(mine)
+
+
+def _landing(store: MailStore, call: _Call, sentitems: Folder) -> Folder:
+    """Where a submitted message waits: the Outbox while the mailbox's submissions are held."""
+    outbox = call.box.folder("outbox")
+    held = call.box.user_id in store.sending.holding
+    return outbox if held and outbox is not None else sentitems
 
 
 def _deliver_copies(

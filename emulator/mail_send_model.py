@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from .mail_model import Message
+
 MIB = 1024 * 1024
 # learn.microsoft.com/graph/outlook-large-attachments: "under 3 MB" in one POST, "between 3 MB and 150 MB"
 # through an upload session; learn.microsoft.com/graph/api/attachment-createuploadsession: byte ranges
@@ -92,6 +94,18 @@ class UploadSession:
 
 
 @dataclass
+class HeldSubmission:
+    """A submitted message waiting in its mailbox's Outbox (the mailbox's submissions are held)."""
+
+    owner_id: str
+    message: Message  # the Outbox copy when ``saved``, else the only copy (in no folder)
+    saved: bool
+    recipients: list[str]
+    fields: dict[str, Any]  # what each recipient's copy is made of
+    raw_mime: bytes | None = None
+
+
+@dataclass
 class SendingState:
     """Rights, limits' windows, the outbox and upload sessions of every mailbox."""
 
@@ -103,6 +117,9 @@ class SendingState:
     recipients: dict[str, deque[tuple[float, int]]] = field(default_factory=dict)
     outbox: list[OutboxEntry] = field(default_factory=list)
     uploads: dict[str, UploadSession] = field(default_factory=dict)
+    # mailboxes whose submissions wait in the Outbox until released (control API), and what waits
+    holding: set[str] = field(default_factory=set)
+    held: list[HeldSubmission] = field(default_factory=list)
 
     def has_right(self, owner_id: str, user_id: str | None, *names: str) -> bool:
         granted = self.rights.get((owner_id, user_id or ""), set())

@@ -292,3 +292,30 @@ def test_a_reply_draft_threads_on_the_original_and_arrives_threaded(tenant: Emul
     [answer] = [m for m in thread if m["internetMessageId"] == draft["internetMessageId"]]
     megan_sent = tenant.client.sent_items(tenant.users["megan"].id)
     assert answer["conversationId"] == megan_sent[0]["conversationId"]
+
+
+# -- submission held in the Outbox -----------------------------------------------------------------
+
+
+def test_a_held_submission_waits_in_the_outbox_until_released(tenant: EmulatorTenant, sender: str) -> None:
+    adele = tenant.users["adele"].id
+    draft = post(tenant, sender, "/me/messages", draft_body(tenant)).json()
+    tenant.client.hold_submissions(adele)
+
+    assert post(tenant, sender, f"/me/messages/{draft['id']}/send").status_code == 202
+    assert post(tenant, sender, "/me/sendMail", {"message": draft_body(tenant, subject="second")}).status_code == 202
+
+    waiting = get(tenant, sender, f"/me/messages/{draft['id']}", IMMUTABLE, **{"$select": "isDraft,parentFolderId"})
+    outbox = tenant.client.folder_messages(adele, "outbox")
+    assert waiting.json()["isDraft"] is False
+    assert waiting.json()["parentFolderId"] == outbox[0]["parentFolderId"]
+    assert len(outbox) == 2
+    assert tenant.client.sent_items(adele) == []
+    assert inbox_of(tenant, "megan") == []
+
+    assert tenant.client.release_submissions(adele) == 2
+
+    assert sorted(m["subject"] for m in tenant.client.sent_items(adele)) == ["Proposal", "second"]
+    assert draft["id"] in {m["immutableId"] for m in tenant.client.sent_items(adele)}
+    assert sorted(m["subject"] for m in inbox_of(tenant, "megan")) == ["Proposal", "second"]
+    assert tenant.client.folder_messages(adele, "outbox") == []
