@@ -55,7 +55,17 @@ from typing import TYPE_CHECKING, Any
 from .core import GraphContext, Response, graph_error, now_utc
 from .mail_compose import _generated_headers, compose_message, new_internet_message_id
 from .mail_mime import parse_mime
-from .mail_model import Attachment, Folder, Message, View, looks_like_html, new_id, recipient, render_message
+from .mail_model import (
+    Attachment,
+    Folder,
+    Message,
+    View,
+    looks_like_html,
+    looks_like_id,
+    new_id,
+    recipient,
+    render_message,
+)
 from .mail_send_model import HeldSubmission, OutboxEntry, SendLimits
 from .mail_upload import add_attachment, create_upload_session, delete_attachment
 
@@ -154,6 +164,8 @@ def handle_write(store: MailStore, call: _Call, segments: list[str], book: Addre
     if lowered[:1] != ["messages"] or len(lowered) < 2:
         return _not_supported(call)
     msg = call.box.message(segments[1])
+    if msg is None and not looks_like_id(segments[1]):
+        return graph_error(400, "ErrorInvalidIdMalformed", "Id is malformed.")
     if msg is None:
         return graph_error(404, "ErrorItemNotFound", "The specified object was not found in the store.")
     rest = lowered[2:]
@@ -376,6 +388,8 @@ def _send_mime(store: MailStore, call: _Call, book: AddressBook) -> Response:
     assert sentitems is not None
     landing = _landing(store, call, sentitems)
     msg = store._create_message(call.box, {**fields, "folder": landing.id, "is_read": True}, raw_mime=raw)
+    if submission.sender is not None:
+        msg.sender = submission.sender
     without_bcc = {
         **fields,
         "bcc": [],
