@@ -66,7 +66,7 @@ from .mail_model import (
     recipient,
     render_message,
 )
-from .mail_send_model import HeldSubmission, OutboxEntry, SendLimits
+from .mail_send_model import GRAPH_REQUEST_LIMIT, HeldSubmission, OutboxEntry, SendLimits
 from .mail_upload import add_attachment, create_upload_session, delete_attachment
 
 if TYPE_CHECKING:
@@ -149,6 +149,10 @@ class Submission:
 def handle_write(store: MailStore, call: _Call, segments: list[str], book: AddressBook) -> Response:
     """A write route of a mailbox (see the module table); 405 for anything else. Call under the lock."""
     method = call.ctx.request.method.upper()
+    if len(call.ctx.request.body) > GRAPH_REQUEST_LIMIT:
+        # Graph's request size limit: microsoft-graph-docs #85 ("a 4MB limit on the size of a request"),
+        # InnoGE/laravel-msgraph-mail #41 (sendMail with attachments over 4 MB fails)
+        return graph_error(413, "RequestEntityTooLarge", "Maximum request length exceeded.")
     lowered = [s.lower() for s in segments]
     if lowered == ["sendmail"] and method == "POST":
         return send_mail(store, call, book)
