@@ -619,10 +619,30 @@ def message_fields(payload: dict[str, Any], *, creating: bool) -> dict[str, Any]
                 return attachments
             fields["_attachments"] = attachments
         else:
-            fields[SIMPLE_PROPS[name]] = value
+            problem = _simple_value_problem(name, value)
+            if problem:
+                return _bad_body(problem)
+            fields[SIMPLE_PROPS[name]] = value.lower() if name in ("importance", "inferenceClassification") else value
     if not creating:
         fields.pop("headers", None)
     return fields
+
+
+def _simple_value_problem(name: str, value: Any) -> str | None:
+    """Why ``value`` cannot be the message property ``name`` (None if it can)."""
+    if name in ("isRead", "isDeliveryReceiptRequested", "isReadReceiptRequested"):
+        return None if isinstance(value, bool) else f"'{name}' must be true or false."
+    if name == "importance":
+        return None if str(value).lower() in ("low", "normal", "high") else "'importance' must be low, normal or high."
+    if name == "inferenceClassification":
+        known = str(value).lower() in ("focused", "other")
+        return None if known else "'inferenceClassification' must be focused or other."
+    if name == "categories":
+        ok = isinstance(value, list) and all(isinstance(c, str) for c in value)
+        return None if ok else "'categories' must be a collection of strings."
+    if name == "flag":
+        return None if isinstance(value, dict) else "'flag' must be a followupFlag object."
+    return None if isinstance(value, str) else f"'{name}' must be a string."
 
 
 def apply_fields(msg: Message, fields: dict[str, Any]) -> set[str]:

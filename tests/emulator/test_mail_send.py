@@ -370,3 +370,18 @@ def test_create_reply_all_answers_everyone_but_oneself(tenant: EmulatorTenant, s
     assert to == ["dan@talent.example", "erin@fabrikam.example"]
     assert cc == [megan.mail]
     assert draft["conversationId"] == received["conversationId"]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"categories": "not-a-list"}, {"isRead": "yes"}, {"importance": "urgent"}, {"subject": 5}, {"flag": "x"}],
+)
+def test_a_property_of_the_wrong_shape_is_a_400_not_a_crash(
+    tenant: EmulatorTenant, sender: str, change: dict[str, Any]
+) -> None:
+    draft = post(tenant, sender, "/me/messages", draft_body(tenant)).json()
+
+    created = post(tenant, sender, "/me/messages", draft_body(tenant, **change))
+    patched = tenant.graph("PATCH", f"/me/messages/{draft['id']}", sender, json=change)
+
+    assert (created.status_code, patched.status_code) == (400, 400)
