@@ -385,3 +385,16 @@ def test_a_property_of_the_wrong_shape_is_a_400_not_a_crash(
     patched = tenant.graph("PATCH", f"/me/messages/{draft['id']}", sender, json=change)
 
     assert (created.status_code, patched.status_code) == (400, 400)
+
+
+def test_without_the_immutable_id_preference_the_draft_id_is_gone_after_sending(
+    tenant: EmulatorTenant, sender: str
+) -> None:
+    draft = tenant.graph("POST", "/me/messages", sender, json=draft_body(tenant)).json()
+    state = tenant.client.message(tenant.users["adele"].id, draft["id"])
+
+    assert tenant.graph("POST", f"/me/messages/{draft['id']}/send", sender).status_code == 202
+
+    assert get(tenant, sender, f"/me/messages/{draft['id']}").status_code == 404  # a REST id changes on a move
+    by_immutable = get(tenant, sender, f"/me/messages/{state['immutableId']}", IMMUTABLE)
+    assert by_immutable.json()["isDraft"] is False
