@@ -28,8 +28,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Protocol
@@ -55,7 +58,9 @@ class SyncRunEvent:
     ``outcome``: the run's ``RunStatus`` (``done``, ``more``, ``busy``, ``skipped``, ``failed``), or
     ``raised`` when an unclassified failure escaped (the queue retries it). ``idle``: a poll that found
     nothing and wrote nothing. ``requested``: a run a CRM polls (Sync now, backfill, a notification).
-    ``mailbox_status``: the mailbox's status as read at the end of the run (empty when it is gone).
+    ``trigger``: the sync message's reason (``timer``, ``sync_now``, ``backfill``, ``continuation``,
+    ``scheduled``; ``other`` for a reason that is not a plain word; empty for a run not started from the
+    sync queue). ``mailbox_status``: the mailbox's status as read at the end of the run (empty when it is gone).
     ``reasons``: the run report's counts per decision reason (``matched``, ``unmatched``, ``bulk``, ...)
     and per page event (``skipped_items``, ``folders_resynced``, ...). ``requests``: provider requests
     (a batch counts once, a retry again); ``throttled``: responses that asked to slow down (429, 503, ...);
@@ -71,6 +76,7 @@ class SyncRunEvent:
     outcome: str = ""
     idle: bool = False
     requested: bool = False
+    trigger: str = ""
     mode: str = ""
     mailbox_status: str = ""
     failure_class: str = ""
@@ -225,6 +231,22 @@ def emit_send(
 
 # -- the sync run's event ----------------------------------------------------------------------------
 
+_trigger: ContextVar[str] = ContextVar("sync_trigger", default="")
+_PLAIN_WORD = re.compile(r"[a-z_]{1,32}")
+
+
+@contextmanager
+def sync_trigger(reason: str) -> Iterator[None]:
+    """Runs started inside say ``reason`` as their event's ``trigger`` (the scheduler sets the queue
+    message's reason around the run, so the run's signature need not carry it). The reason is free text
+    on the wire: anything but a plain word shows as ``other``."""
+    token = _trigger.set(reason if _PLAIN_WORD.fullmatch(reason) else "other")
+    try:
+        yield
+    finally:
+        _trigger.reset(token)
+
+
 
 class MailAges:
     """Received times of the messages a run saw first, summed up: their age is taken when the run ends."""
@@ -278,6 +300,7 @@ class RunProbe:
     run's one event from whatever was reached, however the run ended."""
 
     requested: bool = False
+    trigger: str = field(default_factory=_trigger.get)
     started: float = field(default_factory=time.perf_counter)
     mailbox: Mailbox | None = None
     automation_enabled: bool = True
@@ -314,6 +337,7 @@ class RunProbe:
             outcome=outcome.status.value if outcome is not None else "raised",
             idle=run.idle if run is not None else False,
             requested=self.requested,
+            trigger=self.trigger,
             mode=mailbox.mode.value if mailbox is not None else "",
             mailbox_status=_status_after(mailbox, automation, outcome),
             failure_class=report.error_class if report is not None else "",

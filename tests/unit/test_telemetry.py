@@ -239,7 +239,11 @@ def test_each_queue_message_logs_one_run_event(captured: Captured) -> None:
 
     assert process_message(world.app.schedule_deps(), body, 1, 5).value == "done"
 
-    assert [e["outcome"] for e in captured.events()] == ["done"]
+    assert [(e["outcome"], e["trigger"]) for e in captured.events()] == [("done", "timer")]
+    odd = json.dumps({"org_id": ORG, "mailbox_id": "mb-adele", "reason": "Timer for adele@acme.example"})
+    process_message(world.app.schedule_deps(), odd, 1, 5)
+    world.sync()
+    assert [e["trigger"] for e in captured.events()[1:]] == ["other", ""]  # odd text; not from the queue
 
 
 # -- webhooks ----------------------------------------------------------------------------------------
