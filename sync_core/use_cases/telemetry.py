@@ -60,7 +60,8 @@ class SyncRunEvent:
     nothing and wrote nothing. ``requested``: a run a CRM polls (Sync now, backfill, a notification).
     ``trigger``: the sync message's reason (``timer``, ``sync_now``, ``backfill``, ``continuation``,
     ``scheduled``; ``other`` for a reason that is not a plain word; empty for a run not started from the
-    sync queue). ``mailbox_status``: the mailbox's status as read at the end of the run (empty when it is gone).
+    sync queue). ``provider``: the mailbox's provider (``microsoft``, ``imap``, ``google``).
+    ``mailbox_status``: the mailbox's status as read at the end of the run (empty when it is gone).
     ``reasons``: the run report's counts per decision reason (``matched``, ``unmatched``, ``bulk``, ...)
     and per page event (``skipped_items``, ``folders_resynced``, ...). ``requests``: provider requests
     (a batch counts once, a retry again); ``throttled``: responses that asked to slow down (429, 503, ...);
@@ -77,6 +78,7 @@ class SyncRunEvent:
     idle: bool = False
     requested: bool = False
     trigger: str = ""
+    provider: str = ""
     mode: str = ""
     mailbox_status: str = ""
     failure_class: str = ""
@@ -338,6 +340,7 @@ class RunProbe:
             idle=run.idle if run is not None else False,
             requested=self.requested,
             trigger=self.trigger,
+            provider=mailbox.provider if mailbox is not None else "",
             mode=mailbox.mode.value if mailbox is not None else "",
             mailbox_status=_status_after(mailbox, automation, outcome),
             failure_class=report.error_class if report is not None else "",

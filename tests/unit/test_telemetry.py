@@ -120,7 +120,8 @@ def test_a_run_with_matched_and_unmatched_mail_logs_one_event_with_its_counts_an
     assert event["event"] == "sync_run" and event["schema"] == 1
     assert (event["org_id"], event["mailbox_id"], event["run_id"]) == (ORG, "mb-adele", report.run_id)
     assert (event["outcome"], event["idle"], event["requested"]) == ("done", False, False)
-    assert (event["mailbox_status"], event["mode"], event["failure_class"]) == ("active", "delegated", "")
+    assert (event["mailbox_status"], event["failure_class"]) == ("active", "")
+    assert (event["provider"], event["mode"]) == ("microsoft", "delegated")
     assert event["reasons"] == {"matched": 1, "unmatched": 1, "skipped_items": 0}
     assert (event["messages"], event["activities_created"], event["activities_merged"]) == (2, 1, 0)
     assert event["pages"] == report.pages and event["requests"] == report.graph_requests > 0
