@@ -30,7 +30,7 @@ from sync_core.ports.identity import (
     TokenCacheStore,
     TokenSource,
 )
-from sync_core.ports.mail import DeltaPage, MailSource
+from sync_core.ports.mail import DeltaPage, MailSource, ReportsUsage, RequestUsage
 from sync_core.ports.push import (
     ActivityEvents,
     CreatedSubscription,
@@ -94,6 +94,8 @@ __all__ = [
     "RecordLookup",
     "RecordLookupResult",
     "RecordsIndex",
+    "ReportsUsage",
+    "RequestUsage",
     "RunReport",
     "RunReportStore",
     "SettingsRepository",
