@@ -9,6 +9,7 @@ import pytest
 
 from sync_core.adapters.google.http import BatchItem, _retryable, classify, parse_batch_response
 from sync_core.adapters.google.mail import (
+    GmailMailSource,
     _parse_link,
     attachment_summaries,
     body_text,
@@ -16,8 +17,9 @@ from sync_core.adapters.google.mail import (
     gmail_label,
     message_from_gmail,
 )
-from sync_core.domain.model import AttachmentSummary, EmailAddress
+from sync_core.domain.model import AttachmentSummary, EmailAddress, Mailbox
 from sync_core.errors import DeltaTokenExpired, GoogleError, MailboxAccessDenied, MessageNotFound
+from sync_core.ports import ReportsUsage, RequestUsage
 
 
 def b64(text: str) -> str:
@@ -159,3 +161,11 @@ def test_cursors_carry_the_history_id_and_page_token() -> None:
     assert _parse_link("gmail:history:123") == ("history", "123", "")
     assert _parse_link("gmail:history:123:tok") == ("history", "123", "tok")
     assert _parse_link("gmail:list:123:1793523599:tok") == ("list", "123", "1793523599:tok")
+
+
+def test_the_gmail_source_reports_its_throttling_like_the_graph_one_and_nothing_for_an_unread_mailbox() -> None:
+    source = GmailMailSource(lambda _m: None)  # type: ignore[arg-type, return-value]
+    mailbox = Mailbox("org", "mb-1", "a@b.example", ("a@b.example",), datetime(2026, 1, 1, tzinfo=UTC))
+
+    assert isinstance(source, ReportsUsage)
+    assert source.usage_for(mailbox) == RequestUsage()

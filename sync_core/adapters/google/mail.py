@@ -43,7 +43,7 @@ from sync_core.domain.folders import DEFAULT_FOLDERS, FolderRole
 from sync_core.domain.model import AttachmentSummary, Mailbox, MailMessage
 from sync_core.domain.text import html_text, preview
 from sync_core.errors import DeltaTokenExpired, MessageNotFound
-from sync_core.ports import DeltaPage
+from sync_core.ports import DeltaPage, RequestUsage
 
 GMAIL_LABELS: Mapping[FolderRole, str] = {FolderRole.INBOX: "INBOX", FolderRole.SENT: "SENT"}
 """Gmail's system label of each folder role."""
@@ -81,6 +81,16 @@ class GmailMailSource:
         with self._lock:
             client = self._clients.get(f"{mailbox.org_id}/{mailbox.mailbox_id}")
         return client.metrics.requests if client is not None else 0
+
+    def usage_for(self, mailbox: Mailbox) -> RequestUsage:
+        """The mailbox's GmailHttp counts: requests (a batch once), throttled answers (429, 403 rate
+        limits and retried 5xx, batched calls too) and seconds slept in backoff (``ReportsUsage``)."""
+        with self._lock:
+            client = self._clients.get(f"{mailbox.org_id}/{mailbox.mailbox_id}")
+        if client is None:
+            return RequestUsage()
+        metrics = client.metrics
+        return RequestUsage(metrics.requests, metrics.throttled, metrics.waited_seconds)
 
     # -- delta ------------------------------------------------------------------------------------
 
