@@ -6,13 +6,14 @@ check of the end state."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from emulator.google.server import GoogleEmulatorServer
-from sync_core.domain.model import OrgSettings
+from sync_core.domain.model import FolderFilter, OrgSettings
 from tests.integration.gmail_env import GmailSyncEnv, gmail_env
 from tests.integration.sync_env import ADELE, CAROL, DAN, NEVER_LOG, ORG, STRANGER, SyncEnv, sync_env
 
@@ -113,3 +114,28 @@ def test_one_message_seen_by_a_gmail_and_a_microsoft_365_mailbox_of_the_org_is_o
          for o in (from_graph, from_gmail, *again)],
         {imid: (sorted(a.mailbox_ids), sorted(r.record_id for r in a.records)) for imid, a in stored.items()},
     ) == ([(1, 0), (0, 1), (0, 0), (0, 0)], {shared: ([ADELE, "mb-gina"], ["c-carol"])})  # fmt: skip
+
+
+def test_with_all_folders_every_label_but_spam_trash_and_drafts_is_synced_and_explain_finds_a_copy(
+    gmail_env: GmailSyncEnv,
+) -> None:
+    env = gmail_env
+    adele = env.address("adele")
+    settings = env.stores.settings.get(ORG)
+    env.stores.settings.put(ORG, replace(settings, folders=FolderFilter.ALL))
+    delivered = {}
+    for subject, labels in [("Filed", ["Projects"]), ("Starred archive", ["STARRED"]), ("In inbox", ["INBOX"]),
+                            ("Junk", ["SPAM"]), ("Binned", ["TRASH"])]:  # fmt: skip
+        mid = f"<{subject.replace(' ', '-').lower()}-{ORG}@client.example>"
+        env._call("POST", f"users/{adele}/messages", {"from": CAROL, "to": [adele], "subject": subject,
+                                                      "message_id": mid, "labels": labels})  # fmt: skip
+        delivered[subject] = mid
+
+    outcome = env.sync(ADELE)
+    found = env.mail_source().find_message(env.mailboxes[ADELE], delivered["In inbox"].strip("<>"))
+    junk = env.mail_source().find_message(env.mailboxes[ADELE], delivered["Junk"])
+
+    assert (
+        outcome.status, stored_subjects(env), found is not None and (found.folder, found.subject),
+        junk is not None and junk.folder,
+    ) == ("done", ["Filed", "In inbox", "Starred archive"], ("inbox", "In inbox"), "junkemail")  # fmt: skip
