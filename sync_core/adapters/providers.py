@@ -79,6 +79,9 @@ class MailSourceByProvider:
     def attachments(self, mailbox: Mailbox, source_ids: Sequence[str]) -> Mapping[str, tuple[AttachmentSummary, ...]]:
         return self.source_for(mailbox).attachments(mailbox, source_ids)
 
+    def complete(self, mailbox: Mailbox, messages: Sequence[MailMessage]) -> Sequence[MailMessage]:
+        return self.source_for(mailbox).complete(mailbox, messages)
+
     def find_message(self, mailbox: Mailbox, internet_message_id: str) -> MailMessage | None:
         return self.source_for(mailbox).find_message(mailbox, internet_message_id)
 

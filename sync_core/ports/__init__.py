@@ -34,6 +34,7 @@ from sync_core.ports.mail import DeltaPage, MailSource, ReportsUsage, RequestUsa
 from sync_core.ports.push import (
     ActivityEvents,
     CreatedSubscription,
+    MailboxPushes,
     PushSubscription,
     SubscriptionApi,
     SubscriptionStore,
@@ -82,6 +83,7 @@ __all__ = [
     "LeaseStore",
     "MailSource",
     "MailboxCatalog",
+    "MailboxPushes",
     "MailboxRepository",
     "MailboxSummary",
     "OrgTenant",

@@ -44,6 +44,14 @@ class MailSource(Protocol):
         longer has (deleted or moved since it was listed) is left out of the answer: a per-message failure
         that costs that message its attachment summary, not the run."""
 
+    def complete(self, mailbox: Mailbox, messages: Sequence[MailMessage]) -> Sequence[MailMessage]:
+        """The matched ``messages`` with everything the pipeline stores: body text and, where the
+        provider lists them in the same read, attachment summaries (``attachments`` set). Two-phase
+        fetch: a provider whose delta pages carry headers only (Gmail ``format=metadata``) reads bodies
+        here, for matched mail only; one whose pages already carry bodies (Graph) returns them as given.
+        Same order; a message the source no longer has is returned as given (stored without its body),
+        never dropped."""
+
     def find_message(self, mailbox: Mailbox, internet_message_id: str) -> MailMessage | None:
         """The mailbox's copy of the message with this Internet Message-ID (with or without its angle
         brackets), read as the sync reads it; a copy in a ``DEFAULT_FOLDERS`` folder is preferred, its

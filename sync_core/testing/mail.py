@@ -7,6 +7,8 @@ Links are opaque strings; ``expire_links()`` makes every issued link fail with D
 ``remove_folder`` makes a folder 404 whatever the link (it is still listed by ``folders``: deleted after
 the listing, the race a real run can meet); ``delete_message`` makes its attachment listing
 404 (it is left out of ``attachments``' answer, as GraphMailSource does).
+With ``headers_only`` its pages carry no bodies (as Gmail's ``format=metadata`` pages): ``complete`` gives
+them back and records the ids it was asked for (``completed``), as a two-phase provider does.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from sync_core.domain.folders import DEFAULT_FOLDERS
@@ -35,8 +37,10 @@ class FixedClock:
 
 
 class FakeMailSource:
-    def __init__(self, page_size: int = 3) -> None:
+    def __init__(self, page_size: int = 3, *, headers_only: bool = False) -> None:
         self.page_size = page_size
+        self.headers_only = headers_only
+        self.completed: list[str] = []  # source ids whose bodies ``complete`` read
         self.folders_: dict[str, list[MailMessage]] = {"inbox": [], "sentitems": []}
         self.files: dict[str, tuple[AttachmentSummary, ...]] = {}
         self._links: dict[str, tuple[str, int, datetime | None, int]] = {}  # link -> folder, pos, since, generation
@@ -116,6 +120,8 @@ class FakeMailSource:
         new_link = f"link-{next(self._ids)}"
         self._links[new_link] = (folder, end, since_filter, self._generation)
         caught_up = end >= len(log)
+        if self.headers_only:
+            items = [replace(m, body_text="", body_preview="") for m in items]
         return DeltaPage(
             folder=folder,
             messages=tuple(items),
@@ -131,6 +137,14 @@ class FakeMailSource:
     def attachments(self, mailbox: Mailbox, source_ids: Sequence[str]) -> Mapping[str, tuple[AttachmentSummary, ...]]:
         self._count(mailbox)
         return {sid: self.files.get(sid, ()) for sid in source_ids if sid not in self.deleted}
+
+    def complete(self, mailbox: Mailbox, messages: Sequence[MailMessage]) -> Sequence[MailMessage]:
+        if not self.headers_only:
+            return messages  # delivered messages carry their bodies, as Graph's delta pages do
+        self._count(mailbox)
+        self.completed.extend(m.source_id for m in messages)
+        full = {m.source_id: m for log in self.folders_.values() for m in log}
+        return [full.get(m.source_id, m) for m in messages]
 
     def find_message(self, mailbox: Mailbox, internet_message_id: str) -> MailMessage | None:
         self._count(mailbox)

@@ -34,6 +34,9 @@ from sync_core.ports import ActivityWrite, RecordLookupResult, RecordsIndex, Thr
 AttachmentFetcher = Callable[[Sequence[str]], Mapping[str, tuple[AttachmentSummary, ...]]]
 """Attachment summaries of messages by ``source_id`` (one batched request where the provider allows it);
 None when the messages already carry them (RFC 822 uploads)."""
+MessageCompleter = Callable[[Sequence[MailMessage]], Sequence[MailMessage]]
+"""The matched messages with their bodies (``MailSource.complete``: two-phase fetch, bodies read for
+matched mail only); None when the messages already carry them."""
 
 
 def decide_messages(
@@ -60,9 +63,12 @@ def build_activities(
     activities: ThreadLookup,
     reasons: Counter[str],
     fetch_attachments: AttachmentFetcher | None = None,
+    complete: MessageCompleter | None = None,
 ) -> list[Activity]:
     """Decide each message as seen in ``mailbox`` and build the activities of the matched ones (not
-    stored: the caller saves them). Adds one count per message to ``reasons``."""
+    stored: the caller saves them). Adds one count per message to ``reasons``. Decisions need headers
+    only: bodies are read (``complete``) for matched messages alone, and attachment listings fetched
+    for matched messages that have attachments not yet summarised."""
     if not messages:
         return []
     decisions = []
@@ -72,7 +78,10 @@ def build_activities(
             decisions.append((message, decision))
     if not decisions:
         return []
-    with_files = [m.source_id for m, _ in decisions if m.has_attachments]
+    if complete is not None:
+        completed = complete([m for m, _ in decisions])
+        decisions = [(full, d) for full, (_, d) in zip(completed, decisions, strict=True)]
+    with_files = [m.source_id for m, _ in decisions if m.has_attachments and not m.attachments]
     files = fetch_attachments(with_files) if with_files and fetch_attachments is not None else {}
     threads = thread_ids(activities, mailbox.org_id, [m for m, _ in decisions])
     mailbox_ids = (mailbox.mailbox_id,) if mailbox.mailbox_id else ()

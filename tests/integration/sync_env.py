@@ -70,6 +70,7 @@ def iso(moment: datetime) -> str:
 
 @dataclass
 class SyncEnv:
+    provider = "microsoft"  # the Gmail env (tests/integration/gmail_env.py) offers the same interface
     tenant: EmulatorTenant
     client: EmulatorClient
     service: TableServiceClient
@@ -198,6 +199,19 @@ class SyncEnv:
             found += payload["value"]
             url = payload.get("@odata.nextLink")
         return found
+
+    @property
+    def domain(self) -> str:
+        return self.tenant.domain
+
+    def send(self, user: str, **fields: Any) -> dict[str, Any]:
+        """Through the emulator's transport: the sender's Sent Items copy and an Inbox copy in every
+        recipient mailbox of the tenant; ``{"sent": ids, ...}``."""
+        return self.client.send(self.user_id(user), **fields)
+
+    def expire_delta_state(self, user: str) -> None:
+        """Graph forgets the mailbox's delta tokens (410 SyncStateNotFound on the next use)."""
+        self.client.expire_delta_tokens(self.user_id(user))
 
     def requests_seen(self, user: str) -> dict[str, Any]:
         """The emulator's count of Graph calls that targeted the mailbox (``$batch`` sub-requests each)."""

@@ -105,6 +105,9 @@ class HookedMail:
     def attachments(self, mailbox: Mailbox, source_ids: Sequence[str]) -> Mapping[str, tuple[AttachmentSummary, ...]]:
         return self.inner.attachments(mailbox, source_ids)
 
+    def complete(self, mailbox: Mailbox, messages: Sequence[MailMessage]) -> Sequence[MailMessage]:
+        return self.inner.complete(mailbox, messages)
+
     def find_message(self, mailbox: Mailbox, internet_message_id: str) -> MailMessage | None:
         return self.inner.find_message(mailbox, internet_message_id)
 

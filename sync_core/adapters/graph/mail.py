@@ -183,6 +183,10 @@ class GraphMailSource:
                 raise
         return {mid: files for mid, files in found.items() if files is not None}
 
+    def complete(self, mailbox: Mailbox, messages: Sequence[MailMessage]) -> Sequence[MailMessage]:
+        """Delta pages already carry plain-text bodies; attachments are listed by ``attachments``."""
+        return messages
+
     def find_message(self, mailbox: Mailbox, internet_message_id: str) -> MailMessage | None:
         """One ``$filter`` on ``internetMessageId`` (as given, then in angle brackets), then the ids of the
         well-known folders in one ``$batch`` to name the copies' folders."""
