@@ -42,13 +42,14 @@ def put_record(svc: Services, req: ApiRequest) -> ApiResponse:
 
 
 def _upsert(svc: Services, org: str, records: list[Record]) -> None:
-    """Write the records, then queue the backfill of what they added (read before the write)."""
+    """Queue the backfill of what the records add (compared with the stored ones), then write them: a
+    failed write retried by the CRM finds the same terms (see ``record_backfill.request_for_records``)."""
     from sync_core.use_cases import record_backfill  # noqa: PLC0415  (loaded only for writes)
 
     deps = svc.backfill_request_deps()
     before = record_backfill.records_before(deps, org, records)
-    svc.stores.records.upsert(org, records)
     record_backfill.request_for_records(deps, org, before, records)
+    svc.stores.records.upsert(org, records)
 
 
 def get_record_backfill(svc: Services, req: ApiRequest) -> ApiResponse:

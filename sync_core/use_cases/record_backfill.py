@@ -1,14 +1,15 @@
 """Record-driven backfill: a record's recent correspondence arrives by itself when the record is created or
 gains an address or a domain (org setting ``record_backfill_days``, 0 = off).
 
-    records API (PUT, records:batch) ── request_for_records(before, after)
+    records API (PUT, records:batch) ── records_before ── request_for_records(before, after) ── upsert
         │  new terms = addresses (and, when the org matches by domain, domains) the record did not have
         │  nothing new, or the setting is 0: nothing at all (no read of mailboxes, no job, no search)
         ▼
     per syncable mailbox of the org: merge the terms into its open job (one per mailbox, compare-and-set),
         or open one and queue ``BackfillRecords(org, mailbox, job)`` on the sync queue (once per job)
         ▼  queue trigger → commands.dispatch → run_job
-    take the mailbox's sync lease (busy: retried after ``BUSY_RETRY``) ─ claim the job (queued → running,
+    take the mailbox's sync lease (busy: retried after ``BUSY_RETRY``) ─ the terms in the index yet?
+    (else again after ``SETTLE_RETRY``, for up to ``SETTLE_WAIT``) ─ claim the job (queued → running,
     window fixed) ─ for each chunk of ``MAX_SEARCH_TERMS`` terms, each folder the org syncs:
         MailSource.search pages ─ pipeline.build_activities (filters, never-log, ambiguity, BCC, threads)
         ─ renew the lease; ActivityStore.save (keyed: dedupe) ─ renew; checkpoint the job's progress
@@ -87,6 +88,8 @@ log = logging.getLogger(__name__)
 MAX_JOB_TERMS = 2000
 MERGE_ATTEMPTS = 8
 BUSY_RETRY = timedelta(seconds=30)
+SETTLE_RETRY = timedelta(seconds=5)  # a job whose records are not written yet looks again this much later
+SETTLE_WAIT = timedelta(minutes=2)  # ... for at most this long after it was opened
 BUDGET = timedelta(minutes=4)
 
 
@@ -160,9 +163,11 @@ def records_before(deps: BackfillRequestDeps, org_id: str, records: Sequence[Rec
 def request_for_records(
     deps: BackfillRequestDeps, org_id: str, before: Mapping[str, Record] | None, after: Sequence[Record]
 ) -> tuple[str, ...]:
-    """Queue the search of what ``after`` adds to ``before`` in every syncable mailbox of the org (after
-    the records were written). Returns the ids of the jobs the terms went to; none when the setting is
-    off or nothing was added."""
+    """Queue the search of what ``after`` adds to ``before`` in every syncable mailbox of the org, before
+    the records are written: if the write then fails, the CRM's retry compares against the same stored
+    records and merges the same terms into the same open job (a set: no second search), and a job never
+    runs on terms the index does not hold yet (``_JobRun._records_written``). Returns the ids of the
+    jobs the terms went to; none when the setting is off or nothing was added."""
     settings = deps.settings.get(org_id)
     if before is None or settings.record_backfill_days <= 0:
         return ()
@@ -313,6 +318,8 @@ class _JobRun:
             self._finish(BackfillState.SKIPPED, "record backfill is switched off for the organisation")
             return JobOutcome(RunStatus.SKIPPED)
         mailbox = found.value
+        if self.job.state is BackfillState.QUEUED and not self._records_written():
+            return JobOutcome(RunStatus.MORE, SETTLE_RETRY.total_seconds())
         self.requests_before = self.deps.mail.requests_for(mailbox)
         try:
             if self.job.state is BackfillState.QUEUED:
@@ -333,6 +340,18 @@ class _JobRun:
             return JobOutcome(RunStatus.MORE, 0)
         self._finish(BackfillState.DONE, "", mailbox)
         return JobOutcome(RunStatus.DONE)
+
+    def _records_written(self) -> bool:
+        """Are the job's terms in the index yet? The API queues the job before it writes the records (so a
+        failed write retried by the CRM still finds its terms queued); a job that meets the index without
+        them waits ``SETTLE_RETRY`` at a time, up to ``SETTLE_WAIT`` after it was opened, then runs
+        anyway (a write that never happened, or a later change that removed the term, matches nothing)."""
+        if self.started - self.job.created_at >= SETTLE_WAIT:
+            return True
+        records = self.deps.records.get_many(self.job.org_id, self.job.record_ids).values()
+        emails = {address for record in records for address in record.emails}
+        domains = {domain for record in records for domain in record.domains}
+        return set(self.job.addresses) <= emails and set(self.job.domains) <= domains
 
     def _claim(self, mailbox: Mailbox, settings: OrgSettings) -> None:
         """queued → running, with the window fixed; then close the open pointer if it names this job."""

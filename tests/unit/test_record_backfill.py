@@ -56,8 +56,9 @@ class World:
     def put(self, *records: Record) -> tuple[str, ...]:
         deps = self.app.backfill_request_deps()
         before = record_backfill.records_before(deps, ORG, records)
+        jobs = record_backfill.request_for_records(deps, ORG, before, records)
         self.stores.records.upsert(ORG, records)
-        return record_backfill.request_for_records(deps, ORG, before, records)
+        return jobs
 
     def run_queue(self) -> list[str]:
         """Dispatch every queued message (continuations included) the way the queue trigger does."""
@@ -248,3 +249,31 @@ def test_a_settings_preview_tells_how_many_more_are_logged_and_why() -> None:
     result = preview.preview_settings(world.app.preview_deps(), ORG, "mb-adele", 7, proposed).to_json()
     assert result["delta"] == {"logged": -2, "reasons": {"matched": -2, "never_log": 2}}
     assert result["changes"] == [{"from": "matched", "to": "never_log", "messages": 2}]
+
+
+def test_a_job_queued_before_its_records_were_written_waits_for_them_then_runs_anyway() -> None:
+    world = World()
+    world.mail.deliver(message("dan@talent.example", ["adele@acme.example"], NOW - timedelta(days=1)))
+    deps = world.app.backfill_request_deps()
+    dan = Record("cand-dan", "candidate", emails=("dan@talent.example",))
+    record_backfill.request_for_records(deps, ORG, {}, [dan])  # the records write has not landed (yet)
+    body = world.queue.messages.pop(0).body
+    assert commands.dispatch(world.app, "sync", json.dumps(body)) == "more"  # type: ignore[arg-type]
+    assert world.queue.messages[0].delay_seconds == 5 and world.mail.searches == []
+
+    world.stores.records.upsert(ORG, [dan])  # the CRM's retry wrote it; the same terms were merged again
+    assert record_backfill.request_for_records(deps, ORG, {}, [dan]) == (world.jobs.jobs()[0].job_id,)
+    assert len(world.queue.messages) == 1
+    assert world.run_queue() == ["done"] and len(world.timeline("cand-dan")) == 1
+
+
+def test_a_job_whose_records_never_arrive_runs_after_the_settle_wait_and_logs_nothing() -> None:
+    world = World()
+    world.mail.deliver(message("dan@talent.example", ["adele@acme.example"], NOW - timedelta(days=1)))
+    deps = world.app.backfill_request_deps()
+    never_written = Record("cand-dan", "candidate", emails=("dan@talent.example",))
+    record_backfill.request_for_records(deps, ORG, {}, [never_written])
+    world.clock.moment += record_backfill.SETTLE_WAIT
+    assert world.run_queue() == ["done"]
+    assert world.jobs.jobs()[0].reasons == {"unmatched": 1}
+    assert world.timeline("cand-dan") == []
