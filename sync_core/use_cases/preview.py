@@ -30,7 +30,7 @@ from datetime import datetime, timedelta
 
 from sync_core.domain.folders import DEFAULT_FOLDERS
 from sync_core.domain.model import FolderFilter, Mailbox, MailMessage, OrgSettings, Reason
-from sync_core.errors import MailboxNotFound, MessageNotFound
+from sync_core.errors import MailboxNotFound, MessageNotFound, NotSyncable
 from sync_core.ports import Clock, MailboxRepository, MailSource, RecordsIndex, SettingsRepository
 from sync_core.use_cases.pipeline import decide_messages
 
@@ -78,9 +78,15 @@ class Window:
 
 
 def _mailbox(deps: PreviewDeps, org_id: str, mailbox_id: str) -> Mailbox:
+    """The mailbox, refused like a backfill (``NotSyncable``) when it cannot sync: a preview of what
+    could not run would only show a connection's errors."""
     found = deps.mailboxes.get(org_id, mailbox_id)
     if found is None:
         raise MailboxNotFound(f"no mailbox {mailbox_id}")
+    refusal = found.value.sync_refusal(deps.settings.get(org_id).automation_enabled)
+    if refusal is not None:
+        status, reason = refusal
+        raise NotSyncable(status.value, reason)
     return found.value
 
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from sync_core.domain.model import EmailAddress, Mailbox, MailMessage, OrgSettings, Record
+from sync_core.errors import NotSyncable
 from sync_core.ports import BackfillState, SearchQuery
 from sync_core.testing.app import InMemoryApp
 from sync_core.testing.backfill import InMemoryBackfillJobStore
@@ -277,3 +281,13 @@ def test_a_job_whose_records_never_arrive_runs_after_the_settle_wait_and_logs_no
     assert world.run_queue() == ["done"]
     assert world.jobs.jobs()[0].reasons == {"unmatched": 1}
     assert world.timeline("cand-dan") == []
+
+
+def test_a_preview_of_a_mailbox_that_cannot_sync_is_refused_like_its_backfill() -> None:
+    world = World()
+    found = world.stores.mailboxes.get(ORG, "mb-adele")
+    assert found is not None
+    world.stores.mailboxes.replace(dataclasses.replace(found.value, enabled=False), found.etag)
+    with pytest.raises(NotSyncable):
+        preview.preview_backfill(world.app.preview_deps(), ORG, "mb-adele", 7)
+    assert world.mail.requests == 0
