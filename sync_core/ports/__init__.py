@@ -32,7 +32,15 @@ from sync_core.ports.identity import (
     TokenCacheStore,
     TokenSource,
 )
-from sync_core.ports.mail import MAX_SEARCH_TERMS, DeltaPage, MailSource, SearchPage, SearchQuery
+from sync_core.ports.mail import (
+    MAX_SEARCH_TERMS,
+    DeltaPage,
+    MailSource,
+    ReportsUsage,
+    RequestUsage,
+    SearchPage,
+    SearchQuery,
+)
 from sync_core.ports.push import (
     ActivityEvents,
     CreatedSubscription,
@@ -98,6 +106,8 @@ __all__ = [
     "RecordLookup",
     "RecordLookupResult",
     "RecordsIndex",
+    "ReportsUsage",
+    "RequestUsage",
     "RunReport",
     "RunReportStore",
     "SearchPage",
