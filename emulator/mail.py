@@ -71,6 +71,7 @@ from .mail_model import (
     render_folder,
     render_message,
 )
+from .mail_search import list_searched
 from .mail_send import AddressBook, handle_write, release_held
 from .mail_send_model import RIGHTS, SendingState, SendLimits
 from .mail_subscriptions import Notifier, SubscriptionService
@@ -206,6 +207,8 @@ class MailStore:
         select = parse_select(query.get("$select"))
         if isinstance(select, str):
             return _unknown_property(select, "message")
+        if "$search" in query:
+            return list_searched(self, ctx, box, folder, view=view, select=select)
         matches = _message_filter(query.get("$filter"))
         if matches is None:
             return graph_error(

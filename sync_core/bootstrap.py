@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from sync_core.adapters.graph.http import GraphHttp
     from sync_core.adapters.graph.identity import MsalIdentity
     from sync_core.adapters.storage_queue import StorageWorkQueue
+    from sync_core.adapters.table_backfill import TableBackfillJobStore
     from sync_core.adapters.table_due import TableDueIndex
     from sync_core.adapters.table_subscriptions import TableSubscriptionStore
     from sync_core.adapters.table_webhook_log import TableWebhookLog, TableWebhookSecretStore
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
     from sync_core.use_cases.mailbox_watch import MailboxWatchDeps
     from sync_core.use_cases.maintenance import MaintenanceDeps
     from sync_core.use_cases.notifications import NotificationDeps
+    from sync_core.use_cases.preview import PreviewDeps
+    from sync_core.use_cases.record_backfill import BackfillRequestDeps, RecordBackfillDeps
     from sync_core.use_cases.schedule import ScheduleDeps
     from sync_core.use_cases.subscriptions import SubscriptionDeps
     from sync_core.use_cases.sync_mailbox import SyncDeps, SyncOutcome
@@ -314,6 +317,49 @@ class Services:
             self.push_queue.enqueue(work.to_json())
         except Exception as exc:  # best effort: the maintenance timer subscribes it anyway
             log.warning("could not queue the subscriptions of a new mailbox (%s); the timer will", type(exc).__name__)
+
+    # -- record backfill and previews (issue 19) ------------------------------------------------------
+
+    @functools.cached_property
+    def backfill_jobs(self) -> TableBackfillJobStore:
+        from sync_core.adapters.table_backfill import TableBackfillJobStore
+
+        return TableBackfillJobStore(self.tables, self.settings.table_prefix, self.stores.metrics)
+
+    def record_backfill_deps(self) -> RecordBackfillDeps:
+        """Fresh per job run, like ``sync_deps`` (the mail source keeps per-run request counts)."""
+        from sync_core.use_cases.record_backfill import RecordBackfillDeps
+
+        s = self.stores
+        return RecordBackfillDeps(
+            mailboxes=s.mailboxes,
+            settings=s.settings,
+            records=s.records,
+            activities=s.activities,
+            leases=s.leases,
+            reports=s.runs,
+            jobs=self.backfill_jobs,
+            queue=self.queue,
+            mail=self.mail_source(),
+            clock=self.clock,
+            events=self.activity_events(),
+        )
+
+    def backfill_request_deps(self) -> BackfillRequestDeps:
+        """For the records API: no mail source, and the queue client is built only to queue a job."""
+        from sync_core.use_cases.record_backfill import BackfillRequestDeps
+
+        def enqueue(message: Mapping[str, str]) -> None:  # the queue SDK loads only when a job is queued
+            self.queue.enqueue(message)
+
+        s = self.stores
+        return BackfillRequestDeps(s.mailboxes, s.settings, s.records, self.backfill_jobs, self.clock, enqueue)
+
+    def preview_deps(self) -> PreviewDeps:
+        from sync_core.use_cases.preview import PreviewDeps
+
+        s = self.stores
+        return PreviewDeps(s.mailboxes, s.settings, s.records, self.mail_source(), self.clock)
 
     def schedule_deps(self) -> ScheduleDeps:
         from sync_core.adapters.table_due import TableMailboxCatalog

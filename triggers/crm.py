@@ -23,6 +23,20 @@ def put_settings(req: func.HttpRequest) -> func.HttpResponse:
     return run(req, settings.put_settings)
 
 
+@bp.route(route="orgs/{org}/settings:preview", methods=["POST"])
+def preview_settings(req: func.HttpRequest) -> func.HttpResponse:
+    from sync_core.api import settings
+
+    return run(req, settings.preview_settings)
+
+
+@bp.route(route="orgs/{org}/records/{record_id}/backfill", methods=["GET"])
+def get_record_backfill(req: func.HttpRequest) -> func.HttpResponse:
+    from sync_core.api import records
+
+    return run(req, records.get_record_backfill)
+
+
 @bp.route(route="orgs/{org}/records/{record_id}", methods=["GET"])
 def get_record(req: func.HttpRequest) -> func.HttpResponse:
     from sync_core.api import records

@@ -22,7 +22,7 @@ from typing import Generic, TypeVar
 
 from sync_core.domain.model import AttachmentSummary, Mailbox, MailMessage
 from sync_core.errors import UnknownProvider
-from sync_core.ports import DeltaPage, MailSource, ReportsUsage, RequestUsage
+from sync_core.ports import DeltaPage, MailSource, ReportsUsage, RequestUsage, SearchPage, SearchQuery
 
 T = TypeVar("T")
 
@@ -84,6 +84,9 @@ class MailSourceByProvider:
 
     def find_message(self, mailbox: Mailbox, internet_message_id: str) -> MailMessage | None:
         return self.source_for(mailbox).find_message(mailbox, internet_message_id)
+
+    def search(self, mailbox: Mailbox, query: SearchQuery, cursor: str | None) -> SearchPage:
+        return self.source_for(mailbox).search(mailbox, query, cursor)
 
     def folders(self, mailbox: Mailbox) -> tuple[str, ...]:
         return self.source_for(mailbox).folders(mailbox)

@@ -149,6 +149,11 @@ class TableRecordsIndex:
         entity = self._read(org_id, record_id)
         return _record_from(entity) if entity is not None else None
 
+    def get_many(self, org_id: str, record_ids: Sequence[str]) -> Mapping[str, Record]:
+        wanted = list(dict.fromkeys(record_ids))
+        found = self._read_many(org_id, wanted) if wanted else []
+        return {rid: _record_from(entity) for rid, entity in zip(wanted, found, strict=True) if entity is not None}
+
     def lookup(self, org_id: str, addresses: Iterable[str], domains: Iterable[str]) -> RecordLookupResult:
         """One point read of the org's version, then one partition query per distinct address and domain
         not cached under that version, run concurrently."""

@@ -1,8 +1,11 @@
-"""The records index: PUT/DELETE /api/orgs/{org}/records/{record_id}, POST /api/orgs/{org}/records:batch.
+"""The records index: PUT/DELETE /api/orgs/{org}/records/{record_id}, POST /api/orgs/{org}/records:batch,
+and GET /api/orgs/{org}/records/{record_id}/backfill (the record backfill's jobs of the record).
 
 Invariants: emails and domains are normalised before they are stored (what matching compares);
 a PUT replaces the record (idempotent); a batch reports every item's outcome and one bad item never
-stops the others.
+stops the others. With the org's ``record_backfill_days`` set, a write that adds addresses or domains to
+records queues their search (``use_cases.record_backfill``: one coalesced job per mailbox per call,
+nothing when nothing was added); the answer is the same either way.
 """
 
 from __future__ import annotations
@@ -34,8 +37,37 @@ RECORD_FIELDS = {"type", "name", "emails", "domains"}
 def put_record(svc: Services, req: ApiRequest) -> ApiResponse:
     org, record_id = req.param("org"), req.param("record_id")
     record = record_from_json(record_id, req.json_body())
-    svc.stores.records.upsert(org, [record])
+    _upsert(svc, org, [record])
     return ok(record_to_json(record))
+
+
+def _upsert(svc: Services, org: str, records: list[Record]) -> None:
+    """Queue the backfill of what the records add (compared with the stored ones), then write them: a
+    failed write retried by the CRM finds the same terms (see ``record_backfill.request_for_records``)."""
+    from sync_core.use_cases import record_backfill  # noqa: PLC0415  (loaded only for writes)
+
+    deps = svc.backfill_request_deps()
+    before = record_backfill.records_before(deps, org, records)
+    record_backfill.request_for_records(deps, org, before, records)
+    svc.stores.records.upsert(org, records)
+
+
+def get_record_backfill(svc: Services, req: ApiRequest) -> ApiResponse:
+    """The record's latest backfill job in each mailbox: state and counts (ids and counts only)."""
+    from sync_core.use_cases import record_backfill  # noqa: PLC0415
+
+    org, record_id = req.param("org"), req.param("record_id")
+    jobs = svc.backfill_jobs.jobs_of_record(org, record_id)
+    if not jobs and svc.stores.records.get(org, record_id) is None:
+        raise not_found("record")
+    shown = []
+    for mailbox_id, job_id in sorted(jobs.items()):
+        found = svc.backfill_jobs.get(org, mailbox_id, job_id)
+        if found is not None:
+            job = found.value
+            shown.append({**record_backfill.job_to_json(job), "logged": job.per_record.get(record_id, 0)})
+    days = svc.stores.settings.get(org).record_backfill_days
+    return ok({"record_id": record_id, "record_backfill_days": days, "jobs": shown})
 
 
 def get_record(svc: Services, req: ApiRequest) -> ApiResponse:
@@ -87,7 +119,7 @@ def batch_records(svc: Services, req: ApiRequest) -> ApiResponse:
             error = field_error("delete", "items must be record ids").body()["error"]
             results.append({"index": index, "op": "delete", "status": "error", "error": error})
     if records:
-        svc.stores.records.upsert(org, records)
+        _upsert(svc, org, records)
     if delete_ids:
         svc.stores.records.delete(org, delete_ids)
     failed = sum(1 for r in results if r["status"] == "error")

@@ -32,8 +32,9 @@ AMBIGUITY_POLICIES = tuple(policy.value for policy in Ambiguity)
 FIELDS = {
     "internal_domains", "never_log", "blocked_domains", "bulk_filters", "match_by_domain", "ambiguity",
     "type_order", "folders", "poll_interval_minutes", "return_url_allow_list", "webhook_url", "automation_enabled",
-    "allowed_tenants", "connect_confirmation",
+    "allowed_tenants", "connect_confirmation", "record_backfill_days",
 }
+MAX_RECORD_BACKFILL_DAYS = 365
 _TENANT_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -46,6 +47,36 @@ def put_settings(svc: Services, req: ApiRequest) -> ApiResponse:
     settings = settings_from_json(req.json_body())
     svc.stores.settings.put(org, settings)
     return ok(settings_to_json(settings))
+
+
+def proposed_settings(svc: Services, org: str, overlay: Any) -> OrgSettings | None:
+    """The stored settings with the fields of ``overlay`` (an object, validated like a PUT) laid over
+    them; None when there is no overlay."""
+    if overlay is None:
+        return None
+    if not isinstance(overlay, dict):
+        raise field_error("settings", "must be an object of settings fields")
+    merged = {**settings_to_json(svc.stores.settings.get(org)), **overlay}
+    return settings_from_json(merged)
+
+
+def preview_settings(svc: Services, req: ApiRequest) -> ApiResponse:
+    """POST /api/orgs/{org}/settings:preview ``{settings, mailbox_id, days}``: how many more or fewer
+    messages of the mailbox's last ``days`` days the proposed settings would log, and why
+    (``use_cases.preview``; inline, bounded, stores nothing)."""
+    from sync_core.use_cases import preview  # noqa: PLC0415
+
+    org = req.param("org")
+    body = req.json_body()
+    reject_unknown(body, {"settings", "mailbox_id", "days"})
+    mailbox_id = read_str(body, "mailbox_id", required=True, max_len=128) or ""
+    days = read_int(body, "days", 1, 365)
+    if days is None:
+        raise field_error("days", "is required: an integer from 1 to 365")
+    proposed = proposed_settings(svc, org, body.get("settings", {}))
+    assert proposed is not None
+    result = preview.preview_settings(svc.preview_deps(), org, mailbox_id, days, proposed)
+    return ok({"mailbox_id": mailbox_id, **result.to_json()})
 
 
 def settings_to_json(settings: OrgSettings) -> dict[str, Any]:
@@ -71,6 +102,7 @@ def settings_from_json(data: dict[str, Any]) -> OrgSettings:
     poll_interval = read_int(data, "poll_interval_minutes", 1, 1440)
     webhook = read_str(data, "webhook_url")
     connect_confirmation = read_bool(data, "connect_confirmation")
+    record_backfill_days = read_int(data, "record_backfill_days", 0, MAX_RECORD_BACKFILL_DAYS)
     return OrgSettings(
         internal_domains=_domains(data, "internal_domains"),
         never_log=_never_log(data),
@@ -91,6 +123,7 @@ def settings_from_json(data: dict[str, Any]) -> OrgSettings:
         connect_confirmation=(
             defaults.connect_confirmation if connect_confirmation is None else connect_confirmation
         ),
+        record_backfill_days=record_backfill_days or 0,
     )
 
 

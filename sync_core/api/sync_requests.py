@@ -1,4 +1,5 @@
-"""POST /api/orgs/{org}/mailboxes/{mailbox_id}/sync ("Sync now") and .../backfill ``{days}``.
+"""POST /api/orgs/{org}/mailboxes/{mailbox_id}/sync ("Sync now") and .../backfill ``{days}`` (``dry_run``:
+a preview answered at once, storing nothing).
 
 Both answer 202 once the run is queued (or coalesced with one already queued): the sync itself happens
 on the queue. The answer names the run to poll: ``run_id``, ``run_url`` and a ``Location`` header, all for
@@ -13,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from sync_core.api.http import ApiRequest, ApiResponse, field_error, read_int, reject_unknown
+from sync_core.api.http import ApiRequest, ApiResponse, field_error, ok, read_bool, read_int, reject_unknown
 from sync_core.domain.representation import iso
 from sync_core.use_cases import schedule
 
@@ -41,12 +42,23 @@ def sync_now(svc: Services, req: ApiRequest) -> ApiResponse:
 
 
 def backfill(svc: Services, req: ApiRequest) -> ApiResponse:
+    """Queue a backfill (202), or with ``"dry_run": true`` answer what it would log (200, inline and
+    bounded: ``use_cases.preview``), under the stored settings or ``"settings"`` laid over them."""
     org, mailbox_id = req.param("org"), req.param("mailbox_id")
     body = req.json_body()
-    reject_unknown(body, {"days"})
+    reject_unknown(body, {"days", "dry_run", "settings"})
     days = read_int(body, "days", 1, schedule.MAX_BACKFILL_DAYS)
     if days is None:
         raise field_error("days", f"is required: an integer from 1 to {schedule.MAX_BACKFILL_DAYS}")
+    dry_run = read_bool(body, "dry_run")
+    if dry_run:
+        from sync_core.api.settings import proposed_settings  # noqa: PLC0415
+        from sync_core.use_cases import preview  # noqa: PLC0415
+
+        proposed = proposed_settings(svc, org, body.get("settings"))
+        return ok(preview.preview_backfill(svc.preview_deps(), org, mailbox_id, days, proposed).to_json())
+    if "settings" in body:
+        raise field_error("settings", "is for dry runs only (\"dry_run\": true); change settings with PUT …/settings")
     result = schedule.request_backfill(svc.schedule_deps(), org, mailbox_id, days)
     return _accepted(org, mailbox_id, result, {"days": days, "since": iso(result.since) if result.since else None})
 

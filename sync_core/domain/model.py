@@ -213,7 +213,11 @@ class OrgSettings:
 
     Connecting: ``allowed_tenants`` (tenant ids or verified domains, empty = any tenant) restricts whose
     accounts may be connected by delegated sign-in; ``connect_confirmation`` (default on) makes a
-    delegated sign-in activate nothing until the CRM confirms it for the CRM user who started it."""
+    delegated sign-in activate nothing until the CRM confirms it for the CRM user who started it.
+
+    ``record_backfill_days`` (0-365, 0 = off): when a record is created or gains an address or a domain,
+    mail exchanged with the new ones within that many days is imported from every syncable mailbox of the
+    org (``use_cases.record_backfill``)."""
 
     internal_domains: tuple[str, ...] = ()
     never_log: tuple[str, ...] = ()
@@ -229,6 +233,7 @@ class OrgSettings:
     automation_enabled: bool = True
     allowed_tenants: tuple[str, ...] = ()
     connect_confirmation: bool = True
+    record_backfill_days: int = 0
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@
 - ``identity``: the identity platform, the directory, token sources, and the stores of connections.
 - ``scheduling``: the scheduler's due-time index and mailbox catalog.
 - ``push``: change-notification subscriptions, CRM webhooks and activity events.
+- ``backfill``: the record backfill's coalesced jobs per mailbox.
 
 Production adapters live in ``sync_core.adapters`` (one package per provider, e.g. ``adapters.graph``);
 ``bootstrap`` wires them. No port is declared anywhere else. There is no ``MailSender`` port yet: the
@@ -17,6 +18,7 @@ Conventions:
 """
 
 from sync_core.domain.lookup import RecordLookup, RecordLookupResult
+from sync_core.ports.backfill import BackfillJob, BackfillJobStore, BackfillState
 from sync_core.ports.identity import (
     AdminSignIn,
     AppGrant,
@@ -30,7 +32,15 @@ from sync_core.ports.identity import (
     TokenCacheStore,
     TokenSource,
 )
-from sync_core.ports.mail import DeltaPage, MailSource, ReportsUsage, RequestUsage
+from sync_core.ports.mail import (
+    MAX_SEARCH_TERMS,
+    DeltaPage,
+    MailSource,
+    ReportsUsage,
+    RequestUsage,
+    SearchPage,
+    SearchQuery,
+)
 from sync_core.ports.push import (
     ActivityEvents,
     CreatedSubscription,
@@ -64,6 +74,7 @@ from sync_core.ports.storage import (
 )
 
 __all__ = [
+    "MAX_SEARCH_TERMS",
     "ActivityEvent",
     "ActivityEvents",
     "ActivityStore",
@@ -71,6 +82,9 @@ __all__ = [
     "AdminSignIn",
     "AppGrant",
     "AuthFlowStore",
+    "BackfillJob",
+    "BackfillJobStore",
+    "BackfillState",
     "Clock",
     "CreatedSubscription",
     "CursorStore",
@@ -98,6 +112,8 @@ __all__ = [
     "RequestUsage",
     "RunReport",
     "RunReportStore",
+    "SearchPage",
+    "SearchQuery",
     "SettingsRepository",
     "SubscriptionApi",
     "SubscriptionStore",

@@ -29,6 +29,47 @@ class DeltaPage:
     skipped: int = 0
 
 
+MAX_SEARCH_TERMS = 20
+"""At most this many addresses and domains together in one ``MailSource.search`` call: a provider's query
+length stays bounded (KQL, Gmail ``q=``, an IMAP ``OR`` tree); callers split longer lists."""
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    """A participant search of one folder: mail received at or after ``since`` with one of ``addresses``
+    in From/To/Cc or an address at one of ``domains``. Normalised values, 1 to ``MAX_SEARCH_TERMS`` of
+    them together (else ``ValueError``, from the constructor)."""
+
+    folder: str
+    addresses: tuple[str, ...]
+    domains: tuple[str, ...]
+    since: datetime
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.addresses) + len(self.domains) <= MAX_SEARCH_TERMS:
+            raise ValueError(f"1 to {MAX_SEARCH_TERMS} addresses and domains per search")
+
+    def wants(self, message: MailMessage) -> bool:
+        """Does the message meet the query (received in the window, a participant searched for)?"""
+        wanted, at = set(self.addresses), set(self.domains)
+        in_window = message.received_at >= self.since
+        return in_window and any(p.address in wanted or p.domain in at for p in message.participants)
+
+
+@dataclass(frozen=True)
+class SearchPage:
+    """One page of a participant search of one folder (``MailSource.search``).
+
+    ``cursor``: opaque, to pass back for the next page; None when the folder's search is complete.
+    ``capped``: the provider stopped at its own result limit before the end of the window, so older
+    matches may be missing (the caller reports it; it never retries the same query in a loop)."""
+
+    folder: str
+    messages: tuple[MailMessage, ...]
+    cursor: str | None
+    capped: bool = False
+
+
 class MailSource(Protocol):
     """A mailbox's mail, read through delta queries (Graph in production)."""
 
@@ -56,6 +97,27 @@ class MailSource(Protocol):
         """The mailbox's copy of the message with this Internet Message-ID (with or without its angle
         brackets), read as the sync reads it; a copy in a ``DEFAULT_FOLDERS`` folder is preferred, its
         ``folder`` a role where the folder has one. None when the mailbox has no such message."""
+
+    def search(self, mailbox: Mailbox, query: SearchQuery, cursor: str | None) -> SearchPage:
+        """One page of the messages of ``query.folder`` received at or after ``query.since`` that have one
+        of ``query.addresses`` in From, To or Cc, or an address at one of ``query.domains`` (exactly that
+        domain, as record matching compares it: ``SearchQuery.wants``), read as ``delta`` reads them (same
+        fields; BCC never read).
+
+        The contract every provider keeps (the record backfill and its contract tests rely on it):
+        - Inputs: ``query.folder`` a role or a provider folder id as ``delta`` takes it; ``cursor`` None
+          for the first page, else the previous page's ``cursor`` verbatim.
+        - At least every such message, received at or after ``since``: a provider whose search is
+          coarser (a BCC copy, a display name, a token match, a day-granular date) may return more, and
+          the caller decides each one with the pipeline, so an extra one costs a count, never a stored
+          row. Never a message received before ``since``: the adapter drops what its query could not.
+        - Paging: each call is at most one provider request (a request budget is a call budget), a
+          page holds at most 1,000 messages, order unspecified; a message may repeat across pages (the
+          caller dedupes by Internet Message-ID). ``cursor`` None on the last page.
+        - Bounds: a provider with a result limit per query (Graph's ``$search``: 1,000) ends the folder
+          with ``capped`` set instead of looping; throttling is a ``TransientFailure`` (with its
+          Retry-After); a folder the mailbox does not have is ``MessageNotFound``.
+        - Read-only: nothing in the mailbox changes and nothing is stored."""
 
     def folders(self, mailbox: Mailbox) -> tuple[str, ...]:
         """Ids of every folder to sync when the org syncs all folders (system folders excluded)."""

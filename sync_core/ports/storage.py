@@ -46,6 +46,9 @@ class RecordsIndex(Protocol):
 
     def get(self, org_id: str, record_id: str) -> Record | None: ...
 
+    def get_many(self, org_id: str, record_ids: Sequence[str]) -> Mapping[str, Record]:
+        """The indexed ones of these records, by id (missing ids are left out); point reads only."""
+
     def lookup(self, org_id: str, addresses: Iterable[str], domains: Iterable[str]) -> RecordLookup:
         """Fetch every record of these addresses and domains at once (one page's worth), so the
         pipeline then decides without further I/O."""

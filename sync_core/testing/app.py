@@ -20,8 +20,10 @@ from typing import Any
 
 from sync_core.domain.representation import activity_to_json
 from sync_core.ports import Clock, MailSource, WorkQueue
+from sync_core.ports.backfill import BackfillJobStore
 from sync_core.ports.push import ActivityEvents, SubscriptionStore, WebhookLog, WebhookSecretStore, WebhookSender
 from sync_core.ports.scheduling import DueIndex
+from sync_core.testing.backfill import InMemoryBackfillJobStore
 from sync_core.testing.mail import FakeMailSource, FixedClock
 from sync_core.testing.push import (
     FakeWebhookSender,
@@ -33,6 +35,8 @@ from sync_core.testing.scheduling import InMemoryDueIndex, InMemoryMailboxCatalo
 from sync_core.testing.stores import InMemoryStores
 from sync_core.use_cases.ingest import IngestDeps
 from sync_core.use_cases.notifications import NotificationDeps
+from sync_core.use_cases.preview import PreviewDeps
+from sync_core.use_cases.record_backfill import BackfillRequestDeps, RecordBackfillDeps
 from sync_core.use_cases.schedule import ScheduleDeps, request_sync
 from sync_core.use_cases.sync_mailbox import SyncDeps, SyncOutcome, sync_mailbox
 from sync_core.use_cases.webhooks import WebhookDeps
@@ -55,6 +59,7 @@ class InMemoryApp:
     webhook_secrets: WebhookSecretStore = field(default_factory=InMemoryWebhookSecretStore)
     webhook_sender: WebhookSender = field(default_factory=FakeWebhookSender)
     events: ActivityEvents | None = None
+    backfill_jobs: BackfillJobStore = field(default_factory=InMemoryBackfillJobStore)
 
     def sync_deps(self, **changes: Any) -> SyncDeps:
         """Like ``Services.sync_deps``."""
@@ -91,6 +96,38 @@ class InMemoryApp:
             sync=self.sync,
             catalog=InMemoryMailboxCatalog(s.mailboxes),
         )
+        return dataclasses.replace(deps, **changes)
+
+    def record_backfill_deps(self, **changes: Any) -> RecordBackfillDeps:
+        """Like ``Services.record_backfill_deps``."""
+        s = self.stores
+        deps = RecordBackfillDeps(
+            mailboxes=s.mailboxes,
+            settings=s.settings,
+            records=s.records,
+            activities=s.activities,
+            leases=s.leases,
+            reports=s.runs,
+            jobs=self.backfill_jobs,
+            queue=self.queue,
+            mail=self.mail,
+            clock=self.clock,
+            events=self.events,
+        )
+        return dataclasses.replace(deps, **changes)
+
+    def backfill_request_deps(self, **changes: Any) -> BackfillRequestDeps:
+        """Like ``Services.backfill_request_deps``."""
+        s = self.stores
+        deps = BackfillRequestDeps(
+            s.mailboxes, s.settings, s.records, self.backfill_jobs, self.clock, self.queue.enqueue
+        )
+        return dataclasses.replace(deps, **changes)
+
+    def preview_deps(self, **changes: Any) -> PreviewDeps:
+        """Like ``Services.preview_deps``."""
+        s = self.stores
+        deps = PreviewDeps(s.mailboxes, s.settings, s.records, self.mail, self.clock)
         return dataclasses.replace(deps, **changes)
 
     def ingest_deps(self, **changes: Any) -> IngestDeps:

@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from sync_core.domain.folders import DEFAULT_FOLDERS
 from sync_core.domain.model import AttachmentSummary, Mailbox, MailMessage
 from sync_core.errors import DeltaTokenExpired, MessageNotFound, TransientGraphError
-from sync_core.ports import DeltaPage, RequestUsage
+from sync_core.ports import DeltaPage, RequestUsage, SearchPage, SearchQuery
 
 
 @dataclass
@@ -52,6 +52,8 @@ class FakeMailSource:
         self.forgotten: set[str] = set()  # links answered with 404
         self.removed_folders: set[str] = set()
         self.deleted: set[str] = set()  # source ids whose attachment listing 404s
+        self.searches: list[SearchQuery] = []  # every search call, in order
+        self.search_cap: int | None = None  # results per folder search before it ends ``capped``
         self.throttling: dict[tuple[str, str], tuple[int, float]] = {}  # (org, mailbox) -> (answers, seconds)
 
     # -- test controls ------------------------------------------------------------------------------
@@ -151,6 +153,25 @@ class FakeMailSource:
         wanted = {internet_message_id, f"<{internet_message_id.strip('<>')}>"}
         copies = [m for log in self.folders_.values() for m in log if m.internet_message_id in wanted]
         return next((m for m in copies if m.folder in DEFAULT_FOLDERS), copies[0] if copies else None)
+
+    def search(self, mailbox: Mailbox, query: SearchQuery, cursor: str | None) -> SearchPage:
+        """Exactly the port's minimum: From/To/Cc holding one of the addresses or an address at one of the
+        domains, received at or after ``since``, ``page_size`` per page; the cursor is an offset. With
+        ``search_cap`` set, a folder's search ends ``capped`` after that many results, as Graph's does."""
+        self._count(mailbox)
+        self.searches.append(query)
+        if self.fail_next:
+            raise self.fail_next.pop(0)
+        if query.folder in self.removed_folders or query.folder not in self.folders_:
+            raise MessageNotFound("ErrorItemNotFound: The specified object was not found in the store.")
+        found = [m for m in self.folders_[query.folder] if query.wants(m)]
+        capped = self.search_cap is not None and len(found) > self.search_cap
+        if self.search_cap is not None:
+            found = found[: self.search_cap]
+        start = int(cursor or 0)
+        end = start + self.page_size
+        done = end >= len(found)
+        return SearchPage(query.folder, tuple(found[start:end]), None if done else str(end), capped and done)
 
     def folders(self, mailbox: Mailbox) -> tuple[str, ...]:
         return tuple(self.folders_)

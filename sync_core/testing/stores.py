@@ -62,6 +62,10 @@ class InMemoryRecordsIndex:
     def get(self, org_id: str, record_id: str) -> Record | None:
         return self._records.get((org_id, record_id))
 
+    def get_many(self, org_id: str, record_ids: Sequence[str]) -> Mapping[str, Record]:
+        found = {rid: self._records.get((org_id, rid)) for rid in record_ids}
+        return {rid: record for rid, record in found.items() if record is not None}
+
     def lookup(self, org_id: str, addresses: Iterable[str], domains: Iterable[str]) -> RecordLookupResult:
         with self._lock:
             of_org = [record for (org, _), record in self._records.items() if org == org_id]

@@ -1,6 +1,7 @@
 """Queue messages as typed commands, and the one dispatcher the queue triggers call.
 
-Two queues carry commands: the sync queue (``SyncMailbox``: run one mailbox) and the push queue
+Two queues carry commands: the sync queue (``SyncMailbox``: run one mailbox; ``BackfillRecords``, kind
+``record_backfill``: run one record backfill job under the same mailbox lease) and the push queue
 (``DeliverWebhook``: one attempt of a CRM webhook delivery; ``SubscriptionWork``: renew or recreate a Graph
 subscription, or subscribe a mailbox that just became active). Invariants:
 
@@ -28,6 +29,7 @@ from sync_core.errors import InvalidCommand
 
 if TYPE_CHECKING:
     from sync_core.use_cases.notifications import NotificationDeps
+    from sync_core.use_cases.record_backfill import RecordBackfillDeps
     from sync_core.use_cases.schedule import ScheduleDeps
     from sync_core.use_cases.subscriptions import SubscriptionDeps
     from sync_core.use_cases.webhooks import WebhookDeps
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WEBHOOK_KIND = "webhook"
+RECORD_BACKFILL_KIND = "record_backfill"
 SUBSCRIPTION_KIND = "subscription"
 WEBHOOK_EVENTS = ("activity.created", "activity.deleted")
 
@@ -97,6 +100,47 @@ def new_run_id() -> str:
 
 def valid_run_id(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and RUN_ID.fullmatch(value) is not None
+
+
+@dataclass(frozen=True)
+class BackfillRecords:
+    """Run (or continue) one record backfill job of a mailbox (the sync queue, ``kind``
+    ``record_backfill``; ``use_cases.record_backfill``). A deploy older than this command reads it as a
+    plain sync of the mailbox (its ``SyncMailbox.parse`` ignores ``kind``): harmless, and the job waits."""
+
+    org_id: str
+    mailbox_id: str
+    job_id: str
+
+    def to_json(self) -> dict[str, str]:
+        return {
+            "kind": RECORD_BACKFILL_KIND,
+            "org_id": self.org_id,
+            "mailbox_id": self.mailbox_id,
+            "reason": "record_backfill",
+            "job_id": self.job_id,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BackfillRecords:
+        org_id, mailbox_id, job_id = data.get("org_id"), data.get("mailbox_id"), data.get("job_id")
+        if not (isinstance(org_id, str) and org_id and isinstance(mailbox_id, str) and mailbox_id):
+            raise InvalidCommand("the message lacks org_id or mailbox_id")
+        if not valid_run_id(job_id):
+            raise InvalidCommand("the message lacks a valid job_id")
+        return cls(org_id, mailbox_id, job_id)
+
+
+def parse_record_backfill(body: bytes | str) -> BackfillRecords | None:
+    """The sync-queue message as a ``BackfillRecords`` when its ``kind`` says so, else None (a
+    ``SyncMailbox``, parsed by the scheduler); ``InvalidCommand`` for a malformed one."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None  # the scheduler's parse reports it
+    if not isinstance(data, dict) or data.get("kind") != RECORD_BACKFILL_KIND:
+        return None
+    return BackfillRecords.from_json(data)
 
 
 @dataclass(frozen=True)
@@ -202,6 +246,7 @@ class Handlers(Protocol):
     def webhook_deps(self) -> WebhookDeps: ...
     def notification_deps(self) -> NotificationDeps: ...
     def subscription_deps(self) -> SubscriptionDeps: ...
+    def record_backfill_deps(self) -> RecordBackfillDeps: ...
 
 
 def dispatch(
@@ -219,6 +264,15 @@ def dispatch(
     from sync_core.use_cases import notifications, schedule, webhooks  # noqa: PLC0415
 
     if queue == "sync":
+        try:
+            backfill = parse_record_backfill(body)
+        except InvalidCommand as exc:
+            log.warning("sync queue: dropping a record backfill message: %s", exc)
+            return "invalid"
+        if backfill is not None:
+            from sync_core.use_cases import record_backfill  # noqa: PLC0415
+
+            return record_backfill.process(app.record_backfill_deps(), backfill).value
         return schedule.process_message(app.schedule_deps(), body, dequeue_count, max_dequeue_count)
     try:
         command = parse_push(body)

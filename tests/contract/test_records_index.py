@@ -130,3 +130,12 @@ def test_a_lookup_repeated_after_each_change_shows_that_change(stores: Stores) -
     assert ann_matches() == (ACME.ref,)
     stores.records.upsert("org-1", [Record("acct-1", "account", "Acme", domains=("acme.example",))])
     assert ann_matches() == ()
+
+
+def test_get_many_answers_the_indexed_ones_by_id(stores: Stores) -> None:
+    dan = Record("c-dan", "candidate", "Dan", emails=("dan@talent.example",))
+    erin = Record("c-erin", "lead", "Erin", domains=("prospect.example",))
+    stores.records.upsert("org-1", [dan, erin])
+    assert stores.records.get_many("org-1", ["c-erin", "c-nobody", "c-dan", "c-dan"]) == {"c-dan": dan, "c-erin": erin}
+    assert stores.records.get_many("org-2", ["c-dan"]) == {}
+    assert stores.records.get_many("org-1", []) == {}

@@ -120,8 +120,12 @@ def test_every_operation_answers_what_the_document_says_through_the_running_app(
     queued = call("POST", f"orgs/{org}/mailboxes/{mailbox_id}/sync")
     app_host.host.drain_queues(timeout=30)
     call("GET", f"orgs/{org}/mailboxes/{mailbox_id}/runs/{queued.json()['run_id']}")
+    call("POST", f"orgs/{org}/mailboxes/{mailbox_id}/backfill", json={"days": 7, "dry_run": True})
     call("POST", f"orgs/{org}/mailboxes/{mailbox_id}/backfill", json={"days": 7})
     app_host.host.drain_queues(timeout=30)
+    preview = {"settings": {"never_log": [DAN]}, "mailbox_id": mailbox_id, "days": 7}
+    call("POST", f"orgs/{org}/settings:preview", json=preview)
+    call("GET", f"orgs/{org}/records/cand-dan/backfill")
     wait_for(lambda: receiver.hits, timeout=30)
 
     call("GET", f"orgs/{org}/mailboxes")

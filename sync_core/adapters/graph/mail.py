@@ -36,13 +36,14 @@ from urllib.parse import quote
 import requests
 
 from sync_core.adapters.graph.http import BATCH_LIMIT, GraphHttp, raise_for_batch_item
+from sync_core.adapters.graph.search import search_request
 from sync_core.domain.addresses import normalize_address
 from sync_core.domain.decide import EXCLUDED_FOLDERS
 from sync_core.domain.folders import DEFAULT_FOLDERS, FolderRole
 from sync_core.domain.model import AttachmentSummary, EmailAddress, Mailbox, MailMessage
 from sync_core.domain.text import html_text, preview
 from sync_core.errors import MessageNotFound
-from sync_core.ports import DeltaPage, RequestUsage
+from sync_core.ports import DeltaPage, RequestUsage, SearchPage, SearchQuery
 
 MESSAGE_FIELDS = (
     "id,internetMessageId,conversationId,subject,body,bodyPreview,from,toRecipients,ccRecipients,"
@@ -219,6 +220,14 @@ class GraphMailSource:
         if not copies:
             return None
         return next((m for m in copies if m.folder in DEFAULT_FOLDERS), copies[0])
+
+    def search(self, mailbox: Mailbox, query: SearchQuery, cursor: str | None) -> SearchPage:
+        """``$search`` with KQL ``participants:`` in one folder; why and its limits: ``graph.search``."""
+        http = self._http(mailbox)
+        path = f"{_user_path(mailbox)}/mailFolders('{_graph_folder(query.folder)}')/messages"
+        payload = search_request(http, path, query, cursor, select=MESSAGE_FIELDS, prefer=FIND_PREFER)
+        messages = (message_from_graph(item, query.folder) for item in payload.items)
+        return payload.page(query, [m for m in messages if m is not None])
 
     def folders(self, mailbox: Mailbox) -> tuple[str, ...]:
         """Every folder (child folders included) except system ones, by id."""
