@@ -266,7 +266,7 @@ class GmailApi:
         try:
             max_results = int(call.one("maxResults", "100"))
             terms = mime.parse_query(call.one("q"))
-            for term in terms:
+            for term in mime.flat_terms(terms):
                 if term.key in ("after", "before"):
                     mime.search_date(term.value)
         except ValueError:

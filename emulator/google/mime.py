@@ -143,12 +143,13 @@ def addresses(message: Message, *names: str) -> list[str]:
 
 
 def build(fields: dict[str, Any], default_from: str) -> bytes:
-    """An RFC 822 message from control-API fields: from, to, cc, subject, body, html, date (ISO 8601),
+    """An RFC 822 message from control-API fields: from, to, cc, bcc (kept as a header, as in a sender's
+    own sent copy), subject, body, html, date (ISO 8601),
     message_id, in_reply_to, references, headers {name: value}, attachments [{filename,
     content_type, data (base64)}]."""
     message = EmailMessage()
     message["From"] = str(fields.get("from") or default_from)
-    for name in ("to", "cc"):
+    for name in ("to", "cc", "bcc"):
         value = fields.get(name)
         if value:
             message[name.title()] = ", ".join(value) if isinstance(value, list) else str(value)
@@ -178,23 +179,58 @@ def build(fields: dict[str, Any], default_from: str) -> bytes:
 
 @dataclass(frozen=True)
 class Term:
-    key: str  # "" for free text
+    key: str  # "" for free text (or for a group)
     value: str
     negated: bool
+    alternatives: tuple[Term, ...] = ()  # a group: ``{a b}`` or ``a OR b`` matches when any of them does
 
 
 def parse_query(q: str) -> list[Term]:
-    """Split a Gmail search query into terms; ValueError for unbalanced quotes."""
-    terms = []
+    """Split a Gmail search query into terms (all must match); ``{a b c}`` and ``a OR b`` make one group
+    that matches when any of its terms does ("Messages that match multiple terms: ``from:amy OR
+    from:david``, ``{from:amy from:david}``", https://support.google.com/mail/answer/7190). ValueError for
+    unbalanced quotes or braces."""
+    groups: list[list[Term]] = []
+    in_braces = joining = False
     for raw in shlex.split(q):
-        negated = raw.startswith("-") and len(raw) > 1
-        token = raw[1:] if negated else raw
-        key, sep, value = token.partition(":")
-        if sep and key.lower() in SEARCH_KEYS and value:
-            terms.append(Term(key.lower(), value, negated))
-        else:
-            terms.append(Term("", token, negated))
-    return terms
+        opens, closes = raw.startswith("{"), raw.endswith("}")
+        token = raw[1:] if opens else raw
+        token = token[:-1] if closes and token else token
+        if opens:
+            if in_braces:
+                raise ValueError("nested braces")
+            in_braces = True
+            groups.append([])
+        if token == "OR" and not in_braces:
+            joining = bool(groups)
+        elif token:
+            term = _term(token)
+            if in_braces or joining:
+                groups[-1].append(term)
+            else:
+                groups.append([term])
+            joining = False
+        if closes:
+            if not in_braces:
+                raise ValueError("unbalanced braces")
+            in_braces = False
+    if in_braces:
+        raise ValueError("unbalanced braces")
+    return [group[0] if len(group) == 1 else Term("", "", False, tuple(group)) for group in groups if group]
+
+
+def _term(raw: str) -> Term:
+    negated = raw.startswith("-") and len(raw) > 1
+    token = raw[1:] if negated else raw
+    key, sep, value = token.partition(":")
+    if sep and key.lower() in SEARCH_KEYS and value:
+        return Term(key.lower(), value, negated)
+    return Term("", token, negated)
+
+
+def flat_terms(terms: list[Term]) -> list[Term]:
+    """Every term of the query, those inside groups included (for validating values)."""
+    return [inner for term in terms for inner in (term.alternatives or (term,))]
 
 
 def search_date(value: str) -> int:
@@ -214,6 +250,11 @@ SEARCH_KEYS = ("after", "before", "from", "to", "cc", "bcc", "subject", "label",
 def term_matches(term: Term, message: Message, label_ids: list[str], label_names: dict[str, str],
                  internal_date_ms: int) -> bool:
     """Whether one (not negated) term matches the message."""
+    if term.alternatives:
+        return any(
+            term_matches(alt, message, label_ids, label_names, internal_date_ms) != alt.negated
+            for alt in term.alternatives
+        )
     key, value = term.key, term.value.lower()
     if key in ("after", "before"):
         moment = search_date(term.value)

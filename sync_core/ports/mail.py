@@ -111,8 +111,9 @@ class MailSource(Protocol):
           coarser (a BCC copy, a display name, a token match, a day-granular date) may return more, and
           the caller decides each one with the pipeline, so an extra one costs a count, never a stored
           row. Never a message received before ``since``: the adapter drops what its query could not.
-        - Paging: each call is at most one provider request (a request budget is a call budget), a
-          page holds at most 1,000 messages, order unspecified; a message may repeat across pages (the
+        - Paging: each call is a small fixed number of provider requests (Graph: one; Gmail: a listing
+          and one batch of headers; so a request budget is a call budget), a page holds at most 1,000
+          messages, order unspecified; a message may repeat across pages (the
           caller dedupes by Internet Message-ID). ``cursor`` None on the last page.
         - Bounds: a provider with a result limit per query (Graph's ``$search``: 1,000) ends the folder
           with ``capped`` set instead of looping; throttling is a ``TransientFailure`` (with its

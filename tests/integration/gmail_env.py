@@ -248,7 +248,7 @@ def _control_fields(fields: dict[str, Any]) -> tuple[dict[str, Any], str, str]:
     body: dict[str, Any] = {"subject": subject, "message_id": message_id}
     if "from_" in f:
         body["from"] = f.pop("from_")
-    for key in ("to", "cc", "in_reply_to"):
+    for key in ("to", "cc", "bcc", "in_reply_to"):
         if key in f:
             body[key] = f.pop(key)
     if "references" in f:
@@ -270,10 +270,11 @@ def _control_fields(fields: dict[str, Any]) -> tuple[dict[str, Any], str, str]:
     folder = f.pop("folder", "inbox")
     if folder == "sentitems":
         body["labels"] = ["SENT"]
-    received = f.pop("received", None)
+    received, sent = f.pop("received", None), f.pop("sent", None)
     if received:
         body["received_at"] = received
-        body["date"] = received
+    if sent or received:
+        body["date"] = sent or received
     f.pop("headers", None)
     f.pop("attachments", None)
     assert not f, f"delivery fields the Gmail env does not know: {sorted(f)}"

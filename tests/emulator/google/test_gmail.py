@@ -92,6 +92,9 @@ def test_messages_list_filters_by_q_and_label_ids(world: World) -> None:
     assert count(q="to:zoe@x.example") == 1
     assert count(labelIds="SENT") == 1
     assert count(labelIds="INBOX", q="after:1767225600") == 2  # 2026-01-01T00:00Z as epoch seconds
+    assert count(q="from:dan@talent.example OR cc:carl@fab.example") == 2  # OR joins its neighbours
+    assert count(q="{from:dan@talent.example to:zoe@x.example} after:2026/02/01") == 1  # any in braces, all outside
+    assert world.gmail("GET", token, "me/messages", params={"q": "{from:dan@talent.example"}).status_code == 400
     assert count(q="-from:dan@talent.example") == 2
     assert count(q="label:clients") == 0
 
