@@ -119,10 +119,22 @@ class Services:
         return GraphHttp(self._session, self.settings.graph_base_url, self.identity.token_source(mailbox))
 
     def google_token_source(self, mailbox: Mailbox) -> TokenSource:
-        """Access tokens of a delegated Google mailbox, from its stored (encrypted) grant."""
+        """Access tokens of a Google mailbox: a delegated one's from its stored (encrypted) grant, an
+        application-mode one's from the org's Workspace service account (read scope only)."""
         from sync_core.adapters.google.tokens import GoogleTokenSource
+        from sync_core.domain.model import ConnectionMode
 
         s = self.settings
+        if mailbox.mode is ConnectionMode.APPLICATION:
+            from sync_core.adapters.google.service_account import (
+                ServiceAccountTokenSource,
+                mailbox_scopes,
+                stored_key_loader,
+            )
+
+            load = stored_key_loader(self.token_caches, mailbox.org_id)
+            scopes = mailbox_scopes(False)  # reading needs no more; a sender asks for gmail.send itself
+            return ServiceAccountTokenSource(self._session, s.google_token_url, load, mailbox.address, scopes)
         return GoogleTokenSource(
             self._session, s.google_token_url, s.google_client_id, s.google_client_secret, self.token_caches, mailbox
         )
@@ -174,6 +186,7 @@ class Services:
     def google_connect(self) -> ConnectProvider:
         """Google's part of a delegated connect: OAuth with PKCE, and who the signed-in account is."""
         from sync_core.adapters.google.identity import GoogleDirectory, GoogleIdentity
+        from sync_core.adapters.google.service_account import GoogleOrgAccess
         from sync_core.use_cases.connect import ConnectProvider
 
         s = self.settings
@@ -186,6 +199,7 @@ class Services:
             directory_for=lambda token: GoogleDirectory(self._session, s.google_userinfo_url, s.gmail_base_url, token),
             label="Google",
             account_label="Google",
+            org_access=GoogleOrgAccess(self._session, s.google_token_url, s.gmail_base_url),
         )
 
     # -- providers: one registration per mail provider ------------------------------------------------
@@ -480,6 +494,7 @@ class Services:
             webhooks=self.webhook_deps(),
             clock=self.clock,
             rotating=len(self._cipher.kids) > 1,
+            org_access_providers=("google",),
         )
 
     def ingest_deps(self) -> IngestDeps:

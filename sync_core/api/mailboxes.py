@@ -64,6 +64,7 @@ from sync_core.use_cases.connect import (
     MAX_CONNECT_CODE,
     MAX_USER_ID,
     add_app_mailbox,
+    add_org_mailbox,
     confirm_connect,
     disconnect,
     sign_out_all,
@@ -85,12 +86,18 @@ _LIST_PARALLELISM = 8
 
 def add_mailbox(svc: Services, req: ApiRequest) -> ApiResponse:
     """Application mode: add a user or shared mailbox by address (needs admin consent, else 409). A
-    mailbox the tenant's application access policy denies is created in status ``error`` with the reason."""
+    mailbox the tenant's application access policy denies is created in status ``error`` with the reason.
+    With ``"provider": "google"`` the org's Workspace service account reads it (409 without one, or
+    when the Workspace admin did not delegate the scopes)."""
     org = req.param("org")
     body = req.json_body()
-    reject_unknown(body, {"address"})
+    reject_unknown(body, {"address", "provider"})
     address = read_str(body, "address", required=True, max_len=320) or ""
-    mailbox = add_app_mailbox(svc.connect_deps(), org, address)
+    provider = (read_str(body, "provider", max_len=32) or "microsoft").strip().lower()
+    if provider == "microsoft":
+        mailbox = add_app_mailbox(svc.connect_deps(), org, address)
+    else:  # a provider with org-wide access from an uploaded credential (Google Workspace)
+        mailbox = add_org_mailbox(svc.connect_deps(), org, address, provider)
     if mailbox.status is MailboxStatus.ACTIVE:
         svc.mailbox_activated(org, mailbox.mailbox_id)
     location = f"/api/orgs/{quote(org, safe='')}/mailboxes/{quote(mailbox.mailbox_id, safe='')}"

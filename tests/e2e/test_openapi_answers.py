@@ -109,6 +109,14 @@ def test_every_operation_answers_what_the_document_says_through_the_running_app(
     consented = emulator_client.admin_consent(step.headers["Location"], tenant.users["megan"].upn, True)
     call("GET", consented.split("/api/", 1)[1], requests)
     call("POST", f"orgs/{org}/mailboxes", json={"address": sales.mail})
+    # Google Workspace: the org's service account, then a Gmail mailbox added by address through it.
+    workspace = Google(google_emulator)
+    key = workspace.call("POST", "service-accounts", {"name": f"sync-{uuid.uuid4().hex[:8]}"})
+    scopes = {"scopes": ["https://www.googleapis.com/auth/gmail.readonly"]}
+    workspace.call("PUT", f"domains/{workspace.domain}/delegations/{key['client_id']}", scopes)
+    call("PUT", f"orgs/{org}/google/service-account", json=key)
+    call("GET", f"orgs/{org}/google/service-account")
+    call("POST", f"orgs/{org}/mailboxes", json={"address": workspace.user("nestor"), "provider": "google"})
 
     run_scheduler(app_host)
     app_host.host.trigger_timer(SUBSCRIPTION_TIMER)
@@ -158,6 +166,7 @@ def test_every_operation_answers_what_the_document_says_through_the_running_app(
     call("POST", f"orgs/{org}/messages:ingest", data=raw, headers=MIME)
 
     call("DELETE", f"orgs/{org}/activities/{activity_id}")
+    call("DELETE", f"orgs/{org}/google/service-account")
     call("POST", f"orgs/{org}/mailboxes:sign-out-all")
     call("DELETE", f"orgs/{org}/mailboxes/{mailbox_id}")
     app_host.host.drain_queues(timeout=30)
