@@ -254,13 +254,26 @@ class Services:
         )
 
     def _before_disconnect(self, org_id: str, mailbox_id: str) -> None:
-        """While the mailbox's tokens still exist: delete its Graph subscriptions and stop its watch."""
+        """While the mailbox's tokens still exist: delete its Graph subscriptions, stop its watch, then
+        revoke a delegated Google grant at Google (best effort, whatever happened before)."""
         from sync_core.use_cases import mailbox_watch
         from sync_core.use_cases.subscriptions import remove_for_mailbox
 
-        remove_for_mailbox(self.subscription_deps(), org_id, mailbox_id)
-        if self._gmail_push_configured:
-            mailbox_watch.stop(self.mailbox_watch_deps(), org_id, mailbox_id)
+        try:
+            remove_for_mailbox(self.subscription_deps(), org_id, mailbox_id)
+            if self._gmail_push_configured:
+                mailbox_watch.stop(self.mailbox_watch_deps(), org_id, mailbox_id)
+        finally:
+            self._revoke_google_grant(org_id, mailbox_id)
+
+    def _revoke_google_grant(self, org_id: str, mailbox_id: str) -> None:
+        from sync_core.adapters.google.tokens import revoke_grant
+        from sync_core.domain.model import ConnectionMode
+
+        found = self.stores.mailboxes.get(org_id, mailbox_id)
+        mailbox = found.value if found is not None else None
+        if mailbox is not None and mailbox.provider == "google" and mailbox.mode is ConnectionMode.DELEGATED:
+            revoke_grant(self._session, self.settings.google_revoke_url, self.token_caches, mailbox)
 
     def sync_deps(self, table_transactions: Callable[[], int] = lambda: 0) -> SyncDeps:
         """Fresh per run: the mail source keeps per-run request counts and provider clients."""
