@@ -229,6 +229,9 @@ class OrgSettings:
     automation_enabled: bool = True
     allowed_tenants: tuple[str, ...] = ()
     connect_confirmation: bool = True
+    sending_enabled: bool = False
+    """Mail may be sent from the CRM through the org's mailboxes (docs/sending.md); off by default, since
+    it needs more permissions (Mail.Send, and Mail.ReadWrite for the draft)."""
 
 
 @dataclass(frozen=True)
@@ -373,3 +376,7 @@ class Activity:
     records: tuple[RecordRef, ...]
     attachments: tuple[AttachmentSummary, ...] = ()
     conversation_id: str | None = None
+    sent_from_crm: bool = False
+    send_id: str | None = None
+    """``sent_from_crm``: the CRM sent this message (``use_cases.send``), and ``send_id`` names that send;
+    both survive every later merge (the sync's Sent Items copy, a recipient's mailbox)."""

@@ -5,10 +5,10 @@
 - ``identity``: the identity platform, the directory, token sources, and the stores of connections.
 - ``scheduling``: the scheduler's due-time index and mailbox catalog.
 - ``push``: change-notification subscriptions, CRM webhooks and activity events.
+- ``send``: ``MailSender`` (a provider sends from a mailbox: prepare, submit, inspect) and ``SendStore``.
 
 Production adapters live in ``sync_core.adapters`` (one package per provider, e.g. ``adapters.graph``);
-``bootstrap`` wires them. No port is declared anywhere else. There is no ``MailSender`` port yet: the
-send issue adds it together with its first adapter (docs/architecture.md).
+``bootstrap`` wires them. No port is declared anywhere else.
 
 Conventions:
 - Every method is scoped by ``org_id``: nothing of one org is reachable through another org's id.
@@ -44,6 +44,15 @@ from sync_core.ports.push import (
     WebhookSender,
 )
 from sync_core.ports.scheduling import DueEntry, DueIndex, MailboxCatalog, MailboxSummary
+from sync_core.ports.send import (
+    DraftState,
+    MailSender,
+    OutgoingAttachment,
+    OutgoingMessage,
+    ProviderView,
+    ReplyTarget,
+    SendStore,
+)
 from sync_core.ports.storage import (
     ActivityEvent,
     ActivityStore,
@@ -76,24 +85,31 @@ __all__ = [
     "DelegatedGrant",
     "DeltaPage",
     "Directory",
+    "DraftState",
     "DueEntry",
     "DueIndex",
     "IdentityProvider",
     "LeaseStore",
+    "MailSender",
     "MailSource",
     "MailboxCatalog",
     "MailboxRepository",
     "MailboxSummary",
     "OrgTenant",
     "OrgTenantStore",
+    "OutgoingAttachment",
+    "OutgoingMessage",
     "Page",
     "PendingAuthFlow",
+    "ProviderView",
     "PushSubscription",
     "RecordLookup",
     "RecordLookupResult",
     "RecordsIndex",
+    "ReplyTarget",
     "RunReport",
     "RunReportStore",
+    "SendStore",
     "SettingsRepository",
     "SubscriptionApi",
     "SubscriptionStore",
