@@ -63,7 +63,7 @@ def test_a_created_send_reads_back_with_every_field_and_its_attachment_bytes(sto
 
 
 def test_a_second_create_with_the_same_key_returns_the_first_send(store: Any) -> None:
-    first, _ = store.create(a_send(), [b"x"])
+    store.create(a_send(), [b"x"])
     again, created = store.create(a_send("s-2"), [b"y"])
     assert not created and again.value.send_id == "s-1"
     assert store.by_key("org-1", "key-1").value.send_id == "s-1"
