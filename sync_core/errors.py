@@ -236,6 +236,7 @@ _FIELD_OF = {
     "invalid_tenant": "tenant",
     "invalid_address": "address",
     "address_not_found": "address",
+    "reply_activity_not_found": "reply_to_activity_id",
 }
 
 
