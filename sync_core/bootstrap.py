@@ -113,6 +113,12 @@ class Services:
 
         return GraphHttp(self._session, self.settings.graph_base_url, self.identity.token_source(mailbox))
 
+    def graph_http_for_sending(self, mailbox: Mailbox) -> GraphHttp:
+        """Graph for a sender: a delegated mailbox's tokens carry the sending scopes."""
+        from sync_core.adapters.graph.http import GraphHttp
+
+        return GraphHttp(self._session, self.settings.graph_base_url, self.identity.token_source(mailbox, send=True))
+
     # -- providers: one registration per mail provider ------------------------------------------------
 
     def mail_source_factories(self) -> dict[str, Callable[[], MailSource]]:
@@ -139,7 +145,7 @@ class Services:
         def microsoft() -> MailSender:
             from sync_core.adapters.graph.send import GraphMailSender
 
-            return GraphMailSender(self.graph_http)
+            return GraphMailSender(self.graph_http_for_sending)
 
         return {"microsoft": microsoft}
 

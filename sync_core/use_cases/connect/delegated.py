@@ -101,7 +101,9 @@ def start_connect(
     hint = normalize_address(login_hint) if login_hint else None
     if login_hint and hint is None:
         raise InvalidRequest("invalid_login_hint", "login_hint must be the email address of the account to connect")
-    flow = deps.identity.initiate_connect(deps.redirect_uri, login_hint.strip() if login_hint else None)
+    flow = deps.identity.initiate_connect(
+        deps.redirect_uri, login_hint.strip() if login_hint else None, send=settings.sending_enabled
+    )
     deps.flows.save(
         PendingAuthFlow(
             state=str(flow["state"]),
