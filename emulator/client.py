@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 import requests
 from msal import ConfidentialClientApplication
 
-from emulator.client_mail import MailControlMixin
+from emulator.client_mail import MailControlMixin, SendControlMixin
 
 
 class EmulatorError(RuntimeError):
@@ -46,7 +46,7 @@ REDIRECT_URI = "http://127.0.0.1:7071/api/auth/callback"
 ADMIN_CONSENT_REDIRECT_URI = "http://127.0.0.1:7071/api/auth/admin-consent/callback"
 
 
-class EmulatorClient(MailControlMixin):
+class EmulatorClient(MailControlMixin, SendControlMixin):
     def __init__(self, base_url: str, ca_bundle: str | Path) -> None:
         self.base_url = base_url.rstrip("/")
         self.ca_bundle = Path(ca_bundle)
