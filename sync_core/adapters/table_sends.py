@@ -230,6 +230,8 @@ class TableSendStore:
             error=error,
             attempts=int(entity.get("attempts", 0)),
             announced=bool(entity.get("announced", False)),
+            lease_owner=str(entity.get("lease_owner", "")),
+            lease_until=_time(entity.get("lease_until")),
         )
 
 
@@ -253,8 +255,9 @@ def _send_entity(send: Send, request_text: str | None) -> dict[str, Any]:
         "activity_id": send.activity_id,
         "attempts": send.attempts,
         "announced": send.announced,
+        "lease_owner": send.lease_owner,
     }
-    for name in ("not_before", "sent_at"):
+    for name in ("not_before", "sent_at", "lease_until"):
         value = getattr(send, name)
         if value is not None:
             entity[name] = to_utc(value)

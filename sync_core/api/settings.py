@@ -30,21 +30,9 @@ if TYPE_CHECKING:
 
 AMBIGUITY_POLICIES = tuple(policy.value for policy in Ambiguity)
 FIELDS = {
-    "internal_domains",
-    "never_log",
-    "blocked_domains",
-    "bulk_filters",
-    "match_by_domain",
-    "ambiguity",
-    "type_order",
-    "folders",
-    "poll_interval_minutes",
-    "return_url_allow_list",
-    "webhook_url",
-    "automation_enabled",
-    "allowed_tenants",
-    "connect_confirmation",
-    "sending_enabled",
+    "internal_domains", "never_log", "blocked_domains", "bulk_filters", "match_by_domain", "ambiguity",
+    "type_order", "folders", "poll_interval_minutes", "return_url_allow_list", "webhook_url", "automation_enabled",
+    "allowed_tenants", "connect_confirmation", "sending_enabled",
 }
 _TENANT_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -101,7 +89,9 @@ def settings_from_json(data: dict[str, Any]) -> OrgSettings:
         webhook_url=_checked_url("webhook_url", webhook) if webhook else None,
         automation_enabled=defaults.automation_enabled if automation_enabled is None else automation_enabled,
         allowed_tenants=_tenants(data),
-        connect_confirmation=(defaults.connect_confirmation if connect_confirmation is None else connect_confirmation),
+        connect_confirmation=(
+            defaults.connect_confirmation if connect_confirmation is None else connect_confirmation
+        ),
         sending_enabled=defaults.sending_enabled if sending_enabled is None else sending_enabled,
     )
 

@@ -120,6 +120,10 @@ class Send:
     error: SendError | None = None
     attempts: int = 0
     announced: bool = False
+    lease_owner: str = ""
+    lease_until: datetime | None = None
+    """The worker driving the send's provider steps, until when: another worker leaves it alone until
+    then (a crashed worker's lease runs out and the next worker resumes)."""
 
     @property
     def terminal(self) -> bool:

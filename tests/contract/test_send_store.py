@@ -103,6 +103,8 @@ def test_replace_is_compare_and_set_and_keeps_every_changed_field(store: Any) ->
         error=SendError("outcome_unknown", "why"),
         attempts=3,
         announced=True,
+        lease_owner="worker-1",
+        lease_until=T0 + timedelta(minutes=5),
     )
     new = store.replace(changed, stored.etag)
     assert store.get("org-1", "s-1").value == changed

@@ -44,6 +44,7 @@ SYNC_RESET_CODES = frozenset({"syncstatenotfound", "resyncrequired", "syncstatei
 BATCH_LIMIT = 20
 
 
+
 @dataclass
 class GraphMetrics:
     requests: int = 0

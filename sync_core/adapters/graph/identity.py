@@ -223,6 +223,8 @@ def _redeem_error(result: Mapping[str, Any]) -> SyncError:
     return IdentityError(f"the identity platform refused the sign-in ({error}{aadsts_suffix(codes)})", error, codes)
 
 
+
+
 __all__ = [
     "AppTokenSource",
     "DelegatedTokenSource",

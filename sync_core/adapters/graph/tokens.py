@@ -43,7 +43,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-
 class DelegatedTokenSource:
     """Access tokens for one delegated mailbox, from its stored MSAL cache.
 

@@ -62,7 +62,9 @@ def required_app_roles(settings: OrgSettings) -> tuple[str, ...]:
 def missing_app_roles(granted: Sequence[str], required: Sequence[str]) -> tuple[str, ...]:
     """The ``required`` roles that ``granted`` (a token's ``roles``) neither holds nor includes."""
     have = {role.lower() for role in granted}
-    return tuple(role for role in required if not any(r.lower() in have for r in _ROLE_INCLUDED_BY.get(role, (role,))))
+    return tuple(
+        role for role in required if not any(r.lower() in have for r in _ROLE_INCLUDED_BY.get(role, (role,)))
+    )
 
 
 def start_admin_consent(

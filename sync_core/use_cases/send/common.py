@@ -12,6 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from sync_core.ports import (
@@ -44,6 +45,8 @@ class SendDeps:
     """(org, event, send id): queue the CRM webhook of a send's end; None: no webhooks."""
     events: ActivityEvents | None = None
     new_id: Callable[[], str] = lambda: uuid.uuid4().hex
+    lease: timedelta = timedelta(minutes=5)
+    """How long a worker holds a send's provider steps (``Send.lease_owner``) before another may resume."""
 
 
 def enqueue(deps: SendDeps, org_id: str, send_id: str) -> None:

@@ -26,10 +26,18 @@ queue message or two workers at once never deliver twice (two workers: the secon
 fails before its provider call). A provider's 429 or outage (``TransientFailure``) makes the send due
 again later (its ``Retry-After`` when given), as the sync does; it gives up after ``GIVE_UP_AFTER``.
 Every terminal state goes through ``_finished``, the one place a send ends.
+
+**One worker at a time.** Queue messages may be delivered twice and the timer releases sends again, so
+two workers can hold one send. Before any provider call a worker takes the send's lease (``lease_owner``,
+``lease_until``) with a compare-and-set; another worker finding an unexpired lease leaves the send
+alone, and every later checkpoint of the first is a compare-and-set too, so a worker whose lease was
+taken over (it outlived ``SendDeps.lease``) fails its next write and stops before its next provider call.
+A worker that died holds the lease until it runs out; then the next release resumes the send.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import Counter
 from dataclasses import replace
@@ -55,7 +63,7 @@ from sync_core.errors import (
     TransientFailure,
 )
 from sync_core.ports import Versioned
-from sync_core.ports.send import DraftState, OutgoingAttachment, OutgoingMessage, ReplyTarget
+from sync_core.ports.send import DraftState, OutgoingAttachment, OutgoingMessage, ProviderView, ReplyTarget
 from sync_core.use_cases import pipeline
 from sync_core.use_cases.send import pacing
 from sync_core.use_cases.send.common import SendDeps
@@ -77,12 +85,13 @@ class _Wait(Exception):
 def deliver(deps: SendDeps, org_id: str, send_id: str) -> str:
     """Take the send as far as it can go now; returns its status (or ``waiting``/``missing``). Raises
     only for storage trouble (the queue then retries the message)."""
+    me = deps.new_id()
     for _ in range(MAX_TRANSITIONS):
         stored = deps.sends.get(org_id, send_id)
         if stored is None:
             return "missing"
         try:
-            outcome = _advance(deps, stored)
+            outcome = _advance(deps, stored, me)
         except ConcurrencyConflict:
             continue  # someone else moved it: look again
         if outcome is not None:
@@ -90,7 +99,7 @@ def deliver(deps: SendDeps, org_id: str, send_id: str) -> str:
     return "busy"
 
 
-def _advance(deps: SendDeps, stored: Versioned[Send]) -> str | None:
+def _advance(deps: SendDeps, stored: Versioned[Send], me: str) -> str | None:
     """One transition; None when the send moved on and should be looked at again."""
     send, now = stored.value, deps.clock.now()
     if send.terminal:
@@ -104,7 +113,13 @@ def _advance(deps: SendDeps, stored: Versioned[Send]) -> str | None:
     mailbox_row = deps.mailboxes.get(send.org_id, send.mailbox_id)
     mailbox = mailbox_row.value if mailbox_row is not None else None
     if send.step is SendStep.NONE:
-        return _start(deps, stored, mailbox, now)
+        return _start(deps, stored, mailbox, now, me)
+    if send.lease_owner != me:
+        if send.lease_until is not None and now < send.lease_until:
+            deps.sends.set_due(send.org_id, send.send_id, send.lease_until)
+            return "busy"  # another worker drives it; if it died, its lease runs out and the timer resumes
+        deps.sends.replace(replace(send, lease_owner=me, lease_until=now + deps.lease), stored.etag)
+        return None
     if mailbox is None:
         return _finished(deps, stored, send.failed(*_unprovable("the mailbox was removed")))
     try:
@@ -122,7 +137,7 @@ def _advance(deps: SendDeps, stored: Versioned[Send]) -> str | None:
         return _later(deps, stored, CONFIRM_DELAYS[-1])  # submitted: keep looking for the copy
 
 
-def _start(deps: SendDeps, stored: Versioned[Send], mailbox: Mailbox | None, now: datetime) -> str | None:
+def _start(deps: SendDeps, stored: Versioned[Send], mailbox: Mailbox | None, now: datetime, me: str) -> str | None:
     send = stored.value
     if mailbox is None or mailbox.status is not MailboxStatus.ACTIVE or not mailbox.enabled:
         reason = "the mailbox is gone" if mailbox is None else f"the mailbox is {mailbox.status.value}"
@@ -133,7 +148,7 @@ def _start(deps: SendDeps, stored: Versioned[Send], mailbox: Mailbox | None, now
         deps.sends.replace(send.waiting(wait), stored.etag)
         deps.sends.set_due(send.org_id, send.send_id, wait)
         return "waiting"
-    deps.sends.replace(send.at(SendStep.PREPARING), stored.etag)
+    deps.sends.replace(send.at(SendStep.PREPARING, lease_owner=me, lease_until=now + deps.lease), stored.etag)
     return None
 
 
@@ -157,7 +172,7 @@ def _step(deps: SendDeps, stored: Versioned[Send], mailbox: Mailbox, now: dateti
         case SendStep.SUBMITTED:
             view = deps.sender.inspect(mailbox, send.handle)
             if view.state is DraftState.SENT:
-                activity_id = _log_activity(deps, send, mailbox, view.internet_message_id, view.sent_at or now)
+                activity_id = _log_activity(deps, send, mailbox, view, now)
                 done = send.at(
                     SendStep.CONFIRMED,
                     internet_message_id=view.internet_message_id,
@@ -176,11 +191,14 @@ def _step(deps: SendDeps, stored: Versioned[Send], mailbox: Mailbox, now: dateti
 
 
 def _later(deps: SendDeps, stored: Versioned[Send], seconds: float) -> str:
-    """Due again in ``seconds`` (the timer queues it); the status and step stay as they are."""
+    """Due again in ``seconds`` (the timer queues it); the status and step stay as they are, and the
+    lease is given up so whichever worker the timer's release reaches may go on."""
     at = deps.clock.now() + timedelta(seconds=seconds)
     current = deps.sends.get(stored.value.org_id, stored.value.send_id)
     if current is not None and not current.value.terminal:
         deps.sends.set_due(stored.value.org_id, stored.value.send_id, at)
+        with contextlib.suppress(ConcurrencyConflict):
+            deps.sends.replace(replace(current.value, lease_owner="", lease_until=None), current.etag)
     return "waiting"
 
 
@@ -260,11 +278,12 @@ def _reply_target(deps: SendDeps, send: Send, mailbox: Mailbox) -> ReplyTarget |
     return ReplyTarget(original.internet_message_id, tuple(dict.fromkeys(references)), found.source_id if found else "")
 
 
-def _log_activity(deps: SendDeps, send: Send, mailbox: Mailbox, internet_message_id: str, sent_at: datetime) -> str:
+def _log_activity(deps: SendDeps, send: Send, mailbox: Mailbox, view: ProviderView, now: datetime) -> str:
     """Save the sent message as one activity (direction ``sent``; BCC never stored) on the send's
     ``record_ids`` plus the records normal matching finds; its id is the one the sync's copy of the same
     Message-ID derives. Returns the activity id, or "" when no record wants it."""
     request = send.request
+    internet_message_id, sent_at = view.internet_message_id, view.sent_at or now
     target = _reply_target(deps, send, mailbox) if request.reply_to_activity_id else None
     body = html_text(request.content).text if request.content_type == "html" else request.content
     message = MailMessage(
@@ -279,6 +298,7 @@ def _log_activity(deps: SendDeps, send: Send, mailbox: Mailbox, internet_message
         body_text=body,
         body_preview=preview(body),
         folder="sentitems",
+        conversation_id=view.conversation_id or None,
         in_reply_to=target.internet_message_id if target else None,
         references=target.references if target else (),
     )
@@ -310,6 +330,7 @@ def _log_activity(deps: SendDeps, send: Send, mailbox: Mailbox, internet_message
             direction=Direction.SENT,
             mailbox_ids=(mailbox.mailbox_id,),
             records=(),
+            conversation_id=message.conversation_id,
         )
     else:
         return ""
