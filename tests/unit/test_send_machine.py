@@ -426,3 +426,38 @@ def _outgoing(s: Send) -> Any:
 
     r = s.request
     return OutgoingMessage(s.send_id, EmailAddress(OWNER), r.to, r.cc, r.bcc, r.subject, r.content_type, r.content)
+
+
+def test_a_second_worker_leaves_a_send_alone_while_the_first_holds_its_lease() -> None:
+    world = World()
+    created = world.request()
+    seen: list[str] = []
+    prepare = world.sender.prepare
+
+    def prepare_while_another_worker_comes(mailbox: Mailbox, message: Any) -> str:
+        seen.append(deliver(world.deps, ORG, created.send.send_id))  # a redelivered message, meanwhile
+        return prepare(mailbox, message)
+
+    world.sender.prepare = prepare_while_another_worker_comes  # type: ignore[method-assign]
+    world.run_queue()
+    assert seen == ["busy"]
+    assert world.get(created.send.send_id).status is SendStatus.SENT
+    assert world.sender.calls.count("prepare") == 1 and len(world.sender.delivered) == 1
+
+
+def test_a_worker_whose_lease_was_taken_over_stops_at_its_next_checkpoint() -> None:
+    world = World()
+    created = world.request()
+    prepare = world.sender.prepare
+
+    def slow_prepare(mailbox: Mailbox, message: Any) -> str:
+        handle = prepare(mailbox, message)
+        world.clock.moment += timedelta(minutes=10)  # the worker outlived its lease...
+        world.sender.prepare = prepare  # type: ignore[method-assign]
+        assert deliver(world.deps, ORG, created.send.send_id) == "sent"  # ...and another took over
+        return handle
+
+    world.sender.prepare = slow_prepare  # type: ignore[method-assign]
+    world.run_queue()
+    assert world.get(created.send.send_id).status is SendStatus.SENT
+    assert len(world.sender.delivered) == 1
