@@ -145,7 +145,9 @@ class Services:
         def microsoft() -> MailSender:
             from sync_core.adapters.graph.send import GraphMailSender
 
-            return GraphMailSender(self.graph_http_for_sending)
+            return GraphMailSender(
+                self.graph_http_for_sending, lambda mailbox: self.identity.token_source(mailbox, send=True)
+            )
 
         return {"microsoft": microsoft}
 

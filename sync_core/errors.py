@@ -377,8 +377,8 @@ class IdempotencyKeyReused(SyncError):
 class SendingRefused(SyncError):
     """The mailbox may not send now (HTTP 409). ``code``: ``sending_disabled`` (the org's
     ``sending_enabled`` is off), ``mailbox_not_active`` (its status is not ``active``) or
-    ``send_permission_missing`` (the connection lacks the permission sending needs); the message says
-    what to do."""
+    ``send_permission_missing`` (the connection lacks the permission sending needs: checked on the
+    sending token's claims before anything is stored); the message says what to do."""
 
     code = "sending_refused"
 

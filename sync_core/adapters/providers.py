@@ -107,6 +107,9 @@ class MailSenderByProvider:
     def sender_for(self, mailbox: Mailbox) -> MailSender:
         return self._senders.for_mailbox(mailbox)
 
+    def permission_problem(self, mailbox: Mailbox) -> str | None:
+        return self.sender_for(mailbox).permission_problem(mailbox)
+
     def prepare(self, mailbox: Mailbox, message: OutgoingMessage) -> str:
         return self.sender_for(mailbox).prepare(mailbox, message)
 

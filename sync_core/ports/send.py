@@ -93,6 +93,10 @@ class MailSender(Protocol):
     quota, outage: try later), ``GrantFailure``/``ConfigurationFailure`` (the connection or a permission
     is missing) or ``ProviderRefused`` (the provider refuses this message)."""
 
+    def permission_problem(self, mailbox: Mailbox) -> str | None:
+        """Why the mailbox's connection may not send, in words that say what to do (a missing permission
+        or consent), or None when it may or the provider cannot tell beforehand."""
+
     def prepare(self, mailbox: Mailbox, message: OutgoingMessage) -> str:
         """Create the message, attachments included, in the mailbox without sending it; return its
         handle. A reply goes through the provider's reply mechanism (threading headers right)."""

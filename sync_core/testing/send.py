@@ -138,6 +138,7 @@ class FakeMailSender:
     lose_answer: bool = False
     visible_after_submit: bool = True
     inspect_unknown: bool = False
+    missing_permission: str | None = None
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def fail(self, method: str, *errors: Exception) -> None:
@@ -148,6 +149,9 @@ class FakeMailSender:
         pending = self.failures.get(method)
         if pending:
             raise pending.pop(0)
+
+    def permission_problem(self, mailbox: Mailbox) -> str | None:
+        return self.missing_permission
 
     def prepare(self, mailbox: Mailbox, message: OutgoingMessage) -> str:
         self._maybe_fail("prepare")

@@ -316,3 +316,28 @@ def test_a_scheduled_send_can_be_canceled_until_it_goes_and_not_after(
     assert too_late.status_code == 409 and too_late.json()["error"]["code"] == "send_not_cancelable"
     run_scheduler(app_host)
     assert [m for m in emulator_client.folder_messages(s.megan_upn, "inbox") if m.get("subject") == "In an hour"] == []
+
+
+def test_a_mailbox_connected_before_sending_was_on_is_refused_until_reconnected_which_adds_mail_send(
+    app_host: AppUnderTest, api: requests.Session, emulator_client: EmulatorClient, tenant: EmulatorTenant, org: str
+) -> None:
+    settings = {"return_url_allow_list": ["https://crm.example/app"]}
+    assert api.put(app_host.url(f"orgs/{org}/settings"), json=settings).status_code == 200
+    adele = tenant.users["adele"]
+    mailbox_id = connect_flow.connect(api, app_host.url, emulator_client, org, adele.upn, return_url=RETURN_URL)
+    assert api.put(app_host.url(f"orgs/{org}/settings"), json={**settings, "sending_enabled": True}).status_code == 200
+    body = {"to": ["pat@customer.example"], "subject": "Hello", "body": {"content": "Hi"}}
+    url = app_host.url(f"orgs/{org}/mailboxes/{mailbox_id}/messages:send")
+    refused = api.post(url, json=body, headers={"Idempotency-Key": "before"})
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["error"]["code"] == "send_permission_missing"
+    assert "connect it again" in refused.json()["error"]["message"]
+    # Reconnecting asks for the sending permissions too (incremental consent): the same mailbox may send.
+    again = connect_flow.connect(api, app_host.url, emulator_client, org, adele.upn, return_url=RETURN_URL)
+    assert again == mailbox_id
+    accepted = api.post(url, json=body, headers={"Idempotency-Key": "after"})
+    assert accepted.status_code == 202, accepted.text
+    app_host.host.drain_queues(timeout=60)
+    sent = api.get(app_host.url(f"orgs/{org}/sends/{accepted.json()['id']}")).json()
+    assert sent["status"] == "sent", sent
+    assert len(emulator_client.outbox(sent["internet_message_id"])) == 1

@@ -461,3 +461,12 @@ def test_a_worker_whose_lease_was_taken_over_stops_at_its_next_checkpoint() -> N
     world.run_queue()
     assert world.get(created.send.send_id).status is SendStatus.SENT
     assert len(world.sender.delivered) == 1
+
+
+def test_a_connection_without_the_send_permission_is_refused_before_anything_is_stored() -> None:
+    world = World()
+    world.sender.missing_permission = "the mailbox's connection lacks Mail.Send: connect it again to grant it"
+    with pytest.raises(SendingRefused) as refused:
+        world.request()
+    assert refused.value.code == "send_permission_missing" and "connect it again" in str(refused.value)
+    assert world.app.sends.by_key(ORG, "k-1") is None and world.sender.calls == []

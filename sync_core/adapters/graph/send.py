@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import email.policy
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -36,8 +37,9 @@ from typing import Any
 from urllib.parse import quote
 
 from sync_core.adapters.graph.http import GraphHttp
-from sync_core.domain.model import EmailAddress, Mailbox
-from sync_core.errors import MessageNotFound, ProviderRefused
+from sync_core.domain.model import ConnectionMode, EmailAddress, Mailbox
+from sync_core.errors import ConfigurationFailure, GrantFailure, MessageNotFound, ProviderRefused, TransientFailure
+from sync_core.ports.identity import TokenSource
 from sync_core.ports.send import DraftState, OutgoingAttachment, OutgoingMessage, ProviderView
 
 IMMUTABLE = ('IdType="ImmutableId"',)
@@ -45,13 +47,49 @@ SEND_ID_HEADER = "x-crm-send-id"
 INLINE_LIMIT = 3 * 1024 * 1024
 UPLOAD_CHUNK = 12 * 320 * 1024  # 3.75 MiB: under Graph's 4 MiB per PUT, a multiple of 320 KiB
 LOCATE_PAGE = 50
+SENDING_PERMISSIONS = ("Mail.ReadWrite", "Mail.Send")
 
 
 class GraphMailSender:
-    """Sends from one mailbox at a time; ``http_for`` gives the GraphHttp (token, limits) of a mailbox."""
+    """Sends from one mailbox at a time; ``http_for`` gives the GraphHttp (token, limits) of a mailbox,
+    ``tokens_for`` (optional) its sending token source, to see the permissions a token carries."""
 
-    def __init__(self, http_for: Callable[[Mailbox], GraphHttp]) -> None:
+    def __init__(
+        self, http_for: Callable[[Mailbox], GraphHttp], tokens_for: Callable[[Mailbox], TokenSource] | None = None
+    ) -> None:
         self._http_for = http_for
+        self._tokens_for = tokens_for
+
+    def permission_problem(self, mailbox: Mailbox) -> str | None:
+        """Reads the sending token's ``roles`` (application) or ``scp`` (delegated) claim: both of
+        ``SENDING_PERMISSIONS`` must be there (their ``.Shared`` forms count for a delegated shared
+        mailbox). A token that cannot be had because the consent lacks them says so; an unreadable
+        token or an unreachable identity platform tells nothing (None: the send finds out)."""
+        if self._tokens_for is None:
+            return None
+        application = mailbox.mode is ConnectionMode.APPLICATION
+        try:
+            token = self._tokens_for(mailbox)(False)
+        except GrantFailure:
+            return (
+                "the mailbox's connection has not granted sending (Mail.ReadWrite, Mail.Send): "
+                "connect it again with the organisation's sending_enabled on"
+            )
+        except (TransientFailure, ConfigurationFailure):
+            return None
+        granted = _claims(token, "roles" if application else "scp")
+        if granted is None:
+            return None
+        have = {permission.lower().removesuffix(".shared") for permission in granted}
+        missing = [p for p in SENDING_PERMISSIONS if p.lower() not in have]
+        if not missing:
+            return None
+        if application:
+            return (
+                f"the app lacks the {' and '.join(missing)} application permission: add it to the app "
+                "registration and have an admin consent again"
+            )
+        return f"the mailbox's connection lacks {' and '.join(missing)}: connect it again to grant it"
 
     def prepare(self, mailbox: Mailbox, message: OutgoingMessage) -> str:
         http, user = self._http_for(mailbox), _user_path(mailbox)
@@ -174,6 +212,22 @@ class GraphMailSender:
             datetime.fromisoformat(str(sent_at).replace("Z", "+00:00")).astimezone(UTC) if sent_at else None,
             str(item.get("conversationId") or ""),
         )
+
+
+def _claims(access_token: str, name: str) -> tuple[str, ...] | None:
+    """A claim of an access token, read not validated (it came from the token endpoint over TLS): ``roles``
+    is a list, ``scp`` a space-separated string. None when the token is not a readable JWT."""
+    try:
+        payload = access_token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError):
+        return None
+    value = claims.get(name) if isinstance(claims, dict) else None
+    if isinstance(value, list):
+        return tuple(str(item) for item in value)
+    if isinstance(value, str):
+        return tuple(value.split())
+    return ()
 
 
 def _user_path(mailbox: Mailbox) -> str:

@@ -87,6 +87,9 @@ def request_send(
             f"the mailbox is {mailbox.effective_status(settings.automation_enabled)[0].value}, not active: "
             "reconnect or enable it, then send again",
         )
+    problem = deps.sender.permission_problem(mailbox)
+    if problem is not None:
+        raise SendingRefused("send_permission_missing", problem)
     if request.reply_to_activity_id and deps.activities.get(org_id, request.reply_to_activity_id) is None:
         raise InvalidRequest("reply_activity_not_found", "reply_to_activity_id names no activity of this org")
     now = deps.clock.now()
