@@ -178,7 +178,8 @@ class EmulatorClient(MailControlMixin, SendControlMixin):
 
     def add_fault(self, **rule: Any) -> str:
         """Inject a fault: ``status`` (429/500/502/503/504), ``retry_after``, ``delay_ms``, ``drop_connection``,
-        ``count`` (-1: until cleared), ``path_contains``, ``mailbox`` (id or UPN), ``method``. Returns its id."""
+        ``count`` (-1: until cleared), ``path_contains``, ``mailbox`` (id or UPN), ``method``, ``after`` (handle the
+        request first, then fail or drop: the call happened but its answer was lost). Returns its id."""
         return str(self._call("POST", "/faults", rule)["id"])
 
     def clear_faults(self) -> None:

@@ -2,8 +2,9 @@
 
 It sets up tenants, users and apps, drives sign-in and consent without a browser, revokes grants,
 sets access policies, expires an app's client secret (AADSTS7000222), tunes limits and latency, injects
-faults and reads per-mailbox counters. Routes under ``mailboxes/``, ``subscriptions/`` and ``delta/``
-belong to the mail store.
+faults (``faults/send``: the next sends fail before sending, or are sent and their answer lost) and reads
+per-mailbox counters. Routes under ``mailboxes/``, ``subscriptions/`` and ``delta/``
+belong to the mail store, and so does ``outbox`` (mail sent to addresses outside the emulator).
 
 Invariants: a malformed or impossible request answers 4xx with ``{"error": "..."}`` and changes
 nothing; ``/_emulator/authorize`` and ``/_emulator/admin-consent`` do exactly what the person's form

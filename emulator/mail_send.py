@@ -55,8 +55,18 @@ from typing import TYPE_CHECKING, Any
 from .core import GraphContext, Response, graph_error, now_utc
 from .mail_compose import _generated_headers, compose_message, new_internet_message_id
 from .mail_mime import parse_mime
-from .mail_model import Attachment, Folder, Message, View, looks_like_html, new_id, recipient, render_message
-from .mail_send_model import HeldSubmission, OutboxEntry, SendLimits
+from .mail_model import (
+    Attachment,
+    Folder,
+    Message,
+    View,
+    looks_like_html,
+    looks_like_id,
+    new_id,
+    recipient,
+    render_message,
+)
+from .mail_send_model import GRAPH_REQUEST_LIMIT, HeldSubmission, OutboxEntry, SendLimits
 from .mail_upload import add_attachment, create_upload_session, delete_attachment
 
 if TYPE_CHECKING:
@@ -139,6 +149,10 @@ class Submission:
 def handle_write(store: MailStore, call: _Call, segments: list[str], book: AddressBook) -> Response:
     """A write route of a mailbox (see the module table); 405 for anything else. Call under the lock."""
     method = call.ctx.request.method.upper()
+    if len(call.ctx.request.body) > GRAPH_REQUEST_LIMIT:
+        # Graph's request size limit: microsoft-graph-docs #85 ("a 4MB limit on the size of a request"),
+        # InnoGE/laravel-msgraph-mail #41 (sendMail with attachments over 4 MB fails)
+        return graph_error(413, "RequestEntityTooLarge", "Maximum request length exceeded.")
     lowered = [s.lower() for s in segments]
     if lowered == ["sendmail"] and method == "POST":
         return send_mail(store, call, book)
@@ -154,6 +168,8 @@ def handle_write(store: MailStore, call: _Call, segments: list[str], book: Addre
     if lowered[:1] != ["messages"] or len(lowered) < 2:
         return _not_supported(call)
     msg = call.box.message(segments[1])
+    if msg is None and not looks_like_id(segments[1]):
+        return graph_error(400, "ErrorInvalidIdMalformed", "Id is malformed.")
     if msg is None:
         return graph_error(404, "ErrorItemNotFound", "The specified object was not found in the store.")
     rest = lowered[2:]
@@ -376,6 +392,8 @@ def _send_mime(store: MailStore, call: _Call, book: AddressBook) -> Response:
     assert sentitems is not None
     landing = _landing(store, call, sentitems)
     msg = store._create_message(call.box, {**fields, "folder": landing.id, "is_read": True}, raw_mime=raw)
+    if submission.sender is not None:
+        msg.sender = submission.sender
     without_bcc = {
         **fields,
         "bcc": [],
@@ -601,10 +619,30 @@ def message_fields(payload: dict[str, Any], *, creating: bool) -> dict[str, Any]
                 return attachments
             fields["_attachments"] = attachments
         else:
-            fields[SIMPLE_PROPS[name]] = value
+            problem = _simple_value_problem(name, value)
+            if problem:
+                return _bad_body(problem)
+            fields[SIMPLE_PROPS[name]] = value.lower() if name in ("importance", "inferenceClassification") else value
     if not creating:
         fields.pop("headers", None)
     return fields
+
+
+def _simple_value_problem(name: str, value: Any) -> str | None:
+    """Why ``value`` cannot be the message property ``name`` (None if it can)."""
+    if name in ("isRead", "isDeliveryReceiptRequested", "isReadReceiptRequested"):
+        return None if isinstance(value, bool) else f"'{name}' must be true or false."
+    if name == "importance":
+        return None if str(value).lower() in ("low", "normal", "high") else "'importance' must be low, normal or high."
+    if name == "inferenceClassification":
+        known = str(value).lower() in ("focused", "other")
+        return None if known else "'inferenceClassification' must be focused or other."
+    if name == "categories":
+        ok = isinstance(value, list) and all(isinstance(c, str) for c in value)
+        return None if ok else "'categories' must be a collection of strings."
+    if name == "flag":
+        return None if isinstance(value, dict) else "'flag' must be a followupFlag object."
+    return None if isinstance(value, str) else f"'{name}' must be a string."
 
 
 def apply_fields(msg: Message, fields: dict[str, Any]) -> set[str]:

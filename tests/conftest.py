@@ -6,6 +6,8 @@ starts its own Azurite on free ports for the session. Each pytest worker runs on
 
 * ``emulator`` (session): an :class:`EmulatorServer` on a free port.
 * ``emulator_client`` (session): an :class:`EmulatorClient` for the control API.
+* ``google_emulator`` (session): the Google emulator (:class:`GoogleEmulatorServer`) on a free port;
+  its control API is ``{url}/_emulator`` (tests/emulator/google/conftest.py shows a per-test setup).
 * ``tenant`` (function): a fresh tenant with a unique domain, users ``adele`` (alias ``adele.vance@...``),
   ``megan`` and the shared mailbox ``sales``, its own app registration, and MSAL helpers. Tests never
   reset the shared emulator: each works in its own tenant, and ``tenant`` restores the emulator settings
@@ -22,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from emulator.client import EmulatorClient, EmulatorTenant
+from emulator.google.server import GoogleEmulatorServer
 from emulator.server import EmulatorServer
 from tools.azurite import start_azurite
 
@@ -48,6 +51,12 @@ def table_prefix() -> str:
 @pytest.fixture(scope="session")
 def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorServer]:
     with EmulatorServer(port=0, state_dir=Path(tmp_path_factory.mktemp("emulator"))) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def google_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GoogleEmulatorServer]:
+    with GoogleEmulatorServer(port=0, state_dir=Path(tmp_path_factory.mktemp("google-emulator"))) as server:
         yield server
 
 

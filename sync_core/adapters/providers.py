@@ -23,7 +23,15 @@ from typing import Generic, TypeVar
 
 from sync_core.domain.model import AttachmentSummary, Mailbox, MailMessage
 from sync_core.errors import UnknownProvider
-from sync_core.ports import DeltaPage, MailSender, MailSource, OutgoingMessage, ProviderView
+from sync_core.ports import (
+    DeltaPage,
+    MailSender,
+    MailSource,
+    OutgoingMessage,
+    ProviderView,
+    ReportsUsage,
+    RequestUsage,
+)
 
 T = TypeVar("T")
 
@@ -95,6 +103,16 @@ class MailSourceByProvider:
             return self.source_for(mailbox).requests_for(mailbox)
         except UnknownProvider:
             return 0
+
+    def usage_for(self, mailbox: Mailbox) -> RequestUsage:
+        """``ReportsUsage`` of the mailbox's provider's source; requests only where it has no more."""
+        try:
+            source = self.source_for(mailbox)
+        except UnknownProvider:
+            return RequestUsage()
+        if isinstance(source, ReportsUsage):
+            return source.usage_for(mailbox)
+        return RequestUsage(requests=source.requests_for(mailbox))
 
 
 class MailSenderByProvider:

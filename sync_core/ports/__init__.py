@@ -30,7 +30,7 @@ from sync_core.ports.identity import (
     TokenCacheStore,
     TokenSource,
 )
-from sync_core.ports.mail import DeltaPage, MailSource
+from sync_core.ports.mail import DeltaPage, MailSource, ReportsUsage, RequestUsage
 from sync_core.ports.push import (
     ActivityEvents,
     CreatedSubscription,
@@ -107,6 +107,8 @@ __all__ = [
     "RecordLookupResult",
     "RecordsIndex",
     "ReplyTarget",
+    "ReportsUsage",
+    "RequestUsage",
     "RunReport",
     "RunReportStore",
     "SendStore",

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from sync_core.domain.model import AttachmentSummary, Mailbox, MailMessage
 
@@ -60,3 +60,31 @@ class MailSource(Protocol):
     def requests_for(self, mailbox: Mailbox) -> int:
         """``requests_made`` for this mailbox only: a run's report counts its own requests, not those
         of runs of other mailboxes sharing the source in the same process."""
+
+
+@dataclass(frozen=True)
+class RequestUsage:
+    """What a mail source spent on one mailbox so far: ``requests`` sent (a batch once, a retry again),
+    ``throttled`` answers asking it to slow down (429, 503, ...; retried or given up), and
+    ``waited_seconds`` slept honouring them (Retry-After or backoff). Monotonic: a run's share is the
+    difference of two readings."""
+
+    requests: int = 0
+    throttled: int = 0
+    waited_seconds: float = 0.0
+
+    def since(self, before: RequestUsage) -> RequestUsage:
+        return RequestUsage(
+            self.requests - before.requests,
+            self.throttled - before.throttled,
+            round(self.waited_seconds - before.waited_seconds, 3),
+        )
+
+
+@runtime_checkable
+class ReportsUsage(Protocol):
+    """Optional capability of a ``MailSource``: its throttling per mailbox, for the run's operational
+    event (``use_cases.telemetry``). A source without it reports no throttling."""
+
+    def usage_for(self, mailbox: Mailbox) -> RequestUsage:
+        """``RequestUsage`` of this mailbox since the source was built."""

@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from sync_core.domain.folders import DEFAULT_FOLDERS
 from sync_core.domain.model import AttachmentSummary, Mailbox, MailMessage
 from sync_core.errors import DeltaTokenExpired, MessageNotFound, TransientGraphError
-from sync_core.ports import DeltaPage
+from sync_core.ports import DeltaPage, RequestUsage
 
 
 @dataclass
@@ -48,6 +48,7 @@ class FakeMailSource:
         self.forgotten: set[str] = set()  # links answered with 404
         self.removed_folders: set[str] = set()
         self.deleted: set[str] = set()  # source ids whose attachment listing 404s
+        self.throttling: dict[tuple[str, str], tuple[int, float]] = {}  # (org, mailbox) -> (answers, seconds)
 
     # -- test controls ------------------------------------------------------------------------------
 
@@ -55,6 +56,13 @@ class FakeMailSource:
         self.folders_.setdefault(message.folder, []).append(message)
         if files:
             self.files[message.source_id] = tuple(files)
+
+    def throttle(self, mailbox: Mailbox, answers: int, waited_seconds: float) -> None:
+        """Count ``answers`` throttled responses and ``waited_seconds`` of waiting on the mailbox, as
+        GraphHttp does when it retries after a Retry-After (``usage_for`` reports them)."""
+        key = (mailbox.org_id, mailbox.mailbox_id)
+        before = self.throttling.get(key, (0, 0.0))
+        self.throttling[key] = (before[0] + answers, before[1] + waited_seconds)
 
     def expire_links(self) -> None:
         self._generation += 1
@@ -76,6 +84,10 @@ class FakeMailSource:
 
     def requests_for(self, mailbox: Mailbox) -> int:
         return self.requests_by_mailbox[(mailbox.org_id, mailbox.mailbox_id)]
+
+    def usage_for(self, mailbox: Mailbox) -> RequestUsage:
+        answers, seconds = self.throttling.get((mailbox.org_id, mailbox.mailbox_id), (0, 0.0))
+        return RequestUsage(self.requests_for(mailbox), answers, seconds)
 
     def _count(self, mailbox: Mailbox) -> None:
         self.requests += 1

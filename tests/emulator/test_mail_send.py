@@ -319,3 +319,82 @@ def test_a_held_submission_waits_in_the_outbox_until_released(tenant: EmulatorTe
     assert draft["id"] in {m["immutableId"] for m in tenant.client.sent_items(adele)}
     assert sorted(m["subject"] for m in inbox_of(tenant, "megan")) == ["Proposal", "second"]
     assert tenant.client.folder_messages(adele, "outbox") == []
+
+
+# -- shapes and paths ------------------------------------------------------------------------------
+
+
+def test_an_unknown_property_or_a_malformed_id_is_a_400(tenant: EmulatorTenant, sender: str) -> None:
+    unknown = post(tenant, sender, "/me/messages", draft_body(tenant, colour="blue"))
+    malformed = post(tenant, sender, "/me/messages/not-an-id/send")
+
+    assert unknown.status_code == 400
+    assert unknown.json()["error"]["code"] == "RequestBodyRead"
+    assert malformed.status_code == 400
+    assert malformed.json()["error"]["code"] == "ErrorInvalidIdMalformed"
+
+
+def test_an_application_drafts_and_sends_on_the_users_path(tenant: EmulatorTenant) -> None:
+    tenant.client.set_app_roles(tenant.app.client_id, ["Mail.ReadWrite", "Mail.Send", "User.Read.All"])
+    app = tenant.app_token()
+    adele = tenant.users["adele"]
+    attachment = {
+        "@odata.type": "#microsoft.graph.fileAttachment",
+        "name": "terms.txt",
+        "contentBytes": base64.b64encode(b"terms").decode(),
+    }
+
+    draft = post(tenant, app, f"/users/{adele.upn}/messages", draft_body(tenant, attachments=[attachment])).json()
+    sent = post(tenant, app, f"/users/{adele.id}/messages/{draft['id']}/send")
+
+    assert sent.status_code == 202
+    [copy] = inbox_of(tenant, "megan")
+    assert copy["hasAttachments"] is True
+    assert copy["from"]["emailAddress"]["address"] == adele.mail
+
+
+def test_create_reply_all_answers_everyone_but_oneself(tenant: EmulatorTenant, sender: str) -> None:
+    adele, megan = tenant.users["adele"], tenant.users["megan"]
+    received = tenant.client.deliver(
+        adele.id,
+        subject="Plan",
+        to=[adele.mail, "erin@fabrikam.example"],
+        cc=[megan.mail],
+        **{"from": "dan@talent.example"},
+    )
+
+    draft = post(tenant, sender, f"/me/messages/{received['immutableId']}/createReplyAll").json()
+
+    to = [r["emailAddress"]["address"] for r in draft["toRecipients"]]
+    cc = [r["emailAddress"]["address"] for r in draft["ccRecipients"]]
+    assert to == ["dan@talent.example", "erin@fabrikam.example"]
+    assert cc == [megan.mail]
+    assert draft["conversationId"] == received["conversationId"]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"categories": "not-a-list"}, {"isRead": "yes"}, {"importance": "urgent"}, {"subject": 5}, {"flag": "x"}],
+)
+def test_a_property_of_the_wrong_shape_is_a_400_not_a_crash(
+    tenant: EmulatorTenant, sender: str, change: dict[str, Any]
+) -> None:
+    draft = post(tenant, sender, "/me/messages", draft_body(tenant)).json()
+
+    created = post(tenant, sender, "/me/messages", draft_body(tenant, **change))
+    patched = tenant.graph("PATCH", f"/me/messages/{draft['id']}", sender, json=change)
+
+    assert (created.status_code, patched.status_code) == (400, 400)
+
+
+def test_without_the_immutable_id_preference_the_draft_id_is_gone_after_sending(
+    tenant: EmulatorTenant, sender: str
+) -> None:
+    draft = tenant.graph("POST", "/me/messages", sender, json=draft_body(tenant)).json()
+    state = tenant.client.message(tenant.users["adele"].id, draft["id"])
+
+    assert tenant.graph("POST", f"/me/messages/{draft['id']}/send", sender).status_code == 202
+
+    assert get(tenant, sender, f"/me/messages/{draft['id']}").status_code == 404  # a REST id changes on a move
+    by_immutable = get(tenant, sender, f"/me/messages/{state['immutableId']}", IMMUTABLE)
+    assert by_immutable.json()["isDraft"] is False

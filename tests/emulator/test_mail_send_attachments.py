@@ -157,3 +157,16 @@ def test_attachments_and_upload_sessions_need_mail_read_write(tenant: EmulatorTe
 
     assert refused.status_code == 403
     assert refused.json()["error"]["code"] == "ErrorAccessDenied"
+
+
+def test_send_mail_over_graphs_4_mb_request_limit_is_413_and_sends_nothing(tenant: EmulatorTenant, sender: str) -> None:
+    attachment = {
+        "@odata.type": "#microsoft.graph.fileAttachment",
+        "name": "big.bin",
+        "contentBytes": base64.b64encode(b"x" * (3 * MB + MB // 2)).decode(),
+    }
+
+    answer = post(tenant, sender, "/me/sendMail", {"message": draft_body(tenant, attachments=[attachment])})
+
+    assert answer.status_code == 413
+    assert inbox_of(tenant, "megan") == []

@@ -42,7 +42,7 @@ from sync_core.domain.folders import DEFAULT_FOLDERS, FolderRole
 from sync_core.domain.model import AttachmentSummary, EmailAddress, Mailbox, MailMessage
 from sync_core.domain.text import html_text, preview
 from sync_core.errors import MessageNotFound
-from sync_core.ports import DeltaPage
+from sync_core.ports import DeltaPage, RequestUsage
 
 MESSAGE_FIELDS = (
     "id,internetMessageId,conversationId,subject,body,bodyPreview,from,toRecipients,ccRecipients,"
@@ -97,6 +97,16 @@ class GraphMailSource:
         with self._lock:
             client = self._clients.get(_key(mailbox))
         return client.metrics.requests if client is not None else 0
+
+    def usage_for(self, mailbox: Mailbox) -> RequestUsage:
+        """The mailbox's GraphHttp counts: requests, throttled answers (429 and retried 5xx, in batches
+        too) and seconds slept honouring Retry-After or backoff (``ReportsUsage``)."""
+        with self._lock:
+            client = self._clients.get(_key(mailbox))
+        if client is None:
+            return RequestUsage()
+        metrics = client.metrics
+        return RequestUsage(metrics.requests, metrics.throttled, metrics.waited_seconds)
 
     def delta(self, mailbox: Mailbox, folder: str, link: str | None, since: datetime) -> DeltaPage:
         http = self._http(mailbox)

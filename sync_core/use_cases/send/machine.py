@@ -64,7 +64,7 @@ from sync_core.errors import (
 )
 from sync_core.ports import Versioned
 from sync_core.ports.send import DraftState, OutgoingAttachment, OutgoingMessage, ProviderView, ReplyTarget
-from sync_core.use_cases import pipeline
+from sync_core.use_cases import pipeline, telemetry
 from sync_core.use_cases.send import pacing
 from sync_core.use_cases.send.common import SendDeps
 
@@ -197,6 +197,7 @@ def _later(deps: SendDeps, stored: Versioned[Send], seconds: float) -> str:
     current = deps.sends.get(stored.value.org_id, stored.value.send_id)
     if current is not None and not current.value.terminal:
         deps.sends.set_due(stored.value.org_id, stored.value.send_id, at)
+        _event(current.value, "retrying", retry_after=seconds)
         with contextlib.suppress(ConcurrencyConflict):
             deps.sends.replace(replace(current.value, lease_owner="", lease_until=None), current.etag)
     return "waiting"
@@ -207,10 +208,25 @@ def _finished(deps: SendDeps, stored: Versioned[Send], ended: Send) -> str:
     ``schedule.cancel``): stored, no longer due, then announced to the CRM."""
     written = deps.sends.replace(ended, stored.etag)
     deps.sends.set_due(ended.org_id, ended.send_id, None)
-    if ended.error is not None:
-        log.info("send %s of org %s failed: %s", ended.send_id, ended.org_id, ended.error.code)
+    _event(ended, ended.status.value, ended.error.code if ended.error else "")
     _announce(deps, written)
     return ended.status.value
+
+
+def _event(send: Send, outcome: str, failure: str = "", retry_after: float | None = None) -> None:
+    """The send's operational event (``telemetry.emit_send``): ids, states and counts, never addresses."""
+    telemetry.emit_send(
+        send.org_id,
+        send.mailbox_id,
+        send.send_id,
+        outcome=outcome,
+        state=send.step.value,
+        attempt=send.attempts,
+        failure_class=failure,
+        recipients=len(send.request.recipients),
+        attachments=len(send.request.attachments),
+        retry_after_s=retry_after,
+    )
 
 
 def _announce(deps: SendDeps, stored: Versioned[Send]) -> None:

@@ -25,6 +25,7 @@ from sync_core.domain.model import EmailAddress, MailboxStatus
 from sync_core.domain.representation import iso
 from sync_core.domain.sending import Send, SendRequest, SendStatus
 from sync_core.errors import IdempotencyKeyReused, InvalidRequest, MailboxNotFound, SendingRefused
+from sync_core.use_cases import telemetry
 from sync_core.use_cases.send.common import SendDeps, enqueue
 
 RESCUE_AFTER = timedelta(minutes=5)
@@ -116,6 +117,7 @@ def request_send(
 
 def _repeated(deps: SendDeps, send: Send, print_: str) -> SendRequested:
     same = _same(send, print_)
+    telemetry.emit_send(same.org_id, same.mailbox_id, same.send_id, outcome="duplicate", state=same.step.value)
     if same.status is SendStatus.QUEUED and same.not_before is None:
         enqueue(deps, same.org_id, same.send_id)  # harmless if one is queued: the machine resumes
     return SendRequested(same, created=False)
