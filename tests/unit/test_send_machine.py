@@ -388,6 +388,9 @@ def test_attachments_reach_the_provider_with_their_bytes() -> None:
     world.run_queue()
     sent = world.sender.delivered[0][1]
     assert [(a.name, a.content) for a in sent.attachments] == [("quote.pdf", content)]
+    activity = world.app.stores.activities.timeline(ORG, "c-1", None, 10).items[0]
+    shown = [(a.name, a.size, a.content_type) for a in activity.attachments]
+    assert shown == [("quote.pdf", len(content), "application/pdf")]
 
 
 def test_a_mailbox_signed_out_before_its_queued_send_started_fails_it_without_a_provider_call() -> None:

@@ -45,6 +45,7 @@ from datetime import datetime, timedelta
 
 from sync_core.domain.model import (
     Activity,
+    AttachmentSummary,
     Direction,
     EmailAddress,
     Mailbox,
@@ -314,6 +315,7 @@ def _log_activity(deps: SendDeps, send: Send, mailbox: Mailbox, view: ProviderVi
         body_text=body,
         body_preview=preview(body),
         folder="sentitems",
+        attachments=tuple(AttachmentSummary(a.name, a.size, a.content_type) for a in request.attachments),
         conversation_id=view.conversation_id or None,
         in_reply_to=target.internet_message_id if target else None,
         references=target.references if target else (),
@@ -346,6 +348,7 @@ def _log_activity(deps: SendDeps, send: Send, mailbox: Mailbox, view: ProviderVi
             direction=Direction.SENT,
             mailbox_ids=(mailbox.mailbox_id,),
             records=(),
+            attachments=message.attachments,
             conversation_id=message.conversation_id,
         )
     else:
