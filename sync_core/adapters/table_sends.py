@@ -126,6 +126,11 @@ class TableSendStore:
         count = max(chunks) + 1 if chunks else 0
         return tuple(b"".join(c for _, c in sorted(chunks.get(i, []))) for i in range(count))
 
+    def drop_content(self, org_id: str, send_id: str) -> None:
+        rows = list(self._parts.rows(_parts_partition(org_id, send_id), select=["PartitionKey", "RowKey"]))
+        if rows:
+            self._parts.submit([Write("delete", key_only(row)) for row in rows])
+
     def for_mailbox(self, org_id: str, mailbox_id: str, cursor: str | None, limit: int) -> Page[Send]:
         if limit < 1:
             raise ValueError("limit must be at least 1")

@@ -8,6 +8,7 @@ against Exchange Online's documented limits (30 messages a minute, 10,000 recipi
 Invariants:
 - A send's ``status`` only moves forward: ``scheduled``/``queued`` → ``sending`` → ``sent``|``failed``,
   or ``scheduled``/``queued`` → ``canceled``; a terminal send never changes status again.
+- A send that ended (``sent``, ``failed``, ``canceled``) keeps no body, BCC or attachment bytes.
 - ``canceled`` is possible only before the first provider call (``step`` is ``none``): once a draft may
   exist the send is ``sending`` and can no longer be canceled.
 - A ``PacingWindow`` grants a slot only if, with it, the last 60 seconds hold at most
@@ -141,6 +142,12 @@ class Send:
 
     def canceled(self) -> Send:
         return replace(self, status=SendStatus.CANCELED, not_before=None)
+
+    def forgotten(self) -> Send:
+        """This send without the message's content: its body and BCC recipients are dropped once it ended
+        (its fingerprint still answers a repeated Idempotency-Key; attachments bytes go with
+        ``SendStore.drop_content``)."""
+        return replace(self, request=replace(self.request, content="", bcc=()))
 
 
 @dataclass(frozen=True)

@@ -134,6 +134,10 @@ class SendStore(Protocol):
     def content(self, org_id: str, send_id: str) -> tuple[bytes, ...]:
         """The attachment bytes of the send, in request order."""
 
+    def drop_content(self, org_id: str, send_id: str) -> None:
+        """Delete the send's attachment bytes (and a request kept apart for its size): a send that ended
+        keeps no message content. Dropped already is fine."""
+
     def for_mailbox(self, org_id: str, mailbox_id: str, cursor: str | None, limit: int) -> Page[Send]:
         """The mailbox's sends, newest first. ValueError for a cursor this store did not produce."""
 

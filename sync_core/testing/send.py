@@ -68,6 +68,10 @@ class InMemorySendStore:
     def content(self, org_id: str, send_id: str) -> tuple[bytes, ...]:
         return self._content.get((org_id, send_id), ())
 
+    def drop_content(self, org_id: str, send_id: str) -> None:
+        with self._lock:
+            self._content.pop((org_id, send_id), None)
+
     def for_mailbox(self, org_id: str, mailbox_id: str, cursor: str | None, limit: int) -> Page[Send]:
         if limit < 1:
             raise ValueError("limit must be at least 1")

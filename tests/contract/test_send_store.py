@@ -62,6 +62,14 @@ def test_a_created_send_reads_back_with_every_field_and_its_attachment_bytes(sto
     assert store.get("org-2", "s-1") is None
 
 
+def test_dropping_a_sends_content_leaves_the_send_without_its_bytes(store: Any) -> None:
+    store.create(a_send(), [bytes(range(256)) * 5000, b"tiny"])
+    store.drop_content("org-1", "s-1")
+    store.drop_content("org-1", "s-1")  # again: fine
+    assert store.content("org-1", "s-1") == ()
+    assert store.get("org-1", "s-1").value == a_send()
+
+
 def test_a_second_create_with_the_same_key_returns_the_first_send(store: Any) -> None:
     store.create(a_send(), [b"x"])
     again, created = store.create(a_send("s-2"), [b"y"])

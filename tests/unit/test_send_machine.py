@@ -126,6 +126,7 @@ def test_bcc_is_sent_but_never_stored_on_the_activity() -> None:
     world.run_queue()
     done = world.get(created.send.send_id)
     assert world.sender.delivered[0][1].bcc == (EmailAddress("boss@other.example"),)
+    assert (done.request.bcc, done.request.content) == ((), "")  # an ended send keeps no body or BCC
     activity = world.app.stores.activities.get(ORG, done.activity_id)
     assert activity is not None
     assert "boss@other.example" not in json.dumps([p.address for p in activity.to + activity.cc])
@@ -388,6 +389,8 @@ def test_attachments_reach_the_provider_with_their_bytes() -> None:
     world.run_queue()
     sent = world.sender.delivered[0][1]
     assert [(a.name, a.content) for a in sent.attachments] == [("quote.pdf", content)]
+    stored = world.app.sends.by_key(ORG, "att")
+    assert stored is not None and world.app.sends.content(ORG, stored.value.send_id) == ()
     activity = world.app.stores.activities.timeline(ORG, "c-1", None, 10).items[0]
     shown = [(a.name, a.size, a.content_type) for a in activity.attachments]
     assert shown == [("quote.pdf", len(content), "application/pdf")]

@@ -105,6 +105,7 @@ def _advance(deps: SendDeps, stored: Versioned[Send], me: str) -> str | None:
     send, now = stored.value, deps.clock.now()
     if send.terminal:
         if send.status is not SendStatus.CANCELED and not send.announced:
+            deps.sends.drop_content(send.org_id, send.send_id)  # a worker may have died before it did
             _announce(deps, stored)
         deps.sends.set_due(send.org_id, send.send_id, None)
         return send.status.value
@@ -207,9 +208,10 @@ def _later(deps: SendDeps, stored: Versioned[Send], seconds: float) -> str:
 def _finished(deps: SendDeps, stored: Versioned[Send], ended: Send) -> str:
     """The one place a send reaches a terminal state (``sent``, ``failed``; ``canceled`` ends in
     ``schedule.cancel``): stored, no longer due, then announced to the CRM."""
-    written = deps.sends.replace(ended, stored.etag)
-    deps.sends.set_due(ended.org_id, ended.send_id, None)
     _event(ended, ended.status.value, ended.error.code if ended.error else "")
+    written = deps.sends.replace(ended.forgotten(), stored.etag)
+    deps.sends.set_due(ended.org_id, ended.send_id, None)
+    deps.sends.drop_content(ended.org_id, ended.send_id)
     _announce(deps, written)
     return ended.status.value
 

@@ -42,10 +42,11 @@ def cancel(deps: SendDeps, org_id: str, send_id: str) -> Send:
         if send.status not in CANCELABLE or send.step is not SendStep.NONE:
             raise SendNotCancelable(send.status.value)
         try:
-            deps.sends.replace(send.canceled(), stored.etag)
+            deps.sends.replace(send.canceled().forgotten(), stored.etag)
         except ConcurrencyConflict:
             continue
         deps.sends.set_due(org_id, send_id, None)
+        deps.sends.drop_content(org_id, send_id)
         return send.canceled()
     raise ConcurrencyConflict("the send kept changing; try again")
 
