@@ -32,12 +32,13 @@ if TYPE_CHECKING:
     from sync_core.adapters.storage_queue import StorageWorkQueue
     from sync_core.adapters.table_backfill import TableBackfillJobStore
     from sync_core.adapters.table_due import TableDueIndex
+    from sync_core.adapters.table_sends import TableSendStore
     from sync_core.adapters.table_subscriptions import TableSubscriptionStore
     from sync_core.adapters.table_webhook_log import TableWebhookLog, TableWebhookSecretStore
     from sync_core.auth.crypto import TokenCipher
     from sync_core.auth.token_cache_store import TableTokenCacheStore
     from sync_core.domain.model import Mailbox
-    from sync_core.ports import MailSource
+    from sync_core.ports import MailSender, MailSource
     from sync_core.ports.identity import TokenSource
     from sync_core.use_cases.connect import ConnectDeps, ConnectProvider
     from sync_core.use_cases.ingest import IngestDeps
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from sync_core.use_cases.preview import PreviewDeps
     from sync_core.use_cases.record_backfill import BackfillRequestDeps, RecordBackfillDeps
     from sync_core.use_cases.schedule import ScheduleDeps
+    from sync_core.use_cases.send import SendDeps
     from sync_core.use_cases.subscriptions import SubscriptionDeps
     from sync_core.use_cases.sync_mailbox import SyncDeps, SyncOutcome
     from sync_core.use_cases.webhooks import WebhookDeps, WebhookEvents
@@ -202,6 +204,12 @@ class Services:
             org_access=GoogleOrgAccess(self._session, s.google_token_url, s.gmail_base_url),
         )
 
+    def graph_http_for_sending(self, mailbox: Mailbox) -> GraphHttp:
+        """Graph for a sender: a delegated mailbox's tokens carry the sending scopes."""
+        from sync_core.adapters.graph.http import GraphHttp
+
+        return GraphHttp(self._session, self.settings.graph_base_url, self.identity.token_source(mailbox, send=True))
+
     # -- providers: one registration per mail provider ------------------------------------------------
 
     def mail_source_factories(self) -> dict[str, Callable[[], MailSource]]:
@@ -226,6 +234,55 @@ class Services:
         from sync_core.adapters.providers import MailSourceByProvider
 
         return MailSourceByProvider(self.mail_source_factories())
+
+    def mail_sender_factories(self) -> dict[str, Callable[[], MailSender]]:
+        """The provider table of the ``MailSender`` port, keyed like ``mail_source_factories``."""
+
+        def microsoft() -> MailSender:
+            from sync_core.adapters.graph.send import GraphMailSender
+
+            return GraphMailSender(
+                self.graph_http_for_sending, lambda mailbox: self.identity.token_source(mailbox, send=True)
+            )
+
+        return {"microsoft": microsoft}
+
+    @functools.cached_property
+    def mail_sender(self) -> MailSender:
+        from sync_core.adapters.providers import MailSenderByProvider
+
+        return MailSenderByProvider(self.mail_sender_factories())
+
+    @functools.cached_property
+    def sends(self) -> TableSendStore:
+        from sync_core.adapters.table_sends import TableSendStore
+
+        return TableSendStore(self.tables, self.settings.table_prefix, self.stores.metrics)
+
+    def send_deps(self) -> SendDeps:
+        from sync_core.use_cases.send import SendDeps
+        from sync_core.use_cases.webhooks import announcer
+
+        s = self.stores
+        return SendDeps(
+            sends=self.sends,
+            mailboxes=s.mailboxes,
+            settings=s.settings,
+            records=s.records,
+            activities=s.activities,
+            mail=self.mail_source(),
+            sender=self.mail_sender,
+            queue=self.push_queue,
+            clock=self.clock,
+            announce=announcer(self.webhook_deps()),
+            events=self.activity_events(),
+        )
+
+    def _render_send(self, org_id: str, send_id: str) -> dict[str, Any] | None:
+        from sync_core.domain.representation import send_to_json
+
+        stored = self.sends.get(org_id, send_id)
+        return send_to_json(stored.value) if stored is not None else None
 
     def connect_deps(self) -> ConnectDeps:
         from sync_core.adapters.graph.directory import GraphDirectory
@@ -467,6 +524,7 @@ class Services:
                 self._webhook_session, allow_private=self.settings.webhooks_allow_private_networks
             ),
             render=activity_to_json,
+            render_send=self._render_send,
         )
 
     @functools.cached_property

@@ -256,6 +256,7 @@ _FIELD_OF = {
     "invalid_tenant": "tenant",
     "invalid_address": "address",
     "address_not_found": "address",
+    "reply_activity_not_found": "reply_to_activity_id",
 }
 
 
@@ -394,3 +395,45 @@ class WebhookSendFailed(SyncError):
     """The webhook POST got no answer (connection refused, TLS failure, timeout)."""
 
     code = "webhook_send_failed"
+
+
+# -- sending ---------------------------------------------------------------------------------------------
+
+
+class IdempotencyKeyReused(SyncError):
+    """The org already has a send under this Idempotency-Key, for a different request (HTTP 409)."""
+
+    code = "idempotency_key_reused"
+
+
+class SendingRefused(SyncError):
+    """The mailbox may not send now (HTTP 409). ``code``: ``sending_disabled`` (the org's
+    ``sending_enabled`` is off), ``mailbox_not_active`` (its status is not ``active``) or
+    ``send_permission_missing`` (the connection lacks the permission sending needs: checked on the
+    sending token's claims before anything is stored); the message says what to do."""
+
+    code = "sending_refused"
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class SendNotFound(SyncError):
+    """No such send in this org (HTTP 404)."""
+
+    code = "send_not_found"
+
+
+class SendNotCancelable(SyncError):
+    """The send is past the point where it can be canceled (HTTP 409): sending began or it ended."""
+
+    code = "send_not_cancelable"
+
+    def __init__(self, status: str) -> None:
+        super().__init__(f"a send can be canceled only while scheduled or queued; this one is {status}")
+        self.status = status
+
+    @property
+    def details(self) -> dict[str, Any] | None:
+        return {"status": self.status}

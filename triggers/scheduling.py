@@ -46,6 +46,18 @@ def enqueue_due_mailboxes(timer: func.TimerRequest) -> None:
     if timer.past_due:
         log.info("timer: running late")
     schedule.enqueue_due(bootstrap.services().schedule_deps())
+    release_due_sends()
+
+
+def release_due_sends() -> None:
+    """Queue the sends that fell due (``send_at``, pacing, a provider's Retry-After); never fails the
+    sync's tick."""
+    from sync_core.use_cases import send
+
+    try:
+        send.release_due(bootstrap.services().send_deps())
+    except Exception as exc:
+        log.error("timer: could not release due sends: %s", type(exc).__name__)
 
 
 @bp.queue_trigger(arg_name="msg", queue_name=QUEUE_SETTING, connection="AzureWebJobsStorage")

@@ -2,8 +2,9 @@
 
 The composition root registers, per provider name (``Mailbox.provider``: ``microsoft``, ``imap``,
 ``google``), a factory for each port the provider implements. ``ProviderTable`` builds an adapter the
-first time a mailbox of that provider needs it and reuses it afterwards; ``MailSourceByProvider`` is the
-``MailSource`` the use cases get, so they never choose a provider themselves.
+first time a mailbox of that provider needs it and reuses it afterwards; ``MailSourceByProvider`` and
+``MailSenderByProvider`` are the ``MailSource`` and ``MailSender`` the use cases get, so they never choose
+a provider themselves.
 
 Invariants:
 - A mailbox is served only by the adapter registered under its own ``provider``; a name nobody
@@ -22,7 +23,17 @@ from typing import Generic, TypeVar
 
 from sync_core.domain.model import AttachmentSummary, Mailbox, MailMessage
 from sync_core.errors import UnknownProvider
-from sync_core.ports import DeltaPage, MailSource, ReportsUsage, RequestUsage, SearchPage, SearchQuery
+from sync_core.ports import (
+    DeltaPage,
+    MailSender,
+    MailSource,
+    OutgoingMessage,
+    ProviderView,
+    ReportsUsage,
+    RequestUsage,
+    SearchPage,
+    SearchQuery,
+)
 
 T = TypeVar("T")
 
@@ -110,3 +121,32 @@ class MailSourceByProvider:
         if isinstance(source, ReportsUsage):
             return source.usage_for(mailbox)
         return RequestUsage(requests=source.requests_for(mailbox))
+
+
+class MailSenderByProvider:
+    """The ``MailSender`` of every provider: each call goes to the sender of the mailbox's provider (a
+    provider that registered no sender raises ``UnknownProvider``: the send fails with the reason)."""
+
+    def __init__(self, factories: Mapping[str, Callable[[], MailSender]]) -> None:
+        self._senders: ProviderTable[MailSender] = ProviderTable("mail sender", factories)
+
+    def sender_for(self, mailbox: Mailbox) -> MailSender:
+        return self._senders.for_mailbox(mailbox)
+
+    def permission_problem(self, mailbox: Mailbox) -> str | None:
+        return self.sender_for(mailbox).permission_problem(mailbox)
+
+    def prepare(self, mailbox: Mailbox, message: OutgoingMessage) -> str:
+        return self.sender_for(mailbox).prepare(mailbox, message)
+
+    def locate(self, mailbox: Mailbox, send_id: str) -> tuple[str, ...]:
+        return self.sender_for(mailbox).locate(mailbox, send_id)
+
+    def discard(self, mailbox: Mailbox, handle: str) -> None:
+        self.sender_for(mailbox).discard(mailbox, handle)
+
+    def submit(self, mailbox: Mailbox, handle: str) -> None:
+        self.sender_for(mailbox).submit(mailbox, handle)
+
+    def inspect(self, mailbox: Mailbox, handle: str) -> ProviderView:
+        return self.sender_for(mailbox).inspect(mailbox, handle)

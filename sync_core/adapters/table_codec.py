@@ -163,7 +163,12 @@ def merge_activity(stored: Activity, incoming: Activity) -> Activity:
     records = stored.records + tuple(ref for ref in _unique_records(incoming.records) if ref.record_id not in known)
     direction = Direction.SENT if Direction.SENT in (stored.direction, incoming.direction) else stored.direction
     return dataclasses.replace(
-        stored, mailbox_ids=tuple(dict.fromkeys(mailbox_ids)), records=records, direction=direction
+        stored,
+        mailbox_ids=tuple(dict.fromkeys(mailbox_ids)),
+        records=records,
+        direction=direction,
+        sent_from_crm=stored.sent_from_crm or incoming.sent_from_crm,
+        send_id=stored.send_id or incoming.send_id,
     )
 
 
@@ -286,6 +291,10 @@ def activity_entity(activity: Activity) -> Entity:
         entity["sent_at"] = activity.sent_at
     if activity.conversation_id is not None:
         entity["conversation_id"] = activity.conversation_id
+    if activity.sent_from_crm:
+        entity["sent_from_crm"] = True
+    if activity.send_id:
+        entity["send_id"] = activity.send_id
     put_text(entity, "body", activity.body_text)
     put_json(entity, "to", [_address_json(party) for party in activity.to])
     put_json(entity, "cc", [_address_json(party) for party in activity.cc])
@@ -321,6 +330,8 @@ def activity_from_entity(entity: Mapping[str, Any]) -> Activity:
             AttachmentSummary(name, size, kind) for name, size, kind in get_json(entity, "attachments", [])
         ),
         conversation_id=entity.get("conversation_id"),
+        sent_from_crm=bool(entity.get("sent_from_crm", False)),
+        send_id=entity.get("send_id"),
     )
 
 

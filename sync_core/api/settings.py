@@ -32,7 +32,7 @@ AMBIGUITY_POLICIES = tuple(policy.value for policy in Ambiguity)
 FIELDS = {
     "internal_domains", "never_log", "blocked_domains", "bulk_filters", "match_by_domain", "ambiguity",
     "type_order", "folders", "poll_interval_minutes", "return_url_allow_list", "webhook_url", "automation_enabled",
-    "allowed_tenants", "connect_confirmation", "record_backfill_days",
+    "allowed_tenants", "connect_confirmation", "record_backfill_days", "sending_enabled",
 }
 MAX_RECORD_BACKFILL_DAYS = 365
 _TENANT_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -103,6 +103,7 @@ def settings_from_json(data: dict[str, Any]) -> OrgSettings:
     webhook = read_str(data, "webhook_url")
     connect_confirmation = read_bool(data, "connect_confirmation")
     record_backfill_days = read_int(data, "record_backfill_days", 0, MAX_RECORD_BACKFILL_DAYS)
+    sending_enabled = read_bool(data, "sending_enabled")
     return OrgSettings(
         internal_domains=_domains(data, "internal_domains"),
         never_log=_never_log(data),
@@ -124,6 +125,7 @@ def settings_from_json(data: dict[str, Any]) -> OrgSettings:
             defaults.connect_confirmation if connect_confirmation is None else connect_confirmation
         ),
         record_backfill_days=record_backfill_days or 0,
+        sending_enabled=defaults.sending_enabled if sending_enabled is None else sending_enabled,
     )
 
 

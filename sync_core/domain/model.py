@@ -234,6 +234,9 @@ class OrgSettings:
     allowed_tenants: tuple[str, ...] = ()
     connect_confirmation: bool = True
     record_backfill_days: int = 0
+    sending_enabled: bool = False
+    """Mail may be sent from the CRM through the org's mailboxes (docs/sending.md); off by default, since
+    it needs more permissions (Mail.Send, and Mail.ReadWrite for the draft)."""
 
 
 @dataclass(frozen=True)
@@ -378,3 +381,7 @@ class Activity:
     records: tuple[RecordRef, ...]
     attachments: tuple[AttachmentSummary, ...] = ()
     conversation_id: str | None = None
+    sent_from_crm: bool = False
+    send_id: str | None = None
+    """``sent_from_crm``: the CRM sent this message (``use_cases.send``), and ``send_id`` names that send;
+    both survive every later merge (the sync's Sent Items copy, a recipient's mailbox)."""

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sync_core.domain.model import Activity, EmailAddress
+from sync_core.domain.sending import Send
 
 
 def iso(moment: datetime) -> str:
@@ -43,6 +44,24 @@ def activity_to_json(activity: Activity) -> dict[str, Any]:
         "attachments": [
             {"name": item.name, "size": item.size, "content_type": item.content_type} for item in activity.attachments
         ],
+        "sent_from_crm": activity.sent_from_crm,
+        "send_id": activity.send_id,
+    }
+
+
+def send_to_json(send: Send) -> dict[str, Any]:
+    """A send as ``GET …/sends/{id}`` and the ``send.*`` webhooks show it (never its body or BCC)."""
+    return {
+        "id": send.send_id,
+        "mailbox_id": send.mailbox_id,
+        "status": send.status.value,
+        "internet_message_id": send.internet_message_id or None,
+        "activity_id": send.activity_id or None,
+        "error": {"code": send.error.code, "message": send.error.message} if send.error else None,
+        "created_at": iso(send.created_at),
+        "sent_at": iso_or_none(send.sent_at),
+        "not_before": iso_or_none(send.not_before),
+        "send_at": iso_or_none(send.request.send_at),
     }
 
 

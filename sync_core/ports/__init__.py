@@ -6,10 +6,10 @@
 - ``scheduling``: the scheduler's due-time index and mailbox catalog.
 - ``push``: change-notification subscriptions, CRM webhooks and activity events.
 - ``backfill``: the record backfill's coalesced jobs per mailbox.
+- ``send``: ``MailSender`` (a provider sends from a mailbox: prepare, submit, inspect) and ``SendStore``.
 
 Production adapters live in ``sync_core.adapters`` (one package per provider, e.g. ``adapters.graph``);
-``bootstrap`` wires them. No port is declared anywhere else. There is no ``MailSender`` port yet: the
-send issue adds it together with its first adapter (docs/architecture.md).
+``bootstrap`` wires them. No port is declared anywhere else.
 
 Conventions:
 - Every method is scoped by ``org_id``: nothing of one org is reachable through another org's id.
@@ -55,6 +55,15 @@ from sync_core.ports.push import (
     WebhookSender,
 )
 from sync_core.ports.scheduling import DueEntry, DueIndex, MailboxCatalog, MailboxSummary
+from sync_core.ports.send import (
+    DraftState,
+    MailSender,
+    OutgoingAttachment,
+    OutgoingMessage,
+    ProviderView,
+    ReplyTarget,
+    SendStore,
+)
 from sync_core.ports.storage import (
     ActivityEvent,
     ActivityStore,
@@ -91,10 +100,12 @@ __all__ = [
     "DelegatedGrant",
     "DeltaPage",
     "Directory",
+    "DraftState",
     "DueEntry",
     "DueIndex",
     "IdentityProvider",
     "LeaseStore",
+    "MailSender",
     "MailSource",
     "MailboxCatalog",
     "MailboxPushes",
@@ -102,18 +113,23 @@ __all__ = [
     "MailboxSummary",
     "OrgTenant",
     "OrgTenantStore",
+    "OutgoingAttachment",
+    "OutgoingMessage",
     "Page",
     "PendingAuthFlow",
+    "ProviderView",
     "PushSubscription",
     "RecordLookup",
     "RecordLookupResult",
     "RecordsIndex",
+    "ReplyTarget",
     "ReportsUsage",
     "RequestUsage",
     "RunReport",
     "RunReportStore",
     "SearchPage",
     "SearchQuery",
+    "SendStore",
     "SettingsRepository",
     "SubscriptionApi",
     "SubscriptionStore",

@@ -179,9 +179,9 @@ class IdentityProvider(Protocol):
     a fake in unit tests)."""
 
     def initiate_connect(self, redirect_uri: str, login_hint: str | None, *, send: bool = False) -> dict[str, Any]:
-        """Start an auth-code flow with PKCE; returns the flow dict (``auth_uri``, ``state``...). ``send``:
-        the org enables sending, so the provider's permission to send is asked for too (where the adapter
-        asks for it at connect)."""
+        """Start an auth-code flow with PKCE; returns the flow dict (``auth_uri``, ``state``...). With
+        ``send`` it also asks for what sending needs (the org's ``sending_enabled``): the consent screen
+        then adds those permissions to the ones already granted."""
 
     def redeem_connect(self, flow: Mapping[str, Any], auth_response: Mapping[str, str]) -> DelegatedGrant:
         """Redeem the code of a callback. Raises ``IdentityError`` (or ``ReauthRequired`` for a consent
@@ -204,8 +204,10 @@ class IdentityProvider(Protocol):
         """Acquire a client-credentials token for ``tenant_id`` with a fresh application object; its
         ``roles`` are the token's. Raises ``IdentityError`` when the tenant has not (or not yet) consented."""
 
-    def token_source(self, mailbox: Mailbox) -> TokenSource:
-        """The token source for syncing ``mailbox`` (delegated or application, by its mode)."""
+    def token_source(self, mailbox: Mailbox, send: bool = False) -> TokenSource:
+        """The token source for syncing ``mailbox`` (delegated or application, by its mode); with
+        ``send``, tokens for sending from it (a delegated mailbox that never granted sending gets a
+        ``GrantFailure`` from this source only, never from the sync's)."""
 
     def app_token_source(self, org_id: str, tenant_id: str) -> TokenSource: ...
 

@@ -18,11 +18,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from sync_core.domain.representation import activity_to_json
+from sync_core.domain.representation import activity_to_json, send_to_json
 from sync_core.ports import Clock, MailSource, WorkQueue
 from sync_core.ports.backfill import BackfillJobStore
 from sync_core.ports.push import ActivityEvents, SubscriptionStore, WebhookLog, WebhookSecretStore, WebhookSender
 from sync_core.ports.scheduling import DueIndex
+from sync_core.ports.send import MailSender, SendStore
 from sync_core.testing.backfill import InMemoryBackfillJobStore
 from sync_core.testing.mail import FakeMailSource, FixedClock
 from sync_core.testing.push import (
@@ -32,14 +33,16 @@ from sync_core.testing.push import (
     InMemoryWebhookSecretStore,
 )
 from sync_core.testing.scheduling import InMemoryDueIndex, InMemoryMailboxCatalog, InMemoryWorkQueue
+from sync_core.testing.send import FakeMailSender, InMemorySendStore
 from sync_core.testing.stores import InMemoryStores
 from sync_core.use_cases.ingest import IngestDeps
 from sync_core.use_cases.notifications import NotificationDeps
 from sync_core.use_cases.preview import PreviewDeps
 from sync_core.use_cases.record_backfill import BackfillRequestDeps, RecordBackfillDeps
 from sync_core.use_cases.schedule import ScheduleDeps, request_sync
+from sync_core.use_cases.send import SendDeps
 from sync_core.use_cases.sync_mailbox import SyncDeps, SyncOutcome, sync_mailbox
-from sync_core.use_cases.webhooks import WebhookDeps
+from sync_core.use_cases.webhooks import WebhookDeps, announcer
 
 
 @dataclass
@@ -60,6 +63,8 @@ class InMemoryApp:
     webhook_sender: WebhookSender = field(default_factory=FakeWebhookSender)
     events: ActivityEvents | None = None
     backfill_jobs: BackfillJobStore = field(default_factory=InMemoryBackfillJobStore)
+    sends: SendStore = field(default_factory=InMemorySendStore)
+    sender: MailSender = field(default_factory=FakeMailSender)
 
     def sync_deps(self, **changes: Any) -> SyncDeps:
         """Like ``Services.sync_deps``."""
@@ -147,6 +152,29 @@ class InMemoryApp:
             clock=self.clock,
             sender=self.webhook_sender,
             render=activity_to_json,
+            render_send=self._render_send,
+        )
+        return dataclasses.replace(deps, **changes)
+
+    def _render_send(self, org_id: str, send_id: str) -> dict[str, Any] | None:
+        stored = self.sends.get(org_id, send_id)
+        return send_to_json(stored.value) if stored is not None else None
+
+    def send_deps(self, **changes: Any) -> SendDeps:
+        """Like ``Services.send_deps``: webhooks of a send's end go through ``webhook_deps``."""
+        s = self.stores
+        deps = SendDeps(
+            sends=self.sends,
+            mailboxes=s.mailboxes,
+            settings=s.settings,
+            records=s.records,
+            activities=s.activities,
+            mail=self.mail,
+            sender=self.sender,
+            queue=self.push_queue,
+            clock=self.clock,
+            announce=announcer(self.webhook_deps()),
+            events=self.events,
         )
         return dataclasses.replace(deps, **changes)
 

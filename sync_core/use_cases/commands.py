@@ -3,7 +3,8 @@
 Two queues carry commands: the sync queue (``SyncMailbox``: run one mailbox; ``BackfillRecords``, kind
 ``record_backfill``: run one record backfill job under the same mailbox lease) and the push queue
 (``DeliverWebhook``: one attempt of a CRM webhook delivery; ``SubscriptionWork``: renew or recreate a Graph
-subscription, or subscribe a mailbox that just became active). Invariants:
+subscription, or subscribe a mailbox that just became active; ``DeliverSend``: drive one send of the CRM's
+through its state machine, ``use_cases.send.machine``). Invariants:
 
 - The wire format is the JSON a deploy before this module wrote, byte-for-byte in meaning, so messages
   queued by an older deploy still parse: a sync message is ``{org_id, mailbox_id, reason}`` (no kind), with
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from sync_core.use_cases.notifications import NotificationDeps
     from sync_core.use_cases.record_backfill import RecordBackfillDeps
     from sync_core.use_cases.schedule import ScheduleDeps
+    from sync_core.use_cases.send import SendDeps
     from sync_core.use_cases.subscriptions import SubscriptionDeps
     from sync_core.use_cases.webhooks import WebhookDeps
 
@@ -39,7 +41,8 @@ log = logging.getLogger(__name__)
 WEBHOOK_KIND = "webhook"
 RECORD_BACKFILL_KIND = "record_backfill"
 SUBSCRIPTION_KIND = "subscription"
-WEBHOOK_EVENTS = ("activity.created", "activity.deleted")
+SEND_KIND = "send"
+WEBHOOK_EVENTS = ("activity.created", "activity.deleted", "send.sent", "send.failed")
 
 
 class SyncReason(StrEnum):
@@ -212,7 +215,26 @@ class SubscriptionWork:
         )
 
 
-PushCommand = DeliverWebhook | SubscriptionWork
+@dataclass(frozen=True)
+class DeliverSend:
+    """Drive the send ``send_id`` of ``org_id`` as far as it can go now (the push queue, kind ``send``).
+    Repeating it is harmless: the state machine resumes from the send's checkpoint."""
+
+    org_id: str
+    send_id: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"kind": SEND_KIND, "org_id": self.org_id, "send_id": self.send_id}
+
+    @classmethod
+    def from_json(cls, message: Any) -> DeliverSend:
+        org_id, send_id = message.get("org_id"), message.get("send_id")
+        if not (isinstance(org_id, str) and org_id and isinstance(send_id, str) and send_id):
+            raise InvalidCommand("a send message lacks org_id or send_id")
+        return cls(org_id, send_id)
+
+
+PushCommand = DeliverWebhook | SubscriptionWork | DeliverSend
 
 
 def parse_push(body: bytes | str) -> PushCommand:
@@ -223,6 +245,8 @@ def parse_push(body: bytes | str) -> PushCommand:
         return DeliverWebhook.from_json(data)
     if kind == SUBSCRIPTION_KIND:
         return SubscriptionWork.from_json(data)
+    if kind == SEND_KIND:
+        return DeliverSend.from_json(data)
     raise InvalidCommand(f"a message of unknown kind {str(kind)[:40]!r}")
 
 
@@ -247,6 +271,7 @@ class Handlers(Protocol):
     def notification_deps(self) -> NotificationDeps: ...
     def subscription_deps(self) -> SubscriptionDeps: ...
     def record_backfill_deps(self) -> RecordBackfillDeps: ...
+    def send_deps(self) -> SendDeps: ...
 
 
 def dispatch(
@@ -261,7 +286,7 @@ def dispatch(
     tests drive too): its last failing delivery (``dequeue_count`` reaching ``max_dequeue_count``)
     records the failure on the mailbox before the exception poisons the message."""
     # The use cases load on the first message, not when a trigger module is indexed (cold start).
-    from sync_core.use_cases import notifications, schedule, webhooks  # noqa: PLC0415
+    from sync_core.use_cases import notifications, schedule, send, webhooks  # noqa: PLC0415
 
     if queue == "sync":
         try:
@@ -284,3 +309,5 @@ def dispatch(
             return webhooks.deliver(app.webhook_deps(), command).status
         case SubscriptionWork():
             return notifications.process_work(app.notification_deps(), app.subscription_deps(), command)
+        case DeliverSend():
+            return send.deliver(app.send_deps(), command.org_id, command.send_id)

@@ -14,9 +14,11 @@ A request: ``POST <webhook_url>`` with ``Content-Type: application/json`` and
 - ``X-Signature: sha256=<hex HMAC-SHA256 of the exact body bytes under the org's webhook secret>``
 - ``X-Delivery-Id`` (the same on every attempt: receivers dedupe on it), ``X-Timestamp`` (unix seconds of
   this attempt; the body's ``sent_at`` holds it too, so it is covered by the signature), ``X-Event-Type``.
-- body: ``{"id", "type": "activity.created"|"activity.deleted", "org_id", "occurred_at", "sent_at",
-  "attempt", "data"}``; ``data`` is the activity as ``GET …/activities/{id}`` shows it (created), or
-  ``{"id": activity_id}`` (deleted).
+- body: ``{"id", "type": "activity.created"|"activity.deleted"|"send.sent"|"send.failed", "org_id",
+  "occurred_at", "sent_at", "attempt", "data"}``; ``data`` is the activity as ``GET …/activities/{id}``
+  shows it (created), ``{"id": activity_id}`` (deleted), or the send as ``GET …/sends/{id}`` shows it
+  (``send.*``: the delivery's ``activity_id`` field then holds the send id; ``use_cases.send`` announces
+  them through ``announce``).
 
 The secret: generated on first use (the first delivery or the first ``POST …/webhooks/secret``), stored
 encrypted, and shown exactly once by ``reveal_secret``; revealing again needs ``rotate`` (a new secret).
@@ -71,7 +73,7 @@ from sync_core.use_cases.telemetry import WebhookDeliveryEvent, emit
 
 log = logging.getLogger(__name__)
 
-CREATED, DELETED = WEBHOOK_EVENTS  # "activity.created", "activity.deleted"
+CREATED, DELETED, SEND_SENT, SEND_FAILED = WEBHOOK_EVENTS  # "activity.created", "activity.deleted", "send.*"
 RETRY_DELAYS = (30, 120, 600, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600)  # seconds; ~23 h in all
 MAX_ATTEMPTS = len(RETRY_DELAYS) + 1
 LOG_KEPT = 1000
@@ -99,6 +101,8 @@ class WebhookDeps:
     clock: Clock
     sender: WebhookSender
     render: Callable[[Activity], Mapping[str, Any]]
+    render_send: Callable[[str, str], Mapping[str, Any] | None] | None = None
+    """(org, send id) → the send as ``GET …/sends/{id}`` shows it, or None when it is gone."""
     new_id: Callable[[], str] = lambda: uuid.uuid4().hex
     new_secret: Callable[[], str] = lambda: SECRET_PREFIX + secrets.token_urlsafe(32)
 
@@ -135,6 +139,21 @@ class WebhookEvents:
                 announce(self._deps, org_id, event, activity_id, url)
         except Exception as exc:  # announcing must never fail the sync or the request that caused it
             log.error("webhooks: could not queue %s for org %s: %s", event, org_id, type(exc).__name__)
+
+
+def announcer(deps: WebhookDeps) -> Callable[[str, str, str], None]:
+    """``(org, event, subject id) -> None``: queue one delivery of ``event`` when the org has a webhook URL
+    (the sends' ``send.sent``/``send.failed``); never raises (a failure is logged)."""
+
+    def queue(org_id: str, event: str, subject_id: str) -> None:
+        try:
+            url = deps.settings.get(org_id).webhook_url
+            if url:
+                announce(deps, org_id, event, subject_id, url)
+        except Exception as exc:  # announcing must never fail the send that caused it
+            log.error("webhooks: could not queue %s for org %s: %s", event, org_id, type(exc).__name__)
+
+    return queue
 
 
 def announce(deps: WebhookDeps, org_id: str, event: str, activity_id: str, url: str) -> WebhookDelivery:
@@ -239,6 +258,11 @@ def _deliver(deps: WebhookDeps, message: DeliverWebhook | Mapping[str, Any]) -> 
         if activity is None:
             return _log(deps, replace(delivery, status="skipped", error=ACTIVITY_GONE_NOTE, url=url))
         data = deps.render(activity)
+    elif delivery.event in (SEND_SENT, SEND_FAILED):
+        shown = deps.render_send(delivery.org_id, delivery.activity_id) if deps.render_send is not None else None
+        if shown is None:
+            return _log(deps, replace(delivery, status="skipped", error="the send is gone", url=url))
+        data = shown
     else:
         data = {"id": delivery.activity_id}
     try:

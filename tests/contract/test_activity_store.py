@@ -57,6 +57,26 @@ def test_a_message_one_org_mailbox_sent_is_sent_whichever_mailbox_is_saved_first
     assert set(stored.mailbox_ids) == {"mbx-recipient", "mbx-sender"}
 
 
+@pytest.mark.parametrize("crm_copy_first", [True, False])
+def test_a_message_sent_from_the_crm_stays_marked_so_whichever_copy_is_saved_first(
+    stores: Stores, crm_copy_first: bool
+) -> None:
+    from_crm = dataclasses.replace(
+        make_activity("<m2@contoso.example>", mailbox_ids=("mbx-sender",)),
+        direction=Direction.SENT,
+        sent_from_crm=True,
+        send_id="send-1",
+    )
+    synced = make_activity("<m2@contoso.example>", mailbox_ids=("mbx-recipient",))
+    for activity in (from_crm, synced) if crm_copy_first else (synced, from_crm):
+        stores.activities.save([activity])
+
+    stored = stores.activities.get("org-1", from_crm.activity_id)
+    assert stored is not None
+    assert (stored.sent_from_crm, stored.send_id, stored.direction) == (True, "send-1", Direction.SENT)
+    assert set(stored.mailbox_ids) == {"mbx-sender", "mbx-recipient"}
+
+
 def test_saving_an_identical_activity_again_changes_nothing(stores: Stores) -> None:
     activity = make_activity("<m1@client.example>")
     stores.activities.save([activity])

@@ -125,6 +125,8 @@ def test_one_activity_reads_back_in_full_and_an_unknown_one_is_404(
         "mailbox_ids": ["mbx-1"],
         "records": [{"id": "cand-1", "type": "candidate"}],
         "attachments": [],
+        "sent_from_crm": False,
+        "send_id": None,
     }
     missing = api.get(app_host.url(f"orgs/{org}/activities/{'0' * 32}"))
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import requests
@@ -79,7 +80,9 @@ def test_every_operation_answers_what_the_document_says_through_the_running_app(
         "internal_domains": [tenant.domain],
         "return_url_allow_list": ["https://crm.example/app"],
         "webhook_url": receiver.url,
+        "sending_enabled": True,  # connect asks for sending; the admin's consent must grant it too
     }
+    emulator_client.set_app_roles(app_host.client_id, ["Mail.Read", "Mail.ReadWrite", "Mail.Send", "User.Read.All"])
     call("PUT", f"orgs/{org}/settings", json=settings)
     call("GET", f"orgs/{org}/settings")
     call("PUT", f"orgs/{org}/records/cand-dan", json={"type": "candidate", "name": "Dan", "emails": [DAN]})
@@ -108,11 +111,12 @@ def test_every_operation_answers_what_the_document_says_through_the_running_app(
     step = call("GET", signed_in.split("/api/", 1)[1], requests)
     consented = emulator_client.admin_consent(step.headers["Location"], tenant.users["megan"].upn, True)
     call("GET", consented.split("/api/", 1)[1], requests)
+    emulator_client.set_app_roles(app_host.client_id, ["Mail.Read", "User.Read.All"])  # the consent keeps its roles
     call("POST", f"orgs/{org}/mailboxes", json={"address": sales.mail})
     # Google Workspace: the org's service account, then a Gmail mailbox added by address through it.
     workspace = Google(google_emulator)
     key = workspace.call("POST", "service-accounts", {"name": f"sync-{uuid.uuid4().hex[:8]}"})
-    scopes = {"scopes": ["https://www.googleapis.com/auth/gmail.readonly"]}
+    scopes = {"scopes": [f"https://www.googleapis.com/auth/gmail.{s}" for s in ("readonly", "send")]}  # it sends
     workspace.call("PUT", f"domains/{workspace.domain}/delegations/{key['client_id']}", scopes)
     call("PUT", f"orgs/{org}/google/service-account", json=key)
     call("GET", f"orgs/{org}/google/service-account")
@@ -145,6 +149,19 @@ def test_every_operation_answers_what_the_document_says_through_the_running_app(
     call("GET", f"orgs/{org}/records/cand-dan/activities", params={"view": "threads"})
     activity_id = timeline.json()["activities"][0]["id"]
     call("GET", f"orgs/{org}/activities/{activity_id}")
+    # Sending: a message to Dan logged on his record, a send's status and the mailbox's sends, a cancel.
+    send = {"to": [DAN], "subject": "Tuesday works", "body": {"content": "See you."}, "record_ids": ["cand-dan"]}
+    accepted = call("POST", f"orgs/{org}/mailboxes/{mailbox_id}/messages:send", json=send,
+                    headers={"Idempotency-Key": "answers-1"})  # fmt: skip
+    app_host.host.drain_queues(timeout=30)
+    call("GET", f"orgs/{org}/sends/{accepted.json()['id']}")
+    later = {**send, "subject": "Later"}
+    scheduled = call("POST", f"orgs/{org}/mailboxes/{mailbox_id}/messages:send",
+                     json={**later, "send_at": (datetime.now(UTC) + timedelta(days=1)).isoformat()},
+                     headers={"Idempotency-Key": "answers-2"})  # fmt: skip
+    call("DELETE", f"orgs/{org}/sends/{scheduled.json()['id']}")
+    call("GET", f"orgs/{org}/mailboxes/{mailbox_id}/sends", params={"limit": 5})
+
     wait_for(lambda: api.get(app_host.url(f"orgs/{org}/webhooks/deliveries")).json()["deliveries"])
     call("GET", f"orgs/{org}/webhooks/deliveries")
     call("GET", f"orgs/{org}/subscriptions")

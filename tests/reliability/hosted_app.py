@@ -35,7 +35,7 @@ FUNCTION_KEY = "reliability-function-key-" + uuid.uuid4().hex[:8]
 START_TIMEOUT = 60.0
 APP_SETTING_PREFIXES = (
     "AzureWebJobs", "FUNCTIONS_", "GRAPH_", "TABLE_", "SYNC_", "TOKEN_", "PUBLIC_", "LOCAL_FUNCTIONS", "WEBHOOK",
-    "PUSH", "INGEST_", "TEST_STORAGE", "REQUESTS_CA_BUNDLE",
+    "PUSH", "INGEST_", "TEST_STORAGE", "REQUESTS_CA_BUNDLE", "GOOGLE_", "GMAIL_", "MAIL_SERVER",
 )
 
 

@@ -26,6 +26,7 @@ from schemathesis.checks import (
 from schemathesis.config import SchemathesisConfig
 
 from sync_core.api.http import MAX_BODY_BYTES
+from sync_core.api.sends import MAX_SEND_BODY_BYTES
 from sync_core.settings import Settings
 from tests.reliability.hosted_app import FUNCTION_KEY, HostedApp
 
@@ -111,9 +112,14 @@ def test_generated_requests_never_get_a_5xx_or_an_answer_the_openapi_document_do
     assert calls
 
 
-# Routes whose body limit is not the API's default (MAX_BODY_BYTES): the records batch takes up to 8 MiB,
+# Routes whose body limit is not the API's default (MAX_BODY_BYTES): the records batch takes up to 8 MiB, a send
+# the Functions host's request limit (attachments travel in it, base64),
 # the RFC 822 ingest up to INGEST_MAX_MESSAGE_BYTES (25 MiB by default).
-LIMITS = {"records:batch": 8 * 1024 * 1024, "messages:ingest": Settings().ingest_max_bytes}
+LIMITS = {
+    "records:batch": 8 * 1024 * 1024,
+    "messages:ingest": Settings().ingest_max_bytes,
+    "messages:send": MAX_SEND_BODY_BYTES,
+}
 
 
 def body_operations(document: dict[str, Any]) -> list[tuple[str, str, str, int]]:

@@ -41,6 +41,7 @@ from sync_core.use_cases.connect import (
     tenant_allowed,
     with_params,
 )
+from sync_core.use_cases.connect.admin_consent import required_app_roles
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 TENANT = "11111111-2222-3333-4444-555555555555"
@@ -70,8 +71,10 @@ class FakeIdentity:
     proof: AppGrant | Exception = field(default_factory=lambda: AppGrant(TENANT, "app-at", "{}", ("Mail.Read",)))
     admin: AdminSignIn = field(default_factory=lambda: AdminSignIn(TENANT, "admin-oid", "admin@contoso.example"))
     counter: Any = field(default_factory=lambda: itertools.count(1))
+    asked_send: list[bool] = field(default_factory=list)
 
     def initiate_connect(self, redirect_uri: str, login_hint: str | None, *, send: bool = False) -> dict[str, Any]:
+        self.asked_send.append(send)
         state = f"state-{next(self.counter)}"
         return {"state": state, "auth_uri": f"https://login.example/authorize?state={state}", "code_verifier": "v"}
 
@@ -97,7 +100,7 @@ class FakeIdentity:
             raise self.proof
         return self.proof
 
-    def token_source(self, mailbox: Mailbox) -> TokenSource:
+    def token_source(self, mailbox: Mailbox, send: bool = False) -> TokenSource:
         return lambda _refresh: "at"
 
     def app_token_source(self, org_id: str, tenant_id: str) -> TokenSource:
@@ -407,6 +410,21 @@ def test_mail_read_is_needed_and_mail_readwrite_includes_it() -> None:
     assert missing_app_roles(("User.Read.All",), ("Mail.Read",)) == ("Mail.Read",)
     assert missing_app_roles(("mail.read",), ("Mail.Read",)) == ()
     assert missing_app_roles(("Mail.ReadWrite",), ("Mail.Read",)) == ()
+
+
+def test_sending_adds_mail_send_and_mail_readwrite_to_application_mode_only_when_enabled() -> None:
+    assert required_app_roles(OrgSettings()) == ("Mail.Read",)
+    needed = required_app_roles(OrgSettings(sending_enabled=True))
+    assert needed == ("Mail.Read", "Mail.ReadWrite", "Mail.Send")
+    assert missing_app_roles(("Mail.Read",), needed) == ("Mail.ReadWrite", "Mail.Send")
+    assert missing_app_roles(("Mail.ReadWrite", "Mail.Send"), needed) == ()
+
+
+def test_a_delegated_connect_asks_for_sending_only_when_the_org_sends(deps: ConnectDeps) -> None:
+    start_connect(deps, "org", "crm-user", None, "https://crm.example.com/app/done")
+    deps.settings.put("org", replace(deps.settings.get("org"), sending_enabled=True))
+    start_connect(deps, "org", "crm-user", None, "https://crm.example.com/app/done")
+    assert deps.identity.asked_send == [False, True]  # type: ignore[attr-defined]
 
 
 def test_the_roles_of_an_app_token_are_read_from_its_claims_and_an_opaque_token_has_none() -> None:

@@ -29,7 +29,7 @@ from typing import Any
 from openapi_spec_validator import OpenAPIV31SpecValidator
 
 import function_app
-from sync_core.api import activities, mailboxes, openapi, push, records, settings
+from sync_core.api import activities, mailboxes, openapi, push, records, sends, settings
 from sync_core.api.http import ID_PATTERN, ApiRequest
 from sync_core.domain.model import (
     ConnectionMode,
@@ -39,6 +39,7 @@ from sync_core.domain.model import (
     MailboxStatus,
     Reason,
 )
+from sync_core.domain.sending import SendStatus
 from sync_core.use_cases import notifications, schedule, webhooks
 from sync_core.use_cases.sync_mailbox import REPORTS_KEPT
 
@@ -335,7 +336,9 @@ def test_enums_and_limits_are_the_codes() -> None:
     timeline = query("/api/orgs/{org}/records/{record_id}/activities", "get", "limit")
     assert (timeline["maximum"], timeline["default"]) == (activities.MAX_LIMIT, activities.DEFAULT_LIMIT)
     assert query("/api/orgs/{org}/records/{record_id}/activities", "get", "view")["enum"] == list(activities.VIEWS)
-    assert _enum("WebhookEventType") == [webhooks.CREATED, webhooks.DELETED]
+    assert _enum("WebhookEventType") == [webhooks.CREATED, webhooks.DELETED, webhooks.SEND_SENT, webhooks.SEND_FAILED]
+    assert _enum("SendStatus") == [s.value for s in SendStatus]
+    assert set(schemas["SendRequest"]["properties"]) == sends.FIELDS
     assert schemas["NotificationCollection"]["properties"]["value"]["maxItems"] == notifications.MAX_ITEMS
     assert DOC["components"]["parameters"]["ValidationToken"]["schema"]["maxLength"] == push.MAX_VALIDATION_TOKEN
     deliveries = query("/api/orgs/{org}/webhooks/deliveries", "get", "limit")

@@ -139,7 +139,9 @@ class GoogleIdentity:
             ),
         )  # fmt: skip
 
-    def token_source(self, mailbox: Mailbox) -> TokenSource:
+    def token_source(self, mailbox: Mailbox, send: bool = False) -> TokenSource:
+        # One Google grant covers every scope it was given (gmail.send included when the org sends), so
+        # the tokens for sending are the sync's.
         return self._token_source_for(mailbox)
 
     # -- Microsoft's admin consent has no Google counterpart (Workspace uses a service account) ---------

@@ -111,6 +111,47 @@ class GraphHttp:
         response = self._request(method.upper(), self._absolute(url), json_body=json_body)
         return response.json() if response.content else None
 
+    def call(
+        self,
+        method: str,
+        url: str,
+        *,
+        json_body: Any = None,
+        data: bytes | None = None,
+        content_type: str = "",
+        prefer: Sequence[str] = (),
+        params: Mapping[str, str] | None = None,
+    ) -> Any:
+        """Like ``send`` with a ``Prefer`` header, query parameters, or a non-JSON body (``data`` of
+        ``content_type``); retried the same way, so only for calls whose repetition is safe or checked."""
+        response = self._request(
+            method.upper(),
+            self._absolute(url),
+            params=params,
+            prefer=prefer,
+            json_body=json_body,
+            data=data,
+            content_type=content_type,
+        )
+        return response.json() if response.content else None
+
+    def upload(self, url: str, data: bytes, headers: Mapping[str, str]) -> Any:
+        """PUT one byte range to an upload session's URL (pre-authenticated: no token is sent). A
+        retryable status or a lost connection is a ``TransientGraphError`` (the session knows what it
+        got: the caller asks it before sending again)."""
+        try:
+            with self._slots:
+                with self._metrics_lock:
+                    self.metrics.requests += 1
+                response = self._session.put(url, data=data, headers=dict(headers), timeout=self._timeout)
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise TransientGraphError(f"upload interrupted: {type(exc).__name__}") from exc
+        if response.status_code in RETRYABLE_STATUS:
+            raise TransientGraphError(f"upload answered {response.status_code}", _retry_after(response.headers))
+        if response.status_code >= 300:
+            raise _error_for(response)
+        return response.json() if response.content else None
+
     def batch(self, requests_: Sequence[Mapping[str, Any]]) -> dict[str, BatchResponse]:
         """Send up to 20 requests in one ``$batch``; sub-requests answered with a retryable status are retried
         (as a smaller batch) after their Retry-After. Returns responses by id."""
@@ -167,6 +208,8 @@ class GraphHttp:
         params: Mapping[str, str] | None = None,
         prefer: Sequence[str] = (),
         json_body: Any = None,
+        data: bytes | None = None,
+        content_type: str = "",
     ) -> requests.Response:
         refreshed = False
         attempt = 0
@@ -174,12 +217,14 @@ class GraphHttp:
             headers = {"Authorization": f"Bearer {self._current_token(False)}", "Accept": "application/json"}
             if prefer:
                 headers["Prefer"] = ", ".join(prefer)
+            if content_type:
+                headers["Content-Type"] = content_type
             try:
                 with self._slots:
                     with self._metrics_lock:
                         self.metrics.requests += 1
                     response = self._session.request(
-                        method, url, params=params, headers=headers, json=json_body, timeout=self._timeout
+                        method, url, params=params, headers=headers, json=json_body, data=data, timeout=self._timeout
                     )
             except (requests.ConnectionError, requests.Timeout) as exc:
                 attempt += 1

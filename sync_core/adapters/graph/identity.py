@@ -40,7 +40,9 @@ from sync_core.adapters.graph.msal_errors import (
     APP_SCOPES,
     CONNECT_SCOPES,
     DEFAULT_TENANT,
+    DELEGATED_SCOPES,
     REAUTH_CODES,
+    SEND_SCOPES,
     TRANSIENT_ERRORS,
     UNREACHABLE,
     aadsts_suffix,
@@ -103,8 +105,8 @@ class MsalIdentity:
 
     def initiate_connect(self, redirect_uri: str, login_hint: str | None, *, send: bool = False) -> dict[str, Any]:
         # prompt=select_account: the person always sees (and picks) the account they connect.
-        # ``send`` is not used yet: the send issue decides which Graph permission sending asks for.
-        return _initiate(self.application(None), list(CONNECT_SCOPES), redirect_uri, login_hint)
+        scopes = [*CONNECT_SCOPES, *(SEND_SCOPES if send else ())]
+        return _initiate(self.application(None), scopes, redirect_uri, login_hint)
 
     def redeem_connect(self, flow: Mapping[str, Any], auth_response: Mapping[str, str]) -> DelegatedGrant:
         cache = msal.SerializableTokenCache()
@@ -150,10 +152,10 @@ class MsalIdentity:
         token = str(result["access_token"])
         return AppGrant(tenant_id, token, cache.serialize(), token_roles(token))
 
-    def token_source(self, mailbox: Mailbox) -> TokenSource:
+    def token_source(self, mailbox: Mailbox, send: bool = False) -> TokenSource:
         if mailbox.mode is ConnectionMode.APPLICATION:
             return AppTokenSource(self, self._tokens, mailbox.org_id, mailbox.tenant_id)
-        return DelegatedTokenSource(self, self._tokens, mailbox)
+        return DelegatedTokenSource(self, self._tokens, mailbox, SEND_SCOPES if send else DELEGATED_SCOPES)
 
     def app_token_source(self, org_id: str, tenant_id: str) -> TokenSource:
         return AppTokenSource(self, self._tokens, org_id, tenant_id)
@@ -219,8 +221,6 @@ def _redeem_error(result: Mapping[str, Any]) -> SyncError:
     if any(code in REAUTH_CODES for code in codes) or error in {"consent_required", "interaction_required"}:
         return reauth_error(error, codes)
     return IdentityError(f"the identity platform refused the sign-in ({error}{aadsts_suffix(codes)})", error, codes)
-
-
 
 
 __all__ = [

@@ -20,6 +20,10 @@ TokenSource = Callable[[bool], str]
 
 DELEGATED_SCOPES = ("Mail.Read",)
 CONNECT_SCOPES = ("Mail.Read", "User.Read")
+SEND_SCOPES = ("Mail.ReadWrite", "Mail.Send")
+"""What sending adds (docs/sending.md): the draft, its attachments and createReply need Mail.ReadWrite,
+sending it Mail.Send. Asked at connect only when the org's ``sending_enabled`` is on (incremental consent:
+reconnecting an existing mailbox adds them), and for the sender's tokens only."""
 APP_SCOPES = (f"{GRAPH_RESOURCE}/.default",)
 DEFAULT_TENANT = "organizations"
 

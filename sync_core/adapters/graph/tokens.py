@@ -51,7 +51,14 @@ class DelegatedTokenSource:
     etag-conditionally; on a conflict (another worker refreshed concurrently) the cache is reloaded and
     the acquisition retried once, so the freshest refresh token is the one kept."""
 
-    def __init__(self, identity: MsalIdentity, store: TokenCacheStore, mailbox: Mailbox) -> None:
+    def __init__(
+        self,
+        identity: MsalIdentity,
+        store: TokenCacheStore,
+        mailbox: Mailbox,
+        scopes: tuple[str, ...] = DELEGATED_SCOPES,
+    ) -> None:
+        self._scopes = scopes
         self._identity = identity
         self._store = store
         self._org_id = mailbox.org_id
@@ -78,7 +85,7 @@ class DelegatedTokenSource:
                 raise ReauthRequired("no token cache; connect the mailbox again")
             result = call_msal(
                 lambda app=app, account=account: app.acquire_token_silent_with_error(  # type: ignore[misc]
-                    list(DELEGATED_SCOPES), account, force_refresh=force_refresh
+                    list(self._scopes), account, force_refresh=force_refresh
                 )
             )
             if not result:

@@ -42,13 +42,21 @@ _GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 
 
 # Application permissions an admin consent must grant, i.e. app-only token ``roles`` (case-insensitive),
-# with the permissions that include each one. Mail.Send joins here once an org setting enables sending.
-_ROLE_INCLUDED_BY: Mapping[str, tuple[str, ...]] = {"Mail.Read": ("Mail.Read", "Mail.ReadWrite")}
+# with the permissions that include each one.
+_ROLE_INCLUDED_BY: Mapping[str, tuple[str, ...]] = {
+    "Mail.Read": ("Mail.Read", "Mail.ReadWrite"),
+    "Mail.ReadWrite": ("Mail.ReadWrite",),
+    "Mail.Send": ("Mail.Send",),
+}
+SENDING_APP_ROLES = ("Mail.ReadWrite", "Mail.Send")
+"""What sending adds (docs/sending.md): the draft, its attachments and createReply need Mail.ReadWrite;
+sending the draft needs Mail.Send."""
 
 
 def required_app_roles(settings: OrgSettings) -> tuple[str, ...]:
-    """The application permissions application mode needs for an org (its settings may add some)."""
-    return ("Mail.Read",)
+    """The application permissions application mode needs for an org: Mail.Read, plus Mail.ReadWrite
+    and Mail.Send when the org sends mail (``sending_enabled``)."""
+    return ("Mail.Read", *SENDING_APP_ROLES) if settings.sending_enabled else ("Mail.Read",)
 
 
 def missing_app_roles(granted: Sequence[str], required: Sequence[str]) -> tuple[str, ...]:

@@ -110,8 +110,9 @@ def start_connect(  # noqa: PLR0917
     hint = normalize_address(login_hint) if login_hint else None
     if login_hint and hint is None:
         raise InvalidRequest("invalid_login_hint", "login_hint must be the email address of the account to connect")
-    send = bool(getattr(settings, "sending_enabled", False))
-    flow = connector.identity.initiate_connect(deps.redirect_uri, login_hint.strip() if login_hint else None, send=send)
+    flow = connector.identity.initiate_connect(
+        deps.redirect_uri, login_hint.strip() if login_hint else None, send=settings.sending_enabled
+    )
     if provider != MICROSOFT:
         flow = {**flow, "provider": provider}  # the callback redeems with the same provider
     deps.flows.save(
