@@ -245,7 +245,60 @@ class Services:
                 self.graph_http_for_sending, lambda mailbox: self.identity.token_source(mailbox, send=True)
             )
 
-        return {"microsoft": microsoft}
+        def google() -> MailSender:
+            from sync_core.adapters.google.send import GmailMailSender
+
+            return GmailMailSender(self.gmail_http_for_sending, self.gmail_send_permission_problem)
+
+        return {"microsoft": microsoft, "google": google}
+
+    def gmail_http_for_sending(self, mailbox: Mailbox) -> GmailHttp:
+        from sync_core.adapters.google.http import GmailHttp
+
+        return GmailHttp(self._session, self.settings.gmail_base_url, self.gmail_send_token_source(mailbox))
+
+    def gmail_send_token_source(self, mailbox: Mailbox) -> TokenSource:
+        """A Gmail sender's tokens: a delegated grant carries gmail.send when the org sends; a Workspace
+        mailbox's token is asked for with gmail.send from the org's service account."""
+        from sync_core.domain.model import ConnectionMode
+
+        if mailbox.mode is not ConnectionMode.APPLICATION:
+            return self.google_token_source(mailbox)
+        from sync_core.adapters.google.service_account import (
+            ServiceAccountTokenSource,
+            mailbox_scopes,
+            stored_key_loader,
+        )
+
+        load = stored_key_loader(self.token_caches, mailbox.org_id)
+        url = self.settings.google_token_url
+        return ServiceAccountTokenSource(self._session, url, load, mailbox.address, mailbox_scopes(True))
+
+    def gmail_send_permission_problem(self, mailbox: Mailbox) -> str | None:
+        """Why a Gmail mailbox may not send: a delegated grant without gmail.send, or a Workspace
+        service account whose delegation lacks it (Google's reason); None when it may or Google cannot
+        tell now (the send finds out)."""
+        import json
+
+        from sync_core.adapters.google.send import delegated_permission_problem
+        from sync_core.domain.model import ConnectionMode
+        from sync_core.errors import ConfigurationFailure, GrantFailure, TokenDecryptionError, TransientFailure
+        from sync_core.ports.identity import mailbox_owner
+
+        if mailbox.mode is ConnectionMode.APPLICATION:
+            try:
+                self.gmail_send_token_source(mailbox)(False)
+            except (ConfigurationFailure, GrantFailure) as exc:
+                return str(exc)
+            except TransientFailure:
+                return None
+            return None
+        try:
+            stored = self.token_caches.get(mailbox.org_id, mailbox_owner(mailbox.mailbox_id))
+            grant = json.loads(stored.value) if stored is not None else {}
+        except (TokenDecryptionError, ValueError):
+            return None  # the send's own token request says what is wrong
+        return delegated_permission_problem(str(grant.get("scope") or "") if isinstance(grant, dict) else "")
 
     @functools.cached_property
     def mail_sender(self) -> MailSender:
