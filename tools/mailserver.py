@@ -49,6 +49,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -366,6 +367,29 @@ def _give(path: Path, root: Path) -> None:
         os.chown(path, stat.st_uid, stat.st_gid)
 
 
+def _fresh_dir(root: Path, owner: pwd.struct_passwd) -> Path:
+    """An empty directory for the server at ``root`` (a leftover Dovecot there is stopped first). When
+    Dovecot runs as another user who cannot reach ``root`` (a private temp folder of root's), the
+    directory is a fresh one under the system temp folder and ``root`` a symlink to it."""
+    if root.is_symlink():
+        target = root.resolve()
+        _stop_leftover(target)
+        root.unlink()
+        shutil.rmtree(target, ignore_errors=True)
+    _stop_leftover(root)
+    if root.exists():
+        shutil.rmtree(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    parent = root.parent.resolve()
+    if owner.pw_uid == os.geteuid() or all(d.stat().st_mode & 0o001 for d in (parent, *parent.parents)):
+        root.mkdir()
+        return root
+    real = Path(tempfile.mkdtemp(prefix="crm-mailserver-"))
+    real.chmod(0o755)
+    root.symlink_to(real)
+    return real
+
+
 def _stop_leftover(root: Path) -> None:
     """Stop the Dovecot a killed earlier run left in ``root`` (its master's pid file is still there)."""
     pid_file = root / "run" / "master.pid"
@@ -398,11 +422,10 @@ def start(
     one ``ca-bundle.pem`` trusts both); by default a CA of the server's own under ``root/tls``."""
     ensure_installed()
     ports = ports or Ports.free()
-    _stop_leftover(root)
-    if root.exists():
-        shutil.rmtree(root)
+    owner = _run_as()
+    root = _fresh_dir(root, owner)
     for sub in ("run", "state", "log", "mail", "rawlog", "tls", "users"):
-        (root / sub).mkdir(parents=True)
+        (root / sub).mkdir()
     tls = ensure_tls_material(ca_dir or root / "tls")
     if ca_dir is not None:  # copies Dovecot (another user) may read; the CA's own files stay where they are
         for source in (tls.server_cert, tls.server_key, tls.ca_pem):
@@ -411,7 +434,6 @@ def start(
             tls, server_cert=root / "tls" / "server.pem", server_key=root / "tls" / "server.key",
             ca_pem=root / "tls" / "ca.pem",
         )  # fmt: skip
-    owner = _run_as()
     (root / "dovecot.conf").write_text(
         _config(root, ports, (tls.server_cert, tls.server_key), owner, no_condstore=no_condstore)
     )
