@@ -111,11 +111,25 @@ class Services:
 
         return GraphHttp(self._session, self.settings.graph_base_url, self.identity.token_source(mailbox))
 
-    def mail_source(self) -> MailSource:
-        """A mail source for one request (explain); the sync builds its own per run (``sync_deps``)."""
-        from sync_core.adapters.graph.mail import GraphMailSource
+    # -- providers: one registration per mail provider ------------------------------------------------
 
-        return GraphMailSource(self.graph_http)
+    def mail_source_factories(self) -> dict[str, Callable[[], MailSource]]:
+        """The provider table of the ``MailSource`` port: a mailbox's ``provider`` picks its factory.
+        A new provider is one adapter package and one entry here (plus its connect route)."""
+
+        def microsoft() -> MailSource:
+            from sync_core.adapters.graph.mail import GraphMailSource
+
+            return GraphMailSource(self.graph_http)
+
+        return {"microsoft": microsoft}
+
+    def mail_source(self) -> MailSource:
+        """A mail source for one request (explain) or one run (``sync_deps``): it keeps per-run request
+        counts, and routes each mailbox to its provider's adapter."""
+        from sync_core.adapters.providers import MailSourceByProvider
+
+        return MailSourceByProvider(self.mail_source_factories())
 
     def connect_deps(self) -> ConnectDeps:
         from sync_core.adapters.graph.directory import GraphDirectory
@@ -144,8 +158,7 @@ class Services:
         )
 
     def sync_deps(self, table_transactions: Callable[[], int] = lambda: 0) -> SyncDeps:
-        """Fresh per run: the mail source keeps per-run request counts and Graph clients."""
-        from sync_core.adapters.graph.mail import GraphMailSource
+        """Fresh per run: the mail source keeps per-run request counts and provider clients."""
         from sync_core.use_cases.sync_mailbox import SyncDeps
 
         s = self.stores
@@ -157,7 +170,7 @@ class Services:
             cursors=s.cursors,
             leases=s.leases,
             reports=s.runs,
-            mail=GraphMailSource(self.graph_http),
+            mail=self.mail_source(),
             clock=self.clock,
             table_transactions=table_transactions,
             events=self.activity_events(),

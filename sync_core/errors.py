@@ -67,6 +67,13 @@ class ConfigurationFailure(SyncFailure):
     code = "configuration"
 
 
+class UnknownProvider(ConfigurationFailure):
+    """The mailbox names a provider this deployment has no adapter for (e.g. a row written by a newer
+    version, or a provider switched off): the mailbox is held in ``error`` until an operator acts."""
+
+    code = "unknown_provider"
+
+
 class GrantFailure(SyncFailure):
     """The grant the mailbox syncs with is gone: the user (or the tenant's admin) must connect again."""
 

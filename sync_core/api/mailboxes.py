@@ -245,6 +245,7 @@ def mailbox_to_json(mailbox: Mailbox, reports: Sequence[RunReport], settings: Or
         "id": mailbox.mailbox_id,
         "address": mailbox.address,
         "aliases": list(mailbox.aliases),
+        "provider": mailbox.provider,
         "mode": mailbox.mode.value,
         "status": status,
         "status_reason": reason,

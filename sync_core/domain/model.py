@@ -234,7 +234,11 @@ class OrgSettings:
 @dataclass(frozen=True)
 class Mailbox:
     """A connected mailbox. ``watermark`` is the connect time: nothing received before it is synced
-    unless a backfill moved it back explicitly. ``aliases`` include the primary address."""
+    unless a backfill moved it back explicitly. ``aliases`` include the primary address.
+
+    ``provider`` names the adapter package that reaches the mailbox (a key of the composition root's
+    provider table: ``microsoft``, ``imap``, ``google``); it is fixed at connect and stored with the
+    mailbox, and a row written before providers existed reads as ``microsoft``."""
 
     org_id: str
     mailbox_id: str
@@ -250,6 +254,7 @@ class Mailbox:
     enabled: bool = True
     directions: DirectionSetting = DirectionSetting.BOTH
     never_log: tuple[str, ...] = ()
+    provider: str = "microsoft"
 
     def owns(self, address: str) -> bool:
         return address in self.aliases or address == self.address

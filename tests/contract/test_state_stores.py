@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from azure.data.tables import TableServiceClient
+from azure.data.tables import TableServiceClient, UpdateMode
 
 from sync_core.adapters.table_state import TableLeaseStore
 from sync_core.adapters.tables import TableStores
@@ -52,11 +52,25 @@ def test_an_added_mailbox_reads_back_with_every_field(stores: Stores) -> None:
         enabled=False,
         directions=DirectionSetting.SENT,
         never_log=("ceo@client.example", "private.example"),
+        provider="imap",
     )
     added = stores.mailboxes.add(full)
     got = stores.mailboxes.get("org-1", "mbx-1")
     assert added.value == got.value == full
     assert got.etag == added.etag
+
+
+def test_a_mailbox_row_written_before_providers_existed_reads_as_a_microsoft_mailbox(
+    table_service: TableServiceClient, table_prefix: str
+) -> None:
+    tables = TableStores.create(table_service, table_prefix)
+    tables.mailboxes.add(mailbox())
+    table = table_service.get_table_client(f"{table_prefix}mailboxes")
+    row = next(iter(table.list_entities()))
+    del row["provider"]
+    table.update_entity(row, mode=UpdateMode.REPLACE)
+    got = tables.mailboxes.get("org-1", "mbx-1")
+    assert got is not None and got.value.provider == "microsoft"
 
 
 def test_an_unknown_mailbox_is_none(stores: Stores) -> None:
