@@ -76,6 +76,9 @@ class MailSourceByProvider:
     def delta_many(self, mailbox: Mailbox, links: Mapping[str, str]) -> Mapping[str, DeltaPage]:
         return self.source_for(mailbox).delta_many(mailbox, links)
 
+    def complete(self, mailbox: Mailbox, messages: Sequence[MailMessage]) -> Sequence[MailMessage]:
+        return self.source_for(mailbox).complete(mailbox, messages)
+
     def attachments(self, mailbox: Mailbox, source_ids: Sequence[str]) -> Mapping[str, tuple[AttachmentSummary, ...]]:
         return self.source_for(mailbox).attachments(mailbox, source_ids)
 

@@ -19,7 +19,8 @@ from sync_core.domain.model import AttachmentSummary, Mailbox, MailMessage
 class DeltaPage:
     """One page of a folder's delta. Exactly one of ``next_link``/``delta_link`` is set.
 
-    ``messages`` are complete new or moved-in messages; ``skipped`` counts items that carry no new
+    ``messages`` are new or moved-in messages, with everything the decision reads (headers, addresses,
+    dates); their bodies may wait for ``MailSource.complete``; ``skipped`` counts items that carry no new
     message (partial updates, ``@removed`` entries, replays of items without content)."""
 
     folder: str
@@ -38,6 +39,12 @@ class MailSource(Protocol):
 
     def delta_many(self, mailbox: Mailbox, links: Mapping[str, str]) -> Mapping[str, DeltaPage]:
         """Poll several folders whose delta links are known, in as few requests as possible."""
+
+    def complete(self, mailbox: Mailbox, messages: Sequence[MailMessage]) -> Sequence[MailMessage]:
+        """These messages (from ``delta``) with their bodies, in the same order. A source whose ``delta``
+        pages carry whole messages (Graph) returns them as given; one that reads headers first (IMAP)
+        downloads the text parts here. The sync calls it for matched messages only, so the body of mail
+        it does not keep is never downloaded. A message the source no longer has comes back as given."""
 
     def attachments(self, mailbox: Mailbox, source_ids: Sequence[str]) -> Mapping[str, tuple[AttachmentSummary, ...]]:
         """Attachment names/sizes/types (inline ones excluded) for these messages. A message the source no

@@ -48,6 +48,7 @@ class FakeMailSource:
         self.forgotten: set[str] = set()  # links answered with 404
         self.removed_folders: set[str] = set()
         self.deleted: set[str] = set()  # source ids whose attachment listing 404s
+        self.completed: list[str] = []  # source ids whose bodies ``complete`` was asked for
 
     # -- test controls ------------------------------------------------------------------------------
 
@@ -115,6 +116,12 @@ class FakeMailSource:
     def delta_many(self, mailbox: Mailbox, links: Mapping[str, str]) -> Mapping[str, DeltaPage]:
         self._count(mailbox)  # one request polls every folder, as the port promises
         return {folder: self._delta(mailbox, folder, link, mailbox.watermark) for folder, link in links.items()}
+
+    def complete(self, mailbox: Mailbox, messages: Sequence[MailMessage]) -> Sequence[MailMessage]:
+        """Messages are delivered whole, so they come back as given; ``completed`` records which were asked
+        for (what a two-phase source would download the bodies of)."""
+        self.completed.extend(m.source_id for m in messages)
+        return messages
 
     def attachments(self, mailbox: Mailbox, source_ids: Sequence[str]) -> Mapping[str, tuple[AttachmentSummary, ...]]:
         self._count(mailbox)

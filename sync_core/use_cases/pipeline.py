@@ -31,6 +31,9 @@ from sync_core.domain.model import (
 )
 from sync_core.ports import ActivityWrite, RecordLookupResult, RecordsIndex, ThreadLookup
 
+MessageCompleter = Callable[[Sequence[MailMessage]], Sequence[MailMessage]]
+"""The matched messages with their bodies (``MailSource.complete``); None when they already carry them."""
+
 AttachmentFetcher = Callable[[Sequence[str]], Mapping[str, tuple[AttachmentSummary, ...]]]
 """Attachment summaries of messages by ``source_id`` (one batched request where the provider allows it);
 None when the messages already carry them (RFC 822 uploads)."""
@@ -60,9 +63,11 @@ def build_activities(
     activities: ThreadLookup,
     reasons: Counter[str],
     fetch_attachments: AttachmentFetcher | None = None,
+    complete: MessageCompleter | None = None,
 ) -> list[Activity]:
     """Decide each message as seen in ``mailbox`` and build the activities of the matched ones (not
-    stored: the caller saves them). Adds one count per message to ``reasons``."""
+    stored: the caller saves them). Adds one count per message to ``reasons``. Bodies (``complete``) and
+    attachment summaries are asked for the matched messages only."""
     if not messages:
         return []
     decisions = []
@@ -72,6 +77,9 @@ def build_activities(
             decisions.append((message, decision))
     if not decisions:
         return []
+    if complete is not None:
+        whole = complete([m for m, _ in decisions])
+        decisions = [(m, d) for m, (_, d) in zip(whole, decisions, strict=True)]
     with_files = [m.source_id for m, _ in decisions if m.has_attachments]
     files = fetch_attachments(with_files) if with_files and fetch_attachments is not None else {}
     threads = thread_ids(activities, mailbox.org_id, [m for m, _ in decisions])

@@ -543,6 +543,7 @@ class _Run:
             activities=self.threads,
             reasons=self.reasons,
             fetch_attachments=self._attachments,
+            complete=lambda matched: self.deps.mail.complete(mailbox, matched),
         )
 
     def _attachments(self, source_ids: Sequence[str]) -> Mapping[str, tuple[AttachmentSummary, ...]]:

@@ -102,6 +102,9 @@ class HookedMail:
     def delta_many(self, mailbox: Mailbox, links: Mapping[str, str]) -> Mapping[str, DeltaPage]:
         return self.inner.delta_many(mailbox, links)
 
+    def complete(self, mailbox: Mailbox, messages: Sequence[MailMessage]) -> Sequence[MailMessage]:
+        return self.inner.complete(mailbox, messages)
+
     def attachments(self, mailbox: Mailbox, source_ids: Sequence[str]) -> Mapping[str, tuple[AttachmentSummary, ...]]:
         return self.inner.attachments(mailbox, source_ids)
 

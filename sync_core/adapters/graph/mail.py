@@ -144,6 +144,10 @@ class GraphMailSource:
                 pages[folder] = page_from_payload(folder, item.body)
         return pages
 
+    def complete(self, mailbox: Mailbox, messages: Sequence[MailMessage]) -> Sequence[MailMessage]:
+        """Delta pages already carry whole messages (the body is in ``$select``): nothing to fetch."""
+        return messages
+
     def attachments(self, mailbox: Mailbox, source_ids: Sequence[str]) -> Mapping[str, tuple[AttachmentSummary, ...]]:
         """One GET per message, ``LISTINGS_IN_FLIGHT`` at a time. A message Graph no longer has (404: deleted
         or moved since its delta page) is left out of the answer; any other first failure (in
