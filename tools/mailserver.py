@@ -303,6 +303,26 @@ class MailServer:
         if refused:
             raise RuntimeError(f"LMTP refused {sorted(refused)}")
 
+    def change_uidvalidity(self, address: str, folder: str, uidvalidity: int) -> None:
+        """Give a folder a new UIDVALIDITY (``doveadm mailbox update``), as a server does when it rebuilds
+        its index or a folder is recreated: every client's UIDs of that folder are void."""
+        doveadm = shutil.which("doveadm") or "/usr/bin/doveadm"
+        command = [doveadm, "-c", str(self.root / "dovecot.conf"), "mailbox", "update", "-u", address.lower(),
+                   "--uid-validity", str(uidvalidity), folder]  # fmt: skip
+        subprocess.run(command, check=True, capture_output=True, timeout=30)
+
+    def imap_commands(self, address: str) -> int:
+        """IMAP commands the user's sessions sent so far: the commands of the trace, plus each session's
+        LOGIN (the trace starts after it). Literal data (an APPEND's message) is not a command."""
+        folder = self.root / "rawlog" / address.lower()
+        total = 0
+        for path in folder.glob("*.in"):
+            lines = path.read_bytes().decode("utf-8", "replace").splitlines()
+            tags = [line.split(" ", 2)[1] for line in lines if line.count(" ") >= 2]
+            prefix = tags[0].rstrip("0123456789") if tags else ""
+            total += 1 + sum(1 for tag in tags if prefix and tag.startswith(prefix) and tag[len(prefix):].isdigit())
+        return total
+
     def rawlog(self, address: str, suffix: str = ".in") -> str:
         """Every IMAP session of the user so far: client commands (``.in``) or server answers (``.out``)."""
         folder = self.root / "rawlog" / address.lower()

@@ -172,6 +172,8 @@ class ImapMailSource:
         try:
             with translated_errors():
                 return work(session)
+        except (DeltaTokenExpired, MessageNotFound):
+            raise  # answers about a folder: the conversation itself is fine
         except Exception:
             # Whatever failed may have left the conversation mid-command: never reuse it.
             self._drop(mailbox)
@@ -183,7 +185,7 @@ class ImapMailSource:
             found = self._sessions.get(key)
         if found is not None:
             return found
-        self._count(mailbox, 2)  # connect + login
+        self._count(mailbox)  # LOGIN (connecting is no command)
         client = connect(self._account_for(mailbox), self.limits)
         condstore = client.has_capability("CONDSTORE")
         if condstore:
