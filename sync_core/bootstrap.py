@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
     from sync_core.adapters.graph.http import GraphHttp
     from sync_core.adapters.graph.identity import MsalIdentity
+    from sync_core.adapters.imap.account import ImapLimits
     from sync_core.adapters.storage_queue import StorageWorkQueue
     from sync_core.adapters.table_due import TableDueIndex
     from sync_core.adapters.table_subscriptions import TableSubscriptionStore
@@ -122,7 +123,21 @@ class Services:
 
             return GraphMailSource(self.graph_http)
 
-        return {"microsoft": microsoft}
+        def imap() -> MailSource:
+            from sync_core.adapters.imap.account import stored_account
+            from sync_core.adapters.imap.mail import ImapMailSource
+
+            return ImapMailSource(stored_account(self.token_caches), self._imap_limits)
+
+        return {"microsoft": microsoft, "imap": imap}
+
+    @functools.cached_property
+    def _imap_limits(self) -> ImapLimits:
+        """IMAP bounds; server certificates checked against ``MAIL_SERVER_CA_BUNDLE`` when set, else the
+        system's trust store."""
+        from sync_core.adapters.imap.account import ImapLimits
+
+        return ImapLimits(ca_file=self.settings.mail_server_ca_bundle)
 
     def mail_source(self) -> MailSource:
         """A mail source for one request (explain) or one run (``sync_deps``): it keeps per-run request
@@ -134,6 +149,7 @@ class Services:
     def connect_deps(self) -> ConnectDeps:
         from sync_core.adapters.graph.directory import GraphDirectory
         from sync_core.adapters.graph.http import GraphHttp
+        from sync_core.adapters.imap.probe import ImapServerProbe
         from sync_core.auth.token_cache_store import TableAuthFlowStore, TableOrgTenantStore
         from sync_core.use_cases.connect import ConnectDeps
         from sync_core.use_cases.subscriptions import remove_for_mailbox
@@ -155,6 +171,7 @@ class Services:
             ),
             public_base_url=self.settings.public_base_url,
             before_disconnect=lambda org, mailbox: remove_for_mailbox(self.subscription_deps(), org, mailbox),
+            server_probe=ImapServerProbe(self._imap_limits),
         )
 
     def sync_deps(self, table_transactions: Callable[[], int] = lambda: 0) -> SyncDeps:
@@ -184,7 +201,12 @@ class Services:
         # A per-run measurement, so concurrent runs in one worker never mix their transaction counts.
         with self.stores.metrics.measure() as tables:
             deps = self.sync_deps(lambda: tables.transactions)
-            return sync_mailbox(deps, org_id, mailbox_id, budget, run_id=run_id)
+            try:
+                return sync_mailbox(deps, org_id, mailbox_id, budget, run_id=run_id)
+            finally:
+                close = getattr(deps.mail, "close", None)
+                if close is not None:
+                    close()  # the run's provider connections (IMAP logs out)
 
     @functools.cached_property
     def queue(self) -> StorageWorkQueue:

@@ -264,6 +264,14 @@ _FIELD_OF = {
     "invalid_tenant": "tenant",
     "invalid_address": "address",
     "address_not_found": "address",
+    **dict.fromkeys(
+        ("imap_unreachable", "imap_tls_untrusted", "imap_starttls_unavailable", "imap_auth_failed",
+         "imap_no_sent_folder", "imap_required"),
+        "imap",
+    ),
+    **dict.fromkeys(
+        ("smtp_unreachable", "smtp_tls_untrusted", "smtp_starttls_unavailable", "smtp_auth_failed"), "smtp"
+    ),
 }
 
 

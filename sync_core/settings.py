@@ -40,6 +40,9 @@ class Settings:
     notifications_allow_http: bool = False
     webhooks_allow_private_networks: bool = False
     ingest_max_bytes: int = 25 * 1024 * 1024
+    # IMAP/SMTP servers' certificates are checked against the system's trust store, or only against this
+    # PEM bundle when set (a private CA; the local stack and tests). Never a way to turn checking off.
+    mail_server_ca_bundle: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -65,6 +68,7 @@ class Settings:
             notifications_allow_http=_flag(env.get("GRAPH_NOTIFICATIONS_ALLOW_HTTP", "")),
             webhooks_allow_private_networks=_flag(env.get("WEBHOOKS_ALLOW_PRIVATE_NETWORKS", "")),
             ingest_max_bytes=_positive_int(env.get("INGEST_MAX_MESSAGE_BYTES", ""), 25 * 1024 * 1024),
+            mail_server_ca_bundle=env.get("MAIL_SERVER_CA_BUNDLE") or None,
         )
 
     def __repr__(self) -> str:

@@ -12,6 +12,7 @@ What runs (nothing system-wide is touched: no file under /etc, no systemd, no pr
   ``\\Sent``, ``\\Drafts``, ``\\Junk`` and ``\\Trash`` are created with their SPECIAL-USE flags. Dovecot
   always offers CONDSTORE and QRESYNC (RFC 7162); ``no_condstore`` starts one that hides them (through
   ``imap_capability``), like Microsoft 365's IMAP, so the adapter's fallback runs against a real server.
+  ``sent=False`` starts one without a Sent folder.
 * **Command trace**: Dovecot's ``rawlog_dir`` writes every IMAP session's client commands (``*.in``) and
   server answers (``*.out``) under ``<dir>/rawlog/<user>/``, so a test can prove what was (and was not)
   fetched. Only the test server's users have such a directory; Dovecot writes nothing for others.
@@ -133,7 +134,9 @@ class Ports:
         return cls(free_port(), free_port(), free_port(), free_port(), free_port())
 
 
-def _config(root: Path, ports: Ports, tls: tuple[Path, Path], user: pwd.struct_passwd, *, no_condstore: bool) -> str:
+def _config(
+    root: Path, ports: Ports, tls: tuple[Path, Path], user: pwd.struct_passwd, *, no_condstore: bool, sent: bool
+) -> str:
     cert, key = tls
     capability = f"protocol imap {{\n  imap_capability = {_PLAIN_CAPABILITIES}\n}}\n" if no_condstore else ""
     return f"""# Written by tools/mailserver.py: an unprivileged Dovecot on loopback ports, for tests and `make run`.
@@ -176,11 +179,7 @@ plugin {{
 namespace inbox {{
   inbox = yes
   separator = /
-  mailbox Sent {{
-    special_use = \\Sent
-    auto = subscribe
-  }}
-  mailbox Drafts {{
+{_sent_folder() if sent else ""}  mailbox Drafts {{
     special_use = \\Drafts
     auto = subscribe
   }}
@@ -236,6 +235,10 @@ service stats {{
 """
 
 
+def _sent_folder() -> str:
+    return "  mailbox Sent {\n    special_use = \\Sent\n    auto = subscribe\n  }\n"
+
+
 def _group_name(gid: int) -> str:
     return grp.getgrgid(gid).gr_name
 
@@ -277,6 +280,9 @@ class MailServer:
         temporary = path.with_name(f".{address}.{os.getpid()}.{threading.get_ident()}")
         temporary.write_text(f"{address}:{password_hash(password)}::::::\n")
         _give(temporary, self.root)
+        if replacing:  # same size: only a later mtime (whole seconds) tells Dovecot the file changed
+            stamp = max(time.time(), path.stat().st_mtime + 1)
+            os.utime(temporary, (stamp, stamp))
         os.replace(temporary, path)
         rawlog = self.root / "rawlog" / address
         rawlog.mkdir(parents=True, exist_ok=True)
@@ -435,7 +441,12 @@ def _wait_for_port(port: int, deadline: float, process: subprocess.Popen[bytes] 
 
 
 def start(
-    root: Path = DEFAULT_DIR, *, ports: Ports | None = None, no_condstore: bool = False, ca_dir: Path | None = None
+    root: Path = DEFAULT_DIR,
+    *,
+    ports: Ports | None = None,
+    no_condstore: bool = False,
+    ca_dir: Path | None = None,
+    sent: bool = True,
 ) -> MailServer:
     """Write the config under ``root`` (fresh), start Dovecot and the SMTP servers; see the module docstring.
     ``ca_dir``: the local CA's folder to take the certificate from (``make run`` passes the emulator's, so
@@ -455,7 +466,7 @@ def start(
             ca_pem=root / "tls" / "ca.pem",
         )  # fmt: skip
     (root / "dovecot.conf").write_text(
-        _config(root, ports, (tls.server_cert, tls.server_key), owner, no_condstore=no_condstore)
+        _config(root, ports, (tls.server_cert, tls.server_key), owner, no_condstore=no_condstore, sent=sent)
     )
     if os.geteuid() == 0:
         for path in [root, *root.rglob("*")]:
@@ -487,9 +498,9 @@ def start(
 
 @contextmanager
 def running(
-    root: Path = DEFAULT_DIR, *, no_condstore: bool = False, ca_dir: Path | None = None
+    root: Path = DEFAULT_DIR, *, no_condstore: bool = False, ca_dir: Path | None = None, sent: bool = True
 ) -> Iterator[MailServer]:
-    server = start(root, no_condstore=no_condstore, ca_dir=ca_dir)
+    server = start(root, no_condstore=no_condstore, ca_dir=ca_dir, sent=sent)
     try:
         yield server
     finally:

@@ -231,6 +231,10 @@ class OrgSettings:
     connect_confirmation: bool = True
 
 
+PUSH_PROVIDERS = frozenset({"microsoft"})
+"""Providers whose mailboxes get change-notification subscriptions; the others are polled."""
+
+
 @dataclass(frozen=True)
 class Mailbox:
     """A connected mailbox. ``watermark`` is the connect time: nothing received before it is synced
@@ -282,8 +286,10 @@ class Mailbox:
         return self.enabled and automation_enabled and self.status in SYNCABLE_STATUSES
 
     def wants_push(self, automation_enabled: bool = True) -> bool:
-        """Should Graph notify us of its changes? Only while it syncs and is healthy (not ``error``)."""
-        return self.status is MailboxStatus.ACTIVE and self.can_sync(automation_enabled)
+        """Should Graph notify us of its changes? Only while it syncs and is healthy (not ``error``), and
+        only for a provider that pushes (``PUSH_PROVIDERS``: an IMAP mailbox is polled)."""
+        pushes = self.provider in PUSH_PROVIDERS
+        return pushes and self.status is MailboxStatus.ACTIVE and self.can_sync(automation_enabled)
 
     def effective_status(self, automation_enabled: bool = True) -> tuple[MailboxStatus, str]:
         """The status and reason the CRM sees: an ``active`` mailbox that is disabled, or whose org's

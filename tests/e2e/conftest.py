@@ -22,6 +22,7 @@ from emulator.client import EmulatorClient
 from emulator.server import EmulatorServer
 from tests.app_settings import register_app
 from tools.azurite import free_port
+from tools.mailserver import MailServer
 
 ROOT = Path(__file__).resolve().parents[2]
 FUNCTION_KEY = "e2e-function-key"
@@ -40,7 +41,7 @@ class AppUnderTest:
 
 @pytest.fixture(scope="session")
 def app_host(
-    storage_connection_string: str, emulator: EmulatorServer, emulator_client: EmulatorClient
+    storage_connection_string: str, emulator: EmulatorServer, emulator_client: EmulatorClient, mail_server: MailServer
 ) -> Iterator[AppUnderTest]:
     port = free_port()
     origin = f"http://127.0.0.1:{port}"
@@ -54,6 +55,8 @@ def app_host(
         # test receivers, exactly the documented local-demo settings.
         "GRAPH_NOTIFICATIONS_ALLOW_HTTP": "true",
         "WEBHOOKS_ALLOW_PRIVATE_NETWORKS": "true",
+        # IMAP/SMTP mailboxes on the test Dovecot: its certificate is from its own local CA.
+        "MAIL_SERVER_CA_BUNDLE": str(mail_server.ca_pem),
     }
     with LocalHost(ROOT, port=port, settings=settings, run_timers=False) as host:
         yield AppUnderTest(host, origin, app.client_id, app.client_secret)

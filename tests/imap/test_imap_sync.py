@@ -168,7 +168,7 @@ def test_a_server_whose_certificate_is_not_trusted_is_never_sent_the_password(sy
 @pytest.fixture(scope="module")
 def plain_server() -> Iterator[mailserver.MailServer]:
     root = mailserver.ROOT / ".local" / f"mailserver-plain-{uuid.uuid4().hex[:8]}"
-    with mailserver.running(root, no_condstore=True) as server:
+    with mailserver.running(root, no_condstore=True, sent=False) as server:
         yield server
     shutil.rmtree(root, ignore_errors=True)
 

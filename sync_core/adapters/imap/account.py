@@ -1,30 +1,23 @@
-"""What an IMAP mailbox logs in with, and the limits every IMAP conversation keeps.
+"""What an IMAP mailbox logs in with (``ports.servers.ServerLogin``, stored encrypted by connect), and the
+limits every IMAP conversation keeps.
 
-``ImapAccount.password`` is a secret: it is never logged, never part of an error message, and its
-``repr`` hides it.
+The password is a secret: it is never logged, never part of an error message, and its ``repr`` hides it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from enum import StrEnum
+from collections.abc import Callable
+from dataclasses import dataclass
 
+from sync_core.domain.model import Mailbox
+from sync_core.errors import CredentialsUnreadable, ReauthRequired, TokenDecryptionError
+from sync_core.ports.identity import TokenCacheStore, mailbox_owner
+from sync_core.ports.servers import Security, ServerAccount, ServerLogin
 
-class Security(StrEnum):
-    """How the connection is protected: implicit TLS (port 993) or STARTTLS (port 143). There is no
-    plaintext option: a password is never sent over an unencrypted connection."""
+__all__ = ["ImapAccount", "ImapLimits", "Security", "stored_account"]
 
-    TLS = "tls"
-    STARTTLS = "starttls"
-
-
-@dataclass(frozen=True)
-class ImapAccount:
-    host: str
-    port: int
-    security: Security
-    username: str
-    password: str = field(repr=False)
+ImapAccount = ServerLogin
+"""The incoming-server login of a mailbox (the port's ``ServerLogin``)."""
 
 
 @dataclass(frozen=True)
@@ -42,3 +35,23 @@ class ImapLimits:
     body_bytes: int = 512 * 1024
     max_message_bytes: int = 50 * 1024 * 1024
     ca_file: str | None = None
+
+
+def stored_account(tokens: TokenCacheStore) -> Callable[[Mailbox], ImapAccount]:
+    """The IMAP login of a mailbox, read (and decrypted) from where connect stored it. A mailbox without
+    one, or whose stored value is not a server account, needs new credentials (``needs_reauth``); one no
+    configured key opens is ``CredentialsUnreadable``."""
+
+    def account_for(mailbox: Mailbox) -> ImapAccount:
+        try:
+            stored = tokens.get(mailbox.org_id, mailbox_owner(mailbox.mailbox_id))
+        except TokenDecryptionError:
+            raise CredentialsUnreadable() from None
+        if stored is None:
+            raise ReauthRequired("no mail server credentials are stored for this mailbox; add them again")
+        try:
+            return ServerAccount.from_json(stored.value).imap
+        except ValueError:
+            raise ReauthRequired("the stored credentials are not a mail server login; add them again") from None
+
+    return account_for

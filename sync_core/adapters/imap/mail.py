@@ -298,6 +298,7 @@ class ImapMailSource:
         fetched = session.client.fetch(list(uids), PHASE_ONE)
         uidvalidity = int(info.get(b"UIDVALIDITY", 0))
         name = session.selected[0] if session.selected else folder
+        since = since.replace(microsecond=0)  # INTERNALDATE has whole seconds: mail of the watermark's second counts
         messages = []
         for uid in sorted(fetched):
             item = fetched[uid]

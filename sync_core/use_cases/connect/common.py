@@ -42,6 +42,7 @@ from sync_core.ports.identity import (
     TokenSource,
     mailbox_owner,
 )
+from sync_core.ports.servers import ServerProbe
 
 CALLBACK_PATH = "/api/auth/callback"
 
@@ -71,6 +72,8 @@ class ConnectDeps:
     before_disconnect: Callable[[str, str], object] = lambda _org, _mailbox: None
     # How ``disconnect`` waits out the last write of a sync it fenced out.
     sleep: Callable[[float], None] = time.sleep
+    # Checks a mail server login before it is stored (``server_mode``); None: no such provider here.
+    server_probe: ServerProbe | None = None
 
     @property
     def redirect_uri(self) -> str:
