@@ -134,10 +134,11 @@ class Services:
     @functools.cached_property
     def _imap_limits(self) -> ImapLimits:
         """IMAP bounds; server certificates checked against ``MAIL_SERVER_CA_BUNDLE`` when set, else the
+        deployment's ``REQUESTS_CA_BUNDLE`` when set (the local stack's, which trusts its Dovecot), else the
         system's trust store."""
         from sync_core.adapters.imap.account import ImapLimits
 
-        return ImapLimits(ca_file=self.settings.mail_server_ca_bundle)
+        return ImapLimits(ca_file=self.settings.mail_server_ca_bundle or self.settings.ca_bundle)
 
     def mail_source(self) -> MailSource:
         """A mail source for one request (explain) or one run (``sync_deps``): it keeps per-run request

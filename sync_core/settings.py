@@ -40,8 +40,8 @@ class Settings:
     notifications_allow_http: bool = False
     webhooks_allow_private_networks: bool = False
     ingest_max_bytes: int = 25 * 1024 * 1024
-    # IMAP/SMTP servers' certificates are checked against the system's trust store, or only against this
-    # PEM bundle when set (a private CA; the local stack and tests). Never a way to turn checking off.
+    # IMAP/SMTP servers' certificates are checked against this PEM bundle when set (a private CA: tests),
+    # else REQUESTS_CA_BUNDLE when set, else the system's trust store. Never a way to turn checking off.
     mail_server_ca_bundle: str | None = None
 
     @classmethod

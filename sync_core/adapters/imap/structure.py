@@ -18,8 +18,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from email.utils import collapse_rfc2231_value, decode_rfc2231
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from sync_core.domain.model import AttachmentSummary
 from sync_core.domain.text import decode_encoded_words
@@ -174,7 +174,8 @@ def _disposition_index(content_type: str) -> int:
 
 
 def _params(value: Any) -> dict[str, str]:
-    """A parameter list (name, value, name, value, ...), RFC 2231 continuations and charsets undone."""
+    """A parameter list (name, value, name, value, ...), RFC 2231 continuations (``name*0``, ``name*1``)
+    and encodings (``name*=charset'lang'percent-encoded``) undone."""
     if not isinstance(value, tuple):
         return {}
     pairs = [(_text(value[i]).lower(), _text(value[i + 1])) for i in range(0, len(value) - 1, 2)]
@@ -187,7 +188,13 @@ def _params(value: Any) -> dict[str, str]:
             extended.setdefault(base, []).append((int(number) if number.isdigit() else 0, text))
     for base, pieces in extended.items():
         joined = "".join(text for _, text in sorted(pieces))
-        plain[base] = str(collapse_rfc2231_value(decode_rfc2231(joined), errors="replace"))
+        charset, quotes = "utf-8", joined.count("'")
+        if quotes >= 2:
+            charset, _language, joined = joined.split("'", 2)
+        try:
+            plain[base] = unquote_to_bytes(joined).decode(charset or "utf-8", errors="replace")
+        except LookupError:
+            plain[base] = unquote_to_bytes(joined).decode("utf-8", errors="replace")
     return plain
 
 
