@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 import requests
 from msal import ConfidentialClientApplication
 
-from emulator.client_mail import MailControlMixin
+from emulator.client_mail import MailControlMixin, SendControlMixin
 
 
 class EmulatorError(RuntimeError):
@@ -46,7 +46,7 @@ REDIRECT_URI = "http://127.0.0.1:7071/api/auth/callback"
 ADMIN_CONSENT_REDIRECT_URI = "http://127.0.0.1:7071/api/auth/admin-consent/callback"
 
 
-class EmulatorClient(MailControlMixin):
+class EmulatorClient(MailControlMixin, SendControlMixin):
     def __init__(self, base_url: str, ca_bundle: str | Path) -> None:
         self.base_url = base_url.rstrip("/")
         self.ca_bundle = Path(ca_bundle)
@@ -178,7 +178,8 @@ class EmulatorClient(MailControlMixin):
 
     def add_fault(self, **rule: Any) -> str:
         """Inject a fault: ``status`` (429/500/502/503/504), ``retry_after``, ``delay_ms``, ``drop_connection``,
-        ``count`` (-1: until cleared), ``path_contains``, ``mailbox`` (id or UPN), ``method``. Returns its id."""
+        ``count`` (-1: until cleared), ``path_contains``, ``mailbox`` (id or UPN), ``method``, ``after`` (handle the
+        request first, then fail or drop: the call happened but its answer was lost). Returns its id."""
         return str(self._call("POST", "/faults", rule)["id"])
 
     def clear_faults(self) -> None:

@@ -137,6 +137,58 @@ class MailControlMixin:
         self._call("DELETE", "/_emulator/subscriptions/notifications")
 
 
+class SendControlMixin:
+    """Sending controls: the outbox, a folder's messages, mailbox rights and send faults."""
+
+    if TYPE_CHECKING:
+
+        def _call(self, method: str, path: str, json: Any = None) -> Any: ...
+
+    def outbox(self, internet_message_id: str | None = None) -> list[dict[str, Any]]:
+        """Mail that left the emulator for outside addresses (one entry per sent message)."""
+        query = f"?internet_message_id={quote(internet_message_id, safe='')}" if internet_message_id else ""
+        return list(self._call("GET", f"/_emulator/outbox{query}"))
+
+    def clear_outbox(self) -> None:
+        self._call("DELETE", "/_emulator/outbox")
+
+    def folder_messages(self, user: str, folder: str) -> list[dict[str, Any]]:
+        """A folder's messages (every property, both ids), newest first."""
+        return list(self._call("GET", f"/_emulator/mailboxes/{_seg(user)}/folders/{_seg(folder)}/messages"))
+
+    def sent_items(self, user: str) -> list[dict[str, Any]]:
+        return list(self._call("GET", f"/_emulator/mailboxes/{_seg(user)}/sent"))
+
+    def set_mailbox_rights(self, owner: str, user: str, rights: list[str]) -> dict[str, Any]:
+        """``user``'s Exchange rights on ``owner``'s mailbox: FullAccess, SendAs, SendOnBehalf ([] revokes)."""
+        return dict(self._call("PUT", f"/_emulator/mailboxes/{_seg(owner)}/rights", {"user": user, "rights": rights}))
+
+    def hold_submissions(self, user: str) -> None:
+        """From now on ``user``'s sent mail waits in its Outbox and reaches nobody until released."""
+        self._call("POST", f"/_emulator/mailboxes/{_seg(user)}/submission/hold")
+
+    def release_submissions(self, user: str) -> int:
+        """Send what ``user``'s Outbox holds (saved copies move to Sent Items); stop holding."""
+        return int(self._call("POST", f"/_emulator/mailboxes/{_seg(user)}/submission/release")["released"])
+
+    def fail_sends(
+        self,
+        count: int = 1,
+        *,
+        status: int | None = None,
+        lost: bool = False,
+        mailbox: str | None = None,
+        retry_after: int | None = None,
+    ) -> str:
+        """The next ``count`` sends fail with ``status`` (nothing sent), or with ``lost`` are sent and then
+        their answer is lost (dropped connection, or ``status`` instead of 202). Returns the fault id."""
+        spec: dict[str, Any] = {"count": count, "lost": lost}
+        for key, value in (("status", status), ("mailbox", mailbox), ("retry_after", retry_after)):
+            if value is not None:
+                spec[key] = value
+        return str(self._call("POST", "/_emulator/faults/send", spec)["id"])
+
+
 def _fields(fields: dict[str, Any]) -> dict[str, Any]:
     """Python-friendly names to control names (``from_`` -> ``from``)."""
     out = dict(fields)

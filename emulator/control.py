@@ -2,8 +2,9 @@
 
 It sets up tenants, users and apps, drives sign-in and consent without a browser, revokes grants,
 sets access policies, expires an app's client secret (AADSTS7000222), tunes limits and latency, injects
-faults and reads per-mailbox counters. Routes under ``mailboxes/``, ``subscriptions/`` and ``delta/``
-belong to the mail store.
+faults (``faults/send``: the next sends fail before sending, or are sent and their answer lost) and reads
+per-mailbox counters. Routes under ``mailboxes/``, ``subscriptions/`` and ``delta/``
+belong to the mail store, and so does ``outbox`` (mail sent to addresses outside the emulator).
 
 Invariants: a malformed or impossible request answers 4xx with ``{"error": "..."}`` and changes
 nothing; ``/_emulator/authorize`` and ``/_emulator/admin-consent`` do exactly what the person's form
@@ -25,10 +26,12 @@ from emulator.identity import IdentityPlatform, PageError, PendingRequest, Redir
 if TYPE_CHECKING:
     from emulator.state import EmulatorState
 
-MAIL_CONTROL_PREFIXES = ("mailboxes", "subscriptions", "delta")
+MAIL_CONTROL_PREFIXES = ("mailboxes", "subscriptions", "delta", "outbox")
 REVOKE_REASONS = ("revoked", "expired", "consent_removed")
 Route = Callable[[Request, re.Match[str]], Response]
-FAULT_FIELDS = ("status", "retry_after", "delay_ms", "drop_connection", "count", "path_contains", "mailbox", "method")
+FAULT_FIELDS = (
+    "status", "retry_after", "delay_ms", "drop_connection", "count", "path_contains", "mailbox", "method", "after",
+)
 
 
 class ControlError(Exception):
@@ -88,6 +91,7 @@ class ControlApi:
             ("POST", re.compile(r"access-policy"), self._access_policy),
             ("POST", re.compile(r"faults"), self._add_fault),
             ("DELETE", re.compile(r"faults"), self._clear_faults),
+            ("POST", re.compile(r"faults/send"), self._send_fault),
             ("GET", re.compile(r"stats/mailboxes/(?P<user>[^/]+)"), self._mailbox_stats),
             ("POST", re.compile(r"tokens/expire"), self._expire_tokens),
         ]
@@ -281,6 +285,30 @@ class ControlApi:
         if mailbox is not None:
             spec["mailbox_id"] = self._user(str(mailbox)).id
         rule = self.state.add_fault(**spec)
+        return Response.json(201, {"id": rule.id})
+
+    def _send_fault(self, request: Request, match: re.Match[str]) -> Response:
+        """The next ``count`` sends (``…/send`` and ``sendMail``, optionally of one ``mailbox``) fail:
+        with ``status`` before anything is sent, or, with ``lost``, after the message was sent (the
+        connection drops, or ``status`` replaces the 202): "accepted but the answer was lost"."""
+        spec = self._body(request)
+        if unknown := set(spec) - {"mailbox", "count", "status", "retry_after", "lost"}:
+            raise ControlError(400, f"unknown fields: {sorted(unknown)}")
+        lost = bool(spec.get("lost", False))
+        status = spec.get("status")
+        if status is None and not lost:
+            raise ControlError(400, "a send fault needs a status, or lost: true")
+        mailbox = spec.get("mailbox")
+        rule = self.state.add_fault(
+            status=status,
+            retry_after=spec.get("retry_after"),
+            drop_connection=lost and status is None,
+            after=lost,
+            count=int(spec.get("count", 1)),
+            path_contains="/send",
+            method="POST",
+            mailbox_id=self._user(str(mailbox)).id if mailbox is not None else None,
+        )
         return Response.json(201, {"id": rule.id})
 
     def _clear_faults(self, request: Request, match: re.Match[str]) -> Response:

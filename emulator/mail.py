@@ -28,9 +28,12 @@ Choices where the real service is unconfirmed or the emulator is simpler (facts 
 * A garbled token is 400 ``ErrorInvalidSyncStateData`` (Exchange's name for corrupt sync state).
 * Subscriptions: at most 10,080 minutes; ``reauthorize`` answers 204; the handshake answer must be
   ``200``, ``text/plain`` and exactly the token.
-* Mail routes are read-only (GET). Attachment lists page at 10 like other Outlook collections; an
-  attached message is a ``fileAttachment`` of type ``message/rfc822`` (the real service has
-  ``itemAttachment``). ``delete`` is permanent; Outlook's soft delete is a move to ``deleteditems``.
+* Reads (GET) are here; writes (drafts, attachments, upload sessions, ``send``, ``sendMail``,
+  ``createReply``) are in :mod:`emulator.mail_send` and :mod:`emulator.mail_upload`, with sending's own
+  state (mailbox rights, limits' windows, outbox, upload sessions) in ``MailStore.sending``. Attachment
+  lists page at 10 like other Outlook collections; an attached message is a ``fileAttachment`` of type
+  ``message/rfc822`` (the real service has ``itemAttachment``). The control API's ``delete`` is
+  permanent; Outlook's soft delete (and Graph's ``DELETE``) is a move to ``deleteditems``.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from .mail_control import ControlError, route_control
 from .mail_delta import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Behaviour, DeltaEngine, page_size_from
 from .mail_mime import build_mime, parse_mime
 from .mail_model import (
+    MESSAGE_PROPERTIES,
     ROOT,
     Folder,
     Mailbox,
@@ -67,7 +71,12 @@ from .mail_model import (
     render_folder,
     render_message,
 )
+from .mail_send import AddressBook, handle_write, release_held
+from .mail_send_model import RIGHTS, SendingState, SendLimits
 from .mail_subscriptions import Notifier, SubscriptionService
+from .mail_upload import handle_upload, session_mailbox
+
+SELECT_ALL = tuple(MESSAGE_PROPERTIES)
 
 
 class MailStore:
@@ -77,6 +86,8 @@ class MailStore:
         self.directory = directory
         self.lock = threading.RLock()
         self.allow_http_notification_urls = False
+        self.send_limits = SendLimits()
+        self.sending = SendingState()
         self._mailboxes: dict[str, Mailbox] = {}
         self.delta = DeltaEngine()
         self.notifier = Notifier(self.lock, notifier_client_factory)
@@ -87,12 +98,11 @@ class MailStore:
     # == Graph mailbox routes ======================================================================
 
     def handle(self, ctx: GraphContext) -> Response:
-        """Serve one mailbox route (GET only). Unknown routes are 400 ``BadRequest`` as on the real service."""
+        """Serve one mailbox route; writes go to :func:`emulator.mail_send.handle_write`. Unknown routes are
+        400 ``BadRequest`` as on the real service."""
         tenant_id = self._tenant_of(ctx.mailbox_id, ctx.principal.tenant_id)
-        if ctx.request.method.upper() != "GET":
-            return graph_error(
-                405, "ErrorInvalidRequest", f"The OData request is not supported: {ctx.request.method} {ctx.rest}"
-            )
+        write = ctx.request.method.upper() != "GET" or ctx.rest.lower().strip("/") == "sendmail"
+        book = AddressBook(self.directory.users_of(None)) if write else None  # directory before our lock
         prefer = ctx.request.prefer()
         view = View(
             immutable_ids=prefer.get("idtype", "").lower() == "immutableid",
@@ -102,7 +112,9 @@ class MailStore:
         with self.lock:
             call = _Call(ctx, self._mailbox(ctx.mailbox_id, tenant_id), view, prefer, _applied_preferences(prefer))
             head = segments[0].lower() if segments else ""
-            if head == "mailfolders":
+            if book is not None:
+                response = handle_write(self, call, segments, book)
+            elif head == "mailfolders":
                 response = self._folder_route(call, segments[1:])
             elif head == "messages":
                 response = self._message_route(call, segments[1:])
@@ -263,6 +275,19 @@ class MailStore:
         """``/v1.0/subscriptions`` routes; the server has authenticated ``principal``."""
         return self.subscriptions.handle(request, principal, base_url)
 
+    def upload_mailbox(self, path: str) -> str | None:
+        """The mailbox an attachment upload URL belongs to, or None (see :mod:`emulator.mail_upload`)."""
+        return session_mailbox(self, path)
+
+    def handle_upload(self, request: Request, origin: str) -> Response:
+        """``PUT``/``GET``/``DELETE`` on an attachment upload URL (pre-authenticated by its authtoken)."""
+        return handle_upload(self, request, origin)
+
+    def has_right(self, owner_id: str, user_id: str | None, *rights: str) -> bool:
+        """Whether ``user_id`` holds one of ``rights`` (FullAccess, SendAs, SendOnBehalf) on a mailbox."""
+        with self.lock:
+            return self.sending.has_right(owner_id, user_id, *rights)
+
     def handle_control(self, request: Request) -> Response:
         """``/_emulator/mailboxes|subscriptions|delta/...`` (JSON in and out); see ``mail_control``."""
         return route_control(self, request)
@@ -280,6 +305,7 @@ class MailStore:
                     "delta": self.delta,
                     "subscriptions": self.subscriptions.subscriptions,
                     "notifications": self.notifier.log,
+                    "sending": self.sending,
                 }
             )
 
@@ -291,6 +317,7 @@ class MailStore:
             self.delta = data["delta"]
             self.subscriptions.subscriptions = data["subscriptions"]
             self.notifier.log = data["notifications"]
+            self.sending = data["sending"]
 
     def reset(self) -> None:
         """Forget every mailbox, token and subscription (the notification log too)."""
@@ -299,6 +326,7 @@ class MailStore:
             self.delta = DeltaEngine()
             self.subscriptions.subscriptions.clear()
             self.notifier.log.clear()
+            self.sending = SendingState()
 
     def forget_mailbox(self, user_key: str) -> dict[str, Any]:
         """What a restart of the emulator does to one mailbox: its folders, messages, change logs and
@@ -377,15 +405,7 @@ class MailStore:
             msg, target = self._control_message(box, message_id), self._control_folder(box, folder_key)
             if target.id == msg.folder_id:
                 return _ids(msg)
-            source, old_rest_id = msg.folder_id, msg.rest_id
-            box.record("deleted", msg, source)
-            self._notify(box, source, "deleted", msg)
-            del box.rest_index[old_rest_id]
-            msg.rest_id, msg.folder_id = new_rest_id(), target.id
-            msg.touch(now_utc())
-            box.rest_index[msg.rest_id] = msg.immutable_id
-            box.record("created", msg, target.id)
-            self._notify(box, target.id, "created", msg)
+            old_rest_id = self._relocate(box, msg, target)
             return {**_ids(msg), "previousId": old_rest_id}
 
     def delete(self, user_key: str, message_id: str) -> dict[str, Any]:
@@ -446,6 +466,60 @@ class MailStore:
             msg = self._control_message(self._mailbox(user.id, user.tenant_id), message_id)
             return {**render_message(msg, View()), **_ids(msg)}
 
+    def folder_messages(self, user_key: str, folder_key: str) -> list[dict[str, Any]]:
+        """A folder's messages (control API view, both ids), newest first."""
+        user = self._user(user_key)
+        with self.lock:
+            box = self._mailbox(user.id, user.tenant_id)
+            folder = self._control_folder(box, folder_key)
+            found = sorted(box.in_folder(folder.id), key=lambda m: m.received, reverse=True)
+            return [{**render_message(m, View(), SELECT_ALL), **_ids(m)} for m in found]
+
+    def hold_submissions(self, user_key: str, hold: bool) -> dict[str, Any]:
+        """Hold a mailbox's submissions in its Outbox (``hold``), or release them all (delivering them)."""
+        user = self._user(user_key)
+        book = AddressBook(self.directory.users_of(None))  # directory before our lock
+        with self.lock:
+            if hold:
+                self.sending.holding.add(user.id)
+                return {"user": user.id, "holding": True, "released": 0}
+            return {"user": user.id, "holding": False, "released": release_held(self, user.id, book)}
+
+    def outbox(self, internet_message_id: str | None = None) -> list[dict[str, Any]]:
+        """Mail handed to addresses outside the emulator (one entry per sent message), oldest first."""
+        with self.lock:
+            return [
+                e.as_json()
+                for e in self.sending.outbox
+                if internet_message_id is None or e.internet_message_id == internet_message_id
+            ]
+
+    def clear_outbox(self) -> None:
+        with self.lock:
+            self.sending.outbox.clear()
+
+    def set_rights(self, owner_key: str, user_key: str, rights: list[str]) -> dict[str, Any]:
+        """Exchange mailbox permissions of ``user_key`` on ``owner_key``'s mailbox (replaced; [] revokes)."""
+        unknown = sorted(set(rights) - set(RIGHTS))
+        if unknown:
+            raise ControlError(400, f"unknown rights {unknown}; known: {list(RIGHTS)}")
+        owner, user = self._user(owner_key), self._user(user_key)
+        with self.lock:
+            if rights:
+                self.sending.rights[(owner.id, user.id)] = set(rights)
+            else:
+                self.sending.rights.pop((owner.id, user.id), None)
+            return {"owner": owner.id, "user": user.id, "rights": sorted(rights)}
+
+    def rights_on(self, owner_key: str) -> list[dict[str, Any]]:
+        owner = self._user(owner_key)
+        with self.lock:
+            return [
+                {"user": user_id, "rights": sorted(rights)}
+                for (owner_id, user_id), rights in self.sending.rights.items()
+                if owner_id == owner.id
+            ]
+
     def expire_delta_tokens(self, user_key: str) -> dict[str, Any]:
         """Bump the mailbox's sync generation: every earlier skip/delta token becomes 410 Gone."""
         user = self._user(user_key)
@@ -486,6 +560,20 @@ class MailStore:
         box.record("created", msg, folder.id)
         self._notify(box, folder.id, "created", msg)
         return msg
+
+    def _relocate(self, box: Mailbox, msg: Message, target: Folder) -> str:
+        """Move ``msg`` to ``target``: same immutable id, new REST id (returns the old one); delta sees a
+        removal from the source folder and a creation in the target, and both fire notifications."""
+        source, old_rest_id = msg.folder_id, msg.rest_id
+        box.record("deleted", msg, source)
+        self._notify(box, source, "deleted", msg)
+        del box.rest_index[old_rest_id]
+        msg.rest_id, msg.folder_id = new_rest_id(), target.id
+        msg.touch(now_utc())
+        box.rest_index[msg.rest_id] = msg.immutable_id
+        box.record("created", msg, target.id)
+        self._notify(box, target.id, "created", msg)
+        return old_rest_id
 
     def _notify(self, box: Mailbox, folder_id: str, change_type: str, msg: Message) -> None:
         self.subscriptions.notify(

@@ -16,6 +16,19 @@ PATCH    /_emulator/mailboxes/{user}/messages/{id}          changes -> ids
 DELETE   /_emulator/mailboxes/{user}/messages/{id}          -> ids
 POST     /_emulator/mailboxes/{user}/messages/{id}/move     {folder} -> ids (+ previousId)
 GET      /_emulator/mailboxes/{user}/folders                -> every folder with wellKnownName
+GET      /_emulator/mailboxes/{user}/folders/{f}/messages   -> the folder's messages with both ids, newest
+                                                            first (``f``: well-known name or id)
+GET      /_emulator/mailboxes/{user}/sent                   -> the same for Sent Items
+GET      /_emulator/mailboxes/{user}/rights                 -> [{user, rights}] held on this mailbox
+PUT      /_emulator/mailboxes/{user}/rights                 {user, rights: [FullAccess|SendAs|SendOnBehalf]}
+                                                            -> {owner, user, rights} (replaces; [] revokes)
+POST     /_emulator/mailboxes/{user}/submission/hold    -> submissions wait in the Outbox (sent, isDraft
+                                                            false, same immutable id) and reach nobody
+POST     /_emulator/mailboxes/{user}/submission/release -> {released}: held mail goes out, saved copies
+                                                            move to Sent Items; holding stops
+GET      /_emulator/outbox                                  ?internet_message_id= -> mail that left for
+                                                            addresses outside the emulator, oldest first
+DELETE   /_emulator/outbox                                  clears it (204)
 POST     /_emulator/mailboxes/{user}/folders                {display_name, parent?} -> folder (201)
 POST     /_emulator/mailboxes/{user}/forget                 -> {user}: the mailbox as after a restart
                                                             (empty, new folder ids, tokens gone)
@@ -70,6 +83,12 @@ def route_control(store: MailStore, request: Request) -> Response:
             return _ok(
                 store.set_delta_behaviour(body.get("user"), body.get("empty_page_first"), body.get("replay_every"))
             )
+        if parts == ["outbox"]:
+            if method == "GET":
+                return _ok(store.outbox(request.query.get("internet_message_id")))
+            if method == "DELETE":
+                store.clear_outbox()
+                return Response(204)
         if parts == ["subscriptions"] and method == "GET":
             return _ok(store.subscriptions.describe())
         if parts == ["subscriptions", "notifications"]:
@@ -113,6 +132,20 @@ def _mailbox_route(store: MailStore, method: str, user: str, rest: list[str], bo
             if not body.get("display_name"):
                 raise ControlError(400, "display_name is required")
             return _ok(store.create_folder(user, str(body["display_name"]), body.get("parent")), 201)
+    if rest == ["sent"] and method == "GET":
+        return _ok(store.folder_messages(user, "sentitems"))
+    if len(rest) == 3 and rest[0] == "folders" and rest[2] == "messages" and method == "GET":
+        return _ok(store.folder_messages(user, rest[1]))
+    if rest[:1] == ["submission"] and len(rest) == 2 and rest[1] in ("hold", "release") and method == "POST":
+        return _ok(store.hold_submissions(user, rest[1] == "hold"))
+    if rest == ["rights"]:
+        if method == "GET":
+            return _ok(store.rights_on(user))
+        if method == "PUT":
+            rights = body.get("rights")
+            if not body.get("user") or not isinstance(rights, list):
+                raise ControlError(400, "user and rights (a list) are required")
+            return _ok(store.set_rights(user, str(body["user"]), [str(r) for r in rights]))
     if len(rest) == 2 and rest[0] == "messages":
         if method == "GET":
             return _ok(store.message_state(user, rest[1]))

@@ -33,6 +33,7 @@ from emulator.directory import App, Grant, Tenant, User
 from emulator.identity import AccessTokenRecord, AuthCode, PendingRequest
 from emulator.mail_delta import Behaviour, DeltaQuery, DeltaRound, DeltaState, RoundEntry, SkipState
 from emulator.mail_model import Attachment, ChangeEntry, Folder, Mailbox, Message, TextRendering
+from emulator.mail_send_model import HeldSubmission, OutboxEntry, SendingState, UploadSession
 from emulator.mail_subscriptions import Subscription
 from emulator.state import EmulatorConfig, EmulatorState, FaultRule
 
@@ -42,7 +43,8 @@ STATE_FILE = "state.pickle"
 _PERSISTED = (
     EmulatorConfig, FaultRule, Tenant, User, App, Grant, PendingRequest, AuthCode, AccessTokenRecord, Principal,
     Folder, Attachment, Message, TextRendering, ChangeEntry, Mailbox, DeltaQuery, Behaviour, RoundEntry,
-    DeltaRound, SkipState, DeltaState, Subscription,
+    DeltaRound, SkipState, DeltaState, Subscription, SendingState, OutboxEntry, UploadSession,
+    HeldSubmission,
 )
 # The field names of every persisted class: a snapshot from code with other shapes is not loaded.
 SCHEMA = tuple(

@@ -8,7 +8,13 @@ Invariants:
   connections; ``drop_connection`` closes the socket without a byte of response.
 * A Graph call that targets a mailbox goes: token (401) → permission (403) → mailbox lookup (404) →
   own-mailbox / access policy (403) → limits (429) → latency and faults → ``mail``. From the mailbox
-  lookup on, every outcome is counted per mailbox.
+  lookup on, every outcome is counted per mailbox. The permission a route needs is
+  ``mail_send.required_permissions``; a delegated user reaches another's mailbox only with its
+  ``.Shared`` permission and the FullAccess right on that mailbox (control API ``…/rights``).
+* A fault with ``after`` lets the call happen first and then answers with the fault (or drops the
+  connection): "accepted, but the answer was lost".
+* Attachment upload URLs (``/api/v2.0/…AttachmentSessions(…)?authtoken=…``) need no bearer token (the
+  authtoken is the credential); faults and per-mailbox counters apply to them as to Graph calls.
 * ``$batch`` sub-requests go through exactly the same path as direct calls (each is throttled and
   counted on its own), at most four at a time, with ``dependsOn`` ordering and 424 for dependents of a
   failure.
@@ -42,6 +48,7 @@ from emulator.control import ControlApi
 from emulator.core import GraphContext, Principal, Request, Response, graph_error, graph_time, now_utc
 from emulator.directory import USER_DEFAULT_PROPERTIES, organization_properties, user_properties
 from emulator.identity import GRAPH_APP_ID, IdentityPlatform, aad_error
+from emulator.mail_send import required_permissions
 from emulator.persistence import StateFile
 from emulator.state import BUDGET_MESSAGE, EmulatorState, FaultRule
 
@@ -51,7 +58,6 @@ log = logging.getLogger("emulator")
 BATCH_LIMIT = 20
 BATCH_PARALLELISM = 4
 MAIL_SEGMENTS = ("mailfolders", "messages")
-MAIL_READ = ("Mail.Read", "Mail.ReadBasic", "Mail.ReadBasic.All", "Mail.ReadWrite")
 USER_READ_OTHERS = ("User.ReadBasic.All", "User.Read.All", "User.ReadWrite.All", "Directory.Read.All")
 ORGANIZATION_READ_APP = ("Organization.Read.All", "Organization.ReadWrite.All", "Directory.Read.All")
 ACCESS_DENIED = "Access is denied. Check credentials and try again."
@@ -125,6 +131,16 @@ class GraphApi:
     def close(self) -> None:
         self._batch_pool.shutdown(wait=False, cancel_futures=True)
 
+    def upload(self, request: Request, origin: str) -> Response:
+        """An attachment upload URL: faults and counters of its mailbox, then ``mail``; no bearer token."""
+        mailbox_id = self.state.mail.upload_mailbox(request.path)
+        response = self._after_simulation(
+            request, lambda: self.state.mail.handle_upload(request, origin), mailbox_id
+        )
+        if mailbox_id is not None:
+            self.state.count_mailbox_request(mailbox_id, "dropped" if response.drop_connection else response.status)
+        return response
+
     def handle(self, request: Request, origin: str) -> Response:
         principal = self._authenticate(request, origin)
         if isinstance(principal, Response):
@@ -172,7 +188,7 @@ class GraphApi:
         rest = "/".join(segments[1:])
         if not rest:
             return self._after_simulation(request, lambda: self._user(request, principal, origin, key))
-        if rest.lower().startswith(MAIL_SEGMENTS):
+        if rest.lower().startswith(MAIL_SEGMENTS) or rest.lower().strip("/") == "sendmail":
             return self._mailbox_call(request, principal, origin, user_segment=user_segment, key=key, rest=rest)
         return graph_error(400, "BadRequest", f"Resource not found for the segment '{rest.split('/')[0]}'.")
 
@@ -185,6 +201,8 @@ class GraphApi:
         rule = simulate(self.state, request, mailbox_id)
         if rule is None or (rule.status is None and not rule.drop_connection):
             return handler()
+        if rule.after:
+            handler()  # the call happens; only its answer is lost or replaced
         if rule.drop_connection:
             return Response(drop_connection=True)
         return graph_fault(rule)
@@ -248,7 +266,8 @@ class GraphApi:
     def _mailbox_call(
         self, request: Request, principal: Principal, origin: str, *, user_segment: str, key: str | None, rest: str
     ) -> Response:
-        needed = MAIL_READ if request.method == "GET" else ("Mail.ReadWrite",)
+        own, shared = required_permissions(request.method, rest)
+        needed = own + (shared if not principal.is_app and key is not None else ())
         if not principal.has_permission(*needed):
             return graph_error(403, "ErrorAccessDenied", ACCESS_DENIED)
         if key is None:
@@ -267,7 +286,12 @@ class GraphApi:
     def _admitted_mailbox_call(self, context: GraphContext) -> Response:
         principal, mailbox_id = context.principal, context.mailbox_id
         if not principal.is_app and principal.user_id != mailbox_id:
-            return graph_error(403, "ErrorAccessDenied", ACCESS_DENIED)
+            _, shared = required_permissions(context.request.method, context.rest)
+            if not (
+                principal.has_permission(*shared)
+                and self.state.mail.has_right(mailbox_id, principal.user_id, "FullAccess")
+            ):
+                return graph_error(403, "ErrorAccessDenied", ACCESS_DENIED)
         if principal.is_app and not self.state.directory.mailbox_allowed(
             principal.tenant_id, principal.client_id, mailbox_id
         ):
@@ -617,6 +641,8 @@ class EmulatorServer:
             return self.control.handle(request, origin)
         if path == "/v1.0" or path.startswith("/v1.0/"):
             return self.graph.handle(request, origin)
+        if path.startswith("/api/v2.0/"):
+            return self.graph.upload(request, origin)
         rule = simulate(self.state, request, None)
         if rule is not None and rule.drop_connection:
             return Response(drop_connection=True)

@@ -30,6 +30,7 @@ from typing import Any
 from emulator.directory import App, Directory
 from emulator.identity import SigningKey, TokenStore
 from emulator.mail import MailStore
+from emulator.mail_send_model import SendLimits
 
 FAULT_STATUSES = (429, 500, 502, 503, 504)
 CONCURRENCY_MESSAGE = "Application is over its MailboxConcurrency limit."
@@ -47,6 +48,11 @@ class EmulatorConfig:
     budget_window_s: int = 600
     mailbox_concurrency: int = 4
     allow_http_notification_urls: bool = False
+    # Exchange Online's sending limits (emulator.mail_send_model.SendLimits has the sources)
+    send_messages_per_minute: int = 30
+    send_recipients_per_day: int = 10_000
+    send_recipients_per_message: int = 500
+    max_message_size_bytes: int = 35 * 1024 * 1024
 
     def update(self, changes: dict[str, Any]) -> None:
         """Apply ``changes`` after checking every name and type; raises ValueError, changing nothing."""
@@ -60,8 +66,18 @@ class EmulatorConfig:
                     raise ValueError(f"{name} must be true or false")
             elif not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be a non-negative integer")
+        if changes.get("max_message_size_bytes", 0) > 150 * 1024 * 1024:
+            raise ValueError("max_message_size_bytes can be at most 150 MB (Exchange Online's maximum)")
         for name, value in changes.items():
             setattr(self, name, value)
+
+    def send_limits(self) -> SendLimits:
+        return SendLimits(
+            self.send_messages_per_minute,
+            self.send_recipients_per_day,
+            self.send_recipients_per_message,
+            self.max_message_size_bytes,
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,7 +88,8 @@ class FaultRule:
     """An injected failure, matched in insertion order before normal handling.
 
     ``status`` None means "only delay" (``delay_ms``) or "only drop" (``drop_connection``).
-    ``count`` is how many more requests it applies to; -1 means until cleared.
+    ``count`` is how many more requests it applies to; -1 means until cleared. ``after``: the request is
+    handled first (a send is sent), then its answer is replaced by the fault or the connection dropped.
     """
 
     id: str
@@ -84,12 +101,15 @@ class FaultRule:
     path_contains: str | None = None
     mailbox_id: str | None = None
     method: str | None = None
+    after: bool = False
 
     def __post_init__(self) -> None:
         if self.status is not None and self.status not in FAULT_STATUSES:
             raise ValueError(f"status must be one of {FAULT_STATUSES}")
         if self.status is None and not (self.delay_ms or self.drop_connection):
             raise ValueError("a fault needs a status, a delay_ms or drop_connection")
+        if self.after and self.status is None and not self.drop_connection:
+            raise ValueError("an 'after' fault needs a status or drop_connection")
         if self.count == 0 or self.count < -1:
             raise ValueError("count must be positive, or -1 for until cleared")
 
@@ -162,6 +182,7 @@ class EmulatorState:
             self.directory = Directory(self.lock)
             self.tokens = TokenStore(self.lock, self.signing_key)
             self.mail = MailStore(self.directory)
+            self.mail.send_limits = self.config.send_limits()
             self.faults: list[FaultRule] = []
             self.limiter = MailboxLimiter(self.lock, self.config)
             self.mailbox_requests: dict[str, Counter[int | str]] = {}
@@ -203,6 +224,7 @@ class EmulatorState:
         mail = MailStore(directory)
         mail.restore(parts["mail"])
         mail.allow_http_notification_urls = config.allow_http_notification_urls
+        mail.send_limits = config.send_limits()
         with self.lock:
             self.mail.notifier.shutdown()
             self.signing_key, self.config, self.directory, self.tokens, self.mail = (
@@ -219,6 +241,7 @@ class EmulatorState:
         with self.lock:
             self.config.update(changes)
             self.mail.allow_http_notification_urls = self.config.allow_http_notification_urls
+            self.mail.send_limits = self.config.send_limits()
             return self.config.as_dict()
 
     # -- faults --------------------------------------------------------------------------------

@@ -443,3 +443,17 @@ def test_lifecycle_events_reach_the_lifecycle_url_and_subscription_removed_delet
     assert all(r["status"] == 202 and r["kind"] == "lifecycle" for r in records)
     assert tenant.graph("GET", f"/subscriptions/{sub['id']}", token).status_code == 404
     assert sub["id"] not in {s["id"] for s in emulator_client.list_subscriptions()}
+
+
+def test_mail_sent_by_a_colleague_through_graph_fires_the_recipients_created_notification(
+    tenant: EmulatorTenant, webhook: Webhook, token: str, adele: str
+) -> None:
+    assert subscribe(tenant, token, webhook, changeType="created").status_code == 201
+    megan = tenant.delegated_token("megan", scopes=["Mail.Send"])
+    message = {"subject": "From Megan", "toRecipients": [{"emailAddress": {"address": tenant.users["adele"].mail}}]}
+
+    assert tenant.graph("POST", "/me/sendMail", megan, json={"message": message}).status_code == 202
+
+    [notification] = notifications(webhook, 1)[0]["value"]
+    assert notification["changeType"] == "created"
+    assert notification["resource"].startswith(f"Users/{adele}/Messages/")
