@@ -498,9 +498,14 @@ def start(
 
 @contextmanager
 def running(
-    root: Path = DEFAULT_DIR, *, no_condstore: bool = False, ca_dir: Path | None = None, sent: bool = True
+    root: Path = DEFAULT_DIR,
+    *,
+    no_condstore: bool = False,
+    ca_dir: Path | None = None,
+    sent: bool = True,
+    ports: Ports | None = None,
 ) -> Iterator[MailServer]:
-    server = start(root, no_condstore=no_condstore, ca_dir=ca_dir, sent=sent)
+    server = start(root, no_condstore=no_condstore, ca_dir=ca_dir, sent=sent, ports=ports)
     try:
         yield server
     finally:
@@ -583,10 +588,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR)
     parser.add_argument("--no-condstore", action="store_true", help="hide CONDSTORE/QRESYNC, like Microsoft 365")
     options = parser.parse_args(argv)
+    stop = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop)  # delivered to sigwait below, never as an exception
     with running(options.dir.resolve(), no_condstore=options.no_condstore) as server:
         print(f"mail server ready {server.describe()}", flush=True)
-        with suppress(KeyboardInterrupt):
-            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        signal.sigwait(stop)
     return 0
 
 

@@ -259,7 +259,12 @@ DEMO_IMAP_USER, DEMO_IMAP_PASSWORD = f"demo@{mailserver.DOMAIN}", "demo-imap-pas
 def _start_mail_server(stack: ExitStack, layout: Layout) -> None:
     """Dovecot + SMTP (tools/mailserver.py) with a demo IMAP mailbox, its certificate from the emulator's
     CA (so ``.local/emulator/ca-bundle.pem`` trusts both), and how to add that mailbox to the demo org."""
-    server = stack.enter_context(mailserver.running(layout.local / "mailserver", ca_dir=layout.local / "emulator"))
+    # `make run`'s own folder gets fixed ports, so a mailbox added once keeps working across restarts (its
+    # stored login names the port); a stack in another folder (tests) takes free ones.
+    ports = mailserver.Ports(10143, 10993, 10024, 10587, 10465) if layout.local == LOCAL else None
+    server = stack.enter_context(
+        mailserver.running(layout.local / "mailserver", ca_dir=layout.local / "emulator", ports=ports)
+    )
     server.add_user(DEMO_IMAP_USER, DEMO_IMAP_PASSWORD)
     server.deliver(
         DEMO_IMAP_USER,
