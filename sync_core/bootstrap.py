@@ -56,6 +56,9 @@ logging.getLogger("urllib3").setLevel(logging.ERROR)
 logging.getLogger("requests").setLevel(logging.WARNING)
 # MSAL's DEBUG log of the token cache shows authorization codes and PKCE verifiers: never let it through.
 logging.getLogger("msal").setLevel(logging.INFO)
+# IMAPClient logs every line of the IMAP conversation at DEBUG (``imapclient.imaplib``): envelopes and
+# headers of unmatched mail included. Never let it through either.
+logging.getLogger("imapclient").setLevel(logging.INFO)
 
 
 class Services:

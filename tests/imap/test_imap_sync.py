@@ -10,6 +10,7 @@ CONDSTORE, folders, attachments from BODYSTRUCTURE, and a Graph and an IMAP mail
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 import shutil
 import uuid
@@ -290,3 +291,21 @@ def test_the_imap_mailbox_limits_bound_every_body_download(sync_env: SyncEnv) ->
     assert len(activity.body_text) <= 1_000
     assert "<0.1000>" in env.imap.server.rawlog(adele)
 
+
+
+@imap_only
+def test_a_debug_log_of_a_sync_never_holds_the_conversation_or_anything_of_unmatched_mail(
+    sync_env: SyncEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    import sync_core.bootstrap  # noqa: F401, PLC0415 - the app's log levels, set when the app loads
+
+    env = sync_env
+    token = uuid.uuid4().hex
+    stranger = f"ghost-{token[:8]}@phantom.example"
+    env.deliver("adele", subject=f"Pitch {token}", from_=stranger, to=[env.address("adele")], body=f"body {token}")
+    caplog.set_level(logging.DEBUG)
+
+    outcome = env.sync(ADELE)
+
+    assert outcome.status == "done" and outcome.report is not None and outcome.report.reasons["unmatched"] == 1
+    assert token not in caplog.text and stranger not in caplog.text and PASSWORD not in caplog.text
