@@ -309,3 +309,24 @@ def test_a_debug_log_of_a_sync_never_holds_the_conversation_or_anything_of_unmat
 
     assert outcome.status == "done" and outcome.report is not None and outcome.report.reasons["unmatched"] == 1
     assert token not in caplog.text and stranger not in caplog.text and PASSWORD not in caplog.text
+
+
+@imap_only
+def test_a_backfill_reads_older_mail_by_search_since_and_only_back_to_its_new_watermark(sync_env: SyncEnv) -> None:
+    env = sync_env
+    adele = env.address("adele")
+    env.deliver("adele", subject="Two days old", from_=CAROL, to=[adele], received=now() - timedelta(days=2))
+    env.deliver("adele", subject="Ten days old", from_=CAROL, to=[adele], received=now() - timedelta(days=10))
+    before = env.sync(ADELE)
+    found = env.stores.mailboxes.get(ORG, ADELE)
+    assert found is not None
+    # What a backfill of 3 days applies under the sync lease (schedule.requests.apply_pending_backfill).
+    env.stores.mailboxes.replace(found.value.backfilled(now() - timedelta(days=3)), found.etag)
+    env.stores.cursors.clear(ORG, ADELE)
+
+    after = env.sync(ADELE)
+
+    assert before.report is not None and before.report.activities_created == 0
+    assert after.report is not None and after.report.activities_created == 1
+    assert [a.subject for a in env.activities().values()] == ["Two days old"]
+    assert re.search(r"UID SEARCH UID 1:\* SINCE \d{2}-\w{3}-\d{4}", env.imap.server.rawlog(adele))  # type: ignore[union-attr]
