@@ -27,6 +27,7 @@ import tempfile
 import threading
 from dataclasses import fields, is_dataclass
 from pathlib import Path
+from typing import Protocol
 
 from emulator.core import Principal
 from emulator.directory import App, Grant, Tenant, User
@@ -52,12 +53,31 @@ SCHEMA = tuple(
 )
 
 
-class StateFile:
-    """Loads ``state`` from, and saves it to, ``{folder}/state.pickle``; see the module invariants."""
+class Snapshotting(Protocol):
+    """What a StateFile keeps: the Graph emulator's state, or the Google emulator's."""
 
-    def __init__(self, state: EmulatorState, folder: Path, interval: float = 0.5) -> None:
+    def snapshot(self) -> dict[str, bytes]: ...
+
+    def restore(self, parts: dict[str, bytes]) -> None: ...
+
+
+class StateFile:
+    """Loads ``state`` from, and saves it to, ``{folder}/{file_name}`` (``state.pickle`` for the Graph
+    emulator's :class:`EmulatorState`); see the module invariants. ``schema`` is what a snapshot must
+    have been written with to be loaded."""
+
+    def __init__(
+        self,
+        state: EmulatorState | Snapshotting,
+        folder: Path,
+        interval: float = 0.5,
+        *,
+        file_name: str = STATE_FILE,
+        schema: tuple[object, ...] = SCHEMA,
+    ) -> None:
         self.state = state
-        self.path = Path(folder) / STATE_FILE
+        self.path = Path(folder) / file_name
+        self.schema = schema
         self.interval = interval
         self._dirty = threading.Event()
         self._stopping = threading.Event()
@@ -70,11 +90,11 @@ class StateFile:
             return False
         try:
             data = pickle.loads(self.path.read_bytes())  # noqa: S301 (see the module docstring)
-            if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+            if not isinstance(data, dict) or data.get("schema") != self.schema:
                 raise ValueError("it was written by a version of the emulator with other state classes")
             self.state.restore(data["parts"])
         except Exception as exc:  # any unreadable snapshot means "start fresh", never "fail to start"
-            aside = self.path.with_name(STATE_FILE + ".unreadable")
+            aside = self.path.with_name(self.path.name + ".unreadable")
             os.replace(self.path, aside)
             log.warning("emulator state in %s not restored (%s); starting fresh, old file kept as %s",
                         self.path, type(exc).__name__ if not isinstance(exc, ValueError) else exc, aside.name)
@@ -84,9 +104,9 @@ class StateFile:
     def save(self) -> None:
         """Write the current state: a temp file in the same folder, fsynced, then renamed over the file."""
         with self._save_lock:
-            blob = pickle.dumps({"schema": SCHEMA, "parts": self.state.snapshot()})
+            blob = pickle.dumps({"schema": self.schema, "parts": self.state.snapshot()})
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            handle, temp = tempfile.mkstemp(prefix=STATE_FILE + ".", suffix=".tmp", dir=self.path.parent)
+            handle, temp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=self.path.parent)
             try:
                 with os.fdopen(handle, "wb") as out:
                     out.write(blob)

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     import requests
     from azure.data.tables import TableServiceClient
 
+    from sync_core.adapters.google.http import GmailHttp
+    from sync_core.adapters.google.push import GmailPushes
     from sync_core.adapters.graph.http import GraphHttp
     from sync_core.adapters.graph.identity import MsalIdentity
     from sync_core.adapters.imap.account import ImapLimits
@@ -36,8 +38,10 @@ if TYPE_CHECKING:
     from sync_core.auth.token_cache_store import TableTokenCacheStore
     from sync_core.domain.model import Mailbox
     from sync_core.ports import MailSource
-    from sync_core.use_cases.connect import ConnectDeps
+    from sync_core.ports.identity import TokenSource
+    from sync_core.use_cases.connect import ConnectDeps, ConnectProvider
     from sync_core.use_cases.ingest import IngestDeps
+    from sync_core.use_cases.mailbox_watch import MailboxWatchDeps
     from sync_core.use_cases.maintenance import MaintenanceDeps
     from sync_core.use_cases.notifications import NotificationDeps
     from sync_core.use_cases.schedule import ScheduleDeps
@@ -115,6 +119,76 @@ class Services:
 
         return GraphHttp(self._session, self.settings.graph_base_url, self.identity.token_source(mailbox))
 
+    def google_token_source(self, mailbox: Mailbox) -> TokenSource:
+        """Access tokens of a delegated Google mailbox, from its stored (encrypted) grant."""
+        from sync_core.adapters.google.tokens import GoogleTokenSource
+
+        s = self.settings
+        return GoogleTokenSource(
+            self._session, s.google_token_url, s.google_client_id, s.google_client_secret, self.token_caches, mailbox
+        )
+
+    def gmail_http(self, mailbox: Mailbox) -> GmailHttp:
+        """The Gmail API for one delegated mailbox, with its stored Google grant."""
+        from sync_core.adapters.google.http import GmailHttp
+
+        return GmailHttp(self._session, self.settings.gmail_base_url, self.google_token_source(mailbox))
+
+    @property
+    def _gmail_push_configured(self) -> bool:
+        """Gmail push is set up (checked before building it: a deployment without it never loads its SDKs)."""
+        s = self.settings
+        return bool(s.google_pubsub_topic and s.google_push_audience and s.google_push_service_account)
+
+    @functools.cached_property
+    def gmail_pushes(self) -> GmailPushes:
+        """Gmail's watch and the verification of its pushes (one per worker: it caches Google's keys)."""
+        from sync_core.adapters.google.push import GmailPushes
+
+        s = self.settings
+        return GmailPushes(
+            self._session, self.gmail_http, s.google_pubsub_topic, s.google_jwks_url, s.google_push_audience,
+            s.google_push_service_account,
+        )  # fmt: skip
+
+    def mailbox_watch_deps(self) -> MailboxWatchDeps:
+        from sync_core.use_cases.mailbox_watch import MailboxWatchDeps
+        from sync_core.use_cases.schedule import request_sync
+
+        return MailboxWatchDeps(
+            pushes={"google": self.gmail_pushes},
+            store=self.subscription_store,
+            mailboxes=self.stores.mailboxes,
+            settings=self.stores.settings,
+            clock=self.clock,
+            request_sync=lambda org, mailbox: request_sync(self.schedule_deps(), org, mailbox),
+        )
+
+    def maintain_subscriptions(self) -> None:
+        """The subscription timer: Graph subscriptions, then mailbox watches (renewed daily)."""
+        from sync_core.use_cases import mailbox_watch, subscriptions
+
+        subscriptions.maintain(self.subscription_deps())
+        if self._gmail_push_configured:
+            mailbox_watch.renew(self.mailbox_watch_deps())
+
+    def google_connect(self) -> ConnectProvider:
+        """Google's part of a delegated connect: OAuth with PKCE, and who the signed-in account is."""
+        from sync_core.adapters.google.identity import GoogleDirectory, GoogleIdentity
+        from sync_core.use_cases.connect import ConnectProvider
+
+        s = self.settings
+        identity = GoogleIdentity(
+            self._session, s.google_client_id, s.google_client_secret, s.google_authorize_url, s.google_token_url,
+            self.google_token_source,
+        )  # fmt: skip
+        return ConnectProvider(
+            identity=identity,
+            directory_for=lambda token: GoogleDirectory(self._session, s.google_userinfo_url, s.gmail_base_url, token),
+            label="Google",
+            account_label="Google",
+        )
+
     # -- providers: one registration per mail provider ------------------------------------------------
 
     def mail_source_factories(self) -> dict[str, Callable[[], MailSource]]:
@@ -126,13 +200,18 @@ class Services:
 
             return GraphMailSource(self.graph_http)
 
+        def google() -> MailSource:
+            from sync_core.adapters.google.mail import GmailMailSource
+
+            return GmailMailSource(self.gmail_http)
+
         def imap() -> MailSource:
             from sync_core.adapters.imap.account import stored_account
             from sync_core.adapters.imap.mail import ImapMailSource
 
             return ImapMailSource(stored_account(self.token_caches), self._imap_limits)
 
-        return {"microsoft": microsoft, "imap": imap}
+        return {"microsoft": microsoft, "google": google, "imap": imap}
 
     @functools.cached_property
     def _imap_limits(self) -> ImapLimits:
@@ -156,7 +235,6 @@ class Services:
         from sync_core.adapters.imap.probe import ImapServerProbe
         from sync_core.auth.token_cache_store import TableAuthFlowStore, TableOrgTenantStore
         from sync_core.use_cases.connect import ConnectDeps
-        from sync_core.use_cases.subscriptions import remove_for_mailbox
 
         s, prefix, metrics = self.stores, self.settings.table_prefix, self.stores.metrics
         return ConnectDeps(
@@ -174,9 +252,19 @@ class Services:
                 GraphHttp(self._session, self.settings.graph_base_url, token_source)
             ),
             public_base_url=self.settings.public_base_url,
-            before_disconnect=lambda org, mailbox: remove_for_mailbox(self.subscription_deps(), org, mailbox),
+            before_disconnect=self._before_disconnect,
+            providers={"google": self.google_connect()},
             server_probe=ImapServerProbe(self._imap_limits),
         )
+
+    def _before_disconnect(self, org_id: str, mailbox_id: str) -> None:
+        """While the mailbox's tokens still exist: delete its Graph subscriptions and stop its watch."""
+        from sync_core.use_cases import mailbox_watch
+        from sync_core.use_cases.subscriptions import remove_for_mailbox
+
+        remove_for_mailbox(self.subscription_deps(), org_id, mailbox_id)
+        if self._gmail_push_configured:
+            mailbox_watch.stop(self.mailbox_watch_deps(), org_id, mailbox_id)
 
     def sync_deps(self, table_transactions: Callable[[], int] = lambda: 0) -> SyncDeps:
         """Fresh per run: the mail source keeps per-run request counts and provider clients."""
@@ -238,6 +326,13 @@ class Services:
             schedule_mailbox(self.schedule_deps(), org_id, mailbox_id)
         except StorageUnavailable:
             log.warning("could not schedule a mailbox right away; the timer sweep will")
+        if self._gmail_push_configured:  # a mailbox whose provider pushes per mailbox is watched now
+            from sync_core.use_cases import mailbox_watch
+
+            try:
+                mailbox_watch.ensure(self.mailbox_watch_deps(), org_id, mailbox_id)
+            except StorageUnavailable:
+                log.warning("could not record a mailbox watch; polling goes on")
         if not self.subscription_deps().enabled:
             return  # no public https URL: nothing is ever subscribed
         work = SubscriptionWork(SubscriptionAction.ENSURE, org_id=org_id, mailbox_id=mailbox_id)
@@ -295,6 +390,7 @@ class Services:
             public_base_url=self.settings.public_base_url,
             allow_http=self.settings.notifications_allow_http,
             catalog=TableMailboxCatalog(self.tables, self.settings.table_prefix, s.metrics),
+            serves=lambda mailbox: mailbox.provider == "microsoft",
         )
 
     def notification_deps(self) -> NotificationDeps:

@@ -159,6 +159,26 @@ class GraphError(ProviderRefused):
         self.graph_code = code
 
 
+class TransientGoogleError(TransientFailure):
+    """Gmail or Google's token endpoint stayed throttled (429, 403 rateLimitExceeded /
+    userRateLimitExceeded) or unavailable past the bounded wait; retry later."""
+
+    code = "google_unavailable"
+
+    @property
+    def details(self) -> dict[str, Any] | None:
+        return {"retry_after": self.retry_after} if self.retry_after is not None else None
+
+
+class GoogleError(ProviderRefused):
+    """A Gmail API error that retrying will not fix. ``provider_code`` is Google's ``reason``."""
+
+    code = "google_error"
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(status, code, f"Gmail {status} {code}: {message}")
+
+
 class DeltaTokenExpired(SyncError):
     """Graph no longer knows a delta/skip token (410, SyncStateNotFound, resyncRequired)."""
 

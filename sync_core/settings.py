@@ -40,6 +40,20 @@ class Settings:
     notifications_allow_http: bool = False
     webhooks_allow_private_networks: bool = False
     ingest_max_bytes: int = 25 * 1024 * 1024
+    # Google (issue 18): the OAuth client of the deployment's Google Cloud project and Google's hosts.
+    # Empty URLs unless given: ``from_env`` fills in Google's real ones (adapters.google.endpoints).
+    google_client_id: str = ""
+    google_client_secret: str = ""
+    google_authorize_url: str = ""
+    google_token_url: str = ""
+    gmail_base_url: str = ""
+    google_userinfo_url: str = ""
+    google_jwks_url: str = ""
+    # Gmail push: the Pub/Sub topic ``users.watch`` publishes to, and what its push subscription's OIDC
+    # token must carry (audience; default: the push endpoint's URL) and be issued for (service account).
+    google_pubsub_topic: str = ""
+    google_push_audience: str = ""
+    google_push_service_account: str = ""
     # IMAP/SMTP servers' certificates are checked against this PEM bundle when set (a private CA: tests),
     # else REQUESTS_CA_BUNDLE when set, else the system's trust store. Never a way to turn checking off.
     mail_server_ca_bundle: str | None = None
@@ -47,6 +61,7 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         # Here, not at the top: importing settings (cold start) loads no adapter package.
+        from sync_core.adapters.google import endpoints as google  # noqa: PLC0415
         from sync_core.adapters.graph.endpoints import DEFAULT_AUTHORITY_HOST, DEFAULT_GRAPH_BASE_URL  # noqa: PLC0415
 
         env = os.environ if env is None else env
@@ -68,6 +83,17 @@ class Settings:
             notifications_allow_http=_flag(env.get("GRAPH_NOTIFICATIONS_ALLOW_HTTP", "")),
             webhooks_allow_private_networks=_flag(env.get("WEBHOOKS_ALLOW_PRIVATE_NETWORKS", "")),
             ingest_max_bytes=_positive_int(env.get("INGEST_MAX_MESSAGE_BYTES", ""), 25 * 1024 * 1024),
+            google_client_id=env.get("GOOGLE_CLIENT_ID", ""),
+            google_client_secret=env.get("GOOGLE_CLIENT_SECRET", ""),
+            google_authorize_url=env.get("GOOGLE_AUTHORIZE_URL", google.DEFAULT_GOOGLE_AUTHORIZE_URL),
+            google_token_url=env.get("GOOGLE_TOKEN_URL", google.DEFAULT_GOOGLE_TOKEN_URL),
+            gmail_base_url=env.get("GMAIL_BASE_URL", google.DEFAULT_GMAIL_BASE_URL).rstrip("/"),
+            google_userinfo_url=env.get("GOOGLE_USERINFO_URL", google.DEFAULT_GOOGLE_USERINFO_URL),
+            google_jwks_url=env.get("GOOGLE_JWKS_URL", google.DEFAULT_GOOGLE_JWKS_URL),
+            google_pubsub_topic=env.get("GOOGLE_PUBSUB_TOPIC", "").strip(),
+            google_push_audience=env.get("GOOGLE_PUSH_AUDIENCE", "").strip()
+            or (f"{env.get('PUBLIC_BASE_URL', '').rstrip('/')}/api/google/push" if env.get("PUBLIC_BASE_URL") else ""),
+            google_push_service_account=env.get("GOOGLE_PUSH_SERVICE_ACCOUNT", "").strip(),
             mail_server_ca_bundle=env.get("MAIL_SERVER_CA_BUNDLE") or None,
         )
 

@@ -6,6 +6,8 @@ starts its own Azurite on free ports for the session. Each pytest worker runs on
 
 * ``emulator`` (session): an :class:`EmulatorServer` on a free port.
 * ``emulator_client`` (session): an :class:`EmulatorClient` for the control API.
+* ``google_emulator`` (session): the Google emulator (:class:`GoogleEmulatorServer`) on a free port;
+  its control API is ``{url}/_emulator`` (tests/emulator/google/conftest.py shows a per-test setup).
 * ``mail_server`` (session): the real Dovecot (IMAP, IMAPS, LMTP) + SMTP submission server of
   ``tools/mailserver.py``: ``make test`` starts one and passes ``TEST_MAILSERVER``; run directly, pytest
   starts its own. Host, ports and CA in ``describe()``; ``add_user``, ``deliver`` (LMTP) and ``rawlog``
@@ -27,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from emulator.client import EmulatorClient, EmulatorTenant
+from emulator.google.server import GoogleEmulatorServer
 from emulator.server import EmulatorServer
 from tools import mailserver
 from tools.azurite import start_azurite
@@ -67,6 +70,12 @@ def table_prefix() -> str:
 @pytest.fixture(scope="session")
 def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorServer]:
     with EmulatorServer(port=0, state_dir=Path(tmp_path_factory.mktemp("emulator"))) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def google_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GoogleEmulatorServer]:
+    with GoogleEmulatorServer(port=0, state_dir=Path(tmp_path_factory.mktemp("google-emulator"))) as server:
         yield server
 
 

@@ -9,7 +9,9 @@ SIGTERM (handlers installed explicitly, so it stops however it was started), so 
 running. Azurite (``.local/azurite``) and the emulator (``.local/emulator/state.pickle``) both keep
 their state across restarts, so the app's stored tokens and delta links stay valid; ``make clean``
 deletes both for a fresh demo. ``GRAPH_BASE_URL`` set in the environment means "use that Graph" and
-no emulator is started.
+no emulator is started. The emulator process also runs the Google emulator (``emulator.google``: OAuth,
+Gmail API, Pub/Sub push) on its own port, 8444 beside the default 8443 (a free port otherwise), and the
+app's Google settings point at it unless ``GMAIL_BASE_URL`` is set in the environment.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ from pathlib import Path
 import requests
 
 from emulator.client import EmulatorClient
+from emulator.google.server import google_settings
+from emulator.google.state import DEMO_CLIENT_ID as GOOGLE_DEMO_CLIENT_ID
+from emulator.google.state import DEMO_CLIENT_SECRET as GOOGLE_DEMO_CLIENT_SECRET
 from emulator.persistence import STATE_FILE
 from tools import demo, mailserver
 from tools.azurite import free_port, start_azurite
@@ -39,6 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LOCAL = ROOT / ".local"
 RUN_DIR = LOCAL / "run"
 EMULATOR_PORT = 8443
+GOOGLE_EMULATOR_PORT = 8444
 HOST_PORT = 7071
 
 
@@ -191,10 +197,16 @@ class Layout:
     storage_ports: tuple[int, int, int] = (10000, 10001, 10002)
     emulator_port: int = EMULATOR_PORT
     host_port: int = HOST_PORT
+    google_port: int | None = None  # None: 8444 beside the default emulator port, else a free port
 
     @property
     def run_dir(self) -> Path:
         return self.local / "run"
+
+    def google_emulator_port(self) -> int:
+        if self.google_port is not None:
+            return self.google_port
+        return GOOGLE_EMULATOR_PORT if self.emulator_port == EMULATOR_PORT else free_port()
 
 
 def _stop_on_signals() -> None:
@@ -227,11 +239,12 @@ def _start_services(stack: ExitStack, env: dict[str, str], layout: Layout) -> No
         return
     state_dir = layout.local / "emulator"
     restoring = (state_dir / STATE_FILE).exists()
+    google_port = layout.google_emulator_port()
     stack.enter_context(
         child(
             "emulator",
             [sys.executable, "-m", "emulator", "--port", str(layout.emulator_port), "--state-dir", str(state_dir),
-             "--seed", "demo", "--persist"],
+             "--seed", "demo", "--persist", "--google-port", str(google_port)],
             env,
             ready="emulator ready",
             run_dir=layout.run_dir,
@@ -244,6 +257,7 @@ def _start_services(stack: ExitStack, env: dict[str, str], layout: Layout) -> No
     EmulatorClient(env["GRAPH_AUTHORITY_HOST"], env["REQUESTS_CA_BUNDLE"]).configure(
         allow_http_notification_urls=True
     )
+    _point_at_google_emulator(env, f"https://localhost:{google_port}")
     if restoring:
         print(f"Emulator state restored from {state_dir / STATE_FILE}: connected mailboxes keep syncing.")
     elif had_app_data:
@@ -284,6 +298,25 @@ def _start_mail_server(stack: ExitStack, layout: Layout) -> None:
         f"-d '{json.dumps(body)}'\n",
         flush=True,
     )
+
+
+GOOGLE_SETTING_NAMES = (*google_settings("").keys(), "GOOGLE_CLIENT_ID")
+
+
+def _point_at_google_emulator(env: dict[str, str], url: str) -> None:
+    """The app's Google settings for the Google emulator at ``url`` (its demo OAuth client unless one is
+    configured), unless ``GMAIL_BASE_URL`` in the environment names another Gmail; pushes to the local
+    plain-http app are allowed."""
+    if "GMAIL_BASE_URL" in os.environ:
+        return
+    env.update(google_settings(url))
+    if not env.get("GOOGLE_CLIENT_ID"):
+        env["GOOGLE_CLIENT_ID"], env["GOOGLE_CLIENT_SECRET"] = GOOGLE_DEMO_CLIENT_ID, GOOGLE_DEMO_CLIENT_SECRET
+    with requests.Session() as session:
+        session.trust_env = False
+        session.verify = env["REQUESTS_CA_BUNDLE"]
+        session.put(f"{url}/_emulator/config", json={"allow_http_push_endpoints": True}, timeout=10).raise_for_status()
+    print(f"Google emulator (OAuth, Gmail API, Pub/Sub push) on {url}; demo Workspace domain tailspin.example.")
 
 
 def run(layout: Layout = Layout(), *, with_host: bool = True) -> int:
@@ -349,7 +382,8 @@ def _print_app_hints(layout: Layout) -> None:
 
 def _print_service_settings(env: dict[str, str], layout: Layout) -> None:
     """What a Functions host started by hand (``func start``) needs; local.settings.json has the same."""
-    names = ("AzureWebJobsStorage", "GRAPH_AUTHORITY_HOST", "GRAPH_BASE_URL", "REQUESTS_CA_BUNDLE")
+    names = ("AzureWebJobsStorage", "GRAPH_AUTHORITY_HOST", "GRAPH_BASE_URL", "REQUESTS_CA_BUNDLE",
+             *GOOGLE_SETTING_NAMES)
     print("\nAzurite and the emulator are running (no Functions host). Settings for the app:")
     for name in names:
         if name in env:
@@ -391,12 +425,17 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("--storage-ports", type=_ports, default=Layout.storage_ports, help="blob,queue,table")
         command.add_argument("--emulator-port", type=int, default=EMULATOR_PORT)
         command.add_argument("--host-port", type=int, default=HOST_PORT)
+        command.add_argument("--google-port", type=int, default=None,
+                             help="the Google emulator's port (default 8444 beside 8443, else a free one)")
     test_command = commands.add_parser("test", help="Azurite for the tests, then pytest ARGS")
     test_command.add_argument("args", nargs=argparse.REMAINDER)
     options = parser.parse_args(argv)
     if options.command == "test":
         return test([arg for arg in options.args if arg != "--"])
-    layout = Layout(options.local_dir.resolve(), options.storage_ports, options.emulator_port, options.host_port)
+    layout = Layout(
+        options.local_dir.resolve(), options.storage_ports, options.emulator_port, options.host_port,
+        options.google_port,
+    )
     return run(layout, with_host=options.command == "run")
 
 

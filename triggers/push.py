@@ -27,6 +27,13 @@ def graph_notifications(req: func.HttpRequest) -> func.HttpResponse:
     return run(req, push.change_notifications)
 
 
+@bp.route(route="google/push", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+def gmail_push(req: func.HttpRequest) -> func.HttpResponse:
+    from sync_core.api import push
+
+    return run(req, push.gmail_push)
+
+
 @bp.route(route="notifications/lifecycle", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
 def graph_lifecycle_notifications(req: func.HttpRequest) -> func.HttpResponse:
     from sync_core.api import push
@@ -64,9 +71,7 @@ def list_subscriptions(req: func.HttpRequest) -> func.HttpResponse:
 
 @bp.timer_trigger(arg_name="timer", schedule=SUBSCRIPTION_TIMER, run_on_startup=False)
 def maintain_subscriptions(timer: func.TimerRequest) -> None:
-    from sync_core.use_cases import subscriptions
-
-    subscriptions.maintain(bootstrap.services().subscription_deps())
+    bootstrap.services().maintain_subscriptions()
 
 
 @bp.timer_trigger(arg_name="timer", schedule=MAINTENANCE_TIMER, run_on_startup=False)

@@ -133,6 +133,9 @@ class MsgraphSdkMailSource:
     def attachments(self, mailbox: Mailbox, source_ids: Sequence[str]) -> Mapping[str, tuple[AttachmentSummary, ...]]:
         return self._loop.run_until_complete(self._attachments(mailbox, source_ids))
 
+    def complete(self, mailbox: Mailbox, messages: Sequence[MailMessage]) -> Sequence[MailMessage]:
+        return messages  # delta pages carry the bodies
+
     def folders(self, mailbox: Mailbox) -> tuple[str, ...]:
         raise NotImplementedError("the comparison syncs Inbox and Sent Items only")
 

@@ -22,7 +22,7 @@ from typing import Generic, TypeVar
 
 from sync_core.domain.model import AttachmentSummary, Mailbox, MailMessage
 from sync_core.errors import UnknownProvider
-from sync_core.ports import DeltaPage, MailSource
+from sync_core.ports import DeltaPage, MailSource, ReportsUsage, RequestUsage
 
 T = TypeVar("T")
 
@@ -76,11 +76,11 @@ class MailSourceByProvider:
     def delta_many(self, mailbox: Mailbox, links: Mapping[str, str]) -> Mapping[str, DeltaPage]:
         return self.source_for(mailbox).delta_many(mailbox, links)
 
-    def complete(self, mailbox: Mailbox, messages: Sequence[MailMessage]) -> Sequence[MailMessage]:
-        return self.source_for(mailbox).complete(mailbox, messages)
-
     def attachments(self, mailbox: Mailbox, source_ids: Sequence[str]) -> Mapping[str, tuple[AttachmentSummary, ...]]:
         return self.source_for(mailbox).attachments(mailbox, source_ids)
+
+    def complete(self, mailbox: Mailbox, messages: Sequence[MailMessage]) -> Sequence[MailMessage]:
+        return self.source_for(mailbox).complete(mailbox, messages)
 
     def find_message(self, mailbox: Mailbox, internet_message_id: str) -> MailMessage | None:
         return self.source_for(mailbox).find_message(mailbox, internet_message_id)
@@ -104,3 +104,13 @@ class MailSourceByProvider:
             return self.source_for(mailbox).requests_for(mailbox)
         except UnknownProvider:
             return 0
+
+    def usage_for(self, mailbox: Mailbox) -> RequestUsage:
+        """``ReportsUsage`` of the mailbox's provider's source; requests only where it has no more."""
+        try:
+            source = self.source_for(mailbox)
+        except UnknownProvider:
+            return RequestUsage()
+        if isinstance(source, ReportsUsage):
+            return source.usage_for(mailbox)
+        return RequestUsage(requests=source.requests_for(mailbox))

@@ -1,7 +1,7 @@
 """Connecting mailboxes over HTTP (spec §3): start the delegated sign-in and the tenant admin consent
 (CRM routes, function key) and answer the two OAuth redirects (anonymous, protected by their state).
 
-    POST /api/orgs/{org}/mailboxes/connect         {user_id, login_hint?, return_url} → {authorize_url}
+    POST /api/orgs/{org}/mailboxes/connect         {user_id, login_hint?, return_url, provider?} → {authorize_url}
     POST /api/orgs/{org}/mailboxes/connect:confirm {user_id, code}                    → the mailbox
     GET  /api/orgs/{org}/admin-consent             ?tenant=&return_url=               → {consent_url}
     GET  /api/auth/callback                        complete_connect → 302 return URL (connect_code), or a page
@@ -25,6 +25,7 @@ from sync_core.api.http import ApiError, ApiRequest, ApiResponse, ok, read_str, 
 from sync_core.errors import (
     ConcurrencyConflict,
     StorageUnavailable,
+    TransientFailure,
     TransientGraphError,
 )
 from sync_core.use_cases.connect import (
@@ -53,16 +54,18 @@ _PAGE_HEADERS = {
 
 
 def connect_mailbox(svc: Services, req: ApiRequest) -> ApiResponse:
-    """Start a CRM user's delegated sign-in; the CRM sends the user's browser to ``authorize_url``."""
+    """Start a CRM user's delegated sign-in; the CRM sends the user's browser to ``authorize_url``.
+    ``provider``: ``microsoft`` (default) or ``google``."""
     org = req.param("org")
     body = req.json_body()
-    reject_unknown(body, {"user_id", "login_hint", "return_url"})
+    reject_unknown(body, {"user_id", "login_hint", "return_url", "provider"})
+    provider = read_str(body, "provider", max_len=32) or "microsoft"
     user_id = read_str(body, "user_id", required=True, max_len=MAX_USER_ID)
     login_hint = read_str(body, "login_hint", max_len=320)
     return_url = read_str(body, "return_url", max_len=MAX_RETURN_URL)
     if not user_id or not user_id.strip():
         raise ApiError(400, "invalid_field", "'user_id' must not be empty", {"field": "user_id"})
-    url = start_connect(svc.connect_deps(), org, user_id, login_hint or None, return_url or None)
+    url = start_connect(svc.connect_deps(), org, user_id, login_hint or None, return_url or None, provider)
     return ok({"authorize_url": url})
 
 
@@ -84,7 +87,7 @@ def admin_consent_url(svc: Services, req: ApiRequest) -> ApiResponse:
 def connect_callback(svc: Services, req: ApiRequest) -> ApiResponse:
     try:
         result = complete_connect(svc.connect_deps(), dict(req.query))
-    except (StorageUnavailable, ConcurrencyConflict, TransientGraphError):
+    except (StorageUnavailable, ConcurrencyConflict, TransientFailure):
         result = _unavailable("connect")
     if result.activated:
         svc.mailbox_activated(result.org_id, result.mailbox_id)

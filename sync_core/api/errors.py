@@ -18,6 +18,7 @@ from sync_core.api.http import ApiError
 from sync_core.errors import (
     ConcurrencyConflict,
     ConsentRequired,
+    GoogleError,
     InvalidMessage,
     InvalidNotification,
     InvalidRequest,
@@ -30,6 +31,7 @@ from sync_core.errors import (
     SecretAlreadyRevealed,
     StorageUnavailable,
     SyncError,
+    TransientGoogleError,
     TransientGraphError,
     WebhookSecretUnreadable,
 )
@@ -53,6 +55,8 @@ ERROR_STATUSES: tuple[tuple[type[SyncError], int, str | None, str | None], ...] 
     (ReauthRequired, 409, "needs_reauth", "the mailbox must be connected again before this works"),
     (MailboxAccessDenied, 409, "access_denied", "Microsoft 365 denies access to this mailbox"),
     (ConcurrencyConflict, 409, "concurrent_update", "the mailbox was changed concurrently; try again"),
+    (TransientGoogleError, 503, "google_unavailable", "Google is temporarily unavailable; try again"),
+    (GoogleError, 502, "google_error", "Gmail refused the request ({exc.status} {exc.provider_code})"),
     (TransientGraphError, 503, "graph_unavailable", "Microsoft 365 is temporarily unavailable; try again"),
     (ProviderRefused, 502, "graph_error", "Microsoft 365 refused the request ({exc.status} {exc.provider_code})"),
     (StorageUnavailable, 503, "storage_unavailable", "storage is temporarily unavailable; try again"),

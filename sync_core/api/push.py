@@ -6,6 +6,7 @@ org's Graph subscriptions (function key). The push queue's messages are commands
   Graph validation handshake (200, ``text/plain``, the decoded token, never HTML); otherwise a
   notification collection → 202 with an empty body, whatever it held (a forger learns nothing). 400 for a
   body that is not ``{"value": [...]}``, 503 when storage is unreachable (Graph retries).
+- ``POST /api/google/push``: a Gmail watch's Pub/Sub push, verified by its OIDC token (``gmail_push``).
 - ``POST /api/orgs/{org}/messages:ingest[?mailbox_id=]`` with ``Content-Type: message/rfc822``: 201 with
   ``{"outcome": "created", ...}`` for a new activity, 200 otherwise (``merged``, ``unchanged``,
   ``not_logged`` with ``reason``). 415 other content types, 413 over ``INGEST_MAX_MESSAGE_BYTES`` (25 MiB
@@ -29,7 +30,7 @@ from sync_core.api.http import ID_PATTERN, ApiError, ApiRequest, ApiResponse, ok
 from sync_core.domain.representation import iso_or_none
 from sync_core.errors import StorageUnavailable, WebhookSecretUnreadable
 from sync_core.ports.push import PushSubscription, WebhookDelivery
-from sync_core.use_cases import ingest, notifications, webhooks
+from sync_core.use_cases import ingest, mailbox_watch, notifications, webhooks
 
 if TYPE_CHECKING:
     from sync_core.bootstrap import Services
@@ -67,6 +68,21 @@ def _notifications(svc: Services, req: ApiRequest, handle: Any) -> ApiResponse:
         log.warning("notifications: storage unavailable (%s); Graph will retry", type(exc).__name__)
         raise
     return ApiResponse(202, "", _TEXT)
+
+
+# -- mailbox pushes (anonymous: the provider's credentials protect them) ------------------------------
+
+
+def gmail_push(svc: Services, req: ApiRequest) -> ApiResponse:
+    """``POST /api/google/push``: a Pub/Sub push of a Gmail watch. 204 once the push's OIDC token is
+    verified (whether or not it named a watch of ours, so a sender learns nothing); 400
+    ``invalid_notification`` without a valid token (one message whichever check failed) or for a body that
+    is not a push; 503 when storage is unreachable (Pub/Sub retries). The sync
+    is only requested (coalesced), never run here."""
+    if len(req.body) > MAX_NOTIFICATION_BYTES:
+        raise ApiError(413, "body_too_large", f"the body is over {MAX_NOTIFICATION_BYTES} bytes")
+    mailbox_watch.receive_push(svc.mailbox_watch_deps(), "google", req.headers.get("authorization", ""), req.body)
+    return ApiResponse(204, "", _TEXT)
 
 
 # -- RFC 822 ingest ------------------------------------------------------------------------------------

@@ -231,8 +231,8 @@ class OrgSettings:
     connect_confirmation: bool = True
 
 
-PUSH_PROVIDERS = frozenset({"microsoft"})
-"""Providers whose mailboxes get change-notification subscriptions; the others are polled."""
+POLLED_PROVIDERS = frozenset({"imap"})
+"""Providers whose mailboxes are only polled (no change notifications); the others push."""
 
 
 @dataclass(frozen=True)
@@ -287,8 +287,8 @@ class Mailbox:
 
     def wants_push(self, automation_enabled: bool = True) -> bool:
         """Should Graph notify us of its changes? Only while it syncs and is healthy (not ``error``), and
-        only for a provider that pushes (``PUSH_PROVIDERS``: an IMAP mailbox is polled)."""
-        pushes = self.provider in PUSH_PROVIDERS
+        only for a provider that pushes (an IMAP mailbox is polled: ``POLLED_PROVIDERS``)."""
+        pushes = self.provider not in POLLED_PROVIDERS
         return pushes and self.status is MailboxStatus.ACTIVE and self.can_sync(automation_enabled)
 
     def effective_status(self, automation_enabled: bool = True) -> tuple[MailboxStatus, str]:

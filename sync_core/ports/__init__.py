@@ -30,10 +30,11 @@ from sync_core.ports.identity import (
     TokenCacheStore,
     TokenSource,
 )
-from sync_core.ports.mail import DeltaPage, MailSource
+from sync_core.ports.mail import DeltaPage, MailSource, ReportsUsage, RequestUsage
 from sync_core.ports.push import (
     ActivityEvents,
     CreatedSubscription,
+    MailboxPushes,
     PushSubscription,
     SubscriptionApi,
     SubscriptionStore,
@@ -82,6 +83,7 @@ __all__ = [
     "LeaseStore",
     "MailSource",
     "MailboxCatalog",
+    "MailboxPushes",
     "MailboxRepository",
     "MailboxSummary",
     "OrgTenant",
@@ -92,6 +94,8 @@ __all__ = [
     "RecordLookup",
     "RecordLookupResult",
     "RecordsIndex",
+    "ReportsUsage",
+    "RequestUsage",
     "RunReport",
     "RunReportStore",
     "SettingsRepository",

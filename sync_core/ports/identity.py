@@ -172,8 +172,10 @@ class IdentityProvider(Protocol):
     """What the connect use cases need from the identity platform (``MsalIdentity`` in production,
     a fake in unit tests)."""
 
-    def initiate_connect(self, redirect_uri: str, login_hint: str | None) -> dict[str, Any]:
-        """Start an auth-code flow with PKCE; returns the flow dict (``auth_uri``, ``state``...)."""
+    def initiate_connect(self, redirect_uri: str, login_hint: str | None, *, send: bool = False) -> dict[str, Any]:
+        """Start an auth-code flow with PKCE; returns the flow dict (``auth_uri``, ``state``...). ``send``:
+        the org enables sending, so the provider's permission to send is asked for too (where the adapter
+        asks for it at connect)."""
 
     def redeem_connect(self, flow: Mapping[str, Any], auth_response: Mapping[str, str]) -> DelegatedGrant:
         """Redeem the code of a callback. Raises ``IdentityError`` (or ``ReauthRequired`` for a consent

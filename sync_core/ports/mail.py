@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from sync_core.domain.model import AttachmentSummary, Mailbox, MailMessage
 
@@ -40,16 +40,18 @@ class MailSource(Protocol):
     def delta_many(self, mailbox: Mailbox, links: Mapping[str, str]) -> Mapping[str, DeltaPage]:
         """Poll several folders whose delta links are known, in as few requests as possible."""
 
-    def complete(self, mailbox: Mailbox, messages: Sequence[MailMessage]) -> Sequence[MailMessage]:
-        """These messages (from ``delta``) with their bodies, in the same order. A source whose ``delta``
-        pages carry whole messages (Graph) returns them as given; one that reads headers first (IMAP)
-        downloads the text parts here. The sync calls it for matched messages only, so the body of mail
-        it does not keep is never downloaded. A message the source no longer has comes back as given."""
-
     def attachments(self, mailbox: Mailbox, source_ids: Sequence[str]) -> Mapping[str, tuple[AttachmentSummary, ...]]:
         """Attachment names/sizes/types (inline ones excluded) for these messages. A message the source no
         longer has (deleted or moved since it was listed) is left out of the answer: a per-message failure
         that costs that message its attachment summary, not the run."""
+
+    def complete(self, mailbox: Mailbox, messages: Sequence[MailMessage]) -> Sequence[MailMessage]:
+        """The matched ``messages`` with everything the pipeline stores: body text and, where the
+        provider lists them in the same read, attachment summaries (``attachments`` set). Two-phase
+        fetch: a provider whose delta pages carry headers only (Gmail ``format=metadata``) reads bodies
+        here, for matched mail only; one whose pages already carry bodies (Graph) returns them as given.
+        Same order; a message the source no longer has is returned as given (stored without its body),
+        never dropped."""
 
     def find_message(self, mailbox: Mailbox, internet_message_id: str) -> MailMessage | None:
         """The mailbox's copy of the message with this Internet Message-ID (with or without its angle
@@ -67,3 +69,31 @@ class MailSource(Protocol):
     def requests_for(self, mailbox: Mailbox) -> int:
         """``requests_made`` for this mailbox only: a run's report counts its own requests, not those
         of runs of other mailboxes sharing the source in the same process."""
+
+
+@dataclass(frozen=True)
+class RequestUsage:
+    """What a mail source spent on one mailbox so far: ``requests`` sent (a batch once, a retry again),
+    ``throttled`` answers asking it to slow down (429, 503, ...; retried or given up), and
+    ``waited_seconds`` slept honouring them (Retry-After or backoff). Monotonic: a run's share is the
+    difference of two readings."""
+
+    requests: int = 0
+    throttled: int = 0
+    waited_seconds: float = 0.0
+
+    def since(self, before: RequestUsage) -> RequestUsage:
+        return RequestUsage(
+            self.requests - before.requests,
+            self.throttled - before.throttled,
+            round(self.waited_seconds - before.waited_seconds, 3),
+        )
+
+
+@runtime_checkable
+class ReportsUsage(Protocol):
+    """Optional capability of a ``MailSource``: its throttling per mailbox, for the run's operational
+    event (``use_cases.telemetry``). A source without it reports no throttling."""
+
+    def usage_for(self, mailbox: Mailbox) -> RequestUsage:
+        """``RequestUsage`` of this mailbox since the source was built."""

@@ -85,6 +85,30 @@ class CreatedSubscription:
     expires_at: datetime
 
 
+class MailboxPushes(Protocol):
+    """A provider's push of a whole mailbox through a channel of the deployment (Gmail's ``users.watch``
+    publishing to a Pub/Sub topic whose push subscription posts to this service). One watch per mailbox;
+    a push names only the watched account, so ``subscription_id`` is derived from the account and a push
+    proven to come from the configured sender answers it. ``enabled`` is False when the deployment has no
+    channel configured (then nothing is watched and pushes are refused)."""
+
+    @property
+    def enabled(self) -> bool: ...
+
+    def watch(self, mailbox: Mailbox) -> CreatedSubscription:
+        """Start or renew the mailbox's watch (idempotent: a repeat replaces it); its id and expiry.
+        Raises ``ReauthRequired``/``MailboxAccessDenied`` for the grant, ``TransientFailure``s when the
+        provider stays unavailable, ``SubscriptionRefused`` otherwise."""
+
+    def stop(self, mailbox: Mailbox) -> None:
+        """End the mailbox's watch; one already gone is fine."""
+
+    def subscription_of(self, authorization: str, body: bytes) -> str:
+        """The subscription id a push is for, once its credentials (the ``Authorization`` header) prove it
+        comes from the configured sender for this service. Raises ``InvalidNotification`` otherwise, or
+        when the body is not a push."""
+
+
 class SubscriptionApi(Protocol):
     """The provider's change-notification subscriptions (Graph's ``/subscriptions``) for one mailbox's
     credentials. Raises ``MessageNotFound`` when the subscription is gone, ``ReauthRequired``/

@@ -7,6 +7,8 @@ Links are opaque strings; ``expire_links()`` makes every issued link fail with D
 ``remove_folder`` makes a folder 404 whatever the link (it is still listed by ``folders``: deleted after
 the listing, the race a real run can meet); ``delete_message`` makes its attachment listing
 404 (it is left out of ``attachments``' answer, as GraphMailSource does).
+With ``headers_only`` its pages carry no bodies (as Gmail's ``format=metadata`` pages): ``complete`` gives
+them back and records the ids it was asked for (``completed``), as a two-phase provider does.
 """
 
 from __future__ import annotations
@@ -14,13 +16,13 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from sync_core.domain.folders import DEFAULT_FOLDERS
 from sync_core.domain.model import AttachmentSummary, Mailbox, MailMessage
 from sync_core.errors import DeltaTokenExpired, MessageNotFound, TransientGraphError
-from sync_core.ports import DeltaPage
+from sync_core.ports import DeltaPage, RequestUsage
 
 
 @dataclass
@@ -35,8 +37,10 @@ class FixedClock:
 
 
 class FakeMailSource:
-    def __init__(self, page_size: int = 3) -> None:
+    def __init__(self, page_size: int = 3, *, headers_only: bool = False) -> None:
         self.page_size = page_size
+        self.headers_only = headers_only
+        self.completed: list[str] = []  # source ids whose bodies ``complete`` read
         self.folders_: dict[str, list[MailMessage]] = {"inbox": [], "sentitems": []}
         self.files: dict[str, tuple[AttachmentSummary, ...]] = {}
         self._links: dict[str, tuple[str, int, datetime | None, int]] = {}  # link -> folder, pos, since, generation
@@ -48,7 +52,7 @@ class FakeMailSource:
         self.forgotten: set[str] = set()  # links answered with 404
         self.removed_folders: set[str] = set()
         self.deleted: set[str] = set()  # source ids whose attachment listing 404s
-        self.completed: list[str] = []  # source ids whose bodies ``complete`` was asked for
+        self.throttling: dict[tuple[str, str], tuple[int, float]] = {}  # (org, mailbox) -> (answers, seconds)
 
     # -- test controls ------------------------------------------------------------------------------
 
@@ -56,6 +60,13 @@ class FakeMailSource:
         self.folders_.setdefault(message.folder, []).append(message)
         if files:
             self.files[message.source_id] = tuple(files)
+
+    def throttle(self, mailbox: Mailbox, answers: int, waited_seconds: float) -> None:
+        """Count ``answers`` throttled responses and ``waited_seconds`` of waiting on the mailbox, as
+        GraphHttp does when it retries after a Retry-After (``usage_for`` reports them)."""
+        key = (mailbox.org_id, mailbox.mailbox_id)
+        before = self.throttling.get(key, (0, 0.0))
+        self.throttling[key] = (before[0] + answers, before[1] + waited_seconds)
 
     def expire_links(self) -> None:
         self._generation += 1
@@ -77,6 +88,10 @@ class FakeMailSource:
 
     def requests_for(self, mailbox: Mailbox) -> int:
         return self.requests_by_mailbox[(mailbox.org_id, mailbox.mailbox_id)]
+
+    def usage_for(self, mailbox: Mailbox) -> RequestUsage:
+        answers, seconds = self.throttling.get((mailbox.org_id, mailbox.mailbox_id), (0, 0.0))
+        return RequestUsage(self.requests_for(mailbox), answers, seconds)
 
     def _count(self, mailbox: Mailbox) -> None:
         self.requests += 1
@@ -105,6 +120,8 @@ class FakeMailSource:
         new_link = f"link-{next(self._ids)}"
         self._links[new_link] = (folder, end, since_filter, self._generation)
         caught_up = end >= len(log)
+        if self.headers_only:
+            items = [replace(m, body_text="", body_preview="") for m in items]
         return DeltaPage(
             folder=folder,
             messages=tuple(items),
@@ -117,15 +134,17 @@ class FakeMailSource:
         self._count(mailbox)  # one request polls every folder, as the port promises
         return {folder: self._delta(mailbox, folder, link, mailbox.watermark) for folder, link in links.items()}
 
-    def complete(self, mailbox: Mailbox, messages: Sequence[MailMessage]) -> Sequence[MailMessage]:
-        """Messages are delivered whole, so they come back as given; ``completed`` records which were asked
-        for (what a two-phase source would download the bodies of)."""
-        self.completed.extend(m.source_id for m in messages)
-        return messages
-
     def attachments(self, mailbox: Mailbox, source_ids: Sequence[str]) -> Mapping[str, tuple[AttachmentSummary, ...]]:
         self._count(mailbox)
         return {sid: self.files.get(sid, ()) for sid in source_ids if sid not in self.deleted}
+
+    def complete(self, mailbox: Mailbox, messages: Sequence[MailMessage]) -> Sequence[MailMessage]:
+        if not self.headers_only:
+            return messages  # delivered messages carry their bodies, as Graph's delta pages do
+        self._count(mailbox)
+        self.completed.extend(m.source_id for m in messages)
+        full = {m.source_id: m for log in self.folders_.values() for m in log}
+        return [full.get(m.source_id, m) for m in messages]
 
     def find_message(self, mailbox: Mailbox, internet_message_id: str) -> MailMessage | None:
         self._count(mailbox)

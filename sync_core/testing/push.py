@@ -1,5 +1,5 @@
-"""In-memory doubles of the push ports' stores (subscriptions, webhook log, webhook secret), and a
-scripted ``WebhookSender``.
+"""In-memory doubles of the push ports' stores (subscriptions, webhook log, webhook secret), a
+scripted ``WebhookSender`` and a ``MailboxPushes`` double (``FakeMailboxPushes``).
 
 They behave like ``table_subscriptions`` and ``table_webhook_log`` (tests/contract runs the same cases
 on both): the same stored forms (``table_codec``: aware UTC datetimes), the same orders (an org's
@@ -10,10 +10,11 @@ errors. Each is thread-safe and never fails on its own.
 from __future__ import annotations
 
 import itertools
+import json
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from sync_core.adapters import table_keys as keys
 from sync_core.adapters.table_codec import decode_cursor, encode_cursor, to_utc
@@ -26,9 +27,10 @@ from sync_core.adapters.table_webhook_log import (
     stored_key_id,
 )
 from sync_core.auth.crypto import TokenCipher
-from sync_core.errors import AlreadyExists, ConcurrencyConflict
+from sync_core.domain.model import Mailbox
+from sync_core.errors import AlreadyExists, ConcurrencyConflict, InvalidNotification
 from sync_core.ports import Page, Versioned
-from sync_core.ports.push import PushSubscription, WebhookDelivery, WebhookSecret
+from sync_core.ports.push import CreatedSubscription, PushSubscription, WebhookDelivery, WebhookSecret
 from sync_core.testing.stores import _as_stored
 
 
@@ -201,3 +203,43 @@ class FakeWebhookSender:
         if isinstance(answer, Exception):
             raise answer
         return answer
+
+
+@dataclass
+class FakeMailboxPushes:
+    """A ``MailboxPushes`` double: watches by address, pushes "signed" by a shared secret token.
+
+    ``subscription_of`` accepts ``Authorization: Bearer <token>`` for the configured token only, and a
+    body ``{"address": ...}`` (the double's own wire shape: the use case never reads it)."""
+
+    token: str = "good-token"  # noqa: S105 (a test double's)
+    lifetime_days: int = 7
+    enabled_: bool = True
+    watching: dict[str, datetime] = field(default_factory=dict)  # address -> expiry
+    stopped: list[str] = field(default_factory=list)
+    fail_watch: Exception | None = None
+    now: datetime = field(default_factory=lambda: datetime(2026, 11, 1, 9, 0, tzinfo=UTC))
+
+    @property
+    def enabled(self) -> bool:
+        return self.enabled_
+
+    def watch(self, mailbox: Mailbox) -> CreatedSubscription:
+        if self.fail_watch is not None:
+            raise self.fail_watch
+        expires = self.now + timedelta(days=self.lifetime_days)
+        self.watching[mailbox.address] = expires
+        return CreatedSubscription(f"watch:{mailbox.address}", expires)
+
+    def stop(self, mailbox: Mailbox) -> None:
+        self.watching.pop(mailbox.address, None)
+        self.stopped.append(mailbox.address)
+
+    def subscription_of(self, authorization: str, body: bytes) -> str:
+        if authorization != f"Bearer {self.token}":
+            raise InvalidNotification("the push is not proven to come from the configured sender")
+        try:
+            address = str(json.loads(body)["address"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InvalidNotification("the body is not a push") from exc
+        return f"watch:{address}"

@@ -31,12 +31,12 @@ from sync_core.domain.model import (
 )
 from sync_core.ports import ActivityWrite, RecordLookupResult, RecordsIndex, ThreadLookup
 
-MessageCompleter = Callable[[Sequence[MailMessage]], Sequence[MailMessage]]
-"""The matched messages with their bodies (``MailSource.complete``); None when they already carry them."""
-
 AttachmentFetcher = Callable[[Sequence[str]], Mapping[str, tuple[AttachmentSummary, ...]]]
 """Attachment summaries of messages by ``source_id`` (one batched request where the provider allows it);
 None when the messages already carry them (RFC 822 uploads)."""
+MessageCompleter = Callable[[Sequence[MailMessage]], Sequence[MailMessage]]
+"""The matched messages with their bodies (``MailSource.complete``: two-phase fetch, bodies read for
+matched mail only); None when the messages already carry them."""
 
 
 def decide_messages(
@@ -66,8 +66,9 @@ def build_activities(
     complete: MessageCompleter | None = None,
 ) -> list[Activity]:
     """Decide each message as seen in ``mailbox`` and build the activities of the matched ones (not
-    stored: the caller saves them). Adds one count per message to ``reasons``. Bodies (``complete``) and
-    attachment summaries are asked for the matched messages only."""
+    stored: the caller saves them). Adds one count per message to ``reasons``. Decisions need headers
+    only: bodies are read (``complete``) for matched messages alone, and attachment listings fetched
+    for matched messages that have attachments not yet summarised."""
     if not messages:
         return []
     decisions = []
@@ -78,9 +79,9 @@ def build_activities(
     if not decisions:
         return []
     if complete is not None:
-        whole = complete([m for m, _ in decisions])
-        decisions = [(m, d) for m, (_, d) in zip(whole, decisions, strict=True)]
-    with_files = [m.source_id for m, _ in decisions if m.has_attachments]
+        completed = complete([m for m, _ in decisions])
+        decisions = [(full, d) for full, (_, d) in zip(completed, decisions, strict=True)]
+    with_files = [m.source_id for m, _ in decisions if m.has_attachments and not m.attachments]
     files = fetch_attachments(with_files) if with_files and fetch_attachments is not None else {}
     threads = thread_ids(activities, mailbox.org_id, [m for m, _ in decisions])
     mailbox_ids = (mailbox.mailbox_id,) if mailbox.mailbox_id else ()

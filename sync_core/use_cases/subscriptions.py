@@ -75,6 +75,9 @@ class SubscriptionDeps:
     allow_http: bool = False
     catalog: MailboxCatalog | None = None
     new_secret: Callable[[], str] = lambda: secrets.token_urlsafe(32)
+    # Whether ``api`` serves the mailbox's provider (Graph subscriptions serve Microsoft mailboxes only;
+    # a provider that pushes otherwise, such as Gmail's watch, or not at all, is left to polling here).
+    serves: Callable[[Mailbox], bool] = lambda _mailbox: True
 
     @property
     def enabled(self) -> bool:
@@ -265,8 +268,11 @@ def _mailbox(deps: SubscriptionDeps, org_id: str, mailbox_id: str) -> Mailbox | 
 def _reconcile(deps: SubscriptionDeps, org_id: str, mailbox_id: str, *, unwanted: bool) -> Outcome:
     outcome = Outcome()
     mailbox = _mailbox(deps, org_id, mailbox_id)
+    if mailbox is not None and not deps.serves(mailbox):
+        return outcome  # another provider's mailbox: its watch records are that provider's (mailbox_watch)
     settings = deps.settings.get(org_id)
-    wanted = () if unwanted or not deps.enabled or not _syncable(mailbox, settings) else wanted_folders(settings)
+    pushed = mailbox is not None and deps.serves(mailbox) and _syncable(mailbox, settings)
+    wanted = () if unwanted or not deps.enabled or not pushed else wanted_folders(settings)
     have = {s.folder: s for s in deps.store.for_mailbox(org_id, mailbox_id)}
     now = deps.clock.now()
     for folder, sub in have.items():

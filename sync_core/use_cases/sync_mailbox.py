@@ -60,6 +60,8 @@ Invariants:
 - Unmatched and filtered messages leave nothing but a count in the run report.
 - Messages become activities through ``pipeline.build_activities`` (shared with RFC 822 ingest); new
   activities are announced to ``events`` (CRM webhooks) after they are durably written.
+- Every run logs one operational event as it ends, whichever way (``telemetry.SyncRunEvent``: counts,
+  outcome, throttling, mail age; no address, subject or body).
 """
 
 from __future__ import annotations
@@ -111,6 +113,7 @@ from sync_core.ports import (
 from sync_core.ports.push import ActivityEvents
 from sync_core.use_cases.mailbox_updates import update_mailbox
 from sync_core.use_cases.pipeline import RunThreadCache, build_activities
+from sync_core.use_cases.telemetry import MailAges, RunProbe
 
 log = logging.getLogger(__name__)
 
@@ -189,16 +192,31 @@ def sync_mailbox(
     ``run_id``: the id a CRM was given for this run ("Sync now", backfill), which its report carries; such
     a run is never an idle poll that stores nothing: with nothing new it takes the lease and stores its
     report (and refreshed cursors), so the id the CRM polls always gets an answer. Without one the run
-    makes its own id."""
+    makes its own id.
+
+    Every run, however it ends, logs one ``telemetry.SyncRunEvent``."""
+    probe = RunProbe(requested=bool(run_id))
+    outcome: SyncOutcome | None = None
+    try:
+        outcome = _sync_mailbox(deps, org_id, mailbox_id, budget, run_id=run_id, probe=probe)
+        return outcome
+    finally:
+        probe.emit(org_id, mailbox_id, outcome)
+
+
+def _sync_mailbox(
+    deps: SyncDeps, org_id: str, mailbox_id: str, budget: timedelta, *, run_id: str, probe: RunProbe
+) -> SyncOutcome:
     versioned = deps.mailboxes.get(org_id, mailbox_id)
     if versioned is None:
         return SyncOutcome(RunStatus.SKIPPED)
     mailbox = versioned.value
     settings = deps.settings.get(org_id)
+    probe.begin(deps.mail, mailbox, settings)
     if not mailbox.can_sync(settings.automation_enabled):
         return SyncOutcome(RunStatus.SKIPPED)
     started = deps.clock.now()
-    run = _Run(deps, mailbox, settings, started, budget, run_id=run_id)
+    run = probe.run = _Run(deps, mailbox, settings, started, budget, run_id=run_id)
     transactions_before = deps.table_transactions()
     requests_before = deps.mail.requests_for(mailbox)
     escaped: Exception | None = None
@@ -230,6 +248,7 @@ def sync_mailbox(
             error=failure_reason(failure) if failure is not None else "",
             error_class=failure_of(failure).code if failure is not None else "",
         )
+        probe.report = report
         if not run.idle:
             run.lease()
             deps.reports.add(report, keep=REPORTS_KEPT)
@@ -319,6 +338,7 @@ class _Run:
         self.created = 0
         self.merged = 0
         self.seen: set[str] = set()  # internet message ids decided in this run
+        self.ages = MailAges()  # received times of the messages decided in this run (its event)
         self.missing_defaults: list[str] = []  # default folders Graph answered 404 for, from the watermark
         self.threads = RunThreadCache(deps.activities)
         self._all_folders: tuple[str, ...] | None = None
@@ -530,6 +550,7 @@ class _Run:
                 self.reasons["replayed_items"] += 1
             else:
                 self.seen.add(message.internet_message_id)
+                self.ages.add(message.received_at)
                 fresh.append(message)
         return fresh
 

@@ -37,6 +37,7 @@ Invariants:
 - Nothing but an authenticated (function-key) org setting chooses the URL; the sender refuses non-https
   and private, loopback and link-local targets unless ``WEBHOOKS_ALLOW_PRIVATE_NETWORKS`` is set.
 - The delivery log keeps the newest ``LOG_KEPT`` deliveries per org.
+- Every attempt logs one operational event as it ends (``telemetry.WebhookDeliveryEvent``; never the URL).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ import hmac
 import json
 import logging
 import secrets
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -65,6 +67,7 @@ from sync_core.errors import (
 from sync_core.ports import ActivityEvent, ActivityStore, Clock, SettingsRepository, WorkQueue
 from sync_core.ports.push import WebhookDelivery, WebhookLog, WebhookSecret, WebhookSecretStore, WebhookSender
 from sync_core.use_cases.commands import WEBHOOK_EVENTS, DeliverWebhook
+from sync_core.use_cases.telemetry import WebhookDeliveryEvent, emit
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +83,10 @@ OUTBOX_BATCH = 200
 OUTBOX_ROUNDS = 25  # batches per org and drain; the rest waits for the next one
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the prefix of generated secrets, not a secret
 UNREADABLE_NOTE = "the webhook secret cannot be decrypted with the configured keys; rotate it (webhooks/secret)"
+NO_WEBHOOK_NOTE = "the org has no webhook URL any more"
+ACTIVITY_GONE_NOTE = "the activity was deleted"
+NO_ANSWER_PREFIX = "no answer: "
+REFUSED_PREFIX = "URL not allowed: "
 
 
 @dataclass
@@ -198,7 +205,21 @@ def _work(delivery: WebhookDelivery, attempt: int) -> DeliverWebhook:
 
 def deliver(deps: WebhookDeps, message: DeliverWebhook | Mapping[str, Any]) -> WebhookDelivery:
     """One attempt of a queued delivery (the command, or its JSON); logs and returns its new state.
-    Raises only when storage or the queue fail (the host then retries the message)."""
+    Raises only when storage or the queue fail (the host then retries the message). Logs one
+    ``telemetry.WebhookDeliveryEvent`` either way."""
+    started = time.perf_counter()
+    done: WebhookDelivery | None = None
+    try:
+        done = _deliver(deps, message)
+        return done
+    finally:
+        try:
+            emit(_delivery_event(message, done, started))
+        except Exception as exc:  # a message too broken to describe: the delivery's own error stands
+            log.warning("webhooks: could not log a delivery event: %s", type(exc).__name__)
+
+
+def _deliver(deps: WebhookDeps, message: DeliverWebhook | Mapping[str, Any]) -> WebhookDelivery:
     command = message if isinstance(message, DeliverWebhook) else DeliverWebhook.from_json(message)
     delivery = WebhookDelivery(
         org_id=command.org_id,
@@ -211,12 +232,12 @@ def deliver(deps: WebhookDeps, message: DeliverWebhook | Mapping[str, Any]) -> W
     now = deps.clock.now()
     url = deps.settings.get(delivery.org_id).webhook_url
     if not url:
-        return _log(deps, replace(delivery, status="skipped", error="the org has no webhook URL any more"))
+        return _log(deps, replace(delivery, status="skipped", error=NO_WEBHOOK_NOTE))
     data: Mapping[str, Any]
     if delivery.event == CREATED:
         activity = deps.activities.get(delivery.org_id, delivery.activity_id)
         if activity is None:
-            return _log(deps, replace(delivery, status="skipped", error="the activity was deleted", url=url))
+            return _log(deps, replace(delivery, status="skipped", error=ACTIVITY_GONE_NOTE, url=url))
         data = deps.render(activity)
     else:
         data = {"id": delivery.activity_id}
@@ -252,14 +273,58 @@ def deliver(deps: WebhookDeps, message: DeliverWebhook | Mapping[str, Any]) -> W
     try:
         status = deps.sender.post(url, body, headers)
     except WebhookUrlRefused as exc:
-        return _log(deps, replace(tried, status="failed", error=f"URL not allowed: {exc}"))
+        return _log(deps, replace(tried, status="failed", error=f"{REFUSED_PREFIX}{exc}"))
     except WebhookSendFailed as exc:
-        return _retry_or_fail(deps, replace(tried, error=f"no answer: {exc}"), attempt)
+        return _retry_or_fail(deps, replace(tried, error=f"{NO_ANSWER_PREFIX}{exc}"), attempt)
     if 200 <= status < 300:
         done = _log(deps, replace(tried, status="delivered", response_status=status, error=""))
         _maybe_trim(deps, done)
         return done
     return _retry_or_fail(deps, replace(tried, response_status=status, error=f"HTTP {status}"), attempt)
+
+
+def _delivery_event(
+    message: DeliverWebhook | Mapping[str, Any], done: WebhookDelivery | None, started: float
+) -> WebhookDeliveryEvent:
+    """The attempt's event: its outcome, what failed in one word, never the URL or an error's text."""
+    elapsed = int((time.perf_counter() - started) * 1000)
+    fields = message.to_json() if isinstance(message, DeliverWebhook) else message
+    attempt = fields.get("attempt")
+    event = WebhookDeliveryEvent(
+        org_id=str(fields.get("org_id", "")),
+        delivery_id=str(fields.get("delivery_id", "")),
+        event_type=str(fields.get("event", "")),
+        attempt=attempt if isinstance(attempt, int) else 0,
+        outcome="raised",  # storage or the queue failed: the host retries the message
+        duration_ms=elapsed,
+    )
+    if done is None:
+        return event
+    retry = None
+    if done.next_attempt_at is not None and done.last_attempt_at is not None:
+        retry = (done.next_attempt_at - done.last_attempt_at).total_seconds()
+    return replace(
+        event,
+        outcome=done.status,
+        failure=_failure_word(done),
+        response_status=done.response_status or 0,
+        final=done.status in ("delivered", "failed", "skipped"),
+        next_retry_s=retry,
+    )
+
+
+def _failure_word(delivery: WebhookDelivery) -> str:
+    if delivery.status == "delivered":
+        return ""
+    error = delivery.error
+    words = {NO_WEBHOOK_NOTE: "no_webhook", ACTIVITY_GONE_NOTE: "activity_gone", UNREADABLE_NOTE: "secret_unreadable"}
+    if error in words:
+        return words[error]
+    if error.startswith(REFUSED_PREFIX):
+        return "url_refused"
+    if error.startswith(NO_ANSWER_PREFIX):
+        return "no_answer"
+    return "http_status" if delivery.response_status else "other"
 
 
 def _retry_or_fail(deps: WebhookDeps, delivery: WebhookDelivery, attempt: int) -> WebhookDelivery:

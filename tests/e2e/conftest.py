@@ -5,6 +5,10 @@
   per-session table prefix. Function keys are enforced.
 * ``api`` (session): a requests Session with the function key, and ``url(path)`` for ``/api/...``.
 * ``org`` (function): a fresh org id, so tests never see each other's data in the shared tables.
+
+The host also reaches the Google emulator (``google_emulator``): its Google settings point there, with
+an OAuth client whose redirect URI is this host's callback (``google_client_id``), and
+``REQUESTS_CA_BUNDLE`` trusts both emulators' CAs.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import requests
 
 from devhost import LocalHost
 from emulator.client import EmulatorClient
+from emulator.google.server import GoogleEmulatorServer
 from emulator.server import EmulatorServer
 from tests.app_settings import register_app
 from tools.azurite import free_port
@@ -26,6 +31,8 @@ from tools.mailserver import MailServer
 
 ROOT = Path(__file__).resolve().parents[2]
 FUNCTION_KEY = "e2e-function-key"
+GOOGLE_TOPIC = "projects/crm-e2e/topics/gmail"  # the Pub/Sub topic Gmail watches publish to
+GOOGLE_PUSHER = "gmail-push@crm-e2e.iam.gserviceaccount.com"  # its push subscription's service account
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,7 @@ class AppUnderTest:
     origin: str
     client_id: str
     client_secret: str
+    google_client_id: str = ""
 
     def url(self, path: str) -> str:
         return f"{self.origin}/api/{path.lstrip('/')}"
@@ -41,7 +49,13 @@ class AppUnderTest:
 
 @pytest.fixture(scope="session")
 def app_host(
-    storage_connection_string: str, emulator: EmulatorServer, emulator_client: EmulatorClient, mail_server: MailServer
+    storage_connection_string: str,
+    emulator: EmulatorServer,
+    emulator_client: EmulatorClient,
+    google_emulator: GoogleEmulatorServer,
+    tmp_path_factory: pytest.TempPathFactory,
+    *,
+    mail_server: MailServer,
 ) -> Iterator[AppUnderTest]:
     port = free_port()
     origin = f"http://127.0.0.1:{port}"
@@ -55,11 +69,33 @@ def app_host(
         # test receivers, exactly the documented local-demo settings.
         "GRAPH_NOTIFICATIONS_ALLOW_HTTP": "true",
         "WEBHOOKS_ALLOW_PRIVATE_NETWORKS": "true",
+        **register_google_client(google_emulator, origin, tmp_path_factory.mktemp("ca"), app.settings),
         # IMAP/SMTP mailboxes on the test Dovecot: its certificate is from its own local CA.
         "MAIL_SERVER_CA_BUNDLE": str(mail_server.ca_pem),
     }
     with LocalHost(ROOT, port=port, settings=settings, run_timers=False) as host:
-        yield AppUnderTest(host, origin, app.client_id, app.client_secret)
+        yield AppUnderTest(host, origin, app.client_id, app.client_secret, settings["GOOGLE_CLIENT_ID"])
+
+
+def register_google_client(
+    google: GoogleEmulatorServer, origin: str, directory: Path, settings: dict[str, str]
+) -> dict[str, str]:
+    """An OAuth client at the Google emulator for this host's callback, and the Google settings."""
+    control = requests.Session()
+    control.verify, control.trust_env = str(google.ca_bundle_path), False
+    answer = control.post(f"{google.url}/_emulator/clients", json={"redirect_uris": [f"{origin}/api/auth/callback"]})
+    assert answer.status_code == 201, answer.text
+    control.close()
+    bundle = directory / "ca-bundle.pem"
+    bundle.write_bytes(Path(settings["REQUESTS_CA_BUNDLE"]).read_bytes() + google.tls.ca_pem.read_bytes())
+    return {
+        **google.settings(),
+        "GOOGLE_PUBSUB_TOPIC": GOOGLE_TOPIC,
+        "GOOGLE_PUSH_SERVICE_ACCOUNT": GOOGLE_PUSHER,
+        "GOOGLE_CLIENT_ID": answer.json()["client_id"],
+        "GOOGLE_CLIENT_SECRET": answer.json()["client_secret"],
+        "REQUESTS_CA_BUNDLE": str(bundle),
+    }
 
 
 @pytest.fixture(scope="session")

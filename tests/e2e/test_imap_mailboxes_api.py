@@ -24,6 +24,7 @@ from tools import mailserver
 from tools.mailserver import MailServer
 
 CAROL = "carol@client.example"
+UNTRUSTED_HOST = "127.0.0.2"
 PASSWORD = "imap-e2e-password"
 
 
@@ -117,11 +118,13 @@ def test_a_password_changed_on_the_server_gives_needs_reauth_with_its_reason_unt
 
 @pytest.fixture(scope="module")
 def untrusted_tls_port() -> Iterator[int]:
-    """A TLS server whose certificate comes from a CA nobody trusts (it never gets to speak IMAP)."""
+    """A TLS server whose certificate comes from a CA nobody trusts (it never gets to speak IMAP). On
+    127.0.0.2, so that it can never answer a connection meant for another test's ``localhost`` server
+    whose port it happened to take."""
     ca = trustme.CA()
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
-    listener = socket.create_server(("127.0.0.1", 0))
+    ca.issue_cert("127.0.0.2").configure_cert(context)
+    listener = socket.create_server((UNTRUSTED_HOST, 0))
     stop = threading.Event()
 
     def serve() -> None:
@@ -161,7 +164,7 @@ def test_each_reason_a_login_cannot_be_used_is_a_precise_400_and_nothing_is_stor
     bare_user = server_without_sent.add_user(f"b{uuid.uuid4().hex[:8]}@imap.example", PASSWORD)
     cases = {
         "imap_unreachable": {"imap": login(mail_server, user, port=closed_port)},
-        "imap_tls_untrusted": {"imap": login(mail_server, user, port=untrusted_tls_port)},
+        "imap_tls_untrusted": {"imap": {**login(mail_server, user, port=untrusted_tls_port), "host": UNTRUSTED_HOST}},
         "imap_auth_failed": {"imap": login(mail_server, user, "wrong-password")},
         "imap_no_sent_folder": {"imap": login(server_without_sent, bare_user)},
         "plaintext_refused": {"imap": {**login(mail_server, user), "security": "none"}},

@@ -17,9 +17,11 @@ from typing import Any
 import requests
 
 from emulator.client import EmulatorClient, EmulatorTenant
+from emulator.google.server import GoogleEmulatorServer
 from sync_core.api.openapi import DOCUMENT_PATH
 from tests import connect_flow
 from tests.e2e.conftest import AppUnderTest
+from tests.e2e.test_google_connect import Google, signed_push
 from tests.e2e.test_ingest import MIME, message
 from tests.e2e.test_push import SUBSCRIPTION_TIMER, Receiver, receiver, wait_for
 from tests.e2e.test_sync_flow import DAN, RETURN_URL, STRANGER, run_scheduler
@@ -57,6 +59,7 @@ def test_every_operation_answers_what_the_document_says_through_the_running_app(
     *,
     org: str,
     receiver: Receiver,
+    google_emulator: GoogleEmulatorServer,
 ) -> None:
     document = json.loads(DOCUMENT_PATH.read_text(encoding="utf-8"))
     calls = Calls()
@@ -143,6 +146,10 @@ def test_every_operation_answers_what_the_document_says_through_the_running_app(
         if path.endswith("lifecycle"):
             note = {**note, "lifecycleEvent": "reauthorizationRequired"}
         call("POST", path, requests, json={"value": [note]})
+    # A Gmail push, signed as Pub/Sub signs it for this deployment (it names no watched mailbox: 204 all the same).
+    authorization, pushed = signed_push(Google(google_emulator), app_host.url("google/push"))
+    call("POST", "google/push", requests, data=pushed,
+         headers={"Authorization": authorization, "Content-Type": "application/json"})  # fmt: skip
     raw = message(to=f"Sam <sam@{tenant.domain}>", when=None, subject="Uploaded")
     call("POST", f"orgs/{org}/messages:ingest", data=raw, headers=MIME)
 

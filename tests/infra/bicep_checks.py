@@ -27,6 +27,9 @@ when the template is right. Each finding's ``check`` is a stable id:
 ``secure-params``       a secret parameter is not ``@secure()`` or has a default
 ``roles``               a role the app's identity needs is not assigned on its resource
 ``monitoring``          Application Insights is not workspace-based
+``workbook``            the operations workbook is missing, not linked to the Application Insights
+                        component (``sourceId`` and the ``__APP_INSIGHTS_ID__`` placeholder), or its
+                        ``serializedData`` is not ``loadTextContent`` of a JSON file in infra/
 ``params``              a top-level parameter default is wrong (location, Graph hosts), or
                         main.parameters.json names an unknown parameter or holds a secret
 ``outputs``             an output a person needs after deploying is missing or wrong
@@ -58,6 +61,8 @@ MONITORING_METRICS_PUBLISHER = "3913510d-42f4-4e42-8a64-420c390055eb"
 STORAGE = "Microsoft.Storage/storageAccounts"
 VAULT = "Microsoft.KeyVault/vaults"
 COMPONENTS = "Microsoft.Insights/components"
+WORKBOOKS = "Microsoft.Insights/workbooks"
+WORKBOOK_PLACEHOLDER = "__APP_INSIGHTS_ID__"
 REQUIRED_ROLES = {
     (STORAGE, BLOB_DATA_OWNER): "Storage Blob Data Owner on the storage account",
     (STORAGE, QUEUE_DATA_CONTRIBUTOR): "Storage Queue Data Contributor on the storage account",
@@ -265,6 +270,7 @@ def check_infra(infra_dir: Path) -> list[Finding]:
         _secure_params,
         _roles,
         _monitoring,
+        _workbook,
         _params,
         _outputs,
     ):
@@ -535,6 +541,51 @@ def _monitoring(template: Template) -> Iterator[Finding]:
             yield Finding(
                 "settings-app-insights", where, "local auth is off: APPLICATIONINSIGHTS_AUTHENTICATION_STRING is needed"
             )
+
+
+def workbook_file(template: Template) -> tuple[Resource | None, Path | None]:
+    """The workbook resource and the JSON file its ``serializedData`` loads (None where not found)."""
+    found = template.resources(WORKBOOKS)
+    if len(found) != 1:
+        return None, None
+    workbook = found[0]
+    data = workbook.get("properties.serializedData")
+    loaded = dig(data, "function.parameters.original_string") if dig(data, "function.type") == "replace" else data
+    if dig(loaded, "function.type") != "load_text_content":
+        return workbook, None
+    path = template.root / Path(workbook.file).parent / str(dig(loaded, "function.parameters.file_path"))
+    return workbook, path
+
+
+def _workbook(template: Template) -> Iterator[Finding]:
+    workbook, problems = _one(template, WORKBOOKS)
+    yield from problems
+    if workbook is None:
+        return
+    components = {r.symbol for r in template.resources(COMPONENTS) if r.file == workbook.file}
+    linked = accessor_path(workbook.get("properties.sourceId"))
+    if len(linked) != 2 or linked[0] not in components or linked[1] != "id":
+        yield Finding("workbook", workbook.where, "sourceId must be the Application Insights component's id")
+    if workbook.get("kind") != "shared":
+        yield Finding("workbook", workbook.where, "kind must be 'shared' (visible to the team)")
+    data = workbook.get("properties.serializedData")
+    replaced = dig(data, "function.parameters") if dig(data, "function.type") == "replace" else None
+    new = accessor_path(dig(replaced, "new_string"))
+    if dig(replaced, "old_string") != WORKBOOK_PLACEHOLDER or len(new) != 2 or new[0] not in components:
+        message = f"serializedData must replace {WORKBOOK_PLACEHOLDER} with the component's id"
+        yield Finding("workbook", workbook.where, message)
+    _, path = workbook_file(template)
+    if path is None or not path.is_file():
+        yield Finding("workbook", workbook.where, "serializedData must be loadTextContent() of a file in infra/")
+        return
+    try:
+        document = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        yield Finding("workbook", workbook.where, f"{path.name} is not JSON: {exc}")
+        return
+    if document.get("version") != "Notebook/1.0" or WORKBOOK_PLACEHOLDER not in document.get("fallbackResourceIds", []):
+        message = f"{path.name} must be Notebook/1.0 with fallbackResourceIds [{WORKBOOK_PLACEHOLDER}]"
+        yield Finding("workbook", workbook.where, message)
 
 
 def _params(template: Template) -> Iterator[Finding]:

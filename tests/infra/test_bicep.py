@@ -66,6 +66,7 @@ def test_main_bicep_and_every_module_it_uses_are_parsed() -> None:
         "Microsoft.Authorization/roleAssignments",
         "Microsoft.Insights/components",
         "Microsoft.OperationalInsights/workspaces",
+        "Microsoft.Insights/workbooks",
     }
 
 
@@ -175,6 +176,14 @@ WEAKENINGS: dict[str, tuple[dict[str, tuple[str, str]], set[str]]] = {
             )
         },
         {"params"},
+    ),
+    "a workbook not linked to Application Insights": (
+        {"modules/monitoring.bicep": ("    sourceId: appInsights.id\n", "    sourceId: workspace.id\n")},
+        {"workbook"},
+    ),
+    "a workbook whose queries file is missing": (
+        {"modules/monitoring.bicep": ("loadTextContent('../workbook.json')", "loadTextContent('../dashboard.json')")},
+        {"workbook"},
     ),
     "a file that does not parse": (
         {"modules/monitoring.bicep": ("resource workspace", "resource workspace workspace")},

@@ -323,6 +323,27 @@ def sync_env(
 ) -> Iterator[SyncEnv]:
     """Graph (the emulator) by default; ``imap`` (indirect parametrization) for Dovecot mailboxes."""
     provider = getattr(request, "param", "microsoft")
+    yield from _environment(provider, request, storage_connection_string, table_prefix, monkeypatch)
+
+
+@pytest.fixture
+def imap_env(
+    request: pytest.FixtureRequest,
+    storage_connection_string: str,
+    table_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[SyncEnv]:
+    """The same env with IMAP mailboxes on the real Dovecot (``imap_world.ImapWorld``)."""
+    yield from _environment("imap", request, storage_connection_string, table_prefix, monkeypatch)
+
+
+def _environment(
+    provider: str,
+    request: pytest.FixtureRequest,
+    storage_connection_string: str,
+    table_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[SyncEnv]:
     service = TableServiceClient.from_connection_string(storage_connection_string)
     watermark = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=6)
     if provider == "imap":
@@ -361,6 +382,7 @@ __all__ = [
     "SHARED",
     "STRANGER",
     "SyncEnv",
+    "imap_env",
     "iso",
     "record_ids",
     "sync_env",

@@ -102,11 +102,11 @@ class HookedMail:
     def delta_many(self, mailbox: Mailbox, links: Mapping[str, str]) -> Mapping[str, DeltaPage]:
         return self.inner.delta_many(mailbox, links)
 
-    def complete(self, mailbox: Mailbox, messages: Sequence[MailMessage]) -> Sequence[MailMessage]:
-        return self.inner.complete(mailbox, messages)
-
     def attachments(self, mailbox: Mailbox, source_ids: Sequence[str]) -> Mapping[str, tuple[AttachmentSummary, ...]]:
         return self.inner.attachments(mailbox, source_ids)
+
+    def complete(self, mailbox: Mailbox, messages: Sequence[MailMessage]) -> Sequence[MailMessage]:
+        return self.inner.complete(mailbox, messages)
 
     def find_message(self, mailbox: Mailbox, internet_message_id: str) -> MailMessage | None:
         return self.inner.find_message(mailbox, internet_message_id)

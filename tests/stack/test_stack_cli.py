@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -117,6 +118,10 @@ def test_services_start_azurite_and_the_emulator_only_print_the_settings_and_kee
     assert ". .venv/bin/activate && func start" in text
     discovery = f"https://localhost:{started.emulator_port}/contoso.example/v2.0/.well-known/openid-configuration"
     assert requests.get(discovery, verify=str(bundle), timeout=10).status_code == 200
+    gmail = re.search(r"GMAIL_BASE_URL=(https://localhost:\d+)", text)
+    assert gmail is not None, text  # the Google emulator runs beside it, and the app's settings name it
+    google = requests.get(f"{gmail[1]}/.well-known/openid-configuration", verify=str(bundle), timeout=10)
+    assert google.json()["token_endpoint"] == f"{gmail[1]}/token"
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{started.host_port}/api/health", timeout=5)
     stop_and_check_nothing_is_left(started, signal.SIGINT)

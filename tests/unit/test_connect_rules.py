@@ -71,7 +71,7 @@ class FakeIdentity:
     admin: AdminSignIn = field(default_factory=lambda: AdminSignIn(TENANT, "admin-oid", "admin@contoso.example"))
     counter: Any = field(default_factory=lambda: itertools.count(1))
 
-    def initiate_connect(self, redirect_uri: str, login_hint: str | None) -> dict[str, Any]:
+    def initiate_connect(self, redirect_uri: str, login_hint: str | None, *, send: bool = False) -> dict[str, Any]:
         state = f"state-{next(self.counter)}"
         return {"state": state, "auth_uri": f"https://login.example/authorize?state={state}", "code_verifier": "v"}
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from sync_core.adapters.providers import MailSourceByProvider, ProviderTable
 from sync_core.domain.model import EmailAddress, Mailbox, MailboxStatus, MailMessage, Record
 from sync_core.errors import UnknownProvider
-from sync_core.ports import MailSource
+from sync_core.ports import MailSource, RequestUsage
 from sync_core.testing.app import InMemoryApp
 from sync_core.testing.mail import FakeMailSource, FixedClock
 from sync_core.testing.stores import InMemoryStores
@@ -110,3 +110,13 @@ def test_an_unknown_provider_is_a_configuration_failure_never_a_fallback() -> No
         assert exc.code == "unknown_provider"
     else:  # pragma: no cover - the assertion below reports it
         raise AssertionError("an unregistered provider was served")
+
+
+def test_the_router_reports_the_throttling_of_the_mailboxs_own_provider() -> None:
+    fleet = Fleet()
+    ms, imap = mailbox("ms", "microsoft"), mailbox("im", "imap")
+    fleet.sources["imap"].throttle(imap, 2, 3.5)
+    fleet.sources["microsoft"].throttle(ms, 7, 9.0)
+
+    assert fleet.router.usage_for(imap) == RequestUsage(requests=0, throttled=2, waited_seconds=3.5)
+    assert fleet.router.usage_for(mailbox("x", "google")) == RequestUsage()  # nobody registered it

@@ -287,6 +287,21 @@ def test_attachment_names_are_fetched_only_for_matched_messages_that_have_attach
     assert stored.attachments == (AttachmentSummary("cv.pdf", 1234, "application/pdf"),)
 
 
+def test_with_a_headers_only_source_bodies_are_read_for_matched_messages_only_and_stored() -> None:
+    world = World()
+    world.mail = FakeMailSource(headers_only=True)
+    matched = message("carol@client.example", ["adele@acme.example"])
+    unmatched = message("stranger@else.example", ["adele@acme.example"])
+    world.mail.deliver(matched)
+    world.mail.deliver(unmatched)
+
+    assert world.sync() == "done"
+
+    assert world.mail.completed == [matched.source_id]
+    [stored] = world.timeline("c-1")
+    assert stored.body_text == matched.body_text
+
+
 def test_an_item_graph_replays_within_a_run_is_decided_and_counted_once() -> None:
     world = World(page_size=2)
     replayed = message("carol@client.example", ["adele@acme.example"])

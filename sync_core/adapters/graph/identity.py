@@ -101,8 +101,9 @@ class MsalIdentity:
 
     # -- delegated connect -------------------------------------------------------------------------------
 
-    def initiate_connect(self, redirect_uri: str, login_hint: str | None) -> dict[str, Any]:
+    def initiate_connect(self, redirect_uri: str, login_hint: str | None, *, send: bool = False) -> dict[str, Any]:
         # prompt=select_account: the person always sees (and picks) the account they connect.
+        # ``send`` is not used yet: the send issue decides which Graph permission sending asks for.
         return _initiate(self.application(None), list(CONNECT_SCOPES), redirect_uri, login_hint)
 
     def redeem_connect(self, flow: Mapping[str, Any], auth_response: Mapping[str, str]) -> DelegatedGrant:

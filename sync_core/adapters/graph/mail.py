@@ -42,7 +42,7 @@ from sync_core.domain.folders import DEFAULT_FOLDERS, FolderRole
 from sync_core.domain.model import AttachmentSummary, EmailAddress, Mailbox, MailMessage
 from sync_core.domain.text import html_text, preview
 from sync_core.errors import MessageNotFound
-from sync_core.ports import DeltaPage
+from sync_core.ports import DeltaPage, RequestUsage
 
 MESSAGE_FIELDS = (
     "id,internetMessageId,conversationId,subject,body,bodyPreview,from,toRecipients,ccRecipients,"
@@ -98,6 +98,16 @@ class GraphMailSource:
             client = self._clients.get(_key(mailbox))
         return client.metrics.requests if client is not None else 0
 
+    def usage_for(self, mailbox: Mailbox) -> RequestUsage:
+        """The mailbox's GraphHttp counts: requests, throttled answers (429 and retried 5xx, in batches
+        too) and seconds slept honouring Retry-After or backoff (``ReportsUsage``)."""
+        with self._lock:
+            client = self._clients.get(_key(mailbox))
+        if client is None:
+            return RequestUsage()
+        metrics = client.metrics
+        return RequestUsage(metrics.requests, metrics.throttled, metrics.waited_seconds)
+
     def delta(self, mailbox: Mailbox, folder: str, link: str | None, since: datetime) -> DeltaPage:
         http = self._http(mailbox)
         key = (_key(mailbox), folder)
@@ -144,10 +154,6 @@ class GraphMailSource:
                 pages[folder] = page_from_payload(folder, item.body)
         return pages
 
-    def complete(self, mailbox: Mailbox, messages: Sequence[MailMessage]) -> Sequence[MailMessage]:
-        """Delta pages already carry whole messages (the body is in ``$select``): nothing to fetch."""
-        return messages
-
     def attachments(self, mailbox: Mailbox, source_ids: Sequence[str]) -> Mapping[str, tuple[AttachmentSummary, ...]]:
         """One GET per message, ``LISTINGS_IN_FLIGHT`` at a time. A message Graph no longer has (404: deleted
         or moved since its delta page) is left out of the answer; any other first failure (in
@@ -176,6 +182,10 @@ class GraphMailSource:
                 wait(futures)
                 raise
         return {mid: files for mid, files in found.items() if files is not None}
+
+    def complete(self, mailbox: Mailbox, messages: Sequence[MailMessage]) -> Sequence[MailMessage]:
+        """Delta pages already carry plain-text bodies; attachments are listed by ``attachments``."""
+        return messages
 
     def find_message(self, mailbox: Mailbox, internet_message_id: str) -> MailMessage | None:
         """One ``$filter`` on ``internetMessageId`` (as given, then in angle brackets), then the ids of the

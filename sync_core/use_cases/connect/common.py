@@ -24,6 +24,7 @@ from sync_core.domain.model import ConnectionMode, Mailbox, MailboxStatus
 from sync_core.errors import (
     AlreadyExists,
     ConcurrencyConflict,
+    InvalidRequest,
 )
 from sync_core.ports import (
     ActivityStore,
@@ -53,6 +54,20 @@ ADMIN_CONSENT_CALLBACK_PATH = "/api/auth/admin-consent/callback"
 MAX_USER_ID = 256
 
 
+@dataclass(frozen=True)
+class ConnectProvider:
+    """What a delegated connect needs of one provider: its identity platform, the directory behind a
+    token, and the names its pages use (``label`` for the sign-in, ``account_label`` for the account)."""
+
+    identity: IdentityProvider
+    directory_for: Callable[[TokenSource], Directory]
+    label: str
+    account_label: str
+
+
+MICROSOFT = "microsoft"
+
+
 @dataclass
 class ConnectDeps:
     identity: IdentityProvider
@@ -74,6 +89,20 @@ class ConnectDeps:
     sleep: Callable[[float], None] = time.sleep
     # Checks a mail server login before it is stored (``server_mode``); None: no such provider here.
     server_probe: ServerProbe | None = None
+    # Every other provider a CRM user may connect by delegated sign-in, by ``Mailbox.provider`` name;
+    # Microsoft's is ``identity`` and ``directory_for``. The flow, its state, confirmation and return-URL
+    # rules are the same for all.
+    providers: Mapping[str, ConnectProvider] = field(default_factory=dict)
+
+    def provider(self, name: str) -> ConnectProvider:
+        """The connect parts of provider ``name``; ``InvalidRequest`` (``invalid_provider``) if unknown."""
+        if name == MICROSOFT:
+            return ConnectProvider(self.identity, self.directory_for, "Microsoft", "Microsoft 365")
+        found = self.providers.get(name)
+        if found is None:
+            known = ", ".join(sorted({MICROSOFT, *self.providers}))
+            raise InvalidRequest("invalid_provider", f"provider must be one of: {known}")
+        return found
 
     @property
     def redirect_uri(self) -> str:
@@ -121,8 +150,11 @@ class DisconnectResult:
     activities_purged: int = 0
 
 
-def mailbox_id_for(org_id: str, graph_user_id: str) -> str:
-    """Stable mailbox id: the same Graph user in the same org always maps to the same mailbox."""
+def mailbox_id_for(org_id: str, graph_user_id: str, provider: str = MICROSOFT) -> str:
+    """Stable mailbox id: the same Graph user in the same org always maps to the same mailbox; another
+    provider's user id (Google's ``sub``) is keyed with the provider's name, so ids never collide."""
+    if provider != MICROSOFT:
+        graph_user_id = f"{provider}:{graph_user_id}"
     digest = hashlib.sha256(f"{org_id}\n{graph_user_id.strip().lower()}".encode()).hexdigest()
     return "mbx_" + digest[:28]
 

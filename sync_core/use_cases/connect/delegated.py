@@ -34,7 +34,7 @@ from sync_core.errors import (
     ReauthRequired,
     StorageUnavailable,
     SyncError,
-    TransientGraphError,
+    TransientFailure,
 )
 from sync_core.ports.identity import (
     PendingAuthFlow,
@@ -42,6 +42,7 @@ from sync_core.ports.identity import (
 )
 from sync_core.use_cases.connect.common import (
     MAX_USER_ID,
+    MICROSOFT,
     ConnectDeps,
     ConnectResult,
     activate,
@@ -80,16 +81,24 @@ def tenant_allowed(allowed_tenants: Sequence[str], tenant_id: str, user_principa
 # -- delegated connect ---------------------------------------------------------------------------------
 
 
-def start_connect(
-    deps: ConnectDeps, org_id: str, user_id: str, login_hint: str | None = None, return_url: str | None = None
+def start_connect(  # noqa: PLR0917
+    deps: ConnectDeps,
+    org_id: str,
+    user_id: str,
+    login_hint: str | None = None,
+    return_url: str | None = None,
+    provider: str = MICROSOFT,
 ) -> str:
-    """Start the delegated sign-in of a CRM user; returns the URL to send the browser to.
+    """Start the delegated sign-in of a CRM user at ``provider`` (``microsoft`` or any provider in
+    ``deps.providers``); returns the URL to send the browser to. The provider's permission to send is
+    asked for when the org enables sending (``sending_enabled``).
 
     With ``connect_confirmation`` on (the default) a ``return_url`` is required: the connect code the
     CRM confirms with is delivered there. A ``login_hint`` must be an address; only an account owning
     it can then be connected."""
     if not user_id or len(user_id) > MAX_USER_ID:
         raise InvalidRequest("invalid_user_id", f"user_id must be 1-{MAX_USER_ID} characters")
+    connector = deps.provider(provider)
     settings = deps.settings.get(org_id)
     allowed_return = validate_return_url(return_url, settings)
     if settings.connect_confirmation and not allowed_return:
@@ -101,7 +110,10 @@ def start_connect(
     hint = normalize_address(login_hint) if login_hint else None
     if login_hint and hint is None:
         raise InvalidRequest("invalid_login_hint", "login_hint must be the email address of the account to connect")
-    flow = deps.identity.initiate_connect(deps.redirect_uri, login_hint.strip() if login_hint else None)
+    send = bool(getattr(settings, "sending_enabled", False))
+    flow = connector.identity.initiate_connect(deps.redirect_uri, login_hint.strip() if login_hint else None, send=send)
+    if provider != MICROSOFT:
+        flow = {**flow, "provider": provider}  # the callback redeems with the same provider
     deps.flows.save(
         PendingAuthFlow(
             state=str(flow["state"]),
@@ -153,29 +165,32 @@ def _leave_done_trace(deps: ConnectDeps, done: PendingAuthFlow) -> None:
 
 def _complete(deps: ConnectDeps, pending: PendingAuthFlow, params: Mapping[str, str]) -> ConnectResult:
     fail = failer("connect", pending, deps)
+    provider = str(pending.flow.get("provider") or MICROSOFT)
+    connector = deps.provider(provider)
+    label = connector.label
     if params.get("error"):
         return fail(*callback_error(params, "The sign-in was cancelled or consent was declined."))
     if not params.get("code"):
         return fail("sign_in_failed", "The sign-in response carried no authorization code.")
     try:
-        grant = deps.identity.redeem_connect(pending.flow, params)
-    except TransientGraphError:
-        return fail("temporarily_unavailable", "Microsoft sign-in is temporarily unavailable; please try again.")
+        grant = connector.identity.redeem_connect(pending.flow, params)
+    except TransientFailure:
+        return fail("temporarily_unavailable", f"{label} sign-in is temporarily unavailable; please try again.")
     except (IdentityError, ReauthRequired) as exc:
-        return fail("sign_in_failed", f"Microsoft sign-in failed: {exc}")
+        return fail("sign_in_failed", f"{label} sign-in failed: {exc}")
 
     token = grant.access_token
     try:
-        profile = deps.directory_for(lambda _refresh: token).me()
+        profile = connector.directory_for(lambda _refresh: token).me()
     except SyncError as exc:
         log.warning("reading the signed-in user's profile failed: %s", type(exc).__name__)
-        return fail("profile_unavailable", "The mailbox profile could not be read from Microsoft 365.")
+        return fail("profile_unavailable", f"The mailbox profile could not be read from {connector.account_label}.")
     graph_user_id = str(profile.get("id") or "")
     if not graph_user_id or (grant.object_id and grant.object_id.lower() != graph_user_id.lower()):
         return fail("account_mismatch", "The profile read does not belong to the account that signed in.")
     address, aliases = aliases_from_profile(profile)
     if not address:
-        return fail("no_mailbox", "This Microsoft 365 account has no mailbox address.")
+        return fail("no_mailbox", f"This {connector.account_label} account has no mailbox address.")
     if pending.login_hint and pending.login_hint not in aliases:
         return fail(
             "wrong_account", "You signed in with another account than the one the CRM asked for; sign in as that one."
@@ -183,9 +198,11 @@ def _complete(deps: ConnectDeps, pending: PendingAuthFlow, params: Mapping[str, 
     settings = deps.settings.get(pending.org_id)
     upn = str(profile.get("userPrincipalName") or "")
     if not tenant_allowed(settings.allowed_tenants, grant.tenant_id, upn):
-        return fail("tenant_not_allowed", "Accounts of this Microsoft 365 organisation cannot be connected here.")
+        return fail(
+            "tenant_not_allowed", f"Accounts of this {connector.account_label} organisation cannot be connected here."
+        )
 
-    mailbox_id = mailbox_id_for(pending.org_id, graph_user_id)
+    mailbox_id = mailbox_id_for(pending.org_id, graph_user_id, provider)
     fresh = Mailbox(
         org_id=pending.org_id,
         mailbox_id=mailbox_id,
@@ -196,6 +213,7 @@ def _complete(deps: ConnectDeps, pending: PendingAuthFlow, params: Mapping[str, 
         tenant_id=grant.tenant_id,
         graph_user_id=graph_user_id,
         user_id=pending.user_id,
+        provider=provider,
     )
     if settings.connect_confirmation:
         return _await_confirmation(deps, pending, fresh, upn=upn, serialized_cache=grant.serialized_cache, fail=fail)
@@ -238,6 +256,7 @@ def _await_confirmation(
         "graph_user_id": fresh.graph_user_id,
         "upn": upn,
         "cache": serialized_cache,
+        "provider": fresh.provider,
     }
     deps.flows.save(
         PendingAuthFlow(
@@ -284,9 +303,10 @@ def confirm_connect(deps: ConnectDeps, org_id: str, user_id: str, code: str) -> 
     if not tenant_allowed(deps.settings.get(org_id).allowed_tenants, tenant_id, upn):
         raise InvalidRequest("tenant_not_allowed", "accounts of this Microsoft 365 organisation cannot be connected")
     graph_user_id = str(parked["graph_user_id"])
+    provider = str(parked.get("provider") or MICROSOFT)
     fresh = Mailbox(
         org_id=org_id,
-        mailbox_id=mailbox_id_for(org_id, graph_user_id),
+        mailbox_id=mailbox_id_for(org_id, graph_user_id, provider),
         address=str(parked["address"]),
         aliases=tuple(str(a) for a in parked["aliases"]),
         watermark=pending.created_at,  # when the person signed in
@@ -294,6 +314,7 @@ def confirm_connect(deps: ConnectDeps, org_id: str, user_id: str, code: str) -> 
         tenant_id=tenant_id,
         graph_user_id=graph_user_id,
         user_id=user_id,
+        provider=provider,
     )
     mailbox = _connect_mailbox(deps, fresh, str(parked["cache"]))
     log.info("mailbox connected (org=%s mailbox=%s)", org_id, fresh.mailbox_id)

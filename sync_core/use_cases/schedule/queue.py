@@ -68,6 +68,7 @@ from sync_core.use_cases.schedule.common import (
     unschedule_mailbox,
 )
 from sync_core.use_cases.schedule.requests import apply_pending_backfill
+from sync_core.use_cases.telemetry import sync_trigger
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,8 @@ def _process(deps: ScheduleDeps, message: SyncMailbox) -> RunStatus:
     org_id, mailbox_id, run_id = message.org_id, message.mailbox_id, message.run_id
     if not apply_pending_backfill(deps, org_id, mailbox_id):
         return RunStatus.BUSY  # a run holds the lease; its end sees the pending backfill (and its run id)
-    outcome = deps.sync(org_id, mailbox_id, run_id)
+    with sync_trigger(message.reason):  # the run's event says what queued it
+        outcome = deps.sync(org_id, mailbox_id, run_id)
     now = deps.clock.now()
     if outcome.status == RunStatus.BUSY:
         if run_id:  # a CRM polls this run: it runs after the one holding the lease instead of vanishing

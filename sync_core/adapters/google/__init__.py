@@ -1,0 +1,1 @@
+"""The Google provider: Gmail API mail source, Google OAuth token sources (Google Workspace and Gmail)."""
