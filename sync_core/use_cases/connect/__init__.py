@@ -35,6 +35,7 @@ from sync_core.use_cases.connect.delegated import (
 )
 from sync_core.use_cases.connect.disconnect import SIGNED_OUT_REASON, disconnect, sign_out_all
 from sync_core.use_cases.connect.return_urls import MAX_RETURN_URL, return_url_allowed, with_params
+from sync_core.use_cases.connect.server_mode import SERVER_PROVIDERS, add_server_mailbox, change_server_credentials
 
 __all__ = [
     "ADMIN_CONSENT_CALLBACK_PATH",
@@ -42,13 +43,16 @@ __all__ = [
     "MAX_CONNECT_CODE",
     "MAX_RETURN_URL",
     "MAX_USER_ID",
+    "SERVER_PROVIDERS",
     "SIGNED_OUT_REASON",
     "ConnectDeps",
     "ConnectProvider",
     "ConnectResult",
     "DisconnectResult",
     "add_app_mailbox",
+    "add_server_mailbox",
     "aliases_from_profile",
+    "change_server_credentials",
     "complete_admin_consent",
     "complete_connect",
     "confirm_connect",
