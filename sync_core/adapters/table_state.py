@@ -83,17 +83,30 @@ class TableCursorStore:
         return {row["folder"]: get_text(row, "link") for row in rows}
 
     def put(self, org_id: str, mailbox_id: str, folder: str, link: str) -> None:
-        entity: dict[str, Any] = {
-            "PartitionKey": keys.mailbox_partition(org_id, mailbox_id),
-            "RowKey": keys.key_part(folder),
-            "folder": folder,
-        }
-        put_text(entity, "link", link)
-        self._table.write(Write("upsert", entity))
+        self._table.write(Write("upsert", _cursor_row(org_id, mailbox_id, folder, link)))
+
+    def put_many(self, org_id: str, mailbox_id: str, links: Mapping[str, str]) -> None:
+        """One entity group transaction (a mailbox's cursors share a partition; a mailbox has far fewer
+        than 100 folders)."""
+        rows = [Write("upsert", _cursor_row(org_id, mailbox_id, folder, link)) for folder, link in links.items()]
+        if len(rows) == 1:
+            self._table.write(rows[0])
+        elif rows:
+            self._table.transact(rows)
 
     def clear(self, org_id: str, mailbox_id: str) -> None:
         rows = self._table.rows(keys.mailbox_partition(org_id, mailbox_id), select=["PartitionKey", "RowKey"])
         self._table.submit([Write("delete", key_only(row)) for row in rows])
+
+
+def _cursor_row(org_id: str, mailbox_id: str, folder: str, link: str) -> dict[str, Any]:
+    entity: dict[str, Any] = {
+        "PartitionKey": keys.mailbox_partition(org_id, mailbox_id),
+        "RowKey": keys.key_part(folder),
+        "folder": folder,
+    }
+    put_text(entity, "link", link)
+    return entity
 
 
 class TableLeaseStore:

@@ -514,7 +514,7 @@ class _Run:
             self.reasons["skipped_items"] += page.skipped
             messages += self._first_sightings(page.messages)
         self._save(self._activities(messages))
-        return {page.folder: self._checkpoint(page) for page in pages}
+        return self._checkpoint(pages)
 
     def _save(self, activities: Sequence[Activity]) -> None:
         if activities:
@@ -529,16 +529,21 @@ class _Run:
             if written.events and self.deps.events is not None:
                 self.deps.events.created(self.mailbox.org_id, written.events)
 
-    def _checkpoint(self, page: DeltaPage) -> Cursor:
-        """Store the folder's next or delta link (only once the page's activities are durable)."""
-        cursor = Cursor(
-            caught_up=page.delta_link is not None,
-            link=page.delta_link or page.next_link or "",
-            written_at=self.started,
-        )
+    def _checkpoint(self, pages: Sequence[DeltaPage]) -> dict[str, Cursor]:
+        """Store each page's folder's next or delta link, all in one write (only once the pages'
+        activities are durable)."""
+        cursors = {
+            page.folder: Cursor(
+                caught_up=page.delta_link is not None,
+                link=page.delta_link or page.next_link or "",
+                written_at=self.started,
+            )
+            for page in pages
+        }
         self.lease()
-        self.deps.cursors.put(self.mailbox.org_id, self.mailbox.mailbox_id, page.folder, cursor.serialize())
-        return cursor
+        links = {folder: cursor.serialize() for folder, cursor in cursors.items()}
+        self.deps.cursors.put_many(self.mailbox.org_id, self.mailbox.mailbox_id, links)
+        return cursors
 
     def _first_sightings(self, messages: Sequence[MailMessage]) -> list[MailMessage]:
         """Graph may replay an item within a round; a run decides and counts each message once."""
