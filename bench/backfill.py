@@ -33,7 +33,7 @@ from typing import Any
 from bench.context import Context
 from bench.mail_mix import MailMix, Person, backfill_mix, delivery_fields
 from bench.measure import Clock, HttpProbe, Phases, current_rss_mb, median, peak_rss_mb
-from bench.stack import Stack, consented_tenant, deliver_all
+from bench.stack import ROOT, Stack, consented_tenant, deliver_all
 from bench.sync_setup import (
     ORG,
     BenchMailbox,
@@ -342,7 +342,7 @@ def _top(profiler: cProfile.Profile, limit: int = 25) -> list[dict[str, Any]]:
 
 
 def _short(filename: str) -> str:
-    for marker in ("site-packages/", "/work/main/", "lib/python3"):
+    for marker in ("site-packages/", f"{ROOT}/", "lib/python3"):
         if marker in filename:
             return filename.split(marker, 1)[1]
     return filename
