@@ -14,7 +14,6 @@ Invariants:
 from __future__ import annotations
 
 import hashlib
-import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
@@ -142,44 +141,25 @@ class RunThreadCache:
     another mailbox stores that message during the run, as it may between any lookup and save; the
     reply then takes the thread of its References root, which is where that message's thread begins
     too unless its chain was cut. Messages the run saved that turned out to exist already are forgotten,
-    so the next lookup reads their stored thread. While activities are being saved (``saving``, on the
-    run's writer thread), a lookup that names one of them first waits for that save (``wait_for_saves``),
-    so it answers exactly as if the save had ended before. Safe across threads."""
+    so the next lookup reads their stored thread."""
 
-    def __init__(self, store: ThreadLookup, wait_for_saves: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, store: ThreadLookup) -> None:
         self._store = store
-        self._wait_for_saves = wait_for_saves
         self._known: dict[tuple[str, str], str | None] = {}
-        self._saving: set[tuple[str, str]] = set()
-        self._lock = threading.Lock()  # ``saved`` may run on the run's writer thread
 
     def thread_ids_for_messages(self, org_id: str, internet_message_ids: Sequence[str]) -> Mapping[str, str]:
-        with self._lock:
-            in_flight = any((org_id, mid) in self._saving for mid in internet_message_ids)
-        if in_flight:
-            self._wait_for_saves()
-        with self._lock:
-            missing = [mid for mid in dict.fromkeys(internet_message_ids) if (org_id, mid) not in self._known]
+        missing = [mid for mid in dict.fromkeys(internet_message_ids) if (org_id, mid) not in self._known]
         if missing:
             found = self._store.thread_ids_for_messages(org_id, missing)
-            with self._lock:
-                self._known.update({(org_id, mid): found.get(mid) for mid in missing})
-        with self._lock:
-            answers = {mid: self._known.get((org_id, mid)) for mid in internet_message_ids}
+            self._known.update({(org_id, mid): found.get(mid) for mid in missing})
+        answers = {mid: self._known[(org_id, mid)] for mid in internet_message_ids}
         return {mid: thread for mid, thread in answers.items() if thread is not None}
-
-    def saving(self, activities: Iterable[Activity]) -> None:
-        """These activities' save is in flight: a lookup naming one waits for it (until ``saved``)."""
-        with self._lock:
-            self._saving.update((activity.org_id, activity.internet_message_id) for activity in activities)
 
     def saved(self, activities: Iterable[Activity], written: ActivityWrite) -> None:
         created = set(written.created)
-        with self._lock:
-            for activity in activities:
-                key = (activity.org_id, activity.internet_message_id)
-                self._saving.discard(key)
-                if activity.activity_id in created:
-                    self._known[key] = activity.thread_id
-                else:
-                    self._known.pop(key, None)
+        for activity in activities:
+            key = (activity.org_id, activity.internet_message_id)
+            if activity.activity_id in created:
+                self._known[key] = activity.thread_id
+            else:
+                self._known.pop(key, None)

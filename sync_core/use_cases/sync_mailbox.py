@@ -40,11 +40,6 @@ Invariants:
   held it; a run taking the lease afterwards reads the mailbox disconnected and ends "skipped".
 - A delta link is stored only after the activities of its page are durably written; a crash at any
   point re-reads at most that page, and the keyed, idempotent save makes the re-read harmless.
-- Storage off the critical path: while a folder is followed page by page, a page's save and checkpoint
-  run on the run's writer thread while the next page is decided; at most one page's writes are in flight,
-  in page order (save, then checkpoint), and they end (their failure raised) before the run makes any
-  other write or leaves the folder; a thread lookup naming one of its activities waits for it
-  (``RunThreadCache``), so decisions are the same as without the overlap.
 - An idle poll writes nothing: replaying a stored delta link is valid. But Graph evicts Outlook delta
   tokens from a cache of undefined size, so a stored token must not grow arbitrarily old: an idle poll
   whose cursors are older than ``IDLE_REFRESH`` stores the new delta links, and its report (so a
@@ -71,12 +66,10 @@ Invariants:
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
@@ -251,7 +244,6 @@ def sync_mailbox(
         log.warning("could not record the failure of a run: %s", type(record_failure).__name__)
         raise escaped from None
     finally:
-        run.close()
         run.release()
     if escaped is not None:
         raise escaped
@@ -333,9 +325,7 @@ class _Run:
         self.merged = 0
         self.seen: set[str] = set()  # internet message ids decided in this run
         self.missing_defaults: list[str] = []  # default folders Graph answered 404 for, from the watermark
-        self.threads = RunThreadCache(deps.activities, wait_for_saves=self._settle)
-        self._writer: ThreadPoolExecutor | None = None  # the page writes of ``_drain``, one at a time
-        self._in_flight: Future[None] | None = None
+        self.threads = RunThreadCache(deps.activities)
         self._all_folders: tuple[str, ...] | None = None
 
     def lease(self) -> None:
@@ -481,20 +471,10 @@ class _Run:
         watermark too is gone: its cursor is cleared and the report notes it (``folders_gone``); a default
         folder cannot vanish, so it is noted as missing and fails the run with a configuration failure
         once the other folders are synced."""
-        try:
-            return self._follow(folder, link)
-        except BaseException:
-            self._settle(raising=False)  # the write in flight ends first; a lost lease outranks the failure
-            raise
-        finally:
-            self._settle()
-
-    def _follow(self, folder: str, link: str | None) -> bool:
         while self.deps.clock.now() < self.deadline:
             try:
                 page = self.deps.mail.delta(self.mailbox, folder, link, self.mailbox.watermark)
             except (DeltaTokenExpired, MessageNotFound) as exc:
-                self._settle()
                 if link is not None:
                     log.info("delta state lost (%s); resyncing the folder from the watermark", type(exc).__name__)
                     self.reasons["folders_resynced"] += 1
@@ -510,55 +490,20 @@ class _Run:
                 else:
                     self.missing_defaults.append(folder)
                 return True
-            cursor = self._apply_behind(page)
+            cursor = self._apply(page)
             if cursor.caught_up:
                 return True
             link = cursor.link
         return False
 
-    def _apply_behind(self, page: DeltaPage) -> Cursor:
-        """Decide the page now; its save and checkpoint go to the writer thread once the previous page's
-        have ended, so they overlap the next page's fetch and decisions. Returns the folder's new cursor."""
-        self.pages += 1
-        self.reasons["skipped_items"] += page.skipped
-        activities = self._activities(self._first_sightings(page.messages))
-        self.threads.saving(activities)
-        self._settle()
-        if self._writer is None:
-            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sync-writes")
-        context = contextvars.copy_context()  # the run's Table measurement counts the writer's requests
-        self._in_flight = self._writer.submit(context.run, self._write_page, activities, page)
-        return self._cursor_of(page)
-
-    def _write_page(self, activities: Sequence[Activity], page: DeltaPage) -> None:
-        self._save(activities)
-        self._checkpoint([page])
-
-    def _settle(self, *, raising: bool = True) -> None:
-        """Wait for the page writes in flight, if any; their failure is raised (``raising``: a ``_Stop``
-        always is, so a run that lost its lease stops without writing)."""
-        in_flight, self._in_flight = self._in_flight, None
-        if in_flight is None:
-            return
-        try:
-            in_flight.result()
-        except _Stop:
-            raise
-        except BaseException:
-            if raising:
-                raise
-
-    def close(self) -> None:
-        """End the writer thread (its writes have ended: every folder settles before it returns)."""
-        self._settle(raising=False)
-        if self._writer is not None:
-            self._writer.shutdown(wait=True)
-            self._writer = None
-
     def _forget(self, folders: Sequence[str]) -> None:
         for folder in folders:
             self.lease()
             self.deps.cursors.put(self.mailbox.org_id, self.mailbox.mailbox_id, folder, "")
+
+    def _apply(self, page: DeltaPage) -> Cursor:
+        """Decide, store, then checkpoint one page; returns the folder's new cursor."""
+        return self._apply_polled([page])[page.folder]
 
     def _apply_polled(self, pages: Sequence[DeltaPage]) -> dict[str, Cursor]:
         """Decide, store, then checkpoint pages of different folders (one poll's) as one: one records
@@ -584,17 +529,17 @@ class _Run:
             if written.events and self.deps.events is not None:
                 self.deps.events.created(self.mailbox.org_id, written.events)
 
-    def _cursor_of(self, page: DeltaPage) -> Cursor:
-        return Cursor(
-            caught_up=page.delta_link is not None,
-            link=page.delta_link or page.next_link or "",
-            written_at=self.started,
-        )
-
     def _checkpoint(self, pages: Sequence[DeltaPage]) -> dict[str, Cursor]:
         """Store each page's folder's next or delta link, all in one write (only once the pages'
         activities are durable)."""
-        cursors = {page.folder: self._cursor_of(page) for page in pages}
+        cursors = {
+            page.folder: Cursor(
+                caught_up=page.delta_link is not None,
+                link=page.delta_link or page.next_link or "",
+                written_at=self.started,
+            )
+            for page in pages
+        }
         self.lease()
         links = {folder: cursor.serialize() for folder, cursor in cursors.items()}
         self.deps.cursors.put_many(self.mailbox.org_id, self.mailbox.mailbox_id, links)
