@@ -16,7 +16,7 @@ PYTEST_ARGS ?= -n 2 -q
 BENCH_STAMP := $(VENV)/.bench-installed
 BENCH_ARGS ?=
 
-.PHONY: walkthrough-tools install install-infra run services test lint unit bench clean
+.PHONY: walkthrough-tools mail-server install install-infra run services test lint unit bench clean
 
 # What running needs; the infra scan venv (about 290 MB) only comes with `make test` or `make install-infra`.
 install: $(PY_STAMP) $(NODE_STAMP)
@@ -42,10 +42,10 @@ $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-run: install
+run: install mail-server
 	$(BIN)/python -m tools.stack run
 
-services: install
+services: install mail-server
 	$(BIN)/python -m tools.stack services
 
 lint: $(PY_STAMP)
@@ -63,7 +63,12 @@ walkthrough-tools:
 	  else echo "the walkthrough test needs:$$missing (e.g. sudo apt-get install$$missing)"; exit 1; fi; \
 	fi
 
-test: install $(INFRA_STAMP) walkthrough-tools lint
+# The IMAP provider's tests and `make run` use a real Dovecot (tools/mailserver.py): Debian's packages,
+# installed when missing (as root); otherwise it says which command installs them.
+mail-server: $(PY_STAMP)
+	@$(BIN)/python -c "from tools.mailserver import ensure_installed; ensure_installed()"
+
+test: install $(INFRA_STAMP) walkthrough-tools mail-server lint
 	$(BIN)/python -m tools.stack test -- $(PYTEST_ARGS)
 
 unit: $(PY_STAMP)

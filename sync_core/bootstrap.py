@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from sync_core.adapters.google.push import GmailPushes
     from sync_core.adapters.graph.http import GraphHttp
     from sync_core.adapters.graph.identity import MsalIdentity
+    from sync_core.adapters.imap.account import ImapLimits
     from sync_core.adapters.storage_queue import StorageWorkQueue
     from sync_core.adapters.table_backfill import TableBackfillJobStore
     from sync_core.adapters.table_due import TableDueIndex
@@ -64,6 +65,9 @@ logging.getLogger("urllib3").setLevel(logging.ERROR)
 logging.getLogger("requests").setLevel(logging.WARNING)
 # MSAL's DEBUG log of the token cache shows authorization codes and PKCE verifiers: never let it through.
 logging.getLogger("msal").setLevel(logging.INFO)
+# IMAPClient logs every line of the IMAP conversation at DEBUG (``imapclient.imaplib``): envelopes and
+# headers of unmatched mail included. Never let it through either.
+logging.getLogger("imapclient").setLevel(logging.INFO)
 
 
 class Services:
@@ -226,7 +230,22 @@ class Services:
 
             return GmailMailSource(self.gmail_http)
 
-        return {"microsoft": microsoft, "google": google}
+        def imap() -> MailSource:
+            from sync_core.adapters.imap.account import stored_account
+            from sync_core.adapters.imap.mail import ImapMailSource
+
+            return ImapMailSource(stored_account(self.token_caches), self._imap_limits)
+
+        return {"microsoft": microsoft, "google": google, "imap": imap}
+
+    @functools.cached_property
+    def _imap_limits(self) -> ImapLimits:
+        """IMAP bounds; server certificates checked against ``MAIL_SERVER_CA_BUNDLE`` when set, else the
+        deployment's ``REQUESTS_CA_BUNDLE`` when set (the local stack's, which trusts its Dovecot), else the
+        system's trust store."""
+        from sync_core.adapters.imap.account import ImapLimits
+
+        return ImapLimits(ca_file=self.settings.mail_server_ca_bundle or self.settings.ca_bundle)
 
     def mail_source(self) -> MailSource:
         """A mail source for one request (explain) or one run (``sync_deps``): it keeps per-run request
@@ -340,6 +359,7 @@ class Services:
     def connect_deps(self) -> ConnectDeps:
         from sync_core.adapters.graph.directory import GraphDirectory
         from sync_core.adapters.graph.http import GraphHttp
+        from sync_core.adapters.imap.probe import ImapServerProbe
         from sync_core.auth.token_cache_store import TableAuthFlowStore, TableOrgTenantStore
         from sync_core.use_cases.connect import ConnectDeps
 
@@ -361,6 +381,7 @@ class Services:
             public_base_url=self.settings.public_base_url,
             before_disconnect=self._before_disconnect,
             providers={"google": self.google_connect()},
+            server_probe=ImapServerProbe(self._imap_limits),
         )
 
     def _before_disconnect(self, org_id: str, mailbox_id: str) -> None:
@@ -412,7 +433,12 @@ class Services:
         # A per-run measurement, so concurrent runs in one worker never mix their transaction counts.
         with self.stores.metrics.measure() as tables:
             deps = self.sync_deps(lambda: tables.transactions)
-            return sync_mailbox(deps, org_id, mailbox_id, budget, run_id=run_id)
+            try:
+                return sync_mailbox(deps, org_id, mailbox_id, budget, run_id=run_id)
+            finally:
+                close = getattr(deps.mail, "close", None)
+                if close is not None:
+                    close()  # the run's provider connections (IMAP logs out)
 
     @functools.cached_property
     def queue(self) -> StorageWorkQueue:

@@ -228,6 +228,34 @@ class CredentialsUnreadable(ReauthRequired):
         )
 
 
+class MailServerUnavailable(TransientFailure):
+    """A mail server (IMAP/SMTP) cannot be talked to right now: connection refused, timed out or lost
+    mid-command, or a command refused for a reason that may pass. Retried; the run resumes at its last
+    checkpoint."""
+
+    code = "mail_server_unavailable"
+
+
+class MailServerUnreachable(MailServerUnavailable):
+    """No connection to the mail server at all (name not resolved, refused, timed out)."""
+
+    code = "mail_server_unreachable"
+
+
+class MailServerUntrusted(ConfigurationFailure):
+    """The mail server's TLS certificate is not trusted (or not for this host), or it offers no way to
+    encrypt the connection: the password is never sent, and a person must fix the server or settings."""
+
+    code = "mail_server_untrusted"
+
+
+class MailServerLoginFailed(ReauthRequired):
+    """The mail server refused the stored user name and password (changed or revoked): the mailbox needs
+    new credentials (``needs_reauth``). The message carries the server's own reason, never the password."""
+
+    code = "mail_server_login_failed"
+
+
 class TokenDecryptionError(SyncError):
     """A stored secret cannot be decrypted: unknown key id (a key was removed from the setting too
     early), a malformed value, or an authentication failure (tampering, a value moved to another
@@ -257,6 +285,14 @@ _FIELD_OF = {
     "invalid_address": "address",
     "address_not_found": "address",
     "reply_activity_not_found": "reply_to_activity_id",
+    **dict.fromkeys(
+        ("imap_unreachable", "imap_tls_untrusted", "imap_starttls_unavailable", "imap_auth_failed",
+         "imap_no_sent_folder", "imap_required"),
+        "imap",
+    ),
+    **dict.fromkeys(
+        ("smtp_unreachable", "smtp_tls_untrusted", "smtp_starttls_unavailable", "smtp_auth_failed"), "smtp"
+    ),
 }
 
 

@@ -55,6 +55,9 @@ class Settings:
     google_pubsub_topic: str = ""
     google_push_audience: str = ""
     google_push_service_account: str = ""
+    # IMAP/SMTP servers' certificates are checked against this PEM bundle when set (a private CA: tests),
+    # else REQUESTS_CA_BUNDLE when set, else the system's trust store. Never a way to turn checking off.
+    mail_server_ca_bundle: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -93,6 +96,7 @@ class Settings:
             google_push_audience=env.get("GOOGLE_PUSH_AUDIENCE", "").strip()
             or (f"{env.get('PUBLIC_BASE_URL', '').rstrip('/')}/api/google/push" if env.get("PUBLIC_BASE_URL") else ""),
             google_push_service_account=env.get("GOOGLE_PUSH_SERVICE_ACCOUNT", "").strip(),
+            mail_server_ca_bundle=env.get("MAIL_SERVER_CA_BUNDLE") or None,
         )
 
     def __repr__(self) -> str:

@@ -8,6 +8,10 @@ starts its own Azurite on free ports for the session. Each pytest worker runs on
 * ``emulator_client`` (session): an :class:`EmulatorClient` for the control API.
 * ``google_emulator`` (session): the Google emulator (:class:`GoogleEmulatorServer`) on a free port;
   its control API is ``{url}/_emulator`` (tests/emulator/google/conftest.py shows a per-test setup).
+* ``mail_server`` (session): the real Dovecot (IMAP, IMAPS, LMTP) + SMTP submission server of
+  ``tools/mailserver.py``: ``make test`` starts one and passes ``TEST_MAILSERVER``; run directly, pytest
+  starts its own. Host, ports and CA in ``describe()``; ``add_user``, ``deliver`` (LMTP) and ``rawlog``
+  (the IMAP command trace). Tests never share a user: each adds its own with a unique address.
 * ``tenant`` (function): a fresh tenant with a unique domain, users ``adele`` (alias ``adele.vance@...``),
   ``megan`` and the shared mailbox ``sales``, its own app registration, and MSAL helpers. Tests never
   reset the shared emulator: each works in its own tenant, and ``tenant`` restores the emulator settings
@@ -17,6 +21,7 @@ starts its own Azurite on free ports for the session. Each pytest worker runs on
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +31,7 @@ import pytest
 from emulator.client import EmulatorClient, EmulatorTenant
 from emulator.google.server import GoogleEmulatorServer
 from emulator.server import EmulatorServer
+from tools import mailserver
 from tools.azurite import start_azurite
 
 
@@ -40,6 +46,19 @@ def storage_connection_string(tmp_path_factory: pytest.TempPathFactory) -> Itera
         yield azurite.connection_string
     finally:
         azurite.stop()
+
+
+@pytest.fixture(scope="session")
+def mail_server() -> Iterator[mailserver.MailServer]:
+    given = os.environ.get("TEST_MAILSERVER")
+    if given:
+        yield mailserver.MailServer.attach(given)
+        return
+    # Under .local (not pytest's private temp folder): Dovecot may run as another user that must read it.
+    root = mailserver.ROOT / ".local" / f"mailserver-pytest-{os.getpid()}"
+    with mailserver.running(root) as server:
+        yield server
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

@@ -37,7 +37,7 @@ from emulator.google.server import google_settings
 from emulator.google.state import DEMO_CLIENT_ID as GOOGLE_DEMO_CLIENT_ID
 from emulator.google.state import DEMO_CLIENT_SECRET as GOOGLE_DEMO_CLIENT_SECRET
 from emulator.persistence import STATE_FILE
-from tools import demo
+from tools import demo, mailserver
 from tools.azurite import free_port, start_azurite
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -234,6 +234,7 @@ def _start_services(stack: ExitStack, env: dict[str, str], layout: Layout) -> No
     env["AzureWebJobsStorage"] = stack.enter_context(
         azurite(persistent=True, ports=layout.storage_ports, local=layout.local)
     )
+    _start_mail_server(stack, layout)
     if "GRAPH_BASE_URL" in os.environ:
         return
     state_dir = layout.local / "emulator"
@@ -264,6 +265,39 @@ def _start_services(stack: ExitStack, env: dict[str, str], layout: Layout) -> No
             f"Note: {azurite_data} holds the app's data from an earlier run, but the emulator starts fresh: "
             "mailboxes connected before must be connected again. `make clean` starts a fresh demo."
         )
+
+
+DEMO_IMAP_USER, DEMO_IMAP_PASSWORD = f"demo@{mailserver.DOMAIN}", "demo-imap-password"
+
+
+def _start_mail_server(stack: ExitStack, layout: Layout) -> None:
+    """Dovecot + SMTP (tools/mailserver.py) with a demo IMAP mailbox, its certificate from the emulator's
+    CA (so ``.local/emulator/ca-bundle.pem`` trusts both), and how to add that mailbox to the demo org."""
+    # `make run`'s own folder gets fixed ports, so a mailbox added once keeps working across restarts (its
+    # stored login names the port); a stack in another folder (tests) takes free ones.
+    ports = mailserver.Ports(10143, 10993, 10024, 10587, 10465) if layout.local == LOCAL else None
+    server = stack.enter_context(
+        mailserver.running(layout.local / "mailserver", ca_dir=layout.local / "emulator", ports=ports)
+    )
+    server.add_user(DEMO_IMAP_USER, DEMO_IMAP_PASSWORD)
+    server.deliver(
+        DEMO_IMAP_USER,
+        f"From: Carol <carol@client.example>\r\nTo: {DEMO_IMAP_USER}\r\nSubject: Welcome to the IMAP demo\r\n"
+        f"Message-ID: <imap-demo-welcome@client.example>\r\n\r\nHello from Dovecot.\r\n".encode(),
+    )
+    imap = {"host": "127.0.0.1", "port": server.ports.imaps, "security": "tls", "username": DEMO_IMAP_USER,
+            "password": DEMO_IMAP_PASSWORD}  # fmt: skip
+    smtp = {**imap, "port": server.ports.submission, "security": "starttls"}
+    body = {"provider": "imap", "user_id": "crm-user-1", "address": DEMO_IMAP_USER, "imap": imap, "smtp": smtp}
+    print(
+        f"\nDovecot (IMAPS {server.ports.imaps}, IMAP+STARTTLS {server.ports.imap}, LMTP {server.ports.lmtp}) and "
+        f"SMTP submission ({server.ports.submission} STARTTLS, {server.ports.submissions} TLS) are running on "
+        f"127.0.0.1 with the demo mailbox {DEMO_IMAP_USER}. Add it to the demo org (once the IMAP provider "
+        f"is registered):\n"
+        f"  curl -sS -X POST \"$BASE/orgs/{demo.DEMO_ORG}/mailboxes\" -H \"Content-Type: application/json\" "
+        f"-d '{json.dumps(body)}'\n",
+        flush=True,
+    )
 
 
 GOOGLE_SETTING_NAMES = (*google_settings("").keys(), "GOOGLE_CLIENT_ID")
@@ -363,8 +397,14 @@ def _print_service_settings(env: dict[str, str], layout: Layout) -> None:
 
 def test(pytest_args: list[str]) -> int:
     env = dict(os.environ)
-    with azurite(persistent=False, ports=(free_port(), free_port(), free_port())) as connection_string:
-        env["TEST_STORAGE_CONNECTION_STRING"] = connection_string
+    with ExitStack() as stack:
+        ports = (free_port(), free_port(), free_port())
+        env["TEST_STORAGE_CONNECTION_STRING"] = stack.enter_context(azurite(persistent=False, ports=ports))
+        # One Dovecot + SMTP server for the run (tests/conftest.py attaches to it; each test adds its own
+        # users), in a folder named after this process so concurrent test runs leave each other alone.
+        server = stack.enter_context(mailserver.running(LOCAL / f"mailserver-test-{os.getpid()}"))
+        stack.callback(shutil.rmtree, server.root, True)
+        env["TEST_MAILSERVER"] = json.dumps(server.describe())
         return subprocess.call([sys.executable, "-m", "pytest", *pytest_args], cwd=ROOT, env=env)
 
 

@@ -1,10 +1,11 @@
 """Mailboxes of an org over HTTP (spec §3 and §4), all CRM routes (function key):
 
     POST   /api/orgs/{org}/mailboxes                          {address} → 201 (application mode)
+    POST   /api/orgs/{org}/mailboxes                          {provider: imap, address, imap, smtp?} → 201
     POST   /api/orgs/{org}/mailboxes/connect:confirm          {user_id, code} → mailbox (delegated connect)
     GET    /api/orgs/{org}/mailboxes                          → {mailboxes: [...]}
     GET    /api/orgs/{org}/mailboxes/{mailbox_id}             → mailbox
-    PATCH  /api/orgs/{org}/mailboxes/{mailbox_id}             {enabled?, directions?} → mailbox
+    PATCH  /api/orgs/{org}/mailboxes/{mailbox_id}             {enabled?, directions?, imap?, smtp?} → mailbox
     DELETE /api/orgs/{org}/mailboxes/{mailbox_id}?purge=      → 204 (disconnect)
     GET    /api/orgs/{org}/mailboxes/{mailbox_id}/runs?limit= → {runs: [...]} newest first
     GET    /api/orgs/{org}/mailboxes/{mailbox_id}/runs/{run_id} → {run_id, status, report} (Sync now, backfill)
@@ -12,7 +13,7 @@
     POST   /api/orgs/{org}/mailboxes:sign-out-all             → {signed_out: n}
 
 Invariants:
-- Mailbox JSON never carries tokens or token-cache data. Its ``status`` is the effective one: an
+- Mailbox JSON never carries tokens, token-cache data or mail server passwords. Its ``status`` is the effective one: an
   ``active`` mailbox the CRM disabled, or of an org whose automation is off, shows as ``paused`` (that is
   what the sync does with it); the stored status is unchanged.
 - ``last_sync_at``, ``last_success_at``, ``last_error`` and ``counters`` are derived from the run reports
@@ -45,7 +46,9 @@ from sync_core.api.http import (
     not_found,
     ok,
     read_bool,
+    read_int,
     read_str,
+    read_str_list,
     reject_unknown,
 )
 from sync_core.domain.model import (
@@ -57,14 +60,19 @@ from sync_core.domain.model import (
     activity_id_for,
 )
 from sync_core.domain.representation import iso
+from sync_core.errors import InvalidRequest
 from sync_core.ports import RunReport, Versioned
+from sync_core.ports.servers import Security, ServerAccount, ServerLogin
 from sync_core.use_cases import mailbox_updates
 from sync_core.use_cases.commands import valid_run_id
 from sync_core.use_cases.connect import (
     MAX_CONNECT_CODE,
     MAX_USER_ID,
+    SERVER_PROVIDERS,
     add_app_mailbox,
     add_org_mailbox,
+    add_server_mailbox,
+    change_server_credentials,
     confirm_connect,
     disconnect,
     sign_out_all,
@@ -88,12 +96,18 @@ def add_mailbox(svc: Services, req: ApiRequest) -> ApiResponse:
     """Application mode: add a user or shared mailbox by address (needs admin consent, else 409). A
     mailbox the tenant's application access policy denies is created in status ``error`` with the reason.
     With ``"provider": "google"`` the org's Workspace service account reads it (409 without one, or
-    when the Workspace admin did not delegate the scopes)."""
+    when the Workspace admin did not delegate the scopes). With ``"provider": "imap"``: a mailbox on any
+    IMAP server, logged in to (and its SMTP server authenticated to, when given) before anything is
+    stored (``connect.server_mode``)."""
     org = req.param("org")
     body = req.json_body()
+    provider = read_str(body, "provider", max_len=32) or "microsoft"
+    if provider in SERVER_PROVIDERS:
+        return _add_server_mailbox(svc, req, org, body, provider)
+    if provider not in ("microsoft", "google"):
+        raise field_error("provider", f"must be one of microsoft, google, {', '.join(SERVER_PROVIDERS)}")
     reject_unknown(body, {"address", "provider"})
     address = read_str(body, "address", required=True, max_len=320) or ""
-    provider = (read_str(body, "provider", max_len=32) or "microsoft").strip().lower()
     if provider == "microsoft":
         mailbox = add_app_mailbox(svc.connect_deps(), org, address)
     else:  # a provider with org-wide access from an uploaded credential (Google Workspace)
@@ -103,6 +117,55 @@ def add_mailbox(svc: Services, req: ApiRequest) -> ApiResponse:
     location = f"/api/orgs/{quote(org, safe='')}/mailboxes/{quote(mailbox.mailbox_id, safe='')}"
     body_out = mailbox_to_json(mailbox, (), svc.stores.settings.get(org))
     return ApiResponse(201, body_out, {"Location": location})
+
+
+def _add_server_mailbox(svc: Services, req: ApiRequest, org: str, body: dict[str, Any], provider: str) -> ApiResponse:
+    reject_unknown(body, {"provider", "user_id", "address", "aliases", "imap", "smtp"})
+    address = read_str(body, "address", required=True, max_len=320) or ""
+    user_id = read_str(body, "user_id", max_len=MAX_USER_ID) or ""
+    aliases = tuple(read_str_list(body, "aliases", max_items=50) or ())
+    imap = server_login(body, "imap", required=True)
+    assert imap is not None
+    account = ServerAccount(imap, server_login(body, "smtp"))
+    mailbox = add_server_mailbox(
+        svc.connect_deps(), org, address=address, account=account, user_id=user_id, aliases=aliases, provider=provider
+    )
+    svc.mailbox_activated(org, mailbox.mailbox_id)
+    location = f"/api/orgs/{quote(org, safe='')}/mailboxes/{quote(mailbox.mailbox_id, safe='')}"
+    return ApiResponse(201, mailbox_to_json(mailbox, (), svc.stores.settings.get(org)), {"Location": location})
+
+
+MAX_PASSWORD = 1024
+
+
+def server_login(body: dict[str, Any], name: str, *, required: bool = False) -> ServerLogin | None:
+    """``{host, port, security: tls|starttls, username, password}``; any other ``security`` (``none``,
+    ``plain``) is refused: a password is never sent in clear (400 ``plaintext_refused``)."""
+    raw = body.get(name)
+    if raw is None:
+        if required:
+            raise field_error(name, "is required")
+        return None
+    if not isinstance(raw, dict):
+        raise field_error(name, "must be an object with host, port, security, username and password")
+    reject_unknown(raw, {"host", "port", "security", "username", "password"})
+    host = (read_str(raw, "host", required=True, max_len=253) or "").strip()
+    port = read_int(raw, "port", 1, 65535)
+    security = (read_str(raw, "security", required=True, max_len=16) or "").strip().lower()
+    username = read_str(raw, "username", required=True, max_len=320) or ""
+    password = read_str(raw, "password", required=True, max_len=MAX_PASSWORD) or ""
+    if not host or any(c.isspace() or c in "/@" for c in host):
+        raise field_error(f"{name}.host", "must be a host name or IP address")
+    if port is None:
+        raise field_error(f"{name}.port", "is required")
+    if security not in (Security.TLS.value, Security.STARTTLS.value):
+        raise InvalidRequest(
+            "plaintext_refused",
+            f"{name}.security must be tls or starttls: connections that would send the password in clear are refused",
+        )
+    if not username or not password:
+        raise field_error(name, "needs a non-empty username and password")
+    return ServerLogin(host, port, Security(security), username, password)
 
 
 def confirm_connect_mailbox(svc: Services, req: ApiRequest) -> ApiResponse:
@@ -134,10 +197,15 @@ def get_mailbox(svc: Services, req: ApiRequest) -> ApiResponse:
 
 
 def update_mailbox(svc: Services, req: ApiRequest) -> ApiResponse:
-    """``{enabled?, directions?: both|sent|received}``; fields left out keep their value."""
+    """``{enabled?, directions?: both|sent|received, imap?, smtp?}``; fields left out keep their value.
+    New ``imap``/``smtp`` logins (imap mailboxes only) are probed before they replace the stored ones."""
     org, mailbox_id = req.param("org"), req.param("mailbox_id")
     body = req.json_body()
-    reject_unknown(body, {"enabled", "directions"})
+    reject_unknown(body, {"enabled", "directions", "imap", "smtp"})
+    imap, smtp = server_login(body, "imap"), server_login(body, "smtp")
+    if imap is not None or smtp is not None:
+        _existing(svc, org, mailbox_id)
+        change_server_credentials(svc.connect_deps(), org, mailbox_id, imap=imap, smtp=smtp)
     enabled = read_bool(body, "enabled")
     raw_directions = read_str(body, "directions", max_len=16)
     directions = None
@@ -160,7 +228,7 @@ def update_mailbox(svc: Services, req: ApiRequest) -> ApiResponse:
     if updated is None:
         raise not_found("mailbox")
     current = updated
-    if enabled and current.value.enabled:
+    if (enabled or imap is not None or smtp is not None) and current.value.enabled:
         svc.mailbox_activated(org, mailbox_id)
     reports = svc.stores.runs.recent(org, mailbox_id, REPORTS_KEPT)
     return ok(mailbox_to_json(current.value, reports, svc.stores.settings.get(org)))

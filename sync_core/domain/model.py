@@ -239,6 +239,10 @@ class OrgSettings:
     it needs more permissions (Mail.Send, and Mail.ReadWrite for the draft)."""
 
 
+POLLED_PROVIDERS = frozenset({"imap"})
+"""Providers whose mailboxes are only polled (no change notifications); the others push."""
+
+
 @dataclass(frozen=True)
 class Mailbox:
     """A connected mailbox. ``watermark`` is the connect time: nothing received before it is synced
@@ -290,8 +294,10 @@ class Mailbox:
         return self.enabled and automation_enabled and self.status in SYNCABLE_STATUSES
 
     def wants_push(self, automation_enabled: bool = True) -> bool:
-        """Should Graph notify us of its changes? Only while it syncs and is healthy (not ``error``)."""
-        return self.status is MailboxStatus.ACTIVE and self.can_sync(automation_enabled)
+        """Should Graph notify us of its changes? Only while it syncs and is healthy (not ``error``), and
+        only for a provider that pushes (an IMAP mailbox is polled: ``POLLED_PROVIDERS``)."""
+        pushes = self.provider not in POLLED_PROVIDERS
+        return pushes and self.status is MailboxStatus.ACTIVE and self.can_sync(automation_enabled)
 
     def effective_status(self, automation_enabled: bool = True) -> tuple[MailboxStatus, str]:
         """The status and reason the CRM sees: an ``active`` mailbox that is disabled, or whose org's

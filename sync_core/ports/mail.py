@@ -19,7 +19,8 @@ from sync_core.domain.model import AttachmentSummary, Mailbox, MailMessage
 class DeltaPage:
     """One page of a folder's delta. Exactly one of ``next_link``/``delta_link`` is set.
 
-    ``messages`` are complete new or moved-in messages; ``skipped`` counts items that carry no new
+    ``messages`` are new or moved-in messages, with everything the decision reads (headers, addresses,
+    dates); their bodies may wait for ``MailSource.complete``; ``skipped`` counts items that carry no new
     message (partial updates, ``@removed`` entries, replays of items without content)."""
 
     folder: str

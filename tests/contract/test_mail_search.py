@@ -1,6 +1,7 @@
 """``MailSource.search``, the participant search the record backfill relies on: the same cases on the in-memory
 double (``FakeMailSource``), on the Graph adapter against the HTTPS emulator (``$search``, KQL) and on the Gmail
-adapter against the Google emulator (``q=`` with a brace group).
+adapter against the Google emulator (``q=`` with a brace group) and on the IMAP adapter against the real Dovecot
+(``UID SEARCH`` with a tree of ORs).
 
 The port's contract (``sync_core/ports/mail.py``): at least every message of the folder received at or
 after ``since`` with a searched address in From/To/Cc or an address at exactly a searched domain; never one
@@ -24,9 +25,9 @@ from sync_core.errors import MessageNotFound
 from sync_core.ports import MailSource, SearchPage, SearchQuery
 from sync_core.testing.mail import FakeMailSource
 from tests.integration.gmail_env import GmailSyncEnv, gmail_env
-from tests.integration.sync_env import ADELE, SyncEnv, iso, sync_env
+from tests.integration.sync_env import ADELE, SyncEnv, imap_env, iso, sync_env
 
-__all__ = ["gmail_env", "sync_env"]  # the fixtures
+__all__ = ["gmail_env", "imap_env", "sync_env"]  # the fixtures
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 _ids = itertools.count(1)
@@ -71,7 +72,7 @@ class Source:
         return {m.internet_message_id for page in self.all_pages(query) for m in page.messages}
 
 
-@pytest.fixture(params=["fake", "graph", "gmail"])
+@pytest.fixture(params=["fake", "graph", "gmail", "imap"])
 def source(request: pytest.FixtureRequest) -> Iterator[Source]:
     if request.param == "fake":
         box = Mailbox("org-1", ADELE, "adele@contoso.example", ("adele@contoso.example",), NOW - timedelta(days=90))
@@ -80,6 +81,10 @@ def source(request: pytest.FixtureRequest) -> Iterator[Source]:
     if request.param == "gmail":
         gmail: GmailSyncEnv = request.getfixturevalue("gmail_env")
         yield Source("gmail", gmail.mail_source(), gmail.mailboxes[ADELE], gmail)
+        return
+    if request.param == "imap":
+        dovecot: SyncEnv = request.getfixturevalue("imap_env")
+        yield Source("imap", dovecot.mail_source(), dovecot.mailboxes[ADELE], dovecot)
         return
     env: SyncEnv = request.getfixturevalue("sync_env")
     graph = GraphMailSource(env.graph_for)

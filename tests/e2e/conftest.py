@@ -27,6 +27,7 @@ from emulator.google.server import GoogleEmulatorServer
 from emulator.server import EmulatorServer
 from tests.app_settings import register_app
 from tools.azurite import free_port
+from tools.mailserver import MailServer
 
 ROOT = Path(__file__).resolve().parents[2]
 FUNCTION_KEY = "e2e-function-key"
@@ -53,6 +54,8 @@ def app_host(
     emulator_client: EmulatorClient,
     google_emulator: GoogleEmulatorServer,
     tmp_path_factory: pytest.TempPathFactory,
+    *,
+    mail_server: MailServer,
 ) -> Iterator[AppUnderTest]:
     port = free_port()
     origin = f"http://127.0.0.1:{port}"
@@ -67,6 +70,8 @@ def app_host(
         "GRAPH_NOTIFICATIONS_ALLOW_HTTP": "true",
         "WEBHOOKS_ALLOW_PRIVATE_NETWORKS": "true",
         **register_google_client(google_emulator, origin, tmp_path_factory.mktemp("ca"), app.settings),
+        # IMAP/SMTP mailboxes on the test Dovecot: its certificate is from its own local CA.
+        "MAIL_SERVER_CA_BUNDLE": str(mail_server.ca_pem),
     }
     with LocalHost(ROOT, port=port, settings=settings, run_timers=False) as host:
         yield AppUnderTest(host, origin, app.client_id, app.client_secret, settings["GOOGLE_CLIENT_ID"])

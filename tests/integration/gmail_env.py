@@ -305,10 +305,11 @@ def gmail_env(  # noqa: PLR0917
             service.delete_table(name)
 
 
-@pytest.fixture(params=["microsoft", "google"])
+@pytest.fixture(params=["microsoft", "google", "imap"])
 def mail_env(request: pytest.FixtureRequest) -> SyncEnv:
-    """The engine's integration suite runs on each provider: the Graph env or the Gmail env."""
-    name = "sync_env" if request.param == "microsoft" else "gmail_env"
+    """The engine's integration suite runs on each provider: the Graph env, the Gmail env or the IMAP env
+    (Dovecot mailboxes, ``sync_env.imap_env``)."""
+    name = {"microsoft": "sync_env", "google": "gmail_env", "imap": "imap_env"}[request.param]
     env: SyncEnv = request.getfixturevalue(name)
     return env
 

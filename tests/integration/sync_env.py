@@ -14,6 +14,11 @@ What the fixture gives (see :class:`SyncEnv`):
 - helpers to deliver mail through the emulator's control API, to list what a mailbox holds (through Graph,
   as a test oracle independent of the sync code), and to read back every stored activity or every stored
   property value of the test's tables.
+
+The same fixture serves the IMAP provider: parametrize it indirectly
+(``@pytest.mark.parametrize("sync_env", PROVIDERS, indirect=True)``) and with ``"imap"`` the two mailboxes
+are users of the real Dovecot (``imap_world.ImapWorld``), synced by ``ImapMailSource``; ``deliver``,
+``deliver_many``, ``send``, ``listing``, ``requests_seen`` and ``expire_delta_state`` work for both.
 """
 
 from __future__ import annotations
@@ -34,11 +39,13 @@ from sync_core.adapters.clock import SystemClock
 from sync_core.adapters.graph.http import GraphHttp
 from sync_core.adapters.graph.mail import MAX_PAGE_SIZE, GraphMailSource
 from sync_core.adapters.graph.session import make_session
+from sync_core.adapters.imap.mail import ImapMailSource
 from sync_core.adapters.table_codec import activity_from_entity
 from sync_core.adapters.tables import TableStores
 from sync_core.domain.model import Activity, ConnectionMode, Mailbox, OrgSettings, Record
-from sync_core.ports import ActivityStore
+from sync_core.ports import ActivityStore, MailSource
 from sync_core.use_cases.sync_mailbox import SyncDeps, SyncOutcome, sync_mailbox
+from tests.integration.imap_world import ImapWorld
 
 ORG = "org-1"
 ADELE, MEGAN = "mb-adele", "mb-megan"
@@ -62,6 +69,7 @@ RECORDS = (
     Record("c-dup-2", "lead", "Dup Two", emails=(SHARED,)),
 )
 NEVER_LOG = (LAWYER,)
+PROVIDERS = ("microsoft", "imap")
 
 
 def iso(moment: datetime) -> str:
@@ -70,29 +78,47 @@ def iso(moment: datetime) -> str:
 
 @dataclass
 class SyncEnv:
-    provider = "microsoft"  # the Gmail env (tests/integration/gmail_env.py) offers the same interface
-    tenant: EmulatorTenant
-    client: EmulatorClient
+    tenant: EmulatorTenant | None
+    client: EmulatorClient | None
     service: TableServiceClient
     prefix: str
     ca_bundle: str
     watermark: datetime
     clock: SystemClock = field(default_factory=SystemClock)
     _token: str | None = None
+    imap: ImapWorld | None = None
 
     def __post_init__(self) -> None:
         self.session = make_session(self.ca_bundle)
         self.stores = TableStores.create(self.service, self.prefix)
-        self.tenant.consent_as_admin()
-        self.stores.settings.put(ORG, OrgSettings(internal_domains=(self.tenant.domain,), never_log=NEVER_LOG))
+        if self.tenant is not None:
+            self.tenant.consent_as_admin()
+        self.stores.settings.put(ORG, OrgSettings(internal_domains=(self.domain,), never_log=NEVER_LOG))
         self.stores.records.upsert(ORG, list(RECORDS))
         self.mailboxes = {ADELE: self._mailbox(ADELE, "adele"), MEGAN: self._mailbox(MEGAN, "megan")}
         for box in self.mailboxes.values():
             self.stores.mailboxes.add(box)
 
+    @property
+    def provider(self) -> str:
+        return "imap" if self.imap is not None else "microsoft"
+
+    @property
+    def domain(self) -> str:
+        """The org's own domain (its internal domain): the tenant's, or the IMAP users'."""
+        if self.imap is not None:
+            return self.imap.domain
+        assert self.tenant is not None
+        return self.tenant.domain
+
     # -- wiring -----------------------------------------------------------------------------------
 
     def _mailbox(self, mailbox_id: str, user: str) -> Mailbox:
+        if self.imap is not None:
+            address = self.imap.address(user)
+            aliases = (address, f"adele.vance@{self.domain}") if user == "adele" else (address,)
+            return Mailbox(ORG, mailbox_id, address, aliases, watermark=self.watermark, provider="imap")
+        assert self.tenant is not None
         found = self.tenant.users[user]
         address = found.mail.lower()
         aliases = (address, f"adele.vance@{self.tenant.domain}") if user == "adele" else (address,)
@@ -109,11 +135,13 @@ class SyncEnv:
 
     def token_source(self, refresh: bool = False) -> str:
         """Client-credentials token of the tenant's app (cached; a forced refresh gets a new one)."""
+        assert self.tenant is not None
         if self._token is None or refresh:
             self._token = self.tenant.app_token()
         return self._token
 
     def graph_for(self, _mailbox: Mailbox) -> GraphHttp:
+        assert self.tenant is not None
         return GraphHttp(self.session, self.tenant.graph_url, self.token_source)
 
     def deps(
@@ -133,10 +161,16 @@ class SyncEnv:
             cursors=s.cursors,
             leases=s.leases,
             reports=s.runs,
-            mail=GraphMailSource(self.graph_for, page_size=page_size),
+            mail=self.mail_source(page_size),
             clock=self.clock,
             table_transactions=lambda: s.metrics.transactions,
         )
+
+    def mail_source(self, page_size: int = MAX_PAGE_SIZE) -> MailSource:
+        """The provider's mail source, built as per run in production."""
+        if self.imap is not None:
+            return ImapMailSource(self.imap.account_for, self.imap.limits(), page_size=page_size)
+        return GraphMailSource(self.graph_for, page_size=page_size)
 
     def sync(
         self,
@@ -163,26 +197,61 @@ class SyncEnv:
     # -- people and mail --------------------------------------------------------------------------
 
     def user_id(self, user: str) -> str:
+        assert self.tenant is not None
         return self.tenant.users[user].id
 
     def address(self, user: str) -> str:
+        if self.imap is not None:
+            return self.imap.address(user)
+        assert self.tenant is not None
         return self.tenant.users[user].mail.lower()
 
     def deliver(self, user: str, **fields: Any) -> dict[str, Any]:
         """One message into ``user``'s mailbox (``folder`` default inbox); returns its ids."""
+        if self.imap is not None:
+            return self.imap.deliver(user, **fields)
+        assert self.client is not None
         return self.client.deliver(self.user_id(user), **fields)
 
     def deliver_many(
         self, user: str, count: int, *, start: datetime, interval_seconds: float = 1, **fields: Any
     ) -> None:
         """``count`` messages from one template (subjects get `` #n``), received going back from ``start``."""
+        if self.imap is not None:
+            self.imap.deliver_many(user, count, start=start, interval_seconds=interval_seconds, **fields)
+            return
+        assert self.client is not None
         self.client.deliver_many(
             self.user_id(user), count, interval_seconds=interval_seconds, start=iso(start), **fields
         )
 
+    def send(self, user: str, **fields: Any) -> dict[str, Any]:
+        """Sent by ``user``: a copy in their Sent folder and one in each recipient mailbox of the org's
+        provider; ``["sent"]["internetMessageId"]`` is its Message-ID."""
+        if self.imap is not None:
+            return self.imap.send(user, **fields)
+        assert self.client is not None
+        return self.client.send(self.user_id(user), **fields)
+
+    def listing(self, user: str, folder: str) -> list[dict[str, Any]]:
+        """``subject`` and ``internetMessageId`` of what the folder holds, read directly from the provider."""
+        if self.imap is not None:
+            return self.imap.listing(user, folder)
+        return self.graph_messages(user, folder)
+
+    def expire_delta_state(self, user: str) -> None:
+        """The provider forgets the mailbox's sync state: Graph's delta tokens answer 410; an IMAP
+        server gives the folders a new UIDVALIDITY."""
+        if self.imap is not None:
+            self.imap.expire_delta_state(user)
+            return
+        assert self.client is not None
+        self.client.expire_delta_tokens(self.user_id(user))
+
     def graph_messages(self, user: str, folder: str) -> list[dict[str, Any]]:
         """What the folder holds, read through Graph directly (the test's oracle, not the sync code)."""
         select = "id,internetMessageId,subject,receivedDateTime"
+        assert self.tenant is not None
         url: str | None = (
             f"{self.tenant.graph_url}/users/{quote(self.user_id(user))}/mailFolders('{folder}')/messages"
             f"?$select={select}&$top=1000"
@@ -200,21 +269,12 @@ class SyncEnv:
             url = payload.get("@odata.nextLink")
         return found
 
-    @property
-    def domain(self) -> str:
-        return self.tenant.domain
-
-    def send(self, user: str, **fields: Any) -> dict[str, Any]:
-        """Through the emulator's transport: the sender's Sent Items copy and an Inbox copy in every
-        recipient mailbox of the tenant; ``{"sent": ids, ...}``."""
-        return self.client.send(self.user_id(user), **fields)
-
-    def expire_delta_state(self, user: str) -> None:
-        """Graph forgets the mailbox's delta tokens (410 SyncStateNotFound on the next use)."""
-        self.client.expire_delta_tokens(self.user_id(user))
-
     def requests_seen(self, user: str) -> dict[str, Any]:
-        """The emulator's count of Graph calls that targeted the mailbox (``$batch`` sub-requests each)."""
+        """The emulator's count of Graph calls that targeted the mailbox (``$batch`` sub-requests each);
+        for IMAP, the commands Dovecot's trace of the user saw."""
+        if self.imap is not None:
+            return self.imap.requests(user)
+        assert self.client is not None
         return self.client.mailbox_stats(self.user_id(user))
 
     # -- what was stored --------------------------------------------------------------------------
@@ -256,28 +316,52 @@ def unique(values: Sequence[str]) -> list[str]:
 
 @pytest.fixture
 def sync_env(
-    tenant: EmulatorTenant,
-    emulator: EmulatorServer,
+    request: pytest.FixtureRequest,
     storage_connection_string: str,
     table_prefix: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[SyncEnv]:
-    ca_bundle = str(emulator.ca_bundle_path)
-    # Production trusts the emulator exactly this way (spec §6): requests reads it at request time and it
-    # takes precedence over Session.verify.
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", ca_bundle)
+    """Graph (the emulator) by default; ``imap`` (indirect parametrization) for Dovecot mailboxes."""
+    provider = getattr(request, "param", "microsoft")
+    yield from _environment(provider, request, storage_connection_string, table_prefix, monkeypatch)
+
+
+@pytest.fixture
+def imap_env(
+    request: pytest.FixtureRequest,
+    storage_connection_string: str,
+    table_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[SyncEnv]:
+    """The same env with IMAP mailboxes on the real Dovecot (``imap_world.ImapWorld``)."""
+    yield from _environment("imap", request, storage_connection_string, table_prefix, monkeypatch)
+
+
+def _environment(
+    provider: str,
+    request: pytest.FixtureRequest,
+    storage_connection_string: str,
+    table_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[SyncEnv]:
     service = TableServiceClient.from_connection_string(storage_connection_string)
-    built = SyncEnv(
-        tenant=tenant,
-        client=tenant.client,
-        service=service,
-        prefix=table_prefix,
-        ca_bundle=ca_bundle,
-        watermark=datetime.now(UTC).replace(microsecond=0) - timedelta(hours=6),
-    )
+    watermark = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=6)
+    if provider == "imap":
+        world = ImapWorld(request.getfixturevalue("mail_server"))
+        built = SyncEnv(None, None, service, table_prefix, str(world.server.ca_pem), watermark, imap=world)
+    else:
+        tenant: EmulatorTenant = request.getfixturevalue("tenant")
+        emulator: EmulatorServer = request.getfixturevalue("emulator")
+        ca_bundle = str(emulator.ca_bundle_path)
+        # Production trusts the emulator exactly this way (spec §6): requests reads it at request time and it
+        # takes precedence over Session.verify.
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", ca_bundle)
+        built = SyncEnv(tenant, tenant.client, service, table_prefix, ca_bundle, watermark)
     try:
         yield built
     finally:
+        if built.imap is not None:
+            built.imap.close()
         built.session.close()
         for name in built.table_names():
             service.delete_table(name)
@@ -293,10 +377,12 @@ __all__ = [
     "MEGAN",
     "NEVER_LOG",
     "ORG",
+    "PROVIDERS",
     "RECORDS",
     "SHARED",
     "STRANGER",
     "SyncEnv",
+    "imap_env",
     "iso",
     "record_ids",
     "sync_env",

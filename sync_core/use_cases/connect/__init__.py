@@ -43,6 +43,7 @@ from sync_core.use_cases.connect.org_access import (
     remove_org_access,
 )
 from sync_core.use_cases.connect.return_urls import MAX_RETURN_URL, return_url_allowed, with_params
+from sync_core.use_cases.connect.server_mode import SERVER_PROVIDERS, add_server_mailbox, change_server_credentials
 
 __all__ = [
     "ADMIN_CONSENT_CALLBACK_PATH",
@@ -51,6 +52,7 @@ __all__ = [
     "MAX_RETURN_URL",
     "MAX_USER_ID",
     "ORG_ACCESS_REMOVED",
+    "SERVER_PROVIDERS",
     "SIGNED_OUT_REASON",
     "ConnectDeps",
     "ConnectProvider",
@@ -58,7 +60,9 @@ __all__ = [
     "DisconnectResult",
     "add_app_mailbox",
     "add_org_mailbox",
+    "add_server_mailbox",
     "aliases_from_profile",
+    "change_server_credentials",
     "complete_admin_consent",
     "complete_connect",
     "confirm_connect",

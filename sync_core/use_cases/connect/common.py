@@ -44,6 +44,7 @@ from sync_core.ports.identity import (
     TokenSource,
     mailbox_owner,
 )
+from sync_core.ports.servers import ServerProbe
 
 CALLBACK_PATH = "/api/auth/callback"
 
@@ -90,6 +91,8 @@ class ConnectDeps:
     before_disconnect: Callable[[str, str], object] = lambda _org, _mailbox: None
     # How ``disconnect`` waits out the last write of a sync it fenced out.
     sleep: Callable[[float], None] = time.sleep
+    # Checks a mail server login before it is stored (``server_mode``); None: no such provider here.
+    server_probe: ServerProbe | None = None
     # Every other provider a CRM user may connect by delegated sign-in, by ``Mailbox.provider`` name;
     # Microsoft's is ``identity`` and ``directory_for``. The flow, its state, confirmation and return-URL
     # rules are the same for all.

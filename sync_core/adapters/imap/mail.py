@@ -1,0 +1,529 @@
+"""``ImapMailSource``: the ``MailSource`` port over IMAP (RFC 3501), with CONDSTORE (RFC 7162) where the
+server has it.
+
+Folders: Inbox is ``INBOX``; Sent is the folder flagged ``\\Sent`` (RFC 6154 SPECIAL-USE), else the first
+of the usual names (``SENT_NAMES``). "All folders" is every selectable folder but Junk, Trash, Drafts and
+the virtual ``\\All``/``\\Flagged`` views, each named by its IMAP name (the provider's folder id).
+
+A folder's cursor (``cursor.FolderCursor``) holds its UIDVALIDITY, the last UID returned, the
+HIGHESTMODSEQ seen and, mid-round, the round's last UID. Invariants:
+
+- **New mail only, by INTERNALDATE**: a round returns the messages with a UID above the cursor's and an
+  INTERNALDATE at or after ``since`` (``UID SEARCH UID n:m SINCE <day before>`` narrows, the INTERNALDATE
+  decides). Older mail is never returned, not even counted, as with Graph's filter.
+- **UIDVALIDITY**: a cursor of another UIDVALIDITY raises ``DeltaTokenExpired``; the sync restarts the
+  folder from the watermark, and the activity store's keyed writes (org + Message-ID) make the replay
+  create nothing twice.
+- **Idle polls are cheap**: with CONDSTORE an unchanged HIGHESTMODSEQ ends the poll after the EXAMINE;
+  without it, a UIDNEXT not above the cursor does.
+- **Two phases, bodies of matched mail only**: ``delta`` fetches ``UID FLAGS INTERNALDATE RFC822.SIZE
+  BODYSTRUCTURE BODY.PEEK[HEADER]`` (the header section bounded to ``MAX_HEADER_BYTES``); the pipeline
+  decides on that; ``complete`` then fetches ``BODY.PEEK[<section>]<0.limit>`` of the text parts of the
+  messages it is given, which the pipeline calls for matched messages only. Nothing sets ``\\Seen``
+  (EXAMINE opens folders read-only, and every fetch is a PEEK).
+- **Bounded**: connect and read timeouts, ``fetch_batch`` messages per FETCH and per page, ``body_bytes``
+  per text part, no body at all above ``max_message_bytes``.
+- **A dropped connection** fails the call with ``MailServerUnavailable`` (transient) and forgets the
+  connection; the run stops there, and the next one resumes at the last stored cursor.
+
+``requests_for`` counts IMAP commands (each round trip once).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import quopri
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from imapclient import IMAPClient
+
+from sync_core.adapters.imap import structure
+from sync_core.adapters.imap.account import ImapAccount, ImapLimits
+from sync_core.adapters.imap.connection import close, connect, translated_errors
+from sync_core.adapters.imap.cursor import FolderCursor
+from sync_core.domain.folders import FolderRole
+from sync_core.domain.mime import parse_rfc822
+from sync_core.domain.model import AttachmentSummary, Mailbox, MailMessage
+from sync_core.domain.text import html_text, preview
+from sync_core.errors import DeltaTokenExpired, InvalidMessage, MessageNotFound
+from sync_core.ports import DeltaPage, SearchPage, SearchQuery
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SENT_NAMES = ("Sent", "Sent Items", "Sent Messages", "Sent Mail", "INBOX.Sent", "INBOX/Sent", "[Gmail]/Sent Mail")
+EXCLUDED_USES = (b"\\Junk", b"\\Trash", b"\\Drafts", b"\\All", b"\\Flagged")
+EXCLUDED_NAMES = ("junk", "spam", "trash", "deleted items", "deleted messages", "drafts", "bulk mail")
+MAX_HEADER_BYTES = 256 * 1024
+HEADER_ITEM = f"BODY.PEEK[HEADER]<0.{MAX_HEADER_BYTES}>"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+PHASE_ONE = ["UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "BODYSTRUCTURE", HEADER_ITEM]
+
+
+@dataclass
+class _Session:
+    client: IMAPClient
+    condstore: bool
+    folders: dict[str, str] | None = None  # folder id (role or IMAP name) -> IMAP name
+    all_folders: tuple[str, ...] | None = None
+    selected: tuple[str, dict[bytes, Any]] | None = None
+    structures: dict[str, tuple[structure.Structure, int]] = field(default_factory=dict)  # source id -> (, size)
+
+
+class ImapMailSource:
+    """See the module docstring. One instance per run (as ``bootstrap`` builds mail sources): it keeps one
+    logged-in connection per mailbox for the run, closed by ``close``."""
+
+    def __init__(
+        self,
+        account_for: Callable[[Mailbox], ImapAccount],
+        limits: ImapLimits | None = None,
+        *,
+        page_size: int | None = None,
+    ) -> None:
+        self._account_for = account_for
+        self.limits = limits = limits or ImapLimits()
+        self.page_size = min(page_size or limits.fetch_batch, limits.fetch_batch)
+        self._sessions: dict[tuple[str, str], _Session] = {}
+        self._counts: Counter[tuple[str, str]] = Counter()
+        self._lock = threading.Lock()
+
+    # -- MailSource ---------------------------------------------------------------------------------
+
+    @property
+    def requests_made(self) -> int:
+        return sum(self._counts.values())
+
+    def requests_for(self, mailbox: Mailbox) -> int:
+        return self._counts[_key(mailbox)]
+
+    def delta(self, mailbox: Mailbox, folder: str, link: str | None, since: datetime) -> DeltaPage:
+        cursor = FolderCursor.decode(link) if link else None
+        if link and cursor is None:
+            raise DeltaTokenExpired("not a cursor of this IMAP adapter")
+        return self._call(mailbox, lambda s: self._delta(mailbox, s, folder, cursor, since))
+
+    def delta_many(self, mailbox: Mailbox, links: Mapping[str, str]) -> Mapping[str, DeltaPage]:
+        """One connection, one EXAMINE per folder (IMAP has no batch): a caught-up folder whose
+        HIGHESTMODSEQ (or UIDNEXT) did not move costs nothing more; new mail is read as ``delta`` reads it
+        from the mailbox's watermark."""
+        return {folder: self.delta(mailbox, folder, link, mailbox.watermark) for folder, link in links.items()}
+
+    def complete(self, mailbox: Mailbox, messages: Sequence[MailMessage]) -> list[MailMessage]:
+        """The messages with their bodies (text parts only, PEEKed). Messages of another source, or gone
+        from the server meanwhile, come back as they were given."""
+        if not messages:
+            return []
+        return self._call(mailbox, lambda s: self._complete(mailbox, s, messages))
+
+    def attachments(self, mailbox: Mailbox, source_ids: Sequence[str]) -> Mapping[str, tuple[AttachmentSummary, ...]]:
+        """From BODYSTRUCTURE (read by ``delta``, or again here); a message gone from the server is left out."""
+
+        def read(session: _Session) -> dict[str, tuple[AttachmentSummary, ...]]:
+            self._structures(mailbox, session, [i for i in source_ids if i not in session.structures])
+            return {i: session.structures[i][0].attachments for i in source_ids if i in session.structures}
+
+        return self._call(mailbox, read)
+
+    def find_message(self, mailbox: Mailbox, internet_message_id: str) -> MailMessage | None:
+        """``UID SEARCH HEADER Message-ID`` in Inbox and Sent, then every other folder."""
+        wanted = internet_message_id.strip().strip("<>")
+        if not wanted:
+            return None
+
+        def find(session: _Session) -> MailMessage | None:
+            folders = self._folder_map(mailbox, session)
+            order = [FolderRole.INBOX.value, FolderRole.SENT.value]
+            order += [f for f in self._all_folders(mailbox, session) if f not in order]
+            for folder in order:
+                if folder not in folders:
+                    continue
+                info = self._examine(mailbox, session, folders[folder])
+                self._count(mailbox)
+                uids = sorted(session.client.search(["HEADER", "Message-ID", wanted]))
+                messages = self._fetch_headers(mailbox, session, folder, info, uids[:1])
+                if messages:
+                    return self._complete(mailbox, session, messages)[0]
+            return None
+
+        return self._call(mailbox, find)
+
+    def search(self, mailbox: Mailbox, query: SearchQuery, cursor: str | None) -> SearchPage:
+        """``UID SEARCH UID n:* SINCE <day before> OR (FROM a) (OR (TO a) …)`` in the folder, then the
+        headers of the first ``page_size`` UIDs found, as ``delta`` reads them (three commands a page:
+        EXAMINE, SEARCH, FETCH). FROM/TO/CC match substrings of the header (a domain is asked as
+        ``@domain``) and SINCE is by day, so what comes back is narrowed to ``query.wants``: exactly the
+        participants and the window. ``cursor`` is ``"<uidvalidity> <last uid returned>"``; a
+        UIDVALIDITY change between pages starts the folder's search again (duplicates are the caller's
+        to drop, by Message-ID)."""
+        words = [*query.addresses, *(f"@{domain}" for domain in query.domains)]
+        keys = [[field, word] for word in words for field in ("FROM", "TO", "CC")]
+
+        def find(session: _Session) -> SearchPage:
+            info = self._examine(mailbox, session, self._imap_name(mailbox, session, query.folder))
+            uidvalidity = int(info.get(b"UIDVALIDITY", 0))
+            seen, last = (cursor or "0 0").partition(" ")[::2]
+            after = int(last) if int(seen) == uidvalidity else 0
+            day_before = (query.since.astimezone(UTC) - timedelta(days=1)).date()
+            criteria: list[Any] = ["UID", f"{after + 1}:*", "SINCE", day_before]
+            self._count(mailbox)
+            found = sorted(uid for uid in session.client.search([*criteria, *_any_of(keys)]) if uid > after)
+            batch = found[: self.page_size]
+            messages = self._fetch_headers(mailbox, session, query.folder, info, batch, since=query.since)
+            more = len(found) > len(batch)
+            return SearchPage(
+                query.folder,
+                tuple(m for m in messages if query.wants(m)),
+                f"{uidvalidity} {batch[-1]}" if more else None,
+            )
+
+        return self._call(mailbox, find)
+
+    def folders(self, mailbox: Mailbox) -> tuple[str, ...]:
+        return self._call(mailbox, lambda s: self._all_folders(mailbox, s))
+
+    def close(self) -> None:
+        """Log out of every connection this source opened."""
+        with self._lock:
+            sessions, self._sessions = list(self._sessions.values()), {}
+        for session in sessions:
+            close(session.client)
+
+    # -- connections --------------------------------------------------------------------------------
+
+    def _call(self, mailbox: Mailbox, work: Callable[[_Session], T]) -> T:
+        session = self._session(mailbox)
+        try:
+            with translated_errors():
+                return work(session)
+        except (DeltaTokenExpired, MessageNotFound):
+            raise  # answers about a folder: the conversation itself is fine
+        except Exception:
+            # Whatever failed may have left the conversation mid-command: never reuse it.
+            self._drop(mailbox)
+            raise
+
+    def _session(self, mailbox: Mailbox) -> _Session:
+        key = _key(mailbox)
+        with self._lock:
+            found = self._sessions.get(key)
+        if found is not None:
+            return found
+        self._count(mailbox)  # LOGIN (connecting is no command)
+        client = connect(self._account_for(mailbox), self.limits)
+        condstore = client.has_capability("CONDSTORE")
+        if condstore:
+            self._count(mailbox)
+            with translated_errors():
+                client.enable("CONDSTORE")
+        session = _Session(client, condstore)
+        with self._lock:
+            self._sessions[key] = session
+        return session
+
+    def _drop(self, mailbox: Mailbox) -> None:
+        with self._lock:
+            session = self._sessions.pop(_key(mailbox), None)
+        if session is not None:
+            close(session.client)
+
+    def _count(self, mailbox: Mailbox, n: int = 1) -> None:
+        with self._lock:
+            self._counts[_key(mailbox)] += n
+
+    # -- folders ------------------------------------------------------------------------------------
+
+    def _folder_map(self, mailbox: Mailbox, session: _Session) -> dict[str, str]:
+        if session.folders is None:
+            self._count(mailbox)
+            listed = session.client.list_folders()
+            session.folders, session.all_folders = _map_folders(listed)
+        return session.folders
+
+    def _all_folders(self, mailbox: Mailbox, session: _Session) -> tuple[str, ...]:
+        self._folder_map(mailbox, session)
+        assert session.all_folders is not None
+        return session.all_folders
+
+    def _imap_name(self, mailbox: Mailbox, session: _Session, folder: str) -> str:
+        name = self._folder_map(mailbox, session).get(folder)
+        if name is None:
+            raise MessageNotFound(f"the mailbox has no {folder!r} folder")
+        return name
+
+    def _examine(self, mailbox: Mailbox, session: _Session, name: str, *, fresh: bool = True) -> dict[bytes, Any]:
+        """EXAMINE (read-only SELECT) the folder: ``fresh`` always (UIDNEXT/HIGHESTMODSEQ current), else
+        only when another folder is selected."""
+        if not fresh and session.selected is not None and session.selected[0] == name:
+            return session.selected[1]
+        self._count(mailbox)
+        info: dict[bytes, Any] = session.client.select_folder(name, readonly=True)
+        session.selected = (name, info)
+        return info
+
+    # -- delta --------------------------------------------------------------------------------------
+
+    def _delta(
+        self, mailbox: Mailbox, session: _Session, folder: str, cursor: FolderCursor | None, since: datetime
+    ) -> DeltaPage:
+        name = self._imap_name(mailbox, session, folder)
+        info = self._examine(mailbox, session, name, fresh=cursor is None or cursor.caught_up)
+        uidvalidity = int(info.get(b"UIDVALIDITY", 0))
+        modseq = int(info.get(b"HIGHESTMODSEQ", 0)) if session.condstore else 0
+        uidnext = int(info.get(b"UIDNEXT", 0))
+        if cursor is not None and cursor.uidvalidity != uidvalidity:
+            raise DeltaTokenExpired("the folder's UIDVALIDITY changed: its UIDs were renumbered")
+        last = cursor.last_uid if cursor is not None else 0
+        if cursor is not None and cursor.caught_up:
+            unchanged = (modseq and modseq == cursor.highestmodseq) or (uidnext and uidnext <= last + 1)
+            if unchanged:
+                caught_up = FolderCursor(uidvalidity, last, modseq or cursor.highestmodseq)
+                return DeltaPage(folder, (), next_link=None, delta_link=caught_up.encode())
+        end = cursor.end_uid if cursor is not None and not cursor.caught_up else 0
+        candidates = self._search(mailbox, session, last, end, since)
+        if not candidates:
+            top = max(last, end, uidnext - 1 if uidnext else last)
+            return DeltaPage(folder, (), next_link=None, delta_link=FolderCursor(uidvalidity, top, modseq).encode())
+        end = end or candidates[-1]
+        batch = candidates[: self.page_size]
+        messages = self._fetch_headers(mailbox, session, folder, info, batch, since=since)
+        new_last = batch[-1]
+        if new_last >= end:
+            top = max(end, new_last)
+            return DeltaPage(folder, tuple(messages), next_link=None,
+                             delta_link=FolderCursor(uidvalidity, top, modseq).encode())  # fmt: skip
+        following = FolderCursor(uidvalidity, new_last, modseq, end)
+        return DeltaPage(folder, tuple(messages), next_link=following.encode(), delta_link=None)
+
+    def _search(self, mailbox: Mailbox, session: _Session, last: int, end: int, since: datetime) -> list[int]:
+        """UIDs above ``last`` (up to ``end`` when set) of mail that may be as new as ``since``: SEARCH
+        SINCE is by day in the server's time zone, so the day before is asked and INTERNALDATE decides."""
+        criteria: list[Any] = ["UID", f"{last + 1}:{end or '*'}"]
+        if since > _EPOCH:
+            criteria += ["SINCE", (since.astimezone(UTC) - timedelta(days=1)).date()]
+        self._count(mailbox)
+        found = session.client.search(criteria)
+        # "n:*" includes the highest UID even when it is below n (RFC 3501 §6.4.8): keep only new ones.
+        return sorted(uid for uid in found if uid > last and (not end or uid <= end))
+
+    def _fetch_headers(
+        self,
+        mailbox: Mailbox,
+        session: _Session,
+        folder: str,
+        info: Mapping[bytes, Any],
+        uids: Sequence[int],
+        *,
+        since: datetime = _EPOCH,
+    ) -> list[MailMessage]:
+        if not uids:
+            return []
+        self._count(mailbox)
+        fetched = session.client.fetch(list(uids), PHASE_ONE)
+        uidvalidity = int(info.get(b"UIDVALIDITY", 0))
+        name = session.selected[0] if session.selected else folder
+        since = since.replace(microsecond=0)  # INTERNALDATE has whole seconds: mail of the watermark's second counts
+        messages = []
+        for uid in sorted(fetched):
+            item = fetched[uid]
+            internal = _aware(item.get(b"INTERNALDATE"))
+            if internal is None or internal < since:
+                continue
+            source_id = f"{uidvalidity}/{uid}/{name}"
+            parsed = structure.parse(item.get(b"BODYSTRUCTURE"))
+            session.structures[source_id] = (parsed, int(item.get(b"RFC822.SIZE") or 0))
+            message = _message(item, source_id, folder, internal, parsed)
+            if message is not None:
+                messages.append(message)
+        return messages
+
+    def _structures(self, mailbox: Mailbox, session: _Session, source_ids: Iterable[str]) -> None:
+        for name, uidvalidity, uids in _by_folder(source_ids):
+            info = self._examine(mailbox, session, name, fresh=False)
+            if int(info.get(b"UIDVALIDITY", 0)) != uidvalidity:
+                continue
+            self._count(mailbox)
+            fetched = session.client.fetch(uids, ["UID", "RFC822.SIZE", "BODYSTRUCTURE"])
+            for uid, item in fetched.items():
+                parsed = structure.parse(item.get(b"BODYSTRUCTURE"))
+                session.structures[f"{uidvalidity}/{uid}/{name}"] = (parsed, int(item.get(b"RFC822.SIZE") or 0))
+
+    # -- phase two: bodies of the messages the pipeline matched ------------------------------------------
+
+    def _complete(self, mailbox: Mailbox, session: _Session, messages: Sequence[MailMessage]) -> list[MailMessage]:
+        ours = [m.source_id for m in messages if _parse_source_id(m.source_id) is not None]
+        self._structures(mailbox, session, [i for i in ours if i not in session.structures])
+        bodies: dict[str, tuple[str, bool]] = {}
+        for name, uidvalidity, uids in _by_folder(ours):
+            wanted: dict[tuple[str, ...], list[int]] = {}
+            for uid in uids:
+                known = session.structures.get(f"{uidvalidity}/{uid}/{name}")
+                if known is None:
+                    continue
+                parsed, size = known
+                if size > self.limits.max_message_bytes:
+                    bodies[f"{uidvalidity}/{uid}/{name}"] = ("", True)
+                    continue
+                sections = tuple(leaf.section for leaf in parsed.text)
+                if sections:
+                    wanted.setdefault(sections, []).append(uid)
+            if not wanted:
+                continue
+            info = self._examine(mailbox, session, name, fresh=False)
+            if int(info.get(b"UIDVALIDITY", 0)) != uidvalidity:
+                continue
+            for sections, group in wanted.items():
+                for start in range(0, len(group), self.limits.fetch_batch):
+                    chunk = group[start : start + self.limits.fetch_batch]
+                    items = [f"BODY.PEEK[{section}]<0.{self.limits.body_bytes}>" for section in sections]
+                    self._count(mailbox)
+                    fetched = session.client.fetch(chunk, items)
+                    for uid, item in fetched.items():
+                        source_id = f"{uidvalidity}/{uid}/{name}"
+                        bodies[source_id] = self._body(session.structures[source_id][0], item)
+        out = []
+        for message in messages:
+            found = bodies.get(message.source_id)
+            if found is None:
+                out.append(message)
+                continue
+            text, truncated = found
+            out.append(replace(message, body_text=text, body_preview=preview(text), body_truncated=truncated))
+        return out
+
+    def _body(self, parsed: structure.Structure, item: Mapping[bytes, Any]) -> tuple[str, bool]:
+        texts, truncated = [], False
+        for leaf in parsed.text:
+            raw = item.get(f"BODY[{leaf.section}]<0>".encode())
+            if raw is None:
+                raw = item.get(f"BODY[{leaf.section}]".encode())
+            data = bytes(raw or b"")
+            cut = leaf.size > self.limits.body_bytes
+            text = _decode(data, leaf, cut)
+            if leaf.content_type == "text/html":
+                html = html_text(text)
+                text, cut = html.text, cut or html.truncated
+            text = text.replace("\r\n", "\n").replace("\r", "\n").strip()
+            if text:
+                texts.append(text)
+            truncated = truncated or cut
+        return "\n\n".join(texts), truncated
+
+
+def _any_of(keys: Sequence[list[str]]) -> list[Any]:
+    """IMAP's OR takes two search keys: several become a balanced tree of ORs over parenthesised keys."""
+    if len(keys) == 1:
+        return [keys[0]]
+    middle = len(keys) // 2
+    return ["OR", _any_of(keys[:middle]), _any_of(keys[middle:])]
+
+
+def _key(mailbox: Mailbox) -> tuple[str, str]:
+    return (mailbox.org_id, mailbox.mailbox_id)
+
+
+def _aware(value: Any) -> datetime | None:
+    if not isinstance(value, datetime):
+        return None
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
+
+
+def _parse_source_id(source_id: str) -> tuple[int, int, str] | None:
+    uidvalidity, _, rest = source_id.partition("/")
+    uid, _, name = rest.partition("/")
+    if not (uidvalidity.isdigit() and uid.isdigit() and name):
+        return None
+    return int(uidvalidity), int(uid), name
+
+
+def _by_folder(source_ids: Iterable[str]) -> list[tuple[str, int, list[int]]]:
+    groups: dict[tuple[str, int], list[int]] = {}
+    for source_id in source_ids:
+        parsed = _parse_source_id(source_id)
+        if parsed is not None:
+            uidvalidity, uid, name = parsed
+            groups.setdefault((name, uidvalidity), []).append(uid)
+    return [(name, uidvalidity, sorted(uids)) for (name, uidvalidity), uids in groups.items()]
+
+
+def _map_folders(listed: Sequence[tuple[Sequence[bytes], Any, Any]]) -> tuple[dict[str, str], tuple[str, ...]]:
+    """(folder id -> IMAP name, ids of every folder to sync when the org syncs all folders)."""
+    names: list[tuple[tuple[bytes, ...], str]] = []
+    for flags, _delimiter, name in listed:
+        text = name.decode() if isinstance(name, bytes) else str(name)
+        names.append((tuple(flags), text))
+    hidden = (b"\\Noselect", b"\\NonExistent")
+    selectable = [(flags, name) for flags, name in names if not any(h in flags for h in hidden)]
+    mapping = {FolderRole.INBOX.value: "INBOX"}
+    sent = next((name for flags, name in selectable if b"\\Sent" in flags), None)
+    if sent is None:
+        lowered = {name.lower(): name for _, name in selectable}
+        sent = next((lowered[n.lower()] for n in SENT_NAMES if n.lower() in lowered), None)
+    if sent is not None:
+        mapping[FolderRole.SENT.value] = sent
+    every = [FolderRole.INBOX.value] + ([FolderRole.SENT.value] if sent else [])
+    for flags, name in selectable:
+        last = name.replace("\\", "/").split("/")[-1].split(".")[-1].lower()
+        if name.upper() == "INBOX" or name == sent:
+            continue
+        if any(use in flags for use in EXCLUDED_USES) or last in EXCLUDED_NAMES:
+            continue
+        mapping[name] = name
+        every.append(name)
+    return mapping, tuple(every)
+
+
+def _message(
+    item: Mapping[bytes, Any], source_id: str, folder: str, internal: datetime, parsed: structure.Structure
+) -> MailMessage | None:
+    header = item.get(b"BODY[HEADER]<0>") or item.get(b"BODY[HEADER]") or b""
+    try:
+        message = parse_rfc822(bytes(header).rstrip(b"\r\n") + b"\r\n\r\n", folder=folder, received_fallback=internal)
+    except InvalidMessage as exc:
+        log.info("a message's header section cannot be read (%s); skipped", exc.code)
+        return None
+    flags = tuple(item.get(b"FLAGS") or ())
+    return replace(
+        message,
+        source_id=source_id,
+        folder=folder,
+        received_at=internal,
+        body_text="",
+        body_preview="",
+        body_truncated=False,
+        is_draft=message.is_draft or b"\\Draft" in flags,
+        has_attachments=bool(parsed.attachments),
+        attachments=parsed.attachments,
+    )
+
+
+def _decode(data: bytes, leaf: structure.Leaf, cut: bool) -> str:
+    """Undo the transfer encoding (a cut base64 part is decoded up to its last whole quantum) and decode
+    the charset as ``domain.mime`` does (undeclared: UTF-8, else Windows-1252; unknown: UTF-8)."""
+    if leaf.encoding == "base64":
+        compact = b"".join(data.split())
+        if cut:
+            compact = compact[: len(compact) - len(compact) % 4]
+        try:
+            data = base64.b64decode(compact + b"=" * (-len(compact) % 4))
+        except (binascii.Error, ValueError):
+            data = b""
+    elif leaf.encoding == "quoted-printable":
+        data = quopri.decodestring(data)
+    charset = (leaf.charset or "").lower() or None
+    if charset in (None, "us-ascii", "ascii"):
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            return data.decode("cp1252", errors="replace")
+    try:
+        return data.decode(charset, errors="replace")
+    except (LookupError, ValueError):
+        return data.decode("utf-8", errors="replace")
