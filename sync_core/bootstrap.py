@@ -125,10 +125,22 @@ class Services:
         return GraphHttp(self._session, self.settings.graph_base_url, self.identity.token_source(mailbox))
 
     def google_token_source(self, mailbox: Mailbox) -> TokenSource:
-        """Access tokens of a delegated Google mailbox, from its stored (encrypted) grant."""
+        """Access tokens of a Google mailbox: a delegated one's from its stored (encrypted) grant, an
+        application-mode one's from the org's Workspace service account (read scope only)."""
         from sync_core.adapters.google.tokens import GoogleTokenSource
+        from sync_core.domain.model import ConnectionMode
 
         s = self.settings
+        if mailbox.mode is ConnectionMode.APPLICATION:
+            from sync_core.adapters.google.service_account import (
+                ServiceAccountTokenSource,
+                mailbox_scopes,
+                stored_key_loader,
+            )
+
+            load = stored_key_loader(self.token_caches, mailbox.org_id)
+            scopes = mailbox_scopes(False)  # reading needs no more; a sender asks for gmail.send itself
+            return ServiceAccountTokenSource(self._session, s.google_token_url, load, mailbox.address, scopes)
         return GoogleTokenSource(
             self._session, s.google_token_url, s.google_client_id, s.google_client_secret, self.token_caches, mailbox
         )
@@ -180,6 +192,7 @@ class Services:
     def google_connect(self) -> ConnectProvider:
         """Google's part of a delegated connect: OAuth with PKCE, and who the signed-in account is."""
         from sync_core.adapters.google.identity import GoogleDirectory, GoogleIdentity
+        from sync_core.adapters.google.service_account import GoogleOrgAccess
         from sync_core.use_cases.connect import ConnectProvider
 
         s = self.settings
@@ -192,6 +205,7 @@ class Services:
             directory_for=lambda token: GoogleDirectory(self._session, s.google_userinfo_url, s.gmail_base_url, token),
             label="Google",
             account_label="Google",
+            org_access=GoogleOrgAccess(self._session, s.google_token_url, s.gmail_base_url),
         )
 
     def graph_http_for_sending(self, mailbox: Mailbox) -> GraphHttp:
@@ -250,7 +264,60 @@ class Services:
                 self.graph_http_for_sending, lambda mailbox: self.identity.token_source(mailbox, send=True)
             )
 
-        return {"microsoft": microsoft}
+        def google() -> MailSender:
+            from sync_core.adapters.google.send import GmailMailSender
+
+            return GmailMailSender(self.gmail_http_for_sending, self.gmail_send_permission_problem)
+
+        return {"microsoft": microsoft, "google": google}
+
+    def gmail_http_for_sending(self, mailbox: Mailbox) -> GmailHttp:
+        from sync_core.adapters.google.http import GmailHttp
+
+        return GmailHttp(self._session, self.settings.gmail_base_url, self.gmail_send_token_source(mailbox))
+
+    def gmail_send_token_source(self, mailbox: Mailbox) -> TokenSource:
+        """A Gmail sender's tokens: a delegated grant carries gmail.send when the org sends; a Workspace
+        mailbox's token is asked for with gmail.send from the org's service account."""
+        from sync_core.domain.model import ConnectionMode
+
+        if mailbox.mode is not ConnectionMode.APPLICATION:
+            return self.google_token_source(mailbox)
+        from sync_core.adapters.google.service_account import (
+            ServiceAccountTokenSource,
+            mailbox_scopes,
+            stored_key_loader,
+        )
+
+        load = stored_key_loader(self.token_caches, mailbox.org_id)
+        url = self.settings.google_token_url
+        return ServiceAccountTokenSource(self._session, url, load, mailbox.address, mailbox_scopes(True))
+
+    def gmail_send_permission_problem(self, mailbox: Mailbox) -> str | None:
+        """Why a Gmail mailbox may not send: a delegated grant without gmail.send, or a Workspace
+        service account whose delegation lacks it (Google's reason); None when it may or Google cannot
+        tell now (the send finds out)."""
+        import json
+
+        from sync_core.adapters.google.send import delegated_permission_problem
+        from sync_core.domain.model import ConnectionMode
+        from sync_core.errors import ConfigurationFailure, GrantFailure, TokenDecryptionError, TransientFailure
+        from sync_core.ports.identity import mailbox_owner
+
+        if mailbox.mode is ConnectionMode.APPLICATION:
+            try:
+                self.gmail_send_token_source(mailbox)(False)
+            except (ConfigurationFailure, GrantFailure) as exc:
+                return str(exc)
+            except TransientFailure:
+                return None
+            return None
+        try:
+            stored = self.token_caches.get(mailbox.org_id, mailbox_owner(mailbox.mailbox_id))
+            grant = json.loads(stored.value) if stored is not None else {}
+        except (TokenDecryptionError, ValueError):
+            return None  # the send's own token request says what is wrong
+        return delegated_permission_problem(str(grant.get("scope") or "") if isinstance(grant, dict) else "")
 
     @functools.cached_property
     def mail_sender(self) -> MailSender:
@@ -318,13 +385,26 @@ class Services:
         )
 
     def _before_disconnect(self, org_id: str, mailbox_id: str) -> None:
-        """While the mailbox's tokens still exist: delete its Graph subscriptions and stop its watch."""
+        """While the mailbox's tokens still exist: delete its Graph subscriptions, stop its watch, then
+        revoke a delegated Google grant at Google (best effort, whatever happened before)."""
         from sync_core.use_cases import mailbox_watch
         from sync_core.use_cases.subscriptions import remove_for_mailbox
 
-        remove_for_mailbox(self.subscription_deps(), org_id, mailbox_id)
-        if self._gmail_push_configured:
-            mailbox_watch.stop(self.mailbox_watch_deps(), org_id, mailbox_id)
+        try:
+            remove_for_mailbox(self.subscription_deps(), org_id, mailbox_id)
+            if self._gmail_push_configured:
+                mailbox_watch.stop(self.mailbox_watch_deps(), org_id, mailbox_id)
+        finally:
+            self._revoke_google_grant(org_id, mailbox_id)
+
+    def _revoke_google_grant(self, org_id: str, mailbox_id: str) -> None:
+        from sync_core.adapters.google.tokens import revoke_grant
+        from sync_core.domain.model import ConnectionMode
+
+        found = self.stores.mailboxes.get(org_id, mailbox_id)
+        mailbox = found.value if found is not None else None
+        if mailbox is not None and mailbox.provider == "google" and mailbox.mode is ConnectionMode.DELEGATED:
+            revoke_grant(self._session, self.settings.google_revoke_url, self.token_caches, mailbox)
 
     def sync_deps(self, table_transactions: Callable[[], int] = lambda: 0) -> SyncDeps:
         """Fresh per run: the mail source keeps per-run request counts and provider clients."""
@@ -564,6 +644,7 @@ class Services:
             webhooks=self.webhook_deps(),
             clock=self.clock,
             rotating=len(self._cipher.kids) > 1,
+            org_access_providers=("google",),
         )
 
     def ingest_deps(self) -> IngestDeps:

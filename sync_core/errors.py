@@ -320,6 +320,18 @@ class ConsentRequired(SyncError):
     code = "admin_consent_required"
 
 
+class OrgAccessRequired(ConsentRequired):
+    """A provider's org-wide access is missing or refused (HTTP 409): no Google Workspace service
+    account is stored (``service_account_required``), or Google refused it for this request
+    (``delegation_refused``, with Google's reason)."""
+
+    code = "service_account_required"
+
+    def __init__(self, message: str, code: str = "service_account_required") -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class MailboxNotFound(SyncError):
     """No such mailbox in this org (HTTP 404)."""
 

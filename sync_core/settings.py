@@ -49,6 +49,7 @@ class Settings:
     gmail_base_url: str = ""
     google_userinfo_url: str = ""
     google_jwks_url: str = ""
+    google_revoke_url: str = ""  # where a disconnect revokes a delegated mailbox's grant
     # Gmail push: the Pub/Sub topic ``users.watch`` publishes to, and what its push subscription's OIDC
     # token must carry (audience; default: the push endpoint's URL) and be issued for (service account).
     google_pubsub_topic: str = ""
@@ -90,6 +91,7 @@ class Settings:
             gmail_base_url=env.get("GMAIL_BASE_URL", google.DEFAULT_GMAIL_BASE_URL).rstrip("/"),
             google_userinfo_url=env.get("GOOGLE_USERINFO_URL", google.DEFAULT_GOOGLE_USERINFO_URL),
             google_jwks_url=env.get("GOOGLE_JWKS_URL", google.DEFAULT_GOOGLE_JWKS_URL),
+            google_revoke_url=env.get("GOOGLE_REVOKE_URL", google.DEFAULT_GOOGLE_REVOKE_URL),
             google_pubsub_topic=env.get("GOOGLE_PUBSUB_TOPIC", "").strip(),
             google_push_audience=env.get("GOOGLE_PUSH_AUDIENCE", "").strip()
             or (f"{env.get('PUBLIC_BASE_URL', '').rstrip('/')}/api/google/push" if env.get("PUBLIC_BASE_URL") else ""),

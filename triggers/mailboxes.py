@@ -71,3 +71,24 @@ def explain_message(req: func.HttpRequest) -> func.HttpResponse:
     from sync_core.api import mailboxes
 
     return run(req, mailboxes.explain_message)
+
+
+@bp.route(route="orgs/{org}/google/service-account", methods=["PUT"])
+def put_google_service_account(req: func.HttpRequest) -> func.HttpResponse:
+    from sync_core.api import org_access
+
+    return run(req, org_access.put_service_account)
+
+
+@bp.route(route="orgs/{org}/google/service-account", methods=["GET"])
+def get_google_service_account(req: func.HttpRequest) -> func.HttpResponse:
+    from sync_core.api import org_access
+
+    return run(req, org_access.get_service_account)
+
+
+@bp.route(route="orgs/{org}/google/service-account", methods=["DELETE"])
+def delete_google_service_account(req: func.HttpRequest) -> func.HttpResponse:
+    from sync_core.api import org_access
+
+    return run(req, org_access.delete_service_account)

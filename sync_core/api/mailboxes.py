@@ -70,6 +70,7 @@ from sync_core.use_cases.connect import (
     MAX_USER_ID,
     SERVER_PROVIDERS,
     add_app_mailbox,
+    add_org_mailbox,
     add_server_mailbox,
     change_server_credentials,
     confirm_connect,
@@ -94,18 +95,23 @@ _LIST_PARALLELISM = 8
 def add_mailbox(svc: Services, req: ApiRequest) -> ApiResponse:
     """Application mode: add a user or shared mailbox by address (needs admin consent, else 409). A
     mailbox the tenant's application access policy denies is created in status ``error`` with the reason.
-    With ``"provider": "imap"``: a mailbox on any IMAP server, logged in to (and its SMTP server
-    authenticated to, when given) before anything is stored (``connect.server_mode``)."""
+    With ``"provider": "google"`` the org's Workspace service account reads it (409 without one, or
+    when the Workspace admin did not delegate the scopes). With ``"provider": "imap"``: a mailbox on any
+    IMAP server, logged in to (and its SMTP server authenticated to, when given) before anything is
+    stored (``connect.server_mode``)."""
     org = req.param("org")
     body = req.json_body()
     provider = read_str(body, "provider", max_len=32) or "microsoft"
     if provider in SERVER_PROVIDERS:
         return _add_server_mailbox(svc, req, org, body, provider)
-    if provider != "microsoft":
-        raise field_error("provider", f"must be one of microsoft, {', '.join(SERVER_PROVIDERS)}")
+    if provider not in ("microsoft", "google"):
+        raise field_error("provider", f"must be one of microsoft, google, {', '.join(SERVER_PROVIDERS)}")
     reject_unknown(body, {"address", "provider"})
     address = read_str(body, "address", required=True, max_len=320) or ""
-    mailbox = add_app_mailbox(svc.connect_deps(), org, address)
+    if provider == "microsoft":
+        mailbox = add_app_mailbox(svc.connect_deps(), org, address)
+    else:  # a provider with org-wide access from an uploaded credential (Google Workspace)
+        mailbox = add_org_mailbox(svc.connect_deps(), org, address, provider)
     if mailbox.status is MailboxStatus.ACTIVE:
         svc.mailbox_activated(org, mailbox.mailbox_id)
     location = f"/api/orgs/{quote(org, safe='')}/mailboxes/{quote(mailbox.mailbox_id, safe='')}"

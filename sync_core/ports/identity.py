@@ -39,6 +39,12 @@ def mailbox_owner(mailbox_id: str) -> str:
     return f"mailbox:{mailbox_id}"
 
 
+def org_access_owner(provider: str) -> str:
+    """Owner key of an org's uploaded org-wide credential for ``provider`` (a Google Workspace
+    service account key)."""
+    return f"org-access:{provider}"
+
+
 def tenant_owner(tenant_id: str) -> str:
     """Owner key of a tenant's application (client-credentials) token cache."""
     return f"tenant:{tenant_id.lower()}"
@@ -223,3 +229,24 @@ class Directory(Protocol):
     def check_mail_access(self, user_id: str) -> None:
         """Raise ``MailboxAccessDenied`` when this token may not read the user's mail (e.g. an
         application access policy excludes the mailbox)."""
+
+
+class OrgAccess(Protocol):
+    """A provider's org-wide access from a credential the org's admin uploads (Google Workspace: a
+    service account key with domain-wide delegation). Stateless: the stored form lives encrypted in the
+    ``TokenCacheStore`` under ``org_access_owner(provider)``; the provider reads it from there at sync.
+
+    Adapters: ``adapters.google.service_account.GoogleOrgAccess``; in-memory double
+    ``sync_core.testing.auth.FakeOrgAccess`` (both run by tests/contract/test_org_access.py)."""
+
+    def validate(self, credential: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+        """Check an uploaded credential → (stored form, public description without the secret).
+        ``InvalidRequest`` when malformed; ``IdentityError``/``ReauthRequired`` when the provider refuses it."""
+
+    def describe(self, stored: str) -> dict[str, Any]:
+        """The public description of a stored credential (never the secret)."""
+
+    def mailbox_profile(self, stored: str, address: str, send: bool) -> Mapping[str, Any]:
+        """Read the mailbox at ``address`` with the credential: ``{"id", "mail"}`` (the provider's
+        account id and primary address). Proves the delegation covers the mailbox; ``IdentityError``
+        when the provider's admin did not delegate the scopes, ``ReauthRequired`` for an unknown user."""

@@ -9,15 +9,17 @@ thread-safe; ``MemoryAuthFlowStore.take`` is single-use like the adapter's.
 from __future__ import annotations
 
 import itertools
+import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sync_core.adapters.table_codec import to_utc
 from sync_core.auth.crypto import TokenCipher
 from sync_core.auth.token_cache_store import _checked, _flow_payload, _open_flow, cache_aad, flow_aad
-from sync_core.errors import AlreadyExists, ConcurrencyConflict
+from sync_core.errors import AlreadyExists, ConcurrencyConflict, IdentityError, InvalidRequest, ReauthRequired
 from sync_core.ports import Versioned
 from sync_core.ports.identity import FLOW_LIFETIME, OrgTenant, PendingAuthFlow
 
@@ -157,3 +159,35 @@ class MemoryOrgTenantStore:
             previous = self._consents.pop(org_id, None)
             if previous is not None and self._claims.get(previous.tenant_id) == org_id:
                 del self._claims[previous.tenant_id]
+
+
+class FakeOrgAccess:
+    """In-memory ``OrgAccess``: a credential is ``{"type": "service_account", "client_email", "secret"}``;
+    ``users`` are the addresses it may read (others: ``ReauthRequired``, as Google's unknown ``sub``);
+    ``delegated`` False is an admin who did not delegate the scopes (``IdentityError``). The stored form
+    holds the secret (as the real one holds the key); ``describe`` drops it."""
+
+    def __init__(self, users: tuple[str, ...] = (), delegated: bool = True) -> None:
+        self.users = {u.lower() for u in users}
+        self.delegated = delegated
+        self.reads: list[tuple[str, bool]] = []
+
+    def validate(self, credential: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+        if credential.get("type") != "service_account" or not credential.get("client_email"):
+            raise InvalidRequest("invalid_service_account_key", "the key file is not a service account key")
+        if credential.get("secret") == "revoked":
+            raise ReauthRequired("Google refused the service account (invalid_grant: Invalid JWT Signature.)")
+        stored = {"client_email": str(credential["client_email"]), "secret": str(credential.get("secret") or "")}
+        return json.dumps(stored), self.describe(json.dumps(stored))
+
+    def describe(self, stored: str) -> dict[str, Any]:
+        return {"client_email": json.loads(stored)["client_email"]}
+
+    def mailbox_profile(self, stored: str, address: str, send: bool) -> Mapping[str, Any]:
+        json.loads(stored)
+        if not self.delegated:
+            raise IdentityError("the Workspace admin has not delegated the scopes (unauthorized_client)")
+        if address.lower() not in self.users:
+            raise ReauthRequired("Google refused the service account's access (invalid_grant: Invalid email)")
+        self.reads.append((address.lower(), send))
+        return {"id": address.lower(), "mail": address.lower()}

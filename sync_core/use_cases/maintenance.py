@@ -33,7 +33,7 @@ from functools import partial
 
 from sync_core.errors import SyncError, TokenDecryptionError
 from sync_core.ports import Clock, SettingsRepository
-from sync_core.ports.identity import OrgTenantStore, TokenCacheStore, mailbox_owner, tenant_owner
+from sync_core.ports.identity import OrgTenantStore, TokenCacheStore, mailbox_owner, org_access_owner, tenant_owner
 from sync_core.ports.push import WebhookSecretStore
 from sync_core.ports.scheduling import MailboxCatalog
 from sync_core.use_cases import webhooks
@@ -55,6 +55,8 @@ class MaintenanceDeps:
     webhooks: webhooks.WebhookDeps
     clock: Clock
     rotating: bool  # the key setting lists older keys: re-wrap what is still under them
+    # Providers whose org-wide credential (``org_access_owner``) an org may have stored: re-wrapped too.
+    org_access_providers: tuple[str, ...] = ()
 
 
 def maintain(deps: MaintenanceDeps) -> Counter[str]:
@@ -77,6 +79,11 @@ def maintain(deps: MaintenanceDeps) -> Counter[str]:
         tasks += [_task(partial(deps.tokens.rewrap_if_needed, org, mailbox_owner(box))) for org, box in mailboxes]
         tasks += [_task(partial(_rewrap_tenant_cache, deps, org)) for org in orgs]
         tasks += [_task(partial(deps.secrets.rewrap_if_needed, org)) for org in orgs]
+        tasks += [
+            _task(partial(deps.tokens.rewrap_if_needed, org, org_access_owner(provider)))
+            for org in orgs
+            for provider in deps.org_access_providers
+        ]
     tasks += [partial(_drain, deps, org) for org in orgs]
 
     def run(task: Callable[[], Counter[str]]) -> Counter[str]:

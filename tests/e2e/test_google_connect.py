@@ -186,3 +186,19 @@ def signed_push(google: Google, audience: str) -> tuple[str, bytes]:
     finally:
         server.shutdown()
         session.close()
+
+
+def test_disconnecting_a_gmail_mailbox_revokes_its_grant_at_google(
+    app_host: AppUnderTest, api: requests.Session, google: Google, org: str
+) -> None:
+    set_up(app_host, api, google, org)
+    rita = google.user("rita")
+    mailbox = connect(app_host, api, google, org, rita)
+
+    gone = api.delete(app_host.url(f"orgs/{org}/mailboxes/{mailbox['id']}"))
+
+    assert gone.status_code == 204
+    assert google.call("POST", "grants/revoke", {"user": rita})["revoked"] == 0  # the app already revoked it
+    kept = google.user("kim")
+    connect(app_host, api, google, org, kept)
+    assert google.call("POST", "grants/revoke", {"user": kept})["revoked"] == 1  # (the control is live)

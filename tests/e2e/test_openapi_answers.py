@@ -113,6 +113,14 @@ def test_every_operation_answers_what_the_document_says_through_the_running_app(
     call("GET", consented.split("/api/", 1)[1], requests)
     emulator_client.set_app_roles(app_host.client_id, ["Mail.Read", "User.Read.All"])  # the consent keeps its roles
     call("POST", f"orgs/{org}/mailboxes", json={"address": sales.mail})
+    # Google Workspace: the org's service account, then a Gmail mailbox added by address through it.
+    workspace = Google(google_emulator)
+    key = workspace.call("POST", "service-accounts", {"name": f"sync-{uuid.uuid4().hex[:8]}"})
+    scopes = {"scopes": [f"https://www.googleapis.com/auth/gmail.{s}" for s in ("readonly", "send")]}  # it sends
+    workspace.call("PUT", f"domains/{workspace.domain}/delegations/{key['client_id']}", scopes)
+    call("PUT", f"orgs/{org}/google/service-account", json=key)
+    call("GET", f"orgs/{org}/google/service-account")
+    call("POST", f"orgs/{org}/mailboxes", json={"address": workspace.user("nestor"), "provider": "google"})
 
     run_scheduler(app_host)
     app_host.host.trigger_timer(SUBSCRIPTION_TIMER)
@@ -175,6 +183,7 @@ def test_every_operation_answers_what_the_document_says_through_the_running_app(
     call("POST", f"orgs/{org}/messages:ingest", data=raw, headers=MIME)
 
     call("DELETE", f"orgs/{org}/activities/{activity_id}")
+    call("DELETE", f"orgs/{org}/google/service-account")
     call("POST", f"orgs/{org}/mailboxes:sign-out-all")
     call("DELETE", f"orgs/{org}/mailboxes/{mailbox_id}")
     app_host.host.drain_queues(timeout=30)

@@ -187,3 +187,21 @@ def test_the_maintenance_timer_rewraps_everything_under_the_old_key_so_dropping_
         assert DelegatedTokenSource(env.identity, env.tokens, env.mailbox(result.mailbox_id))(True)
     assert env.tokens.get(ORG, tenant_owner(env.tenant.id)).value == tenant_cache  # type: ignore[union-attr]
     assert current_secret(app_services(env, storage_connection_string, KEY_B).webhook_deps(), ORG) == secret
+
+
+def test_the_maintenance_timer_rewraps_an_orgs_workspace_service_account_key_too(
+    env: ConnectEnv, storage_connection_string: str
+) -> None:
+    from sync_core.ports.identity import org_access_owner  # noqa: PLC0415
+    from sync_core.use_cases import maintenance  # noqa: PLC0415
+
+    env.connect("adele")  # the org is in the catalog through a mailbox
+    stored = '{"client_email": "sync@p.iam.gserviceaccount.com", "private_key": "pem"}'
+    env.tokens.put(ORG, org_access_owner("google"), stored, None)
+
+    rotating = app_services(env, storage_connection_string, f"{KEY_B},{KEY_A}")
+    maintenance.maintain(rotating.maintenance_deps())
+
+    assert rotating.token_caches.stored_key_id(ORG, org_access_owner("google")) == "b"
+    env.rotate(KEY_B)
+    assert env.tokens.get(ORG, org_access_owner("google")).value == stored  # type: ignore[union-attr]

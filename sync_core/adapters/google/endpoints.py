@@ -11,5 +11,6 @@ DEFAULT_GOOGLE_TOKEN_URL = "https://oauth2.googleapis.com/token"  # noqa: S105 (
 DEFAULT_GMAIL_BASE_URL = "https://gmail.googleapis.com"
 DEFAULT_GOOGLE_OPENID_CONFIG_URL = "https://accounts.google.com/.well-known/openid-configuration"
 DEFAULT_GOOGLE_USERINFO_URL = "https://openidconnect.googleapis.com/v1/userinfo"
+DEFAULT_GOOGLE_REVOKE_URL = "https://oauth2.googleapis.com/revoke"
 DEFAULT_GOOGLE_JWKS_URL = "https://www.googleapis.com/oauth2/v3/certs"
 GOOGLE_ISSUERS = ("https://accounts.google.com", "accounts.google.com")

@@ -99,6 +99,15 @@ class GmailHttp:
         response = self._request("POST", f"{self.base_url}/gmail/v1/users/me/{path.lstrip('/')}", json_body=body)
         return response.json() if response.content else None
 
+    def post_once(self, path: str, body: Any) -> Any:
+        """POST JSON to ``/gmail/v1/users/me/{path}`` at most once (``messages.send``): a repeat could
+        act twice, so a lost answer, a 429 or a 5xx is ``TransientGoogleError`` at once and the caller
+        finds out from Gmail's state whether it acted. Only a 401 is retried (after one refresh): Google
+        did nothing with an unauthenticated request."""
+        url = f"{self.base_url}/gmail/v1/users/me/{path.lstrip('/')}"
+        response = self._request("POST", url, json_body=body, once=True)
+        return response.json() if response.content else None
+
     def batch(self, paths: Sequence[str]) -> list[BatchItem]:
         """GET each ``users/me``-relative path (with its query) in batches of ``BATCH_LIMIT``; answers in
         order. Sub-requests throttled or failing with a retryable status are retried after a backoff."""
@@ -169,6 +178,7 @@ class GmailHttp:
         json_body: Any = None,
         data: bytes | None = None,
         content_type: str | None = None,
+        once: bool = False,
     ) -> requests.Response:
         refreshed = False
         attempt = 0
@@ -184,7 +194,7 @@ class GmailHttp:
                 )
             except (requests.ConnectionError, requests.Timeout) as exc:
                 attempt += 1
-                if attempt >= self._max_attempts:
+                if once or attempt >= self._max_attempts:
                     raise TransientGoogleError(f"Gmail unreachable: {type(exc).__name__}") from exc
                 self._wait(self._backoff(attempt))
                 continue
@@ -200,7 +210,7 @@ class GmailHttp:
                 self._count_throttled()
                 attempt += 1
                 retry_after = _retry_after(response.headers)
-                if attempt >= self._max_attempts:
+                if once or attempt >= self._max_attempts:
                     raise TransientGoogleError(f"Gmail answered {status} {attempt} times", retry_after)
                 self._wait(retry_after if retry_after is not None else self._backoff(attempt))
                 continue

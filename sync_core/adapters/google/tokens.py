@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -36,6 +37,8 @@ from sync_core.errors import (
     TransientGoogleError,
 )
 from sync_core.ports.identity import TokenCacheStore, mailbox_owner
+
+log = logging.getLogger(__name__)
 
 EXPIRY_MARGIN = 120.0  # seconds: an access token closer to its expiry than this is refreshed first
 CLIENT_ERRORS = frozenset({"invalid_client", "unauthorized_client"})
@@ -142,3 +145,30 @@ class GoogleTokenSource:
         with contextlib.suppress(ConcurrencyConflict):  # another worker refreshed too: its token is as good
             self._store.put(self._org_id, self._owner, refreshed, stored.etag)
         return str(answer["access_token"])
+
+
+def revoke_grant(session: requests.Session, revoke_url: str, store: TokenCacheStore, mailbox: Mailbox) -> bool:
+    """Revoke a delegated mailbox's stored grant at Google (``POST revoke_url`` with the refresh token:
+    "If the token is an access token and it has a corresponding refresh token, the refresh token will
+    also be revoked", developers.google.com/identity/protocols/oauth2/web-server#tokenrevoke), so the
+    app no longer appears under the person's third-party access and the token is dead even if a copy
+    leaked. Best effort: True when Google confirmed; any failure (no grant stored, unreadable, Google
+    unreachable or answering 4xx/5xx) is logged by kind and False, never raised. Never logs the token."""
+    try:
+        stored = store.get(mailbox.org_id, mailbox_owner(mailbox.mailbox_id))
+        grant = json.loads(stored.value) if stored is not None else None
+    except (TokenDecryptionError, ValueError):
+        log.warning("disconnect: the stored Google grant is unreadable; nothing to revoke")
+        return False
+    token = str(grant.get("refresh_token") or grant.get("access_token") or "") if isinstance(grant, dict) else ""
+    if not token:
+        return False
+    try:
+        response = session.post(revoke_url, data={"token": token}, timeout=(5.0, 15.0))
+    except (requests.ConnectionError, requests.Timeout) as exc:
+        log.warning("disconnect: Google's revocation endpoint unreachable (%s)", type(exc).__name__)
+        return False
+    if response.status_code >= 300:
+        log.warning("disconnect: Google's revocation endpoint answered %s", response.status_code)
+        return False
+    return True

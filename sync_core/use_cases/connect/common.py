@@ -38,6 +38,7 @@ from sync_core.ports.identity import (
     AuthFlowStore,
     Directory,
     IdentityProvider,
+    OrgAccess,
     OrgTenantStore,
     TokenCacheStore,
     TokenSource,
@@ -63,6 +64,9 @@ class ConnectProvider:
     directory_for: Callable[[TokenSource], Directory]
     label: str
     account_label: str
+    # Org-wide access from an uploaded credential (Google Workspace service account), when the provider
+    # has one: mailboxes are then added by address (``connect.org_access``).
+    org_access: OrgAccess | None = None
 
 
 MICROSOFT = "microsoft"
