@@ -36,10 +36,11 @@ ORG = "bench-send-org"
 
 
 def run(ctx: Context) -> dict[str, Any]:
-    from bench.stack import consented_tenant  # noqa: PLC0415
-
     client = ctx.stack.client()
-    tenant = consented_tenant(client, "send")
+    tenant = client.provision_tenant("send")
+    # Sending needs Mail.ReadWrite (drafts, attachments) and Mail.Send, granted with admin consent.
+    client.set_app_roles(tenant.app.client_id, ["Mail.Read", "Mail.ReadWrite", "Mail.Send", "User.Read.All"])
+    tenant.consent_as_admin()
     user = tenant.users["adele"]
     ctx.set_latency(ctx.latency_ms)
     params = {"tenant_id": tenant.id, "user_id": user.id, "address": user.mail.lower(), "token": tenant.app_token()}
@@ -136,6 +137,7 @@ def graph_worker(params: dict[str, Any]) -> dict[str, Any]:
     per_send: list[tuple[bool, int]] = []
     clock = Clock()
     statuses = []
+    errors: Counter[str] = Counter()
     with clock.timing():
         for n in range(GRAPH_SENDS):
             before = sum(kinds.values())
@@ -151,12 +153,15 @@ def graph_worker(params: dict[str, Any]) -> dict[str, Any]:
                 time.sleep(1)
                 send.release_due(app.send_deps())
             statuses.append(stored.value.status.value if stored is not None else "missing")
+            if stored is not None and stored.value.error is not None:
+                errors[str(stored.value.error)[:200]] += 1
             per_send.append((n % 2 == 1, sum(kinds.values()) - before))
     requests.Session.request = original  # type: ignore[method-assign]
     with_files = [c for a, c in per_send if a]
     without = [c for a, c in per_send if not a]
     return {
         "statuses": dict(Counter(statuses)),
+        "errors": dict(errors),
         "requests_by_kind": dict(kinds),
         "requests_per_send": sum(c for _, c in per_send) / len(per_send),
         "per_send_with_attachment": sum(with_files) / len(with_files),
