@@ -702,7 +702,8 @@ floor's: {_phases(m.get("floor_phases", {}))}. So the wire and imapclient's pars
 (FETCH); the product adds a `UID SEARCH` per page (the remaining range, {_n(searches, 1)} s against the
 floor's one per folder) and, inside `delta` but outside imapclient, **{_n(adapter, 1)} s** of the adapter's
 own work on the fetched items (each header section through `domain.mime.parse_rfc822`, BODYSTRUCTURE,
-`MailMessage`): CPU-bound Python (the product's CPU is {_n(m["cpu"], 1)} s against the floor's
+`MailMessage`; `parse_rfc822` alone {_n(p.get("parse_rfc822 (header sections)"), 1)} s): CPU-bound Python
+(the product's CPU is {_n(m["cpu"], 1)} s against the floor's
 {_n(m["floor_cpu"], 1)} s), stretched by the shared machine's load. That conversion, not the conversation with
 Dovecot, is what bounds goal 4. Idle: a caught-up poll costs {_n(m["idle_commands_per_poll"], 1)} IMAP
 commands (the EXAMINE of each folder: IMAP has no batch; an unchanged HIGHESTMODSEQ ends the folder's poll)
