@@ -39,6 +39,9 @@ def render(results: Path, docs: Path) -> Path:
         ("matching", _matching),
         ("cold_start", _cold_start),
         ("side_by_side", _side_by_side),
+        ("imap_backfill", _imap),
+        ("gmail_backfill", _gmail),
+        ("send", _send),
     ):
         sections.append(section(r, images) if name in r else f"## {_TITLES[name]}\n\n" + NOT_RUN.format(name=name))
     sections.append(_proposals(r))
@@ -55,6 +58,9 @@ _TITLES = {
     "matching": "4. Matching against 1,000,000 records",
     "cold_start": "5. Cold start and installed size",
     "side_by_side": "6. Side by side with the official msgraph-sdk",
+    "imap_backfill": "7. IMAP backfill (real Dovecot)",
+    "gmail_backfill": "8. Gmail backfill (Google emulator)",
+    "send": "9. Sending",
 }
 
 
@@ -157,6 +163,39 @@ NOT_MEASURED = {
 }
 
 
+def _provider_rows(r: dict[str, Result]) -> list[tuple[tuple[str, int], str, str, str, str]]:
+    """Goals 4-6: the IMAP and Gmail backfills against their floors, sending."""
+    rows: list[tuple[tuple[str, int], str, str, str, str]] = []
+    if "imap_backfill" in r:
+        m = r["imap_backfill"]["median"]
+        rows.append((("4", 0), "IMAP backfill wall / bare imapclient (same run)", f"≤ 1.5{X}",
+                     f"{_n(m['wall_over_floor'], 2)}{X} ({_n(m['wall'], 1)} s vs {_n(m['floor_wall'], 1)} s; "
+                     f"peak RSS {_n(m['peak_rss_mb'])} MB)", _met(m["wall_over_floor"] <= 1.5)))  # fmt: skip
+    else:
+        rows.append((("4", 0), "IMAP backfill wall / bare imapclient", f"≤ 1.5{X}", NOT_MEASURED["4"], "\u2013"))
+    if "gmail_backfill" in r:
+        g = r["gmail_backfill"]
+        m = g["median"]
+        rows.append((("5", 0), f"Gmail backfill wall / bare client (same run, {g['latency_ms']} ms)", f"≤ 1.3{X}",
+                     f"{_n(m['wall_over_floor'], 2)}{X} ({_n(m['wall'], 1)} s vs {_n(m['floor_wall'], 1)} s)",
+                     _met(m["wall_over_floor"] <= 1.3)))  # fmt: skip
+    else:
+        rows.append((("5", 0), "Gmail backfill wall / bare client", f"≤ 1.3{X}", NOT_MEASURED["5"], "\u2013"))
+    if "send" in r:
+        m = r["send"]["median"]
+        rows.append((("6", 0), "send: Graph requests per send (without / with one attachment)", "report",
+                     f"{_n(m['graph_requests_per_send_without_attachment'], 1)} / "
+                     f"{_n(m['graph_requests_per_send_with_attachment'], 1)}", "reported"))  # fmt: skip
+        rows.append((("6", 1), "send: 1,000 sends across 50 mailboxes drained (simulated clock); CPU per send",
+                     "report", f"within minute {_n(m['drain_last_submit_seconds'] / 60 + 1)}, at most "
+                     f"{_n(m['drain_max_per_mailbox_minute'])}/min a mailbox; {_n(m['drain_cpu_ms_per_send'], 2)} ms",
+                     "reported" if m["drain_all_sent"] else "**not all sent**"))  # fmt: skip
+    else:
+        rows.append((("6", 0), "send: Graph requests per send; 1,000 sends drained at pacing", "report",
+                     NOT_MEASURED["6"], "\u2013"))  # fmt: skip
+    return rows
+
+
 def _floor_ratios(r: dict[str, Result]) -> tuple[float | None, float | None, float | None]:
     """(floor seconds, in-memory wall / floor, Azurite wall / floor). Results from before the floor counted
     attachment listings fall back to the page-only "raw fetch" floor of that run."""
@@ -201,16 +240,21 @@ def _summary_rows(r: dict[str, Result]) -> list[tuple[tuple[str, int], str, str,
         per_run = f["table_transactions_per_mailbox"]
         rows.append((("3", 1), "fleet: Table transactions per run (timer → queue → sync)", "≤ 8",
                      _n(per_run, 1), _met(per_run <= 8)))  # fmt: skip
-    for goal, what in (("4", "IMAP backfill wall / bare imapclient"), ("5", "Gmail backfill wall / bare client"),
-                       ("6", "send: Graph requests per send; 1,000 sends drained at pacing")):  # fmt: skip
-        rows.append(((goal, 0), what, {"4": f"≤ 1.5{X}", "5": f"≤ 1.3{X}", "6": "report"}[goal], NOT_MEASURED[goal],
-                     "\u2013"))  # fmt: skip
+    rows += _provider_rows(r)
     if "idle" in r:
         use_case, host = r["idle"]["per_poll_use_case"], r["idle"]["per_poll_host_path"]
         rows.append((("7", 0), "idle poll (Microsoft): Graph requests / Table writes (sync use case)", "1 / 0",
                      f"{_n(use_case['graph'], 2)} / {_n(use_case['table:write'], 1)} "
                      f"(timer → queue → sync: {_n(host['table:write'], 2)} writes, the claim)",
                      _met(use_case["graph"] <= 1 and use_case["table:write"] == 0)))  # fmt: skip
+    for key, name, unit in (("imap_backfill", "IMAP", "IMAP commands"), ("gmail_backfill", "Gmail", "Gmail requests")):
+        if key in r:
+            m = r[key]["median"]
+            per_poll = m.get("idle_commands_per_poll", m.get("idle_requests_per_poll"))
+            what = f"idle poll ({name}): {unit} / store writes (sync use case)"
+            rows.append((("7", 10 if name == "IMAP" else 11), what, "1 / 0",
+                         f"{_n(per_poll, 2)} / {_n(m['idle_writes_per_poll'], 1)}",
+                         _met(per_poll <= 1 and m["idle_writes_per_poll"] == 0)))  # fmt: skip
     if "cold_start" in r:
         c = r["cold_start"]
         rows.append((("7", 1), "import function_app (-X importtime)", "≤ 250 ms", f"{_n(c['import_ms'])} ms",
@@ -621,6 +665,116 @@ SDK's JSON batching cannot be used in these versions, because a sub-response wit
 back with `body = None` (`BatchResponseItem` reads it with `get_bytes_value`; microsoft/kiota-python#737),
 so `get_response_by_id(..., AttachmentCollectionResponse)` raises. msgraph-core 1.5.2 also imports
 `deprecated` without declaring it (pinned in `bench/peers/requirements.txt`).
+"""
+
+
+def _phases(phases: dict[str, float]) -> str:
+    return ", ".join(f"{name} {_n(seconds, 1)} s" for name, seconds in sorted(phases.items(), key=lambda i: -i[1]))
+
+
+def _imap(r: dict[str, Result], images: Path) -> str:
+    i = r["imap_backfill"]
+    m, mix = i["median"], i["mix"]
+    p, fp = m["phases"], m.get("floor_phases", {})
+    searches = p.get("IMAPClient.search", 0.0) - fp.get("IMAPClient.search", 0.0)
+    adapter = p.get("IMAP headers (delta)", 0.0) - p.get("IMAPClient.fetch", 0.0) - p.get("IMAPClient.search", 0.0)
+    return f"""## {_TITLES["imap_backfill"]}
+
+The backfill's mix ({_n(mix["messages"])} messages, {_n(mix["body_megabytes"], 1)} MB of text bodies,
+{_n(mix["records"])} CRM records; attachments kept by name and type at 2 KB each, since the adapter never
+downloads them) APPENDed to a user of the project's real Dovecot (`tools/mailserver.py`, IMAPS on loopback,
+no injected latency), synced from scratch by `sync_mailbox` through `ImapMailSource` on the in-memory store
+doubles; the floor is a bare `imapclient` session in the same run: EXAMINE and one `UID SEARCH SINCE` per
+folder, the adapter's phase-one items in FETCHes of its batch size (200), then the first body part of that
+batch's matched messages. Pairs interleaved, {len(i["ours"])} of them, each side in a fresh worker process.
+
+| | product | floor |
+| --- | --- | --- |
+| wall | {_n(m["wall"], 1)} s | {_n(m["floor_wall"], 1)} s |
+| CPU | {_n(m["cpu"], 1)} s | {_n(m["floor_cpu"], 1)} s |
+| peak RSS (VmHWM) | {_n(m["peak_rss_mb"])} MB | {_n(m["floor_peak_rss_mb"])} MB |
+| IMAP commands | {_n(m["imap_commands"])} | {_n(m["floor_commands"])} |
+| **wall / floor** (goal ≤ 1.5{X}, pair by pair) | **{_n(m["wall_over_floor"], 2)}{X}** | |
+| decisions as expected (every run) | {"yes" if i["correct"] else "**no**"} | |
+
+Where the product's time goes (nested timers, each includes what it calls): {_phases(m["phases"])}; the
+floor's: {_phases(m.get("floor_phases", {}))}. So the wire and imapclient's parsing cost both sides alike
+(FETCH); the product adds a `UID SEARCH` per page (the remaining range, {_n(searches, 1)} s against the
+floor's one per folder) and, inside `delta` but outside imapclient, **{_n(adapter, 1)} s** of the adapter's
+own work on the fetched items (each header section through `domain.mime.parse_rfc822`, BODYSTRUCTURE,
+`MailMessage`; `parse_rfc822` alone {_n(p.get("parse_rfc822 (header sections)"), 1)} s): CPU-bound Python
+(the product's CPU is {_n(m["cpu"], 1)} s against the floor's
+{_n(m["floor_cpu"], 1)} s), stretched by the shared machine's load. That conversion, not the conversation with
+Dovecot, is what bounds goal 4. Idle: a caught-up poll costs {_n(m["idle_commands_per_poll"], 1)} IMAP
+commands (the EXAMINE of each folder: IMAP has no batch; an unchanged HIGHESTMODSEQ ends the folder's poll)
+and {_n(m["idle_writes_per_poll"], 1)} store writes. One command for both folders would need `LIST-STATUS`
+(RFC 5819: `LIST ... RETURN (STATUS (UIDNEXT HIGHESTMODSEQ))`) where the server offers it (Dovecot does),
+with today's EXAMINE per folder kept as the fallback; not done this round.
+Seeding (not measured): {i["seed_seconds"]["append"]} s of MULTIAPPEND.
+"""
+
+
+def _gmail(r: dict[str, Result], images: Path) -> str:
+    g = r["gmail_backfill"]
+    m, mix = g["median"], g["mix"]
+    return f"""## {_TITLES["gmail_backfill"]}
+
+The backfill's mix ({_n(mix["messages"])} messages; attachments 2 KB each) delivered to a Workspace user of the
+Google emulator (its own process), connected through the product's own OAuth connect; synced from scratch by
+`sync_mailbox` through `GmailMailSource` on the in-memory store doubles. The floor, in the same run: a bare
+`requests` client making the backfill's requests (per label `getProfile`, every `messages.list` page of
+500, `format=metadata` gets in batches of 50, one batch of `format=full` gets of each page's matched
+messages, the closing `history.list`); {len(g["ours"])} pair(s), interleaved, each side in a fresh worker
+process. **{g["latency_ms"]} ms** of latency before every call, batched
+sub-requests included (the emulator serves a batch's calls one after the other, so at the Graph runs' 50 ms
+the 10,000 metadata gets alone would sleep 500 s on both sides); the emulator's per-user quota was lifted
+for both. With Gmail's real quota (15,000 units a user a minute, a `messages.get` costs 5) the floor's
+{_n(m["floor_quota_units"])} units take at least **{_n(m["quota_bound_seconds"])} s**: that, not the client,
+bounds a real Gmail backfill of this size.
+
+| | product | floor |
+| --- | --- | --- |
+| wall | {_n(m["wall"], 1)} s | {_n(m["floor_wall"], 1)} s |
+| CPU | {_n(m["cpu"], 1)} s | {_n(m["floor_cpu"], 1)} s |
+| peak RSS (VmHWM) | {_n(m["peak_rss_mb"])} MB | |
+| HTTP requests (a batch once) | {_n(m["gmail_http_requests"])} | {_n(m["floor_http_requests"])} |
+| **wall / floor** (goal ≤ 1.3{X}, pair by pair) | **{_n(m["wall_over_floor"], 2)}{X}** | |
+| decisions as expected (every run) | {"yes" if g["correct"] else "**no**"} | |
+
+Where the product's time goes (nested timers): {_phases(m["phases"])}. Idle: a caught-up poll costs
+{_n(m["idle_requests_per_poll"], 1)} Gmail requests (both labels' `history.list` in one batch) and
+{_n(m["idle_writes_per_poll"], 1)} store writes. Seeding (not measured): {g["seed_seconds"]["deliver"]} s.
+"""
+
+
+def _send(r: dict[str, Result], images: Path) -> str:
+    s = r["send"]
+    m = s["median"]
+    kinds = s["graph"][0]["requests_by_kind"] if s["graph"] else {}
+    paced = s.get("paced_10_mailboxes", {})
+    by_kind = ", ".join(f"{k} {v}" for k, v in kinds.items())
+    window = lambda seconds: _n(seconds / 60 + 1)  # noqa: E731  # the simulated minute of the last submit, from 1
+    return f"""## {_TITLES["send"]}
+
+**Graph requests per send**: the product's send state machine (request → queue → `deliver` → confirm) with
+the real `GraphMailSender` against the Graph emulator at {s["latency_ms"]} ms, 20 sends of one mailbox, every
+second one with a 100 KB attachment, on in-memory stores: **{_n(m["graph_requests_per_send_without_attachment"], 1)}**
+requests a send without attachments, **{_n(m["graph_requests_per_send_with_attachment"], 1)}** with one
+(median of {len(s["graph"])} run(s); by kind in the first run, for 20 sends: {by_kind}),
+{_n(m["graph_wall_per_send"], 2)} s wall and {_n(m["graph_cpu_ms_per_send"])} ms CPU a send (the confirm's look
+for the sent copy included).
+
+**Drain at the pacing limit**: 1,000 sends across 50 mailboxes, requested at once, through the same state
+machine and pacing (`use_cases.send.pacing`: 30 a minute per mailbox) on in-memory stores with the
+provider's test double (`FakeMailSender`) and a **simulated clock** (the minute timer's `release_due` and the
+queue run every 5 simulated seconds). Measured: every send sent ({"yes" if m["drain_all_sent"] else "**no**"}),
+all submitted within simulated minute {window(m["drain_last_submit_seconds"])}, at most
+{_n(m["drain_max_per_mailbox_minute"])} submits a mailbox in any simulated minute, and
+**{_n(m["drain_cpu_ms_per_send"], 2)} ms of product CPU per send** (state machine, pacing, in-memory stores
+and the double; no network). With 20 sends a mailbox the pacing never binds; the same 1,000 sends over
+10 mailboxes (100 each) show it binding: last submit in simulated minute
+{window(paced.get("simulated_seconds_to_last_submit", 0))}, at most
+{_n(paced.get("max_per_mailbox_minute"))} a mailbox a minute ({_n(paced.get("cpu_ms_per_send"), 2)} ms CPU a send).
 """
 
 

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import backfill, cold_start, fleet, idle, matching, report, side_by_side
+from bench import backfill, cold_start, fleet, gmail_backfill, idle, imap_backfill, matching, report, send, side_by_side
 from bench.context import Context
 from bench.stack import ROOT, running_stack
 
@@ -32,8 +32,11 @@ BENCHMARKS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "idle": idle.run,
     "fleet": fleet.run,
     "matching": matching.run,
+    "imap_backfill": imap_backfill.run,  # the real Dovecot of tools/mailserver.py, no Azurite or emulator
+    "gmail_backfill": gmail_backfill.run,  # an emulator process of its own with the Google half
+    "send": send.run,
 }
-NEEDS_STACK = frozenset(BENCHMARKS) - {"cold_start"}
+NEEDS_STACK = frozenset(BENCHMARKS) - {"cold_start", "imap_backfill", "gmail_backfill"}
 
 
 def main(argv: list[str] | None = None) -> int:

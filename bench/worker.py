@@ -16,7 +16,13 @@ TASKS = {
     "backfill-raw": "bench.backfill:raw_worker",
     "backfill-peer": "bench.side_by_side:peer_worker",
     "idle": "bench.idle:idle_worker",
+    "gmail-backfill-ours": "bench.gmail_backfill:ours_worker",
+    "gmail-backfill-raw": "bench.gmail_backfill:raw_worker",
+    "imap-backfill-ours": "bench.imap_backfill:ours_worker",
+    "imap-backfill-raw": "bench.imap_backfill:raw_worker",
     "fleet": "bench.fleet:fleet_worker",
+    "send-graph": "bench.send:graph_worker",
+    "send-drain": "bench.send:drain_worker",
     "matching-memory": "bench.matching:memory_worker",
     "matching-azurite": "bench.matching:azurite_worker",
 }
