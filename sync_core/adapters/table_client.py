@@ -58,7 +58,6 @@ PARALLEL_REQUESTS = 8
 CONFLICT_ATTEMPTS = 5
 # Key ranges OR-ed into one query: 1 + 2 * 7 comparisons, within the service's 15 per filter.
 RANGES_PER_QUERY = 7
-KEYS_PER_QUERY = 14  # RowKey equalities OR-ed into one query: 1 + 14 comparisons
 T = TypeVar("T")
 _TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,62}$")
 
@@ -262,13 +261,6 @@ class Table:
             for n, (low, high) in enumerate(ranges)
         ]
         return self._any_of(partition_key, clauses, RANGES_PER_QUERY, select)
-
-    def rows_with_keys(
-        self, partition_key: str, row_keys: Sequence[str], select: Sequence[str] | None = None
-    ) -> list[TableEntity]:
-        """The existing ones of these entities of one partition: one query per ``KEYS_PER_QUERY`` keys."""
-        clauses = [(f"RowKey eq @k{n}", {f"k{n}": row_key}) for n, row_key in enumerate(row_keys)]
-        return self._any_of(partition_key, clauses, KEYS_PER_QUERY, select)
 
     def _any_of(
         self,

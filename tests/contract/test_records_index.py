@@ -192,3 +192,21 @@ def test_a_key_shared_by_records_upserted_in_separate_batches_finds_both_and_los
     assert both.records_for_address(shared) == (RecordRef("c1", "contact"), RecordRef("c2", "lead"))
     assert after.records_for_address(shared) == (RecordRef("c2", "lead"),)
     assert after.records_for_domain("client.example") == (RecordRef("c2", "lead"),)
+
+
+def test_a_batch_mixing_new_records_and_changed_existing_ones_upserts_them_all(records: RecordsIndex) -> None:
+    records.upsert("org-1", [Record("c1", "contact", emails=("old@a.example",))])
+    records.upsert(
+        "org-1",
+        [
+            Record("n1", "lead", emails=("n1@b.example",)),
+            Record("c1", "contact", emails=("new@a.example",)),
+            Record("n2", "lead", domains=("b.example",)),
+        ],
+    )
+    found = records.lookup("org-1", ["old@a.example", "new@a.example", "n1@b.example"], ["b.example"])
+    assert found.records_for_address("old@a.example") == ()
+    assert found.records_for_address("new@a.example") == (RecordRef("c1", "contact"),)
+    assert found.records_for_address("n1@b.example") == (RecordRef("n1", "lead"),)
+    assert found.records_for_domain("b.example") == (RecordRef("n2", "lead"),)
+    assert set(records.get_many("org-1", ["c1", "n1", "n2", "gone"])) == {"c1", "n1", "n2"}
