@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import backfill, cold_start, fleet, idle, matching, report, side_by_side
+from bench import backfill, cold_start, fleet, idle, matching, records_load, report, side_by_side
 from bench.context import Context
 from bench.stack import ROOT, running_stack
 
@@ -32,6 +32,7 @@ BENCHMARKS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "idle": idle.run,
     "fleet": fleet.run,
     "matching": matching.run,
+    "records_load": records_load.run,
 }
 NEEDS_STACK = frozenset(BENCHMARKS) - {"cold_start"}
 

@@ -19,6 +19,7 @@ TASKS = {
     "fleet": "bench.fleet:fleet_worker",
     "matching-memory": "bench.matching:memory_worker",
     "matching-azurite": "bench.matching:azurite_worker",
+    "records-load": "bench.records_load:load_worker",
 }
 
 
