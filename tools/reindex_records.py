@@ -6,15 +6,17 @@ Idempotent: an org already reindexed is reindexed again, harmlessly."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 
 from sync_core import bootstrap
+from sync_core.settings import Settings
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], env: Mapping[str, str] | None = None) -> int:
     if not argv:
         print(__doc__, file=sys.stderr)
         return 2
-    records = bootstrap.services().stores.records
+    records = bootstrap.Services(Settings.from_env(env)).stores.records
     for org_id in argv:
         print(f"{org_id}: {records.reindex(org_id)} records reindexed")
     return 0

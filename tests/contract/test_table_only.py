@@ -20,6 +20,7 @@ from sync_core.adapters.tables import TableStores
 from sync_core.domain.model import Activity, EmailAddress, Record, RecordRef
 from sync_core.errors import StorageUnavailable
 from tests.contract.conftest import T0, SimulatedCrash, crash_after, make_activity
+from tools import reindex_records
 from tools.azurite import DEV_ACCOUNT, DEV_KEY, free_port
 
 
@@ -356,4 +357,21 @@ def test_a_reindex_run_twice_changes_no_answer(table_service: TableServiceClient
     index = TableRecordsIndex(table_service, table_prefix, snapshot_records=0)
     assert (index.reindex("org-1"), index.reindex("org-1")) == (1, 1)
     found = index.lookup("org-1", ["a@x.example"], [])
+    assert found.records_for_address("a@x.example") == (RecordRef("c1", "contact"),)
+
+
+def test_the_reindex_command_moves_an_org_to_the_bucketed_layout(
+    table_service: TableServiceClient, table_prefix: str, storage_connection_string: str
+) -> None:
+    _write_layout_one(
+        table_service, f"{table_prefix}records", "org-1", [Record("c1", "contact", emails=("a@x.example",))]
+    )
+    code = reindex_records.main(
+        ["org-1"], {"AzureWebJobsStorage": storage_connection_string, "TABLE_PREFIX": table_prefix}
+    )
+    contents = table_contents(table_service, f"{table_prefix}records")
+    found = TableRecordsIndex(table_service, table_prefix, snapshot_records=0).lookup("org-1", ["a@x.example"], [])
+    assert code == 0
+    assert contents[("org-1|v", "version")]["layout"] == 2
+    assert not [key for key in contents if key[0].startswith("org-1|e|")]
     assert found.records_for_address("a@x.example") == (RecordRef("c1", "contact"),)
