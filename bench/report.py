@@ -753,7 +753,13 @@ Ordered by expected effect on the numbers above (round two's goals first).
    Table storage, per its query design guidance), and a re-upsert of existing records reads them again in
    the upsert; handing the API's read to the upsert would halve that; (c) a records write of an org still
    in the old layout reindexes the whole org in that request: run `tools.reindex_records` for large orgs
-   before they write.
+   before they write. Both goal 2 rows are storage-bound on this machine: the load makes about 87 round
+   trips a batch of 1,000 (the index rows about 64 transactions of ~16 rows, the record rows 10 creating
+   and 10 settling ones), matching at 100,000 records about one query per 8 messages, and Azurite, one
+   Node process sharing 2 cores with the rest of the bench, answered them at about 10-20 a second once the
+   table held 100,000 records and their index rows (its queries slow as the table grows). With real Table
+   storage, which answers each in milliseconds, the same counts are about 100 batches of 87 round trips,
+   partly in parallel.
 3. **Storage off the backfill's critical path** (goal 1). Tried this round and taken out again: a
    page's save and checkpoint (in a second step also its attachment listings and thread reads) on a
    writer thread while the next page is fetched and decided, one page in flight, in order, its failure
