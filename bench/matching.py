@@ -3,8 +3,8 @@ per message with the page-level lookup (one ``RecordsIndex.lookup`` per delta pa
 screenings name asked once), through the product's ``pipeline.build_activities``.
 
 Two workers, because 1,000,000 records cannot be loaded into Azurite on the reference machine (measured:
-Azurite writes about 100-250 entities/s and slows as a table grows, and the records index holds one
-entity per record address, each in its own partition, so entity group transactions cannot batch them):
+Azurite writes about 100-250 entities/s and slows as a table grows; this bench-only loader writes the
+index rows one request each; ``bench/records_load.py`` loads through the product's ``records:batch``):
 
 * ``matching-memory``: 1,000,000 records in a ``DictRecordsIndex`` (address -> records), pages of
   1,000 messages through ``build_activities``: messages/s on one core, lookup keys per message, RSS.

@@ -19,7 +19,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import backfill, cold_start, fleet, gmail_backfill, idle, imap_backfill, matching, report, send, side_by_side
+from bench import (
+    backfill,
+    cold_start,
+    fleet,
+    gmail_backfill,
+    idle,
+    imap_backfill,
+    matching,
+    records_load,
+    report,
+    send,
+    side_by_side,
+)
 from bench.context import Context
 from bench.stack import ROOT, running_stack
 
@@ -35,6 +47,7 @@ BENCHMARKS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "imap_backfill": imap_backfill.run,  # the real Dovecot of tools/mailserver.py, no Azurite or emulator
     "gmail_backfill": gmail_backfill.run,  # an emulator process of its own with the Google half
     "send": send.run,
+    "records_load": records_load.run,
 }
 NEEDS_STACK = frozenset(BENCHMARKS) - {"cold_start", "imap_backfill", "gmail_backfill"}
 

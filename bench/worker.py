@@ -25,6 +25,7 @@ TASKS = {
     "send-drain": "bench.send:drain_worker",
     "matching-memory": "bench.matching:memory_worker",
     "matching-azurite": "bench.matching:azurite_worker",
+    "records-load": "bench.records_load:load_worker",
 }
 
 

@@ -4,8 +4,19 @@ Layout:
 - ``<org>|r`` / ``<record>``: the record (type, name, emails, domains) and ``index_keys``, every
   address/domain row that may exist for it; all records of an org share this partition, so batch upserts
   write them in entity group transactions.
-- ``<org>|e|<address>`` / ``<record>`` and ``<org>|d|<domain>`` / ``<record>``: one row per record holding
-  that address or domain. A lookup is one partition query per distinct address or domain, never a scan.
+- ``<org>|x|<bucket>`` / ``e|<address>|<record>`` and ``d|<domain>|<record>``: one row per record holding
+  that address or domain, in one of ``BUCKETS`` partitions per org chosen by a stable hash of the address or
+  domain (``bucket_of``). A records write puts and deletes its index rows in entity group transactions of
+  up to 100 rows per bucket (a 1,000-record batch: a few dozen transactions); a lookup of a page's keys is
+  one query per bucket touched (up to ``RANGES_PER_QUERY`` key ranges OR-ed in one filter), never a scan.
+
+Layout 1 (before) and its migration: index rows were one partition per address or domain
+(``<org>|e|<address>`` / ``<record>``, ``<org>|d|<domain>`` / ``<record>``). The org's version row carries
+``layout`` = 2 once the org is reindexed. The first upsert or delete of an org without it reindexes the
+org first (``reindex``: from each record row, the source of truth, its rows in the bucketed layout are put
+and its layout-1 rows deleted; then the marker), so lookups read layout 1 until the org's first records
+write and the bucketed layout after; the snapshot (below) reads the record rows and serves either.
+``reindex`` may also be run ahead of traffic, org by org; running it again is harmless.
 
 Invariants:
 - A record's address/domain rows are always within its ``index_keys``. An upsert (1) writes the record
@@ -43,6 +54,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import threading
 import time
 import uuid
@@ -56,17 +68,19 @@ from azure.data.tables import TableServiceClient
 from sync_core.adapters import table_keys as keys
 from sync_core.adapters.table_client import (
     CONFLICT_ATTEMPTS,
+    RANGES_PER_QUERY,
     Plan,
     Table,
     TableMetrics,
     Write,
     etag_of,
     key_only,
+    pack,
     table_name,
 )
 from sync_core.adapters.table_codec import get_json, put_json, stored_record
 from sync_core.domain.model import Record, RecordRef
-from sync_core.errors import ConcurrencyConflict, StorageUnavailable
+from sync_core.errors import AlreadyExists, ConcurrencyConflict, StorageUnavailable
 from sync_core.ports import RecordLookupResult
 
 IndexKey = tuple[str, str]  # ("e", address) or ("d", domain)
@@ -78,6 +92,8 @@ DEFAULT_SNAPSHOT_RECORDS = 20_000
 SNAPSHOT_ORGS = 16  # snapshots kept per instance, least recently used dropped first
 LARGE_RECHECK = 3600.0  # seconds before an org found too large for a snapshot is scanned again
 _VERSION_ROW = "version"
+BUCKETS = 64  # index partitions per org: 100,000 records of 1-2 addresses are ~2,300 rows a bucket
+LAYOUT = 2  # the version row's ``layout`` once the org's index rows are bucketed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,20 +118,69 @@ class TableRecordsIndex:
         self._table = Table(service, table_name(prefix, "records"), metrics or TableMetrics(), after_write)
         self._cache = _LruCache(cache_entries)
         self._snapshots = _Snapshots(snapshot_records)
+        self._bucketed: set[str] = set()  # orgs seen in the bucketed layout (it is never undone)
 
     def upsert(self, org_id: str, records: Sequence[Record]) -> None:
         if records:
+            self._ensure_bucketed(org_id)
             with self._changing(org_id):
                 self._upsert(org_id, records)
 
     def delete(self, org_id: str, record_ids: Sequence[str]) -> None:
         if record_ids:
+            self._ensure_bucketed(org_id)
             with self._changing(org_id):
                 self._delete(org_id, record_ids)
 
+    def reindex(self, org_id: str) -> int:
+        """Rewrite the org's index rows in the bucketed layout from its record rows, delete their layout-1
+        rows, then mark the org (a new records version with ``layout`` = 2). Returns the records reindexed.
+        Idempotent; a record upserted concurrently is left as that upsert writes it (its rows are within
+        its ``index_keys``, which the upsert's own deletes use)."""
+        return self._reindex(org_id, self._read_version(org_id)[1])
+
+    def _reindex(self, org_id: str, layout: int) -> int:
+        count, stale = 0, []
+        with self._changing(org_id, layout_on_error=layout):
+            batch: list[Mapping[str, Any]] = []
+            for entity in self._table.rows(keys.record_partition(org_id)):
+                batch.append(entity)
+                if len(batch) >= 1_000:
+                    stale += self._reindex_rows(org_id, batch)
+                    count, batch = count + len(batch), []
+            stale += self._reindex_rows(org_id, batch)
+            count += len(batch)
+        # Once marked, layout-1 rows are never read again: a failure here leaves only unread rows.
+        self._table.submit(stale)
+        return count
+
+    def _reindex_rows(self, org_id: str, entities: Sequence[Mapping[str, Any]]) -> list[Write]:
+        """Put the bucketed rows of these records; return the deletes of their layout-1 rows."""
+        puts: list[Write] = []
+        stale: list[Write] = []
+        for entity in entities:
+            record = _record_from(entity)
+            puts += [
+                Write("upsert", _index_row(org_id, key, record.record_id, record.record_type))
+                for key in sorted(_index_keys(record))
+            ]
+            stale += [Write("delete", _old_index_row(org_id, key, record.record_id)) for key in _keys_of(entity)]
+        self._table.submit(puts)
+        return stale
+
+    def _ensure_bucketed(self, org_id: str) -> None:
+        """Reindex an org still in layout 1 (an org never goes back: ``layout`` is only ever written 2, or
+        kept as read by a reindex cut short), remembered per instance."""
+        if org_id in self._bucketed:
+            return
+        layout = self._read_version(org_id)[1]
+        if layout != LAYOUT:
+            self._reindex(org_id, layout)
+        self._bucketed.add(org_id)
+
     def _upsert(self, org_id: str, records: Sequence[Record]) -> None:
         wanted = {record.record_id: stored_record(record) for record in records}
-        pending = list(wanted)
+        pending = self._create_new(org_id, list(wanted.values()))
         for _ in range(CONFLICT_ATTEMPTS):
             if not pending:
                 return
@@ -126,18 +191,50 @@ class TableRecordsIndex:
                 if (change := self._change(org_id, wanted[record_id], entity)) is not None
             ]
             committed = self._table.commit([Plan(change.record_id, (change.record_write,)) for change in changes])
-            done = [change for change in changes if change.record_id in committed.etags]
-            self._table.submit([write for change in done for write in change.index_writes])
-            settle = [
-                Plan(change.record_id, (Write("update", change.settled, committed.etags[change.record_id]),))
-                for change in done
-                if change.settled is not None
-            ]
-            # A conflict here means a newer upsert took the record over; its index_keys include ours.
-            self._table.commit(settle)
+            self._finish([change for change in changes if change.record_id in committed.etags], committed.etags)
             pending = committed.conflicted
         if pending:
             raise ConcurrencyConflict(f"records {pending} kept changing while being upserted")
+
+    def _create_new(self, org_id: str, records: Sequence[Record]) -> list[str]:
+        """Create the records as new ones, without reading first: their record rows go up to 100 to an
+        entity group transaction, and a transaction that meets an existing record fails as a whole (nothing
+        written), its records returned for the read-then-write path. So loading new records reads nothing,
+        and re-upserting existing ones costs one refused transaction per 100 records more."""
+        changes = {record.record_id: self._change(org_id, record, None) for record in records}
+        by_write = {id(change.record_write): change for change in changes.values() if change is not None}
+        batches = pack([[change.record_write] for change in by_write.values()])
+        outcomes = self._table.in_parallel([functools.partial(self._try_transaction, batch) for batch in batches])
+        done: list[_Change] = []
+        etags: dict[str, str] = {}
+        refused: list[str] = []
+        for batch, outcome in zip(batches, outcomes, strict=True):
+            batch_changes = [by_write[id(write)] for write in batch]
+            if outcome is None:
+                refused += [change.record_id for change in batch_changes]
+                continue
+            done += batch_changes
+            etags.update((change.record_id, etag) for change, etag in zip(batch_changes, outcome, strict=True))
+        self._finish(done, etags)
+        return refused
+
+    def _try_transaction(self, batch: Sequence[Write]) -> list[str] | None:
+        try:
+            return self._table.transact(batch)
+        except (AlreadyExists, ConcurrencyConflict):
+            return None
+
+    def _finish(self, done: Sequence[_Change], etags: Mapping[str, str]) -> None:
+        """Steps 2 and 3 of an upsert, for records whose row was written at ``etags``: the index rows, then
+        the settled record row (a conflict there means a newer upsert took the record over; its
+        ``index_keys`` include ours)."""
+        self._table.submit([write for change in done for write in change.index_writes])
+        settle = [
+            Plan(change.record_id, (Write("update", change.settled, etags[change.record_id]),))
+            for change in done
+            if change.settled is not None
+        ]
+        self._table.commit(settle)
 
     def _delete(self, org_id: str, record_ids: Sequence[str]) -> None:
         pending = list(dict.fromkeys(record_ids))
@@ -154,10 +251,7 @@ class TableRecordsIndex:
                 ]
             )
             committed = self._table.commit(
-                [
-                    Plan(record_id, (Write("delete", key_only(entity), etag_of(entity)),))
-                    for record_id, entity in stored
-                ]
+                [Plan(record_id, (Write("delete", key_only(entity), etag_of(entity)),)) for record_id, entity in stored]
             )
             pending = committed.conflicted
         if pending:
@@ -174,12 +268,13 @@ class TableRecordsIndex:
 
     def lookup(self, org_id: str, addresses: Iterable[str], domains: Iterable[str]) -> RecordLookupResult:
         """One point read of the org's version; then, for a small org, its snapshot under that version (one
-        partition scan when there is none yet); else one partition query per distinct address and domain
-        not cached under that version, run concurrently."""
+        partition scan when there is none yet); else, for the addresses and domains not cached under that
+        version, one query per bucket touched (per 7 keys of a bucket), run concurrently; an org not yet
+        reindexed (layout 1) is asked one partition query per key."""
         wanted = [("e", a) for a in dict.fromkeys(addresses)] + [("d", d) for d in dict.fromkeys(domains)]
         if not wanted:
             return RecordLookupResult()
-        version = self._version(org_id)
+        version, layout = self._read_version(org_id)
         snapshot = self._snapshot(org_id, version)
         if snapshot is not None:
             return RecordLookupResult(
@@ -189,7 +284,7 @@ class TableRecordsIndex:
         cached = self._cache.get_many([(org_id, version, kind, value) for kind, value in wanted])
         answers = {key: refs for key, refs in zip(wanted, cached, strict=True) if refs is not None}
         misses = [key for key in wanted if key not in answers]
-        found = self._table.in_parallel([functools.partial(self._refs, _partition(org_id, key)) for key in misses])
+        found = self._bucketed_refs(org_id, misses) if layout == LAYOUT else self._old_refs(org_id, misses)
         self._cache.put_many([((org_id, version, *key), refs) for key, refs in zip(misses, found, strict=True)])
         answers.update(zip(misses, found, strict=True))
         return RecordLookupResult(
@@ -214,24 +309,57 @@ class TableRecordsIndex:
         self._snapshots.put(org_id, version, answers)
         return answers
 
-    def _version(self, org_id: str) -> str:
-        entity = self._table.get(_version_partition(org_id), _VERSION_ROW, select=["version"])
-        return str(entity["version"]) if entity is not None else ""
+    def _read_version(self, org_id: str) -> tuple[str, int]:
+        """The org's records version and index layout (1 for an org never reindexed)."""
+        entity = self._table.get(_version_partition(org_id), _VERSION_ROW, select=["version", "layout"])
+        if entity is None:
+            return "", 1
+        return str(entity["version"]), int(entity.get("layout") or 1)
 
     @contextmanager
-    def _changing(self, org_id: str) -> Iterator[None]:
-        """Write a new version of the org's records once the block ends, however it ends."""
+    def _changing(self, org_id: str, layout_on_error: int = LAYOUT) -> Iterator[None]:
+        """Write a new version of the org's records once the block ends, however it ends. It marks the
+        org bucketed when the block returned; when it raised, with ``layout_on_error`` (a reindex cut short
+        keeps the layout it started from)."""
         try:
             yield
         except BaseException:
             with suppress(StorageUnavailable):  # the block's own error is the one to report
-                self._bump_version(org_id)
+                self._bump_version(org_id, layout_on_error)
             raise
-        self._bump_version(org_id)
+        self._bump_version(org_id, LAYOUT)
 
-    def _bump_version(self, org_id: str) -> None:
-        row = {"PartitionKey": _version_partition(org_id), "RowKey": _VERSION_ROW, "version": uuid.uuid4().hex}
+    def _bump_version(self, org_id: str, layout: int) -> None:
+        row = {
+            "PartitionKey": _version_partition(org_id),
+            "RowKey": _VERSION_ROW,
+            "version": uuid.uuid4().hex,
+            "layout": layout,
+        }
         self._table.write(Write("upsert", row))
+
+    def _bucketed_refs(self, org_id: str, wanted: Sequence[IndexKey]) -> list[Refs]:
+        """Records of each key: one query per bucket touched (more for many keys in one bucket), buckets
+        queried concurrently."""
+        by_bucket: dict[str, list[IndexKey]] = {}
+        for key in wanted:
+            by_bucket.setdefault(_bucket_partition(org_id, key), []).append(key)
+        select = ["RowKey", "record_id", "record_type"]
+        calls = [
+            functools.partial(self._table.rows_in_ranges, partition, [_key_range(key) for key in chunk], select)
+            for partition, bucket in by_bucket.items()
+            for chunk in _chunks(bucket, RANGES_PER_QUERY)
+        ]
+        found: dict[str, list[RecordRef]] = {}
+        for rows in self._table.in_parallel(calls):
+            for row in rows:
+                prefix = row["RowKey"].rsplit(keys.SEPARATOR, 1)[0]
+                found.setdefault(prefix, []).append(RecordRef(row["record_id"], row["record_type"]))
+        return [tuple(sorted(found.get(_key_prefix(key), ()), key=_by_id)) for key in wanted]
+
+    def _old_refs(self, org_id: str, wanted: Sequence[IndexKey]) -> list[Refs]:
+        """Layout 1: one partition query per key."""
+        return self._table.in_parallel([functools.partial(self._refs, _old_partition(org_id, key)) for key in wanted])
 
     def _refs(self, partition_key: str) -> Refs:
         rows = self._table.rows(partition_key, select=["record_id", "record_type"])
@@ -241,6 +369,8 @@ class TableRecordsIndex:
         return self._table.get(keys.record_partition(org_id), keys.key_part(record_id))
 
     def _read_many(self, org_id: str, record_ids: Sequence[str]) -> list[Any]:
+        """Point reads (an ``or`` of RowKey equalities would be a scan of the org's record partition on
+        Table storage)."""
         return self._table.get_many([(keys.record_partition(org_id), keys.key_part(r)) for r in record_ids])
 
     def _change(self, org_id: str, record: Record, entity: Any) -> _Change | None:
@@ -274,9 +404,38 @@ def _keys_of(entity: Mapping[str, Any]) -> set[IndexKey]:
     return {(kind, value) for kind, value in get_json(entity, "index_keys", [])}
 
 
-def _partition(org_id: str, key: IndexKey) -> str:
+def bucket_of(key: IndexKey) -> int:
+    """The bucket of an address (``("e", address)``) or domain (``("d", domain)``): a stable hash, the
+    same in every process and version, so a key's rows are always in one known partition."""
+    kind, value = key
+    digest = hashlib.blake2b(f"{kind}:{value}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big") % BUCKETS
+
+
+def _bucket_partition(org_id: str, key: IndexKey) -> str:
+    return keys.compose(keys.key_part(org_id), "x", f"{bucket_of(key):02x}")
+
+
+def _key_prefix(key: IndexKey) -> str:
+    kind, value = key
+    return keys.compose(kind, keys.key_part(value))
+
+
+def _key_range(key: IndexKey) -> tuple[str, str]:
+    return keys.prefix_bounds(_key_prefix(key))
+
+
+def _chunks(items: Sequence[IndexKey], size: int) -> list[Sequence[IndexKey]]:
+    return [items[start : start + size] for start in range(0, len(items), size)]
+
+
+def _old_partition(org_id: str, key: IndexKey) -> str:
     kind, value = key
     return keys.address_partition(org_id, value) if kind == "e" else keys.domain_partition(org_id, value)
+
+
+def _old_index_row(org_id: str, key: IndexKey, record_id: str) -> dict[str, Any]:
+    return {"PartitionKey": _old_partition(org_id, key), "RowKey": keys.key_part(record_id)}
 
 
 def _version_partition(org_id: str) -> str:
@@ -284,7 +443,10 @@ def _version_partition(org_id: str) -> str:
 
 
 def _index_row(org_id: str, key: IndexKey, record_id: str, record_type: str = "") -> dict[str, Any]:
-    row: dict[str, Any] = {"PartitionKey": _partition(org_id, key), "RowKey": keys.key_part(record_id)}
+    row: dict[str, Any] = {
+        "PartitionKey": _bucket_partition(org_id, key),
+        "RowKey": keys.compose(_key_prefix(key), keys.key_part(record_id)),
+    }
     if record_type:
         row.update(record_id=record_id, record_type=record_type)
     return row

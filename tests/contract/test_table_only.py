@@ -14,12 +14,13 @@ from azure.data.tables import TableServiceClient
 from sync_core.adapters import table_keys as keys
 from sync_core.adapters.table_activities import TableActivityStore
 from sync_core.adapters.table_client import TableMetrics
-from sync_core.adapters.table_codec import ENTITY_MAX_BYTES, entity_size, utf16_units
-from sync_core.adapters.table_records import TableRecordsIndex
+from sync_core.adapters.table_codec import ENTITY_MAX_BYTES, entity_size, put_json, utf16_units
+from sync_core.adapters.table_records import TableRecordsIndex, bucket_of
 from sync_core.adapters.tables import TableStores
 from sync_core.domain.model import Activity, EmailAddress, Record, RecordRef
 from sync_core.errors import StorageUnavailable
 from tests.contract.conftest import T0, SimulatedCrash, crash_after, make_activity
+from tools import reindex_records
 from tools.azurite import DEV_ACCOUNT, DEV_KEY, free_port
 
 
@@ -214,11 +215,15 @@ def test_a_batch_upsert_writes_record_rows_in_group_transactions(table_stores: T
     records = [Record(f"c{i}", "contact", f"C {i}", emails=(f"c{i}@client.example",)) for i in range(60)]
     with table_stores.metrics.measure() as cost:
         table_stores.records.upsert("org-1", records)
-    # 60 reads, 1 transaction marking the records, 60 address rows, 1 transaction settling them.
-    assert cost.transactions == 60 + 1 + 60 + 1 + 1
+    buckets = len({bucket_of(("e", f"c{i}@client.example")) for i in range(60)})
+    # The org's first write reindexes it (the version read, a scan of its records, a new version); then,
+    # reading nothing, 1 transaction creating the records, a transaction per address bucket, 1 transaction
+    # settling them, the version.
+    assert cost.transactions == 3 + 1 + buckets + 1 + 1
     with table_stores.metrics.measure() as again:
         table_stores.records.upsert("org-1", records)
-    assert again.transactions == 60 + 1
+    # The creating transaction refused (they exist), 60 reads, nothing changed, the version.
+    assert again.transactions == 1 + 60 + 1
 
 
 def test_record_upserts_interrupted_after_any_write_converge_and_lost_addresses_stop_matching(
@@ -237,7 +242,11 @@ def test_record_upserts_interrupted_after_any_write_converge_and_lost_addresses_
     upsert_all(TableRecordsIndex(table_service, f"{table_prefix}ref", after_write=counter))
     reference = without_version(table_contents(table_service, f"{table_prefix}refrecords"))
     total_writes = counter.writes
-    assert total_writes == 6 + 7  # each: mark the record, a write per row (put or delete), settle, version
+    first_rows = {bucket_of(key) for key in [("e", "a@x.example"), ("e", "b@x.example"), ("d", "x.example")]}
+    second_rows = first_rows | {bucket_of(("e", "c@x.example"))}
+    # The org's reindex writes a version; then each: mark the record, a write per bucket of rows (put or
+    # delete), settle, version.
+    assert total_writes == 1 + (3 + len(first_rows)) + (3 + len(second_rows))
 
     for stop in range(1, total_writes):
         prefix = f"{table_prefix}k{stop}"
@@ -252,7 +261,7 @@ def test_record_upserts_interrupted_after_any_write_converge_and_lost_addresses_
         assert found.records_for_address("c@x.example") == (RecordRef("c1", "contact"),)
 
 
-def test_a_lookup_key_by_key_costs_one_query_per_distinct_address_and_domain(
+def test_a_lookup_key_by_key_costs_one_query_per_bucket_of_its_addresses_and_domains(
     table_service: TableServiceClient, table_prefix: str
 ) -> None:
     metrics = TableMetrics()
@@ -260,7 +269,8 @@ def test_a_lookup_key_by_key_costs_one_query_per_distinct_address_and_domain(
     records.upsert("org-1", [Record("c1", "contact", emails=("a@x.example",), domains=("x.example",))])
     with metrics.measure() as cost:
         found = records.lookup("org-1", ["a@x.example", "b@x.example", "a@x.example"], ["x.example"])
-    assert cost.transactions == 1 + 3
+    buckets = {bucket_of(("e", "a@x.example")), bucket_of(("e", "b@x.example")), bucket_of(("d", "x.example"))}
+    assert cost.transactions == 1 + len(buckets)
     assert [ref.record_id for ref in found.records_for_domain("x.example")] == ["c1"]
 
 
@@ -276,3 +286,92 @@ def test_unreachable_storage_raises_storage_unavailable() -> None:
         stores.activities.get("org-1", "a1")
     with pytest.raises(StorageUnavailable):
         stores.mailboxes.list("org-1")
+
+
+def _write_layout_one(service: TableServiceClient, name: str, org_id: str, records: list[Record]) -> None:
+    """Rows as the records index wrote them before buckets: one partition per address or domain, and a
+    version row without ``layout``."""
+    table = service.create_table_if_not_exists(name)
+    for record in records:
+        index_keys = [["e", a] for a in record.emails] + [["d", d] for d in record.domains]
+        entity: dict[str, Any] = {
+            "PartitionKey": keys.record_partition(org_id),
+            "RowKey": keys.key_part(record.record_id),
+            "record_id": record.record_id,
+            "record_type": record.record_type,
+            "name": record.name,
+            "index_pending": False,
+        }
+        put_json(entity, "emails", list(record.emails))
+        put_json(entity, "domains", list(record.domains))
+        put_json(entity, "index_keys", sorted(index_keys))
+        table.upsert_entity(entity)
+        for kind, value in index_keys:
+            partition = (keys.address_partition if kind == "e" else keys.domain_partition)(org_id, value)
+            table.upsert_entity(
+                {
+                    "PartitionKey": partition,
+                    "RowKey": keys.key_part(record.record_id),
+                    "record_id": record.record_id,
+                    "record_type": record.record_type,
+                }
+            )
+    table.upsert_entity({"PartitionKey": f"{org_id}|v", "RowKey": "version", "version": "old"})
+
+
+def test_an_org_indexed_before_buckets_is_read_as_it_is_and_reindexed_by_its_first_records_write(
+    table_service: TableServiceClient, table_prefix: str
+) -> None:
+    old = [
+        Record("c1", "contact", emails=("ann@client.example",), domains=("client.example",)),
+        Record("c2", "lead", emails=("ann@client.example", "bo@else.example")),
+    ]
+    _write_layout_one(table_service, f"{table_prefix}records", "org-1", old)
+    index = TableRecordsIndex(table_service, table_prefix, snapshot_records=0)
+
+    def answers() -> tuple[tuple[RecordRef, ...], ...]:
+        found = index.lookup("org-1", ["ann@client.example", "bo@else.example", "cy@new.example"], ["client.example"])
+        return (
+            found.records_for_address("ann@client.example"),
+            found.records_for_address("bo@else.example"),
+            found.records_for_address("cy@new.example"),
+            found.records_for_domain("client.example"),
+        )
+
+    before = answers()
+    index.upsert("org-1", [Record("c3", "contact", emails=("cy@new.example",))])
+    after = answers()
+    contents = table_contents(table_service, f"{table_prefix}records")
+
+    c1, c2, c3 = RecordRef("c1", "contact"), RecordRef("c2", "lead"), RecordRef("c3", "contact")
+    assert before == ((c1, c2), (c2,), (), (c1,))
+    assert after == ((c1, c2), (c2,), (c3,), (c1,))
+    assert not [key for key in contents if key[0].startswith(("org-1|e|", "org-1|d|"))]  # layout 1 rows gone
+    assert contents[("org-1|v", "version")]["layout"] == 2
+
+
+def test_a_reindex_run_twice_changes_no_answer(table_service: TableServiceClient, table_prefix: str) -> None:
+    _write_layout_one(
+        table_service, f"{table_prefix}records", "org-1", [Record("c1", "contact", emails=("a@x.example",))]
+    )
+    index = TableRecordsIndex(table_service, table_prefix, snapshot_records=0)
+    assert (index.reindex("org-1"), index.reindex("org-1")) == (1, 1)
+    found = index.lookup("org-1", ["a@x.example"], [])
+    assert found.records_for_address("a@x.example") == (RecordRef("c1", "contact"),)
+
+
+def test_the_reindex_command_moves_an_org_to_the_bucketed_layout(
+    table_service: TableServiceClient, table_prefix: str, storage_connection_string: str
+) -> None:
+    _write_layout_one(
+        table_service, f"{table_prefix}records", "org-1", [Record("c1", "contact", emails=("a@x.example",))]
+    )
+    code = reindex_records.main(
+        ["org-1"], {"AzureWebJobsStorage": storage_connection_string, "TABLE_PREFIX": table_prefix}
+    )
+    contents = table_contents(table_service, f"{table_prefix}records")
+    found = TableRecordsIndex(table_service, table_prefix, snapshot_records=0).lookup("org-1", ["a@x.example"], [])
+    assert code == 0
+    assert contents[("org-1|v", "version")]["layout"] == 2
+    assert not [key for key in contents if key[0].startswith("org-1|e|")]
+    assert found.records_for_address("a@x.example") == (RecordRef("c1", "contact"),)
