@@ -361,7 +361,7 @@ def app_hints(layout: Layout) -> str:
     return (
         f"\nThe app is running on http://127.0.0.1:{layout.host_port}/api (health: /api/health); the demo org "
         f"'{demo.DEMO_ORG}' has its settings and records.\n"
-        "Try it (README.md, \"Try it\": connect adele's mailbox, sample mail, Sync now, timeline, explain):\n"
+        "Try it (README.md, \"Try it\": connect adele's mailbox, sample mail, Sync now, timeline, explain, send):\n"
         f"  BASE=http://127.0.0.1:{layout.host_port}/api\n"
         f"  EMU=https://localhost:{layout.emulator_port}/_emulator\n"
         f"  CA={shown_ca}\n"

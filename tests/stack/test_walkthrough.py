@@ -56,7 +56,7 @@ def test_the_readme_walkthrough_runs_as_written_against_make_runs_stack(tmp_path
         ),
     }
     blocks = walkthrough_blocks()
-    assert len(blocks) == 8
+    assert len(blocks) == 11
     script = ["set -euo pipefail"]
     for number, block in enumerate(blocks):
         command = block
@@ -77,7 +77,7 @@ def test_the_readme_walkthrough_runs_as_written_against_make_runs_stack(tmp_path
         assert ran.returncode == 0, f"{output}\n{ran.stderr}"
         outputs = [part for part in re.split(r"@@walkthrough block \d+ done@@\n", output)][: len(blocks)]
         assert len(outputs) == len(blocks), output
-        _setup, connect, _terminal_sign_in, confirm, mail, sync, timeline, explain = outputs
+        _setup, connect, _terminal_sign_in, confirm, mail, sync, timeline, explain, send, sent, retry = outputs
 
         assert connect.startswith(f"https://localhost:{ports.emulator}/organizations/oauth2/v2.0/authorize?"), connect
         mailbox = json_values(confirm)[0]
@@ -93,6 +93,22 @@ def test_the_readme_walkthrough_runs_as_written_against_make_runs_stack(tmp_path
         assert matched == {"store": True, "reason": "matched"}
         assert newsletter == {"store": False, "reason": "bulk"}
         assert "Quick question" not in timeline  # the unmatched mail is on no timeline
+
+        settings, sent_send = json_values(send)
+        assert settings == {"sending_enabled": True}
+        assert sent_send["status"] == "sent" and sent_send["internet_message_id"], sent_send
+        assert sent_send["activity_id"], sent_send  # Dan's record wants it
+        dan_after = json_values(sent)[0]
+        assert dan_after.count({"subject": "Thursday at 10", "direction": "sent", "sent_from_crm": True}) == 1
+        assert {"subject": "Interview on Thursday", "direction": "received", "sent_from_crm": False} in dan_after
+        assert "idempotent-replayed: true" in retry.lower(), retry
+        assert json_values(retry)[-1] == {"same_send": True, "status": "sent"}
+        sends = requests.get(f"{origin}/api/orgs/demo/mailboxes/{mailbox['id']}/sends", timeout=30).json()
+        assert [s["id"] for s in sends["sends"]] == [sent_send["id"]], sends  # one send, however often asked
+        outbox = EmulatorClient(f"https://localhost:{ports.emulator}", ca_bundle).outbox(
+            sent_send["internet_message_id"]
+        )
+        assert len(outbox) == 1, outbox  # and one message left for Dan
 
         # make run seeded the demo org through the API; seeding again (a restart) changes nothing.
         demo.seed(f"{origin}/api")
