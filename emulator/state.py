@@ -290,6 +290,9 @@ DEMO_REDIRECT_URIS = [
     "http://127.0.0.1:7071/api/auth/callback",
     "http://127.0.0.1:7071/api/auth/admin-consent/callback",
 ]
+DEMO_APP_ROLES = ("Mail.Read", "Mail.ReadWrite", "Mail.Send", "User.Read.All")
+"""The demo app's application permissions: reading, and what sending needs (the demo org sends mail,
+docs/sending.md). Delegated permissions are asked for at sign-in and need no registration here."""
 
 
 def _demo_id(name: str) -> str:
@@ -312,7 +315,10 @@ def seed_demo(directory: Directory) -> None:
     for name, upn, options in users:
         if directory.get_user(_demo_id(name)) is None:
             directory.add_user(tenant.id, upn, user_id=_demo_id(name), **options)
-    if directory.get_app(DEMO_CLIENT_ID) is None:
-        directory.add_app(
-            App(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, list(DEMO_REDIRECT_URIS), ["Mail.Read", "User.Read.All"])
-        )
+    app = directory.get_app(DEMO_CLIENT_ID)
+    if app is None:
+        directory.add_app(App(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, list(DEMO_REDIRECT_URIS), list(DEMO_APP_ROLES)))
+    elif missing := [role for role in DEMO_APP_ROLES if role not in app.app_roles]:
+        # A directory saved before the demo app could send: its admin adds the permissions (as in Entra ID,
+        # tenants that consented before must consent again to get them).
+        directory.set_app_roles(DEMO_CLIENT_ID, [*app.app_roles, *missing])

@@ -1,4 +1,4 @@
-"""The demo: the ``demo`` org's settings and records, and sample mail for adele's mailbox.
+"""The demo: the ``demo`` org's settings (sending on) and records, and sample mail for adele's mailbox.
 
     python -m tools.demo seed     # settings + records of org "demo" (make run does this once the app is up)
     python -m tools.demo mail     # sample mail of every kind into adele's mailbox (after connecting it)
@@ -25,7 +25,11 @@ ROOT = Path(__file__).resolve().parent.parent
 DEMO_ORG = "demo"
 DEMO_MAILBOX = "adele@contoso.example"
 RETURN_URL = "http://localhost:3000/connected"
-SETTINGS: dict[str, Any] = {"internal_domains": ["contoso.example"], "return_url_allow_list": [RETURN_URL]}
+# Sending on from the start: a delegated connect then asks for Mail.ReadWrite and Mail.Send too
+# (docs/sending.md), so the walkthrough's mailbox can send without connecting again.
+SETTINGS: dict[str, Any] = {
+    "internal_domains": ["contoso.example"], "return_url_allow_list": [RETURN_URL], "sending_enabled": True,
+}
 RECORDS: list[dict[str, Any]] = [
     {"id": "cand-dan", "type": "candidate", "name": "Dan Jump", "emails": ["dan@talent.example"]},
     {"id": "contact-erin", "type": "contact", "name": "Erin Hill", "emails": ["erin@fabrikam.example"]},

@@ -292,8 +292,8 @@ def _start_mail_server(stack: ExitStack, layout: Layout) -> None:
     print(
         f"\nDovecot (IMAPS {server.ports.imaps}, IMAP+STARTTLS {server.ports.imap}, LMTP {server.ports.lmtp}) and "
         f"SMTP submission ({server.ports.submission} STARTTLS, {server.ports.submissions} TLS) are running on "
-        f"127.0.0.1 with the demo mailbox {DEMO_IMAP_USER}. Add it to the demo org (once the IMAP provider "
-        f"is registered):\n"
+        f"127.0.0.1 with the demo mailbox {DEMO_IMAP_USER}. Add it to the demo org (README.md, "
+        f"\"Try it\", step 9):\n"
         f"  curl -sS -X POST \"$BASE/orgs/{demo.DEMO_ORG}/mailboxes\" -H \"Content-Type: application/json\" "
         f"-d '{json.dumps(body)}'\n",
         flush=True,
@@ -361,7 +361,7 @@ def app_hints(layout: Layout) -> str:
     return (
         f"\nThe app is running on http://127.0.0.1:{layout.host_port}/api (health: /api/health); the demo org "
         f"'{demo.DEMO_ORG}' has its settings and records.\n"
-        "Try it (README.md, \"Try it\": connect adele's mailbox, sample mail, Sync now, timeline, explain):\n"
+        "Try it (README.md, \"Try it\": connect adele's mailbox, sample mail, Sync now, timeline, explain, send):\n"
         f"  BASE=http://127.0.0.1:{layout.host_port}/api\n"
         f"  EMU=https://localhost:{layout.emulator_port}/_emulator\n"
         f"  CA={shown_ca}\n"

@@ -44,7 +44,9 @@ def test_the_readme_walkthrough_runs_as_written_against_make_runs_stack(tmp_path
     origin = f"http://127.0.0.1:{ports.host}"
     # The demo app registration names port 7071; on a free port the stack gets one naming that port.
     client_id, secret = str(uuid.uuid4()), f"secret-{uuid.uuid4().hex}"
-    app_env = {"GRAPH_CLIENT_ID": client_id, "GRAPH_CLIENT_SECRET": secret, "PUBLIC_BASE_URL": origin}
+    google_id, google_secret = f"{uuid.uuid4().hex}.apps.googleusercontent.com", f"GOCSPX-{uuid.uuid4().hex}"
+    app_env = {"GRAPH_CLIENT_ID": client_id, "GRAPH_CLIENT_SECRET": secret, "PUBLIC_BASE_URL": origin,
+               "GOOGLE_CLIENT_ID": google_id, "GOOGLE_CLIENT_SECRET": google_secret}  # fmt: skip
     ca_bundle = local / "emulator" / "ca-bundle.pem"
     # The only changes to the README's commands: this stack's ports and state folder instead of the defaults.
     substitutions = {
@@ -56,13 +58,7 @@ def test_the_readme_walkthrough_runs_as_written_against_make_runs_stack(tmp_path
         ),
     }
     blocks = walkthrough_blocks()
-    assert len(blocks) == 8
-    script = ["set -euo pipefail"]
-    for number, block in enumerate(blocks):
-        command = block
-        for default, here in substitutions.items():
-            command = command.replace(default, here)
-        script += [command, f"echo '{BLOCK_DONE.format(number)}'"]
+    assert len(blocks) == 13
 
     started = start("run", local, tmp_path / "run.txt", ports, app_env)
     try:
@@ -70,6 +66,29 @@ def test_the_readme_walkthrough_runs_as_written_against_make_runs_stack(tmp_path
             client_id, secret, [f"{origin}/api/auth/callback", f"{origin}/api/auth/admin-consent/callback"],
             ["Mail.Read", "User.Read.All"],
         )
+        # This stack's mail server and Google emulator ports, as make run prints them.
+        printed = started.text()
+        imaps = re.search(r"Dovecot \(IMAPS (\d+),", printed)
+        submission = re.search(r"SMTP submission \((\d+) STARTTLS", printed)
+        google = re.search(r"Google emulator \(OAuth, Gmail API, Pub/Sub push\) on https://localhost:(\d+)", printed)
+        assert imaps and submission and google, printed
+        substitutions |= {
+            '"port": 10993': f'"port": {imaps[1]}',
+            '"port": 10587': f'"port": {submission[1]}',
+            "localhost:8444": f"localhost:{google[1]}",
+        }
+        answer = requests.post(
+            f"https://localhost:{google[1]}/_emulator/clients", verify=ca_bundle, timeout=30,
+            json={"client_id": google_id, "client_secret": google_secret,
+                  "redirect_uris": [f"{origin}/api/auth/callback"]},
+        )  # fmt: skip
+        assert answer.status_code == 201, answer.text
+        script = ["set -euo pipefail"]
+        for number, block in enumerate(blocks):
+            command = block
+            for default, here in substitutions.items():
+                command = command.replace(default, here)
+            script += [command, f"echo '{BLOCK_DONE.format(number)}'"]
         ran = subprocess.run(
             ["/bin/bash", "-c", "\n".join(script)], cwd=ROOT, capture_output=True, text=True, timeout=180, check=False
         )
@@ -77,7 +96,8 @@ def test_the_readme_walkthrough_runs_as_written_against_make_runs_stack(tmp_path
         assert ran.returncode == 0, f"{output}\n{ran.stderr}"
         outputs = [part for part in re.split(r"@@walkthrough block \d+ done@@\n", output)][: len(blocks)]
         assert len(outputs) == len(blocks), output
-        _setup, connect, _terminal_sign_in, confirm, mail, sync, timeline, explain = outputs
+        _setup, connect, _terminal_sign_in, confirm, mail, sync, timeline, explain, *more = outputs
+        send, sent, retry, imap, gmail = more
 
         assert connect.startswith(f"https://localhost:{ports.emulator}/organizations/oauth2/v2.0/authorize?"), connect
         mailbox = json_values(confirm)[0]
@@ -93,6 +113,25 @@ def test_the_readme_walkthrough_runs_as_written_against_make_runs_stack(tmp_path
         assert matched == {"store": True, "reason": "matched"}
         assert newsletter == {"store": False, "reason": "bulk"}
         assert "Quick question" not in timeline  # the unmatched mail is on no timeline
+
+        settings, sent_send = json_values(send)
+        assert settings == {"sending_enabled": True}
+        assert sent_send["status"] == "sent" and sent_send["internet_message_id"], sent_send
+        assert sent_send["activity_id"], sent_send  # Dan's record wants it
+        dan_after = json_values(sent)[0]
+        assert dan_after.count({"subject": "Thursday at 10", "direction": "sent", "sent_from_crm": True}) == 1
+        assert {"subject": "Interview on Thursday", "direction": "received", "sent_from_crm": False} in dan_after
+        assert "idempotent-replayed: true" in retry.lower(), retry
+        assert json_values(retry)[-1] == {"same_send": True, "status": "sent"}
+        sends = requests.get(f"{origin}/api/orgs/demo/mailboxes/{mailbox['id']}/sends", timeout=30).json()
+        assert [s["id"] for s in sends["sends"]] == [sent_send["id"]], sends  # one send, however often asked
+        outbox = EmulatorClient(f"https://localhost:{ports.emulator}", ca_bundle).outbox(
+            sent_send["internet_message_id"]
+        )
+        assert len(outbox) == 1, outbox  # and one message left for Dan
+
+        assert json_values(imap) == [{"address": "demo@imap.example", "provider": "imap", "status": "active"}]
+        assert json_values(gmail) == [{"address": "nestor@tailspin.example", "provider": "google", "status": "active"}]
 
         # make run seeded the demo org through the API; seeding again (a restart) changes nothing.
         demo.seed(f"{origin}/api")

@@ -60,3 +60,14 @@ def test_a_drifted_answer_in_the_guide_is_caught() -> None:
     drifted = GUIDE.replace('"status": "queued"', '"status": "waiting"', 1)
 
     assert any("sync_mailbox_now 202" in problem for problem in answer_problems(drifted))
+
+
+def test_the_guides_sequence_sends_a_message_polls_it_to_sent_and_shows_a_repeat_answering_the_same_send() -> None:
+    sends = [(operation, status, body) for operation, status, body in shown_answers(GUIDE) if "send" in operation]
+    accepted = [body for operation, status, body in sends if (operation, status) == ("send_message", "202")]
+    polled = [body for operation, status, body in sends if (operation, status) == ("get_send", "200")]
+
+    assert [body["status"] for body in polled] == ["sent"] and polled[0]["activity_id"]
+    assert [body["id"] for body in accepted] == [polled[0]["id"]] * 2  # the first answer and the repeat
+    refusals = [body["error"]["code"] for operation, status, body in sends if status == "409"]
+    assert refusals == ["sending_disabled", "idempotency_key_reused"]
