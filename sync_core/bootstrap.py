@@ -250,7 +250,13 @@ class Services:
                 self.graph_http_for_sending, lambda mailbox: self.identity.token_source(mailbox, send=True)
             )
 
-        return {"microsoft": microsoft}
+        def imap() -> MailSender:
+            from sync_core.adapters.imap.account import stored_server_account
+            from sync_core.adapters.imap.send import ImapMailSender
+
+            return ImapMailSender(stored_server_account(self.token_caches), self._imap_limits)
+
+        return {"microsoft": microsoft, "imap": imap}
 
     @functools.cached_property
     def mail_sender(self) -> MailSender:
