@@ -21,7 +21,9 @@ What runs (nothing system-wide is touched: no file under /etc, no systemd, no pr
   same passwd files Dovecot uses. Mail for a Dovecot user is handed to Dovecot over LMTP; mail for any
   other address is kept in ``outbound`` (the server's "rest of the internet"), so a test can see it.
   aiosmtpd rather than Postfix: Postfix needs root, a mail-owner account and a spool of its own to run
-  at all, where this is one unprivileged process per test run that stops with it.
+  at all, where this is one unprivileged process per test run that stops with it. ``drop_after_data``
+  makes a sender's next submission be delivered and the connection cut before the ``250``: the "answer
+  lost" case a client can never resolve.
 * TLS: one certificate for ``localhost``/``127.0.0.1`` from the project's local CA
   (``emulator.certs.ensure_tls_material``), ``ca.pem`` beside it for the clients.
 

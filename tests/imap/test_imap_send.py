@@ -12,6 +12,7 @@ without an SMTP login is refused up front.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Callable
 from datetime import timedelta
 from email import message_from_bytes
@@ -24,7 +25,7 @@ from sync_core.adapters.clock import SystemClock
 from sync_core.adapters.imap.send import ImapMailSender
 from sync_core.adapters.table_sends import TableSendStore
 from sync_core.domain.model import EmailAddress, Mailbox
-from sync_core.domain.sending import SendRequest, SendStatus
+from sync_core.domain.sending import AttachmentSpec, SendRequest, SendStatus
 from sync_core.errors import SendingRefused
 from sync_core.ports import Clock
 from sync_core.ports.send import MailSender, OutgoingMessage, ProviderView
@@ -140,10 +141,14 @@ def test_a_send_arrives_once_in_the_inbox_once_in_sent_and_is_one_activity_after
     enable_sending(env)
     deps = send_deps(env)
     megan = env.address("megan")
-    send_id = new_send(
-        deps, "hello", to=(EmailAddress(megan, "Megan"), EmailAddress(DAN, "Dan")), subject="Offer",
+    pdf = b"%PDF-1.4 offer " * 100
+    request = SendRequest(
+        to=(EmailAddress(megan, "Megan"), EmailAddress(DAN, "Dan")), subject="Offer",
         content_type="html", content="<p>The <b>offer</b> is attached.</p>",
+        attachments=(AttachmentSpec("offer.pdf", "application/pdf", len(pdf), hashlib.sha256(pdf).hexdigest()),),
     )  # fmt: skip
+    created = request_send(deps, ORG, ADELE, idempotency_key="hello", request=request, contents=(pdf,))
+    send_id = created.send.send_id
 
     assert deliver(deps, ORG, send_id) == "sent"
 
@@ -155,9 +160,13 @@ def test_a_send_arrives_once_in_the_inbox_once_in_sent_and_is_one_activity_after
     assert copies(env, "adele", "Drafts", message_id) == []
     delivered = received[0]
     assert delivered["From"] == env.address("adele") and "Megan" in delivered["To"] and DAN in delivered["To"]
-    assert delivered.get_content_type() == "multipart/alternative"
-    parts = {part.get_content_type(): part.get_payload(decode=True) for part in delivered.walk()}
-    assert b"The offer is attached." in parts["text/plain"] and b"<b>offer</b>" in parts["text/html"]
+    assert delivered.get_content_type() == "multipart/mixed"
+    parts = {part.get_content_type(): part for part in delivered.walk()}
+    assert parts["multipart/alternative"] is not None
+    assert b"The offer is attached." in parts["text/plain"].get_payload(decode=True)
+    assert b"<b>offer</b>" in parts["text/html"].get_payload(decode=True)
+    assert parts["application/pdf"].get_filename() == "offer.pdf"
+    assert parts["application/pdf"].get_payload(decode=True) == pdf
     assert delivered["X-CRM-Send-Id"] is None and sent[0]["X-CRM-Send-Id"] is None
     activity = env.activities()[message_id]
     assert activity.sent_from_crm and activity.send_id == send_id

@@ -166,7 +166,14 @@ class ImapMailSender:
                     raise
                 with translated_errors():  # the marker must be durable before DATA
                     client.select_folder(drafts)
-                    client.add_flags([uid], [SUBMITTING.encode()])
+                    marked = client.add_flags([uid], [SUBMITTING.encode()])
+                if SUBMITTING.encode() not in tuple(marked.get(uid, ())):
+                    # A server that cannot keep the keyword could not tell a lost answer from no send.
+                    with suppress(Exception), translated_errors():
+                        _delete(client, [uid])
+                    raise ProviderRefused(
+                        0, "keywords_unsupported", "the IMAP server cannot keep keywords on drafts, which sending needs"
+                    )
                 reply: bytes | str
                 try:
                     code, reply = smtp.data(outgoing)
