@@ -6,7 +6,7 @@ arrives once in the recipient's Inbox and once in the sender's Sent folder and i
 next sync; a reply is threaded; BCC recipients get it but no header names them; a connection cut after
 DATA ends ``failed``/``outcome_unknown`` with exactly one delivery; a wrong SMTP password fails with the
 server's reason; a worker that died before the submission is resumed and delivers once; a mailbox
-without an SMTP login is refused up front.
+without an SMTP login is refused up front; and what the Drafts and Sent folders prove at each step.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from sync_core.domain.model import EmailAddress, Mailbox
 from sync_core.domain.sending import AttachmentSpec, SendRequest, SendStatus
 from sync_core.errors import SendingRefused
 from sync_core.ports import Clock
-from sync_core.ports.send import MailSender, OutgoingMessage, ProviderView
+from sync_core.ports.send import DraftState, MailSender, OutgoingMessage, ProviderView
 from sync_core.ports.servers import Security, ServerAccount, ServerLogin
 from sync_core.testing.scheduling import InMemoryWorkQueue
 from sync_core.use_cases.send import SendDeps, deliver, request_send
@@ -309,3 +309,50 @@ def test_a_mailbox_without_an_smtp_login_is_refused_before_the_send_is_stored(im
     assert refused.value.code == "send_permission_missing"
     assert "no SMTP login" in str(refused.value)
     assert deps.sends.by_key(ORG, "no-smtp") is None
+
+
+# -- what the folders prove, step by step ---------------------------------------------------------------
+
+
+def test_inspect_reads_each_submission_state_from_the_draft_and_sent_and_locate_finds_an_orphan(
+    imap_env: SyncEnv,
+) -> None:
+    env = imap_env
+    assert env.imap is not None
+    sender = ImapMailSender(server_account(env), env.imap.limits())
+    adele = env.mailboxes[ADELE]
+    outgoing = OutgoingMessage(
+        send_id="send-1", sender=EmailAddress(adele.address), to=(EmailAddress(env.address("megan")),), cc=(),
+        bcc=(), subject="States", content_type="text", content="x",
+    )  # fmt: skip
+    server = env.imap.server
+    client = IMAPClient(server.host, server.ports.imaps, ssl_context=server.ssl_context())
+    client.login(adele.address, PASSWORD)
+
+    def mark(handle: str, keyword: bytes) -> None:
+        client.select_folder("Drafts")
+        client.add_flags(client.search(["HEADER", "Message-ID", handle.strip("<>")]), [keyword])
+
+    try:
+        orphan = sender.prepare(adele, outgoing)
+        assert sender.locate(adele, "send-1") == (orphan,)  # a draft whose handle was never checkpointed
+        sender.discard(adele, orphan)
+        assert sender.inspect(adele, orphan).state is DraftState.GONE
+
+        unsent = sender.prepare(adele, outgoing)
+        assert sender.inspect(adele, unsent).state is DraftState.NOT_SENT
+        mark(unsent, b"$CrmSubmitting")  # died between marking and the server's answer
+        assert sender.inspect(adele, unsent).state is DraftState.UNKNOWN
+        assert sender.locate(adele, "send-1") == ()  # a draft that may have gone out is never discarded
+
+        accepted = sender.prepare(adele, outgoing)
+        mark(accepted, b"$CrmSubmitting")
+        mark(accepted, b"$CrmSubmitted")  # died after the 250, before the Sent copy was filed
+        view = sender.inspect(adele, accepted)
+        assert view.state is DraftState.SENT and view.internet_message_id == accepted
+        assert len(copies(env, "adele", "Sent", accepted)) == 1 and copies(env, "adele", "Drafts", accepted) == []
+        assert sender.inspect(adele, accepted).state is DraftState.SENT  # filed once, not again
+        assert len(copies(env, "adele", "Sent", accepted)) == 1
+        assert copies(env, "adele", "Sent", accepted)[0]["Bcc"] is None
+    finally:
+        client.logout()
