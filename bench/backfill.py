@@ -10,8 +10,14 @@ The physical bound is the minimum number of Graph round trips times the injected
 * attachment listings of the matched messages with attachments: one Graph request each, and Graph runs
   at most 4 requests of a mailbox at a time (``$batch`` or not), so at least ceil(k / 4) round trips.
 
-A "raw fetch" worker, in the same run, only GETs and decodes the same delta pages with ``requests``: the
-floor that the emulator (rendering 1,000 messages a page), TLS and JSON decoding put under any client.
+The floor, measured in the same run (the "raw" worker, interleaved with the product's runs): a bare client
+(plain ``requests``, no processing, no storage) making exactly the requests a backfill needs, against the
+same emulator with the same latency: every delta page of both folders at the largest page size, one after
+the other, and the attachment listing of each matched message with attachments, started as soon as its
+page arrived (so they overlap the next page, as the product's do); at most four requests in flight in all,
+Graph's concurrency limit per app and mailbox (the emulator answers a fifth with 429). Goal 1 is the product's
+wall over this floor: it counts what the emulator (rendering 1,000 messages a page), TLS and JSON decoding
+cost any client, which the bound above does not.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from typing import Any
 from bench.context import Context
 from bench.mail_mix import MailMix, Person, backfill_mix, delivery_fields
 from bench.measure import Clock, HttpProbe, Phases, current_rss_mb, median, peak_rss_mb
-from bench.stack import Stack, consented_tenant, deliver_all
+from bench.stack import ROOT, Stack, consented_tenant, deliver_all
 from bench.sync_setup import (
     ORG,
     BenchMailbox,
@@ -90,6 +96,10 @@ def _seed(stack: Stack) -> dict[str, Any]:
         "seed_seconds": {"deliver": round(delivered, 1), "records": round(clock.wall, 1)},
         "pages": _pages(mix),
         "records": records_to_json(mix.records),
+        # What the floor client needs to know to make exactly the backfill's requests (not in results).
+        "matched_with_files": sorted(
+            m["internet_message_id"] for m in mix.messages if m["_category"] == "matched" and m.get("attachments")
+        ),
     }
 
 
@@ -114,9 +124,10 @@ def bound_seconds(seeded: dict[str, Any], latency_ms: int) -> dict[str, float]:
 def run(ctx: Context) -> dict[str, Any]:
     seeded = seeded_mailbox(ctx)
     ctx.set_latency(ctx.latency_ms)
-    ours, raw = [], []
-    for _ in range(ctx.runs(3, 1)):  # interleaved, so both see the same machine
+    ours, raw, memory = [], [], []
+    for _ in range(ctx.runs(3, 1)):  # interleaved, so the floor and the product see the same machine
         raw.append(ctx.worker("backfill-raw", seeded))
+        memory.append(ctx.worker("backfill-ours", {**seeded, "storage": "memory"}))
         ours.append(ctx.worker("backfill-ours", {**seeded, "prefix": _prefix()}))
     profile = ctx.worker("backfill-ours", {**seeded, "storage": "memory", "profile": True})
     return {
@@ -125,7 +136,9 @@ def run(ctx: Context) -> dict[str, Any]:
         "seed_seconds": seeded["seed_seconds"],
         "ours": ours,
         "raw": raw,
+        "memory": memory,
         **_summary(seeded, ctx.latency_ms, ours, raw),
+        "floor": _floor(ours, memory, raw),
         "profile": {"top": profile["profile"], "phases": profile["phases"], "wall": profile["wall"]},
     }
 
@@ -160,6 +173,20 @@ def _summary(
             "wall_over_raw_fetch": wall / median([r["wall"] for r in raw]),
             "phases": _median_phases(ours),
         },
+    }
+
+
+def _floor(ours: list[dict[str, Any]], memory: list[dict[str, Any]], raw: list[dict[str, Any]]) -> dict[str, Any]:
+    """Goal 1: the product's wall over the floor's, pair by pair (runs of one round are next to each other
+    in time), then the median of those ratios."""
+    return {
+        "wall": median([r["wall"] for r in raw]),
+        "listings": median([r.get("attachment_listings", 0) for r in raw]),
+        "memory_wall": median([r["wall"] for r in memory]),
+        "azurite_wall": median([r["wall"] for r in ours]),
+        "memory_over_floor": median([m["wall"] / r["wall"] for m, r in zip(memory, raw, strict=True)]),
+        "azurite_over_floor": median([o["wall"] / r["wall"] for o, r in zip(ours, raw, strict=True)]),
+        "memory_table_transactions": median([m["table_transactions"] for m in memory]),
     }
 
 
@@ -270,8 +297,8 @@ def instrument(deps: Any, probe: HttpProbe) -> Phases:
         (deps.mail, ("delta", "delta_many", "attachments")),
         (deps.records, ("lookup",)),
         (deps.activities, ("save", "thread_ids_for_messages")),
-        (deps.cursors, ("get_all", "put")),
-        (deps.leases, ("acquire", "release")),
+        (deps.cursors, ("get_all", "put", "put_many")),
+        (deps.leases, ("acquire", "renew", "release")),
         (deps.reports, ("add",)),
         (deps.mailboxes, ("get",)),
         (deps.settings, ("get",)),
@@ -315,38 +342,76 @@ def _top(profiler: cProfile.Profile, limit: int = 25) -> list[dict[str, Any]]:
 
 
 def _short(filename: str) -> str:
-    for marker in ("site-packages/", "/work/main/", "lib/python3"):
+    for marker in ("site-packages/", f"{ROOT}/", "lib/python3"):
         if marker in filename:
             return filename.split(marker, 1)[1]
     return filename
 
 
 def raw_worker(params: dict[str, Any]) -> dict[str, Any]:
-    """GET and decode every delta page of both folders with plain ``requests``; nothing else."""
+    """The floor: GET and decode every delta page of both folders with plain ``requests``, and list the
+    attachments of the matched messages with attachments, four in flight; nothing else."""
+    import threading  # noqa: PLC0415
+    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+    from urllib.parse import quote  # noqa: PLC0415
+
     import requests  # noqa: PLC0415
 
-    from sync_core.adapters.graph.mail import MESSAGE_FIELDS, graph_time  # noqa: PLC0415
+    from sync_core.adapters.graph.mail import ATTACHMENT_SELECT, MESSAGE_FIELDS, graph_time  # noqa: PLC0415
     from sync_core.domain.folders import DEFAULT_FOLDERS  # noqa: PLC0415
 
     stack = Stack.from_env()
     box = BenchMailbox.from_json(params["mailbox"])
+    wanted = set(params.get("matched_with_files", ()))
     session = requests.Session()
     session.verify = str(stack.ca_bundle)
+    adapter = requests.adapters.HTTPAdapter(pool_maxsize=GRAPH_MAILBOX_CONCURRENCY + 1)
+    session.mount("https://", adapter)
     headers = {
         "Authorization": f"Bearer {params['token']}",
         "Prefer": f'odata.maxpagesize={MAX_PAGE_SIZE}, IdType="ImmutableId", outlook.body-content-type="text"',
     }
+    listing_headers = {"Authorization": headers["Authorization"], "Prefer": 'IdType="ImmutableId"'}
+    user = f"{stack.graph_url}/users/{box.graph_user_id}"
     since = graph_time(datetime.fromisoformat(box.watermark))
+
+    in_flight = threading.BoundedSemaphore(GRAPH_MAILBOX_CONCURRENCY)  # Graph's limit per app and mailbox
+
+    def get(url: str, **options: Any) -> Any:
+        with in_flight:
+            return session.get(url, timeout=60, **options)
+
+    def listing(message_id: str) -> int:
+        url = f"{user}/messages/{quote(message_id, safe='')}/attachments"
+        response = get(url, params=ATTACHMENT_SELECT, headers=listing_headers)
+        response.raise_for_status()
+        return len(response.json()["value"])
+
     clock = Clock()
     pages = items = size = 0
-    with clock.timing():
+    with clock.timing(), ThreadPoolExecutor(GRAPH_MAILBOX_CONCURRENCY) as listers:
+        listings = []
         for folder in DEFAULT_FOLDERS:
-            url: str | None = f"{stack.graph_url}/users/{box.graph_user_id}/mailFolders('{folder}')/messages/delta"
+            url: str | None = f"{user}/mailFolders('{folder}')/messages/delta"
             query: dict[str, str] | None = {"$select": MESSAGE_FIELDS, "$filter": f"receivedDateTime ge {since}"}
             while url:
-                response = session.get(url, params=query, headers=headers, timeout=60)
+                response = get(url, params=query, headers=headers)
                 response.raise_for_status()
                 payload = response.json()
                 pages, items, size = pages + 1, items + len(payload["value"]), size + len(response.content)
+                listings += [
+                    listers.submit(listing, item["id"])
+                    for item in payload["value"]
+                    if item.get("hasAttachments") and item.get("internetMessageId") in wanted
+                ]
                 url, query = payload.get("@odata.nextLink"), None
-    return {"wall": clock.wall, "cpu": clock.cpu, "pages": pages, "items": items, "megabytes": size / 1e6}
+        files = sum(future.result() for future in listings)
+    return {
+        "wall": clock.wall,
+        "cpu": clock.cpu,
+        "pages": pages,
+        "items": items,
+        "megabytes": size / 1e6,
+        "attachment_listings": len(listings),
+        "attachments_listed": files,
+    }

@@ -20,9 +20,9 @@ import matplotlib.pyplot as plt
 Result = dict[str, Any]
 NOT_RUN = "_Not run yet: `python -m bench.run --only {name}`._\n"
 X = "\u00d7"  # the multiplication sign
-BASELINE = "baseline"
-"""``bench/results/baseline/``: the first full run (2026-11-22, before the changes it led to), kept to
-show what moved; ``make bench`` never writes there."""
+BASELINE = "round2-start"
+"""``bench/results/round2-start/``: the results round two (issue 20) started from, i.e. the end of round one,
+kept to show what moved; ``make bench`` never writes there. ``baseline/`` holds round one's first run."""
 
 
 def render(results: Path, docs: Path) -> Path:
@@ -107,7 +107,7 @@ def _header(loaded: dict[str, Result]) -> str:
     machine = first["machine"]
     runs = ", ".join(
         f"{name} {record['generated'][:16].replace('T', ' ')} UTC ({'quick' if record['quick'] else 'full'}, "
-        f"{record['duration_seconds']:.0f} s)"
+        f"{record['duration_seconds']:.0f} s{_load(record)})"
         for name, record in loaded.items()
     )
     return f"""# Performance
@@ -131,60 +131,92 @@ peak RSS (`VmHWM`) are its own. Medians over the runs listed per section; ratios
 """
 
 
+def _load(record: Result) -> str:
+    load = record.get("load_average")
+    return f", load average {load[0]:g} → {load[1]:g} on {record['machine']['cores']} cores" if load else ""
+
+
 def _summary(r: dict[str, Result], baseline: dict[str, Result]) -> str:
     now = _summary_rows(r)
     before = {key: measured for key, _, _, measured, _ in _summary_rows(baseline)}
     rows = [[key[0], what, goal, before.get(key, "\u2013"), measured, met] for key, what, goal, measured, met in now]
-    return "## Summary\n\n" + _table(["#", "what", "goal", "first run", "now", "status"], rows) + (
-        "\n\"First run\": the first full `make bench` (`bench/results/baseline/`), before the changes listed under\n"
-        "[What the first run led to](#what-the-first-run-led-to).\n"
+    return "## Summary (issue 20: performance, round two)\n\n" + _table(
+        ["#", "what", "goal", "first run", "now", "status"], rows
+    ) + (
+        f"\n\"First run\": the results this round started from (`bench/results/{BASELINE}/`, the end of round one);\n"
+        "\"now\": `bench/results/*.json`. Ratios are medians of ratios taken pair by pair within one `bench.run`.\n"
+        "Goal 1's first-run floor is round one's raw fetch (delta pages only, no attachment listings); since\n"
+        "then the floor also lists the attachments, so it is higher and the ratio is harder to meet.\n"
     )
 
 
+NOT_MEASURED = {
+    "4": "not measured: no IMAP provider on this branch yet (another helper is building it)",
+    "5": "not measured: no Gmail provider on this branch yet (another helper is building it)",
+    "6": "not measured: no send path on this branch yet (another helper is building it)",
+}
+
+
+def _floor_ratios(r: dict[str, Result]) -> tuple[float | None, float | None, float | None]:
+    """(floor seconds, in-memory wall / floor, Azurite wall / floor). Results from before the floor counted
+    attachment listings fall back to the page-only "raw fetch" floor of that run."""
+    b = r["backfill"]
+    if "floor" in b:
+        f = b["floor"]
+        return f["wall"], f["memory_over_floor"], f["azurite_over_floor"]
+    m = b["median"]
+    memory = r.get("side_by_side", {}).get("median", {}).get("ours")
+    return m["raw_fetch_wall"], memory["wall"] / m["raw_fetch_wall"] if memory else None, m["wall_over_raw_fetch"]
+
+
 def _summary_rows(r: dict[str, Result]) -> list[tuple[tuple[str, int], str, str, str, str]]:
-    """(key, what, goal, measured, status) per goal; the key pairs a row with the baseline's."""
+    """(key, what, goal, measured, status) per goal of issue 20; the key pairs a row with the baseline's."""
     rows: list[tuple[tuple[str, int], str, str, str, str]] = []
     if "backfill" in r:
-        m = r["backfill"]["median"]
-        bound = r["backfill"]["bound"]["delta_only"]
-        measured = f"{_n(m['wall_over_bound'])}{X} ({_n(m['wall'], 1)} s vs {_n(bound, 2)} s); "
-        rows.append((("1", 0), "backfill wall / physical bound", f"≤ 1.3{X}",
-                     measured + f"{_n(m['messages_per_second'])} msg/s",
-                     _met(m["wall_over_bound"] <= 1.3)))  # fmt: skip
-    if "idle" in r:
-        use_case, host = r["idle"]["per_poll_use_case"], r["idle"]["per_poll_host_path"]
-        rows.append((("2", 0), "Graph requests per idle poll", "1", _n(use_case["graph"], 2),
-                     _met(use_case["graph"] <= 1)))  # fmt: skip
-        rows.append((("2", 1), "Table writes per idle poll", "0",
-                     f"{_n(use_case['table:write'], 1)} (sync) / {_n(host['table:write'], 2)} (timer → queue → sync)",
-                     _met(use_case["table:write"] == 0)))  # fmt: skip
+        floor, memory, azurite = _floor_ratios(r)
+        for index, (where, ratio, goal) in enumerate((("in-memory stores", memory, 1.3), ("Azurite", azurite, 1.6))):
+            rows.append((("1", index), f"backfill wall / floor measured in the same run, {where}", f"≤ {goal}{X}",
+                         f"{_n(ratio, 2)}{X} (floor {_n(floor, 2)} s)",
+                         _met(ratio <= goal if ratio is not None else None)))  # fmt: skip
+    else:
+        rows.append((("1", 0), "backfill wall / floor", f"≤ 1.3{X} / ≤ 1.6{X}", "not run", "\u2013"))
+    if "matching" in r:
+        az = r["matching"]["azurite"]
+        loaded = az["records_loaded"]
+        through_api = bool(az.get("loaded_through_api"))
+        via = "through records:batch" if through_api else "bench loader"
+        met = az["messages_per_second"] >= 2000 and loaded >= 100_000 and through_api
+        rows.append((("2", 0), "decisions/s end to end on Azurite, 100,000 records", "≥ 2,000",
+                     f"{_n(az['messages_per_second'])} ({_n(loaded)} records, {via})", _met(met)))  # fmt: skip
+        load = az.get("api_load_seconds_100k")
+        rows.append((("2", 1), "load 100,000 records through records:batch on Azurite", "≤ 2 min",
+                     f"{_n(load)} s" if load is not None else
+                     f"not measured: the bench loads rows directly ({_n(az['extrapolated_hours_for_1m'], 1)} h for 1M)",
+                     _met(load <= 120) if load is not None else "\u2013"))  # fmt: skip
     if "fleet" in r:
         f = r["fleet"]
-        rows.append((("3", 0), "fleet: mailboxes/min per worker process; Table transactions per message", "report",
-                     f"{_n(f['steady_mailboxes_per_minute'])}/min; {_n(f['table_transactions_per_message'], 1)}",
-                     "reported"))  # fmt: skip
-        rows.append((("3", 1), "fleet: due mailboxes the timer claims in one tick", "report",
-                     f"{_n(f.get('timer_enqueued'))} of {_n(f['mailboxes'])} in {_n(f['timer_seconds'], 1)} s",
-                     "reported"))  # fmt: skip
-    if "matching" in r:
-        mt = r["matching"]
-        rows.append((("4", 0), "decisions/s, 1M records, one core (in-memory index)", "≥ 2,000",
-                     _n(mt["median_messages_per_second"]), _met(mt["median_messages_per_second"] >= 2000)))  # fmt: skip
-        az = mt["azurite"]
-        rows.append((("4", 1), f"decisions/s end to end on Azurite ({_n(az['records_loaded'])} records)", "≥ 2,000",
-                     _n(az["messages_per_second"]), _met(az["messages_per_second"] >= 2000)))  # fmt: skip
+        rows.append((("3", 0), "fleet: mailbox runs/minute per worker process", "≥ 1,500",
+                     f"{_n(f['steady_mailboxes_per_minute'])} ({_n(f['steady_cpu_ms_per_run'])} ms CPU a run)",
+                     _met(f["steady_mailboxes_per_minute"] >= 1500)))  # fmt: skip
+        per_run = f["table_transactions_per_mailbox"]
+        rows.append((("3", 1), "fleet: Table transactions per run (timer → queue → sync)", "≤ 8",
+                     _n(per_run, 1), _met(per_run <= 8)))  # fmt: skip
+    for goal, what in (("4", "IMAP backfill wall / bare imapclient"), ("5", "Gmail backfill wall / bare client"),
+                       ("6", "send: Graph requests per send; 1,000 sends drained at pacing")):  # fmt: skip
+        rows.append(((goal, 0), what, {"4": f"≤ 1.5{X}", "5": f"≤ 1.3{X}", "6": "report"}[goal], NOT_MEASURED[goal],
+                     "\u2013"))  # fmt: skip
+    if "idle" in r:
+        use_case, host = r["idle"]["per_poll_use_case"], r["idle"]["per_poll_host_path"]
+        rows.append((("7", 0), "idle poll (Microsoft): Graph requests / Table writes (sync use case)", "1 / 0",
+                     f"{_n(use_case['graph'], 2)} / {_n(use_case['table:write'], 1)} "
+                     f"(timer → queue → sync: {_n(host['table:write'], 2)} writes, the claim)",
+                     _met(use_case["graph"] <= 1 and use_case["table:write"] == 0)))  # fmt: skip
     if "cold_start" in r:
         c = r["cold_start"]
-        rows.append((("5", 0), "import function_app (-X importtime)", "≤ 250 ms", f"{_n(c['import_ms'])} ms",
+        rows.append((("7", 1), "import function_app (-X importtime)", "≤ 250 ms", f"{_n(c['import_ms'])} ms",
                      _met(c["import_ms"] <= 250)))  # fmt: skip
         sizes = f"{_n(c['installed_mb'], 1)} MB vs {_n(c['msgraph_installed_mb'], 1)} MB ({_n(c['size_ratio'], 1)}{X})"
-        rows.append((("5", 1), "installed size vs msgraph-sdk equivalent", "well under", sizes,
-                     _met(c["size_ratio"] >= 2)))  # fmt: skip
-    if "side_by_side" in r:
-        ratio = r["side_by_side"]["ratio_sdk_over_ours"]
-        rows.append((("6", 0), "msgraph-sdk / ours: wall, CPU, peak RSS", "> 1 on all three",
-                     f"{_n(ratio['wall'], 1)}\u00d7, {_n(ratio['cpu'], 1)}\u00d7, {_n(ratio['peak_rss_mb'], 2)}\u00d7",
-                     _met(all(v > 1 for v in ratio.values()))))  # fmt: skip
+        rows.append((("7", 2), "installed size vs msgraph-sdk equivalent", "report", sizes, "reported"))
     return rows
 
 
@@ -193,6 +225,16 @@ def _backfill(r: dict[str, Result], images: Path) -> str:
     m, bound, mix = b["median"], b["bound"], b["mix"]
     inbox, sent = mix["per_folder"].get("inbox", 0), mix["per_folder"].get("sentitems", 0)
     memory = r.get("side_by_side", {}).get("median", {}).get("ours")
+    floor = b.get("floor")
+    if floor is not None:  # this run's own in-memory runs, next to the floor's
+        memory = {"wall": floor["memory_wall"], "cpu": median_of(b["memory"], "cpu"),
+                  "peak_rss_mb": median_of(b["memory"], "peak_rss_mb")}  # fmt: skip
+    floor_rows = [] if floor is None else [
+        ["floor (same run): bare client, delta pages + attachment listings, 4 in flight",
+         f"{_n(floor['wall'], 2)} s ({_n(floor['listings'])} listings)", ""],
+        ["**wall / floor** (goal ≤ 1.6\u00d7 on Azurite, ≤ 1.3\u00d7 in memory; pair by pair)",
+         f"**{_n(floor['azurite_over_floor'], 2)}{X}**", f"**{_n(floor['memory_over_floor'], 2)}{X}**"],
+    ]  # fmt: skip
     rows = [
         ["wall time", f"{_n(m['wall'], 1)} s", _n(memory["wall"], 1) + " s" if memory else "\u2013"],
         ["messages/s", _n(m["messages_per_second"]), _n(mix["messages"] / memory["wall"]) if memory else "\u2013"],
@@ -205,12 +247,12 @@ def _backfill(r: dict[str, Result], images: Path) -> str:
          f"{bound['delta_pages']} {X} {b['latency_ms']} ms = {_n(bound['delta_only'], 2)} s", ""],
         ["… plus attachment listings (⌈k/4⌉ round trips)",
          f"+{bound['attachment_round_trips']} = {_n(bound['with_attachments'], 2)} s", ""],
-        ["raw fetch floor: GET + decode the same pages", f"{_n(m['raw_fetch_wall'], 1)} s", ""],
-        ["**wall / bound** (goal ≤ 1.3\u00d7)",
-         f"**{_n(m['wall_over_bound'])}{X}** (with attachments {_n(m['wall_over_bound_with_attachments'], 1)}{X})",
+        *([["raw fetch floor: GET + decode the same pages", f"{_n(m['raw_fetch_wall'], 1)} s", ""]]
+          if floor is None else []),
+        ["wall / physical bound (round one's goal)",
+         f"{_n(m['wall_over_bound'])}{X} (with attachments {_n(m['wall_over_bound_with_attachments'], 1)}{X})",
          f"{_n(memory['wall'] / bound['delta_only'])}\u00d7" if memory else "\u2013"],
-        ["wall / raw fetch floor", f"{_n(m['wall_over_raw_fetch'], 1)}\u00d7",
-         f"{_n(memory['wall'] / m['raw_fetch_wall'], 1)}\u00d7" if memory else "\u2013"],
+        *floor_rows,
         ["decisions as expected (every run)", "yes" if b["correct"] else "**no**", ""],
     ]  # fmt: skip
     phases = m["phases"]
@@ -221,9 +263,9 @@ def _backfill(r: dict[str, Result], images: Path) -> str:
         images / "perf-backfill-time.png",
         lambda ax: _bars(
             ax,
-            ["bound (delta pages)", "bound + attachment listings", "raw fetch floor (emulator)",
+            ["bound (delta pages)", "bound + attachment listings", "floor (bare client, same run)",
              "ours, in-memory stores", "ours, Azurite"],
-            [bound["delta_only"], bound["with_attachments"], m["raw_fetch_wall"],
+            [bound["delta_only"], bound["with_attachments"], floor["wall"] if floor else m["raw_fetch_wall"],
              memory["wall"] if memory else 0, m["wall"]],
             "seconds for 10,000 messages",
             ["#a5a5a5", "#a5a5a5", "#ed7d31", "#70ad47", "#4472c4"],
@@ -239,10 +281,10 @@ def _backfill(r: dict[str, Result], images: Path) -> str:
     listings = phases.get("GraphMailSource.attachments", 0.0)
     graph, decide = phases.get("HTTP wait (graph)", 0.0), phases.get("decide", 0.0)
     convert = phases.get("Graph JSON -> MailMessage", 0.0) + phases.get("JSON decode", 0.0)
-    ours_code = [row for row in b["profile"]["top"] if row["function"].startswith("sync_core/")]
-    profile = ", ".join(f"`{row['function']}` {row['tottime']:.1f} s" for row in ours_code[:4])
-    per_page = (m["raw_fetch_wall"] - bound["delta_only"]) / bound["delta_pages"]
-    memory_over_bound = f"{_n(memory['wall'] / bound['delta_only'])}{X}" if memory else "\u2013"
+    ours_code = [row for row in b["profile"]["top"] if "sync_core/" in row["function"]]
+    profile = ", ".join(
+        f"`sync_core/{row['function'].split('sync_core/', 1)[1]}` {row['tottime']:.1f} s" for row in ours_code[:4]
+    )
     return f"""## {_TITLES['backfill']}
 
 One mailbox, {_n(mix['messages'])} messages ({inbox:,} Inbox, {sent:,} Sent Items;
@@ -250,7 +292,8 @@ One mailbox, {_n(mix['messages'])} messages ({inbox:,} Inbox, {sent:,} Sent Item
 with attachments), synced from scratch by the product's `sync_mailbox` (`bench/mail_mix.py` describes the mix:
 10 % matched, 38 % unmatched business mail, 15 % internal, 25 % bulk and automated, never-log and ambiguous
 mail; {_n(mix['records'])} CRM records). Azurite column: median of {len(b['ours'])} run(s), each on fresh tables.
-In-memory column: the same sync on the product's in-memory store doubles (the "ours" runs of §6), i.e.
+In-memory column: the same sync on the product's in-memory store doubles (run next to the floor's runs
+when the result has them, else the "ours" runs of §6), i.e.
 Graph and the engine without storage. Each folder holds 5,000 messages because Graph returns at most
 5,000 messages for a delta filtered on `receivedDateTime` (see open proposal 2).
 
@@ -261,32 +304,50 @@ is time on the main thread waiting for a response, Table requests made on the ad
 count in the port call that started them):
 
 {plot_phases}
-- Records lookups take **{_n(lookup, 1)} s** ({_n(100 * lookup / m['wall'])} %): one Table query per key the
-  page's screenings name that this worker has not yet seen under the org's records version (its cache
-  starts empty here). {_n(_share_without_records(r))} % of the {_n(mix['participants'])} addresses in this mix are on
-  no record, so most of these queries find nothing (open proposal 4).
-- Saving activities takes **{_n(save, 1)} s**: new activities are created without a read, about twenty to
-  an entity group transaction. The thread lookups take {_n(threads, 1)} s more: a point read, once per run,
+- Records lookups take **{_n(lookup, 1)} s** ({_n(100 * lookup / m['wall'])} %): the org has
+  {_n(mix['records'])} records, so a lookup is one point read of the org's records version, answered from the
+  worker's snapshot of the org's records (one partition scan per records version; round one made one query
+  per key not seen yet, {_n(_share_without_records(r))} % of the {_n(mix['participants'])} addresses in this mix
+  being on no record).
+- Saving activities takes **{_n(save, 1)} s**: new activities are created without a read, about twenty
+  to an entity group transaction. The thread lookups take {_n(threads, 1)} s: a point read, once per run,
   per Message-ID a matched reply refers to (In-Reply-To, the latest 20 References and the root; open
-  proposal 1).
+  proposal 3).
 - Attachment listings take **{_n(listings, 1)} s**: {mix['matched_with_attachments']} GETs, four at a time (Graph's
   per-mailbox limit), that is {bound['attachment_round_trips']} round trips {X} {b['latency_ms']} ms =
   {_n(bound['attachment_round_trips'] * b['latency_ms'] / 1000, 2)} s at best, run while the next delta page is fetched.
 - Graph: **{_n(graph, 1)} s** waiting for delta pages: the next page is fetched while the engine works on the
   current one, which hides most of the emulator's own rendering (a bare client needs
-  {_n(m['raw_fetch_wall'], 1)} s for the ten pages, {_n(per_page, 2)} s per page beyond the latency).
+  {_n(m['raw_fetch_wall'], 1)} s for the ten pages{" and the listings" if b.get("floor") else ""}).
 - The decisions take **{_n(decide, 1)} s** ({_n(1000 * decide / mix['messages'], 2)} ms per message) and turning
   Graph JSON into `MailMessage`s {_n(convert, 1)} s. The product's hottest functions in the profile of an
   in-memory run (cProfile, main thread, {_n(b['profile']['wall'], 1)} s): {profile}.
 
-So the goal stays far off. The bound counts only the delta round trips, while a backfill that stores
-{_n(mix['expected_reasons'].get('matched'))} activities also makes {_n(m['table_transactions'])} Table round
-trips, which Azurite answers at 100-250 a second, and {bound['attachment_round_trips']} rounds of attachment
-listings; even without storage (the in-memory column) the run is {memory_over_bound} the bound, a good part
-of it the emulator rendering pages in Python. Against real Table storage (a few ms a transaction, in
-parallel across partitions) the storage
-share would shrink by an order of magnitude; open proposals 1 and 4 cut the transactions themselves.
+{_floor_paragraph(b, m)}
 """
+
+
+def _floor_paragraph(b: Result, m: Result) -> str:
+    floor = b.get("floor")
+    if floor is None:
+        return "The floor of goal 1 (a bare client's requests in the same run) was not measured in this run."
+    phases = m["phases"]
+    storage = sum(value for name, value in phases.items() if name.startswith(("Table", "HTTP wait (table)")))
+    return (
+        f"Against the floor measured in the same run ({_n(floor['wall'], 2)} s: a bare client making the same "
+        f"{b['bound']['delta_pages']} delta requests and {_n(floor['listings'])} attachment listings, four in "
+        f"flight), the product takes {_n(floor['memory_over_floor'], 2)}{X} on the in-memory stores (goal "
+        f"1.3{X}) and {_n(floor['azurite_over_floor'], 2)}{X} on Azurite (goal 1.6{X}), medians of the ratios "
+        "pair by pair. In memory, what is left over the floor is the engine's CPU on the main thread (turning "
+        "JSON into messages, the decisions) on a machine whose two cores are shared with the emulator and "
+        f"other work. On Azurite the main thread waits for storage for {_n(storage, 1)} s (the saves, "
+        f"{_n(phases.get('TableActivityStore.save'), 1)} s, and the thread reads, "
+        f"{_n(phases.get('TableActivityStore.thread_ids_for_messages'), 1)} s) and for the attachment listings "
+        f"for {_n(phases.get('GraphMailSource.attachments'), 1)} s: the product lists a page's matched messages' "
+        "attachments before it builds their activities, while the floor's listings run behind its next page. "
+        f"The run makes {_n(m['table_transactions'])} Table round trips in all, which Azurite answers at "
+        "100-250 a second from one single-threaded process. Open proposal 3 says what is left to do."
+    )
 
 
 def _idle(r: dict[str, Result], images: Path) -> str:
@@ -317,7 +378,8 @@ are younger than an hour it takes no lease, keeps the links and stores no run re
 Outlook delta tokens from a cache of undefined size, so an idle mailbox still stores fresh links, and one
 run report, once an hour (5 writes an hour, not per poll; these polls all fall inside that hour). The
 sync use case reads the mailbox, the org's settings, the cursors and the tenant's token cache; the timer
-path adds the scheduler's reads (the due entry, the pending-backfill check, settings for the interval).
+path adds the scheduler's reads (the due query, the due entry for the pending-backfill check and for the
+reschedule; the poll interval comes from the settings the run read).
 """
 
 
@@ -357,8 +419,12 @@ Table transactions per run, by table: {per_table}.
 
 **What bounds it here:** CPU. The worker spends {_n(f['steady_cpu_ms_per_run'])} ms of CPU per run (around
 {_n(per_mailbox)} Table transactions through the Azure SDK, one Graph exchange and five decisions; this
-worker was not profiled) and shares the machine's two cores with Azurite, which spends 3-5 ms of CPU per
-transaction. Graph is far from any limit: {_n(f['graph_requests_per_mailbox'], 2)} requests per run.
+worker was not profiled), that is at most {_n(60_000 / f['steady_cpu_ms_per_run'])} runs a minute on one
+core of its own, and shares the machine's two cores with Azurite, which spends 3-5 ms of CPU per
+transaction, with the emulator and with whatever else runs on the machine (the load average during this
+run is in the note above the summary). Graph is far from any limit:
+{_n(f['graph_requests_per_mailbox'], 2)} requests per run. The transactions left per run and how to reach 8:
+open proposal 1.
 
 **Scale-out on Functions.** Each queue message is one mailbox run, independent of the others (the lease
 only serialises runs of the same mailbox), so throughput grows with the number of worker processes: the
@@ -435,17 +501,29 @@ box. Messages: the owner plus 1-3 participants drawn from active CRM contacts (6
 {plot}
 `build_activities` asks the index only for the keys the page's screenings name: the external
 participants of messages that reach matching (not the owner, colleagues, never-logged or blocked
-addresses); the Azurite column's `TableRecordsIndex` answers a key it has seen under the org's current
-records version from its per-worker cache, so a page costs one point read (the version) plus one query
-per key it has not seen ({_n(az['table_transactions_per_message'], 3)} transactions per message here, its cache
-starting empty), {_n(az['messages_per_second'] * az['table_transactions_per_message'])} of them a second on
-Azurite. Real Table storage answers a partition query in a few milliseconds: at ~5 ms a query with the
-adapter's 8 in flight, this mail would allow about
-{_n(8 / 0.005 / az['table_transactions_per_message'] if az['table_transactions_per_message'] else None)}
-decisions/s (an estimate, not measured), more as the cache warms; the in-memory column is the ceiling the
-engine itself sets. So the end-to-end goal is not met on Azurite; on Table storage this estimate puts it
-around the goal, unmeasured.
+addresses). {_matching_path(az)}
 """
+
+
+def _matching_path(az: Result) -> str:
+    per_message, loaded = az["table_transactions_per_message"], az["records_loaded"]
+    if loaded <= 20_000:  # TableRecordsIndex's DEFAULT_SNAPSHOT_RECORDS: the snapshot path
+        return (
+            f"With {_n(loaded)} records the org is under the index's snapshot bound (20,000 records): a page "
+            "costs one point read of the records version, and the org's records are scanned once per version "
+            f"({_n(per_message, 3)} transactions per message here), so this column measures the engine and "
+            "the snapshot, not the per-key path. The goal's 100,000 records exceed the bound and would be "
+            "looked up key by key (one query per key not seen under the version); loading them is the "
+            "bound this round did not move (the index rows are one partition per address: open proposal 2). "
+            "The in-memory column is the ceiling the engine itself sets on this machine at the time."
+        )
+    return (
+        "The Azurite column's `TableRecordsIndex` answers a key it has seen under the org's current records "
+        "version from its per-worker cache, so a page costs one point read (the version) plus one query per "
+        f"key it has not seen ({_n(per_message, 3)} transactions per message here, its cache starting empty), "
+        f"{_n(az['messages_per_second'] * per_message)} of them a second on Azurite; the in-memory column is "
+        "the ceiling the engine itself sets."
+    )
 
 
 def _cold_start(r: dict[str, Result], images: Path) -> str:
@@ -547,11 +625,34 @@ so `get_response_by_id(..., AttachmentCollectionResponse)` raises. msgraph-core 
 
 
 def _proposals(r: dict[str, Result]) -> str:
-    b = r.get("backfill", {}).get("median", {})
-    phases = b.get("phases", {})
     fleet = r.get("fleet", {})
-    settings_reads = fleet.get("steady_table_per_run", {}).get("read:settings")
-    return f"""## What the first run led to
+    per_run = fleet.get("table_transactions_per_mailbox")
+    return f"""## What round two changed (issue 20)
+
+Each is its own commit with its tests; the figures in brackets were measured with a small fleet (12
+mailboxes, the fleet's mail, every Table round trip attributed to its call site) when it was made.
+
+1. **A free lease is taken with one create and released at the held ETag** (`TableLeaseStore`): released
+   leases have no row, so taking one needs no read first; the release deletes at the ETag this owner wrote
+   last. [2 reads fewer per run]
+2. **The org's settings are read once per run** (`sync_mailbox`, `schedule.reschedule`): at the run's
+   start, not again under the lease, and the scheduler takes the poll interval from the run's outcome
+   (`SyncOutcome.settings`). A settings change applies to the runs that start after it. [3 → 1 reads]
+3. **One poll's pages are applied as one** (`sync_mailbox._apply_polled`, `CursorStore.put_many`): the
+   pages of a caught-up mailbox's batched poll get one records lookup, one save (one lease renewal), then
+   both folders' cursors in one entity group transaction (one renewal); a cursor is still written only
+   after its page's activities are durable. [2 → 1 lookups, saves and cursor writes; 5 → 3 renewals]
+4. **A small org's records are answered from one snapshot per records version** (`TableRecordsIndex`):
+   up to 20,000 records, a lookup is one point read (the version) plus, once per version and worker, one
+   scan of the org's record rows; no query per address, so no query for the addresses on no record.
+   Larger orgs keep the per-key queries and the LRU. [fleet: 3.9 → 1.1 records transactions per run]
+5. **The backfill floor is measured in the same run** (`bench/backfill.py` `raw_worker`): a bare client
+   making the backfill's requests, delta pages and attachment listings, at most four in flight.
+
+Together: {_n(per_run, 1)} Table transactions per fleet run in this document's fleet run (32.3 → 21.1 in the
+12-mailbox trace, the timer's share included).
+
+## What the first run led to
 
 The first full run (the "first run" column of the summary) missed four goals. Each change below is its
 own commit with its tests; the figures in brackets were measured when it was made, the rest of this page
@@ -592,25 +693,47 @@ is the current run.
 
 ## Open proposals
 
-Ordered by expected effect on the numbers above.
+Ordered by expected effect on the numbers above (round two's goals first).
 
-1. **Fewer thread reads for first sightings** (`pipeline.thread_ids`): each Message-ID a matched reply
-   refers to (In-Reply-To, the latest 20 References and the root) is still read once per run, most of
-   them finding nothing in a backfill. Reading only In-Reply-To and the root, and the rest only when
-   those disagree, would cut most of the {_n(phases.get('TableActivityStore.thread_ids_for_messages'), 1)} s the
-   thread lookups take in the backfill.
-2. **Backfills beyond 5,000 messages per folder** (`GraphMailSource.delta`): Graph returns at most the
+1. **Fence writes inside the transaction** (goal 3: ≤ 8 transactions a run). A caught-up mailbox's run now
+   makes about 19 Table round trips: the due entry read twice (the pending-backfill check, the
+   reschedule), the mailbox twice and the cursors twice (before and under the lease), settings, the token
+   cache, the records version, the lease's create, three renewals (before the save, the cursors, the
+   report), the save, the cursors, the report and its trim query, the release. Most are there to fence
+   writes with a separate lease request. With the lease row, the cursors and the latest report in one
+   partition of one table, a renewal and the write it fences become one entity group transaction (the
+   lease row updated at its ETag is the fence, with no residual window), the lease's create is conditional
+   on the cursors it read in the same partition query (no re-read under the lease), and the release goes
+   into the report's transaction: about 8 a run. The due entry read at the start can serve the reschedule
+   if a backfill message that met a held lease is queued again instead of dropped, and the report trim
+   can run one run in ten. Not done this round: it moves three tables' rows (a migration).
+2. **Index rows in the org's partition** (goal 2: 100,000 records through `records:batch` in 2 minutes).
+   Today each address and domain row is its own partition (`<org>|e|<address>`), so an upsert of 1,000
+   records makes about 2.5 round trips per address and nothing batches. Rows `<org>|x` /
+   `e|<address>|<record>` would go 100 to an entity group transaction, a lookup would be one range query
+   per key (or the snapshot), and a new record needs no read first. Migration: a reindex that rewrites
+   each record's rows from its `index_keys` (the record row is the source of truth), lookups reading the
+   old layout until the org's reindex marker is written. For orgs beyond the snapshot bound, a Bloom
+   filter of the org's keys kept under the records version would skip the queries for addresses on no
+   record.
+3. **Storage off the backfill's critical path** (goal 1). Tried this round and taken out again: a
+   page's save and checkpoint (in a second step also its attachment listings and thread reads) on a
+   writer thread while the next page is fetched and decided, one page in flight, in order, its failure
+   raised before any other write (the cursor invariant holds). Measured with the first step: 2.16{X} the
+   floor on Azurite,
+   against 2.72{X} without it 20 minutes earlier and 1.90{X} without it in the less loaded run of this
+   document, so its gain is inside this machine's noise and unproven. And three reliability tests hold a
+   run "after page n" in the mail source and then
+   expect page n-1 durable and nothing written after a take-over; with the overlap, page n-1's job may
+   still be in flight there (a write that began under the lease, which the residual-window invariant
+   allows, but which those tests count), so they failed now and then. Those tests must first hold the
+   run at a checkpoint (a `CursorStore` wrapper) instead of at a page fetch; then the overlap can land.
+   Resolving references to messages of the same page within the page would also skip most thread reads.
+4. **Backfills beyond 5,000 messages per folder** (`GraphMailSource.delta`): Graph returns at most the
    newest 5,000 messages for a delta filtered on `receivedDateTime` (the emulator enforces it), so a
    backfill of a busy mailbox silently stops at 5,000 per folder. Page the history with `/messages`
    (`$filter` on `receivedDateTime`, `$orderby`, `$top=1000`) before starting the delta round, or at
    least report the truncation.
-3. **Read the org's settings once per run** (`schedule._process`, `sync_mailbox`): a queue-triggered run
-   reads them {_n(settings_reads, 1)} times; passing them along saves a few of the
-   {_n(fleet.get('table_transactions_per_mailbox'), 1)} transactions of a run.
-4. **A negative filter for first sightings** (`TableRecordsIndex`): the cache helps from the second time
-   an address is seen; a Bloom filter of every indexed address and domain, kept with the records version,
-   would also skip the first query of the {_n(_share_without_records(r))} % of the backfill mix's addresses that are
-   on no record.
 5. **Retry a storage transaction after a dropped connection**: the Azure SDK does not retry a `$batch`
    POST after a connection reset (Azurite closes connections idle for about 5 s), so one surfaces as
    `StorageUnavailable` and the run is retried by the queue. Entity group transactions here are conditional
@@ -618,6 +741,12 @@ Ordered by expected effect on the numbers above.
 6. **Cache the folder list of "all folders" mailboxes**: with the org setting `folders = all`, every run
    lists the folders first, so an idle poll costs 2 Graph requests instead of 1.
 """
+
+
+def median_of(runs: Sequence[Result], key: str) -> float:
+    values = sorted(run[key] for run in runs)
+    middle = len(values) // 2
+    return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
 
 
 def _both(memory: Result, azurite: Result, key: str) -> list[str]:

@@ -65,6 +65,7 @@ def run(chosen: list[str], *, quick: bool, latency_ms: int) -> None:
                 context.started = stack.enter_context(running_stack())
             print(f"[bench] {name} ...", flush=True)
             began = time.perf_counter()
+            load_before = os.getloadavg()[0]
             result = BENCHMARKS[name](context)
             seconds = time.perf_counter() - began
             print(f"[bench] {name} done in {seconds:.0f} s", flush=True)
@@ -74,6 +75,8 @@ def run(chosen: list[str], *, quick: bool, latency_ms: int) -> None:
                 "quick": quick,
                 "latency_ms": latency_ms,
                 "duration_seconds": round(seconds, 1),
+                # Runnable processes on the machine (1-minute load average) before and after: it is shared.
+                "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)],
                 "machine": machine,
                 "result": result,
             }

@@ -27,6 +27,16 @@ Lookup cache (per instance, i.e. per worker process):
   may leave its partial rows hidden until the next change of the org; its record stays ``index_pending``
   until an upsert or delete of it completes (and writes a new version).
 - The cache is an LRU bounded to ``cache_entries`` entries and safe across threads.
+
+Snapshot of a small org (per instance): while an org has at most ``snapshot_records`` records, a lookup
+answers every address and domain from one scan of the org's record rows (``<org>|r``, the records
+themselves, so one partition query of ceil(n / 1,000) pages), taken after reading the version and kept under
+it, exactly as the per-key answers above: one point read per lookup once the snapshot is there, however
+many keys a page names, and never a query per address that is on no record. A scan that meets more rows
+than the bound is abandoned and the org is looked up key by key; this instance tries again after
+``LARGE_RECHECK`` (an org rarely shrinks). The snapshot reads a record's own addresses and domains, so a
+record whose upsert was cut short (``index_pending``) already matches as upserted; one whose delete was
+killed between its index rows and its record row matches until the delete is repeated.
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -62,6 +73,10 @@ IndexKey = tuple[str, str]  # ("e", address) or ("d", domain)
 Refs = tuple[RecordRef, ...]
 # Cached lookup answers per worker process: about 400 bytes each, so about 75 MiB when full.
 DEFAULT_CACHE_ENTRIES = 200_000
+# Orgs up to this many records are answered from one snapshot per records version (about 1 KB a record).
+DEFAULT_SNAPSHOT_RECORDS = 20_000
+SNAPSHOT_ORGS = 16  # snapshots kept per instance, least recently used dropped first
+LARGE_RECHECK = 3600.0  # seconds before an org found too large for a snapshot is scanned again
 _VERSION_ROW = "version"
 
 
@@ -80,10 +95,13 @@ class TableRecordsIndex:
         prefix: str = "",
         metrics: TableMetrics | None = None,
         after_write: Callable[[], None] | None = None,
+        *,
         cache_entries: int = DEFAULT_CACHE_ENTRIES,
+        snapshot_records: int = DEFAULT_SNAPSHOT_RECORDS,
     ) -> None:
         self._table = Table(service, table_name(prefix, "records"), metrics or TableMetrics(), after_write)
         self._cache = _LruCache(cache_entries)
+        self._snapshots = _Snapshots(snapshot_records)
 
     def upsert(self, org_id: str, records: Sequence[Record]) -> None:
         if records:
@@ -155,12 +173,19 @@ class TableRecordsIndex:
         return {rid: _record_from(entity) for rid, entity in zip(wanted, found, strict=True) if entity is not None}
 
     def lookup(self, org_id: str, addresses: Iterable[str], domains: Iterable[str]) -> RecordLookupResult:
-        """One point read of the org's version, then one partition query per distinct address and domain
+        """One point read of the org's version; then, for a small org, its snapshot under that version (one
+        partition scan when there is none yet); else one partition query per distinct address and domain
         not cached under that version, run concurrently."""
         wanted = [("e", a) for a in dict.fromkeys(addresses)] + [("d", d) for d in dict.fromkeys(domains)]
         if not wanted:
             return RecordLookupResult()
         version = self._version(org_id)
+        snapshot = self._snapshot(org_id, version)
+        if snapshot is not None:
+            return RecordLookupResult(
+                by_address={value: snapshot.get((kind, value), ()) for kind, value in wanted if kind == "e"},
+                by_domain={value: snapshot.get((kind, value), ()) for kind, value in wanted if kind == "d"},
+            )
         cached = self._cache.get_many([(org_id, version, kind, value) for kind, value in wanted])
         answers = {key: refs for key, refs in zip(wanted, cached, strict=True) if refs is not None}
         misses = [key for key in wanted if key not in answers]
@@ -171,6 +196,23 @@ class TableRecordsIndex:
             by_address={value: refs for (kind, value), refs in answers.items() if kind == "e"},
             by_domain={value: refs for (kind, value), refs in answers.items() if kind == "d"},
         )
+
+    def _snapshot(self, org_id: str, version: str) -> Mapping[IndexKey, Refs] | None:
+        """The org's answers under ``version``: kept, or scanned now; None for an org too large for one."""
+        known = self._snapshots.get(org_id, version)
+        if known is not None or not self._snapshots.worth_scanning(org_id):
+            return known
+        by_key: dict[IndexKey, list[RecordRef]] = {}
+        for count, entity in enumerate(self._table.rows(keys.record_partition(org_id)), start=1):
+            if count > self._snapshots.max_records:
+                self._snapshots.too_large(org_id)
+                return None
+            record = _record_from(entity)
+            for key in _index_keys(record):
+                by_key.setdefault(key, []).append(record.ref)
+        answers = {key: tuple(sorted(refs, key=_by_id)) for key, refs in by_key.items()}
+        self._snapshots.put(org_id, version, answers)
+        return answers
 
     def _version(self, org_id: str) -> str:
         entity = self._table.get(_version_partition(org_id), _VERSION_ROW, select=["version"])
@@ -309,3 +351,42 @@ class _LruCache:
                 self._entries.move_to_end(key)
             while len(self._entries) > self._max_entries:
                 self._entries.popitem(last=False)
+
+
+class _Snapshots:
+    """Per-org answers under one records version (the latest scanned), at most ``SNAPSHOT_ORGS`` orgs, and
+    the orgs last found larger than ``max_records``; safe across threads."""
+
+    def __init__(self, max_records: int) -> None:
+        self.max_records = max_records
+        self._lock = threading.Lock()
+        self._by_org: OrderedDict[str, tuple[str, Mapping[IndexKey, Refs]]] = OrderedDict()
+        self._large_since: dict[str, float] = {}
+
+    def get(self, org_id: str, version: str) -> Mapping[IndexKey, Refs] | None:
+        with self._lock:
+            kept = self._by_org.get(org_id)
+            if kept is None or kept[0] != version:
+                return None
+            self._by_org.move_to_end(org_id)
+            return kept[1]
+
+    def worth_scanning(self, org_id: str) -> bool:
+        if self.max_records <= 0:
+            return False
+        with self._lock:
+            since = self._large_since.get(org_id)
+            return since is None or time.monotonic() - since > LARGE_RECHECK
+
+    def too_large(self, org_id: str) -> None:
+        with self._lock:
+            self._large_since[org_id] = time.monotonic()
+            self._by_org.pop(org_id, None)
+
+    def put(self, org_id: str, version: str, answers: Mapping[IndexKey, Refs]) -> None:
+        with self._lock:
+            self._large_since.pop(org_id, None)
+            self._by_org[org_id] = (version, answers)
+            self._by_org.move_to_end(org_id)
+            while len(self._by_org) > SNAPSHOT_ORGS:
+                self._by_org.popitem(last=False)

@@ -83,23 +83,37 @@ class TableCursorStore:
         return {row["folder"]: get_text(row, "link") for row in rows}
 
     def put(self, org_id: str, mailbox_id: str, folder: str, link: str) -> None:
-        entity: dict[str, Any] = {
-            "PartitionKey": keys.mailbox_partition(org_id, mailbox_id),
-            "RowKey": keys.key_part(folder),
-            "folder": folder,
-        }
-        put_text(entity, "link", link)
-        self._table.write(Write("upsert", entity))
+        self._table.write(Write("upsert", _cursor_row(org_id, mailbox_id, folder, link)))
+
+    def put_many(self, org_id: str, mailbox_id: str, links: Mapping[str, str]) -> None:
+        """One entity group transaction (a mailbox's cursors share a partition; a mailbox has far fewer
+        than 100 folders)."""
+        rows = [Write("upsert", _cursor_row(org_id, mailbox_id, folder, link)) for folder, link in links.items()]
+        if len(rows) == 1:
+            self._table.write(rows[0])
+        elif rows:
+            self._table.transact(rows)
 
     def clear(self, org_id: str, mailbox_id: str) -> None:
         rows = self._table.rows(keys.mailbox_partition(org_id, mailbox_id), select=["PartitionKey", "RowKey"])
         self._table.submit([Write("delete", key_only(row)) for row in rows])
 
 
+def _cursor_row(org_id: str, mailbox_id: str, folder: str, link: str) -> dict[str, Any]:
+    entity: dict[str, Any] = {
+        "PartitionKey": keys.mailbox_partition(org_id, mailbox_id),
+        "RowKey": keys.key_part(folder),
+        "folder": folder,
+    }
+    put_text(entity, "link", link)
+    return entity
+
+
 class TableLeaseStore:
     """One row per lease. Every change is conditional on the ETag read or written last, and the ETag of
-    each lease this process holds is kept, so a renewal is one conditional update: it fails when the row
-    changed in any way since (taken over, released, expired and taken)."""
+    each lease this process holds is kept, so a renewal is one conditional update (it fails when the row
+    changed in any way since: taken over, released, expired and taken) and a release one conditional
+    delete. A released lease has no row, so taking a free lease is one create."""
 
     def __init__(self, service: TableServiceClient, prefix: str = "", metrics: TableMetrics | None = None) -> None:
         self._table = Table(service, table_name(prefix, "leases"), metrics or TableMetrics())
@@ -107,8 +121,13 @@ class TableLeaseStore:
         self._held: dict[tuple[str, str], str] = {}  # (key, owner) -> ETag of the row this owner wrote last
 
     def acquire(self, key: str, owner: str, until: datetime, now: datetime) -> bool:
+        """A free lease (no row: released ones are deleted) is taken with one create, without a read;
+        only when the row exists is it read, and taken over at its ETag if expired or already ours."""
         partition = keys.key_part(key)
         row = _lease_row(partition, owner, until)
+        with suppress(AlreadyExists):
+            self._hold(key, owner, self._table.write(Write("create", row)))
+            return True
         for _ in range(CONFLICT_ATTEMPTS):
             entity = self._table.get(partition, _LEASE_ROW)
             if entity is None:
@@ -164,7 +183,14 @@ class TableLeaseStore:
         raise ConcurrencyConflict(f"the lease {key} kept changing")
 
     def release(self, key: str, owner: str) -> None:
-        self._drop(key, owner)
+        """Delete the row at the ETag this owner wrote last (no read); unknown here, read it first."""
+        with self._lock:
+            etag = self._held.pop((key, owner), None)
+        if etag is not None:
+            row = {"PartitionKey": keys.key_part(key), "RowKey": _LEASE_ROW}
+            with suppress(ConcurrencyConflict):  # taken over (or already gone) meanwhile: not ours to release
+                self._table.write(Write("delete", row, etag))
+            return
         entity = self._table.get(keys.key_part(key), _LEASE_ROW)
         if entity is None or entity["owner"] != owner:
             return

@@ -139,6 +139,9 @@ class CursorStore(Protocol):
 
     def put(self, org_id: str, mailbox_id: str, folder: str, link: str) -> None: ...
 
+    def put_many(self, org_id: str, mailbox_id: str, links: Mapping[str, str]) -> None:
+        """Store several folders' links at once: all of them or none (one transaction)."""
+
     def clear(self, org_id: str, mailbox_id: str) -> None: ...
 
 

@@ -221,6 +221,10 @@ class InMemoryCursorStore:
         with self._lock:
             self._links.setdefault((org_id, mailbox_id), {})[folder] = link
 
+    def put_many(self, org_id: str, mailbox_id: str, links: Mapping[str, str]) -> None:
+        with self._lock:
+            self._links.setdefault((org_id, mailbox_id), {}).update(links)
+
     def clear(self, org_id: str, mailbox_id: str) -> None:
         with self._lock:
             self._links.pop((org_id, mailbox_id), None)

@@ -4,7 +4,7 @@
         │                                         │ every page empty, cursors younger than IDLE_REFRESH
         │                                         └──> done: nothing written (no lease, cursor or report)
         ▼ no / something changed
-    take the lease; re-read the mailbox, settings and cursors under it (cursors moved since the poll:
+    take the lease; re-read the mailbox and cursors under it (cursors moved since the poll:
     drop its pages, poll again from them; mailbox no longer syncable: skipped, nothing written)
       ──> for each folder: page = the polled page, then delta(link or watermark filter)
                         │   decide every message (one records lookup per page)
@@ -31,9 +31,11 @@ Invariants:
   Only a write stalled longer (a frozen process, a storage call retried past that) could still land: Table
   storage cannot make one conditional write span the lease and an activity's partitions.
 - Decided under the lease: whatever a run writes is decided on the mailbox (watermark, aliases,
-  status), settings and cursors read after it took the lease. Pages polled without the lease are applied
+  status) and cursors read after it took the lease. Pages polled without the lease are applied
   only if the stored cursors are unchanged once the lease is held; otherwise another run or a backfill
   got there first, and they are dropped unread.
+- The org's settings are read once per run, at its start, and handed on in the outcome (the scheduler
+  takes the poll interval from them): a settings change applies to the runs that start after it.
 - A disconnect takes the lease over (see ``connect.disconnect``) and waits ``WRITE_GRACE`` when a run
   held it; a run taking the lease afterwards reads the mailbox disconnected and ends "skipped".
 - A delta link is stored only after the activities of its page are durably written; a crash at any
@@ -156,6 +158,7 @@ class SyncOutcome:
     report: RunReport | None = None
     retry_after: float | None = None
     failure: type[SyncFailure] | None = None  # the class of the failure the run ended with, if any
+    settings: OrgSettings | None = None  # the org's settings the run read (None: it read none)
 
 
 class _Stop(Exception):
@@ -214,7 +217,7 @@ def _sync_mailbox(
     settings = deps.settings.get(org_id)
     probe.begin(deps.mail, mailbox, settings)
     if not mailbox.can_sync(settings.automation_enabled):
-        return SyncOutcome(RunStatus.SKIPPED)
+        return SyncOutcome(RunStatus.SKIPPED, settings=settings)
     started = deps.clock.now()
     run = probe.run = _Run(deps, mailbox, settings, started, budget, run_id=run_id)
     transactions_before = deps.table_transactions()
@@ -253,7 +256,7 @@ def _sync_mailbox(
             run.lease()
             deps.reports.add(report, keep=REPORTS_KEPT)
     except _Stop as stop:
-        return SyncOutcome(stop.status)  # the lease is someone else's now: so is the mailbox's state
+        return SyncOutcome(stop.status, settings=settings)  # the lease is someone else's now: so is the state
     except Exception as record_failure:
         if escaped is None:
             raise
@@ -263,7 +266,9 @@ def _sync_mailbox(
         run.release()
     if escaped is not None:
         raise escaped
-    return SyncOutcome(status, report, retry_after, failure_of(failure) if failure is not None else None)
+    return SyncOutcome(
+        status, report, retry_after, failure_of(failure) if failure is not None else None, settings=settings
+    )
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -345,10 +350,10 @@ class _Run:
 
     def lease(self) -> None:
         """Call before every durable write. The first call takes the lease (``_Busy`` when another run
-        holds it) and re-reads the mailbox and the org's settings under it (``_NotSyncable`` when the
-        mailbox can no longer sync); every later call renews it, compare-and-set (``_LeaseLost`` when
-        it was taken over or released since). Either way the lease then lasts ``LEASE_MARGIN`` past
-        now, or past the deadline if later."""
+        holds it) and re-reads the mailbox under it (``_NotSyncable`` when the mailbox can no longer
+        sync; the settings are the run's, read at its start); every later call renews it,
+        compare-and-set (``_LeaseLost`` when it was taken over or released since). Either way the
+        lease then lasts ``LEASE_MARGIN`` past now, or past the deadline if later."""
         now = self.deps.clock.now()
         until = max(self.deadline, now) + LEASE_MARGIN
         if self.leased:
@@ -364,7 +369,6 @@ class _Run:
             raise _Busy
         self.leased = True
         current = self.deps.mailboxes.get(self.mailbox.org_id, self.mailbox.mailbox_id)
-        self.settings = self.deps.settings.get(self.mailbox.org_id)
         if current is None or not current.value.can_sync(self.settings.automation_enabled):
             log.info("mailbox %s of org %s stopped being syncable before this run held its lease",
                      self.mailbox.mailbox_id, self.mailbox.org_id)  # fmt: skip
@@ -429,9 +433,9 @@ class _Run:
         if expired:
             self._forget(list(caught_up))
             resume.update(dict.fromkeys(caught_up))
-        for folder, page in pages.items():
-            resume[folder] = self._apply(page).link
-            if page.delta_link:
+        for folder, cursor in self._apply_polled(list(pages.values())).items():
+            resume[folder] = cursor.link
+            if cursor.caught_up:
                 resume.pop(folder)
         caught_up_all = all([self._drain(folder, link) for folder, link in resume.items()])
         if self.missing_defaults:
@@ -446,7 +450,7 @@ class _Run:
         return dict(self.deps.cursors.get_all(self.mailbox.org_id, self.mailbox.mailbox_id))
 
     def _take_lease(self) -> dict[str, str]:
-        """Take the lease (which re-reads the mailbox and settings), then re-read the cursors: whatever
+        """Take the lease (which re-reads the mailbox), then re-read the cursors: whatever
         the run writes from here on is decided on state read under the lease."""
         self.lease()
         return self._stored_cursors()
@@ -519,9 +523,20 @@ class _Run:
 
     def _apply(self, page: DeltaPage) -> Cursor:
         """Decide, store, then checkpoint one page; returns the folder's new cursor."""
-        self.pages += 1
-        self.reasons["skipped_items"] += page.skipped
-        activities = self._activities(self._first_sightings(page.messages))
+        return self._apply_polled([page])[page.folder]
+
+    def _apply_polled(self, pages: Sequence[DeltaPage]) -> dict[str, Cursor]:
+        """Decide, store, then checkpoint pages of different folders (one poll's) as one: one records
+        lookup and one save for all their messages, then each folder's cursor; returns the new cursors."""
+        messages: list[MailMessage] = []
+        for page in pages:
+            self.pages += 1
+            self.reasons["skipped_items"] += page.skipped
+            messages += self._first_sightings(page.messages)
+        self._save(self._activities(messages))
+        return self._checkpoint(pages)
+
+    def _save(self, activities: Sequence[Activity]) -> None:
         if activities:
             self.lease()
             # With a webhook, each new activity's outbox event is written with it (announced at least once).
@@ -533,14 +548,22 @@ class _Run:
             self.merged += len(written.merged)
             if written.events and self.deps.events is not None:
                 self.deps.events.created(self.mailbox.org_id, written.events)
-        cursor = Cursor(
-            caught_up=page.delta_link is not None,
-            link=page.delta_link or page.next_link or "",
-            written_at=self.started,
-        )
+
+    def _checkpoint(self, pages: Sequence[DeltaPage]) -> dict[str, Cursor]:
+        """Store each page's folder's next or delta link, all in one write (only once the pages'
+        activities are durable)."""
+        cursors = {
+            page.folder: Cursor(
+                caught_up=page.delta_link is not None,
+                link=page.delta_link or page.next_link or "",
+                written_at=self.started,
+            )
+            for page in pages
+        }
         self.lease()
-        self.deps.cursors.put(self.mailbox.org_id, self.mailbox.mailbox_id, page.folder, cursor.serialize())
-        return cursor
+        links = {folder: cursor.serialize() for folder, cursor in cursors.items()}
+        self.deps.cursors.put_many(self.mailbox.org_id, self.mailbox.mailbox_id, links)
+        return cursors
 
     def _first_sightings(self, messages: Sequence[MailMessage]) -> list[MailMessage]:
         """Graph may replay an item within a round; a run decides and counts each message once."""

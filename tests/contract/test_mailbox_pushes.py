@@ -15,8 +15,10 @@ from queue import Queue
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+import jwt
 import pytest
 import requests
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from emulator.google.server import GoogleEmulatorServer
 from sync_core.adapters.google.http import GmailHttp
@@ -36,6 +38,7 @@ class Side:
     mailbox: Mailbox
     proven_push: Callable[[], Push]  # a push the channel delivers for the mailbox, after a change
     now: datetime
+    expecting: Callable[..., MailboxPushes] | None = None  # Gmail: the same pushes expecting another sender
 
 
 def mailbox(address: str) -> Mailbox:
@@ -99,14 +102,17 @@ def _gmail(google: GoogleEmulatorServer) -> Iterator[Side]:
     flow = identity.initiate_connect("https://sync.example.net/api/auth/callback", address)
     back = call("POST", "authorize", {"auth_uri": flow["auth_uri"], "user": address})["redirect_url"]
     token = identity.redeem_connect(flow, dict(parse_qsl(urlsplit(back).query))).access_token
-    pushes = GmailPushes(session, lambda _m: GmailHttp(session, google.url, lambda _r: token), topic,
-                         f"{google.url}/oauth2/v3/certs", receiver.url, pusher)  # fmt: skip
+    def expecting(audience: str = receiver.url, service_account: str = pusher) -> GmailPushes:
+        return GmailPushes(session, lambda _m: GmailHttp(session, google.url, lambda _r: token), topic,
+                           f"{google.url}/oauth2/v3/certs", audience, service_account)  # fmt: skip
+
+    pushes = expecting()
 
     def proven_push() -> Push:
         call("POST", f"users/{address}/messages", {"from": "carol@client.example", "to": [address], "subject": "x"})
         return receiver.received.get(timeout=10)
 
-    yield Side(pushes, mailbox(address), proven_push, datetime.now(UTC))
+    yield Side(pushes, mailbox(address), proven_push, datetime.now(UTC), expecting)
     receiver.server.shutdown()
     session.close()
     control.close()
@@ -146,6 +152,31 @@ def test_a_push_with_forged_credentials_or_a_body_that_is_no_push_is_refused(sid
                             (authorization, b"{}"), (authorization, b"not json")]:  # fmt: skip
         with pytest.raises(InvalidNotification):
             side.pushes.subscription_of(presented, sent)
+
+
+@pytest.fixture
+def gmail_side(google_emulator: GoogleEmulatorServer) -> Iterator[Side]:
+    yield from _gmail(google_emulator)
+
+
+def test_a_push_google_signed_for_another_audience_or_sender_or_one_signed_by_another_key_is_refused(
+    gmail_side: Side,
+) -> None:
+    assert gmail_side.expecting is not None
+    gmail_side.pushes.watch(gmail_side.mailbox)
+    authorization, body = gmail_side.proven_push()
+    assert gmail_side.pushes.subscription_of(authorization, body)  # the genuine push is accepted
+
+    for other in ({"audience": "https://other.example/api/google/push"},
+                  {"service_account": "someone@else.iam.gserviceaccount.com"}):  # fmt: skip
+        with pytest.raises(InvalidNotification):
+            gmail_side.expecting(**other).subscription_of(authorization, body)
+    token = authorization.partition(" ")[2]
+    claims = jwt.decode(token, options={"verify_signature": False})
+    impostor = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    forged = jwt.encode(claims, impostor, algorithm="RS256", headers={"kid": jwt.get_unverified_header(token)["kid"]})
+    with pytest.raises(InvalidNotification):
+        gmail_side.pushes.subscription_of(f"Bearer {forged}", body)
 
 
 def test_a_stopped_watch_can_be_stopped_again(side: Side) -> None:

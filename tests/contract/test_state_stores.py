@@ -150,6 +150,18 @@ def test_delta_links_are_kept_per_folder_and_cleared_together(stores: Stores) ->
 UNTIL = T0 + timedelta(minutes=10)
 
 
+def test_several_folders_links_are_stored_at_once_replacing_their_old_ones(stores: Stores) -> None:
+    stores.cursors.put("org-1", "mbx-1", "inbox", "https://graph/delta?1")
+    stores.cursors.put("org-1", "mbx-1", "archive", "https://graph/delta?a")
+    stores.cursors.put_many("org-1", "mbx-1", {"inbox": "https://graph/delta?2", "sentitems": "next x" * 20_000})
+    stores.cursors.put_many("org-1", "mbx-1", {})
+    assert stores.cursors.get_all("org-1", "mbx-1") == {
+        "inbox": "https://graph/delta?2",
+        "sentitems": "next x" * 20_000,
+        "archive": "https://graph/delta?a",
+    }
+
+
 def test_a_free_lease_is_taken_and_then_refused_to_others(stores: Stores) -> None:
     assert stores.leases.acquire("org-1|mbx-1", "run-a", UNTIL, T0) is True
     assert stores.leases.acquire("org-1|mbx-1", "run-b", UNTIL, T0 + timedelta(minutes=5)) is False

@@ -78,6 +78,14 @@ class KillingCursors:
         self.inner.put(org_id, mailbox_id, folder, link)
         self.progress.write(event="checkpoint", folder=folder, link=link)
 
+    def put_many(self, org_id: str, mailbox_id: str, links: Mapping[str, str]) -> None:
+        if self.saves.saves >= self.kill_after:
+            self.progress.write(event="killed", folder=",".join(links), link=";".join(links.values()))
+            os.kill(os.getpid(), signal.SIGKILL)
+        self.inner.put_many(org_id, mailbox_id, links)
+        for folder, link in links.items():
+            self.progress.write(event="checkpoint", folder=folder, link=link)
+
     def clear(self, org_id: str, mailbox_id: str) -> None:
         self.inner.clear(org_id, mailbox_id)
 

@@ -70,6 +70,11 @@ class WatchedCursors:
             self.writes_seen.append(folder)
         self.inner.put(org_id, mailbox_id, folder, link)
 
+    def put_many(self, org_id: str, mailbox_id: str, links: Mapping[str, str]) -> None:
+        if self.watching:
+            self.writes_seen.extend(links)
+        self.inner.put_many(org_id, mailbox_id, links)
+
     def clear(self, org_id: str, mailbox_id: str) -> None:
         if self.watching:
             self.writes_seen.append("*")

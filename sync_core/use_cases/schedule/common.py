@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Protocol
 
+from sync_core.domain.model import OrgSettings
 from sync_core.errors import (
     ConcurrencyConflict,
 )
@@ -84,8 +85,10 @@ def unschedule_mailbox(deps: ScheduleDeps, org_id: str, mailbox_id: str) -> None
     update_entry(deps.due, org_id, mailbox_id, lambda _current: None)
 
 
-def poll_interval(deps: ScheduleDeps, org_id: str) -> timedelta:
-    return timedelta(minutes=max(deps.settings.get(org_id).poll_interval_minutes, 1))
+def poll_interval(deps: ScheduleDeps, org_id: str, settings: OrgSettings | None = None) -> timedelta:
+    """The org's poll interval, from ``settings`` when the caller already read them (a run did)."""
+    known = settings if settings is not None else deps.settings.get(org_id)
+    return timedelta(minutes=max(known.poll_interval_minutes, 1))
 
 
 def recently_queued(entry: DueEntry, now: datetime) -> bool:
@@ -93,12 +96,18 @@ def recently_queued(entry: DueEntry, now: datetime) -> bool:
 
 
 def reschedule(
-    deps: ScheduleDeps, org_id: str, mailbox_id: str, now: datetime, queued: bool | None
+    deps: ScheduleDeps,
+    org_id: str,
+    mailbox_id: str,
+    now: datetime,
+    queued: bool | None,
+    *,
+    settings: OrgSettings | None = None,
 ) -> DueEntry | None:
     """Next due one poll interval from now. ``queued``: a message is (True) or is not (False) queued
     now; None (a run ended done): one will be exactly when a backfill is pending (the caller enqueues
     it), and an entry already due within the interval with nothing queued or pending is left as it is."""
-    due_at = now + poll_interval(deps, org_id)
+    due_at = now + poll_interval(deps, org_id, settings)
 
     def change(current: DueEntry | None) -> DueEntry:
         if current is not None and queued is None and _settled(current, now, due_at):

@@ -119,12 +119,12 @@ def _process(deps: ScheduleDeps, message: SyncMailbox) -> RunStatus:
             deps.queue.enqueue(message.to_json(), int(BUSY_RETRY.total_seconds()))
         return RunStatus.BUSY
     if outcome.status == RunStatus.MORE:
-        reschedule(deps, org_id, mailbox_id, now, queued=True)
+        reschedule(deps, org_id, mailbox_id, now, queued=True, settings=outcome.settings)
         delay = min(max(math.ceil(outcome.retry_after or 0), 0), MAX_DELAY_SECONDS)
         # The continuation reports under the same run id, so the CRM polls one id until the run is done.
         deps.queue.enqueue(SyncMailbox(org_id, mailbox_id, SyncReason.CONTINUATION, run_id).to_json(), delay)
     elif outcome.status == RunStatus.DONE:
-        entry = reschedule(deps, org_id, mailbox_id, now, queued=None)
+        entry = reschedule(deps, org_id, mailbox_id, now, queued=None, settings=outcome.settings)
         if entry is not None and entry.backfill_since is not None:  # requested while this run held the lease
             deps.queue.enqueue(SyncMailbox(org_id, mailbox_id, SyncReason.BACKFILL, entry.run_id).to_json())
     elif outcome.status == RunStatus.SKIPPED:
