@@ -269,7 +269,13 @@ class Services:
 
             return GmailMailSender(self.gmail_http_for_sending, self.gmail_send_permission_problem)
 
-        return {"microsoft": microsoft, "google": google}
+        def imap() -> MailSender:
+            from sync_core.adapters.imap.account import stored_server_account
+            from sync_core.adapters.imap.send import ImapMailSender
+
+            return ImapMailSender(stored_server_account(self.token_caches), self._imap_limits)
+
+        return {"microsoft": microsoft, "google": google, "imap": imap}
 
     def gmail_http_for_sending(self, mailbox: Mailbox) -> GmailHttp:
         from sync_core.adapters.google.http import GmailHttp

@@ -21,7 +21,9 @@ What runs (nothing system-wide is touched: no file under /etc, no systemd, no pr
   same passwd files Dovecot uses. Mail for a Dovecot user is handed to Dovecot over LMTP; mail for any
   other address is kept in ``outbound`` (the server's "rest of the internet"), so a test can see it.
   aiosmtpd rather than Postfix: Postfix needs root, a mail-owner account and a spool of its own to run
-  at all, where this is one unprivileged process per test run that stops with it.
+  at all, where this is one unprivileged process per test run that stops with it. ``drop_after_data``
+  makes a sender's next submission be delivered and the connection cut before the ``250``: the "answer
+  lost" case a client can never resolve.
 * TLS: one certificate for ``localhost``/``127.0.0.1`` from the project's local CA
   (``emulator.certs.ensure_tls_material``), ``ca.pem`` beside it for the clients.
 
@@ -304,10 +306,39 @@ class MailServer:
     def deliver(self, recipients: list[str] | str, message: bytes, sender: str = "") -> None:
         """Deliver an RFC 822 message to Dovecot users' Inboxes through LMTP (as a real MTA would)."""
         rcpts = [recipients] if isinstance(recipients, str) else list(recipients)
+        # LMTP answers DATA once per accepted recipient (RFC 2033 §4.2); smtplib's sendmail reads only the
+        # first answer, so the others are read here (left unread, QUIT would read one and fail).
         with smtplib.LMTP(self.host, self.ports.lmtp, timeout=30) as lmtp:
-            refused = lmtp.sendmail(sender or "<>", rcpts, message)
-        if refused:
-            raise RuntimeError(f"LMTP refused {sorted(refused)}")
+            lmtp.ehlo_or_helo_if_needed()
+            code, _ = lmtp.mail(sender or "<>")
+            if code != 250:
+                raise RuntimeError(f"LMTP refused the sender ({code})")
+            accepted = [r for r in rcpts if lmtp.rcpt(r)[0] in (250, 251)]
+            if len(accepted) != len(rcpts):
+                lmtp.rset()
+                raise RuntimeError(f"LMTP refused {sorted(set(rcpts) - set(accepted))}")
+            answers = [lmtp.data(message)[0]] + [lmtp.getreply()[0] for _ in accepted[1:]]
+        if any(code != 250 for code in answers):
+            raise RuntimeError(f"LMTP did not deliver to every recipient ({answers})")
+
+    def drop_after_data(self, sender: str) -> None:
+        """The next message ``sender`` submits is delivered as usual, then the SMTP connection is cut
+        before the final ``250`` reaches the client: the "answer lost after DATA" case of RFC 5321 §4.1.1.4
+        (the server took responsibility; the client cannot know). One-shot; a file under the server's
+        directory, so it works from a process that ``attach``-ed to the server."""
+        path = self.root / "smtp-faults" / sender.lower()
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("drop-after-data\n")
+
+    def take_drop_after_data(self, sender: str) -> bool:
+        path = self.root / "smtp-faults" / sender.lower()
+        if "/" in sender or not sender:
+            return False
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
 
     def change_uidvalidity(self, address: str, folder: str, uidvalidity: int) -> None:
         """Give a folder a new UIDVALIDITY (``doveadm mailbox update``), as a server does when it rebuilds
@@ -326,7 +357,7 @@ class MailServer:
             lines = path.read_bytes().decode("utf-8", "replace").splitlines()
             tags = [line.split(" ", 2)[1] for line in lines if line.count(" ") >= 2]
             prefix = tags[0].rstrip("0123456789") if tags else ""
-            total += 1 + sum(1 for tag in tags if prefix and tag.startswith(prefix) and tag[len(prefix):].isdigit())
+            total += 1 + sum(1 for tag in tags if prefix and tag.startswith(prefix) and tag[len(prefix) :].isdigit())
         return total
 
     def rawlog(self, address: str, suffix: str = ".in") -> str:
@@ -535,9 +566,10 @@ def _start_smtp(server: MailServer, cert: Path, key: Path) -> None:
     class Relay:
         """Local users' mail to Dovecot by LMTP, everyone else's into ``outbound``."""
 
-        async def handle_DATA(self, _server: SmtpServer, session: Session, envelope: Envelope) -> str:
+        async def handle_DATA(self, smtp: SmtpServer, session: Session, envelope: Envelope) -> str:
             if not session.authenticated:
                 return "530 5.7.0 Authentication required"
+            drop = server.take_drop_after_data(envelope.mail_from or "")
             content = envelope.original_content or b""
             local = server.users()
             mine = [r.lower() for r in envelope.rcpt_tos if r.lower() in local]
@@ -549,6 +581,8 @@ def _start_smtp(server: MailServer, cert: Path, key: Path) -> None:
                 return "451 4.3.0 Local delivery failed, try again later"
             if others:
                 server.outbound.append((envelope.mail_from or "", others, content))
+            if drop:  # delivered, but the client never hears so (see ``drop_after_data``)
+                smtp.transport.abort()
             return "250 2.0.0 OK"
 
     common: dict[str, Any] = {

@@ -1,6 +1,7 @@
 """IMAP mailboxes through the real function_app (local host, Azurite) and the real Dovecot: add by logging
 in first, precise 400 reasons, passwords encrypted at rest and never answered, Sync now, a password
-changed on the server (needs_reauth with the server's reason) and then through PATCH, disconnect."""
+changed on the server (needs_reauth with the server's reason) and then through PATCH, disconnect; a send through
+the send API over SMTP, and 409 for a mailbox without an SMTP login."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pytest
 import requests
 import trustme
 from azure.data.tables import TableServiceClient
+from imapclient import IMAPClient
 
 from sync_core.settings import Settings
 from tests.e2e.conftest import AppUnderTest
@@ -182,3 +184,49 @@ def test_each_reason_a_login_cannot_be_used_is_a_precise_400_and_nothing_is_stor
     assert "not trusted" in answers["imap_tls_untrusted"].json()["error"]["message"]
     assert api.get(app_host.url(f"orgs/{org}/mailboxes")).json()["mailboxes"] == []
     assert token_rows(app_host, org) == []
+
+
+def inbox_copies(server: MailServer, user: str, folder: str, message_id: str) -> int:
+    client = IMAPClient(server.host, server.ports.imaps, ssl_context=server.ssl_context())
+    try:
+        client.login(user, PASSWORD)
+        client.select_folder(folder, readonly=True)
+        return len(client.search(["HEADER", "Message-ID", message_id.strip("<>")]))
+    finally:
+        client.logout()
+
+
+def test_an_imap_mailbox_sends_through_the_send_api_once_and_one_activity_remains_after_its_sync(
+    app_host: AppUnderTest, api: requests.Session, org: str, mail_server: MailServer, user: str
+) -> None:
+    set_up(app_host, api, org)
+    settings = {"internal_domains": ["imap.example"], "sending_enabled": True}
+    assert api.put(app_host.url(f"orgs/{org}/settings"), json=settings).status_code == 200
+    recipient = mail_server.add_user(f"r{uuid.uuid4().hex[:10]}@imap.example", PASSWORD)
+    body = {"address": user, "imap": login(mail_server, user), "smtp": smtp_login(mail_server, user)}
+    mailbox = add(app_host, api, org, body).json()
+    reading_only = add(app_host, api, org, {"address": recipient, "imap": login(mail_server, recipient)}).json()
+    message = {"to": [recipient], "cc": [CAROL], "subject": "Over SMTP", "body": {"content": "Hello"}}
+
+    posted = api.post(
+        app_host.url(f"orgs/{org}/mailboxes/{mailbox['id']}/messages:send"), json=message,
+        headers={"Idempotency-Key": "smtp-1"},
+    )  # fmt: skip
+    app_host.host.drain_queues(timeout=60)
+    refused = api.post(
+        app_host.url(f"orgs/{org}/mailboxes/{reading_only['id']}/messages:send"), json=message,
+        headers={"Idempotency-Key": "smtp-2"},
+    )  # fmt: skip
+
+    assert posted.status_code == 202, posted.text
+    sent = api.get(app_host.url(f"orgs/{org}/sends/{posted.json()['id']}")).json()
+    assert sent["status"] == "sent", sent
+    assert inbox_copies(mail_server, recipient, "INBOX", sent["internet_message_id"]) == 1
+    assert inbox_copies(mail_server, user, "Sent", sent["internet_message_id"]) == 1
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "send_permission_missing", refused.text
+    assert "smtp" in refused.json()["error"]["message"]
+    sync = api.post(app_host.url(f"orgs/{org}/mailboxes/{mailbox['id']}/sync"))
+    assert sync.status_code == 202
+    app_host.host.drain_queues(timeout=30)
+    timeline = api.get(app_host.url(f"orgs/{org}/records/c-carol/activities")).json()["activities"]
+    assert [(a["id"], a["sent_from_crm"], a["send_id"]) for a in timeline] == [(sent["activity_id"], True, sent["id"])]

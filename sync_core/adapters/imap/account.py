@@ -14,7 +14,7 @@ from sync_core.errors import CredentialsUnreadable, ReauthRequired, TokenDecrypt
 from sync_core.ports.identity import TokenCacheStore, mailbox_owner
 from sync_core.ports.servers import Security, ServerAccount, ServerLogin
 
-__all__ = ["ImapAccount", "ImapLimits", "Security", "stored_account"]
+__all__ = ["ImapAccount", "ImapLimits", "Security", "stored_account", "stored_server_account"]
 
 ImapAccount = ServerLogin
 """The incoming-server login of a mailbox (the port's ``ServerLogin``)."""
@@ -42,7 +42,19 @@ def stored_account(tokens: TokenCacheStore) -> Callable[[Mailbox], ImapAccount]:
     one, or whose stored value is not a server account, needs new credentials (``needs_reauth``); one no
     configured key opens is ``CredentialsUnreadable``."""
 
+    read = stored_server_account(tokens)
+
     def account_for(mailbox: Mailbox) -> ImapAccount:
+        return read(mailbox).imap
+
+    return account_for
+
+
+def stored_server_account(tokens: TokenCacheStore) -> Callable[[Mailbox], ServerAccount]:
+    """The whole stored login of a mailbox (IMAP, and SMTP when given), for sending; errors as
+    ``stored_account``."""
+
+    def account_for(mailbox: Mailbox) -> ServerAccount:
         try:
             stored = tokens.get(mailbox.org_id, mailbox_owner(mailbox.mailbox_id))
         except TokenDecryptionError:
@@ -50,7 +62,7 @@ def stored_account(tokens: TokenCacheStore) -> Callable[[Mailbox], ImapAccount]:
         if stored is None:
             raise ReauthRequired("no mail server credentials are stored for this mailbox; add them again")
         try:
-            return ServerAccount.from_json(stored.value).imap
+            return ServerAccount.from_json(stored.value)
         except ValueError:
             raise ReauthRequired("the stored credentials are not a mail server login; add them again") from None
 

@@ -60,6 +60,7 @@ from sync_core.errors import (
     ConcurrencyConflict,
     ConfigurationFailure,
     GrantFailure,
+    MailServerLoginFailed,
     ProviderRefused,
     TransientFailure,
 )
@@ -241,7 +242,9 @@ def _announce(deps: SendDeps, stored: Versioned[Send]) -> None:
 
 def _refusal(exc: Exception) -> tuple[str, str]:
     if isinstance(exc, GrantFailure):
-        return "needs_reauth", "the mailbox must be connected again before it can send"
+        # A mail server's refusal of the login carries its own reason (never the password).
+        why = f": {exc}" if isinstance(exc, MailServerLoginFailed) else ""
+        return "needs_reauth", f"the mailbox must be connected again before it can send{why}"
     if isinstance(exc, ConfigurationFailure):
         return "send_permission_missing", (
             "the provider denied sending from this mailbox: grant the send permission (Mail.Send; "
