@@ -253,7 +253,9 @@ def _json_message(message: OutgoingMessage, *, with_header: bool = True) -> dict
 
 def _mime(message: OutgoingMessage) -> bytes:
     """The message as MIME, for a reply whose original is gone: In-Reply-To and References set here."""
-    mime = EmailMessage(policy=email.policy.SMTP)
+    # RFC 5322 allows 998 characters a line: folded at the default 78, a long Message-ID (Exchange's are)
+    # in In-Reply-To would become RFC 2047 encoded words, which no mail system reads as a thread.
+    mime = EmailMessage(policy=email.policy.SMTP.clone(max_line_length=998))
     mime["From"] = formataddr((message.sender.name, message.sender.address))
     for name, parties in (("To", message.to), ("Cc", message.cc), ("Bcc", message.bcc)):
         if parties:
