@@ -18,7 +18,6 @@ Invariants:
 from __future__ import annotations
 
 import json
-import random
 import threading
 import time
 import uuid
@@ -30,6 +29,7 @@ from typing import Any
 
 import requests
 
+from sync_core.adapters.retry_budget import RetryBudget, retry_after_seconds
 from sync_core.errors import (
     GoogleError,
     MailboxAccessDenied,
@@ -45,13 +45,6 @@ RATE_LIMIT_REASONS = frozenset({"ratelimitexceeded", "userratelimitexceeded"})
 BATCH_LIMIT = 50
 """Google allows 100 calls per batch but advises at most 50: larger batches trigger rate limiting. 50
 ``messages.get`` cost 250 quota units, a user's per-second allowance."""
-
-
-@dataclass
-class GmailMetrics:
-    requests: int = 0
-    throttled: int = 0
-    waited_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -81,13 +74,13 @@ class GmailHttp:
         self._token_source = token_source
         self._token: str | None = None
         self._timeout = timeout
-        self._max_total_wait = max_total_wait
         self._max_attempts = max_attempts
-        self._backoff_base = backoff_base
-        self._backoff_cap = backoff_cap
-        self._sleep = sleep
+        self._budget = RetryBudget(
+            lambda seconds: TransientGoogleError("Gmail throttling exceeded the wait budget of this run", seconds),
+            max_total_wait=max_total_wait, backoff_base=backoff_base, backoff_cap=backoff_cap, sleep=sleep,
+        )  # fmt: skip
         self._lock = threading.Lock()
-        self.metrics = GmailMetrics()
+        self.metrics = self._budget.metrics
 
     def get(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
         """GET ``/gmail/v1/users/me/{path}``; returns the JSON answer."""
@@ -132,11 +125,11 @@ class GmailHttp:
                     self._current_token(True)
                     retry += unauthorized
                 elif retry:
-                    self._count_throttled()
+                    self._budget.count_throttled()
                     attempt += 1
                     if attempt >= self._max_attempts:
                         raise TransientGoogleError(f"Gmail kept throttling batched requests ({attempt} times)")
-                    self._wait(self._backoff(attempt))
+                    self._budget.wait(self._budget.backoff(attempt))
                 pending = retry
         return [item for item in answers if item is not None]
 
@@ -187,8 +180,7 @@ class GmailHttp:
             if content_type:
                 headers["Content-Type"] = content_type
             try:
-                with self._lock:
-                    self.metrics.requests += 1
+                self._budget.count_request()
                 response = self._session.request(
                     method, url, params=params, headers=headers, json=json_body, data=data, timeout=self._timeout
                 )
@@ -196,7 +188,7 @@ class GmailHttp:
                 attempt += 1
                 if once or attempt >= self._max_attempts:
                     raise TransientGoogleError(f"Gmail unreachable: {type(exc).__name__}") from exc
-                self._wait(self._backoff(attempt))
+                self._budget.wait(self._budget.backoff(attempt))
                 continue
             status = response.status_code
             if status < 300:
@@ -207,28 +199,14 @@ class GmailHttp:
                 self._current_token(True)
                 continue
             if _retryable(status, body):
-                self._count_throttled()
+                self._budget.count_throttled()
                 attempt += 1
-                retry_after = _retry_after(response.headers)
+                retry_after = retry_after_seconds(response.headers)
                 if once or attempt >= self._max_attempts:
                     raise TransientGoogleError(f"Gmail answered {status} {attempt} times", retry_after)
-                self._wait(retry_after if retry_after is not None else self._backoff(attempt))
+                self._budget.wait(retry_after if retry_after is not None else self._budget.backoff(attempt))
                 continue
             raise classify(status, body)
-
-    def _backoff(self, attempt: int) -> float:
-        return random.uniform(0, min(self._backoff_cap, self._backoff_base * (2**attempt)))
-
-    def _count_throttled(self) -> None:
-        with self._lock:
-            self.metrics.throttled += 1
-
-    def _wait(self, seconds: float) -> None:
-        with self._lock:
-            if self.metrics.waited_seconds + seconds > self._max_total_wait:
-                raise TransientGoogleError("Gmail throttling exceeded the wait budget of this run", seconds)
-            self.metrics.waited_seconds += seconds
-        self._sleep(seconds)
 
 
 def reason_of(body: Any) -> str:
@@ -261,14 +239,6 @@ def classify(status: int, body: Any) -> SyncError:
 def _json_or_none(response: requests.Response) -> Any:
     try:
         return response.json()
-    except ValueError:
-        return None
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    value = headers.get("Retry-After")
-    try:
-        return max(0.0, float(value)) if value is not None else None
     except ValueError:
         return None
 

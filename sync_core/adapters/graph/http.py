@@ -17,7 +17,6 @@ Invariants:
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -26,6 +25,7 @@ from typing import Any
 
 import requests
 
+from sync_core.adapters.retry_budget import RetryBudget, retry_after_seconds
 from sync_core.errors import (
     DeltaTokenExpired,
     GraphError,
@@ -42,14 +42,6 @@ log = logging.getLogger(__name__)
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 SYNC_RESET_CODES = frozenset({"syncstatenotfound", "resyncrequired", "syncstateinvalid"})
 BATCH_LIMIT = 20
-
-
-
-@dataclass
-class GraphMetrics:
-    requests: int = 0
-    throttled: int = 0
-    waited_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -81,15 +73,14 @@ class GraphHttp:
         self._token_source = token_source
         self._token: str | None = None
         self._timeout = timeout
-        self._max_total_wait = max_total_wait
         self._max_attempts = max_attempts
-        self._backoff_base = backoff_base
-        self._backoff_cap = backoff_cap
-        self._sleep = sleep
+        self._budget = RetryBudget(
+            lambda seconds: TransientGraphError("Graph throttling exceeded the wait budget of this run", seconds),
+            max_total_wait=max_total_wait, backoff_base=backoff_base, backoff_cap=backoff_cap, sleep=sleep,
+        )  # fmt: skip
         self._slots = threading.BoundedSemaphore(max_concurrency)
         self._lock = threading.Lock()
-        self._metrics_lock = threading.Lock()
-        self.metrics = GraphMetrics()
+        self.metrics = self._budget.metrics
 
     # -- public -----------------------------------------------------------------------------------
 
@@ -141,13 +132,12 @@ class GraphHttp:
         got: the caller asks it before sending again)."""
         try:
             with self._slots:
-                with self._metrics_lock:
-                    self.metrics.requests += 1
+                self._budget.count_request()
                 response = self._session.put(url, data=data, headers=dict(headers), timeout=self._timeout)
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise TransientGraphError(f"upload interrupted: {type(exc).__name__}") from exc
         if response.status_code in RETRYABLE_STATUS:
-            raise TransientGraphError(f"upload answered {response.status_code}", _retry_after(response.headers))
+            raise TransientGraphError(f"upload answered {response.status_code}", retry_after_seconds(response.headers))
         if response.status_code >= 300:
             raise _error_for(response)
         return response.json() if response.content else None
@@ -169,8 +159,8 @@ class GraphHttp:
                 status = int(item.get("status", 500))
                 headers = {str(k).lower(): str(v) for k, v in (item.get("headers") or {}).items()}
                 if status in RETRYABLE_STATUS and rid in pending:
-                    self._count_throttled()
-                    waits.append(_retry_after(headers) or self._backoff(attempt))
+                    self._budget.count_throttled()
+                    waits.append(retry_after_seconds(headers) or self._budget.backoff(attempt))
                     continue
                 done[rid] = BatchResponse(status, headers, item.get("body"))
                 pending.pop(rid, None)
@@ -178,7 +168,7 @@ class GraphHttp:
                 attempt += 1
                 if attempt >= self._max_attempts:
                     raise TransientGraphError("Graph kept throttling batched requests", max(waits or [0.0]))
-                self._wait(max(waits or [self._backoff(attempt)]))
+                self._budget.wait(max(waits or [self._budget.backoff(attempt)]))
         return done
 
     def relative(self, link: str) -> str:
@@ -221,8 +211,7 @@ class GraphHttp:
                 headers["Content-Type"] = content_type
             try:
                 with self._slots:
-                    with self._metrics_lock:
-                        self.metrics.requests += 1
+                    self._budget.count_request()
                     response = self._session.request(
                         method, url, params=params, headers=headers, json=json_body, data=data, timeout=self._timeout
                     )
@@ -230,7 +219,7 @@ class GraphHttp:
                 attempt += 1
                 if attempt >= self._max_attempts:
                     raise TransientGraphError(f"Graph unreachable: {type(exc).__name__}") from exc
-                self._wait(self._backoff(attempt))
+                self._budget.wait(self._budget.backoff(attempt))
                 continue
             status = response.status_code
             if status < 300:
@@ -240,37 +229,14 @@ class GraphHttp:
                 self._current_token(True)
                 continue
             if status in RETRYABLE_STATUS:
-                self._count_throttled()
+                self._budget.count_throttled()
                 attempt += 1
-                retry_after = _retry_after(response.headers)
+                retry_after = retry_after_seconds(response.headers)
                 if attempt >= self._max_attempts:
                     raise TransientGraphError(f"Graph answered {status} {attempt} times", retry_after)
-                self._wait(retry_after if retry_after is not None else self._backoff(attempt))
+                self._budget.wait(retry_after if retry_after is not None else self._budget.backoff(attempt))
                 continue
             raise _error_for(response)
-
-    def _backoff(self, attempt: int) -> float:
-        """Full-jitter exponential backoff."""
-        return random.uniform(0, min(self._backoff_cap, self._backoff_base * (2**attempt)))
-
-    def _count_throttled(self) -> None:
-        with self._metrics_lock:
-            self.metrics.throttled += 1
-
-    def _wait(self, seconds: float) -> None:
-        with self._metrics_lock:
-            if self.metrics.waited_seconds + seconds > self._max_total_wait:
-                raise TransientGraphError("Graph throttling exceeded the wait budget of this run", seconds)
-            self.metrics.waited_seconds += seconds
-        self._sleep(seconds)
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    value = headers.get("Retry-After") or headers.get("retry-after")
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
 
 
 def error_code(body: Any) -> tuple[str, str]:
