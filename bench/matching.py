@@ -153,9 +153,12 @@ def decide_pages(pages: list[list[Any]], records: Any, mailbox: Any, settings: A
     activities = InMemoryActivityStore()
     reasons: Counter[str] = Counter()
     clock = Clock()
+    page_seconds: list[float] = []
     for page in pages:
+        began = clock.wall
         with clock.timing():
             build_activities(page, mailbox, settings, records=counter, activities=activities, reasons=reasons)
+        page_seconds.append(clock.wall - began)
     messages = sum(len(page) for page in pages)
     participants = sum(len({p.address for p in m.participants}) for page in pages for m in page)
     return {
@@ -163,6 +166,7 @@ def decide_pages(pages: list[list[Any]], records: Any, mailbox: Any, settings: A
         "wall": clock.wall,
         "cpu": clock.cpu,
         "messages_per_second": messages / clock.wall,
+        "page_seconds": page_seconds,
         "matched": reasons["matched"],
         "lookups_per_message": counter.keys / messages,
         "lookups_per_message_run_cache": counter.new_keys / messages,
