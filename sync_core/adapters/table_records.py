@@ -42,6 +42,12 @@ Invariants:
   they are there, and settles it). A crash anywhere leaves state the next upsert or delete of that record
   completes, so an address a record lost never keeps matching it. A record already ``index_pending`` with
   these keys and this content is not written again before (2).
+- Read handover: the record rows ``get_many`` found (the records API reads them first for the record
+  backfill) are offered to this instance's next upsert of those records for ``HANDOVER_SECONDS``, instead
+  of reading them again (and of a create transaction doomed to meet them). Such a row is trusted only
+  through a write at its ETag: when the upsert would not write the record row first (nothing changed, or
+  already marked), it is read again, so a row changed meanwhile costs a refused write and a read, never
+  a skipped change or an entry outside ``index_keys``.
 - The record row is written at the ETag read for the plan: concurrent upserts of one record serialise;
   a bucket is written at the ETag its edit was applied to: concurrent writers of the org never lose each
   other's entries (one that meets a changed bucket re-reads it and applies its edit again, up to
@@ -125,6 +131,8 @@ DEFAULT_CACHE_ENTRIES = 300_000
 DEFAULT_SNAPSHOT_RECORDS = 20_000
 SNAPSHOT_ORGS = 16  # snapshots kept per instance, least recently used dropped first
 LARGE_RECHECK = 3600.0  # seconds before an org found too large for a snapshot is scanned again
+HANDOVER_ENTRIES = 2_000  # record rows ``get_many`` hands over to the next upsert (two records:batch calls)
+HANDOVER_SECONDS = 60.0  # how long a handed-over row is offered
 REINDEX_CHUNK = 20_000  # records whose keys go into the buckets at once while reindexing
 _VERSION_ROW = "version"
 BUCKETS = 256  # packed bucket rows per org
@@ -168,6 +176,7 @@ class TableRecordsIndex:
         self._cache = _LruCache(cache_entries)
         self._buckets = _BucketCache(cache_entries)
         self._snapshots = _Snapshots(snapshot_records)
+        self._handed = _Handed()
         self._packed: set[str] = set()  # orgs seen in the packed layout (it is never undone)
 
     def upsert(self, org_id: str, records: Sequence[Record]) -> None:
@@ -235,16 +244,24 @@ class TableRecordsIndex:
 
     def _upsert(self, org_id: str, records: Sequence[Record]) -> None:
         wanted = {record.record_id: stored_record(record) for record in records}
-        pending = self._create_new(org_id, list(wanted.values()))
+        handed = self._handed.take(org_id, list(wanted))
+        created = self._create_new(org_id, [record for rid, record in wanted.items() if rid not in handed])
+        pending = [*handed, *created]
         for _ in range(CONFLICT_ATTEMPTS):
             if not pending:
                 return
-            stored = self._read_many(org_id, pending)
-            changes = [
-                change
-                for record_id, entity in zip(pending, stored, strict=True)
-                if (change := self._change(org_id, wanted[record_id], entity)) is not None
-            ]
+            unknown = [record_id for record_id in pending if record_id not in handed]
+            read = dict(zip(unknown, self._read_many(org_id, unknown), strict=True))
+            changes: list[_Change] = []
+            confirm: list[str] = []
+            for record_id in pending:
+                entity = handed[record_id] if record_id in handed else read[record_id]
+                change = self._change(org_id, wanted[record_id], entity)
+                if record_id in handed and (change is None or change.record_write is None):
+                    confirm.append(record_id)  # a handed-over row counts only through a write at its ETag
+                elif change is not None:
+                    changes.append(change)
+            handed = {}
             committed = self._table.commit(
                 [Plan(change.record_id, (change.record_write,)) for change in changes if change.record_write]
             )
@@ -255,7 +272,7 @@ class TableRecordsIndex:
                 if change.record_write is None and change.stored_etag is not None
             )
             self._finish(org_id, [change for change in changes if change.record_id in etags], etags)
-            pending = committed.conflicted
+            pending = [*committed.conflicted, *confirm]
         if pending:
             raise ConcurrencyConflict(f"records {pending} kept changing while being upserted")
 
@@ -325,25 +342,35 @@ class TableRecordsIndex:
         """Apply the edits to the org's buckets, each bucket read-modify-write at its ETag (from this
         worker's last write of it, else a point read), written in transactions of the one partition; a
         bucket that changed meanwhile is read again and edited again. A bucket the edits leave as it was
-        is not written."""
+        is not written, once read in this call: a kept copy the edits would leave as it was may be stale
+        (another worker added or removed those entries since), so it is read first."""
         by_bucket: dict[int, list[_Edit]] = {}
         for edit in edits:
             by_bucket.setdefault(bucket_of(edit.key), []).append(edit)
         pending = sorted(by_bucket)
+        fresh: set[int] = set()
         for _ in range(CONFLICT_ATTEMPTS):
             if not pending:
                 return
             known = self._buckets.for_write(org_id, pending)
             unknown = [bucket for bucket in pending if bucket not in known]
+            unknown += [
+                bucket
+                for bucket in pending
+                if bucket in known
+                and bucket not in fresh
+                and _edited(known[bucket][1], by_bucket[bucket]) is known[bucket][1]
+            ]
             for bucket, (etag, entries) in self._read_buckets(org_id, unknown).items():
                 self._buckets.wrote(org_id, bucket, etag, entries)
                 known[bucket] = (etag, entries)
+                fresh.add(bucket)
             plans: list[Plan] = []
             edited: dict[str, tuple[int, Entries]] = {}
             for bucket in pending:
                 etag, entries = known[bucket]
                 after = _edited(entries, by_bucket[bucket])
-                if after == entries:
+                if after is entries:
                     continue
                 row = _bucket_row(org_id, bucket, after)
                 if etag is None:
@@ -385,8 +412,11 @@ class TableRecordsIndex:
         return _record_from(entity) if entity is not None else None
 
     def get_many(self, org_id: str, record_ids: Sequence[str]) -> Mapping[str, Record]:
+        """The records found; their rows are also handed over to this instance's next upsert of them (see
+        the module's invariants)."""
         wanted = list(dict.fromkeys(record_ids))
         found = self._read_many(org_id, wanted) if wanted else []
+        self._handed.put(org_id, [(rid, entity) for rid, entity in zip(wanted, found, strict=True) if entity])
         return {rid: _record_from(entity) for rid, entity in zip(wanted, found, strict=True) if entity is not None}
 
     def lookup(self, org_id: str, addresses: Iterable[str], domains: Iterable[str]) -> RecordLookupResult:
@@ -844,3 +874,33 @@ class _BucketCache:
 
 def _weight(kept: _Kept) -> int:
     return max(1, len(kept.entries))
+
+
+class _Handed:
+    """Record rows by (org, record id) that ``get_many`` read, offered once to the next upsert: at most
+    ``HANDOVER_ENTRIES``, oldest dropped first, each for ``HANDOVER_SECONDS``; safe across threads."""
+
+    def __init__(self) -> None:
+        self._rows: OrderedDict[tuple[str, str], tuple[float, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, org_id: str, rows: Sequence[tuple[str, Any]]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for record_id, entity in rows:
+                self._rows.pop((org_id, record_id), None)
+                self._rows[(org_id, record_id)] = (now, entity)
+            while len(self._rows) > HANDOVER_ENTRIES:
+                self._rows.popitem(last=False)
+
+    def take(self, org_id: str, record_ids: Sequence[str]) -> dict[str, Any]:
+        now = time.monotonic()
+        taken: dict[str, Any] = {}
+        with self._lock:
+            if not self._rows:
+                return taken
+            for record_id in record_ids:
+                kept = self._rows.pop((org_id, record_id), None)
+                if kept is not None and now - kept[0] <= HANDOVER_SECONDS:
+                    taken[record_id] = kept[1]
+        return taken

@@ -195,3 +195,70 @@ def test_an_org_in_hashed_rows_is_read_as_it_is_and_packed_by_its_first_records_
     assert gone.records_for_address("ann@client.example") == (c1,)
     assert not [key for key in contents if key[0].startswith("org-1|x|")]  # layout 2 rows gone
     assert contents[("org-1|v", "version")]["layout"] == 3
+
+
+def test_an_upsert_after_get_many_of_the_same_records_reads_none_of_them_again(
+    table_service: TableServiceClient, table_prefix: str
+) -> None:
+    metrics = TableMetrics()
+    worker = TableRecordsIndex(table_service, table_prefix, metrics, snapshot_records=0)
+    worker.upsert("org-1", [Record(f"c{n}", "contact", emails=(f"c{n}@old.example",)) for n in range(10)])
+    changed = [Record(f"c{n}", "contact", emails=(f"c{n}@new.example",)) for n in range(10)]
+    with metrics.measure() as cost:
+        before = worker.get_many("org-1", [r.record_id for r in changed])
+        worker.upsert("org-1", changed)
+    # the 10 reads of get_many; then no create attempt and no read: the records marked (1 transaction),
+    # their buckets (1), settled (1), the version
+    assert len(before) == 10
+    assert cost.transactions == 10 + 1 + 1 + 1 + 1
+    found = worker.lookup("org-1", ["c3@old.example", "c3@new.example"], [])
+    assert found.records_for_address("c3@old.example") == ()
+    assert found.records_for_address("c3@new.example") == (RecordRef("c3", "contact"),)
+
+
+def test_a_handed_over_row_another_worker_changed_meanwhile_is_read_again(
+    table_service: TableServiceClient, table_prefix: str
+) -> None:
+    worker_a = TableRecordsIndex(table_service, table_prefix, snapshot_records=0)
+    worker_b = TableRecordsIndex(table_service, table_prefix, snapshot_records=0)
+    worker_a.upsert("org-1", [Record("c1", "contact", emails=("one@x.example",))])
+    worker_a.get_many("org-1", ["c1"])
+    worker_b.upsert("org-1", [Record("c1", "contact", emails=("two@x.example",))])
+    worker_a.upsert("org-1", [Record("c1", "lead", emails=("three@x.example",))])
+    found = TableRecordsIndex(table_service, table_prefix, snapshot_records=0).lookup(
+        "org-1", ["one@x.example", "two@x.example", "three@x.example"], []
+    )
+    assert found.records_for_address("one@x.example") == found.records_for_address("two@x.example") == ()
+    assert found.records_for_address("three@x.example") == (RecordRef("c1", "lead"),)
+
+
+def test_a_handed_over_row_that_shows_no_change_is_confirmed_by_a_read_before_the_upsert_returns(
+    table_service: TableServiceClient, table_prefix: str
+) -> None:
+    worker_a = TableRecordsIndex(table_service, table_prefix, snapshot_records=0)
+    worker_b = TableRecordsIndex(table_service, table_prefix, snapshot_records=0)
+    original = Record("c1", "contact", emails=("one@x.example",))
+    worker_a.upsert("org-1", [original])
+    worker_a.get_many("org-1", ["c1"])
+    worker_b.upsert("org-1", [Record("c1", "contact", emails=("two@x.example",))])
+    worker_a.upsert("org-1", [original])  # the same as the handed-over row, no longer as stored
+    found = TableRecordsIndex(table_service, table_prefix, snapshot_records=0).lookup(
+        "org-1", ["one@x.example", "two@x.example"], []
+    )
+    assert worker_a.get("org-1", "c1") == original
+    assert found.records_for_address("one@x.example") == (RecordRef("c1", "contact"),)
+    assert found.records_for_address("two@x.example") == ()
+
+
+def test_an_entry_another_worker_added_to_a_kept_bucket_is_removed_when_its_record_loses_it(
+    table_service: TableServiceClient, table_prefix: str
+) -> None:
+    first, second = _addresses_in_one_bucket(2, bucket=23)
+    worker_a = TableRecordsIndex(table_service, table_prefix, snapshot_records=0)
+    worker_b = TableRecordsIndex(table_service, table_prefix, snapshot_records=0)
+    worker_a.upsert("org-1", [Record("r1", "contact", emails=(first,))])  # a keeps the bucket without `second`
+    worker_b.upsert("org-1", [Record("r1", "contact", emails=(first, second))])
+    worker_a.upsert("org-1", [Record("r1", "contact", emails=(first,))])  # a's kept copy: nothing to remove
+    found = TableRecordsIndex(table_service, table_prefix, snapshot_records=0).lookup("org-1", [first, second], [])
+    assert found.records_for_address(first) == (RecordRef("r1", "contact"),)
+    assert found.records_for_address(second) == ()
