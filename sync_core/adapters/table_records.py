@@ -13,17 +13,19 @@ Layout (3, "packed"):
   write edits the buckets it touches read-modify-write at their ETag (a conflict re-reads that bucket and
   applies the edit again), all in the one ``<org>|p`` partition, so in transactions of up to 100 rows: a
   1,000-record batch writes 10 record transactions and 3 bucket transactions. A lookup reads the
-  buckets of its keys by point reads (never a query: a query costs a scan of the table on the emulator),
-  and a worker keeps the buckets it read (below), so a bucket answers every address of it, matched or not.
+  buckets of its keys by point reads, or every bucket of the org in one partition query when it needs
+  ``WHOLE_READ`` or more (never a query per key: the emulator's queries scan the whole table, its point
+  reads use an index), and a worker keeps the buckets it read (below), so a bucket answers every address
+  of it, matched or not.
 - ``<org>|v`` / ``version``: the org's records version and ``layout``.
 
 Cost growth: a bucket holds about keys / ``BUCKETS`` entries (100,000 one-address records: about 390
 entries, 4 KB compressed; 1,000,000: about 3,900, 40 KB); a batch touching ``k`` keys rewrites about
 min(``k``, ``BUCKETS``) buckets, so its bytes grow with the org (1,000 records into an org of 1,000,000:
 about 10 MB written, plus as much read by a worker that has not cached the buckets) while its
-transactions do not. A bucket row holds at most ``BUCKET_MAX_BYTES`` compressed (about 90,000 entries of
-typical addresses), so an org holds about 20 million addresses and domains; a write that would exceed it
-raises ``StorageUnavailable`` and changes nothing.
+transactions do not. A bucket row holds at most ``BUCKET_MAX_BYTES`` compressed (50,000-90,000 entries at
+10-20 compressed bytes an entry), so an org holds about 12-20 million addresses and domains; a write that
+would exceed it raises ``StorageUnavailable`` and changes nothing.
 
 Earlier layouts and their migration: layout 1 had one partition per address or domain (``<org>|e|<address>``
 / ``<record>``), layout 2 one row per address and record in 64 hashed partitions (``<org>|x|<bucket>`` /
@@ -38,8 +40,8 @@ Invariants:
 - A record's packed entries are always within its ``index_keys``. An upsert (1) writes the record with
   ``index_keys`` = old + new and ``index_pending``, (2) adds and removes its entries in the buckets, (3)
   writes ``index_keys`` = new (the "settle"; skipped for a new record, whose ``index_keys`` are already its
-  own: it stays ``index_pending`` until its next upsert, which re-adds its entries, a no-op write when
-  they are there, and settles it). A crash anywhere leaves state the next upsert or delete of that record
+  own: it stays ``index_pending`` until its next upsert, which re-adds its entries (no bucket write when
+  they are there) and settles it). A crash anywhere leaves state the next upsert or delete of that record
   completes, so an address a record lost never keeps matching it. A record already ``index_pending`` with
   these keys and this content is not written again before (2).
 - Read handover: the record rows ``get_many`` found (the records API reads them first for the record
@@ -58,10 +60,11 @@ Lookup cache (per instance, i.e. per worker process):
   delete call of the org has done its writes, however the call ends (returned, raised, gave up); it is
   never deleted and a version is never reused.
 - ``lookup`` reads the version first and serves the buckets read under that version; it reads (point
-  reads, concurrently) only the buckets not read under it yet, keeping each under the version read before
-  it. So an upsert or delete that returned before a lookup started is never hidden: its version write came
-  after its bucket writes, and any bucket kept under the version the lookup reads (that one or a later
-  one) was read after that version was written. A lookup concurrent with a change may see it or not. A
+  reads, concurrently, or all of the org's in one query) only when a bucket it needs was not read under
+  it yet, keeping each bucket under the version read before it. So an upsert or delete that returned
+  before a lookup started is never hidden: its version write came after its bucket writes, and any
+  bucket kept under the version the lookup reads (that one or a later one) was read after that version
+  was written. A lookup concurrent with a change may see it or not. A
   call killed mid-way (or whose version write failed after an error) may leave its partial entries
   hidden until the next change of the org; its record stays ``index_pending`` until an upsert or delete
   of it completes (and writes a new version). A worker's own bucket writes keep the bucket's content and
@@ -69,7 +72,9 @@ Lookup cache (per instance, i.e. per worker process):
   and a read), never for its lookups (another change may have been versioned in between).
 - Kept buckets are bounded to ``cache_entries`` addresses and domains in all (a bucket counts its
   entries, at least 1), least recently used dropped first; safe across threads. Measured: about 400 bytes
-  an entry in memory (100,000 entries: 40 MB; ``bench/records_load.py`` reports the worker's memory).
+  an entry in memory (100,000 entries: 40 MB; ``bench/records_load.py`` reports the worker's memory). An
+  org whose buckets, read whole, hold more than the bound is from then on read only bucket by bucket, as
+  its lookups need them (no Bloom filter: a bucket answers every address of it, matched or not).
 - An org not yet reindexed (layout 1 or 2) is looked up key by key, each answer cached under the version
   in an LRU of ``cache_entries`` answers, as before the packed layout.
 
@@ -394,12 +399,14 @@ class TableRecordsIndex:
     def _read_buckets(self, org_id: str, buckets: Sequence[int]) -> dict[int, tuple[str | None, Entries]]:
         """The ETag (None when it has no row) and entries of these buckets, and maybe others: point reads,
         concurrently, or, for ``WHOLE_READ`` buckets or more, every bucket of the org in one partition
-        query (one round trip instead of up to ``BUCKETS``)."""
+        query (one round trip instead of up to ``BUCKETS``), unless the org was found larger than this
+        worker keeps (then only the buckets needed are read, each time)."""
         partition = _packed_partition(org_id)
-        if len(buckets) >= WHOLE_READ:
+        if len(buckets) >= WHOLE_READ and not self._buckets.too_large(org_id):
             found: dict[int, tuple[str | None, Entries]] = dict.fromkeys(range(BUCKETS), (None, {}))
             for row in self._table.rows(partition):
                 found[int(row["RowKey"], 16)] = (etag_of(row), _entries_of(row))
+            self._buckets.measured(org_id, sum(len(entries) for _, entries in found.values()))
             return found
         rows = self._table.get_many([(partition, _bucket_key(bucket)) for bucket in buckets])
         return {
@@ -812,6 +819,7 @@ class _BucketCache:
         self._kept: OrderedDict[BucketKey, _Kept] = OrderedDict()
         self._size = 0
         self._lock = threading.Lock()
+        self._too_large: set[str] = set()  # orgs whose buckets hold more entries than the bound
 
     @property
     def entries(self) -> int:
@@ -842,6 +850,17 @@ class _BucketCache:
 
     def wrote(self, org_id: str, bucket: int, etag: str | None, entries: Entries) -> None:
         self._put((org_id, bucket), _Kept(etag, entries, None))
+
+    def too_large(self, org_id: str) -> bool:
+        return org_id in self._too_large
+
+    def measured(self, org_id: str, entries: int) -> None:
+        """Record the size of an org read whole: one larger than the bound is not read whole again."""
+        with self._lock:
+            if entries > self._max_entries:
+                self._too_large.add(org_id)
+            else:
+                self._too_large.discard(org_id)
 
     def assume_empty(self, org_id: str, buckets: Iterable[int]) -> None:
         """Keep these buckets, where not kept, as having no row, for writing (a wrong guess costs a refused

@@ -262,3 +262,25 @@ def test_an_entry_another_worker_added_to_a_kept_bucket_is_removed_when_its_reco
     found = TableRecordsIndex(table_service, table_prefix, snapshot_records=0).lookup("org-1", [first, second], [])
     assert found.records_for_address(first) == (RecordRef("r1", "contact"),)
     assert found.records_for_address(second) == ()
+
+
+def test_an_org_larger_than_the_worker_keeps_is_not_read_whole_again(
+    table_service: TableServiceClient, table_prefix: str
+) -> None:
+    addresses = _addresses_in_distinct_buckets(WHOLE_READ + 8)
+    records = [Record(f"r{n}", "contact", emails=(address,)) for n, address in enumerate(addresses[:20])]
+    writer = TableRecordsIndex(table_service, table_prefix)
+    writer.upsert("org-1", records)
+    metrics = TableMetrics()
+    worker = TableRecordsIndex(table_service, table_prefix, metrics, cache_entries=10, snapshot_records=0)
+    worker.get("org-1", "warm-up")
+    with metrics.measure() as first:
+        worker.lookup("org-1", addresses, [])
+    writer.upsert("org-1", [Record("r0", "lead", emails=(addresses[0],))])  # a new records version
+    with metrics.measure() as second:
+        found = worker.lookup("org-1", addresses, [])
+    assert first.transactions == 1 + 1  # the version, the whole read: 20 entries, more than the 10 kept
+    assert second.transactions == 1 + len(addresses)  # the version, a point read per bucket needed
+    assert found.records_for_address(addresses[0]) == (RecordRef("r0", "lead"),)
+    assert found.records_for_address(addresses[19]) == (RecordRef("r19", "contact"),)
+    assert found.records_for_address(addresses[20]) == ()
