@@ -6,13 +6,15 @@ One worker process (``records-load``):
 * loads ``RECORDS`` records (one address each, as ``bench.matching.make_records``) in batches of 1,000
   (the API's limit) by calling the API's handler, ``sync_core.api.records.batch_records``, in process,
   with ``Services`` wired by ``bootstrap`` to Azurite exactly as the Functions app is (the real
-  ``TableRecordsIndex``, the org's settings read, the record backfill's ``get_many`` of what the batch
-  adds, the JSON body parsed and validated): what the HTTP route runs, without the Functions host's HTTP
-  hop. Wall time, batches/s and Table transactions per batch, and the rate as the table grows;
+  ``TableRecordsIndex``, the org's settings read (record backfill off, the default, so no ``get_many``),
+  the JSON body parsed and validated): what the HTTP route runs, without the Functions host's HTTP hop.
+  Wall time, batches/s and Table transactions per batch, and the rate as the table grows;
 * then decides ``PAGES`` pages of 1,000 messages (``bench.matching.make_pages``: participants drawn from
   the loaded records, unknown addresses and colleagues) through ``pipeline.build_activities`` against a
   fresh ``TableRecordsIndex`` of another "worker" (its caches empty), so the org is beyond the snapshot
-  bound and every key is looked up in the bucketed index rows.
+  bound and every key is looked up in the packed buckets: the first page reads them (one query of the
+  org's buckets), the later ones only the records version. Also reported: the first page's wall, the
+  later pages' rate, the addresses kept by the worker and its memory growth while deciding.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 
 from bench import matching
 from bench.context import Context
-from bench.measure import Clock
+from bench.measure import Clock, current_rss_mb
 
 RECORDS = 100_000
 QUICK_RECORDS = 10_000
@@ -80,7 +82,9 @@ def load_worker(params: dict[str, Any]) -> dict[str, Any]:
     pages = matching.make_pages(int(params["pages"]), 7, total)
     mailbox, settings = matching._context()
     before_lookups = lookups.transactions
+    rss_before = current_rss_mb()
     decided = matching.decide_pages(pages, index, mailbox, settings)
+    later = decided["page_seconds"][1:]
     return {
         "records": total,
         "batch": BATCH,
@@ -92,5 +96,10 @@ def load_worker(params: dict[str, Any]) -> dict[str, Any]:
         "matching": {
             **decided,
             "table_transactions_per_message": (lookups.transactions - before_lookups) / decided["messages"],
+            # The first page reads the org's buckets (once per records version); the others read the version.
+            "first_page_seconds": decided["page_seconds"][0],
+            "later_messages_per_second": matching.PAGE * len(later) / sum(later) if later else None,
+            "kept_entries": index._buckets.entries,
+            "rss_growth_mb": current_rss_mb() - rss_before,
         },
     }

@@ -1,4 +1,4 @@
-"""``python -m tools.reindex_records ORG [ORG...]``: move orgs' records index rows to the bucketed layout now,
+"""``python -m tools.reindex_records ORG [ORG...]``: move orgs' records index to the packed layout now,
 instead of at each org's first records write (see ``sync_core.adapters.table_records``). Reads the app's
 settings from the environment (``AzureWebJobsStorage``, ``TABLE_PREFIX``) like the Functions app.
 Idempotent: an org already reindexed is reindexed again, harmlessly."""
