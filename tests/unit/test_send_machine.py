@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -168,6 +169,50 @@ def test_a_crash_before_any_checkpoint_resumes_and_delivers_exactly_once(crash_a
     assert len(world.sender.delivered) == 1
     assert [d for d in world.sender.drafts.values() if not d.deleted and not d.submitted] == []
     assert len(world.app.stores.activities.timeline(ORG, "c-1", None, 10).items) == 1
+
+
+@pytest.mark.parametrize("crash_at", [2, 3, 4])
+def test_a_message_kept_in_a_dead_workers_memory_is_prepared_again_the_same_and_delivered_once(crash_at: int) -> None:
+    store = CrashingSendStore()
+    world = World(store)
+    world.sender.memory_only = True  # Gmail's way: prepare creates nothing at the provider
+    created = world.request(record_ids=("c-1",))
+    store.crash_at = crash_at  # 2: after prepare; 3: PREPARED written, not SUBMITTING; 4: after the submit
+    with pytest.raises(Crash):
+        world.run_queue()
+    prepared = [d.message for d in world.sender.drafts.values()]
+    world.sender.forget()  # the worker's memory dies with it
+
+    world.tick(minutes=6)
+
+    done = world.get(created.send.send_id)
+    assert done.status is SendStatus.SENT, done.error
+    assert [message for _, message in world.sender.delivered] == prepared  # the same message, once
+    assert world.sender.calls.count("submit") == 1
+    assert len(world.app.stores.activities.timeline(ORG, "c-1", None, 10).items) == 1
+
+
+def test_a_lost_prepared_message_that_cannot_be_built_again_the_same_fails_without_sending() -> None:
+    store = CrashingSendStore()
+    world = World(store)
+    world.sender.memory_only = True
+    created = world.request()
+    store.crash_at = 4  # SUBMITTING written (so 3 writes), then the worker dies before its submit
+    world.sender.fail("submit", Crash("killed before the submit"))
+    with pytest.raises(Crash):
+        world.run_queue()
+    world.sender.forget()
+    stored = store.get(ORG, created.send.send_id)
+    assert stored is not None and stored.value.step is SendStep.SUBMITTING
+    store.crash_at = 0
+    store.replace(replace(stored.value, handle="kept-written-by-an-older-version"), stored.etag)
+
+    world.tick(minutes=6)
+
+    done = world.get(created.send.send_id)
+    assert done.status is SendStatus.FAILED and done.error is not None
+    assert done.error.code == "provider_refused" and "nothing was sent" in done.error.message
+    assert world.sender.delivered == [] and world.sender.drafts == {}
 
 
 def test_a_submit_whose_answer_was_lost_is_not_sent_again() -> None:

@@ -15,7 +15,12 @@ last checkpoint, by asking the provider what its state proves (``MailSender.insp
 - ``PREPARED``: the draft exists and nothing was submitted: go on to ``SUBMITTING``.
 - ``SUBMITTING``: a submit may have happened. The draft is submitted only when ``inspect`` proves it
   ``NOT_SENT``; ``SENT``/``IN_FLIGHT`` move on to ``SUBMITTED``; ``GONE``/``UNKNOWN`` prove nothing, so
-  the send fails as ``outcome_unknown``, never resent.
+  the send fails as ``outcome_unknown``, never resent. ``NOT_PREPARED`` (a sender that keeps the
+  prepared message in the worker's memory, Gmail's, lost it with a dead worker; nothing was sent) is
+  followed by ``prepare`` again from the stored request: such a sender's ``prepare`` is deterministic
+  (the Message-ID comes from the send id, the Date from the request), so it answers the same handle and
+  the same bytes, and the submit sends the message that was prepared; a different handle fails the send
+  without a submit.
 - ``SUBMITTED``: the sent copy is read back; until it is readable (``IN_FLIGHT``) the send is looked at
   again later (``CONFIRM_DELAYS``), and the activity is saved under the Message-ID that copy carries (the
   one the sync will see), so the sync's copy merges into it.
@@ -77,6 +82,10 @@ CONFIRM_DELAYS = (5, 15, 30, 60, 120, 300, 600, 900)  # seconds between looks fo
 GIVE_UP_AFTER = timedelta(hours=24)
 TRANSIENT_DELAY = 60  # seconds, when the provider named no Retry-After
 SENT_EVENT, FAILED_EVENT = "send.sent", "send.failed"
+NOT_REBUILT = (
+    "the prepared message was lost with the worker that built it and could not be built again the same; "
+    "nothing was sent: send it again with a new key"
+)
 
 
 class _Wait(Exception):
@@ -167,6 +176,12 @@ def _step(deps: SendDeps, stored: Versioned[Send], mailbox: Mailbox, now: dateti
             deps.sends.replace(send.at(SendStep.SUBMITTING, attempts=send.attempts + 1), stored.etag)
         case SendStep.SUBMITTING:
             view = deps.sender.inspect(mailbox, send.handle)
+            if view.state is DraftState.NOT_PREPARED:  # not sent, and the prepared message died with a worker
+                rebuilt = deps.sender.prepare(mailbox, _outgoing(deps, send, mailbox))
+                if rebuilt != send.handle:
+                    deps.sender.discard(mailbox, rebuilt)
+                    return _finished(deps, stored, send.failed("provider_refused", NOT_REBUILT))
+                view = ProviderView(DraftState.NOT_SENT)
             if view.state is DraftState.NOT_SENT:
                 deps.sender.submit(mailbox, send.handle)
             elif view.state in (DraftState.GONE, DraftState.UNKNOWN):
@@ -283,6 +298,7 @@ def _outgoing(deps: SendDeps, send: Send, mailbox: Mailbox) -> OutgoingMessage:
         content=request.content,
         attachments=attachments,
         reply_to=_reply_target(deps, send, mailbox),
+        date=request.send_at or send.created_at,
     )
 
 
