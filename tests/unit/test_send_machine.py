@@ -298,6 +298,38 @@ def test_a_refusal_before_or_at_submit_fails_the_send_with_its_reason(method: st
     assert [e["event"] for e in world.hooks] == ["send.failed"]
 
 
+PROVIDER_WORDS = ("Mail.", "Microsoft", "Graph", "Exchange", "Outlook", "Sent Items", "Gmail", "Google", "SMTP")
+
+
+def test_failure_messages_name_no_provider_unless_the_providers_own_sender_says_what_is_missing() -> None:
+    world = World()
+    world.sender.fail("submit", MailboxAccessDenied("ErrorSendAsDenied"))
+    denied = world.request("k-denied")
+    world.run_queue()
+    store = CrashingSendStore()
+    crashed = World(store)
+    unknown = crashed.request("k-unknown")
+    store.crash_at = 4  # submitted, not checkpointed; then the provider cannot tell
+    with pytest.raises(Crash):
+        crashed.run_queue()
+    crashed.sender.inspect_unknown = True
+    crashed.tick(minutes=6)
+    hinted = World()
+    hinted.sender.fail("prepare", MailboxAccessDenied("403"))
+    hint = "the mailbox has no SMTP login: add its smtp settings to send from it"
+    hinted_send = hinted.request("k-hinted")
+    hinted.sender.missing_permission = hint  # found missing only after the send was accepted
+    hinted.run_queue()
+
+    messages = [
+        w.get(created.send.send_id).error.message  # type: ignore[union-attr]
+        for w, created in ((world, denied), (crashed, unknown))
+    ]
+    assert "permission to send" in messages[0] and "sent mail" in messages[1]
+    assert not [word for word in PROVIDER_WORDS for message in messages if word in message]
+    assert hinted.get(hinted_send.send.send_id).error.message.endswith(hint)  # type: ignore[union-attr]
+
+
 def test_a_sent_send_is_announced_with_a_send_sent_webhook_showing_the_send() -> None:
     world = World(webhook=HOOK)
     created = world.request()

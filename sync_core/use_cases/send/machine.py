@@ -82,6 +82,10 @@ CONFIRM_DELAYS = (5, 15, 30, 60, 120, 300, 600, 900)  # seconds between looks fo
 GIVE_UP_AFTER = timedelta(hours=24)
 TRANSIENT_DELAY = 60  # seconds, when the provider named no Retry-After
 SENT_EVENT, FAILED_EVENT = "send.sent", "send.failed"
+GAVE_UP = (
+    "the provider was unavailable or kept throttling the mailbox for a day, and nothing was sent: "
+    "send it again with a new key"
+)
 NOT_REBUILT = (
     "the prepared message was lost with the worker that built it and could not be built again the same; "
     "nothing was sent: send it again with a new key"
@@ -138,14 +142,14 @@ def _advance(deps: SendDeps, stored: Versioned[Send], me: str) -> str | None:
         return _step(deps, stored, mailbox, now)
     except TransientFailure as exc:
         if now - send.created_at > GIVE_UP_AFTER and send.step in (SendStep.PREPARING, SendStep.PREPARED):
-            return _finished(deps, stored, send.failed("provider_unavailable", f"gave up after a day: {exc}"))
+            return _finished(deps, stored, send.failed("provider_unavailable", GAVE_UP))
         return _later(deps, stored, exc.retry_after or TRANSIENT_DELAY)
     except _Wait as wait:
         return _later(deps, stored, wait.seconds)
     except (GrantFailure, ConfigurationFailure, ProviderRefused) as exc:
         if send.step in (SendStep.PREPARING, SendStep.PREPARED, SendStep.SUBMITTING):
             # Refused before or at the submit: nothing was sent by this attempt.
-            return _finished(deps, stored, send.failed(*_refusal(exc)))
+            return _finished(deps, stored, send.failed(*_refusal(deps, mailbox, exc)))
         return _later(deps, stored, CONFIRM_DELAYS[-1])  # submitted: keep looking for the copy
 
 
@@ -255,25 +259,39 @@ def _announce(deps: SendDeps, stored: Versioned[Send]) -> None:
     deps.sends.replace(replace(send, announced=True), stored.etag)
 
 
-def _refusal(exc: Exception) -> tuple[str, str]:
+def _refusal(deps: SendDeps, mailbox: Mailbox, exc: Exception) -> tuple[str, str]:
+    """(code, message) of a send refused before or at its submit. The messages name no provider: what
+    is missing in a provider's own terms comes from its sender (``permission_problem``)."""
     if isinstance(exc, GrantFailure):
         # A mail server's refusal of the login carries its own reason (never the password).
         why = f": {exc}" if isinstance(exc, MailServerLoginFailed) else ""
         return "needs_reauth", f"the mailbox must be connected again before it can send{why}"
     if isinstance(exc, ConfigurationFailure):
-        return "send_permission_missing", (
-            "the provider denied sending from this mailbox: grant the send permission (Mail.Send; "
-            "Mail.Send.Shared for a shared mailbox) and reconnect, then send again"
-        )
+        missing = _what_to_grant(deps, mailbox)
+        return "send_permission_missing", f"the provider denied sending from this mailbox: {missing}"
     status = getattr(exc, "status", 0)
     code = getattr(exc, "provider_code", "")
     return "provider_refused", f"the provider refused the message ({status} {code})".strip()
 
 
+def _what_to_grant(deps: SendDeps, mailbox: Mailbox) -> str:
+    """The sender's own account of the missing permission, else the general one (the provider refused
+    though the connection looks complete: e.g. a shared mailbox without the right to send as it)."""
+    try:
+        problem = deps.sender.permission_problem(mailbox)
+    except Exception as exc:  # a hint only: the refusal stands whatever the lookup does
+        log.info("send: the permission hint failed: %s", type(exc).__name__)
+        problem = None
+    return problem or (
+        "grant its connection the permission to send (and, for a shared mailbox, the right to send as it), "
+        "connect it again, then send again"
+    )
+
+
 def _unprovable(why: str) -> tuple[str, str]:
     return "outcome_unknown", (
         f"whether the message went out cannot be proven ({why}); it was not resent: "
-        "check the mailbox's Sent Items before sending again"
+        "check the mailbox's sent mail before sending again"
     )
 
 
