@@ -546,6 +546,56 @@ def test_a_worker_whose_lease_was_taken_over_stops_at_its_next_checkpoint() -> N
     assert len(world.sender.delivered) == 1
 
 
+def test_a_worker_that_outlived_its_lease_before_its_submit_never_submits_after_another_took_over() -> None:
+    world = World()
+    world.sender.memory_only = True  # Gmail's way: a second submit would be a second message
+    created = world.request()
+    inspect = world.sender.inspect
+    others: list[str] = []
+    stalled: list[bool] = []
+
+    def slow_inspect(mailbox: Mailbox, handle: str) -> Any:
+        view = inspect(mailbox, handle)
+        if not stalled:  # the first worker stalls at SUBMITTING past its lease; another takes the send over
+            stalled.append(True)
+            world.clock.moment += timedelta(minutes=10)
+            others.append(deliver(world.deps, ORG, created.send.send_id))
+        return view
+
+    world.sender.inspect = slow_inspect  # type: ignore[method-assign]
+    world.run_queue()
+
+    assert others == ["sent"] and world.get(created.send.send_id).status is SendStatus.SENT
+    assert world.sender.calls.count("submit") == 1 and len(world.sender.delivered) == 1
+
+
+def test_a_lease_nearly_out_is_renewed_before_the_submit() -> None:
+    world = World()
+    created = world.request()
+    inspect = world.sender.inspect
+    leases: list[datetime | None] = []
+
+    def slow_inspect(mailbox: Mailbox, handle: str) -> Any:
+        if not leases:
+            world.clock.moment += timedelta(minutes=4)  # one minute of the five left
+            leases.append(world.get(created.send.send_id).lease_until)
+        return inspect(mailbox, handle)
+
+    world.sender.inspect = slow_inspect  # type: ignore[method-assign]
+    submit = world.sender.submit
+
+    def submit_and_look(mailbox: Mailbox, handle: str) -> None:
+        leases.append(world.get(created.send.send_id).lease_until)
+        submit(mailbox, handle)
+
+    world.sender.submit = submit_and_look  # type: ignore[method-assign]
+    world.run_queue()
+
+    assert world.get(created.send.send_id).status is SendStatus.SENT
+    before, at_submit = leases
+    assert before is not None and at_submit == world.clock.moment + timedelta(minutes=5) > before
+
+
 def test_a_connection_without_the_send_permission_is_refused_before_anything_is_stored() -> None:
     world = World()
     world.sender.missing_permission = "the mailbox's connection lacks Mail.Send: connect it again to grant it"

@@ -37,6 +37,9 @@ two workers can hold one send. Before any provider call a worker takes the send'
 ``lease_until``) with a compare-and-set; another worker finding an unexpired lease leaves the send
 alone, and every later checkpoint of the first is a compare-and-set too, so a worker whose lease was
 taken over (it outlived ``SendDeps.lease``) fails its next write and stops before its next provider call.
+A submit is the one call that cannot be taken back, so a worker makes sure just before it that its lease
+has ``SUBMIT_MARGIN`` left (renewing it by compare-and-set if not): no second worker can take the send
+over while the submit is under way, and one that takes it over later finds the sent copy.
 A worker that died holds the lease until it runs out; then the next release resumes the send.
 """
 
@@ -81,6 +84,7 @@ MAX_TRANSITIONS = 12
 CONFIRM_DELAYS = (5, 15, 30, 60, 120, 300, 600, 900)  # seconds between looks for the sent copy
 GIVE_UP_AFTER = timedelta(hours=24)
 TRANSIENT_DELAY = 60  # seconds, when the provider named no Retry-After
+SUBMIT_MARGIN = timedelta(minutes=2)  # lease left before a submit, else it is renewed first
 SENT_EVENT, FAILED_EVENT = "send.sent", "send.failed"
 GAVE_UP = (
     "the provider was unavailable or kept throttling the mailbox for a day, and nothing was sent: "
@@ -187,10 +191,11 @@ def _step(deps: SendDeps, stored: Versioned[Send], mailbox: Mailbox, now: dateti
                     return _finished(deps, stored, send.failed("provider_refused", NOT_REBUILT))
                 view = ProviderView(DraftState.NOT_SENT)
             if view.state is DraftState.NOT_SENT:
+                stored = _held_for_submit(deps, stored)
                 deps.sender.submit(mailbox, send.handle)
             elif view.state in (DraftState.GONE, DraftState.UNKNOWN):
                 return _finished(deps, stored, send.failed(*_unprovable(f"the draft is {view.state.value}")))
-            deps.sends.replace(send.at(SendStep.SUBMITTED, attempts=0), stored.etag)
+            deps.sends.replace(stored.value.at(SendStep.SUBMITTED, attempts=0), stored.etag)
         case SendStep.SUBMITTED:
             view = deps.sender.inspect(mailbox, send.handle)
             if view.state is DraftState.SENT:
@@ -210,6 +215,17 @@ def _step(deps: SendDeps, stored: Versioned[Send], mailbox: Mailbox, now: dateti
         case SendStep.CONFIRMED:  # written together with ``sent``; only reachable through a bad row
             return _finished(deps, stored, replace(send, status=SendStatus.SENT))
     return None
+
+
+def _held_for_submit(deps: SendDeps, stored: Versioned[Send]) -> Versioned[Send]:
+    """The send with a lease that outlasts the submit: renewed (compare-and-set) when less than
+    ``SUBMIT_MARGIN`` is left, so a worker that outlived its lease (another may have taken the send
+    over and be about to submit it) stops here, before the provider call, and the next worker that
+    may take it over comes a whole lease after this submit, when its sent copy is readable."""
+    send, now = stored.value, deps.clock.now()
+    if send.lease_until is not None and send.lease_until - now >= SUBMIT_MARGIN:
+        return stored
+    return deps.sends.replace(replace(send, lease_until=now + deps.lease), stored.etag)
 
 
 def _later(deps: SendDeps, stored: Versioned[Send], seconds: float) -> str:
