@@ -26,9 +26,10 @@ domain>>``), the Date is the message's own (``OutgoingMessage.date``: when the C
 boundaries are derived from the send id, never random. So after ``NOT_PREPARED`` the machine prepares the
 stored request again, gets the same handle and the same bytes, and submits them; any earlier submit of
 that message would have carried the same Message-ID, which is what ``inspect`` searches for, so a message
-that did go out is found and never sent twice. Gmail's search index may lag a send by moments; a
-resumed send comes at least a lease (minutes) after the worker that died, far longer, which is what the
-"found proves sent, not found allows a send" rule leans on.
+that did go out is found and never sent twice. Gmail's search index may lag a send by moments; the
+machine submits only with ``SUBMIT_MARGIN`` (two minutes) of its lease left, so another worker resumes
+a send no sooner than that after any submit, far longer, which is what the "found proves sent, not
+found allows a send" rule leans on.
 """
 
 from __future__ import annotations
