@@ -113,6 +113,7 @@ def env(
         ({"kill_at": 4}, "submitted"),  # Gmail sent it, SUBMITTED not written
         ({"kill_at": 5}, "confirmed"),  # the activity saved, the send not yet marked sent
     ],
+    ids=["before_preparing", "after_prepare", "before_submitting", "before_send", "after_send", "after_activity"],
 )
 def test_a_gmail_send_whose_worker_was_killed_at_any_point_delivers_exactly_one_message(
     env: GmailSendEnv, tmp_path: Path, kill: dict[str, Any], step: str
