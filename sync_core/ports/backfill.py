@@ -25,7 +25,8 @@ from sync_core.ports.storage import Versioned
 class BackfillState(StrEnum):
     """``queued`` (taking new terms until it starts), ``running`` (started; continuations resume it),
     ``done``, ``skipped`` (the mailbox could not sync, or the setting was switched off) or ``failed``
-    (a configuration or grant failure: ``error`` says which)."""
+    (a configuration or grant failure, a provider unavailable for a day, or processing that kept
+    failing: ``error_code`` says which, ``error`` what to do)."""
 
     QUEUED = "queued"
     RUNNING = "running"
@@ -41,7 +42,9 @@ class BackfillJob:
     ``since``: the window's start, fixed when the job starts (continuations keep it). ``progress``:
     where a continuation resumes (opaque to all but the use case). ``reasons``: messages found, counted
     by the pipeline's reason (plus ``search_capped``, ``folders_gone``); ``per_record``: activities
-    logged (created or linked) per record id of the job."""
+    logged (created or linked) per record id of the job. ``attempts``: invocations in a row that began
+    work on the job and did not move it forward (raised, or died); a checkpoint resets it, and the job
+    fails at the use case's bound. ``error_code``: the stable code of a failed or skipped job."""
 
     org_id: str
     mailbox_id: str
@@ -60,6 +63,8 @@ class BackfillJob:
     searches: int = 0
     finished_at: datetime | None = None
     error: str = ""
+    attempts: int = 0
+    error_code: str = ""
 
 
 class BackfillJobStore(Protocol):

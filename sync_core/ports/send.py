@@ -6,8 +6,10 @@ sends the CRM asked for, their idempotency keys, attachment bytes, due times and
 
 - Microsoft Graph: ``prepare`` creates a draft (immutable id: the ``handle``) with its attachments,
   ``submit`` sends that draft, ``inspect`` reads the same id (in Drafts: not sent; elsewhere: sent).
-- Gmail: ``prepare`` is ``drafts.create`` with raw MIME carrying our Message-ID, ``submit`` is
-  ``drafts.send``, ``inspect`` finds the message again by that Message-ID.
+- Gmail: ``prepare`` builds raw MIME carrying our Message-ID (derived from the send id) and keeps it in
+  the worker's memory (nothing is created at Google), ``submit`` is ``messages.send``, ``inspect`` finds
+  the sent copy by that Message-ID; a worker that died with the MIME makes ``inspect`` answer
+  ``NOT_PREPARED`` and the machine prepares the same message again (``prepare`` is deterministic).
 - SMTP: ``prepare`` builds the MIME (our Message-ID) and keeps it, ``submit`` hands it to the server and
   APPENDs it to Sent; ``inspect`` looks for the Message-ID in Sent. A lost answer from the server proves
   nothing, so ``inspect`` says ``UNKNOWN`` and the send fails as ``outcome_unknown``, never resent.
@@ -61,6 +63,9 @@ class OutgoingMessage:
     content: str
     attachments: tuple[OutgoingAttachment, ...] = ()
     reply_to: ReplyTarget | None = None
+    date: datetime | None = None
+    """The message's ``Date``: fixed by the send (when the CRM asked for it), so a sender that builds
+    the MIME itself builds the same bytes every time; None: the sender's clock."""
 
 
 class DraftState(StrEnum):
@@ -71,13 +76,18 @@ class DraftState(StrEnum):
       carries (the one the sync will see).
     - ``IN_FLIGHT``: submitted, the sent copy not readable yet (look again later).
     - ``GONE``: the provider has no item under the handle (deleted, or never created).
-    - ``UNKNOWN``: the provider cannot tell (SMTP after a lost answer): never resend."""
+    - ``UNKNOWN``: the provider cannot tell (SMTP after a lost answer): never resend.
+    - ``NOT_PREPARED``: provably not sent, and the prepared message exists nowhere any more (a sender
+      that creates nothing at the provider before the submit lost it with the worker that prepared it):
+      ``prepare`` the same ``OutgoingMessage`` again, which such a sender does deterministically (the
+      same handle, the same bytes), then submit."""
 
     NOT_SENT = "not_sent"
     SENT = "sent"
     IN_FLIGHT = "in_flight"
     GONE = "gone"
     UNKNOWN = "unknown"
+    NOT_PREPARED = "not_prepared"
 
 
 @dataclass(frozen=True)
@@ -99,7 +109,9 @@ class MailSender(Protocol):
 
     def prepare(self, mailbox: Mailbox, message: OutgoingMessage) -> str:
         """Create the message, attachments included, in the mailbox without sending it; return its
-        handle. A reply goes through the provider's reply mechanism (threading headers right)."""
+        handle. A reply goes through the provider's reply mechanism (threading headers right). A sender
+        whose ``inspect`` may answer ``NOT_PREPARED`` returns the same handle for the same message and
+        builds the same bytes, however often it is called."""
 
     def locate(self, mailbox: Mailbox, send_id: str) -> tuple[str, ...]:
         """Handles of unsent drafts this sender prepared for ``send_id`` (a crash between ``prepare`` and

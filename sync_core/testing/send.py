@@ -132,7 +132,9 @@ class FakeDraft:
 class FakeMailSender:
     """A provider with drafts, in memory. ``delivered`` lists (mailbox id, message) once per delivery;
     ``visible_after_submit``: whether the sent copy is readable at once (else ``IN_FLIGHT`` until
-    ``settle()``)."""
+    ``settle()``). ``memory_only``: a provider like Gmail, where ``prepare`` creates nothing and the
+    prepared message lives in the worker's memory under a handle derived from the send id; ``forget()``
+    is that worker dying (unsubmitted prepared messages are lost, ``inspect`` answers ``NOT_PREPARED``)."""
 
     clock: Clock = field(default_factory=FixedClock)
     drafts: dict[str, FakeDraft] = field(default_factory=dict)
@@ -143,6 +145,7 @@ class FakeMailSender:
     visible_after_submit: bool = True
     inspect_unknown: bool = False
     missing_permission: str | None = None
+    memory_only: bool = False
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def fail(self, method: str, *errors: Exception) -> None:
@@ -159,12 +162,26 @@ class FakeMailSender:
 
     def prepare(self, mailbox: Mailbox, message: OutgoingMessage) -> str:
         self._maybe_fail("prepare")
+        if self.memory_only:
+            handle = f"kept-{message.send_id}"
+            kept = self.drafts.get(handle)
+            if kept is None or not kept.submitted:
+                self.drafts[handle] = FakeDraft(mailbox.mailbox_id, message)
+            return handle
         handle = f"draft-{next(self._ids)}"
         self.drafts[handle] = FakeDraft(mailbox.mailbox_id, message)
         return handle
 
+    def forget(self) -> None:
+        """The worker dies: in ``memory_only`` mode its prepared, unsubmitted messages are gone."""
+        for handle, draft in list(self.drafts.items()):
+            if self.memory_only and not draft.submitted:
+                del self.drafts[handle]
+
     def locate(self, mailbox: Mailbox, send_id: str) -> tuple[str, ...]:
         self._maybe_fail("locate")
+        if self.memory_only:
+            return ()  # nothing is created at the provider before the submit
         return tuple(
             handle
             for handle, d in self.drafts.items()
@@ -174,7 +191,9 @@ class FakeMailSender:
     def discard(self, mailbox: Mailbox, handle: str) -> None:
         self._maybe_fail("discard")
         draft = self.drafts.get(handle)
-        if draft is not None and not draft.submitted:
+        if draft is not None and not draft.submitted and self.memory_only:
+            del self.drafts[handle]
+        elif draft is not None and not draft.submitted:
             draft.deleted = True
 
     def submit(self, mailbox: Mailbox, handle: str) -> None:
@@ -202,6 +221,8 @@ class FakeMailSender:
         if self.inspect_unknown:
             return ProviderView(DraftState.UNKNOWN)
         draft = self.drafts.get(handle)
+        if draft is None and self.memory_only:
+            return ProviderView(DraftState.NOT_PREPARED)
         if draft is None or draft.deleted:
             return ProviderView(DraftState.GONE)
         if not draft.submitted:

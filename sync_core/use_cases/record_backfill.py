@@ -37,6 +37,15 @@ Invariants:
   ``more``: the job is queued again after the Retry-After (else ``TRANSIENT_RETRY``). A search the
   provider capped is counted (``search_capped``), never repeated in a loop. Each invocation has a time
   budget and resumes from its checkpoint.
+- Bounded attempts: an invocation that begins work counts an attempt on the job (written before any
+  search, so one that dies counts too); a checkpoint (progress) resets it. A step that raises (anything
+  but the classified failures above) is retried ``FAILURE_RETRY`` times its attempt number later, and a
+  job with ``MAX_ATTEMPTS`` attempts in a row ends ``failed`` with ``error_code`` ``attempts_exhausted``
+  and a fixed sentence (never the exception's text), instead of staying ``running`` once the queue gave
+  up its message. A provider failing ``GIVE_UP_AFTER`` after the job was opened ends it ``failed``
+  ``provider_unavailable``.
+- One ``record_backfill`` event per step (``telemetry.RecordBackfillEvent``): ids, states and counts,
+  never an address or an exception's text.
 - Counts: ``reasons`` counts each message once per invocation (a continuation may count again a
   message two term chunks both found; its activity is still stored once).
 """
@@ -45,6 +54,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -58,7 +68,9 @@ from sync_core.errors import (
     ConfigurationFailure,
     GrantFailure,
     MessageNotFound,
+    SyncFailure,
     TransientFailure,
+    failure_of,
 )
 from sync_core.ports import (
     MAX_SEARCH_TERMS,
@@ -79,6 +91,7 @@ from sync_core.ports import (
     WorkQueue,
 )
 from sync_core.ports.push import ActivityEvents
+from sync_core.use_cases import telemetry
 from sync_core.use_cases.commands import BackfillRecords, new_run_id
 from sync_core.use_cases.pipeline import RunThreadCache, build_activities
 from sync_core.use_cases.sync_mailbox import LEASE_MARGIN, REPORTS_KEPT, TRANSIENT_RETRY, sync_lease_key
@@ -91,6 +104,21 @@ BUSY_RETRY = timedelta(seconds=30)
 SETTLE_RETRY = timedelta(seconds=5)  # a job whose records are not written yet looks again this much later
 SETTLE_WAIT = timedelta(minutes=2)  # ... for at most this long after it was opened
 BUDGET = timedelta(minutes=4)
+MAX_ATTEMPTS = 3  # failed invocations in a row (below the queue's maxDequeueCount: a dying worker is caught too)
+FAILURE_RETRY = timedelta(minutes=1)  # times the attempt number: the delay after a step that raised
+GIVE_UP_AFTER = timedelta(hours=24)  # a provider still failing this long after the job was opened
+ATTEMPTS_EXHAUSTED = "attempts_exhausted"
+PROVIDER_UNAVAILABLE = "provider_unavailable"
+FAILED_MESSAGES = {
+    ATTEMPTS_EXHAUSTED: (
+        f"the search failed {MAX_ATTEMPTS} times in a row and was stopped; the mailbox keeps syncing new mail. "
+        "To import the window's mail of these records, run a backfill of the mailbox"
+    ),
+    PROVIDER_UNAVAILABLE: (
+        "the mail provider kept refusing or throttling the search for a day and it was stopped; the mailbox "
+        "keeps syncing new mail. To import the window's mail of these records, run a backfill of the mailbox"
+    ),
+}
 
 
 @dataclass
@@ -231,8 +259,13 @@ def _merge_into_open_job(deps: BackfillRequestDeps, mailbox: Mailbox, terms: New
 
 @dataclass(frozen=True)
 class JobOutcome:
+    """How a step ended; ``failure``: the class code of what made it end so (empty: nothing failed),
+    ``retrying``: the step raised and the job is tried again after ``retry_after``."""
+
     status: RunStatus
     retry_after: float | None = None
+    failure: str = ""
+    retrying: bool = False
 
 
 def process(deps: RecordBackfillDeps, command: BackfillRecords, budget: timedelta = BUDGET) -> RunStatus:
@@ -255,10 +288,13 @@ def run_job(
     if stored is None or stored.value.state in {BackfillState.DONE, BackfillState.SKIPPED, BackfillState.FAILED}:
         return JobOutcome(RunStatus.DONE)  # unknown, or a redelivery of a finished job
     run = _JobRun(deps, stored, budget)
+    outcome: JobOutcome | None = None
     try:
-        return run.execute()
+        outcome = run.execute()
+        return outcome
     finally:
         run.release()
+        run.emit(outcome)
 
 
 class _LeaseLost(Exception):
@@ -282,6 +318,9 @@ class _JobRun:
         self.seen: set[str] = set()
         self.threads = RunThreadCache(deps.activities)
         self.requests_before = 0
+        self.mailbox: Mailbox | None = None
+        self.clock_started = time.perf_counter()
+        self.at_start = (self.searches, self.created, self.merged)
 
     @property
     def job(self) -> BackfillJob:
@@ -312,30 +351,47 @@ class _JobRun:
         found = self.deps.mailboxes.get(self.job.org_id, self.job.mailbox_id)
         settings = self.deps.settings.get(self.job.org_id)
         if found is None or not found.value.can_sync(settings.automation_enabled):
-            self._finish(BackfillState.SKIPPED, "the mailbox cannot sync now")
+            self._finish(BackfillState.SKIPPED, "the mailbox cannot sync now", code="mailbox_not_syncable")
             return JobOutcome(RunStatus.SKIPPED)
         if settings.record_backfill_days <= 0:
-            self._finish(BackfillState.SKIPPED, "record backfill is switched off for the organisation")
+            self._finish(BackfillState.SKIPPED, "record backfill is switched off for the organisation",
+                         code="record_backfill_off")  # fmt: skip
             return JobOutcome(RunStatus.SKIPPED)
-        mailbox = found.value
+        mailbox = self.mailbox = found.value
         if self.job.state is BackfillState.QUEUED and not self._records_written():
             return JobOutcome(RunStatus.MORE, SETTLE_RETRY.total_seconds())
+        if self.job.attempts >= MAX_ATTEMPTS:  # the last attempts died without a word
+            return self._give_up(mailbox, ATTEMPTS_EXHAUSTED, SyncFailure.code)
         self.requests_before = self.deps.mail.requests_for(mailbox)
         try:
             if self.job.state is BackfillState.QUEUED:
                 self._claim(mailbox, settings)
+            else:
+                self._write(replace(self.job, attempts=self.job.attempts + 1))
             complete = self._search_all(mailbox, settings)
         except _LeaseLost:
             log.warning("record backfill %s lost the lease of mailbox %s; its continuation resumes", self.job.job_id,
                         self.job.mailbox_id)  # fmt: skip
             return JobOutcome(RunStatus.BUSY)
         except TransientFailure as exc:
-            self._checkpoint(self.job.progress)
+            if self.started - self.job.created_at >= GIVE_UP_AFTER:
+                return self._give_up(mailbox, PROVIDER_UNAVAILABLE, TransientFailure.code)
+            self._checkpoint(self.job.progress)  # the provider's pause is no failed attempt of the job
             told = exc.retry_after
-            return JobOutcome(RunStatus.MORE, told if told is not None else TRANSIENT_RETRY.total_seconds())
+            wait = told if told is not None else TRANSIENT_RETRY.total_seconds()
+            return JobOutcome(RunStatus.MORE, wait, failure=TransientFailure.code)
         except (ConfigurationFailure, GrantFailure) as exc:
-            self._finish(BackfillState.FAILED, str(exc) or type(exc).__name__, mailbox)
-            return JobOutcome(RunStatus.FAILED)
+            self._finish(BackfillState.FAILED, str(exc) or type(exc).__name__, mailbox, code=exc.code,
+                         failure=failure_of(exc).code)  # fmt: skip
+            return JobOutcome(RunStatus.FAILED, failure=failure_of(exc).code)
+        except Exception as exc:  # the step raised: counted, retried later, bounded by MAX_ATTEMPTS
+            attempts = self.job.attempts
+            log.error("record backfill %s of mailbox %s raised %s (attempt %d of %d)", self.job.job_id,
+                      self.job.mailbox_id, type(exc).__name__, attempts, MAX_ATTEMPTS)  # fmt: skip
+            if attempts >= MAX_ATTEMPTS:
+                return self._give_up(mailbox, ATTEMPTS_EXHAUSTED, failure_of(exc).code)
+            delay = FAILURE_RETRY.total_seconds() * max(attempts, 1)
+            return JobOutcome(RunStatus.MORE, delay, failure=failure_of(exc).code, retrying=True)
         if not complete:
             return JobOutcome(RunStatus.MORE, 0)
         self._finish(BackfillState.DONE, "", mailbox)
@@ -357,7 +413,7 @@ class _JobRun:
         """queued → running, with the window fixed; then close the open pointer if it names this job."""
         window = timedelta(days=settings.record_backfill_days)
         since = max(self.started - window, mailbox.watermark)
-        self._write(replace(self.job, state=BackfillState.RUNNING, since=since, progress="0 0 "))
+        self._write(replace(self.job, state=BackfillState.RUNNING, since=since, progress="0 0 ", attempts=1))
         pointer = self.deps.jobs.open_job(self.job.org_id, self.job.mailbox_id)
         if pointer is not None and pointer.value == self.job.job_id:
             self.deps.jobs.set_open_job(self.job.org_id, self.job.mailbox_id, None, pointer)
@@ -437,7 +493,8 @@ class _JobRun:
                     self.per_record[ref.record_id] += 1
 
     def _checkpoint(self, progress: str) -> None:
-        self._write(replace(self._counted(), progress=progress))
+        """Record progress; the job moved forward, so no failed attempt is pending."""
+        self._write(replace(self._counted(), progress=progress, attempts=0))
 
     def _counted(self) -> BackfillJob:
         return replace(
@@ -456,9 +513,47 @@ class _JobRun:
             raise _LeaseLost  # only a lease holder writes a started job: someone else has it
         self.stored = written
 
-    def _finish(self, state: BackfillState, error: str, mailbox: Mailbox | None = None) -> None:
+    def _give_up(self, mailbox: Mailbox, code: str, failure: str) -> JobOutcome:
+        """End the job ``failed`` with ``code`` and its fixed sentence (no exception's text)."""
+        self._finish(BackfillState.FAILED, FAILED_MESSAGES[code], mailbox, code=code, failure=failure)
+        return JobOutcome(RunStatus.FAILED, failure=failure)
+
+    def emit(self, outcome: JobOutcome | None) -> None:
+        """The step's ``record_backfill`` event (``outcome`` None: the step raised). Never raises."""
+        job, mailbox = self.job, self.mailbox
+        try:
+            label = "raised" if outcome is None else "retrying" if outcome.retrying else outcome.status.value
+            searches, created, merged = self.at_start
+            telemetry.emit(
+                telemetry.RecordBackfillEvent(
+                    org_id=job.org_id,
+                    mailbox_id=job.mailbox_id,
+                    job_id=job.job_id,
+                    outcome=label,
+                    state=job.state.value,
+                    attempt=job.attempts,
+                    failure_class=outcome.failure if outcome is not None else "unexpected",
+                    error_code=job.error_code,
+                    duration_ms=int((time.perf_counter() - self.clock_started) * 1000),
+                    terms=len(job.addresses) + len(job.domains),
+                    records=len(job.record_ids),
+                    searches=self.searches - searches,
+                    activities_created=self.created - created,
+                    activities_merged=self.merged - merged,
+                    requests=self.deps.mail.requests_for(mailbox) - self.requests_before if mailbox else 0,
+                    retry_after_s=outcome.retry_after if outcome is not None else None,
+                )
+            )
+        except Exception as exc:  # the event never fails the job it describes
+            log.warning("could not log a record_backfill event: %s", type(exc).__name__)
+
+    def _finish(
+        self, state: BackfillState, error: str, mailbox: Mailbox | None = None, code: str = "", failure: str = ""
+    ) -> None:
+        """End the job in ``state`` (its run report too, when the mailbox was read); ``failure`` the class
+        code of a failed one (default ``configuration``)."""
         now = self.deps.clock.now()
-        self._write(replace(self._counted(), state=state, error=error, finished_at=now))
+        self._write(replace(self._counted(), state=state, error=error, error_code=code, finished_at=now))
         if mailbox is None:
             return
         report = RunReport(
@@ -473,7 +568,7 @@ class _JobRun:
             activities_created=self.created,
             activities_merged=self.merged,
             error=error,
-            error_class="configuration" if state is BackfillState.FAILED else "",
+            error_class=(failure or ConfigurationFailure.code) if state is BackfillState.FAILED else "",
         )
         self.lease()
         self.deps.reports.add(report, keep=REPORTS_KEPT)
@@ -504,6 +599,7 @@ def job_to_json(job: BackfillJob) -> dict[str, object]:
         "activities_merged": job.activities_merged,
         "records": len(job.record_ids),
         "error": job.error,
+        "error_code": job.error_code,
     }
 
 

@@ -1,7 +1,8 @@
-"""Operational events: one structured log record per sync run, webhook delivery attempt and send, for
-the fleet's dashboards (docs/operations.md; the workbook in infra/workbook.json queries them).
+"""Operational events: one structured log record per sync run, webhook delivery attempt, send and
+record backfill job step, for the fleet's dashboards (docs/operations.md; the workbook in
+infra/workbook.json queries them).
 
-    use case ends ── emit(SyncRunEvent | WebhookDeliveryEvent | SendEvent)
+    use case ends ── emit(SyncRunEvent | WebhookDeliveryEvent | SendEvent | RecordBackfillEvent)
                         │  logger ``sync_core.events``, INFO, message ``crm_sync_event {json}``
                         ▼  (and the same mapping as the record's ``crm_event`` attribute)
     Functions host ── Application Insights ``traces``: ``message`` holds the JSON
@@ -13,7 +14,8 @@ sources). The message is the one field that always arrives, so a query parses it
 
 Invariants:
 - One event per sync run (``sync_mailbox`` returns or raises: every path emits once, idle polls and runs
-  that found the lease taken included), per webhook delivery attempt, per send step that ends an attempt.
+  that found the lease taken included), per webhook delivery attempt, per send step that ends an attempt,
+  per record backfill job step (one queue message of a job, however it ends).
 - An event holds ids (org, mailbox, run, delivery, send), enums, counts and durations only: never an
   address, a subject, a body, a URL, a token or an exception's text (a failure is its class code).
   The fields are the dataclasses' fields below, nothing else (``event_fields``), so the workbook's
@@ -145,11 +147,45 @@ class SendEvent:
     retry_after_s: float | None = None
 
 
-Event = SyncRunEvent | WebhookDeliveryEvent | SendEvent
-EVENT_TYPES: tuple[type[SyncRunEvent] | type[WebhookDeliveryEvent] | type[SendEvent], ...] = (
+@dataclass(frozen=True)
+class RecordBackfillEvent:
+    """One step of a record backfill job (``record_backfill.run_job``: one queue message), however it
+    ended. ``outcome``: ``done``, ``more`` (budget spent, or the provider asked to wait: it continues),
+    ``busy`` (the mailbox's lease was taken), ``skipped``, ``failed`` (the job ended failed), ``retrying``
+    (the step raised: the job is retried later, up to its attempt bound) or ``raised`` (storage failed:
+    the queue retries the message). ``state``: the job's state after the step; ``attempt``: failed
+    attempts in a row; ``failure_class`` the failure's class code and ``error_code`` the failed or
+    skipped job's code. ``terms`` and ``records`` are counts (never the addresses searched);
+    ``searches``, ``activities_*`` and ``requests`` are this step's."""
+
+    kind: ClassVar[str] = "record_backfill"
+
+    org_id: str
+    mailbox_id: str
+    job_id: str
+    outcome: str = ""
+    state: str = ""
+    attempt: int = 0
+    failure_class: str = ""
+    error_code: str = ""
+    duration_ms: int = 0
+    terms: int = 0
+    records: int = 0
+    searches: int = 0
+    activities_created: int = 0
+    activities_merged: int = 0
+    requests: int = 0
+    retry_after_s: float | None = None
+
+
+Event = SyncRunEvent | WebhookDeliveryEvent | SendEvent | RecordBackfillEvent
+EVENT_TYPES: tuple[
+    type[SyncRunEvent] | type[WebhookDeliveryEvent] | type[SendEvent] | type[RecordBackfillEvent], ...
+] = (
     SyncRunEvent,
     WebhookDeliveryEvent,
     SendEvent,
+    RecordBackfillEvent,
 )
 COMMON_FIELDS = ("event", "schema")
 

@@ -61,3 +61,12 @@ def test_a_record_remembers_its_latest_job_per_mailbox(jobs: Any) -> None:
     assert jobs.jobs_of_record("org-1", "c-dan") == {"mb-1": "c" * 32, "mb-2": "b" * 32}
     assert jobs.jobs_of_record("org-1", "c-erin") == {"mb-1": "a" * 32}
     assert jobs.jobs_of_record("org-2", "c-dan") == {}
+
+
+def test_a_failed_job_comes_back_with_its_attempts_and_error_code(jobs: Any) -> None:
+    first = jobs.put(a_job(), None)
+    assert first is not None and (first.value.attempts, first.value.error_code) == (0, "")
+    failed = replace(first.value, state=BackfillState.FAILED, attempts=3, error_code="attempts_exhausted",
+                     error="the search failed 3 times in a row", finished_at=T0)  # fmt: skip
+    assert jobs.put(failed, first) is not None
+    assert jobs.get("org-1", "mb-1", "a" * 32).value == failed

@@ -55,6 +55,19 @@ class CrashingSendStore(InMemorySendStore):
         return super().replace(send, etag)
 
 
+class DiesBeforeSubmit:
+    """The real sender, but the worker dies when it is about to submit (after SUBMITTING was written)."""
+
+    def __init__(self, inner: GmailMailSender) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def submit(self, mailbox: Mailbox, handle: str) -> None:
+        raise Crash("killed before the submit")
+
+
 class Gmail:
     """A Workspace user connected with gmail.readonly + gmail.send, and the control API."""
 
@@ -207,18 +220,27 @@ def test_a_send_whose_answer_was_lost_is_found_in_sent_and_not_sent_again(gmail:
     assert len(gmail.outbox()) == 1
 
 
-def test_a_worker_that_died_between_prepare_and_send_fails_the_send_without_sending(gmail: Gmail) -> None:
+@pytest.mark.parametrize("dies", ["after_prepare", "before_send"])
+def test_a_worker_that_died_between_prepare_and_send_is_resumed_with_the_same_message_sent_once(
+    gmail: Gmail, dies: str
+) -> None:
     store = CrashingSendStore()
     world = World(gmail, store)
     created = world.request()
-    store.crash_at = 3  # prepared (the MIME in the dead worker's memory), never sent
+    if dies == "after_prepare":
+        store.crash_at = 3  # PREPARED written (the MIME in the worker's memory), SUBMITTING not
+    else:
+        world.app.sender = DiesBeforeSubmit(GmailMailSender(gmail.http))  # SUBMITTING written, no send
     with pytest.raises(Crash):
         world.run_queue()
-    world.app.sender = GmailMailSender(gmail.http)
+    assert gmail.outbox() == []
+    world.app.sender = GmailMailSender(gmail.http)  # another worker: nothing of the first one's memory
 
     world.tick(minutes=6)
 
     done = world.get(created.send.send_id)
-    assert done.status is SendStatus.FAILED and done.error is not None
-    assert "prepared_message_lost" in done.error.message
-    assert gmail.outbox() == []
+    assert done.status is SendStatus.SENT, done.error
+    [sent] = gmail.outbox()
+    assert sent["Message-ID"] == done.internet_message_id == f"<crm.{done.send_id}@{gmail.address.split('@')[1]}>"
+    assert sent["Date"].datetime == done.created_at.replace(microsecond=0)
+    assert len(world.app.stores.activities.timeline(ORG, "c-1", None, 10).items) == 1

@@ -8,7 +8,9 @@ the crash: its ``replace`` appends the step it is about to write to ``progress``
 process instead of writing when it is the ``kill_at``-th. Exit code 3: the send ended without the crash.
 
 CONFIG: ``connection_string``, ``prefix``, ``graph_url``, ``token`` (an app-only access token), ``ca_bundle``,
-``org_id``, ``send_id``, ``kill_at``, ``progress``.
+``org_id``, ``send_id``, ``kill_at``, ``progress``. With ``"provider": "google"`` the worker sends through
+Gmail instead (``gmail_url``, ``token`` a Gmail access token with ``gmail.send``), and ``kill_on_submit``
+kills it when it is about to hand the message to the provider (its checkpoint before that written).
 """
 
 from __future__ import annotations
@@ -24,14 +26,19 @@ from typing import Any
 from azure.data.tables import TableServiceClient
 
 from sync_core.adapters.clock import SystemClock
+from sync_core.adapters.google.http import GmailHttp
+from sync_core.adapters.google.mail import GmailMailSource
+from sync_core.adapters.google.send import GmailMailSender
 from sync_core.adapters.graph.http import GraphHttp
 from sync_core.adapters.graph.mail import GraphMailSource
 from sync_core.adapters.graph.send import GraphMailSender
 from sync_core.adapters.graph.session import make_session
 from sync_core.adapters.table_sends import TableSendStore
 from sync_core.adapters.tables import TableStores
+from sync_core.domain.model import Mailbox
 from sync_core.domain.sending import Send
-from sync_core.ports import Versioned
+from sync_core.ports import MailSource, Versioned
+from sync_core.ports.send import MailSender
 from sync_core.use_cases.send import SendDeps, deliver
 
 
@@ -65,6 +72,18 @@ class KillingSends(TableSendStore):
         return written
 
 
+class KilledOnSubmit(GmailMailSender):
+    """The Gmail sender, killing the process when it is about to send."""
+
+    def __init__(self, http_for: Any, progress: Progress) -> None:
+        super().__init__(http_for)
+        self.progress = progress
+
+    def submit(self, mailbox: Mailbox, handle: str) -> None:
+        self.progress.write(event="killed", step="submit", status="sending")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 class NoQueue:
     def enqueue(self, message: Mapping[str, Any], delay_seconds: int = 0) -> None:
         return None
@@ -77,18 +96,30 @@ def main(config_path: str) -> int:
     stores = TableStores.create(service, config["prefix"])
     session = make_session(config["ca_bundle"])
     token = str(config["token"])
+    mail: MailSource
+    sender: MailSender
+    if config.get("provider") == "google":
 
-    def graph(_mailbox: object) -> GraphHttp:
-        return GraphHttp(session, config["graph_url"], lambda _refresh: token)
+        def gmail(_mailbox: object) -> GmailHttp:
+            return GmailHttp(session, config["gmail_url"], lambda _refresh: token)
+
+        mail = GmailMailSource(gmail)
+        sender = KilledOnSubmit(gmail, progress) if config.get("kill_on_submit") else GmailMailSender(gmail)
+    else:
+
+        def graph(_mailbox: object) -> GraphHttp:
+            return GraphHttp(session, config["graph_url"], lambda _refresh: token)
+
+        mail, sender = GraphMailSource(graph), GraphMailSender(graph)
 
     deps = SendDeps(
-        sends=KillingSends(service, config["prefix"], int(config["kill_at"]), progress),
+        sends=KillingSends(service, config["prefix"], int(config.get("kill_at", 0)), progress),
         mailboxes=stores.mailboxes,
         settings=stores.settings,
         records=stores.records,
         activities=stores.activities,
-        mail=GraphMailSource(graph),
-        sender=GraphMailSender(graph),
+        mail=mail,
+        sender=sender,
         queue=NoQueue(),
         clock=SystemClock(),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -17,7 +18,7 @@ from sync_core.testing.app import InMemoryApp
 from sync_core.testing.backfill import InMemoryBackfillJobStore
 from sync_core.testing.mail import FakeMailSource, FixedClock, throttled
 from sync_core.testing.scheduling import InMemoryWorkQueue
-from sync_core.use_cases import commands, preview, record_backfill
+from sync_core.use_cases import commands, preview, record_backfill, telemetry
 from sync_core.use_cases.schedule import request_backfill
 from sync_core.use_cases.sync_mailbox import sync_mailbox
 
@@ -71,6 +72,10 @@ class World:
             body = self.queue.messages.pop(0).body
             outcomes.append(commands.dispatch(self.app, "sync", json.dumps(body)))  # type: ignore[arg-type]
         return outcomes
+
+    def run_queue_once(self) -> str:
+        body = self.queue.messages.pop(0).body
+        return commands.dispatch(self.app, "sync", json.dumps(body))  # type: ignore[arg-type]
 
     def timeline(self, record_id: str) -> list[str]:
         return [a.subject for a in self.stores.activities.timeline(ORG, record_id, None, 50).items]
@@ -291,3 +296,80 @@ def test_a_preview_of_a_mailbox_that_cannot_sync_is_refused_like_its_backfill() 
     with pytest.raises(NotSyncable):
         preview.preview_backfill(world.app.preview_deps(), ORG, "mb-adele", 7)
     assert world.mail.requests == 0
+
+
+# -- bounded attempts and the job's events -------------------------------------------------------------
+
+
+class Died(BaseException):
+    """The worker process died mid-step (nothing the use case catches)."""
+
+
+def backfill_events(caplog: pytest.LogCaptureFixture) -> list[dict[str, object]]:
+    found = [telemetry.parse(r.getMessage()) for r in caplog.records if r.name == telemetry.EVENT_LOGGER]
+    return [e for e in found if e is not None and e["event"] == "record_backfill"]
+
+
+def test_a_job_whose_search_keeps_raising_ends_failed_with_a_reason_and_no_exception_text(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    world = World()
+    world.mail.deliver(message("dan@talent.example", ["adele@acme.example"], NOW - timedelta(days=1)))
+    [job_id] = world.put(Record("cand-dan", "candidate", emails=("dan@talent.example",)))
+    world.mail.fail_next = [ValueError("cannot parse dan@talent.example's header")] * 10
+
+    assert world.run_queue() == ["more", "more", "failed"]  # retried, then bounded
+
+    [job] = world.jobs.jobs()
+    assert (job.job_id, job.state, job.error_code, job.attempts) == (job_id, BackfillState.FAILED,
+                                                                     "attempts_exhausted", 3)  # fmt: skip
+    shown = record_backfill.job_to_json(job)
+    assert shown["state"] == "failed" and shown["error_code"] == "attempts_exhausted"
+    assert "backfill of the mailbox" in str(shown["error"])
+    assert "dan@" not in str(shown) and "parse" not in str(shown) and "ValueError" not in str(shown)
+    assert world.queue.messages == [] and len(world.mail.searches) == 3
+    [report] = [r for r in world.stores.runs.recent(ORG, "mb-adele", 10) if r.run_id == job_id]
+    assert report.error == shown["error"]
+    events = backfill_events(caplog)
+    assert [(e["outcome"], e["state"], e["attempt"]) for e in events] == [
+        ("retrying", "running", 1), ("retrying", "running", 2), ("failed", "failed", 3),
+    ]
+    assert all(set(e) == set(telemetry.event_fields("record_backfill")) for e in events)
+    assert events[-1]["error_code"] == "attempts_exhausted" and events[0]["failure_class"] == "unexpected"
+    assert "dan@" not in caplog.text and "cannot parse" not in caplog.text
+
+
+def test_a_job_whose_worker_keeps_dying_is_failed_by_the_next_delivery_without_searching_again() -> None:
+    world = World()
+    world.put(Record("cand-dan", "candidate", emails=("dan@talent.example",)))
+    body = json.dumps(world.queue.messages.pop(0).body)
+    world.mail.fail_next = [Died()] * 3
+    for _ in range(3):  # the queue redelivers the message of a worker that died
+        with pytest.raises(Died):
+            commands.dispatch(world.app, "sync", body)
+
+    assert commands.dispatch(world.app, "sync", body) == "failed"
+
+    [job] = world.jobs.jobs()
+    assert job.state is BackfillState.FAILED and job.error_code == "attempts_exhausted"
+    assert len(world.mail.searches) == 3
+
+
+def test_throttling_and_progress_never_count_as_failed_attempts_but_a_day_of_throttling_ends_the_job() -> None:
+    world = World()
+    for day in range(1, 4):
+        world.mail.deliver(message("dan@talent.example", ["adele@acme.example"], NOW - timedelta(days=day)))
+    world.put(Record("cand-dan", "candidate", emails=("dan@talent.example",)))
+    world.mail.fail_next = [throttled()] * 5
+    assert world.run_queue() == ["more"] * 5 + ["done"]
+    assert world.jobs.jobs()[0].state is BackfillState.DONE and len(world.timeline("cand-dan")) == 3
+
+    world.put(Record("cand-eve", "candidate", emails=("eve@talent.example",)))
+    world.mail.fail_next = [throttled()] * 2
+    world.run_queue_once()
+    world.clock.moment += timedelta(hours=25)
+    world.run_queue()
+    second = next(j for j in world.jobs.jobs() if j.record_ids == ("cand-eve",))
+    assert second.state is BackfillState.FAILED and second.error_code == "provider_unavailable"
+    assert "backfill of the mailbox" in second.error

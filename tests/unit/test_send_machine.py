@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -170,6 +171,50 @@ def test_a_crash_before_any_checkpoint_resumes_and_delivers_exactly_once(crash_a
     assert len(world.app.stores.activities.timeline(ORG, "c-1", None, 10).items) == 1
 
 
+@pytest.mark.parametrize("crash_at", [2, 3, 4])
+def test_a_message_kept_in_a_dead_workers_memory_is_prepared_again_the_same_and_delivered_once(crash_at: int) -> None:
+    store = CrashingSendStore()
+    world = World(store)
+    world.sender.memory_only = True  # Gmail's way: prepare creates nothing at the provider
+    created = world.request(record_ids=("c-1",))
+    store.crash_at = crash_at  # 2: after prepare; 3: PREPARED written, not SUBMITTING; 4: after the submit
+    with pytest.raises(Crash):
+        world.run_queue()
+    prepared = [d.message for d in world.sender.drafts.values()]
+    world.sender.forget()  # the worker's memory dies with it
+
+    world.tick(minutes=6)
+
+    done = world.get(created.send.send_id)
+    assert done.status is SendStatus.SENT, done.error
+    assert [message for _, message in world.sender.delivered] == prepared  # the same message, once
+    assert world.sender.calls.count("submit") == 1
+    assert len(world.app.stores.activities.timeline(ORG, "c-1", None, 10).items) == 1
+
+
+def test_a_lost_prepared_message_that_cannot_be_built_again_the_same_fails_without_sending() -> None:
+    store = CrashingSendStore()
+    world = World(store)
+    world.sender.memory_only = True
+    created = world.request()
+    store.crash_at = 4  # SUBMITTING written (so 3 writes), then the worker dies before its submit
+    world.sender.fail("submit", Crash("killed before the submit"))
+    with pytest.raises(Crash):
+        world.run_queue()
+    world.sender.forget()
+    stored = store.get(ORG, created.send.send_id)
+    assert stored is not None and stored.value.step is SendStep.SUBMITTING
+    store.crash_at = 0
+    store.replace(replace(stored.value, handle="kept-written-by-an-older-version"), stored.etag)
+
+    world.tick(minutes=6)
+
+    done = world.get(created.send.send_id)
+    assert done.status is SendStatus.FAILED and done.error is not None
+    assert done.error.code == "provider_refused" and "nothing was sent" in done.error.message
+    assert world.sender.delivered == [] and world.sender.drafts == {}
+
+
 def test_a_submit_whose_answer_was_lost_is_not_sent_again() -> None:
     world = World()
     world.sender.lose_answer = True
@@ -251,6 +296,38 @@ def test_a_refusal_before_or_at_submit_fails_the_send_with_its_reason(method: st
     assert done.status is SendStatus.FAILED and done.error is not None and done.error.code == code
     assert world.sender.delivered == [] and done.announced
     assert [e["event"] for e in world.hooks] == ["send.failed"]
+
+
+PROVIDER_WORDS = ("Mail.", "Microsoft", "Graph", "Exchange", "Outlook", "Sent Items", "Gmail", "Google", "SMTP")
+
+
+def test_failure_messages_name_no_provider_unless_the_providers_own_sender_says_what_is_missing() -> None:
+    world = World()
+    world.sender.fail("submit", MailboxAccessDenied("ErrorSendAsDenied"))
+    denied = world.request("k-denied")
+    world.run_queue()
+    store = CrashingSendStore()
+    crashed = World(store)
+    unknown = crashed.request("k-unknown")
+    store.crash_at = 4  # submitted, not checkpointed; then the provider cannot tell
+    with pytest.raises(Crash):
+        crashed.run_queue()
+    crashed.sender.inspect_unknown = True
+    crashed.tick(minutes=6)
+    hinted = World()
+    hinted.sender.fail("prepare", MailboxAccessDenied("403"))
+    hint = "the mailbox has no SMTP login: add its smtp settings to send from it"
+    hinted_send = hinted.request("k-hinted")
+    hinted.sender.missing_permission = hint  # found missing only after the send was accepted
+    hinted.run_queue()
+
+    messages = [
+        w.get(created.send.send_id).error.message  # type: ignore[union-attr]
+        for w, created in ((world, denied), (crashed, unknown))
+    ]
+    assert "permission to send" in messages[0] and "sent mail" in messages[1]
+    assert not [word for word in PROVIDER_WORDS for message in messages if word in message]
+    assert hinted.get(hinted_send.send.send_id).error.message.endswith(hint)  # type: ignore[union-attr]
 
 
 def test_a_sent_send_is_announced_with_a_send_sent_webhook_showing_the_send() -> None:
@@ -467,6 +544,56 @@ def test_a_worker_whose_lease_was_taken_over_stops_at_its_next_checkpoint() -> N
     world.run_queue()
     assert world.get(created.send.send_id).status is SendStatus.SENT
     assert len(world.sender.delivered) == 1
+
+
+def test_a_worker_that_outlived_its_lease_before_its_submit_never_submits_after_another_took_over() -> None:
+    world = World()
+    world.sender.memory_only = True  # Gmail's way: a second submit would be a second message
+    created = world.request()
+    inspect = world.sender.inspect
+    others: list[str] = []
+    stalled: list[bool] = []
+
+    def slow_inspect(mailbox: Mailbox, handle: str) -> Any:
+        view = inspect(mailbox, handle)
+        if not stalled:  # the first worker stalls at SUBMITTING past its lease; another takes the send over
+            stalled.append(True)
+            world.clock.moment += timedelta(minutes=10)
+            others.append(deliver(world.deps, ORG, created.send.send_id))
+        return view
+
+    world.sender.inspect = slow_inspect  # type: ignore[method-assign]
+    world.run_queue()
+
+    assert others == ["sent"] and world.get(created.send.send_id).status is SendStatus.SENT
+    assert world.sender.calls.count("submit") == 1 and len(world.sender.delivered) == 1
+
+
+def test_a_lease_nearly_out_is_renewed_before_the_submit() -> None:
+    world = World()
+    created = world.request()
+    inspect = world.sender.inspect
+    leases: list[datetime | None] = []
+
+    def slow_inspect(mailbox: Mailbox, handle: str) -> Any:
+        if not leases:
+            world.clock.moment += timedelta(minutes=4)  # one minute of the five left
+            leases.append(world.get(created.send.send_id).lease_until)
+        return inspect(mailbox, handle)
+
+    world.sender.inspect = slow_inspect  # type: ignore[method-assign]
+    submit = world.sender.submit
+
+    def submit_and_look(mailbox: Mailbox, handle: str) -> None:
+        leases.append(world.get(created.send.send_id).lease_until)
+        submit(mailbox, handle)
+
+    world.sender.submit = submit_and_look  # type: ignore[method-assign]
+    world.run_queue()
+
+    assert world.get(created.send.send_id).status is SendStatus.SENT
+    before, at_submit = leases
+    assert before is not None and at_submit == world.clock.moment + timedelta(minutes=5) > before
 
 
 def test_a_connection_without_the_send_permission_is_refused_before_anything_is_stored() -> None:

@@ -24,6 +24,7 @@ from sync_core.use_cases.schedule import process_message
 from sync_core.use_cases.sync_mailbox import sync_lease_key, sync_mailbox
 from sync_core.use_cases.telemetry import (
     MESSAGE_PREFIX,
+    RecordBackfillEvent,
     SendEvent,
     SyncRunEvent,
     WebhookDeliveryEvent,
@@ -323,9 +324,9 @@ def test_an_event_is_one_line_with_a_fixed_prefix_and_round_trips() -> None:
 
 
 def test_every_event_kind_lists_its_fields_and_no_two_kinds_share_a_name() -> None:
-    kinds = [SyncRunEvent.kind, WebhookDeliveryEvent.kind, SendEvent.kind]
+    kinds = [SyncRunEvent.kind, WebhookDeliveryEvent.kind, SendEvent.kind, RecordBackfillEvent.kind]
 
-    assert kinds == ["sync_run", "webhook_delivery", "send"]
+    assert kinds == ["sync_run", "webhook_delivery", "send", "record_backfill"]
     for kind in kinds:
         assert event_fields(kind)[:2] == ("event", "schema")
     with pytest.raises(KeyError):

@@ -15,7 +15,12 @@ last checkpoint, by asking the provider what its state proves (``MailSender.insp
 - ``PREPARED``: the draft exists and nothing was submitted: go on to ``SUBMITTING``.
 - ``SUBMITTING``: a submit may have happened. The draft is submitted only when ``inspect`` proves it
   ``NOT_SENT``; ``SENT``/``IN_FLIGHT`` move on to ``SUBMITTED``; ``GONE``/``UNKNOWN`` prove nothing, so
-  the send fails as ``outcome_unknown``, never resent.
+  the send fails as ``outcome_unknown``, never resent. ``NOT_PREPARED`` (a sender that keeps the
+  prepared message in the worker's memory, Gmail's, lost it with a dead worker; nothing was sent) is
+  followed by ``prepare`` again from the stored request: such a sender's ``prepare`` is deterministic
+  (the Message-ID comes from the send id, the Date from the request), so it answers the same handle and
+  the same bytes, and the submit sends the message that was prepared; a different handle fails the send
+  without a submit.
 - ``SUBMITTED``: the sent copy is read back; until it is readable (``IN_FLIGHT``) the send is looked at
   again later (``CONFIRM_DELAYS``), and the activity is saved under the Message-ID that copy carries (the
   one the sync will see), so the sync's copy merges into it.
@@ -32,6 +37,9 @@ two workers can hold one send. Before any provider call a worker takes the send'
 ``lease_until``) with a compare-and-set; another worker finding an unexpired lease leaves the send
 alone, and every later checkpoint of the first is a compare-and-set too, so a worker whose lease was
 taken over (it outlived ``SendDeps.lease``) fails its next write and stops before its next provider call.
+A submit is the one call that cannot be taken back, so a worker makes sure just before it that its lease
+has ``SUBMIT_MARGIN`` left (renewing it by compare-and-set if not): no second worker can take the send
+over while the submit is under way, and one that takes it over later finds the sent copy.
 A worker that died holds the lease until it runs out; then the next release resumes the send.
 """
 
@@ -76,7 +84,16 @@ MAX_TRANSITIONS = 12
 CONFIRM_DELAYS = (5, 15, 30, 60, 120, 300, 600, 900)  # seconds between looks for the sent copy
 GIVE_UP_AFTER = timedelta(hours=24)
 TRANSIENT_DELAY = 60  # seconds, when the provider named no Retry-After
+SUBMIT_MARGIN = timedelta(minutes=2)  # lease left before a submit, else it is renewed first
 SENT_EVENT, FAILED_EVENT = "send.sent", "send.failed"
+GAVE_UP = (
+    "the provider was unavailable or kept throttling the mailbox for a day, and nothing was sent: "
+    "send it again with a new key"
+)
+NOT_REBUILT = (
+    "the prepared message was lost with the worker that built it and could not be built again the same; "
+    "nothing was sent: send it again with a new key"
+)
 
 
 class _Wait(Exception):
@@ -129,14 +146,14 @@ def _advance(deps: SendDeps, stored: Versioned[Send], me: str) -> str | None:
         return _step(deps, stored, mailbox, now)
     except TransientFailure as exc:
         if now - send.created_at > GIVE_UP_AFTER and send.step in (SendStep.PREPARING, SendStep.PREPARED):
-            return _finished(deps, stored, send.failed("provider_unavailable", f"gave up after a day: {exc}"))
+            return _finished(deps, stored, send.failed("provider_unavailable", GAVE_UP))
         return _later(deps, stored, exc.retry_after or TRANSIENT_DELAY)
     except _Wait as wait:
         return _later(deps, stored, wait.seconds)
     except (GrantFailure, ConfigurationFailure, ProviderRefused) as exc:
         if send.step in (SendStep.PREPARING, SendStep.PREPARED, SendStep.SUBMITTING):
             # Refused before or at the submit: nothing was sent by this attempt.
-            return _finished(deps, stored, send.failed(*_refusal(exc)))
+            return _finished(deps, stored, send.failed(*_refusal(deps, mailbox, exc)))
         return _later(deps, stored, CONFIRM_DELAYS[-1])  # submitted: keep looking for the copy
 
 
@@ -167,11 +184,18 @@ def _step(deps: SendDeps, stored: Versioned[Send], mailbox: Mailbox, now: dateti
             deps.sends.replace(send.at(SendStep.SUBMITTING, attempts=send.attempts + 1), stored.etag)
         case SendStep.SUBMITTING:
             view = deps.sender.inspect(mailbox, send.handle)
+            if view.state is DraftState.NOT_PREPARED:  # not sent, and the prepared message died with a worker
+                rebuilt = deps.sender.prepare(mailbox, _outgoing(deps, send, mailbox))
+                if rebuilt != send.handle:
+                    deps.sender.discard(mailbox, rebuilt)
+                    return _finished(deps, stored, send.failed("provider_refused", NOT_REBUILT))
+                view = ProviderView(DraftState.NOT_SENT)
             if view.state is DraftState.NOT_SENT:
+                stored = _held_for_submit(deps, stored)
                 deps.sender.submit(mailbox, send.handle)
             elif view.state in (DraftState.GONE, DraftState.UNKNOWN):
                 return _finished(deps, stored, send.failed(*_unprovable(f"the draft is {view.state.value}")))
-            deps.sends.replace(send.at(SendStep.SUBMITTED, attempts=0), stored.etag)
+            deps.sends.replace(stored.value.at(SendStep.SUBMITTED, attempts=0), stored.etag)
         case SendStep.SUBMITTED:
             view = deps.sender.inspect(mailbox, send.handle)
             if view.state is DraftState.SENT:
@@ -191,6 +215,17 @@ def _step(deps: SendDeps, stored: Versioned[Send], mailbox: Mailbox, now: dateti
         case SendStep.CONFIRMED:  # written together with ``sent``; only reachable through a bad row
             return _finished(deps, stored, replace(send, status=SendStatus.SENT))
     return None
+
+
+def _held_for_submit(deps: SendDeps, stored: Versioned[Send]) -> Versioned[Send]:
+    """The send with a lease that outlasts the submit: renewed (compare-and-set) when less than
+    ``SUBMIT_MARGIN`` is left, so a worker that outlived its lease (another may have taken the send
+    over and be about to submit it) stops here, before the provider call, and the next worker that
+    may take it over comes a whole lease after this submit, when its sent copy is readable."""
+    send, now = stored.value, deps.clock.now()
+    if send.lease_until is not None and send.lease_until - now >= SUBMIT_MARGIN:
+        return stored
+    return deps.sends.replace(replace(send, lease_until=now + deps.lease), stored.etag)
 
 
 def _later(deps: SendDeps, stored: Versioned[Send], seconds: float) -> str:
@@ -240,25 +275,39 @@ def _announce(deps: SendDeps, stored: Versioned[Send]) -> None:
     deps.sends.replace(replace(send, announced=True), stored.etag)
 
 
-def _refusal(exc: Exception) -> tuple[str, str]:
+def _refusal(deps: SendDeps, mailbox: Mailbox, exc: Exception) -> tuple[str, str]:
+    """(code, message) of a send refused before or at its submit. The messages name no provider: what
+    is missing in a provider's own terms comes from its sender (``permission_problem``)."""
     if isinstance(exc, GrantFailure):
         # A mail server's refusal of the login carries its own reason (never the password).
         why = f": {exc}" if isinstance(exc, MailServerLoginFailed) else ""
         return "needs_reauth", f"the mailbox must be connected again before it can send{why}"
     if isinstance(exc, ConfigurationFailure):
-        return "send_permission_missing", (
-            "the provider denied sending from this mailbox: grant the send permission (Mail.Send; "
-            "Mail.Send.Shared for a shared mailbox) and reconnect, then send again"
-        )
+        missing = _what_to_grant(deps, mailbox)
+        return "send_permission_missing", f"the provider denied sending from this mailbox: {missing}"
     status = getattr(exc, "status", 0)
     code = getattr(exc, "provider_code", "")
     return "provider_refused", f"the provider refused the message ({status} {code})".strip()
 
 
+def _what_to_grant(deps: SendDeps, mailbox: Mailbox) -> str:
+    """The sender's own account of the missing permission, else the general one (the provider refused
+    though the connection looks complete: e.g. a shared mailbox without the right to send as it)."""
+    try:
+        problem = deps.sender.permission_problem(mailbox)
+    except Exception as exc:  # a hint only: the refusal stands whatever the lookup does
+        log.info("send: the permission hint failed: %s", type(exc).__name__)
+        problem = None
+    return problem or (
+        "grant its connection the permission to send (and, for a shared mailbox, the right to send as it), "
+        "connect it again, then send again"
+    )
+
+
 def _unprovable(why: str) -> tuple[str, str]:
     return "outcome_unknown", (
         f"whether the message went out cannot be proven ({why}); it was not resent: "
-        "check the mailbox's Sent Items before sending again"
+        "check the mailbox's sent mail before sending again"
     )
 
 
@@ -283,6 +332,7 @@ def _outgoing(deps: SendDeps, send: Send, mailbox: Mailbox) -> OutgoingMessage:
         content=request.content,
         attachments=attachments,
         reply_to=_reply_target(deps, send, mailbox),
+        date=request.send_at or send.created_at,
     )
 
 
