@@ -429,6 +429,7 @@ class Services:
             clock=self.clock,
             table_transactions=table_transactions,
             events=self.activity_events(),
+            state=s.sync_state,
         )
 
     def sync(
