@@ -1,26 +1,52 @@
 """Sync one mailbox: delta pages → decisions → activities → checkpoint, under a lease and a time budget.
 
-    read cursors ─ every folder caught up? ─ yes: poll them all in one batched request, without the lease
+    read cursors (and the lease's version), then the mailbox and the org's settings
+      ─ every folder caught up? ─ yes: poll them all in one batched request, without the lease
         │                                         │ every page empty, cursors younger than IDLE_REFRESH
         │                                         └──> done: nothing written (no lease, cursor or report)
         ▼ no / something changed
-    take the lease; re-read the mailbox and cursors under it (cursors moved since the poll:
-    drop its pages, poll again from them; mailbox no longer syncable: skipped, nothing written)
+    take the lease at the version read (then mailbox and cursors are as read: no re-read); else take it
+    and re-read the mailbox and cursors under it (cursors moved since the poll: drop its pages, poll
+    again from them; mailbox no longer syncable: skipped, nothing written)
       ──> for each folder: page = the polled page, then delta(link or watermark filter)
                         │   decide every message (one records lookup per page)
                         │   fetch attachment names of matched messages (4 at a time)
-                        │   renew the lease; save activities (idempotent, keyed by internet message id)
-                        │   renew the lease; checkpoint the folder's next/delta link  <- after the save
+                        │   renew the lease [+ the previous page's checkpoint, one transaction];
+                        │   save activities (idempotent, keyed by internet message id)
+                        │   checkpoint the folder's next/delta link  <- after the save: pending until the
+                        │   next renewal (classic: renew the lease, write it now)
                         └─ until every folder reached its deltaLink, or the budget is spent
       ──> status follows the outcome (success clears ``error``; configuration → ``error``; grant →
           ``needs_reauth``); after a failure, date the cursors ``LONG_AGO``
-      ──> renew the lease; store the report (failed runs too); release the lease; raise an unclassified
-          failure
+      ──> store the pending checkpoints, the report (failed runs too) and the lease's release in one
+          transaction (classic: renew; store the report; release); raise an unclassified failure
+
+Fenced in the transaction (``SyncDeps.state``, a ``SyncStateStore``: what the app deploys; without it,
+"classic", every port is written on its own and each write fenced by a renewal of its own). A mailbox's
+cursors, sync lease and reports live in one partition, so:
+- The run reads its cursors and the lease's version in one request, before the mailbox. Taking the lease
+  at that version proves that nobody held, took or released it since the read; since every writer of
+  the cursors (runs, backfills, disconnects) and every lease-fenced writer of the mailbox (a backfill's
+  watermark, a disconnect's status) holds the lease while it writes, the cursors and those fields are
+  still as read, and nothing is re-read under the lease. If the version moved, the run takes the lease
+  the ordinary way and re-reads both, as classic. What no lease guards (a pause, an alias edit made
+  between the read and the lease) is seen by the next run, as a change made just after a classic run's
+  re-read is.
+- A renewal and the checkpoint it fences are one transaction conditional on the lease row: a lost lease
+  writes neither, with no residual window. A page's checkpoint is written by the renewal before the
+  run's next write, or with the report: still after the page's activities are durable. A crash re-reads
+  at most the page whose checkpoint was pending; a run that loses its lease leaves its last page's
+  checkpoint unwritten (the next run re-reads that page: keyed, idempotent).
+- The report and the release are one transaction with the last checkpoints (the report in one of
+  ``REPORTS_KEPT`` slots, so no trim query).
+- The activity save (another partition) is fenced as classic: by the renewal right before it, with the
+  residual window below.
 
 Invariants:
 - A run writes (activities, cursors, mailbox status, its report) only while it holds the mailbox's lease
   (``sync_lease_key``): it takes it before its first write and renews it, compare-and-set, before every
-  later one. A second trigger that needs it is coalesced ("busy"). An idle poll may overlap a run holding
+  later one (fenced in the transaction: the renewal is in the same transaction as the cursors and the
+  report it fences). A second trigger that needs it is coalesced ("busy"). An idle poll may overlap a run holding
   it: it writes nothing.
 - Lost lease, no write: a renewal fails once anyone else took the lease since (another run after it
   expired, a backfill, a disconnect's take-over) or it was released; the run then stops at once, writes
@@ -31,9 +57,10 @@ Invariants:
   Only a write stalled longer (a frozen process, a storage call retried past that) could still land: Table
   storage cannot make one conditional write span the lease and an activity's partitions.
 - Decided under the lease: whatever a run writes is decided on the mailbox (watermark, aliases,
-  status) and cursors read after it took the lease. Pages polled without the lease are applied
-  only if the stored cursors are unchanged once the lease is held; otherwise another run or a backfill
-  got there first, and they are dropped unread.
+  status) and cursors read after it took the lease, or read before it took it at the version that read
+  saw (see above). Pages polled without the lease are applied only if the stored cursors are unchanged
+  once the lease is held; otherwise another run or a backfill got there first, and they are dropped
+  unread.
 - The org's settings are read once per run, at its start, and handed on in the outcome (the scheduler
   takes the poll interval from them): a settings change applies to the runs that start after it.
 - A disconnect takes the lease over (see ``connect.disconnect``) and waits ``WRITE_GRACE`` when a run
