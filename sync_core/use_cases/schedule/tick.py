@@ -10,7 +10,8 @@ Invariants:
 - An entry claimed with a backfill pending is queued as a backfill message (with the entry's run id), never
   as a timer message: the run of a timer message does not read the entry (see ``queue``).
 - A mailbox without an entry gets one from: ``schedule_mailbox`` (connect, add, re-enable), the end of any
-  run of it, or the sweep, which checks ``SWEEP_PAGE`` mailboxes of the catalog per tick and wraps around.
+  run of it but a timer message's that ended ``done`` (the timer claimed an entry to queue it), or the
+  sweep, which checks ``SWEEP_PAGE`` mailboxes of the catalog per tick and wraps around.
 """
 
 from __future__ import annotations
