@@ -390,10 +390,12 @@ class _Run:
 
     def lease(self) -> None:
         """Call before every durable write. The first call takes the lease (``_Busy`` when another run
-        holds it) and re-reads the mailbox under it (``_NotSyncable`` when the mailbox can no longer
-        sync; the settings are the run's, read at its start); every later call renews it,
-        compare-and-set (``_LeaseLost`` when it was taken over or released since). Either way the
-        lease then lasts ``LEASE_MARGIN`` past now, or past the deadline if later."""
+        holds it): at the version the sync state was read at (``deps.state``), which needs no re-read,
+        else the ordinary way and re-reads the mailbox under it (``_NotSyncable`` when the mailbox can no
+        longer sync; the settings are the run's, read at its start); every later call renews it,
+        compare-and-set (``_LeaseLost`` when it was taken over or released since), with ``deps.state`` in
+        one transaction with the pending checkpoints. Either way the lease then lasts ``LEASE_MARGIN``
+        past now, or past the deadline if later."""
         now = self.deps.clock.now()
         until = max(self.deadline, now) + LEASE_MARGIN
         if self.leased:
