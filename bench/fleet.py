@@ -17,6 +17,10 @@ first message carries an attachment.
 
 from __future__ import annotations
 
+import cProfile
+import io
+import os
+import pstats
 import threading
 import time
 from typing import Any
@@ -52,6 +56,9 @@ def run(ctx: Context) -> dict[str, Any]:
         "records": records_to_json(contacts),
         "latency_ms": ctx.latency_ms,
         "window_seconds": ctx.runs(WINDOW_SECONDS, QUICK_WINDOW_SECONDS),
+        # BENCH_FLEET_PROFILE=1: each sync run under cProfile (its thread's CPU time) in its thread,
+        # merged (the rates then include the profiler's overhead: for where the CPU goes, not for rates).
+        "profile": os.environ.get("BENCH_FLEET_PROFILE") == "1",
     }
     result = ctx.worker("fleet", params, timeout=3_600)
     per_run = result["steady_per_run"]
@@ -114,11 +121,8 @@ def fleet_worker(params: dict[str, Any]) -> dict[str, Any]:
         ticks.append(report)
         return report
 
-    def recorded(services: Any, org_id: str, mailbox_id: str, *args: Any, **kwargs: Any) -> Any:
-        outcome = sync(services, org_id, mailbox_id, *args, **kwargs)
-        with lock:
-            reports.append((time.perf_counter(), outcome.report))
-        return outcome
+    profiles: list[cProfile.Profile] = []
+    recorded = _recording(sync, reports, lock, profiles if params.get("profile") else None)
 
     try:
         control.configure(latency_ms=0)
@@ -153,7 +157,43 @@ def fleet_worker(params: dict[str, Any]) -> dict[str, Any]:
         "runs_with_error": sum(1 for r in finished if r.error),
         "graph_requests_per_run": sum(r.graph_requests for r in finished) / max(len(finished), 1),
         "peak_rss_mb": peak_rss_mb(),
+        **({"profile": _merged(profiles)} if profiles else {}),
     }
+
+
+def _recording(
+    sync: Any, reports: list[tuple[float, Any]], lock: threading.Lock, profiles: list[cProfile.Profile] | None
+) -> Any:
+    """``Services.sync`` that records each run's end and report (and, given ``profiles``, its profile)."""
+
+    def recorded(services: Any, org_id: str, mailbox_id: str, *args: Any, **kwargs: Any) -> Any:
+        profiler = cProfile.Profile(time.thread_time) if profiles is not None else None
+        if profiler is not None:
+            profiler.enable()
+        try:
+            outcome = sync(services, org_id, mailbox_id, *args, **kwargs)
+        finally:
+            if profiler is not None:
+                profiler.disable()
+        with lock:
+            reports.append((time.perf_counter(), outcome.report))
+            if profiles is not None and profiler is not None:
+                profiles.append(profiler)
+        return outcome
+
+    return recorded
+
+
+def _merged(profiles: list[cProfile.Profile], top: int = 45) -> str:
+    """The runs' profiles merged, the functions with the most own time first."""
+    out = io.StringIO()
+    stats = pstats.Stats(profiles[0], stream=out)
+    for profile in profiles[1:]:
+        stats.add(profile)
+    stats.sort_stats("tottime").print_stats(top)
+    stats.sort_stats("cumulative").print_stats(top)
+    stats.print_callers("submit|get_netrc_auth|getproxies|__init__.py.*ThreadPool")
+    return out.getvalue()
 
 
 def _measure(fleet: HostFleet, reports: list[tuple[float, Any]], lock: threading.Lock, window: float) -> dict[str, Any]:

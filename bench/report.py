@@ -494,14 +494,21 @@ machine, so the queue is watched for a fixed window and the rates are taken once
 {_table(["", "measured"], rows)}
 Table transactions per run, by table: {per_table}.
 
-**What bounds it here:** CPU. The worker spends {_n(f['steady_cpu_ms_per_run'])} ms of CPU per run (around
-{_n(per_mailbox)} Table transactions through the Azure SDK, one Graph exchange and five decisions; this
-worker was not profiled), that is at most {_n(60_000 / f['steady_cpu_ms_per_run'])} runs a minute on one
-core of its own, and shares the machine's two cores with Azurite, which spends 3-5 ms of CPU per
-transaction, with the emulator and with whatever else runs on the machine (the load average during this
-run is in the note above the summary). Graph is far from any limit:
-{_n(f['graph_requests_per_mailbox'], 2)} requests per run. The transactions left per run and how to reach 8:
-open proposal 1.
+A run of a caught-up mailbox with new mail now makes these round trips: the mailbox's sync state (its
+cursors and its lease, one query), the mailbox, the org's settings, the lease taken at the version that
+query saw, the records lookup, the renewal before the save, the save, and one transaction with both
+folders' cursors, the report and the lease's release (changes 12-13 below). The timer's message needs no
+due-entry read, and the tenant's token comes from the worker's memory.
+
+**What bounds it here:** CPU. The worker spends {_n(f['steady_cpu_ms_per_run'])} ms of CPU per run, that is at
+most {_n(60_000 / f['steady_cpu_ms_per_run'])} runs a minute on one core of its own, and shares the machine's
+two cores with Azurite, which spends 3-5 ms of CPU per transaction, with the emulator and with whatever
+else runs on the machine (the load average during this run is in the note above the summary). A profile
+of the runs (`BENCH_FLEET_PROFILE=1`, each run's thread CPU under cProfile) puts about 85 % of a run's CPU
+in the Azure SDK, and half of it in the two entity group transactions alone: the SDK builds and parses
+each `$batch` multipart body with Python's `email` package (open proposal 1). The product's own code
+(decisions, pipeline, use case) is a few percent. Graph is far from any limit:
+{_n(f['graph_requests_per_mailbox'], 2)} requests per run.
 
 **Scale-out on Functions.** Each queue message is one mailbox run, independent of the others (the lease
 only serialises runs of the same mailbox), so throughput grows with the number of worker processes: the
@@ -527,8 +534,9 @@ half of a tick is now the queue sends, one request per mailbox (1,000 due mailbo
   concurrent requests (a run uses one or two) and 10,000 requests per 10 minutes (an idle mailbox
   polled every 5 minutes uses 2), so per-mailbox limits only matter for backfills, whose throttling
   `GraphHttp` absorbs within its wait budget before handing back a continuation message.
-- **Tokens**: app-mode tokens are cached per tenant in the token-cache table, so no identity requests
-  per run (0 measured); delegated mailboxes refresh once an hour each.
+- **Tokens**: app-mode tokens are cached per tenant in the token-cache table and remembered by each worker
+  while they have more than 5 minutes left, so no identity request and no token-cache read per run
+  (0 measured); delegated mailboxes refresh once an hour each.
 """
 
 
@@ -888,30 +896,40 @@ is the current run.
    buckets when a page needs 32 or more, so an address on no record costs nothing more. Orgs indexed
    before are read as they are and reindexed by their first records write, or by
    `python -m tools.reindex_records` (docs/deploy.md).{_records_load_note(r)}
+12. **A mailbox's sync state in one partition** (`SyncStateStore`, `table_state`): the sync lease, the
+   cursors and the sync runs' reports share the mailbox's partition of the cursors table. A run reads the
+   cursors and the lease in one query before the mailbox and takes the lease at the version it read, which
+   proves nothing moved (no re-read under the lease); a page's checkpoint rides with the renewal before
+   the next write; the last checkpoints, the report (in one of 50 slots, no trim query) and the release are
+   one transaction. The lease row is never deleted, so every change of the lease changes its ETag.
+   [fleet, quick, with 13-14: 18.0 → 7.9 transactions per run]
+13. **The timer's message reads no due entry** (`schedule`): the timer queues an entry with a pending
+   backfill as a backfill message, so a timer message means nothing was pending and its run neither
+   checks for one nor rewrites the entry when it ends done; a backfill message meeting a run's lease is
+   queued again after 30 s. [2 → 0 due reads per run]
+14. **Each worker remembers its tenants' application tokens** (`AppTokenMemory`): the token-cache table
+   is read when the token nears expiry or Graph refused it, not on every run. [1 → 0 token-cache reads]
+15. **No per-request environment scan** (`make_session`, `_table_service`): without a proxy configured,
+   requests no longer scans every environment variable for proxies twice and stats `.netrc` on each
+   request (about 15 % of a run's CPU in the profile).
 
 ## Open proposals
 
 Ordered by expected effect on the numbers above (round two's goals first).
 
-1. **Fence writes inside the transaction** (goal 3: ≤ 8 transactions a run). A caught-up mailbox's run now
-   makes about 19 Table round trips: the due entry read twice (the pending-backfill check, the
-   reschedule), the mailbox twice and the cursors twice (before and under the lease), settings, the token
-   cache, the records version, the lease's create, three renewals (before the save, the cursors, the
-   report), the save, the cursors, the report and its trim query, the release. Most are there to fence
-   writes with a separate lease request. With the lease row, the cursors and the latest report in one
-   partition of one table, a renewal and the write it fences become one entity group transaction (the
-   lease row updated at its ETag is the fence, with no residual window), the lease's create is conditional
-   on the cursors it read in the same partition query (no re-read under the lease), and the release goes
-   into the report's transaction: about 8 a run. The due entry read at the start can serve the reschedule
-   if a backfill message that met a held lease is queued again instead of dropped, and the report trim
-   can run one run in ten. Not done this round: it moves three tables' rows (a migration).
+1. **A leaner entity group transaction** (goal 3: runs per minute). Fleet runs are down to 8 round trips
+   (change 12), and about half of a run's CPU is now the Azure SDK building and parsing the two `$batch`
+   bodies through Python's `email` package (plus its per-request pipeline). A `$batch` body written and
+   read by `table_client` itself (the multipart format is small and documented for Table storage), sent
+   through the SDK's pipeline for its authentication, would take most of that away. Not done this round:
+   it replaces the SDK on the path every write takes, and its contract tests must cover every entity type.
 2. **What is left of the records index** (goal 2). Done: the packed bucket rows (change 11). Left:
    (a) a bucket's bytes grow with the org, so a batch touching all 256 buckets rewrites (and a worker
    that has not read them reads) about the whole index: 1 MB at 100,000 records, about 10 MB at
    1,000,000; an org of millions of records wants buckets that split as they grow (the bucket of a key
-   chosen by a prefix of its hash, the split recorded under the records version); (b) a `records:batch`
-   with the record backfill on reads each record once (`get_many`) and the upsert reads existing ones
-   again: handing the read over would save those; (c) an org beyond the snapshot bound is still scanned
+   chosen by a prefix of its hash, the split recorded under the records version); (b) done
+   this round too: the rows `get_many` read for the record backfill are handed to the upsert (trusted only
+   through a write at their ETag); (c) an org beyond the snapshot bound is still scanned
    up to the bound once an hour per worker before its buckets are used (the buckets alone would do);
    (d) no Bloom filter: a bucket row answers every address of its bucket, matched or not, so a worker
    holding the org's buckets needs none; one would help only an org too large for the worker's bound.

@@ -100,6 +100,7 @@ class BenchTables:
             mail=mail,
             clock=SystemClock(),
             table_transactions=lambda: s.metrics.transactions,
+            state=s.sync_state,
         )
 
 

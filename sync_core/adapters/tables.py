@@ -21,6 +21,7 @@ from sync_core.adapters.table_state import (
     TableMailboxRepository,
     TableRunReportStore,
     TableSettingsRepository,
+    TableSyncStateStore,
 )
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "TableRunReportStore",
     "TableSettingsRepository",
     "TableStores",
+    "TableSyncStateStore",
 ]
 
 
@@ -47,17 +49,21 @@ class TableStores:
     runs: TableRunReportStore
     settings: TableSettingsRepository
     metrics: TableMetrics
+    sync_state: TableSyncStateStore
 
     @classmethod
     def create(cls, service: TableServiceClient, prefix: str = "", metrics: TableMetrics | None = None) -> TableStores:
         shared = metrics or TableMetrics()
+        cursors = TableCursorStore(service, prefix, shared)
+        leases = TableLeaseStore(service, prefix, shared, state=cursors.table)
         return cls(
             records=TableRecordsIndex(service, prefix, shared),
             activities=TableActivityStore(service, prefix, shared),
             mailboxes=TableMailboxRepository(service, prefix, shared),
-            cursors=TableCursorStore(service, prefix, shared),
-            leases=TableLeaseStore(service, prefix, shared),
-            runs=TableRunReportStore(service, prefix, shared),
+            cursors=cursors,
+            leases=leases,
+            runs=TableRunReportStore(service, prefix, shared, state=cursors.table),
             settings=TableSettingsRepository(service, prefix, shared),
             metrics=shared,
+            sync_state=TableSyncStateStore(leases),
         )

@@ -195,6 +195,69 @@ class RunReportStore(Protocol):
         """Newest first."""
 
 
+class MailboxLease(str):
+    """The key of a mailbox's sync lease (``sync|<org>|<mailbox>``), which also says whose it is: a store
+    that keeps a mailbox's sync state together (its cursors and run reports, ``SyncStateStore``) keeps this
+    lease with them, so a renewal and the write it fences can be one transaction. Compares and hashes as
+    its text, so stores that do not co-locate treat it as any other key."""
+
+    org_id: str
+    mailbox_id: str
+
+    def __new__(cls, org_id: str, mailbox_id: str) -> MailboxLease:
+        key = super().__new__(cls, f"sync|{org_id}|{mailbox_id}")
+        key.org_id = org_id
+        key.mailbox_id = mailbox_id
+        return key
+
+
+@dataclass(frozen=True)
+class SyncState:
+    """A mailbox's cursors and its sync lease, read together (``SyncStateStore.read``). ``version`` is
+    opaque: the lease as read, for ``SyncStateStore.acquire_seen``."""
+
+    cursors: Mapping[str, str]
+    version: str
+
+
+class SyncStateStore(Protocol):
+    """A mailbox's sync state kept in one place: its cursors (the ``CursorStore``'s), its sync lease (the
+    ``LeaseStore``'s ``MailboxLease``) and its run reports (among the ``RunReportStore``'s ``recent``), so
+    that a sync run reads them in one request and writes them in one transaction, the lease fencing the
+    rest.
+
+    Invariants:
+    - Every write of cursors happens under the mailbox's sync lease (a run, a backfill, a disconnect's
+      take-over), and every change of the lease (take, renewal, take-over, release) gives it a new version.
+      So a lease taken at the version ``read`` saw proves the cursors are still what that read returned.
+    - ``commit`` writes nothing unless ``owner`` still holds the lease, and then writes all of it."""
+
+    def read(self, org_id: str, mailbox_id: str) -> SyncState:
+        """The mailbox's cursors (as ``CursorStore.get_all``) and its lease's version, in one read."""
+
+    def acquire_seen(
+        self, org_id: str, mailbox_id: str, owner: str, *, until: datetime, now: datetime, seen: SyncState
+    ) -> bool:
+        """Take the sync lease for ``owner`` until ``until`` only if it is still as ``seen`` read it and
+        free, expired at ``now`` or already ``owner``'s. False when it is held, or changed since (the caller
+        takes it the ordinary way, ``LeaseStore.acquire``, and reads again)."""
+
+    def commit(
+        self,
+        org_id: str,
+        mailbox_id: str,
+        owner: str,
+        *,
+        until: datetime | None,
+        cursors: Mapping[str, str],
+        report: RunReport | None = None,
+        keep: int = 50,
+    ) -> bool:
+        """If ``owner`` still holds the lease, in one transaction: renew it to ``until`` (release it when
+        None), store ``cursors`` (folder -> link, as ``CursorStore.put_many``) and ``report`` (the mailbox
+        keeps its newest ``keep``). False when the lease was lost: nothing is written."""
+
+
 class SettingsRepository(Protocol):
     def get(self, org_id: str) -> OrgSettings:
         """The org's settings, or defaults when none were saved."""

@@ -67,8 +67,10 @@ class InMemoryApp:
     sender: MailSender = field(default_factory=FakeMailSender)
 
     def sync_deps(self, **changes: Any) -> SyncDeps:
-        """Like ``Services.sync_deps``."""
+        """Like ``Services.sync_deps``. A test that hands in its own cursors, leases or reports (a wrapper
+        watching them) gets no ``state`` unless it hands one in too: every write then goes through them."""
         s = self.stores
+        own = {"cursors", "leases", "reports"} & changes.keys()
         deps = SyncDeps(
             mailboxes=s.mailboxes,
             settings=s.settings,
@@ -80,6 +82,7 @@ class InMemoryApp:
             mail=self.mail,
             clock=self.clock,
             events=self.events,
+            state=None if own else s.sync_state,
         )
         return dataclasses.replace(deps, **changes)
 

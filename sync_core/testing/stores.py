@@ -31,7 +31,16 @@ from sync_core.adapters.table_codec import (
 )
 from sync_core.domain.model import Activity, Mailbox, OrgSettings, Record, RecordRef, activity_id_for
 from sync_core.errors import AlreadyExists, ConcurrencyConflict
-from sync_core.ports import ActivityEvent, ActivityWrite, Page, RecordLookupResult, RunReport, Versioned
+from sync_core.ports import (
+    ActivityEvent,
+    ActivityWrite,
+    MailboxLease,
+    Page,
+    RecordLookupResult,
+    RunReport,
+    SyncState,
+    Versioned,
+)
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -231,37 +240,106 @@ class InMemoryCursorStore:
 
 
 class InMemoryLeaseStore:
+    """Leases by key; each key's version counts its changes (never reset, also across a release), as the
+    Table row's ETag does for ``SyncStateStore.acquire_seen``."""
+
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self.lock = threading.RLock()
         self._leases: dict[str, tuple[str, datetime]] = {}
+        self._versions: dict[str, int] = {}
 
     def acquire(self, key: str, owner: str, until: datetime, now: datetime) -> bool:
-        with self._lock:
+        with self.lock:
             holder = self._leases.get(key)
             if holder is not None and holder[0] != owner and holder[1] > to_utc(now):
                 return False
-            self._leases[key] = (owner, to_utc(until))
+            self._set(key, (owner, to_utc(until)))
             return True
 
     def renew(self, key: str, owner: str, until: datetime) -> bool:
-        with self._lock:
+        with self.lock:
             holder = self._leases.get(key)
             if holder is None or holder[0] != owner:
                 return False
-            self._leases[key] = (owner, to_utc(until))
+            self._set(key, (owner, to_utc(until)))
             return True
 
     def take_over(self, key: str, owner: str, until: datetime, now: datetime) -> bool:
-        with self._lock:
+        with self.lock:
             holder = self._leases.get(key)
-            self._leases[key] = (owner, to_utc(until))
+            self._set(key, (owner, to_utc(until)))
             return holder is not None and holder[0] != owner and holder[1] > to_utc(now)
 
     def release(self, key: str, owner: str) -> None:
-        with self._lock:
+        with self.lock:
             holder = self._leases.get(key)
             if holder is not None and holder[0] == owner:
-                del self._leases[key]
+                self._set(key, None)
+
+    def version(self, key: str) -> int:
+        with self.lock:
+            return self._versions.get(key, 0)
+
+    def holder(self, key: str) -> tuple[str, datetime] | None:
+        with self.lock:
+            return self._leases.get(key)
+
+    def _set(self, key: str, holder: tuple[str, datetime] | None) -> None:
+        if holder is None:
+            self._leases.pop(key, None)
+        else:
+            self._leases[key] = holder
+        self._versions[key] = self._versions.get(key, 0) + 1
+
+
+class InMemorySyncStateStore:
+    """``SyncStateStore`` over the cursor, lease and run report doubles it is given (the same objects the
+    other ports see); ``acquire_seen`` and ``commit`` hold the lease double's lock, so each is atomic."""
+
+    def __init__(self, cursors: InMemoryCursorStore, leases: InMemoryLeaseStore, runs: InMemoryRunReportStore) -> None:
+        self._cursors = cursors
+        self._leases = leases
+        self._runs = runs
+
+    def read(self, org_id: str, mailbox_id: str) -> SyncState:
+        key = MailboxLease(org_id, mailbox_id)
+        with self._leases.lock:
+            return SyncState(self._cursors.get_all(org_id, mailbox_id), str(self._leases.version(key)))
+
+    def acquire_seen(
+        self, org_id: str, mailbox_id: str, owner: str, *, until: datetime, now: datetime, seen: SyncState
+    ) -> bool:
+        key = MailboxLease(org_id, mailbox_id)
+        with self._leases.lock:
+            if str(self._leases.version(key)) != seen.version:
+                return False
+            return self._leases.acquire(key, owner, until, now)
+
+    def commit(
+        self,
+        org_id: str,
+        mailbox_id: str,
+        owner: str,
+        *,
+        until: datetime | None,
+        cursors: Mapping[str, str],
+        report: RunReport | None = None,
+        keep: int = 50,
+    ) -> bool:
+        key = MailboxLease(org_id, mailbox_id)
+        with self._leases.lock:
+            holder = self._leases.holder(key)
+            if holder is None or holder[0] != owner:
+                return False
+            if cursors:
+                self._cursors.put_many(org_id, mailbox_id, cursors)
+            if report is not None:
+                self._runs.add(report, keep)
+            if until is None:
+                self._leases.release(key, owner)
+            else:
+                self._leases.renew(key, owner, until)
+            return True
 
 
 class InMemoryRunReportStore:
@@ -304,3 +382,7 @@ class InMemoryStores:
     leases: InMemoryLeaseStore = field(default_factory=InMemoryLeaseStore)
     runs: InMemoryRunReportStore = field(default_factory=InMemoryRunReportStore)
     settings: InMemorySettingsRepository = field(default_factory=InMemorySettingsRepository)
+
+    @property
+    def sync_state(self) -> InMemorySyncStateStore:
+        return InMemorySyncStateStore(self.cursors, self.leases, self.runs)

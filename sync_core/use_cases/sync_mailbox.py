@@ -1,26 +1,52 @@
 """Sync one mailbox: delta pages → decisions → activities → checkpoint, under a lease and a time budget.
 
-    read cursors ─ every folder caught up? ─ yes: poll them all in one batched request, without the lease
+    read cursors (and the lease's version), then the mailbox and the org's settings
+      ─ every folder caught up? ─ yes: poll them all in one batched request, without the lease
         │                                         │ every page empty, cursors younger than IDLE_REFRESH
         │                                         └──> done: nothing written (no lease, cursor or report)
         ▼ no / something changed
-    take the lease; re-read the mailbox and cursors under it (cursors moved since the poll:
-    drop its pages, poll again from them; mailbox no longer syncable: skipped, nothing written)
+    take the lease at the version read (then mailbox and cursors are as read: no re-read); else take it
+    and re-read the mailbox and cursors under it (cursors moved since the poll: drop its pages, poll
+    again from them; mailbox no longer syncable: skipped, nothing written)
       ──> for each folder: page = the polled page, then delta(link or watermark filter)
                         │   decide every message (one records lookup per page)
                         │   fetch attachment names of matched messages (4 at a time)
-                        │   renew the lease; save activities (idempotent, keyed by internet message id)
-                        │   renew the lease; checkpoint the folder's next/delta link  <- after the save
+                        │   renew the lease [+ the previous page's checkpoint, one transaction];
+                        │   save activities (idempotent, keyed by internet message id)
+                        │   checkpoint the folder's next/delta link  <- after the save: pending until the
+                        │   next renewal (classic: renew the lease, write it now)
                         └─ until every folder reached its deltaLink, or the budget is spent
       ──> status follows the outcome (success clears ``error``; configuration → ``error``; grant →
           ``needs_reauth``); after a failure, date the cursors ``LONG_AGO``
-      ──> renew the lease; store the report (failed runs too); release the lease; raise an unclassified
-          failure
+      ──> store the pending checkpoints, the report (failed runs too) and the lease's release in one
+          transaction (classic: renew; store the report; release); raise an unclassified failure
+
+Fenced in the transaction (``SyncDeps.state``, a ``SyncStateStore``: what the app deploys; without it,
+"classic", every port is written on its own and each write fenced by a renewal of its own). A mailbox's
+cursors, sync lease and reports live in one partition, so:
+- The run reads its cursors and the lease's version in one request, before the mailbox. Taking the lease
+  at that version proves that nobody held, took or released it since the read; since every writer of
+  the cursors (runs, backfills, disconnects) and every lease-fenced writer of the mailbox (a backfill's
+  watermark, a disconnect's status) holds the lease while it writes, the cursors and those fields are
+  still as read, and nothing is re-read under the lease. If the version moved, the run takes the lease
+  the ordinary way and re-reads both, as classic. What no lease guards (a pause, an alias edit made
+  between the read and the lease) is seen by the next run, as a change made just after a classic run's
+  re-read is.
+- A renewal and the checkpoint it fences are one transaction conditional on the lease row: a lost lease
+  writes neither, with no residual window. A page's checkpoint is written by the renewal before the
+  run's next write, or with the report: still after the page's activities are durable. A crash re-reads
+  at most the page whose checkpoint was pending; a run that loses its lease leaves its last page's
+  checkpoint unwritten (the next run re-reads that page: keyed, idempotent).
+- The report and the release are one transaction with the last checkpoints (the report in one of
+  ``REPORTS_KEPT`` slots, so no trim query).
+- The activity save (another partition) is fenced as classic: by the renewal right before it, with the
+  residual window below.
 
 Invariants:
 - A run writes (activities, cursors, mailbox status, its report) only while it holds the mailbox's lease
   (``sync_lease_key``): it takes it before its first write and renews it, compare-and-set, before every
-  later one. A second trigger that needs it is coalesced ("busy"). An idle poll may overlap a run holding
+  later one (fenced in the transaction: the renewal is in the same transaction as the cursors and the
+  report it fences). A second trigger that needs it is coalesced ("busy"). An idle poll may overlap a run holding
   it: it writes nothing.
 - Lost lease, no write: a renewal fails once anyone else took the lease since (another run after it
   expired, a backfill, a disconnect's take-over) or it was released; the run then stops at once, writes
@@ -31,9 +57,10 @@ Invariants:
   Only a write stalled longer (a frozen process, a storage call retried past that) could still land: Table
   storage cannot make one conditional write span the lease and an activity's partitions.
 - Decided under the lease: whatever a run writes is decided on the mailbox (watermark, aliases,
-  status) and cursors read after it took the lease. Pages polled without the lease are applied
-  only if the stored cursors are unchanged once the lease is held; otherwise another run or a backfill
-  got there first, and they are dropped unread.
+  status) and cursors read after it took the lease, or read before it took it at the version that read
+  saw (see above). Pages polled without the lease are applied only if the stored cursors are unchanged
+  once the lease is held; otherwise another run or a backfill got there first, and they are dropped
+  unread.
 - The org's settings are read once per run, at its start, and handed on in the outcome (the scheduler
   takes the poll interval from them): a settings change applies to the runs that start after it.
 - A disconnect takes the lease over (see ``connect.disconnect``) and waits ``WRITE_GRACE`` when a run
@@ -105,12 +132,15 @@ from sync_core.ports import (
     CursorStore,
     DeltaPage,
     LeaseStore,
+    MailboxLease,
     MailboxRepository,
     MailSource,
     RecordsIndex,
     RunReport,
     RunReportStore,
     SettingsRepository,
+    SyncState,
+    SyncStateStore,
 )
 from sync_core.ports.push import ActivityEvents
 from sync_core.use_cases.mailbox_updates import update_mailbox
@@ -125,10 +155,11 @@ LEASE_MARGIN = timedelta(minutes=1)  # a take or renewal holds the lease at leas
 WRITE_GRACE = timedelta(seconds=30)  # a durable write ends within this of the renewal before it (see above)
 
 
-def sync_lease_key(org_id: str, mailbox_id: str) -> str:
+def sync_lease_key(org_id: str, mailbox_id: str) -> MailboxLease:
     """The mailbox's sync lease: held by a run while it writes, by a backfill while it moves the
-    watermark, taken over by a disconnect."""
-    return f"sync|{org_id}|{mailbox_id}"
+    watermark, taken over by a disconnect. Kept with the mailbox's cursors and reports where the store
+    co-locates them (``SyncStateStore``)."""
+    return MailboxLease(org_id, mailbox_id)
 
 
 @dataclass
@@ -144,6 +175,9 @@ class SyncDeps:
     clock: Clock
     table_transactions: Callable[[], int] = lambda: 0
     events: ActivityEvents | None = None
+    # The cursors, the lease and the reports as one (see "Fenced in the transaction" above); None: each
+    # through its own port, every write fenced by a separate renewal.
+    state: SyncStateStore | None = None
 
 
 @dataclass(frozen=True)
@@ -210,6 +244,9 @@ def sync_mailbox(
 def _sync_mailbox(
     deps: SyncDeps, org_id: str, mailbox_id: str, budget: timedelta, *, run_id: str, probe: RunProbe
 ) -> SyncOutcome:
+    # The sync state is read before the mailbox: a lease taken at the version read here then proves that
+    # no backfill or disconnect wrote the mailbox after the read below (they write it under the lease).
+    seen = deps.state.read(org_id, mailbox_id) if deps.state is not None else None
     versioned = deps.mailboxes.get(org_id, mailbox_id)
     if versioned is None:
         return SyncOutcome(RunStatus.SKIPPED)
@@ -219,7 +256,7 @@ def _sync_mailbox(
     if not mailbox.can_sync(settings.automation_enabled):
         return SyncOutcome(RunStatus.SKIPPED, settings=settings)
     started = deps.clock.now()
-    run = probe.run = _Run(deps, mailbox, settings, started, budget, run_id=run_id)
+    run = probe.run = _Run(deps, mailbox, settings, started, budget, run_id=run_id, seen=seen)
     transactions_before = deps.table_transactions()
     requests_before = deps.mail.requests_for(mailbox)
     escaped: Exception | None = None
@@ -253,8 +290,7 @@ def _sync_mailbox(
         )
         probe.report = report
         if not run.idle:
-            run.lease()
-            deps.reports.add(report, keep=REPORTS_KEPT)
+            run.store(report)
     except _Stop as stop:
         return SyncOutcome(stop.status, settings=settings)  # the lease is someone else's now: so is the state
     except Exception as record_failure:
@@ -325,6 +361,7 @@ class _Run:
         budget: timedelta,
         *,
         run_id: str = "",
+        seen: SyncState | None = None,
     ) -> None:
         self.deps = deps
         self.mailbox = mailbox
@@ -347,17 +384,22 @@ class _Run:
         self.missing_defaults: list[str] = []  # default folders Graph answered 404 for, from the watermark
         self.threads = RunThreadCache(deps.activities)
         self._all_folders: tuple[str, ...] | None = None
+        self.state_read = seen  # the sync state read before the mailbox (``deps.state``), if any
+        self.as_seen = False  # the lease was taken at ``state_read``'s version: mailbox and cursors are as read
+        self.pending: dict[str, str] = {}  # checkpoints written with the next renewal (``deps.state``)
 
     def lease(self) -> None:
         """Call before every durable write. The first call takes the lease (``_Busy`` when another run
-        holds it) and re-reads the mailbox under it (``_NotSyncable`` when the mailbox can no longer
-        sync; the settings are the run's, read at its start); every later call renews it,
-        compare-and-set (``_LeaseLost`` when it was taken over or released since). Either way the
-        lease then lasts ``LEASE_MARGIN`` past now, or past the deadline if later."""
+        holds it): at the version the sync state was read at (``deps.state``), which needs no re-read,
+        else the ordinary way and re-reads the mailbox under it (``_NotSyncable`` when the mailbox can no
+        longer sync; the settings are the run's, read at its start); every later call renews it,
+        compare-and-set (``_LeaseLost`` when it was taken over or released since), with ``deps.state`` in
+        one transaction with the pending checkpoints. Either way the lease then lasts ``LEASE_MARGIN``
+        past now, or past the deadline if later."""
         now = self.deps.clock.now()
         until = max(self.deadline, now) + LEASE_MARGIN
         if self.leased:
-            if self.deps.leases.renew(self.lease_key, self.owner, until):
+            if self._renew(until):
                 return
             self.leased = False  # not ours any more: nothing to release
             log.warning(
@@ -365,6 +407,14 @@ class _Run:
                 self.run_id, self.mailbox.mailbox_id, self.mailbox.org_id,
             )  # fmt: skip
             raise _LeaseLost
+        org_id, mailbox_id = self.mailbox.org_id, self.mailbox.mailbox_id
+        state, seen = self.deps.state, self.state_read
+        if state is not None and seen is not None:
+            self.state_read = None  # one attempt: a lease that moved since is taken the ordinary way
+            if state.acquire_seen(org_id, mailbox_id, self.owner, until=until, now=now, seen=seen):
+                self.leased = self.as_seen = True
+                self.state_read = seen
+                return  # nobody held, took or released it since the read before the mailbox's: no re-read
         if not self.deps.leases.acquire(self.lease_key, self.owner, until, now):
             raise _Busy
         self.leased = True
@@ -375,6 +425,38 @@ class _Run:
             raise _NotSyncable
         self.mailbox = current.value
 
+    def _renew(self, until: datetime) -> bool:
+        """Renew the held lease; with ``deps.state`` in one transaction with the pending checkpoints."""
+        if self.deps.state is None:
+            return self.deps.leases.renew(self.lease_key, self.owner, until)
+        org_id, mailbox_id = self.mailbox.org_id, self.mailbox.mailbox_id
+        if not self.deps.state.commit(org_id, mailbox_id, self.owner, until=until, cursors=self.pending):
+            return False
+        self.pending = {}
+        return True
+
+    def store(self, report: RunReport) -> None:
+        """Store the run's report under the lease. With ``deps.state``: one transaction with the pending
+        checkpoints and the lease's release (``_LeaseLost`` when it was lost: nothing written)."""
+        state = self.deps.state
+        if state is None:
+            self.lease()
+            self.deps.reports.add(report, keep=REPORTS_KEPT)
+            return
+        if not self.leased:
+            self.lease()  # a run that failed before it needed the lease (its report dates the failure)
+        org_id, mailbox_id = self.mailbox.org_id, self.mailbox.mailbox_id
+        stored = state.commit(
+            org_id, mailbox_id, self.owner, until=None, cursors=self.pending, report=report, keep=REPORTS_KEPT
+        )
+        self.leased, self.pending = False, {}
+        if not stored:
+            log.warning(
+                "sync run %s of mailbox %s (org %s) lost its lease; stopping without writing",
+                self.run_id, mailbox_id, org_id,
+            )  # fmt: skip
+            raise _LeaseLost
+
     def release(self) -> None:
         if self.leased:
             self.deps.leases.release(self.lease_key, self.owner)
@@ -384,10 +466,13 @@ class _Run:
         """After an error: date the stored delta links ``LONG_AGO`` (links kept), so that the next poll,
         idle or not, stores its report and the mailbox's last success follows its recovery."""
         self.lease()
-        for folder, value in self._stored_cursors().items():
+        for folder, value in {**self._stored_cursors(), **self.pending}.items():
             cursor = Cursor.parse(value)
             if cursor.caught_up and cursor.written_at != LONG_AGO:
                 expired = replace(cursor, written_at=LONG_AGO).serialize()
+                if self.deps.state is not None:
+                    self.pending[folder] = expired  # written with the report
+                    continue
                 self.lease()
                 self.deps.cursors.put(self.mailbox.org_id, self.mailbox.mailbox_id, folder, expired)
 
@@ -447,12 +532,17 @@ class _Run:
         return caught_up_all
 
     def _stored_cursors(self) -> dict[str, str]:
+        if self.state_read is not None and not self.leased:
+            return dict(self.state_read.cursors)  # read with the lease, before the mailbox
         return dict(self.deps.cursors.get_all(self.mailbox.org_id, self.mailbox.mailbox_id))
 
     def _take_lease(self) -> dict[str, str]:
-        """Take the lease (which re-reads the mailbox), then re-read the cursors: whatever
-        the run writes from here on is decided on state read under the lease."""
+        """Take the lease, then the cursors as they are under it: whatever the run writes from here on is
+        decided on state read under the lease, or read before it was taken at the version that read saw
+        (nobody changed them since)."""
         self.lease()
+        if self.as_seen and self.state_read is not None:
+            return dict(self.state_read.cursors)
         return self._stored_cursors()
 
     def _folders(self) -> tuple[str, ...]:
@@ -518,6 +608,9 @@ class _Run:
 
     def _forget(self, folders: Sequence[str]) -> None:
         for folder in folders:
+            if self.deps.state is not None:
+                self.pending[folder] = ""  # with the next renewal, or the report
+                continue
             self.lease()
             self.deps.cursors.put(self.mailbox.org_id, self.mailbox.mailbox_id, folder, "")
 
@@ -560,8 +653,11 @@ class _Run:
             )
             for page in pages
         }
-        self.lease()
         links = {folder: cursor.serialize() for folder, cursor in cursors.items()}
+        if self.deps.state is not None:
+            self.pending.update(links)  # written with the next renewal (before the next write), or the report
+            return cursors
+        self.lease()
         self.deps.cursors.put_many(self.mailbox.org_id, self.mailbox.mailbox_id, links)
         return cursors
 

@@ -146,7 +146,7 @@ class GmailSyncEnv(SyncEnv):
         return SyncDeps(
             mailboxes=s.mailboxes, settings=s.settings, records=s.records, activities=activities or s.activities,
             cursors=s.cursors, leases=s.leases, reports=s.runs, mail=self.mail_source(page_size), clock=self.clock,
-            table_transactions=lambda: s.metrics.transactions,
+            table_transactions=lambda: s.metrics.transactions, state=s.sync_state,
         )  # fmt: skip
 
     def sync(

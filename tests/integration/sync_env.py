@@ -164,6 +164,7 @@ class SyncEnv:
             mail=self.mail_source(page_size),
             clock=self.clock,
             table_transactions=lambda: s.metrics.transactions,
+            state=s.sync_state,
         )
 
     def mail_source(self, page_size: int = MAX_PAGE_SIZE) -> MailSource:

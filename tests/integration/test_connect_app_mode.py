@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from sync_core.adapters.graph.tokens import AppTokenSource
+from sync_core.adapters.graph.tokens import REMEMBER_MARGIN, AppTokenMemory, AppTokenSource
 from sync_core.domain.model import ConnectionMode, MailboxStatus
 from sync_core.errors import ConsentRequired, InvalidRequest, ReauthRequired
+from sync_core.ports import Versioned
+from sync_core.ports.identity import TokenCacheStore
 from sync_core.use_cases.connect import (
     ConnectResult,
     add_app_mailbox,
@@ -190,6 +193,51 @@ def test_app_tokens_are_cached_per_tenant_and_a_forced_refresh_gets_a_new_one(en
 
     assert refreshed != first
     assert source(False) == refreshed
+
+
+class CountedTokenCaches:
+    """The real token cache store, counting its reads and writes."""
+
+    def __init__(self, inner: TokenCacheStore) -> None:
+        self.inner = inner
+        self.gets = self.puts = 0
+
+    def get(self, org_id: str, owner_key: str) -> Versioned[str] | None:
+        self.gets += 1
+        return self.inner.get(org_id, owner_key)
+
+    def put(self, org_id: str, owner_key: str, serialized: str, etag: str | None) -> str:
+        self.puts += 1
+        return self.inner.put(org_id, owner_key, serialized, etag)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_a_workers_app_token_is_remembered_so_its_runs_read_no_token_cache_until_it_nears_expiry(
+    env: ConnectEnv,
+) -> None:
+    assert consent(env).ok
+    now = [1_000_000.0]
+    memory = AppTokenMemory(clock=lambda: now[0])
+    caches = CountedTokenCaches(env.tokens)
+
+    def run() -> AppTokenSource:  # each run builds its token source; the worker's memory outlives it
+        return AppTokenSource(env.identity, caches, ORG, env.tenant.id, memory)  # type: ignore[arg-type]
+
+    first = run()(False)
+    assert (caches.gets, caches.puts) == (1, 0)  # the consent stored a token: read, not written
+
+    assert [run()(False) for _ in range(3)] == [first] * 3
+    assert (caches.gets, caches.puts) == (1, 0)  # nothing read or written while it is remembered
+
+    now[0] += 3600 - REMEMBER_MARGIN  # the emulator's tokens last an hour: now too close to expiry
+    run()(False)
+    assert caches.gets == 2  # read again (another worker may have stored a newer one)
+
+    refreshed = run()(True)  # Graph refused it: forgotten, a new one fetched and stored
+    assert refreshed != first and caches.puts == 1
+    assert run()(False) == refreshed and caches.gets == 3
 
 
 def test_an_app_token_source_without_a_tenant_needs_consent(env: ConnectEnv) -> None:

@@ -6,10 +6,12 @@ HTTPS). Two thin wrappers around our own ports place the crash: the activity sto
 the cursor store, asked to checkpoint once ``kill_after_saves`` saves were written, kills the process
 instead. Every save and every checkpoint is appended to ``progress`` (JSON lines) first, so the test knows
 exactly what was durable when the process died. Exit code 3: the run ended without reaching the crash.
+With ``fenced`` the run keeps its sync state in one partition (``SyncStateStore``, as deployed), and the
+state store's ``commit`` carrying a checkpoint is where the process dies instead.
 
 CONFIG: ``connection_string``, ``prefix``, ``graph_url``, ``token`` (an app-only access token),
 ``ca_bundle``, ``org_id``, ``mailbox_id``, ``page_size``, ``budget_seconds``, ``kill_after_saves``,
-``progress``.
+``progress``, ``fenced``.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from sync_core.adapters.graph.mail import GraphMailSource
 from sync_core.adapters.graph.session import make_session
 from sync_core.adapters.tables import TableStores
 from sync_core.domain.model import Activity
-from sync_core.ports import ActivityStore, ActivityWrite, CursorStore
+from sync_core.ports import ActivityStore, ActivityWrite, CursorStore, RunReport, SyncState, SyncStateStore
 from sync_core.use_cases.sync_mailbox import SyncDeps, sync_mailbox
 
 
@@ -90,6 +92,44 @@ class KillingCursors:
         self.inner.clear(org_id, mailbox_id)
 
 
+class KillingState:
+    """The sync state store; a ``commit`` carrying checkpoints once ``kill_after`` saves were written kills
+    the process instead."""
+
+    def __init__(self, inner: SyncStateStore, saves: CountingActivities, kill_after: int, progress: Progress) -> None:
+        self.inner = inner
+        self.saves = saves
+        self.kill_after = kill_after
+        self.progress = progress
+
+    def read(self, org_id: str, mailbox_id: str) -> SyncState:
+        return self.inner.read(org_id, mailbox_id)
+
+    def acquire_seen(
+        self, org_id: str, mailbox_id: str, owner: str, *, until: datetime, now: datetime, seen: SyncState
+    ) -> bool:
+        return self.inner.acquire_seen(org_id, mailbox_id, owner, until=until, now=now, seen=seen)
+
+    def commit(
+        self,
+        org_id: str,
+        mailbox_id: str,
+        owner: str,
+        *,
+        until: datetime | None,
+        cursors: Mapping[str, str],
+        report: RunReport | None = None,
+        keep: int = 50,
+    ) -> bool:
+        if cursors and self.saves.saves >= self.kill_after:
+            self.progress.write(event="killed", folder=",".join(cursors), link=";".join(cursors.values()))
+            os.kill(os.getpid(), signal.SIGKILL)
+        stored = self.inner.commit(org_id, mailbox_id, owner, until=until, cursors=cursors, report=report, keep=keep)
+        for folder, link in cursors.items() if stored else ():
+            self.progress.write(event="checkpoint", folder=folder, link=link)
+        return stored
+
+
 def main(config_path: str) -> int:
     config = json.loads(Path(config_path).read_text(encoding="utf-8"))
     progress = Progress(Path(config["progress"]))
@@ -101,16 +141,19 @@ def main(config_path: str) -> int:
         lambda _mailbox: GraphHttp(session, config["graph_url"], lambda _refresh: token), page_size=config["page_size"]
     )
     activities = CountingActivities(stores.activities, progress)
+    kill_after = int(config["kill_after_saves"])
+    fenced = bool(config.get("fenced"))
     deps = SyncDeps(
         mailboxes=stores.mailboxes,
         settings=stores.settings,
         records=stores.records,
         activities=activities,  # type: ignore[arg-type]
-        cursors=KillingCursors(stores.cursors, activities, int(config["kill_after_saves"]), progress),
+        cursors=stores.cursors if fenced else KillingCursors(stores.cursors, activities, kill_after, progress),
         leases=stores.leases,
         reports=stores.runs,
         mail=mail,
         clock=SystemClock(),
+        state=KillingState(stores.sync_state, activities, kill_after, progress) if fenced else None,
     )
     outcome = sync_mailbox(deps, config["org_id"], config["mailbox_id"], timedelta(seconds=config["budget_seconds"]))
     progress.write(event="finished", status=outcome.status)

@@ -33,7 +33,7 @@ from sync_core.api.mailboxes import mailbox_to_json
 from sync_core.auth.crypto import TokenCipher
 from sync_core.auth.token_cache_store import TableAuthFlowStore, TableOrgTenantStore, TableTokenCacheStore
 from sync_core.domain.model import Activity, AttachmentSummary, Mailbox, MailboxStatus, MailMessage
-from sync_core.ports import ActivityStore, Clock, CursorStore, DeltaPage, LeaseStore, MailSource
+from sync_core.ports import ActivityStore, Clock, CursorStore, DeltaPage, LeaseStore, MailSource, SyncStateStore
 from sync_core.settings import Settings
 from sync_core.use_cases.connect import ConnectDeps, ConnectResult, complete_connect, confirm_connect, start_connect
 from sync_core.use_cases.sync_mailbox import SyncDeps, SyncOutcome, sync_mailbox
@@ -269,12 +269,15 @@ class RelEnv(SyncEnv):
         activities: ActivityStore | None = None,
         cursors: CursorStore | None = None,
         leases: LeaseStore | None = None,
+        state: SyncStateStore | None = None,
         clock: Clock | None = None,
         stores: TableStores | None = None,
         budget: timedelta = timedelta(minutes=4),
         delegated: bool = False,
     ) -> SyncOutcome:
-        """One ``sync_mailbox`` run on fresh per-run deps, as ``bootstrap.Services.sync`` builds them."""
+        """One ``sync_mailbox`` run on fresh per-run deps, as ``bootstrap.Services.sync`` builds them. A run
+        given its own ``cursors`` or ``leases`` (a wrapper watching them) has no ``SyncStateStore`` (every write
+        then goes through them), unless ``state`` is given too."""
         s = stores or self.stores
         options = graph or GraphOptions()
         tokens = self.identity.token_source if delegated else None
@@ -292,6 +295,7 @@ class RelEnv(SyncEnv):
             mail=mail,
             clock=clock or self.clock,
             table_transactions=lambda: s.metrics.transactions,
+            state=state if state is not None else (None if cursors or leases else s.sync_state),
         )
         return sync_mailbox(deps, ORG, mailbox_id, budget)
 

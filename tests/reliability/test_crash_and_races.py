@@ -24,7 +24,7 @@ from sync_core.adapters.storage_queue import StorageWorkQueue
 from sync_core.adapters.table_due import TableDueIndex
 from sync_core.ports import DeltaPage, LeaseStore
 from sync_core.use_cases.commands import SyncMailbox as SyncMessage
-from sync_core.use_cases.schedule import ScheduleDeps, process_message
+from sync_core.use_cases.schedule import ScheduleDeps, process_message, schedule_mailbox
 from sync_core.use_cases.sync_mailbox import SyncOutcome
 from tests.integration.sync_env import ADELE, ORG
 from tests.reliability.rel_env import Ledger, OffsetClock, RelEnv, assert_converged
@@ -37,7 +37,7 @@ CHILD_BUDGET = timedelta(seconds=30)
 
 
 def run_crashing_worker(
-    env: RelEnv, connection_string: str, tmp_path: Path, kill_after_saves: int
+    env: RelEnv, connection_string: str, tmp_path: Path, kill_after_saves: int, fenced: bool = False
 ) -> list[dict[str, Any]]:
     progress = tmp_path / "progress.jsonl"
     config = {
@@ -52,6 +52,7 @@ def run_crashing_worker(
         "budget_seconds": CHILD_BUDGET.total_seconds(),
         "kill_after_saves": kill_after_saves,
         "progress": str(progress),
+        "fenced": fenced,
     }
     config_file = tmp_path / "worker.json"
     config_file.write_text(json.dumps(config), encoding="utf-8")
@@ -64,13 +65,14 @@ def run_crashing_worker(
     return [json.loads(line) for line in progress.read_text(encoding="utf-8").splitlines()]
 
 
+@pytest.mark.parametrize("fenced", [False, True], ids=["classic", "fenced_in_the_transaction"])
 @pytest.mark.parametrize("kill_after_saves", [1, 3])
 def test_a_worker_killed_after_writing_activities_but_before_the_checkpoint_loses_nothing_and_duplicates_nothing(
-    rel: RelEnv, storage_connection_string: str, tmp_path: Path, kill_after_saves: int
+    rel: RelEnv, storage_connection_string: str, tmp_path: Path, kill_after_saves: int, fenced: bool
 ) -> None:
     ledger = Ledger(rel).standard(matched=12, unmatched=4, sent=4, old=2)
 
-    events = run_crashing_worker(rel, storage_connection_string, tmp_path, kill_after_saves)
+    events = run_crashing_worker(rel, storage_connection_string, tmp_path, kill_after_saves, fenced)
 
     saves = [e for e in events if e["event"] == "saved"]
     checkpoints = [e for e in events if e["event"] == "checkpoint"]
@@ -219,6 +221,7 @@ def test_duplicate_queue_messages_delivered_at_once_run_the_mailbox_once_and_sto
 ) -> None:
     deps, holds = queue_deps
     ledger = Ledger(rel).standard()
+    schedule_mailbox(deps, ORG, ADELE)  # the entry the timer claimed to queue them (a timer run leaves it)
     body = json.dumps(SyncMessage(ORG, ADELE, "timer").to_json())
     others_done, results = threading.Semaphore(0), Counter[str]()
     lock = threading.Lock()

@@ -28,7 +28,7 @@ from sync_core.use_cases.connect import disconnect
 from sync_core.use_cases.schedule import ScheduleDeps, process_message, request_backfill
 from sync_core.use_cases.sync_mailbox import WRITE_GRACE, SyncOutcome
 from tests.integration.sync_env import ADELE, CAROL, ORG
-from tests.lease_hooks import BeforeFirstAcquire
+from tests.lease_hooks import BeforeFirstAcquire, Once, StateBeforeFirstAcquire
 from tests.reliability.rel_env import Delivered, Ledger, OffsetClock, RelEnv, assert_converged, iso, now
 
 BACKFILL_DAYS = 1
@@ -205,6 +205,33 @@ def test_a_run_held_past_its_lease_while_a_run_and_a_backfill_took_it_writes_not
     assert_converged(rel, ledger)
 
 
+def test_fenced_in_the_transaction_a_run_held_past_its_lease_while_a_run_and_a_backfill_took_it_writes_nothing_more(
+    rel: RelEnv, schedule: ScheduleDeps
+) -> None:
+    # The same race with the mailbox's sync state in one partition (``SyncStateStore``, as deployed): the
+    # held run's next write is the renewal carrying page 1's checkpoint, which meets the lease row the
+    # backfill left and fails as one transaction, so no table changes after it resumes.
+    ledger = Ledger(rel).standard(matched=8, unmatched=3, sent=2, old=0)
+    backfill_mail(ledger)
+    hook, holding, resume = hold_after_page(2)
+    first, result = run_in_thread(lambda: rel.run(after_page=hook))
+    assert holding.wait(60)
+
+    second = rel.run(clock=OffsetClock(timedelta(minutes=10)))
+    backfill = request_backfill(schedule, ORG, ADELE, BACKFILL_DAYS)
+    before = snapshot(rel)
+    resume.set()
+    first.join(60)
+
+    assert second.status == "done" and backfill.applied
+    assert snapshot(rel) == before  # no activity, cursor, report, status or lease written since
+    assert result["outcome"].status == "busy" and result["outcome"].report is None
+    assert rel.stores.cursors.get_all(ORG, ADELE) == {}  # as the backfill left them
+    assert process_message(schedule, backfill_message(), 1, 5) == "done"
+    assert len(rel.stores.runs.recent(ORG, ADELE, 50)) == 2  # the second run's and the backfill run's
+    assert_converged(rel, ledger)
+
+
 # -- 7: the mailbox is read under the lease ----------------------------------------------------------
 
 
@@ -224,6 +251,28 @@ def test_a_backfill_applied_between_a_runs_first_mailbox_read_and_its_taking_the
     assert rel.mailbox().watermark < rel.watermark - timedelta(hours=12)
     assert_converged(rel, ledger)  # the mail between the new and the old watermark included
     assert process_message(schedule, backfill_message(), 1, 5) == "done"  # the backfill's own message
+    assert_converged(rel, ledger)
+
+
+def test_fenced_in_the_transaction_a_backfill_applied_between_a_runs_state_read_and_its_taking_the_lease_is_honoured(
+    rel: RelEnv, schedule: ScheduleDeps
+) -> None:
+    # The run read its cursors and lease, then its mailbox; the backfill takes and releases the lease
+    # before the run takes it at the version it read: that fails, and the run takes it the ordinary way
+    # and reads the moved watermark and the cleared cursors under it.
+    ledger = Ledger(rel).standard(matched=4, unmatched=2, sent=2, old=0)
+    backfill_mail(ledger)
+    applied: list[bool] = []
+    once = Once(lambda: applied.append(request_backfill(schedule, ORG, ADELE, BACKFILL_DAYS).applied))
+    leases = BeforeFirstAcquire(rel.stores.leases, once)
+    state = StateBeforeFirstAcquire(rel.stores.sync_state, once)
+
+    outcome = rel.run(leases=leases, state=state)
+
+    assert applied == [True] and outcome.status == "done"
+    assert rel.mailbox().watermark < rel.watermark - timedelta(hours=12)
+    assert_converged(rel, ledger)  # the mail between the new and the old watermark included
+    assert process_message(schedule, backfill_message(), 1, 5) == "done"
     assert_converged(rel, ledger)
 
 

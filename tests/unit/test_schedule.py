@@ -51,7 +51,12 @@ class DueIndex(InMemoryDueIndex):
     def __init__(self) -> None:
         super().__init__()
         self.writes = 0
+        self.reads = 0
         self.before_claims: list[Callable[[], object]] = []
+
+    def get(self, org_id: str, mailbox_id: str) -> Versioned[DueEntry] | None:
+        self.reads += 1
+        return super().get(org_id, mailbox_id)
 
     def put(self, entry: DueEntry, expected: Versioned[DueEntry] | None) -> Versioned[DueEntry] | None:
         stored = super().put(entry, expected)
@@ -335,13 +340,62 @@ def test_a_sync_now_while_a_timer_message_waits_is_queued_and_the_two_runs_store
     assert world.entry().queued_at is None
 
 
-def test_a_run_ending_done_brings_a_parked_mailbox_back_to_the_poll_interval() -> None:
+@pytest.mark.parametrize("reason", ["sync_now", "continuation", "scheduled"])
+def test_a_run_ending_done_brings_a_parked_mailbox_back_to_the_poll_interval(reason: str) -> None:
     world = World()
     world.due.put(DueEntry(ORG, "mb-adele", T0 + schedule.PARKED_RECHECK), None)
 
-    assert world.process(message()) == "done"
+    assert world.process(message(reason=reason)) == "done"
 
     assert world.entry() == DueEntry(ORG, "mb-adele", T0 + timedelta(minutes=5))
+
+
+def test_the_run_of_a_timer_message_neither_reads_nor_writes_the_due_entry_when_it_ends_done() -> None:
+    # The timer's claim made the entry due one interval on, and queues a pending backfill as a backfill
+    # message: the run of its timer message leaves the entry alone. An entry parked after the claim (another
+    # run's failure) stays so until its recheck claims it.
+    world = World()
+    world.due.put(DueEntry(ORG, "mb-adele", T0 + schedule.ERROR_RETRY), None)
+    reads, writes = world.due.reads, world.due.writes
+
+    assert world.process(message()) == "done"
+
+    assert (world.due.reads - reads, world.due.writes - writes) == (0, 0)
+    assert world.entry() == DueEntry(ORG, "mb-adele", T0 + schedule.ERROR_RETRY)
+
+
+def test_the_timer_queues_an_entry_whose_backfill_is_still_pending_as_a_backfill_message_that_applies_it() -> None:
+    world = World()
+    key = schedule.sync_lease_key(ORG, "mb-adele")
+    assert world.stores.leases.acquire(key, "run", T0 + timedelta(minutes=5), T0)  # a run holds on meanwhile
+    request = schedule.request_backfill(world.deps(), ORG, "mb-adele", 7)
+    world.queue.take()  # its own message is lost
+    world.stores.leases.release(key, "run")
+    world.clock.advance(minutes=10)  # past the coalescing window and the due time
+    assert request.applied is False and world.mailbox().watermark == CONNECTED
+
+    assert world.tick().enqueued == 1
+    [queued] = [m.body for m in world.queue.take()]
+    assert (queued["reason"], queued.get("run_id")) == ("backfill", request.run_id)
+    assert world.process(queued) == "done"
+    assert world.mailbox().watermark == T0 - timedelta(days=7)
+    assert world.entry().backfill_since is None
+
+
+def test_a_backfill_message_meeting_a_runs_lease_is_queued_again_after_the_busy_retry() -> None:
+    world = World()
+    key = schedule.sync_lease_key(ORG, "mb-adele")
+    assert world.stores.leases.acquire(key, "run", T0 + timedelta(minutes=5), T0)
+    request = schedule.request_backfill(world.deps(), ORG, "mb-adele", 7)
+    [own] = [m.body for m in world.queue.take()]
+
+    assert world.process(own) == "busy"
+
+    [again] = world.queue.take()
+    assert again.body == own and again.delay_seconds == 30
+    world.stores.leases.release(key, "run")
+    assert world.process(again.body) == "done"
+    assert world.mailbox().watermark == T0 - timedelta(days=7) and request.applied is False
 
 
 def test_a_mailbox_added_by_any_path_is_scheduled_by_the_end_of_its_first_run() -> None:

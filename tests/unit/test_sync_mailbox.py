@@ -29,7 +29,7 @@ from sync_core.testing.app import InMemoryApp
 from sync_core.testing.mail import FakeMailSource, FixedClock, throttled
 from sync_core.testing.stores import InMemoryActivityStore, InMemoryStores
 from sync_core.use_cases.sync_mailbox import IDLE_REFRESH, Cursor, SyncDeps, sync_mailbox
-from tests.lease_hooks import BeforeFirstAcquire
+from tests.lease_hooks import BeforeFirstAcquire, Once, StateBeforeFirstAcquire
 
 ORG = "acme"
 CONNECTED = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
@@ -86,9 +86,19 @@ class World:
         for box in (mailbox(), mailbox("mb-megan", "megan@acme.example")):
             self.stores.mailboxes.add(box)
 
-    def deps(self, activities: object | None = None) -> SyncDeps:
+    def deps(self, activities: object | None = None, *, classic: bool = False) -> SyncDeps:
+        """``classic``: without the ``SyncStateStore`` (each write fenced by its own renewal)."""
         # Tests swap ``world.mail`` after building the world: pass the current one.
-        return self.app.sync_deps(mail=self.mail, activities=activities or self.stores.activities)
+        deps = self.app.sync_deps(mail=self.mail, activities=activities or self.stores.activities)
+        return dataclasses.replace(deps, state=None) if classic else deps
+
+    def before_first_acquire(self, action: Callable[[], None], *, classic: bool) -> SyncDeps:
+        """Deps whose lease taking (either way) runs ``action`` first, once."""
+        once = Once(action)
+        deps = dataclasses.replace(self.deps(classic=classic), leases=BeforeFirstAcquire(self.stores.leases, once))
+        if deps.state is not None:
+            deps = dataclasses.replace(deps, state=StateBeforeFirstAcquire(deps.state, once))
+        return deps
 
     def sync(self, mailbox_id: str = "mb-adele", **kw: object) -> str:
         return sync_mailbox(self.deps(**kw), ORG, mailbox_id).status  # type: ignore[arg-type]
@@ -576,7 +586,10 @@ class HookedMailSource(FakeMailSource):
         return page
 
 
-def test_a_run_whose_expired_lease_another_run_took_stops_busy_without_writing_its_page_or_report() -> None:
+@pytest.mark.parametrize("classic", [False, True], ids=["fenced_in_the_transaction", "classic"])
+def test_a_run_whose_expired_lease_another_run_took_stops_busy_without_writing_its_page_or_report(
+    classic: bool,
+) -> None:
     world = World()
     later = world.clock.now() + timedelta(minutes=10)  # past the run's lease (budget + LEASE_MARGIN)
 
@@ -587,16 +600,21 @@ def test_a_run_whose_expired_lease_another_run_took_stops_busy_without_writing_i
     for _ in range(3):
         world.mail.deliver(message("carol@client.example", ["adele@acme.example"]))
 
-    outcome = sync_mailbox(world.deps(), ORG, "mb-adele")
+    outcome = sync_mailbox(world.deps(classic=classic), ORG, "mb-adele")
 
     assert outcome.status == "busy" and outcome.report is None
     assert len(world.timeline("c-1")) == 1  # page 1 only
-    assert Cursor.parse(world.stores.cursors.get_all(ORG, "mb-adele")["inbox"]).link == "link-1"
+    stored = world.stores.cursors.get_all(ORG, "mb-adele")
+    if classic:
+        assert Cursor.parse(stored["inbox"]).link == "link-1"
+    else:  # page 1's checkpoint rides with the renewal before page 2's save, which found the lease lost
+        assert "inbox" not in stored  # the next run re-reads page 1 (keyed, idempotent)
     assert world.stores.runs.recent(ORG, "mb-adele", 10) == ()
     assert not world.stores.leases.acquire(lease_key(), "third-run", later, later)  # still the other run's
 
 
-def test_a_watermark_moved_back_before_the_run_took_its_lease_is_used_by_the_run() -> None:
+@pytest.mark.parametrize("classic", [False, True], ids=["fenced_in_the_transaction", "classic"])
+def test_a_watermark_moved_back_before_the_run_took_its_lease_is_used_by_the_run(classic: bool) -> None:
     world = World()
     older = message("carol@client.example", ["adele@acme.example"], received=CONNECTED - timedelta(days=2))
     world.mail.deliver(older)
@@ -612,7 +630,7 @@ def test_a_watermark_moved_back_before_the_run_took_its_lease_is_used_by_the_run
         world.stores.cursors.clear(ORG, "mb-adele")
         world.stores.leases.release(lease_key(), "backfill")
 
-    deps = dataclasses.replace(world.deps(), leases=BeforeFirstAcquire(world.stores.leases, backfill))
+    deps = world.before_first_acquire(backfill, classic=classic)
 
     assert sync_mailbox(deps, ORG, "mb-adele").status == "done"
 
@@ -620,17 +638,28 @@ def test_a_watermark_moved_back_before_the_run_took_its_lease_is_used_by_the_run
     assert len(world.timeline("c-1")) == 2
 
 
-def test_a_run_that_takes_the_lease_after_its_mailbox_was_disconnected_writes_nothing_and_is_skipped() -> None:
+@pytest.mark.parametrize("classic", [False, True], ids=["fenced_in_the_transaction", "classic"])
+def test_a_run_that_takes_the_lease_after_its_mailbox_was_disconnected_writes_nothing_and_is_skipped(
+    classic: bool,
+) -> None:
     world = World()
     world.mail.deliver(message("carol@client.example", ["adele@acme.example"]))
 
     def disconnected() -> None:
+        # Classic: a run re-reads the mailbox under the lease, so even a write without the lease shows. Fenced
+        # in the transaction, the mailbox is not re-read when the lease was taken at the version read before
+        # it: a disconnect is seen because it takes the lease over (as ``connect.disconnect`` does).
+        now = world.clock.now()
+        if not classic:
+            world.stores.leases.take_over(lease_key(), "disconnect", now + timedelta(minutes=10), now)
         current = world.stores.mailboxes.get(ORG, "mb-adele")
         assert current is not None
         gone = dataclasses.replace(current.value, status=MailboxStatus.DISCONNECTED, status_reason="disconnected")
         world.stores.mailboxes.replace(gone, current.etag)
+        if not classic:
+            world.stores.leases.release(lease_key(), "disconnect")
 
-    deps = dataclasses.replace(world.deps(), leases=BeforeFirstAcquire(world.stores.leases, disconnected))
+    deps = world.before_first_acquire(disconnected, classic=classic)
 
     assert sync_mailbox(deps, ORG, "mb-adele").status == "skipped"
 

@@ -52,7 +52,7 @@ from sync_core.adapters.graph.msal_errors import (
     reauth_error,
 )
 from sync_core.adapters.graph.session import MsalHttpClient, make_session
-from sync_core.adapters.graph.tokens import AppTokenSource, DelegatedTokenSource
+from sync_core.adapters.graph.tokens import AppTokenMemory, AppTokenSource, DelegatedTokenSource
 from sync_core.domain.model import ConnectionMode, Mailbox
 from sync_core.errors import IdentityError, SyncError, TransientGraphError
 from sync_core.ports.identity import AdminSignIn, AppGrant, DelegatedGrant, TokenCacheStore, TokenSource
@@ -79,6 +79,7 @@ class MsalIdentity:
         self._authority_host = settings.authority_host.rstrip("/")
         self._tokens = tokens
         self._http = http_client or MsalHttpClient(make_session(settings.ca_bundle))
+        self.app_tokens = AppTokenMemory()  # this worker's application tokens, per (org, tenant)
 
     def __repr__(self) -> str:
         return f"MsalIdentity(client_id={self._client_id!r}, authority_host={self._authority_host!r})"
@@ -154,11 +155,11 @@ class MsalIdentity:
 
     def token_source(self, mailbox: Mailbox, send: bool = False) -> TokenSource:
         if mailbox.mode is ConnectionMode.APPLICATION:
-            return AppTokenSource(self, self._tokens, mailbox.org_id, mailbox.tenant_id)
+            return AppTokenSource(self, self._tokens, mailbox.org_id, mailbox.tenant_id, self.app_tokens)
         return DelegatedTokenSource(self, self._tokens, mailbox, SEND_SCOPES if send else DELEGATED_SCOPES)
 
     def app_token_source(self, org_id: str, tenant_id: str) -> TokenSource:
-        return AppTokenSource(self, self._tokens, org_id, tenant_id)
+        return AppTokenSource(self, self._tokens, org_id, tenant_id, self.app_tokens)
 
 
 def _authority_tenant(tenant: str) -> str | None:

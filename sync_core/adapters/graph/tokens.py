@@ -3,13 +3,19 @@ after a 401) of a delegated mailbox (its stored MSAL cache) and of a tenant (cli
 
 A cache is written back only when MSAL changed it (``has_state_changed``), etag-conditionally; tokens and
 caches are never logged, never in exception messages.
+
+A tenant's application token is also remembered in the worker's memory (``AppTokenMemory``) while it has
+more than ``REMEMBER_MARGIN`` left, so a worker syncing many mailboxes of one tenant reads the tenant's
+stored cache only when the token nears its expiry (or Graph refused it), not once per run.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import msal
@@ -124,12 +130,55 @@ def _refresh_error(result: Mapping[str, Any]) -> SyncError:
     return IdentityError(f"token refresh failed ({error}{aadsts_suffix(codes)})", error, codes)
 
 
+REMEMBER_MARGIN = 5 * 60.0  # seconds: a remembered token this close to its expiry is fetched again
+
+
+class AppTokenMemory:
+    """The application token of each (org, tenant) a worker used, with its expiry: one per worker process
+    (``MsalIdentity``), shared by its threads. ``get`` answers only while the token has more than
+    ``REMEMBER_MARGIN`` left (MSAL's own cache treats a token as expired 5 minutes early too), so a token
+    handed out is valid for at least that long by this worker's clock.
+
+    Invariants: only application tokens (tenant-wide, from the app's own credentials) are remembered, never
+    a delegated mailbox's; a token Graph refused is forgotten before the forced refresh; nothing here is
+    ever logged. A consent revoked meanwhile shows as Graph refusing the token (then the forced refresh
+    raises ``ReauthRequired``), as it did for a token still valid in the stored cache."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._tokens: dict[tuple[str, str], tuple[str, float]] = {}
+
+    def get(self, org_id: str, tenant_id: str) -> str | None:
+        with self._lock:
+            found = self._tokens.get((org_id, tenant_id))
+        if found is None or found[1] - self._clock() <= REMEMBER_MARGIN:
+            return None
+        return found[0]
+
+    def put(self, org_id: str, tenant_id: str, token: str, expires_in: float) -> None:
+        with self._lock:
+            self._tokens[(org_id, tenant_id)] = (token, self._clock() + expires_in)
+
+    def forget(self, org_id: str, tenant_id: str) -> None:
+        with self._lock:
+            self._tokens.pop((org_id, tenant_id), None)
+
+
 class AppTokenSource:
     """Client-credentials tokens (``https://graph.microsoft.com/.default``) for one tenant, cached per
-    (org, tenant) in the store. A forced refresh ignores the cached token. A tenant whose admin consent
-    is gone raises ``ReauthRequired`` (an admin must consent again)."""
+    (org, tenant) in the store and remembered in ``memory`` (see ``AppTokenMemory``). A forced refresh
+    ignores both. A tenant whose admin consent is gone raises ``ReauthRequired`` (an admin must consent
+    again)."""
 
-    def __init__(self, identity: MsalIdentity, store: TokenCacheStore, org_id: str, tenant_id: str) -> None:
+    def __init__(
+        self,
+        identity: MsalIdentity,
+        store: TokenCacheStore,
+        org_id: str,
+        tenant_id: str,
+        memory: AppTokenMemory | None = None,
+    ) -> None:
         if not tenant_id:
             raise ReauthRequired("no consented tenant; an admin must grant consent first")
         self._identity = identity
@@ -137,8 +186,21 @@ class AppTokenSource:
         self._org_id = org_id
         self._tenant = tenant_id
         self._owner = tenant_owner(tenant_id)
+        self._memory = memory or AppTokenMemory()
 
     def __call__(self, force_refresh: bool = False) -> str:
+        if force_refresh:
+            self._memory.forget(self._org_id, self._tenant)
+        else:
+            remembered = self._memory.get(self._org_id, self._tenant)
+            if remembered is not None:
+                return remembered
+        token, expires_in = self._fetch(force_refresh)
+        self._memory.put(self._org_id, self._tenant, token, expires_in)
+        return token
+
+    def _fetch(self, force_refresh: bool) -> tuple[str, float]:
+        """The token and its remaining seconds, from the stored cache or the identity platform."""
         try:
             stored = self._store.get(self._org_id, self._owner)
         except TokenDecryptionError:
@@ -170,4 +232,8 @@ class AppTokenSource:
             # On a conflict another worker stored a token of its own; both are valid.
             with contextlib.suppress(ConcurrencyConflict):
                 self._store.put(self._org_id, self._owner, cache.serialize(), stored.etag if stored else None)
-        return str(result["access_token"])
+        try:
+            expires_in = float(result.get("expires_in", 0))
+        except (TypeError, ValueError):
+            expires_in = 0.0  # unknown: not remembered (``get`` wants more than the margin left)
+        return str(result["access_token"]), expires_in

@@ -9,9 +9,12 @@ The whole schedule, from connect to the outcome of a run (``tick``, ``requests``
         │  kept only while recent), each conflicting one alone, then enqueue {org_id, mailbox_id, reason};
         │  plus one page of the reconciliation sweep
         ▼
-    queue ── process_message ── apply a pending backfill (under the mailbox's sync lease)
+    queue ── process_message ── apply a pending backfill (under the mailbox's sync lease; not for a timer
+                              │   message: the timer queues a pending backfill as a backfill message; a
+                              │   backfill meeting a run's lease is queued again after BUSY_RETRY)
                               ── sync_mailbox ── done:    due = now + poll interval, queued_at cleared (no
-                                              │           write when the entry already says so in substance)
+                                              │           write when the entry already says so in substance;
+                                              │           a timer message's run: nothing, the claim did it)
                                               ── more:    continuation message (delay = Retry-After), queued_at = now
                                               ── busy:    another run holds the lease: drop (coalesced)
                                               ── failed:  status already set by the run (grant: needs_reauth,
@@ -26,8 +29,14 @@ The whole schedule, from connect to the outcome of a run (``tick``, ``requests``
         (``run_outcome``) when the mailbox stays scheduled.
 
 Invariants:
-- An idle poll through the timer writes the due entry once (the claim): a run ending ``done`` leaves an
-  entry with no ``queued_at``, no pending backfill and ``due_at`` within the next poll interval as it is.
+- An idle poll through the timer writes the due entry once (the claim) and reads it only in the timer's due
+  query: the run of a timer message (the timer's claim found no backfill pending and cleared ``queued_at``)
+  neither applies a pending backfill nor rewrites the entry when it ends ``done``; another run ending
+  ``done`` leaves an entry with no ``queued_at``, no pending backfill and ``due_at`` within the next poll
+  interval as it is.
+- A pending backfill is applied by its own message (``request_backfill`` queues one, the timer queues one
+  for an entry whose backfill is still pending after ``COALESCE_WINDOW``); one that meets a run's lease is
+  queued again after ``BUSY_RETRY``, and the end of a requested run that finds one pending queues it too.
 - A mailbox that is not syncable (paused, needs_reauth) stays in the index, rechecked every
   ``PARKED_RECHECK``; a missing or disconnected one leaves it. A mailbox in ``error`` is syncable: the
   timer retries it every ``ERROR_RETRY``, "Sync now" and backfill are accepted at once (never 409), and
@@ -109,8 +118,13 @@ def run_command(deps: ScheduleDeps, message: SyncMailbox, dequeue_count: int, ma
 
 def _process(deps: ScheduleDeps, message: SyncMailbox) -> RunStatus:
     org_id, mailbox_id, run_id = message.org_id, message.mailbox_id, message.run_id
-    if not apply_pending_backfill(deps, org_id, mailbox_id):
-        return RunStatus.BUSY  # a run holds the lease; its end sees the pending backfill (and its run id)
+    # The timer's own message: the timer claimed the entry with no backfill pending (it queues a pending one
+    # as a backfill message), so its run neither reads the entry first nor rewrites it after a "done".
+    timer = message.reason == SyncReason.TIMER and not run_id
+    if not timer and not apply_pending_backfill(deps, org_id, mailbox_id):
+        if run_id:  # a run holds the lease: the backfill (its own message) is applied after it
+            deps.queue.enqueue(message.to_json(), int(BUSY_RETRY.total_seconds()))
+        return RunStatus.BUSY
     with sync_trigger(message.reason):  # the run's event says what queued it
         outcome = deps.sync(org_id, mailbox_id, run_id)
     now = deps.clock.now()
@@ -123,6 +137,8 @@ def _process(deps: ScheduleDeps, message: SyncMailbox) -> RunStatus:
         delay = min(max(math.ceil(outcome.retry_after or 0), 0), MAX_DELAY_SECONDS)
         # The continuation reports under the same run id, so the CRM polls one id until the run is done.
         deps.queue.enqueue(SyncMailbox(org_id, mailbox_id, SyncReason.CONTINUATION, run_id).to_json(), delay)
+    elif outcome.status == RunStatus.DONE and timer:
+        pass  # the claim made it due one interval on; anything requested since queued its own message
     elif outcome.status == RunStatus.DONE:
         entry = reschedule(deps, org_id, mailbox_id, now, queued=None, settings=outcome.settings)
         if entry is not None and entry.backfill_since is not None:  # requested while this run held the lease

@@ -7,8 +7,11 @@ Invariants:
   mailbox; a bulk claim that met a change is redone entry by entry (re-read, compare-and-set).
 - Timer messages are not marked (``queued_at``): a duplicate meets the run's lease and is dropped, or
   costs one idle poll. An idle poll through the timer writes the due entry once (the claim).
+- An entry claimed with a backfill pending is queued as a backfill message (with the entry's run id), never
+  as a timer message: the run of a timer message does not read the entry (see ``queue``).
 - A mailbox without an entry gets one from: ``schedule_mailbox`` (connect, add, re-enable), the end of any
-  run of it, or the sweep, which checks ``SWEEP_PAGE`` mailboxes of the catalog per tick and wraps around.
+  run of it but a timer message's that ended ``done`` (the timer claimed an entry to queue it), or the
+  sweep, which checks ``SWEEP_PAGE`` mailboxes of the catalog per tick and wraps around.
 """
 
 from __future__ import annotations
@@ -128,10 +131,14 @@ def _claim(deps: ScheduleDeps, org_id: str, mailbox_id: str, now: datetime, inte
 
 def _enqueue_claimed(deps: ScheduleDeps, entry: DueEntry, now: datetime) -> Claim:
     """After a claim of ``entry`` (as read before it): enqueue a timer message, unless one queued
-    recently covers this turn."""
+    recently covers this turn; a backfill message (with its run id) when the entry has one pending, so a
+    timer message always means "nothing pending" and its run need not read the entry."""
     if recently_queued(entry, now):
         return Claim.COALESCED
-    enqueue(deps, SyncMailbox(entry.org_id, entry.mailbox_id, SyncReason.TIMER))
+    if entry.backfill_since is not None:
+        enqueue(deps, SyncMailbox(entry.org_id, entry.mailbox_id, SyncReason.BACKFILL, entry.run_id))
+    else:
+        enqueue(deps, SyncMailbox(entry.org_id, entry.mailbox_id, SyncReason.TIMER))
     return Claim.ENQUEUED
 
 
