@@ -21,11 +21,12 @@ Invariants of the result:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email.message import Message
 from email.parser import BytesParser
@@ -64,6 +65,13 @@ _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 # What the stdlib parser takes for a header line (``email.feedparser.headerRE``); any other line ends the headers.
 _HEADER_OR_CONTINUATION = re.compile(rb"From |[\041-\071\073-\176]*:|[\t ]")
 _CONTAINER_HEADER = re.compile(rb"(?:^|[\r\n])content-type:\s*(?:multipart|message)/", re.IGNORECASE)
+# The first line of a field as the stdlib parser splits it (``headerRE`` with a non-empty name): the name ends at
+# the first colon.
+_FIELD_NAME = re.compile(rb"[\041-\071\073-\176]+:")
+# Pure functions of a header value, memoised for ``parse_header_section`` (correspondents and subjects repeat
+# from message to message): values of up to _CACHED_VALUE_CHARS characters, _CACHE_ENTRIES of each.
+_CACHED_VALUE_CHARS = 2048
+_CACHE_ENTRIES = 8192
 
 
 class _RawHeaderPolicy(Compat32):
@@ -138,6 +146,132 @@ def parse_rfc822(
         references=_bounded_references(references),
         attachments=attachments,
     )
+
+
+def parse_header_section(
+    section: bytes, *, folder: str = "inbox", received_fallback: datetime | None = None
+) -> MailMessage:
+    """The message a header section alone describes (IMAP's ``BODY[HEADER]``): every field as ``parse_rfc822``
+    gives it for the section followed by an empty body (``section`` with its trailing line breaks replaced by one
+    blank line: the same bytes, the same ``InvalidMessage``), except that the body and attachment fields are
+    always empty (a header section has no parts); raises ``InvalidMessage`` and nothing else.
+
+    The same rules at a fraction of the cost: a section of CRLF lines that are all header fields (what IMAP
+    servers send) is split here by the stdlib parser's own rules (``email.feedparser``: a field starts with a
+    name and a colon, continues on lines starting with a space or a tab, a first ``From `` line is the envelope)
+    instead of through ``email``'s line machinery, and nothing looks for parts; address lists and encoded words
+    are decoded by the same functions, memoised per value. Any other section (a line the parser would take for
+    the start of the body, bare CR or LF line breaks, a misplaced ``From `` line, a line or section over the
+    limits, more container headers than ``MAX_PARTS``, RFC 2231 parameters on a container type) goes through
+    ``parse_rfc822`` itself.
+    """
+    raw = section.rstrip(b"\r\n") + b"\r\n\r\n"
+    fields = _header_fields(raw)
+    if fields is None:
+        return _without_parts(parse_rfc822(raw, folder=folder, received_fallback=received_fallback))
+    headers = []
+    for name, value in fields:
+        lower = name.lower()
+        if lower in _IGNORED_HEADERS:
+            continue
+        decoded = _decode_value(value).strip()
+        if "\r" in decoded or "\n" in decoded:
+            raise InvalidMessage("malformed", f"line break inside the {lower} header (header injection)")
+        headers.append((lower, decoded))
+    first = _first_values(headers)
+    if not ({"from", "sender", "message-id", "date"} & first.keys()):
+        raise InvalidMessage("malformed", "not a message: no From, Message-ID or Date header")
+    sender = next(iter(_field_addresses(fields, "from") or _field_addresses(fields, "sender")), None)
+    to, cc = _field_addresses(fields, "to"), _field_addresses(fields, "cc")
+    subject = " ".join(first.get("subject", "").split())
+    sent_at = _parse_date(first.get("date"))
+    message_id = _normalize_message_id(first.get("message-id", "")) or _synthetic_message_id(
+        _address_of(sender), _addresses_of(to), _addresses_of(cc), first.get("date", ""), subject, ""
+    )
+    references = _message_ids(" ".join(value for name, value in headers if name == "references"))
+    return MailMessage(
+        source_id="rfc822:" + hashlib.sha256(raw).hexdigest()[:32],
+        internet_message_id=message_id,
+        subject=subject,
+        sender=sender,
+        to=to,
+        cc=cc,
+        received_at=_received_at(sent_at, headers, received_fallback),
+        sent_at=sent_at,
+        folder=folder.strip().lower(),
+        is_draft=first.get("x-unsent", "").strip() == "1",
+        headers=_kept_headers(headers),
+        in_reply_to=next(iter(_message_ids(first.get("in-reply-to", ""))), None),
+        references=_bounded_references(references),
+    )
+
+
+def _without_parts(message: MailMessage) -> MailMessage:
+    return replace(message, body_text="", body_preview="", body_truncated=False, has_attachments=False, attachments=())
+
+
+def _header_fields(raw: bytes) -> list[tuple[str, bytes]] | None:
+    """(name, raw value) of every field of ``raw`` (a header section and its blank line) as the stdlib parser
+    with ``_RawHeaderPolicy`` gives them (the value without the space after the colon, folding CRLFs kept, as
+    bytes), or None when the section is not one ``parse_header_section`` takes by itself (see there).
+
+    What this accepts, ``parse_rfc822`` accepts too: CRLF line breaks only (so no bare CR and no mixed line
+    endings), every line at most ``MAX_HEADER_LINE_BYTES`` and the section within ``MAX_HEADER_SECTION_BYTES``;
+    the per-part header limits of ``_check_structure`` then hold as well (a field's lines are the raw lines, the
+    space after its colon removed), and nothing of the section is read as a body, so the body is empty."""
+    if len(raw) > MAX_HEADER_SECTION_BYTES:
+        return None
+    lines = raw[:-4].split(b"\r\n")
+    if raw.count(b"\r") != len(lines) + 1 or raw.count(b"\n") != len(lines) + 1:
+        return None  # a bare CR or LF
+    fields: list[tuple[str, list[bytes]]] = []
+    for index, line in enumerate(lines):
+        if len(line) > MAX_HEADER_LINE_BYTES:
+            return None
+        if line[:1] in (b" ", b"\t"):
+            if not fields or not line.strip(b" \t"):
+                return None  # a continuation without a field, or a blank line the limits would not count
+            fields[-1][1].append(line)
+            continue
+        if line.startswith(b"From "):
+            if index == 0:
+                continue  # the envelope line (mbox "From "), which the parser sets apart
+            return None
+        name = _FIELD_NAME.match(line)
+        if name is None:
+            return None  # the parser would end the headers here
+        fields.append((line[: name.end() - 1].decode("ascii"), [line[name.end() :].lstrip(b" \t")]))
+    if len(_CONTAINER_HEADER.findall(raw)) > MAX_PARTS:
+        return None
+    content_type = next((b"".join(value).lower() for name, value in fields if name.lower() == "content-type"), b"")
+    if b"message/" in content_type or (b"multipart/" in content_type and b"*" in content_type):
+        return None  # the parser would parse an embedded message, or decode an RFC 2231 boundary
+    return [(name, b"\r\n".join(value).rstrip(b"\r\n")) for name, value in fields]
+
+
+def _decode_value(value: bytes) -> str:
+    """``decode_encoded_words(_unfold(v))`` for the raw value ``v`` of these bytes (``_unfold`` undoes the
+    parser's ASCII/surrogateescape decoding, so the bytes are decoded as UTF-8 here directly)."""
+    text = value.replace(b"\r\n", b"").decode("utf-8", "replace")
+    if "=?" not in text:
+        return text
+    return _cached_words(text) if len(text) <= _CACHED_VALUE_CHARS else decode_encoded_words(text)
+
+
+def _field_addresses(fields: Sequence[tuple[str, bytes]], name: str) -> tuple[EmailAddress, ...]:
+    """``_addresses`` of the fields called ``name``."""
+    values = tuple(
+        value.replace(b"\r\n", b"").decode("utf-8", "replace") for key, value in fields if key.lower() == name
+    )
+    if not values:
+        return ()
+    if sum(map(len, values)) <= _CACHED_VALUE_CHARS:
+        return _cached_address_list(values)
+    return parse_address_list(values)
+
+
+_cached_words = functools.lru_cache(maxsize=_CACHE_ENTRIES)(decode_encoded_words)
+_cached_address_list = functools.lru_cache(maxsize=_CACHE_ENTRIES)(parse_address_list)
 
 
 def _refuse_unsafe_header_lines(raw: bytes) -> None:
