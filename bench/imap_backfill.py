@@ -263,7 +263,7 @@ def _time_phases(mail: Any) -> dict[str, float]:
             _wrap(mail, method, name, spent)
     from sync_core.adapters.imap import mail as imap_mail  # noqa: PLC0415
 
-    _wrap(imap_mail, "parse_rfc822", "parse_rfc822 (header sections)", spent)
+    _wrap(imap_mail, "parse_header_section", "header sections (parse_header_section)", spent)
     _wrap(imap_mail.structure, "parse", "BODYSTRUCTURE parse", spent)
     _imapclient_timers(spent)
     return spent
