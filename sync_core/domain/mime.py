@@ -65,9 +65,13 @@ _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 # What the stdlib parser takes for a header line (``email.feedparser.headerRE``); any other line ends the headers.
 _HEADER_OR_CONTINUATION = re.compile(rb"From |[\041-\071\073-\176]*:|[\t ]")
 _CONTAINER_HEADER = re.compile(rb"(?:^|[\r\n])content-type:\s*(?:multipart|message)/", re.IGNORECASE)
-# The first line of a field as the stdlib parser splits it (``headerRE`` with a non-empty name): the name ends at
-# the first colon.
-_FIELD_NAME = re.compile(rb"[\041-\071\073-\176]+:")
+# A field as the stdlib parser reads it from CRLF lines: a non-empty name (``headerRE``) ending at the first colon,
+# the blanks after it dropped, then continuation lines (a space or tab, then something that is not blank); a
+# section is such fields and the blank line. Anything else (a blank continuation line, which the limits of
+# ``_refuse_unsafe_header_lines`` would not count; a line that would end the headers) is the full parser's.
+_FIELD = re.compile(rb"([\041-\071\073-\176]+):[ \t]*([^\r\n]*(?:\r\n[ \t]+[^ \t\r\n][^\r\n]*)*)\r\n")
+_FIELDS = re.compile(rb"(?:[\041-\071\073-\176]+:[^\r\n]*\r\n(?:[ \t]+[^ \t\r\n][^\r\n]*\r\n)*)*\r\n")
+_ADDRESS_HEADERS = frozenset({"from", "sender", "to", "cc"})
 # Pure functions of a header value, memoised for ``parse_header_section`` (correspondents and subjects repeat
 # from message to message): values of up to _CACHED_VALUE_CHARS characters, _CACHE_ENTRIES of each.
 _CACHED_VALUE_CHARS = 2048
@@ -170,19 +174,24 @@ def parse_header_section(
     if fields is None:
         return _without_parts(parse_rfc822(raw, folder=folder, received_fallback=received_fallback))
     headers = []
+    addresses: dict[str, list[str]] = {}
     for name, value in fields:
-        lower = name.lower()
-        if lower in _IGNORED_HEADERS:
+        if name in _IGNORED_HEADERS:
             continue
-        decoded = _decode_value(value).strip()
-        if "\r" in decoded or "\n" in decoded:
-            raise InvalidMessage("malformed", f"line break inside the {lower} header (header injection)")
-        headers.append((lower, decoded))
+        text = value.replace(b"\r\n", b"").decode("utf-8", "replace")  # what ``_unfold`` gives
+        if name in _ADDRESS_HEADERS:
+            addresses.setdefault(name, []).append(text)
+        if "=?" in text:
+            text = _cached_words(text) if len(text) <= _CACHED_VALUE_CHARS else decode_encoded_words(text)
+        text = text.strip()
+        if "\r" in text or "\n" in text:
+            raise InvalidMessage("malformed", f"line break inside the {name} header (header injection)")
+        headers.append((name, text))
     first = _first_values(headers)
     if not ({"from", "sender", "message-id", "date"} & first.keys()):
         raise InvalidMessage("malformed", "not a message: no From, Message-ID or Date header")
-    sender = next(iter(_field_addresses(fields, "from") or _field_addresses(fields, "sender")), None)
-    to, cc = _field_addresses(fields, "to"), _field_addresses(fields, "cc")
+    sender = next(iter(_address_list(addresses.get("from")) or _address_list(addresses.get("sender"))), None)
+    to, cc = _address_list(addresses.get("to")), _address_list(addresses.get("cc"))
     subject = " ".join(first.get("subject", "").split())
     sent_at = _parse_date(first.get("date"))
     message_id = _normalize_message_id(first.get("message-id", "")) or _synthetic_message_id(
@@ -211,62 +220,39 @@ def _without_parts(message: MailMessage) -> MailMessage:
 
 
 def _header_fields(raw: bytes) -> list[tuple[str, bytes]] | None:
-    """(name, raw value) of every field of ``raw`` (a header section and its blank line) as the stdlib parser
-    with ``_RawHeaderPolicy`` gives them (the value without the space after the colon, folding CRLFs kept, as
-    bytes), or None when the section is not one ``parse_header_section`` takes by itself (see there).
+    """(lower-case name, raw value) of every field of ``raw`` (a header section and its blank line) as the stdlib
+    parser with ``_RawHeaderPolicy`` gives them (the value without the blanks after the colon, folding CRLFs kept,
+    as bytes), or None when the section is not one ``parse_header_section`` takes by itself (see there).
 
     What this accepts, ``parse_rfc822`` accepts too: CRLF line breaks only (so no bare CR and no mixed line
     endings), every line at most ``MAX_HEADER_LINE_BYTES`` and the section within ``MAX_HEADER_SECTION_BYTES``;
     the per-part header limits of ``_check_structure`` then hold as well (a field's lines are the raw lines, the
-    space after its colon removed), and nothing of the section is read as a body, so the body is empty."""
+    blanks after its colon removed), and nothing of the section is read as a body, so the body is empty."""
     if len(raw) > MAX_HEADER_SECTION_BYTES:
         return None
-    lines = raw[:-4].split(b"\r\n")
-    if raw.count(b"\r") != len(lines) + 1 or raw.count(b"\n") != len(lines) + 1:
+    crlf = raw.count(b"\r\n")
+    if raw.count(b"\r") != crlf or raw.count(b"\n") != crlf:
         return None  # a bare CR or LF
-    fields: list[tuple[str, list[bytes]]] = []
-    for index, line in enumerate(lines):
-        if len(line) > MAX_HEADER_LINE_BYTES:
-            return None
-        if line[:1] in (b" ", b"\t"):
-            if not fields or not line.strip(b" \t"):
-                return None  # a continuation without a field, or a blank line the limits would not count
-            fields[-1][1].append(line)
-            continue
-        if line.startswith(b"From "):
-            if index == 0:
-                continue  # the envelope line (mbox "From "), which the parser sets apart
-            return None
-        name = _FIELD_NAME.match(line)
-        if name is None:
-            return None  # the parser would end the headers here
-        fields.append((line[: name.end() - 1].decode("ascii"), [line[name.end() :].lstrip(b" \t")]))
-    if len(_CONTAINER_HEADER.findall(raw)) > MAX_PARTS:
+    if len(raw) > MAX_HEADER_LINE_BYTES and max(map(len, raw.split(b"\r\n"))) > MAX_HEADER_LINE_BYTES:
         return None
-    content_type = next((b"".join(value).lower() for name, value in fields if name.lower() == "content-type"), b"")
+    body = raw[raw.index(b"\r\n") + 2 :] if raw.startswith(b"From ") else raw  # the mbox envelope line
+    if _FIELDS.fullmatch(body) is None:
+        return None  # the parser would end the headers early, or drop a line
+    if raw.count(b":") > MAX_PARTS and len(_CONTAINER_HEADER.findall(raw)) > MAX_PARTS:
+        return None
+    fields = [(name.lower().decode("ascii"), value) for name, value in _FIELD.findall(body)]
+    content_type = next((value.lower() for name, value in fields if name == "content-type"), b"")
     if b"message/" in content_type or (b"multipart/" in content_type and b"*" in content_type):
         return None  # the parser would parse an embedded message, or decode an RFC 2231 boundary
-    return [(name, b"\r\n".join(value).rstrip(b"\r\n")) for name, value in fields]
+    return fields
 
 
-def _decode_value(value: bytes) -> str:
-    """``decode_encoded_words(_unfold(v))`` for the raw value ``v`` of these bytes (``_unfold`` undoes the
-    parser's ASCII/surrogateescape decoding, so the bytes are decoded as UTF-8 here directly)."""
-    text = value.replace(b"\r\n", b"").decode("utf-8", "replace")
-    if "=?" not in text:
-        return text
-    return _cached_words(text) if len(text) <= _CACHED_VALUE_CHARS else decode_encoded_words(text)
-
-
-def _field_addresses(fields: Sequence[tuple[str, bytes]], name: str) -> tuple[EmailAddress, ...]:
-    """``_addresses`` of the fields called ``name``."""
-    values = tuple(
-        value.replace(b"\r\n", b"").decode("utf-8", "replace") for key, value in fields if key.lower() == name
-    )
+def _address_list(values: list[str] | None) -> tuple[EmailAddress, ...]:
+    """``parse_address_list`` of unfolded values, memoised."""
     if not values:
         return ()
     if sum(map(len, values)) <= _CACHED_VALUE_CHARS:
-        return _cached_address_list(values)
+        return _cached_address_list(tuple(values))
     return parse_address_list(values)
 
 

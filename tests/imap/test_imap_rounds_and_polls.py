@@ -150,3 +150,36 @@ def test_a_folder_renumbered_since_the_last_poll_is_a_lost_cursor_without_select
 
     assert commands_since(mail_server, adele, marker) == [LIST_STATUS]
     poller.close()
+
+
+def test_a_rounds_next_page_is_sent_before_it_is_asked_for_and_fetched_only_once(
+    mail_server: mailserver.MailServer,
+) -> None:
+    world = ImapWorld(mail_server)
+    mailbox, adele = mailbox_of(world), world.address("adele")
+    world.deliver_many("adele", 7, start=now() - timedelta(minutes=30), interval_seconds=-10, subject="Early",
+                       from_=CAROL, to=[adele], body="the body")  # fmt: skip
+    world.close()
+    source = ImapMailSource(world.account_for, world.limits(), page_size=3)
+    marker = trace_marker(mail_server, adele)
+
+    first = source.delta(mailbox, "inbox", None, mailbox.watermark)
+    completed = source.complete(mailbox, first.messages[:1])  # the connection is busy with the next FETCH
+    restarted = source.delta(mailbox, "inbox", None, mailbox.watermark)  # not the page that was sent for
+    pages = [restarted, *drain(source, mailbox, "inbox", restarted.next_link)]
+    commands = commands_since(mail_server, adele, marker)
+
+    assert [m.subject for m in first.messages] == ["Early #1", "Early #2", "Early #3"]
+    assert [m.body_text for m in completed] == ["the body"]
+    assert [[m.subject for m in page.messages] for page in pages] == [
+        ["Early #1", "Early #2", "Early #3"],
+        ["Early #4", "Early #5", "Early #6"],
+        ["Early #7"],
+    ]
+    header_fetches = [c.split(" ")[2] for c in commands if c.startswith("UID FETCH") and "BODY.PEEK[HEADER]" in c]
+    second_page = header_fetches[1]
+    assert header_fetches == [header_fetches[0], second_page, header_fetches[0], second_page, header_fetches[-1]]
+    body_fetch = next(i for i, c in enumerate(commands) if "BODY.PEEK[1]" in c)
+    assert commands.index(next(c for c in commands if second_page in c)) < body_fetch  # sent before complete
+    assert source.requests_for(mailbox) == 1 + len(commands)  # LOGIN and the trace: each command counted once
+    source.close()

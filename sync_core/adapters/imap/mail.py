@@ -18,6 +18,10 @@ HIGHESTMODSEQ seen and, mid-round, the round's last UID. Invariants:
   found for its later pages (in the connection's session), so a backfill costs one SEARCH per folder per
   run. The round's end is fixed by that search: mail arriving meanwhile has higher UIDs (RFC 3501 §2.3.1.1:
   UIDs only ascend) and waits for the next round; mail expunged meanwhile is simply missing from the FETCH.
+- **The next page is on its way while a page is decided**: once a page of a round is returned, the round's
+  next FETCH is sent from a background thread, so the server's work and the transfer overlap the caller's
+  decisions. The connection serves one command at a time: every call waits for that FETCH to end first (and
+  fails as it failed); the next page takes its answer, anything else leaves it unused.
 - **Idle polls are cheap**: with CONDSTORE an unchanged HIGHESTMODSEQ ends a folder's poll; without it, a
   UIDNEXT not above the cursor does. ``delta_many`` reads both for every folder in one command where the
   server offers LIST-STATUS (RFC 5819) and SPECIAL-USE (RFC 6154), which also lists the folders:
@@ -100,6 +104,16 @@ class _Round:
 
 
 @dataclass
+class _Prefetch:
+    """A round's next FETCH, running on ``thread``: ``key`` is (IMAP name, UIDVALIDITY, UIDs)."""
+
+    key: tuple[str, int, tuple[int, ...]]
+    thread: threading.Thread
+    answer: dict[int, Any] | None = None
+    error: BaseException | None = None
+
+
+@dataclass
 class _Session:
     client: IMAPClient
     condstore: bool
@@ -110,6 +124,7 @@ class _Session:
     selected: tuple[str, dict[bytes, Any]] | None = None
     structures: dict[str, tuple[structure.Structure, int]] = field(default_factory=dict)  # source id -> (, size)
     rounds: dict[str, _Round] = field(default_factory=dict)  # IMAP name -> the folder's round in progress
+    prefetch: _Prefetch | None = None  # the round's next FETCH, sent before the caller asked for it
 
 
 class ImapMailSource:
@@ -247,6 +262,8 @@ class ImapMailSource:
         with self._lock:
             sessions, self._sessions = list(self._sessions.values()), {}
         for session in sessions:
+            if session.prefetch is not None:
+                session.prefetch.thread.join()
             close(session.client)
 
     # -- connections --------------------------------------------------------------------------------
@@ -255,6 +272,7 @@ class ImapMailSource:
         session = self._session(mailbox)
         try:
             with translated_errors():
+                _settle(session)
                 return work(session)
         except (DeltaTokenExpired, MessageNotFound):
             raise  # answers about a folder: the conversation itself is fine
@@ -283,6 +301,8 @@ class ImapMailSource:
         with self._lock:
             session = self._sessions.pop(_key(mailbox), None)
         if session is not None:
+            if session.prefetch is not None:
+                session.prefetch.thread.join()
             close(session.client)
 
     def _count(self, mailbox: Mailbox, n: int = 1) -> None:
@@ -407,7 +427,26 @@ class ImapMailSource:
             return DeltaPage(folder, tuple(messages), next_link=None,
                              delta_link=FolderCursor(uidvalidity, top, modseq).encode())  # fmt: skip
         following = FolderCursor(uidvalidity, new_last, modseq, end)
+        self._prefetch(mailbox, session, (name, uidvalidity, tuple(candidates[self.page_size : 2 * self.page_size])))
         return DeltaPage(folder, tuple(messages), next_link=following.encode(), delta_link=None)
+
+    def _prefetch(self, mailbox: Mailbox, session: _Session, key: tuple[str, int, tuple[int, ...]]) -> None:
+        """Send the round's next FETCH (``key``: IMAP name, UIDVALIDITY, UIDs) from a background thread; the
+        next ``_call`` waits for it (``_settle``) before it uses the connection."""
+        if not key[2]:
+            return
+        client = session.client
+
+        def fetch() -> None:
+            try:
+                pending.answer = client.fetch(list(key[2]), PHASE_ONE)
+            except BaseException as exc:  # handed to the next call, which fails with it
+                pending.error = exc
+
+        pending = _Prefetch(key, threading.Thread(target=fetch, name="imap-prefetch", daemon=True))
+        self._count(mailbox)
+        session.prefetch = pending
+        pending.thread.start()
 
     def _search(
         self, mailbox: Mailbox, session: _Session, name: str, *, uidvalidity: int, last: int, end: int, since: datetime
@@ -443,10 +482,18 @@ class ImapMailSource:
     ) -> list[MailMessage]:
         if not uids:
             return []
-        self._count(mailbox)
-        fetched = session.client.fetch(list(uids), PHASE_ONE)
         uidvalidity = int(info.get(b"UIDVALIDITY", 0))
         name = session.selected[0] if session.selected else folder
+        prefetched, session.prefetch = session.prefetch, None
+        if (
+            prefetched is not None
+            and prefetched.key == (name, uidvalidity, tuple(uids))
+            and prefetched.answer is not None
+        ):
+            fetched = prefetched.answer
+        else:
+            self._count(mailbox)
+            fetched = session.client.fetch(list(uids), PHASE_ONE)
         since = since.replace(microsecond=0)  # INTERNALDATE has whole seconds: mail of the watermark's second counts
         messages = []
         for uid in sorted(fetched):
@@ -533,6 +580,18 @@ class ImapMailSource:
                 texts.append(text)
             truncated = truncated or cut
         return "\n\n".join(texts), truncated
+
+
+def _settle(session: _Session) -> None:
+    """Wait for the session's background FETCH, if any; raise what it failed with (the connection is then in
+    an unknown state, so the caller drops it), else leave its answer for the page that asks for it."""
+    pending = session.prefetch
+    if pending is None:
+        return
+    pending.thread.join()
+    if pending.error is not None:
+        session.prefetch = None
+        raise pending.error
 
 
 def _unchanged(cursor: FolderCursor, status: _Status) -> FolderCursor | None:
