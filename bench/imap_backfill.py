@@ -255,7 +255,9 @@ def _count_writes(deps: Any) -> dict[str, int]:
 
 def _time_phases(mail: Any) -> dict[str, float]:
     """Wall seconds inside the adapter's ``delta``/``delta_many`` (headers) and ``complete`` (bodies), and,
-    nested in them, inside ``IMAPClient.search`` and ``IMAPClient.fetch`` (command, server, parsing)."""
+    nested in them, inside ``IMAPClient.search`` and ``IMAPClient.fetch`` (command, server, parsing; the
+    round's next FETCH, which runs in the background while the pipeline decides, included), the header
+    section and BODYSTRUCTURE parsers, and the waits for that background FETCH."""
     spent: dict[str, float] = {}
     for method, name in (("delta", "IMAP headers (delta)"), ("delta_many", "IMAP headers (delta)"),
                          ("complete", "IMAP bodies (complete)"), ("attachments", "IMAP attachments")):  # fmt: skip
@@ -265,6 +267,7 @@ def _time_phases(mail: Any) -> dict[str, float]:
 
     _wrap(imap_mail, "parse_header_section", "header sections (parse_header_section)", spent)
     _wrap(imap_mail.structure, "parse", "BODYSTRUCTURE parse", spent)
+    _wrap(imap_mail, "_settle", "waiting for the background FETCH", spent)
     _imapclient_timers(spent)
     return spent
 
