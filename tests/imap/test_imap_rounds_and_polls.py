@@ -183,3 +183,31 @@ def test_a_rounds_next_page_is_sent_before_it_is_asked_for_and_fetched_only_once
     assert commands.index(next(c for c in commands if second_page in c)) < body_fetch  # sent before complete
     assert source.requests_for(mailbox) == 1 + len(commands)  # LOGIN and the trace: each command counted once
     source.close()
+
+
+def test_a_round_resumed_by_another_run_with_nothing_left_in_it_leaves_later_mail_for_the_next_round(
+    mail_server: mailserver.MailServer,
+) -> None:
+    world = ImapWorld(mail_server)
+    mailbox, adele = mailbox_of(world), world.address("adele")
+    world.deliver_many("adele", 4, start=now() - timedelta(minutes=30), interval_seconds=-10, subject="Early",
+                       from_=CAROL, to=[adele])  # fmt: skip
+    world.close()
+    source = ImapMailSource(world.account_for, world.limits(), page_size=3)
+    first = source.delta(mailbox, "inbox", None, mailbox.watermark)  # Early #1-#3; #4 is the round's end
+    source.close()
+    world.deliver("adele", subject="Late", from_=CAROL, to=[adele], received=now())
+    client = world._client("adele")
+    client.select_folder("INBOX")
+    client.delete_messages(client.search(["SUBJECT", "Early #4"]))
+    client.expunge()
+    world.close()
+    resumed = ImapMailSource(world.account_for, world.limits(), page_size=3)  # the next run
+
+    rest = resumed.delta(mailbox, "inbox", first.next_link, mailbox.watermark)
+    polled = resumed.delta_many(mailbox, {"inbox": rest.delta_link or ""})
+
+    assert [m.subject for m in first.messages] == ["Early #1", "Early #2", "Early #3"]
+    assert rest.messages == () and rest.delta_link is not None
+    assert [m.subject for m in polled["inbox"].messages] == ["Late"]
+    resumed.close()

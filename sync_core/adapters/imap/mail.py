@@ -416,7 +416,9 @@ class ImapMailSource:
         end = cursor.end_uid if cursor is not None and not cursor.caught_up else 0
         candidates = self._search(mailbox, session, name, uidvalidity=uidvalidity, last=last, end=end, since=since)
         if not candidates:
-            top = max(last, end, uidnext - 1 if uidnext else last)
+            # A round's end bounds it: a UIDNEXT seen by another run's EXAMINE may count mail that arrived after
+            # the round started, which this round never searched.
+            top = max(last, end) if end else max(last, uidnext - 1 if uidnext else last)
             return DeltaPage(folder, (), next_link=None, delta_link=FolderCursor(uidvalidity, top, modseq).encode())
         end = end or candidates[-1]
         batch = candidates[: self.page_size]
