@@ -209,7 +209,9 @@ def parse_header_section(
         sent_at=sent_at,
         folder=folder.strip().lower(),
         is_draft=first.get("x-unsent", "").strip() == "1",
-        headers=_kept_headers(headers),
+        headers=_kept_headers(headers)
+        if len(headers) > MAX_HEADERS
+        else tuple((name, value[:MAX_HEADER_CHARS]) for name, value in headers),  # what _kept_headers keeps then
         in_reply_to=next(iter(_message_ids(first.get("in-reply-to", ""))), None),
         references=_bounded_references(references),
     )

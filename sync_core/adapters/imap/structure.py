@@ -15,7 +15,6 @@ bytes per four characters, line breaks excluded; otherwise the encoded size).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -49,8 +48,10 @@ class Leaf:
     @cached_property
     def filename(self) -> str:
         raw = self.disposition_params.get("filename") or self.params.get("name") or ""
+        if not raw:
+            return ""
         name = " ".join(decode_encoded_words(raw).split())
-        return re.split(r"[\\/]", name)[-1].strip()
+        return name.replace("\\", "/").rpartition("/")[2].strip()  # path components removed
 
     @cached_property
     def is_attachment(self) -> bool:
