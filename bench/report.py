@@ -732,7 +732,7 @@ batch's matched messages. Pairs interleaved, {len(i["ours"])} of them, each side
 Where the product's time goes (nested timers, each includes what it calls; `IMAPClient.fetch` counts the
 background FETCH too): {_phases(m["phases"])}; the floor's: {_phases(m.get("floor_phases", {}))}. The
 conversation is the floor's: one `UID SEARCH` per folder and round (its UIDs serve every page of the round),
-the same FETCHes, and while the pipeline decides a page the round's next FETCH is already on its way (the
+the same FETCHes, and while a page is parsed and decided the round's next FETCH is already on its way (the
 product waited {_n(waited, 1)} s for one in all). What the product adds is CPU-bound Python on the fetched
 items: each header section through `domain.mime.parse_header_section` ({_n(headers, 1)} s; the same message,
 field for field, as `parse_rfc822` gives, which cost 10.9 s in the first run of this round),

@@ -18,10 +18,11 @@ HIGHESTMODSEQ seen and, mid-round, the round's last UID. Invariants:
   found for its later pages (in the connection's session), so a backfill costs one SEARCH per folder per
   run. The round's end is fixed by that search: mail arriving meanwhile has higher UIDs (RFC 3501 §2.3.1.1:
   UIDs only ascend) and waits for the next round; mail expunged meanwhile is simply missing from the FETCH.
-- **The next page is on its way while a page is decided**: once a page of a round is returned, the round's
-  next FETCH is sent from a background thread, so the server's work and the transfer overlap the caller's
-  decisions. The connection serves one command at a time: every call waits for that FETCH to end first (and
-  fails as it failed); the next page takes its answer, anything else leaves it unused.
+- **The next page is on its way while a page is parsed and decided**: as soon as a round's page has been
+  fetched, the round's next FETCH is sent from a background thread, so the server's work and the transfer
+  overlap the parsing and the caller's decisions. The connection serves one command at a time: every call
+  waits for that FETCH to end first (and fails as it failed); the next page takes its answer, anything else
+  leaves it unused.
 - **Idle polls are cheap**: with CONDSTORE an unchanged HIGHESTMODSEQ ends a folder's poll; without it, a
   UIDNEXT not above the cursor does. ``delta_many`` reads both for every folder in one command where the
   server offers LIST-STATUS (RFC 5819) and SPECIAL-USE (RFC 6154), which also lists the folders:
@@ -422,14 +423,16 @@ class ImapMailSource:
             return DeltaPage(folder, (), next_link=None, delta_link=FolderCursor(uidvalidity, top, modseq).encode())
         end = end or candidates[-1]
         batch = candidates[: self.page_size]
-        messages = self._fetch_headers(mailbox, session, folder, info, batch, since=since)
+        following_uids = tuple(candidates[self.page_size : 2 * self.page_size])
+        messages = self._fetch_headers(
+            mailbox, session, folder, info, batch, since=since, then=(name, uidvalidity, following_uids)
+        )
         new_last = batch[-1]
         if new_last >= end:
             top = max(end, new_last)
             return DeltaPage(folder, tuple(messages), next_link=None,
                              delta_link=FolderCursor(uidvalidity, top, modseq).encode())  # fmt: skip
         following = FolderCursor(uidvalidity, new_last, modseq, end)
-        self._prefetch(mailbox, session, (name, uidvalidity, tuple(candidates[self.page_size : 2 * self.page_size])))
         return DeltaPage(folder, tuple(messages), next_link=following.encode(), delta_link=None)
 
     def _prefetch(self, mailbox: Mailbox, session: _Session, key: tuple[str, int, tuple[int, ...]]) -> None:
@@ -481,7 +484,10 @@ class ImapMailSource:
         uids: Sequence[int],
         *,
         since: datetime = _EPOCH,
+        then: tuple[str, int, tuple[int, ...]] | None = None,
     ) -> list[MailMessage]:
+        """The messages of ``uids`` (the background FETCH's answer when it was for them); ``then``: the round's
+        next FETCH, sent in the background as soon as this one's answer is in, before it is parsed."""
         if not uids:
             return []
         uidvalidity = int(info.get(b"UIDVALIDITY", 0))
@@ -496,6 +502,8 @@ class ImapMailSource:
         else:
             self._count(mailbox)
             fetched = session.client.fetch(list(uids), PHASE_ONE)
+        if then is not None:
+            self._prefetch(mailbox, session, then)
         since = since.replace(microsecond=0)  # INTERNALDATE has whole seconds: mail of the watermark's second counts
         messages = []
         for uid in sorted(fetched):
