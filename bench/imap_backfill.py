@@ -265,7 +265,7 @@ def _time_phases(mail: Any) -> dict[str, float]:
             _wrap(mail, method, name, spent)
     from sync_core.adapters.imap import mail as imap_mail  # noqa: PLC0415
 
-    _wrap(imap_mail, "parse_header_section", "header sections (parse_header_section)", spent)
+    _wrap(imap_mail, "header_section_fields", "header sections (domain.mime)", spent)
     _wrap(imap_mail.structure, "parse", "BODYSTRUCTURE parse", spent)
     _wrap(imap_mail, "_settle", "waiting for the background FETCH", spent)
     _imapclient_timers(spent)

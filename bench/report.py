@@ -707,7 +707,7 @@ def _imap(r: dict[str, Result], images: Path) -> str:
     i = r["imap_backfill"]
     m, mix = i["median"], i["mix"]
     p = m["phases"]
-    headers = p.get("header sections (parse_header_section)", p.get("parse_rfc822 (header sections)", 0.0))
+    headers = p.get("header sections (domain.mime)", p.get("parse_rfc822 (header sections)", 0.0))
     structures = p.get("BODYSTRUCTURE parse", 0.0)
     waited = p.get("waiting for the background FETCH", 0.0)
     return f"""## {_TITLES["imap_backfill"]}
@@ -734,7 +734,7 @@ background FETCH too): {_phases(m["phases"])}; the floor's: {_phases(m.get("floo
 conversation is the floor's: one `UID SEARCH` per folder and round (its UIDs serve every page of the round),
 the same FETCHes, and while a page is parsed and decided the round's next FETCH is already on its way (the
 product waited {_n(waited, 1)} s for one in all). What the product adds is CPU-bound Python on the fetched
-items: each header section through `domain.mime.parse_header_section` ({_n(headers, 1)} s; the same message,
+items: each header section through `domain.mime.header_section_fields` ({_n(headers, 1)} s; the same message,
 field for field, as `parse_rfc822` gives, which cost 10.9 s in the first run of this round),
 BODYSTRUCTURE ({_n(structures, 1)} s) and the pipeline's decisions: the product's CPU is {_n(m["cpu"], 1)} s
 against the floor's {_n(m["floor_cpu"], 1)} s, and that difference, stretched by the shared machine's load,

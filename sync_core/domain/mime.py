@@ -26,12 +26,13 @@ import hashlib
 import io
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import Compat32
 from email.utils import collapse_rfc2231_value, parsedate_to_datetime
+from typing import Any
 
 from sync_core.domain.addresses import parse_address_list
 from sync_core.domain.model import AttachmentSummary, EmailAddress, MailMessage
@@ -169,10 +170,21 @@ def parse_header_section(
     limits, more container headers than ``MAX_PARTS``, RFC 2231 parameters on a container type) goes through
     ``parse_rfc822`` itself.
     """
+    return MailMessage(**header_section_fields(section, folder=folder, received_fallback=received_fallback))
+
+
+def header_section_fields(
+    section: bytes, *, folder: str = "inbox", received_fallback: datetime | None = None
+) -> dict[str, Any]:
+    """``parse_header_section``'s message as ``MailMessage`` keyword arguments (the body and attachment fields
+    left to their empty defaults), for a caller that sets some fields of its own: the message is then built
+    once. Raises ``InvalidMessage`` and nothing else."""
     raw = section.rstrip(b"\r\n") + b"\r\n\r\n"
     fields = _header_fields(raw)
     if fields is None:
-        return _without_parts(parse_rfc822(raw, folder=folder, received_fallback=received_fallback))
+        message = parse_rfc822(raw, folder=folder, received_fallback=received_fallback)
+        skipped = ("body_text", "body_preview", "body_truncated", "has_attachments", "attachments")
+        return {name: value for name, value in vars(message).items() if name not in skipped}
     headers = []
     addresses: dict[str, list[str]] = {}
     for name, value in fields:
@@ -198,27 +210,23 @@ def parse_header_section(
         _address_of(sender), _addresses_of(to), _addresses_of(cc), first.get("date", ""), subject, ""
     )
     references = _message_ids(" ".join(value for name, value in headers if name == "references"))
-    return MailMessage(
-        source_id="rfc822:" + hashlib.sha256(raw).hexdigest()[:32],
-        internet_message_id=message_id,
-        subject=subject,
-        sender=sender,
-        to=to,
-        cc=cc,
-        received_at=_received_at(sent_at, headers, received_fallback),
-        sent_at=sent_at,
-        folder=folder.strip().lower(),
-        is_draft=first.get("x-unsent", "").strip() == "1",
-        headers=_kept_headers(headers)
+    return {
+        "source_id": "rfc822:" + hashlib.sha256(raw).hexdigest()[:32],
+        "internet_message_id": message_id,
+        "subject": subject,
+        "sender": sender,
+        "to": to,
+        "cc": cc,
+        "received_at": _received_at(sent_at, headers, received_fallback),
+        "sent_at": sent_at,
+        "folder": folder.strip().lower(),
+        "is_draft": first.get("x-unsent", "").strip() == "1",
+        "headers": _kept_headers(headers)
         if len(headers) > MAX_HEADERS
         else tuple((name, value[:MAX_HEADER_CHARS]) for name, value in headers),  # what _kept_headers keeps then
-        in_reply_to=next(iter(_message_ids(first.get("in-reply-to", ""))), None),
-        references=_bounded_references(references),
-    )
-
-
-def _without_parts(message: MailMessage) -> MailMessage:
-    return replace(message, body_text="", body_preview="", body_truncated=False, has_attachments=False, attachments=())
+        "in_reply_to": next(iter(_message_ids(first.get("in-reply-to", ""))), None),
+        "references": _bounded_references(references),
+    }
 
 
 def _header_fields(raw: bytes) -> list[tuple[str, bytes]] | None:

@@ -66,7 +66,7 @@ from sync_core.adapters.imap.account import ImapAccount, ImapLimits
 from sync_core.adapters.imap.connection import close, connect, translated_errors
 from sync_core.adapters.imap.cursor import FolderCursor
 from sync_core.domain.folders import FolderRole
-from sync_core.domain.mime import parse_header_section
+from sync_core.domain.mime import header_section_fields
 from sync_core.domain.model import AttachmentSummary, Mailbox, MailMessage
 from sync_core.domain.text import html_text, preview
 from sync_core.errors import DeltaTokenExpired, InvalidMessage, MessageNotFound
@@ -698,25 +698,24 @@ def _map_folders(listed: Sequence[tuple[Sequence[bytes], Any, Any]]) -> tuple[di
 def _message(
     item: Mapping[bytes, Any], source_id: str, folder: str, internal: datetime, parsed: structure.Structure
 ) -> MailMessage | None:
+    """The message of a phase-one item: its header section read as RFC 822 ingest reads it, with the adapter's
+    id, folder, INTERNALDATE, ``\\Draft`` flag and attachments from BODYSTRUCTURE; no body yet."""
     header = item.get(b"BODY[HEADER]<0>") or item.get(b"BODY[HEADER]") or b""
     try:
-        message = parse_header_section(bytes(header), folder=folder, received_fallback=internal)
+        fields = header_section_fields(bytes(header), folder=folder, received_fallback=internal)
     except InvalidMessage as exc:
         log.info("a message's header section cannot be read (%s); skipped", exc.code)
         return None
     flags = tuple(item.get(b"FLAGS") or ())
-    return replace(
-        message,
+    fields.update(
         source_id=source_id,
         folder=folder,
         received_at=internal,
-        body_text="",
-        body_preview="",
-        body_truncated=False,
-        is_draft=message.is_draft or b"\\Draft" in flags,
+        is_draft=fields["is_draft"] or b"\\Draft" in flags,
         has_attachments=bool(parsed.attachments),
         attachments=parsed.attachments,
     )
+    return MailMessage(**fields)
 
 
 def _decode(data: bytes, leaf: structure.Leaf, cut: bool) -> str:
