@@ -5,6 +5,7 @@ usual, and a renumbered one is a lost cursor."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from datetime import UTC, datetime, timedelta
 
@@ -211,3 +212,29 @@ def test_a_round_resumed_by_another_run_with_nothing_left_in_it_leaves_later_mai
     assert rest.messages == () and rest.delta_link is not None
     assert [m.subject for m in polled["inbox"].messages] == ["Late"]
     resumed.close()
+
+
+def test_only_the_latest_pages_structures_are_kept_and_an_older_message_is_still_completed(
+    mail_server: mailserver.MailServer,
+) -> None:
+    world = ImapWorld(mail_server)
+    mailbox, adele = mailbox_of(world), world.address("adele")
+    world.deliver_many("adele", 7, start=now() - timedelta(minutes=30), interval_seconds=-10, subject="Early",
+                       from_=CAROL, to=[adele], body="the body",
+                       attachments=[{"name": "offer.pdf", "content_type": "application/pdf", "size": 300}])  # fmt: skip
+    world.close()
+    limits = dataclasses.replace(world.limits(), fetch_batch=2)
+    source = ImapMailSource(world.account_for, limits)
+    pages = drain(source, mailbox, "inbox")
+    kept = len(next(iter(source._sessions.values())).structures)
+    marker = trace_marker(mail_server, adele)
+
+    oldest = source.complete(mailbox, pages[0].messages)
+    listed = source.attachments(mailbox, [m.source_id for m in pages[0].messages])
+    commands = commands_since(mail_server, adele, marker)
+
+    assert [len(page.messages) for page in pages] == [2, 2, 2, 1] and kept == 2 * 2 + 1
+    assert [m.body_text for m in oldest] == ["the body", "the body"]
+    assert [[a.name for a in found] for found in listed.values()] == [["offer.pdf"], ["offer.pdf"]]
+    assert sum("BODYSTRUCTURE" in c and "BODY.PEEK[HEADER]" not in c for c in commands) == 1  # read again, once
+    source.close()

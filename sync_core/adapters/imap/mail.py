@@ -47,6 +47,7 @@ from __future__ import annotations
 import base64
 import binascii
 import bisect
+import itertools
 import logging
 import quopri
 import threading
@@ -123,7 +124,8 @@ class _Session:
     folders: dict[str, str] | None = None  # folder id (role or IMAP name) -> IMAP name
     all_folders: tuple[str, ...] | None = None
     selected: tuple[str, dict[bytes, Any]] | None = None
-    structures: dict[str, tuple[structure.Structure, int]] = field(default_factory=dict)  # source id -> (, size)
+    # source id -> (BODYSTRUCTURE, size) of the latest pages' messages (``_forget_old_structures``)
+    structures: dict[str, tuple[structure.Structure, int]] = field(default_factory=dict)
     rounds: dict[str, _Round] = field(default_factory=dict)  # IMAP name -> the folder's round in progress
     prefetch: _Prefetch | None = None  # the round's next FETCH, sent before the caller asked for it
 
@@ -490,6 +492,7 @@ class ImapMailSource:
         next FETCH, sent in the background as soon as this one's answer is in, before it is parsed."""
         if not uids:
             return []
+        self._forget_old_structures(session)
         uidvalidity = int(info.get(b"UIDVALIDITY", 0))
         name = session.selected[0] if session.selected else folder
         prefetched, session.prefetch = session.prefetch, None
@@ -518,6 +521,15 @@ class ImapMailSource:
             if message is not None:
                 messages.append(message)
         return messages
+
+    def _forget_old_structures(self, session: _Session) -> None:
+        """Keep the structures of the latest ``2 * fetch_batch`` messages read (this page's and the one before,
+        which the caller completes and lists): a run's structures would otherwise stay in memory to its end,
+        and every garbage collection walks them. A message forgotten is read again if asked for."""
+        excess = len(session.structures) - 2 * self.limits.fetch_batch
+        if excess > 0:
+            for source_id in list(itertools.islice(session.structures, excess)):
+                del session.structures[source_id]
 
     def _structures(self, mailbox: Mailbox, session: _Session, source_ids: Iterable[str]) -> None:
         for name, uidvalidity, uids in _by_folder(source_ids):
