@@ -255,7 +255,9 @@ def _count_writes(deps: Any) -> dict[str, int]:
 
 def _time_phases(mail: Any) -> dict[str, float]:
     """Wall seconds inside the adapter's ``delta``/``delta_many`` (headers) and ``complete`` (bodies), and,
-    nested in them, inside ``IMAPClient.search`` and ``IMAPClient.fetch`` (command, server, parsing)."""
+    nested in them, inside ``IMAPClient.search`` and ``IMAPClient.fetch`` (command, server, parsing; the
+    round's next FETCH, which runs in the background while the pipeline decides, included), the header
+    section and BODYSTRUCTURE parsers, and the waits for that background FETCH."""
     spent: dict[str, float] = {}
     for method, name in (("delta", "IMAP headers (delta)"), ("delta_many", "IMAP headers (delta)"),
                          ("complete", "IMAP bodies (complete)"), ("attachments", "IMAP attachments")):  # fmt: skip
@@ -263,8 +265,9 @@ def _time_phases(mail: Any) -> dict[str, float]:
             _wrap(mail, method, name, spent)
     from sync_core.adapters.imap import mail as imap_mail  # noqa: PLC0415
 
-    _wrap(imap_mail, "parse_rfc822", "parse_rfc822 (header sections)", spent)
+    _wrap(imap_mail, "header_section_fields", "header sections (domain.mime)", spent)
     _wrap(imap_mail.structure, "parse", "BODYSTRUCTURE parse", spent)
+    _wrap(imap_mail, "_settle", "waiting for the background FETCH", spent)
     _imapclient_timers(spent)
     return spent
 

@@ -10,8 +10,10 @@ What runs (nothing system-wide is touched: no file under /etc, no systemd, no pr
   handed to that user). It listens on free loopback ports: IMAP with STARTTLS (plaintext login refused
   until TLS is up), IMAPS (implicit TLS) and LMTP. Users come from passwd files (salted SHA-256 hashes);
   ``\\Sent``, ``\\Drafts``, ``\\Junk`` and ``\\Trash`` are created with their SPECIAL-USE flags. Dovecot
-  always offers CONDSTORE and QRESYNC (RFC 7162); ``no_condstore`` starts one that hides them (through
-  ``imap_capability``), like Microsoft 365's IMAP, so the adapter's fallback runs against a real server.
+  always offers CONDSTORE and QRESYNC (RFC 7162) and LIST-STATUS (RFC 5819); ``no_condstore`` starts one
+  that hides the three (through ``imap_capability``), as Microsoft 365's IMAP offers none of them (its
+  post-login CAPABILITY in MailKit issue #1282: ``IMAP4 IMAP4rev1 AUTH=PLAIN AUTH=XOAUTH2 SASL-IR UIDPLUS MOVE
+  ID UNSELECT ... CHILDREN IDLE NAMESPACE LITERAL+``), so the adapter's fallbacks run against a real server.
   ``sent=False`` starts one without a Sent folder.
 * **Command trace**: Dovecot's ``rawlog_dir`` writes every IMAP session's client commands (``*.in``) and
   server answers (``*.out``) under ``<dir>/rawlog/<user>/``, so a test can prove what was (and was not)
@@ -75,11 +77,11 @@ DEFAULT_DIR = ROOT / ".local" / "mailserver"
 PACKAGES = ("dovecot-imapd", "dovecot-lmtpd")
 DOVECOT = "/usr/sbin/dovecot"
 DOMAIN = "imap.example"
-# The capabilities Dovecot 2.3 announces after login, less CONDSTORE and QRESYNC (no_condstore).
+# The capabilities Dovecot 2.3 announces after login, less CONDSTORE, QRESYNC and LIST-STATUS (no_condstore).
 _PLAIN_CAPABILITIES = (
     "IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE SORT SORT=DISPLAY THREAD=REFERENCES THREAD=REFS "
     "THREAD=ORDEREDSUBJECT MULTIAPPEND URL-PARTIAL CATENATE UNSELECT CHILDREN NAMESPACE UIDPLUS "
-    "LIST-EXTENDED I18NLEVEL=1 ESEARCH ESORT SEARCHRES WITHIN CONTEXT=SEARCH LIST-STATUS BINARY MOVE "
+    "LIST-EXTENDED I18NLEVEL=1 ESEARCH ESORT SEARCHRES WITHIN CONTEXT=SEARCH BINARY MOVE "
     "SNIPPET=FUZZY PREVIEW=FUZZY PREVIEW STATUS=SIZE SAVEDATE LITERAL+ NOTIFY SPECIAL-USE"
 )
 

@@ -21,6 +21,7 @@ Invariants of the result:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import re
@@ -31,6 +32,7 @@ from email.message import Message
 from email.parser import BytesParser
 from email.policy import Compat32
 from email.utils import collapse_rfc2231_value, parsedate_to_datetime
+from typing import Any
 
 from sync_core.domain.addresses import parse_address_list
 from sync_core.domain.model import AttachmentSummary, EmailAddress, MailMessage
@@ -64,6 +66,17 @@ _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 # What the stdlib parser takes for a header line (``email.feedparser.headerRE``); any other line ends the headers.
 _HEADER_OR_CONTINUATION = re.compile(rb"From |[\041-\071\073-\176]*:|[\t ]")
 _CONTAINER_HEADER = re.compile(rb"(?:^|[\r\n])content-type:\s*(?:multipart|message)/", re.IGNORECASE)
+# A field as the stdlib parser reads it from CRLF lines: a non-empty name (``headerRE``) ending at the first colon,
+# the blanks after it dropped, then continuation lines (a space or tab, then something that is not blank); a
+# section is such fields and the blank line. Anything else (a blank continuation line, which the limits of
+# ``_refuse_unsafe_header_lines`` would not count; a line that would end the headers) is the full parser's.
+_FIELD = re.compile(rb"([\041-\071\073-\176]+):[ \t]*([^\r\n]*(?:\r\n[ \t]+[^ \t\r\n][^\r\n]*)*)\r\n")
+_FIELDS = re.compile(rb"(?:[\041-\071\073-\176]+:[^\r\n]*\r\n(?:[ \t]+[^ \t\r\n][^\r\n]*\r\n)*)*\r\n")
+_ADDRESS_HEADERS = frozenset({"from", "sender", "to", "cc"})
+# Pure functions of a header value, memoised for ``parse_header_section`` (correspondents and subjects repeat
+# from message to message): values of up to _CACHED_VALUE_CHARS characters, _CACHE_ENTRIES of each.
+_CACHED_VALUE_CHARS = 2048
+_CACHE_ENTRIES = 8192
 
 
 class _RawHeaderPolicy(Compat32):
@@ -138,6 +151,123 @@ def parse_rfc822(
         references=_bounded_references(references),
         attachments=attachments,
     )
+
+
+def parse_header_section(
+    section: bytes, *, folder: str = "inbox", received_fallback: datetime | None = None
+) -> MailMessage:
+    """The message a header section alone describes (IMAP's ``BODY[HEADER]``): every field as ``parse_rfc822``
+    gives it for the section followed by an empty body (``section`` with its trailing line breaks replaced by one
+    blank line: the same bytes, the same ``InvalidMessage``), except that the body and attachment fields are
+    always empty (a header section has no parts); raises ``InvalidMessage`` and nothing else.
+
+    The same rules at a fraction of the cost: a section of CRLF lines that are all header fields (what IMAP
+    servers send) is split here by the stdlib parser's own rules (``email.feedparser``: a field starts with a
+    name and a colon, continues on lines starting with a space or a tab, a first ``From `` line is the envelope)
+    instead of through ``email``'s line machinery, and nothing looks for parts; address lists and encoded words
+    are decoded by the same functions, memoised per value. Any other section (a line the parser would take for
+    the start of the body, bare CR or LF line breaks, a misplaced ``From `` line, a line or section over the
+    limits, more container headers than ``MAX_PARTS``, RFC 2231 parameters on a container type) goes through
+    ``parse_rfc822`` itself.
+    """
+    return MailMessage(**header_section_fields(section, folder=folder, received_fallback=received_fallback))
+
+
+def header_section_fields(
+    section: bytes, *, folder: str = "inbox", received_fallback: datetime | None = None
+) -> dict[str, Any]:
+    """``parse_header_section``'s message as ``MailMessage`` keyword arguments (the body and attachment fields
+    left to their empty defaults), for a caller that sets some fields of its own: the message is then built
+    once. Raises ``InvalidMessage`` and nothing else."""
+    raw = section.rstrip(b"\r\n") + b"\r\n\r\n"
+    fields = _header_fields(raw)
+    if fields is None:
+        message = parse_rfc822(raw, folder=folder, received_fallback=received_fallback)
+        skipped = ("body_text", "body_preview", "body_truncated", "has_attachments", "attachments")
+        return {name: value for name, value in vars(message).items() if name not in skipped}
+    headers = []
+    addresses: dict[str, list[str]] = {}
+    for name, value in fields:
+        if name in _IGNORED_HEADERS:
+            continue
+        text = value.replace(b"\r\n", b"").decode("utf-8", "replace")  # what ``_unfold`` gives
+        if name in _ADDRESS_HEADERS:
+            addresses.setdefault(name, []).append(text)
+        if "=?" in text:
+            text = _cached_words(text) if len(text) <= _CACHED_VALUE_CHARS else decode_encoded_words(text)
+        text = text.strip()
+        if "\r" in text or "\n" in text:
+            raise InvalidMessage("malformed", f"line break inside the {name} header (header injection)")
+        headers.append((name, text))
+    first = _first_values(headers)
+    if not ({"from", "sender", "message-id", "date"} & first.keys()):
+        raise InvalidMessage("malformed", "not a message: no From, Message-ID or Date header")
+    sender = next(iter(_address_list(addresses.get("from")) or _address_list(addresses.get("sender"))), None)
+    to, cc = _address_list(addresses.get("to")), _address_list(addresses.get("cc"))
+    subject = " ".join(first.get("subject", "").split())
+    sent_at = _parse_date(first.get("date"))
+    message_id = _normalize_message_id(first.get("message-id", "")) or _synthetic_message_id(
+        _address_of(sender), _addresses_of(to), _addresses_of(cc), first.get("date", ""), subject, ""
+    )
+    references = _message_ids(" ".join(value for name, value in headers if name == "references"))
+    return {
+        "source_id": "rfc822:" + hashlib.sha256(raw).hexdigest()[:32],
+        "internet_message_id": message_id,
+        "subject": subject,
+        "sender": sender,
+        "to": to,
+        "cc": cc,
+        "received_at": _received_at(sent_at, headers, received_fallback),
+        "sent_at": sent_at,
+        "folder": folder.strip().lower(),
+        "is_draft": first.get("x-unsent", "").strip() == "1",
+        "headers": _kept_headers(headers)
+        if len(headers) > MAX_HEADERS
+        else tuple((name, value[:MAX_HEADER_CHARS]) for name, value in headers),  # what _kept_headers keeps then
+        "in_reply_to": next(iter(_message_ids(first.get("in-reply-to", ""))), None),
+        "references": _bounded_references(references),
+    }
+
+
+def _header_fields(raw: bytes) -> list[tuple[str, bytes]] | None:
+    """(lower-case name, raw value) of every field of ``raw`` (a header section and its blank line) as the stdlib
+    parser with ``_RawHeaderPolicy`` gives them (the value without the blanks after the colon, folding CRLFs kept,
+    as bytes), or None when the section is not one ``parse_header_section`` takes by itself (see there).
+
+    What this accepts, ``parse_rfc822`` accepts too: CRLF line breaks only (so no bare CR and no mixed line
+    endings), every line at most ``MAX_HEADER_LINE_BYTES`` and the section within ``MAX_HEADER_SECTION_BYTES``;
+    the per-part header limits of ``_check_structure`` then hold as well (a field's lines are the raw lines, the
+    blanks after its colon removed), and nothing of the section is read as a body, so the body is empty."""
+    if len(raw) > MAX_HEADER_SECTION_BYTES:
+        return None
+    crlf = raw.count(b"\r\n")
+    if raw.count(b"\r") != crlf or raw.count(b"\n") != crlf:
+        return None  # a bare CR or LF
+    if len(raw) > MAX_HEADER_LINE_BYTES and max(map(len, raw.split(b"\r\n"))) > MAX_HEADER_LINE_BYTES:
+        return None
+    body = raw[raw.index(b"\r\n") + 2 :] if raw.startswith(b"From ") else raw  # the mbox envelope line
+    if _FIELDS.fullmatch(body) is None:
+        return None  # the parser would end the headers early, or drop a line
+    if raw.count(b":") > MAX_PARTS and len(_CONTAINER_HEADER.findall(raw)) > MAX_PARTS:
+        return None
+    fields = [(name.lower().decode("ascii"), value) for name, value in _FIELD.findall(body)]
+    content_type = next((value.lower() for name, value in fields if name == "content-type"), b"")
+    if b"message/" in content_type or (b"multipart/" in content_type and b"*" in content_type):
+        return None  # the parser would parse an embedded message, or decode an RFC 2231 boundary
+    return fields
+
+
+def _address_list(values: list[str] | None) -> tuple[EmailAddress, ...]:
+    """``parse_address_list`` of unfolded values, memoised."""
+    if not values:
+        return ()
+    if sum(map(len, values)) <= _CACHED_VALUE_CHARS:
+        return _cached_address_list(tuple(values))
+    return parse_address_list(values)
+
+
+_cached_words = functools.lru_cache(maxsize=_CACHE_ENTRIES)(decode_encoded_words)
+_cached_address_list = functools.lru_cache(maxsize=_CACHE_ENTRIES)(parse_address_list)
 
 
 def _refuse_unsafe_header_lines(raw: bytes) -> None:

@@ -201,6 +201,7 @@ def test_without_condstore_new_mail_is_found_by_uid_ranges_and_idle_polls_stay_c
     assert [m.subject for m in later["inbox"].messages] == ["Later"]
     commands = plain_server.rawlog(adele)
     assert "CONDSTORE" not in commands and "MODSEQ" not in commands
+    assert "RETURN (" not in commands  # no LIST-STATUS offered: the idle polls EXAMINE the folder
     world.close()
 
 

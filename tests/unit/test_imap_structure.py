@@ -73,3 +73,18 @@ def test_rfc2231_file_names_are_decoded_and_nameless_parts_still_count() -> None
 def test_a_structure_it_cannot_read_gives_no_text_and_no_attachments() -> None:
     assert structure.parse(None) == structure.Structure((), ())
     assert structure.parse((b"text",)) == structure.Structure((), ())
+
+
+def test_file_names_lose_their_path_components_and_encoded_words_are_decoded() -> None:
+    body = multipart(
+        b"mixed",
+        text(b"plain"),
+        leaf(b"application", b"pdf", 100, disposition=(b"attachment", (b"filename", b"C:\\Users\\ann\\report.pdf"))),
+        leaf(b"text", b"csv", 100, params=(b"name", b"../../etc/passwd")),
+        leaf(b"application", b"pdf", 100, params=(b"name", b"=?utf-8?q?Pr=C3=BCfung?= 2026.pdf")),
+        leaf(b"application", b"zip", 100, disposition=(b"attachment", (b"filename", b"  a /\\ b.zip "))),
+    )
+
+    names = [a.name for a in structure.parse(body).attachments]
+
+    assert names == ["report.pdf", "passwd", "Prüfung 2026.pdf", "b.zip"]

@@ -3,8 +3,10 @@
 ``imap1 <uidvalidity> <last uid> <highestmodseq> <end uid>``: every message of the folder with a UID up to
 ``last uid`` (and received at or after the watermark) has been returned. ``end uid`` is 0 once the folder
 is caught up (a delta link); otherwise (a next link) it is the last UID of the round in progress, so a
-round has a fixed end and new mail waits for the next round. ``highestmodseq`` is 0 where the server has
-no CONDSTORE. A cursor of another UIDVALIDITY is void: the folder's UIDs were renumbered.
+round has a fixed end and new mail waits for the next round. ``highestmodseq`` is the folder's HIGHESTMODSEQ
+when the round started, never a later one (a later one may count mail past the round's end, which an idle
+poll would then take for seen); 0 where the server has no CONDSTORE. A cursor of another UIDVALIDITY is void:
+the folder's UIDs were renumbered.
 """
 
 from __future__ import annotations

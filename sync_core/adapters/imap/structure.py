@@ -15,9 +15,9 @@ bytes per four characters, line breaks excluded; otherwise the encoded size).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -45,13 +45,15 @@ class Leaf:
     def charset(self) -> str | None:
         return self.params.get("charset") or None
 
-    @property
+    @cached_property
     def filename(self) -> str:
         raw = self.disposition_params.get("filename") or self.params.get("name") or ""
+        if not raw:
+            return ""
         name = " ".join(decode_encoded_words(raw).split())
-        return re.split(r"[\\/]", name)[-1].strip()
+        return name.replace("\\", "/").rpartition("/")[2].strip()  # path components removed
 
-    @property
+    @cached_property
     def is_attachment(self) -> bool:
         maintype = self.content_type.partition("/")[0]
         return (
@@ -82,10 +84,12 @@ class Structure:
 
 
 def parse(bodystructure: Any) -> Structure:
-    """Never raises: a structure it cannot read gives no text and no attachments."""
+    """Never raises: a structure it cannot read gives no text and no attachments. Each part is read once."""
     try:
-        text = tuple(_text_leaves(bodystructure, "", 0))
-        leaves = list(_leaves(bodystructure, "", 0))[:MAX_PARTS]
+        every = list(_leaves(bodystructure, "", 0))
+        by_section = {leaf.section: leaf for leaf in every}
+        text = tuple(_text_leaves(bodystructure, "", 0, by_section))
+        leaves = every[:MAX_PARTS]
     except (TypeError, ValueError, IndexError, AttributeError):
         return Structure((), ())
     attachments = tuple(
@@ -108,9 +112,8 @@ def _child_section(prefix: str, index: int) -> str:
     return f"{prefix}.{index}" if prefix else str(index)
 
 
-def _children(node: Any, prefix: str) -> Iterator[tuple[Any, str]]:
-    for index, child in enumerate(node[0], start=1):
-        yield child, _child_section(prefix, index)
+def _children(node: Any, prefix: str) -> list[tuple[Any, str]]:
+    return [(child, _child_section(prefix, index)) for index, child in enumerate(node[0], start=1)]
 
 
 def _leaves(node: Any, prefix: str, depth: int) -> Iterator[Leaf]:
@@ -123,23 +126,26 @@ def _leaves(node: Any, prefix: str, depth: int) -> Iterator[Leaf]:
         yield _leaf(node, prefix or "1")
 
 
-def _text_leaves(node: Any, prefix: str, depth: int) -> list[Leaf]:
+def _text_leaves(node: Any, prefix: str, depth: int, known: dict[str, Leaf]) -> list[Leaf]:
+    """The leaves whose text is the body (see the module docstring); ``known``: the leaves already read, by
+    section."""
     if depth > MAX_DEPTH:
         return []
     if not _is_multipart(node):
-        leaf = _leaf(node, prefix or "1")
+        section = prefix or "1"
+        leaf = known.get(section) or _leaf(node, section)
         if leaf.is_attachment or leaf.content_type not in ("text/plain", "text/html"):
             return []
         return [leaf]
     subtype = _text(node[1]).lower()
-    children = list(_children(node, prefix))
+    children = _children(node, prefix)
     if subtype == "alternative":
-        chosen = [_text_leaves(child, section, depth + 1) for child, section in children]
+        chosen = [_text_leaves(child, section, depth + 1, known) for child, section in children]
         plain = [found for found in chosen if found and all(x.content_type == "text/plain" for x in found)]
         if plain:
             return plain[0]
         return next((found for found in reversed(chosen) if found), [])
-    return [leaf for child, section in children for leaf in _text_leaves(child, section, depth + 1)]
+    return [leaf for child, section in children for leaf in _text_leaves(child, section, depth + 1, known)]
 
 
 def _leaf(node: Sequence[Any], section: str) -> Leaf:
