@@ -16,6 +16,7 @@ from azure.data.tables import TableServiceClient
 from sync_core.domain.model import MailboxStatus
 from sync_core.errors import StorageUnavailable
 from sync_core.use_cases.connect import complete_connect, start_connect
+from tests.checkpoint_hooks import AfterCheckpoint
 from tests.integration.sync_env import ORG
 from tests.reliability.conftest import AzuriteControl
 from tests.reliability.rel_env import Ledger, OffsetClock, RelEnv, assert_converged, at_page
@@ -157,8 +158,9 @@ def test_table_storage_stopped_in_the_middle_of_a_run_fails_the_run_with_storage
     ledger = Ledger(env).standard()
     budget = timedelta(seconds=30)
 
+    # Stopped right after page 1's checkpoint: page 1 durable, nothing of page 2 written yet.
     with pytest.raises(StorageUnavailable):
-        env.run(after_page=at_page(2, own_azurite.stop), budget=budget)
+        env.run(cursors=AfterCheckpoint(env.stores.cursors, 1, own_azurite.stop), budget=budget)
 
     own_azurite.start()
     survived = set(env.activities())
