@@ -68,7 +68,23 @@ def build_activities(
     """Decide each message as seen in ``mailbox`` and build the activities of the matched ones (not
     stored: the caller saves them). Adds one count per message to ``reasons``. Decisions need headers
     only: bodies are read (``complete``) for matched messages alone, and attachment listings fetched
-    for matched messages that have attachments not yet summarised."""
+    for matched messages that have attachments not yet summarised. The two halves, ``matched_messages``
+    then ``activities_of``, may run apart (the sync builds a page's activities while it fetches the next)."""
+    matched = matched_messages(messages, mailbox, settings, records=records, reasons=reasons, complete=complete)
+    return activities_of(matched, mailbox, activities=activities, fetch_attachments=fetch_attachments)
+
+
+def matched_messages(
+    messages: Sequence[MailMessage],
+    mailbox: Mailbox,
+    settings: OrgSettings,
+    *,
+    records: RecordsIndex,
+    reasons: Counter[str],
+    complete: MessageCompleter | None = None,
+) -> list[tuple[MailMessage, Decision]]:
+    """The matched messages (with their bodies, ``complete``) and their decisions; one count per message
+    decided in ``reasons``."""
     if not messages:
         return []
     decisions = []
@@ -76,11 +92,23 @@ def build_activities(
         reasons[decision.reason.value] += 1
         if decision.reason is Reason.MATCHED:
             decisions.append((message, decision))
-    if not decisions:
-        return []
-    if complete is not None:
+    if decisions and complete is not None:
         completed = complete([m for m, _ in decisions])
         decisions = [(full, d) for full, (_, d) in zip(completed, decisions, strict=True)]
+    return decisions
+
+
+def activities_of(
+    decisions: Sequence[tuple[MailMessage, Decision]],
+    mailbox: Mailbox,
+    *,
+    activities: ThreadLookup,
+    fetch_attachments: AttachmentFetcher | None = None,
+) -> list[Activity]:
+    """The activities of matched messages: their attachment summaries listed where missing, their
+    threads resolved (``thread_ids``)."""
+    if not decisions:
+        return []
     with_files = [m.source_id for m, _ in decisions if m.has_attachments and not m.attachments]
     files = fetch_attachments(with_files) if with_files and fetch_attachments is not None else {}
     threads = thread_ids(activities, mailbox.org_id, [m for m, _ in decisions])
@@ -115,18 +143,56 @@ MAX_REFERENCES_LOOKED_UP = 20
 
 
 def thread_ids(activities: ThreadLookup, org_id: str, messages: Sequence[MailMessage]) -> dict[str, str]:
-    """Thread of each message: the stored thread of a message it references, else the thread rooted at
-    the first message of its References chain (or its In-Reply-To, or itself). Both rules give the same
-    id in every mailbox, so replies seen elsewhere join the thread."""
-    candidates = {m.internet_message_id: _references_to_look_up(m) for m in messages}
-    referenced = sorted({ref for refs in candidates.values() for ref in refs})
+    """Thread of each message: the thread of the nearest message it references (In-Reply-To, then its
+    References from the latest) that is stored or among ``messages``, else the thread rooted at the first
+    message of its References chain (or its In-Reply-To, or itself). Both rules give the same id in every
+    mailbox, so replies seen elsewhere join the thread.
+
+    A reference to one of ``messages`` (a reply and what it answers on one page) takes that message's
+    thread as these rules give it, without reading the store: the store is read, in one lookup, only
+    for references outside ``messages``. The same as reading it unless that message was stored before
+    with another thread, which needs its References chain cut (roots differ) on the way; a reference loop
+    (sender-controlled headers) is skipped where it closes."""
+    by_id = {m.internet_message_id: m for m in messages}
+    candidates = {mid: _references_to_look_up(m) for mid, m in by_id.items()}
+    referenced = sorted({ref for refs in candidates.values() for ref in refs if ref not in by_id})
     known = activities.thread_ids_for_messages(org_id, referenced) if referenced else {}
     threads: dict[str, str] = {}
-    for m in messages:
-        stored = next((known[r] for r in candidates[m.internet_message_id] if r in known), None)
-        root = m.references[0] if m.references else (m.in_reply_to or m.internet_message_id)
-        threads[m.internet_message_id] = stored or thread_id_for(org_id, root)
+    for start in by_id:
+        path, on_path = [start], {start}  # messages being resolved, each waiting for the next
+        while path:
+            mid = path[-1]
+            thread, waiting = _nearest(candidates[mid], by_id, threads, known, on_path)
+            if waiting is not None:
+                path.append(waiting)
+                on_path.add(waiting)
+                continue
+            m = by_id[mid]
+            root = m.references[0] if m.references else (m.in_reply_to or m.internet_message_id)
+            threads[mid] = thread or thread_id_for(org_id, root)
+            path.pop()
+            on_path.discard(mid)
     return threads
+
+
+def _nearest(
+    refs: Sequence[str],
+    batch: Mapping[str, MailMessage],
+    resolved: Mapping[str, str],
+    stored: Mapping[str, str],
+    on_path: set[str],
+) -> tuple[str | None, str | None]:
+    """(thread, None): the thread of the nearest reference that has one (None: no reference has);
+    (None, ref): the nearest reference is in the batch and not resolved yet."""
+    for ref in refs:
+        if ref in batch:
+            if ref in resolved:
+                return resolved[ref], None
+            if ref not in on_path:
+                return None, ref
+        elif ref in stored:
+            return stored[ref], None
+    return None, None
 
 
 def _references_to_look_up(message: MailMessage) -> list[str]:

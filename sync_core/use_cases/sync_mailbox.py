@@ -40,6 +40,10 @@ Invariants:
   held it; a run taking the lease afterwards reads the mailbox disconnected and ends "skipped".
 - A delta link is stored only after the activities of its page are durably written; a crash at any
   point re-reads at most that page, and the keyed, idempotent save makes the re-read harmless.
+- Storage off the critical path: while a folder is followed page by page, a page's attachment listings,
+  thread lookups, save and checkpoint run on a writer thread while the next page is fetched and decided
+  (``_PageWrites``): one page in flight, in page order, its failure raised before the run writes anything
+  else or leaves the folder; the previous invariant holds as it is (the next page is written only after).
 - An idle poll writes nothing: replaying a stored delta link is valid. But Graph evicts Outlook delta
   tokens from a cache of undefined size, so a stored token must not grow arbitrarily old: an idle poll
   whose cursors are older than ``IDLE_REFRESH`` stores the new delta links, and its report (so a
@@ -68,10 +72,12 @@ Invariants:
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
@@ -80,6 +86,7 @@ from sync_core.domain.model import (
     SYNCABLE_STATUSES,
     Activity,
     AttachmentSummary,
+    Decision,
     FolderFilter,
     Mailbox,
     MailboxStatus,
@@ -114,7 +121,7 @@ from sync_core.ports import (
 )
 from sync_core.ports.push import ActivityEvents
 from sync_core.use_cases.mailbox_updates import update_mailbox
-from sync_core.use_cases.pipeline import RunThreadCache, build_activities
+from sync_core.use_cases.pipeline import RunThreadCache, activities_of, matched_messages
 from sync_core.use_cases.telemetry import MailAges, RunProbe
 
 log = logging.getLogger(__name__)
@@ -123,6 +130,7 @@ REPORTS_KEPT = 50
 IDLE_REFRESH = timedelta(hours=1)  # an idle poll rewrites cursors (and stores its report) older than this
 LEASE_MARGIN = timedelta(minutes=1)  # a take or renewal holds the lease at least this long past it
 WRITE_GRACE = timedelta(seconds=30)  # a durable write ends within this of the renewal before it (see above)
+WRITER_THREAD_NAME = "sync-page-writes"
 
 
 def sync_lease_key(org_id: str, mailbox_id: str) -> str:
@@ -490,11 +498,26 @@ class _Run:
         or the folder was recreated) restarts the folder from the watermark. A folder that 404s from the
         watermark too is gone: its cursor is cleared and the report notes it (``folders_gone``); a default
         folder cannot vanish, so it is noted as missing and fails the run with a configuration failure
-        once the other folders are synced."""
+        once the other folders are synced.
+
+        Each page is decided here, then written behind (``_PageWrites``) while the next page is fetched
+        and decided; the folder's last page's writes have ended, their failure raised, before it returns
+        or raises (an earlier page's failure outranks a later one's)."""
+        writes = _PageWrites(self)
+        try:
+            done = self._follow(folder, link, writes)
+        except BaseException:
+            writes.close()
+            raise
+        writes.close()
+        return done
+
+    def _follow(self, folder: str, link: str | None, writes: _PageWrites) -> bool:
         while self.deps.clock.now() < self.deadline:
             try:
                 page = self.deps.mail.delta(self.mailbox, folder, link, self.mailbox.watermark)
             except (DeltaTokenExpired, MessageNotFound) as exc:
+                writes.settle()  # before any other write
                 if link is not None:
                     log.info("delta state lost (%s); resyncing the folder from the watermark", type(exc).__name__)
                     self.reasons["folders_resynced"] += 1
@@ -510,7 +533,11 @@ class _Run:
                 else:
                     self.missing_defaults.append(folder)
                 return True
-            cursor = self._apply(page)
+            self.pages += 1
+            self.reasons["skipped_items"] += page.skipped
+            matched = self._matched(self._first_sightings(page.messages))
+            writes.submit(matched, page)
+            cursor = self._cursor_of(page)
             if cursor.caught_up:
                 return True
             link = cursor.link
@@ -521,13 +548,12 @@ class _Run:
             self.lease()
             self.deps.cursors.put(self.mailbox.org_id, self.mailbox.mailbox_id, folder, "")
 
-    def _apply(self, page: DeltaPage) -> Cursor:
-        """Decide, store, then checkpoint one page; returns the folder's new cursor."""
-        return self._apply_polled([page])[page.folder]
-
     def _apply_polled(self, pages: Sequence[DeltaPage]) -> dict[str, Cursor]:
         """Decide, store, then checkpoint pages of different folders (one poll's) as one: one records
-        lookup and one save for all their messages, then each folder's cursor; returns the new cursors."""
+        lookup and one save for all their messages, then each folder's cursor; returns the new cursors.
+        No pages: nothing to write, no renewal."""
+        if not pages:
+            return {}
         messages: list[MailMessage] = []
         for page in pages:
             self.pages += 1
@@ -552,18 +578,18 @@ class _Run:
     def _checkpoint(self, pages: Sequence[DeltaPage]) -> dict[str, Cursor]:
         """Store each page's folder's next or delta link, all in one write (only once the pages'
         activities are durable)."""
-        cursors = {
-            page.folder: Cursor(
-                caught_up=page.delta_link is not None,
-                link=page.delta_link or page.next_link or "",
-                written_at=self.started,
-            )
-            for page in pages
-        }
+        cursors = {page.folder: self._cursor_of(page) for page in pages}
         self.lease()
         links = {folder: cursor.serialize() for folder, cursor in cursors.items()}
         self.deps.cursors.put_many(self.mailbox.org_id, self.mailbox.mailbox_id, links)
         return cursors
+
+    def _cursor_of(self, page: DeltaPage) -> Cursor:
+        return Cursor(
+            caught_up=page.delta_link is not None,
+            link=page.delta_link or page.next_link or "",
+            written_at=self.started,
+        )
 
     def _first_sightings(self, messages: Sequence[MailMessage]) -> list[MailMessage]:
         """Graph may replay an item within a round; a run decides and counts each message once."""
@@ -578,26 +604,84 @@ class _Run:
         return fresh
 
     def _activities(self, messages: Sequence[MailMessage]) -> list[Activity]:
+        return self._activities_of(self._matched(messages))
+
+    def _matched(self, messages: Sequence[MailMessage]) -> list[tuple[MailMessage, Decision]]:
+        """Decide the messages (one records lookup), counting each; the matched ones with their bodies."""
         mailbox = self.mailbox
-        return build_activities(
+        return matched_messages(
             messages,
             mailbox,
             self.settings,
             records=self.deps.records,
-            activities=self.threads,
             reasons=self.reasons,
-            fetch_attachments=self._attachments,
             complete=lambda matched: self.deps.mail.complete(mailbox, matched),
         )
 
-    def _attachments(self, source_ids: Sequence[str]) -> Mapping[str, tuple[AttachmentSummary, ...]]:
+    def _activities_of(
+        self, matched: Sequence[tuple[MailMessage, Decision]], reasons: Counter[str] | None = None
+    ) -> list[Activity]:
+        def fetch(source_ids: Sequence[str]) -> Mapping[str, tuple[AttachmentSummary, ...]]:
+            return self._attachments(source_ids, reasons)
+
+        return activities_of(matched, self.mailbox, activities=self.threads, fetch_attachments=fetch)
+
+    def _attachments(
+        self, source_ids: Sequence[str], reasons: Counter[str] | None = None
+    ) -> Mapping[str, tuple[AttachmentSummary, ...]]:
         """Attachment summaries; a message Graph no longer has (deleted since its page) is stored without
-        one, counted in the report as ``attachments_unavailable`` (a per-message failure, not the run's)."""
+        one, counted in the report as ``attachments_unavailable`` (a per-message failure, not the run's;
+        counted in ``reasons`` when given, else in the run's)."""
         found = self.deps.mail.attachments(self.mailbox, source_ids)
         missing = len(set(source_ids) - set(found))
         if missing:
-            self.reasons["attachments_unavailable"] += missing
+            (self.reasons if reasons is None else reasons)["attachments_unavailable"] += missing
         return found
+
+
+class _PageWrites:
+    """A folder's page writes, one page behind: page n's attachment listings, thread lookups, save and
+    checkpoint run on a writer thread while the run fetches and decides page n+1 (storage and the
+    listings off the critical path).
+
+    Invariants: at most one page in flight (``submit`` first waits for the one before: bounded memory);
+    pages in order, each page's save before its checkpoint, so a cursor is written only once its page's
+    activities are durable, as without the overlap; a page's failure (a lost lease included) is raised by
+    the next ``submit``, ``settle`` or ``close``, on the run's thread, so before the run makes any later
+    write. The writer's counts reach the run's report on the run's thread."""
+
+    def __init__(self, run: _Run) -> None:
+        self._run = run
+        self._writer: ThreadPoolExecutor | None = None
+        self._in_flight: Future[Counter[str]] | None = None
+
+    def submit(self, matched: Sequence[tuple[MailMessage, Decision]], page: DeltaPage) -> None:
+        self.settle()
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix=WRITER_THREAD_NAME)
+        context = contextvars.copy_context()  # the run's Table measurements count the writer's round trips
+        self._in_flight = self._writer.submit(context.run, self._write, matched, page)
+
+    def _write(self, matched: Sequence[tuple[MailMessage, Decision]], page: DeltaPage) -> Counter[str]:
+        run, counts = self._run, Counter[str]()
+        run._save(run._activities_of(matched, counts))
+        run._checkpoint([page])
+        return counts
+
+    def settle(self) -> None:
+        """Wait for the page in flight, if any; raise its failure."""
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is not None:
+            self._run.reasons.update(in_flight.result())
+
+    def close(self) -> None:
+        """``settle``, then end the writer thread."""
+        try:
+            self.settle()
+        finally:
+            if self._writer is not None:
+                self._writer.shutdown(wait=True)
+                self._writer = None
 
 
 LONG_AGO = datetime(1970, 1, 1, tzinfo=UTC)

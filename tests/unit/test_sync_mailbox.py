@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -23,12 +24,14 @@ from sync_core.domain.model import (
     RecordRef,
     activity_id_for,
 )
-from sync_core.errors import IdentityError, ReauthRequired
+from sync_core.errors import IdentityError, ReauthRequired, StorageUnavailable
 from sync_core.ports import ActivityWrite, DeltaPage
 from sync_core.testing.app import InMemoryApp
 from sync_core.testing.mail import FakeMailSource, FixedClock, throttled
 from sync_core.testing.stores import InMemoryActivityStore, InMemoryStores
+from sync_core.use_cases.pipeline import thread_id_for, thread_ids
 from sync_core.use_cases.sync_mailbox import IDLE_REFRESH, Cursor, SyncDeps, sync_mailbox
+from tests.checkpoint_hooks import AfterCheckpoint
 from tests.lease_hooks import BeforeFirstAcquire
 
 ORG = "acme"
@@ -534,6 +537,120 @@ def test_a_message_another_mailbox_stored_during_the_run_is_read_again_once_this
     assert stored[later_reply.internet_message_id].thread_id == other_thread
 
 
+def test_a_reply_and_the_message_it_answers_on_one_page_share_a_thread_without_a_thread_lookup() -> None:
+    world = World(page_size=3)
+    store = CountingThreadLookups()
+    first = message("carol@client.example", ["adele@acme.example"], mid="<first@client.example>")
+    reply = message("carol@client.example", ["adele@acme.example"], references=(first.internet_message_id,))
+    world.mail.deliver(first)
+    world.mail.deliver(reply)
+
+    world.sync(activities=store)
+
+    assert store.asked == []
+    stored = store.timeline(ORG, "c-1", None, 10).items
+    assert len(stored) == 2 and {a.thread_id for a in stored} == {thread_id_for(ORG, first.internet_message_id)}
+
+
+def test_a_reply_on_the_same_page_takes_the_stored_thread_its_parent_joins_and_the_store_is_read_once() -> None:
+    store = CountingThreadLookups()
+    known = message("carol@client.example", ["megan@acme.example"], mid="<known@client.example>")
+    store.save([_activity(known, "mb-megan", "t-stored")])
+    parent = message("carol@client.example", ["adele@acme.example"], references=(known.internet_message_id,))
+    reply = message(
+        "carol@client.example", ["adele@acme.example"],
+        references=(known.internet_message_id, parent.internet_message_id),
+    )  # fmt: skip
+
+    threads = thread_ids(store, ORG, [reply, parent])
+
+    assert threads == {reply.internet_message_id: "t-stored", parent.internet_message_id: "t-stored"}
+    assert store.asked == [known.internet_message_id]
+
+
+def test_messages_of_one_page_referencing_each_other_in_a_loop_each_get_a_thread() -> None:
+    store = CountingThreadLookups()
+    a = message("carol@client.example", ["adele@acme.example"], mid="<a@x>", references=("<b@x>",))
+    b = message("carol@client.example", ["adele@acme.example"], mid="<b@x>", references=("<a@x>",))
+    itself = message("carol@client.example", ["adele@acme.example"], mid="<c@x>", references=("<c@x>",))
+
+    threads = thread_ids(store, ORG, [a, b, itself])
+
+    assert set(threads) == {"<a@x>", "<b@x>", "<c@x>"}
+    assert threads["<a@x>"] == threads["<b@x>"] and threads["<c@x>"] == thread_id_for(ORG, "<c@x>")
+    assert store.asked == []
+
+
+# -- storage off the critical path: a page's writes overlap the next page ---------------------------------
+
+
+def test_a_pages_writes_run_while_the_next_page_is_fetched() -> None:
+    world = World()
+    page_two_fetched = threading.Event()
+    world.mail = HookedMailSource(page_size=1, after_page={2: page_two_fetched.set})
+    for _ in range(3):
+        world.mail.deliver(message("carol@client.example", ["adele@acme.example"]))
+    waited: list[bool] = []
+
+    class SaveWaitingForPageTwo(InMemoryActivityStore):
+        def save(self, activities: Sequence[Activity], announce_at: datetime | None = None) -> ActivityWrite:
+            if not waited:  # page 1's save: without the overlap page 2 would only be fetched after it
+                waited.append(page_two_fetched.wait(30))
+            return super().save(activities, announce_at)
+
+    store = SaveWaitingForPageTwo()
+
+    assert world.sync(activities=store) == "done"
+
+    assert waited == [True]
+    assert len(store.timeline(ORG, "c-1", None, 10).items) == 3
+
+
+class CountedCheckpoints:
+    """The in-memory cursors, counting checkpoints (``put_many``)."""
+
+    def __init__(self, world: World) -> None:
+        self.inner = world.stores.cursors
+        self.checkpoints = 0
+
+    def get_all(self, org_id: str, mailbox_id: str) -> Mapping[str, str]:
+        return self.inner.get_all(org_id, mailbox_id)
+
+    def put(self, org_id: str, mailbox_id: str, folder: str, link: str) -> None:
+        self.inner.put(org_id, mailbox_id, folder, link)
+
+    def put_many(self, org_id: str, mailbox_id: str, links: Mapping[str, str]) -> None:
+        self.checkpoints += 1
+        self.inner.put_many(org_id, mailbox_id, links)
+
+    def clear(self, org_id: str, mailbox_id: str) -> None:
+        self.inner.clear(org_id, mailbox_id)
+
+
+def test_a_save_failing_on_page_two_ends_the_run_before_any_later_write_with_page_one_checkpointed() -> None:
+    world = World()
+    world.mail = FakeMailSource(page_size=1)
+    for _ in range(4):
+        world.mail.deliver(message("carol@client.example", ["adele@acme.example"]))
+    saves: list[int] = []
+
+    class FailingSecondSave(InMemoryActivityStore):
+        def save(self, activities: Sequence[Activity], announce_at: datetime | None = None) -> ActivityWrite:
+            saves.append(len(activities))
+            if len(saves) == 2:
+                raise StorageUnavailable("storage went away")
+            return super().save(activities, announce_at)
+
+    store, cursors = FailingSecondSave(), CountedCheckpoints(world)
+
+    with pytest.raises(StorageUnavailable):
+        sync_mailbox(world.app.sync_deps(mail=world.mail, activities=store, cursors=cursors), ORG, "mb-adele")
+
+    assert saves == [1, 1] and cursors.checkpoints == 1  # page 3, fetched meanwhile, wrote nothing
+    assert len(store.timeline(ORG, "c-1", None, 10).items) == 1
+    assert Cursor.parse(world.stores.cursors.get_all(ORG, "mb-adele")["inbox"]).link == "link-1"
+
+
 def _activity(source: MailMessage, mailbox_id: str, thread_id: str) -> Activity:
     return Activity(
         org_id=ORG,
@@ -583,11 +700,13 @@ def test_a_run_whose_expired_lease_another_run_took_stops_busy_without_writing_i
     def taken() -> None:
         assert world.stores.leases.acquire(lease_key(), "other-run", later + timedelta(minutes=5), later)
 
-    world.mail = HookedMailSource(page_size=1, after_page={2: taken})
+    world.mail = FakeMailSource(page_size=1)
     for _ in range(3):
         world.mail.deliver(message("carol@client.example", ["adele@acme.example"]))
+    # Taken right after page 1's checkpoint: page 1 durable, nothing of page 2 written yet.
+    cursors = AfterCheckpoint(world.stores.cursors, 1, taken)
 
-    outcome = sync_mailbox(world.deps(), ORG, "mb-adele")
+    outcome = sync_mailbox(world.app.sync_deps(mail=world.mail, cursors=cursors), ORG, "mb-adele")
 
     assert outcome.status == "busy" and outcome.report is None
     assert len(world.timeline("c-1")) == 1  # page 1 only
