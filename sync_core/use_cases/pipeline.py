@@ -14,6 +14,7 @@ Invariants:
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
@@ -109,7 +110,7 @@ def activities_of(
     threads resolved (``thread_ids``)."""
     if not decisions:
         return []
-    with_files = [m.source_id for m, _ in decisions if m.has_attachments and not m.attachments]
+    with_files = to_list_attachments(decisions)
     files = fetch_attachments(with_files) if with_files and fetch_attachments is not None else {}
     threads = thread_ids(activities, mailbox.org_id, [m for m, _ in decisions])
     mailbox_ids = (mailbox.mailbox_id,) if mailbox.mailbox_id else ()
@@ -138,6 +139,12 @@ def activities_of(
     ]
 
 
+def to_list_attachments(decisions: Sequence[tuple[MailMessage, Decision]]) -> list[str]:
+    """The ``source_id``s whose attachments ``activities_of`` lists: messages with attachments not yet
+    summarised."""
+    return [m.source_id for m, _ in decisions if m.has_attachments and not m.attachments]
+
+
 MAX_REFERENCES_LOOKED_UP = 20
 """References is sender-controlled: look up at most the root and the latest 20 (one Table read each)."""
 
@@ -155,7 +162,7 @@ def thread_ids(activities: ThreadLookup, org_id: str, messages: Sequence[MailMes
     (sender-controlled headers) is skipped where it closes."""
     by_id = {m.internet_message_id: m for m in messages}
     candidates = {mid: _references_to_look_up(m) for mid, m in by_id.items()}
-    referenced = sorted({ref for refs in candidates.values() for ref in refs if ref not in by_id})
+    referenced = thread_references(messages)
     known = activities.thread_ids_for_messages(org_id, referenced) if referenced else {}
     threads: dict[str, str] = {}
     for start in by_id:
@@ -173,6 +180,13 @@ def thread_ids(activities: ThreadLookup, org_id: str, messages: Sequence[MailMes
             path.pop()
             on_path.discard(mid)
     return threads
+
+
+def thread_references(messages: Sequence[MailMessage]) -> list[str]:
+    """The Message-IDs ``thread_ids`` reads from the store for ``messages``: their references (In-Reply-To,
+    the latest ``MAX_REFERENCES_LOOKED_UP`` References, the root) to messages outside them."""
+    ids = {m.internet_message_id for m in messages}
+    return sorted({ref for m in messages for ref in _references_to_look_up(m) if ref not in ids})
 
 
 def _nearest(
@@ -216,25 +230,32 @@ class RunThreadCache:
     another mailbox stores that message during the run, as it may between any lookup and save; the
     reply then takes the thread of its References root, which is where that message's thread begins
     too unless its chain was cut. Messages the run saved that turned out to exist already are forgotten,
-    so the next lookup reads their stored thread."""
+    so the next lookup reads their stored thread. Safe across threads: a lookup that runs while a save
+    of the run is in flight must not name that save's messages (it would read them mid-save)."""
 
     def __init__(self, store: ThreadLookup) -> None:
         self._store = store
         self._known: dict[tuple[str, str], str | None] = {}
+        self._lock = threading.Lock()  # a run may read ahead on one thread while it saves on another
 
     def thread_ids_for_messages(self, org_id: str, internet_message_ids: Sequence[str]) -> Mapping[str, str]:
-        missing = [mid for mid in dict.fromkeys(internet_message_ids) if (org_id, mid) not in self._known]
+        with self._lock:
+            missing = [mid for mid in dict.fromkeys(internet_message_ids) if (org_id, mid) not in self._known]
         if missing:
             found = self._store.thread_ids_for_messages(org_id, missing)
-            self._known.update({(org_id, mid): found.get(mid) for mid in missing})
-        answers = {mid: self._known[(org_id, mid)] for mid in internet_message_ids}
+            with self._lock:  # what a save told meanwhile is newer than what was read
+                for mid in missing:
+                    self._known.setdefault((org_id, mid), found.get(mid))
+        with self._lock:
+            answers = {mid: self._known.get((org_id, mid)) for mid in internet_message_ids}
         return {mid: thread for mid, thread in answers.items() if thread is not None}
 
     def saved(self, activities: Iterable[Activity], written: ActivityWrite) -> None:
         created = set(written.created)
-        for activity in activities:
-            key = (activity.org_id, activity.internet_message_id)
-            if activity.activity_id in created:
-                self._known[key] = activity.thread_id
-            else:
-                self._known.pop(key, None)
+        with self._lock:
+            for activity in activities:
+                key = (activity.org_id, activity.internet_message_id)
+                if activity.activity_id in created:
+                    self._known[key] = activity.thread_id
+                else:
+                    self._known.pop(key, None)

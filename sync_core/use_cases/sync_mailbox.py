@@ -41,9 +41,10 @@ Invariants:
 - A delta link is stored only after the activities of its page are durably written; a crash at any
   point re-reads at most that page, and the keyed, idempotent save makes the re-read harmless.
 - Storage off the critical path: while a folder is followed page by page, a page's attachment listings,
-  thread lookups, save and checkpoint run on a writer thread while the next page is fetched and decided
-  (``_PageWrites``): one page in flight, in page order, its failure raised before the run writes anything
-  else or leaves the folder; the previous invariant holds as it is (the next page is written only after).
+  thread lookups, save and checkpoint run on other threads while the next page is fetched and decided
+  (``_PageWrites``; its reads start as soon as it is decided, while the page before is being saved):
+  one page's writes in flight, in page order, its failure raised before the run writes anything else or
+  leaves the folder; the previous invariant holds as it is (the next page is written only after).
 - An idle poll writes nothing: replaying a stored delta link is valid. But Graph evicts Outlook delta
   tokens from a cache of undefined size, so a stored token must not grow arbitrarily old: an idle poll
   whose cursors are older than ``IDLE_REFRESH`` stores the new delta links, and its report (so a
@@ -121,7 +122,13 @@ from sync_core.ports import (
 )
 from sync_core.ports.push import ActivityEvents
 from sync_core.use_cases.mailbox_updates import update_mailbox
-from sync_core.use_cases.pipeline import RunThreadCache, activities_of, matched_messages
+from sync_core.use_cases.pipeline import (
+    RunThreadCache,
+    activities_of,
+    matched_messages,
+    thread_references,
+    to_list_attachments,
+)
 from sync_core.use_cases.telemetry import MailAges, RunProbe
 
 log = logging.getLogger(__name__)
@@ -604,7 +611,9 @@ class _Run:
         return fresh
 
     def _activities(self, messages: Sequence[MailMessage]) -> list[Activity]:
-        return self._activities_of(self._matched(messages))
+        return activities_of(
+            self._matched(messages), self.mailbox, activities=self.threads, fetch_attachments=self._attachments
+        )
 
     def _matched(self, messages: Sequence[MailMessage]) -> list[tuple[MailMessage, Decision]]:
         """Decide the messages (one records lookup), counting each; the matched ones with their bodies."""
@@ -617,14 +626,6 @@ class _Run:
             reasons=self.reasons,
             complete=lambda matched: self.deps.mail.complete(mailbox, matched),
         )
-
-    def _activities_of(
-        self, matched: Sequence[tuple[MailMessage, Decision]], reasons: Counter[str] | None = None
-    ) -> list[Activity]:
-        def fetch(source_ids: Sequence[str]) -> Mapping[str, tuple[AttachmentSummary, ...]]:
-            return self._attachments(source_ids, reasons)
-
-        return activities_of(matched, self.mailbox, activities=self.threads, fetch_attachments=fetch)
 
     def _attachments(
         self, source_ids: Sequence[str], reasons: Counter[str] | None = None
@@ -640,31 +641,59 @@ class _Run:
 
 
 class _PageWrites:
-    """A folder's page writes, one page behind: page n's attachment listings, thread lookups, save and
-    checkpoint run on a writer thread while the run fetches and decides page n+1 (storage and the
-    listings off the critical path).
+    """A folder's page writes, behind the run. Once page n is decided, its reads start on a reader thread
+    (its attachment listings, and its thread lookups but for messages of page n-1, still being saved),
+    then its thread ids are resolved, its activities saved and its folder checkpointed on a writer thread,
+    while the run fetches and decides page n+1: storage and the listings off the critical path.
 
-    Invariants: at most one page in flight (``submit`` first waits for the one before: bounded memory);
-    pages in order, each page's save before its checkpoint, so a cursor is written only once its page's
-    activities are durable, as without the overlap; a page's failure (a lost lease included) is raised by
-    the next ``submit``, ``settle`` or ``close``, on the run's thread, so before the run makes any later
-    write. The writer's counts reach the run's report on the run's thread."""
+    Invariants: at most one page's writes in flight (``submit`` first waits for the page before: bounded
+    memory; one more page's reads may run meanwhile, read-only); pages in order, each page's save before
+    its checkpoint, so a cursor is written only once its page's activities are durable, as without the
+    overlap; a page's failure (its reads', a lost lease included) is raised by the next ``submit``,
+    ``settle`` or ``close``, on the run's thread, before the run makes any later write, and before that
+    page writes anything. Thread lookups read ahead never name a message whose save is in flight, so a
+    page's threads are what they would be one page after the other (``RunThreadCache``). The threads'
+    counts reach the run's report on the run's thread."""
 
     def __init__(self, run: _Run) -> None:
         self._run = run
+        self._reader: ThreadPoolExecutor | None = None  # one page's reads at a time, in page order
         self._writer: ThreadPoolExecutor | None = None
         self._in_flight: Future[Counter[str]] | None = None
+        self._saving: set[str] = set()  # Message-IDs of the page whose writes were submitted last
 
     def submit(self, matched: Sequence[tuple[MailMessage, Decision]], page: DeltaPage) -> None:
+        messages = [m for m, _ in matched]
+        ahead = [ref for ref in thread_references(messages) if ref not in self._saving]
+        reads = self._read_ahead(to_list_attachments(matched), ahead)
         self.settle()
         if self._writer is None:
             self._writer = ThreadPoolExecutor(1, thread_name_prefix=WRITER_THREAD_NAME)
         context = contextvars.copy_context()  # the run's Table measurements count the writer's round trips
-        self._in_flight = self._writer.submit(context.run, self._write, matched, page)
+        self._in_flight = self._writer.submit(context.run, self._write, matched, reads, page)
+        self._saving = {m.internet_message_id for m in messages}
 
-    def _write(self, matched: Sequence[tuple[MailMessage, Decision]], page: DeltaPage) -> Counter[str]:
-        run, counts = self._run, Counter[str]()
-        run._save(run._activities_of(matched, counts))
+    def _read_ahead(self, source_ids: Sequence[str], references: Sequence[str]) -> Future[_Listed] | None:
+        if not source_ids and not references:
+            return None
+        if self._reader is None:
+            self._reader = ThreadPoolExecutor(1, thread_name_prefix=WRITER_THREAD_NAME + "-reads")
+        run = self._run
+
+        def read() -> _Listed:
+            counts = Counter[str]()
+            if references:  # answers land in the run's thread cache, for ``_write``
+                run.threads.thread_ids_for_messages(run.mailbox.org_id, references)
+            return (run._attachments(source_ids, counts) if source_ids else {}), counts
+
+        return self._reader.submit(contextvars.copy_context().run, read)
+
+    def _write(
+        self, matched: Sequence[tuple[MailMessage, Decision]], reads: Future[_Listed] | None, page: DeltaPage
+    ) -> Counter[str]:
+        run = self._run
+        files, counts = reads.result() if reads is not None else ({}, Counter[str]())
+        run._save(activities_of(matched, run.mailbox, activities=run.threads, fetch_attachments=lambda _ids: files))
         run._checkpoint([page])
         return counts
 
@@ -675,13 +704,17 @@ class _PageWrites:
             self._run.reasons.update(in_flight.result())
 
     def close(self) -> None:
-        """``settle``, then end the writer thread."""
+        """``settle``, then end the threads (reads left behind by a failure end first)."""
         try:
             self.settle()
         finally:
-            if self._writer is not None:
-                self._writer.shutdown(wait=True)
-                self._writer = None
+            for pool in (self._writer, self._reader):
+                if pool is not None:
+                    pool.shutdown(wait=True)
+            self._writer = self._reader = None
+
+
+_Listed = tuple[Mapping[str, tuple[AttachmentSummary, ...]], Counter[str]]
 
 
 LONG_AGO = datetime(1970, 1, 1, tzinfo=UTC)

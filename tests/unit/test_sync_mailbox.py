@@ -606,6 +606,69 @@ def test_a_pages_writes_run_while_the_next_page_is_fetched() -> None:
     assert len(store.timeline(ORG, "c-1", None, 10).items) == 3
 
 
+Files = tuple[AttachmentSummary, ...]
+
+
+def test_a_pages_attachment_listings_run_while_the_page_before_is_being_saved() -> None:
+    world = World()
+    second_listed = threading.Event()
+    first = message("carol@client.example", ["adele@acme.example"], has_attachments=True)
+    second = message("carol@client.example", ["adele@acme.example"], has_attachments=True)
+
+    class ListingMail(FakeMailSource):
+        def attachments(self, mailbox: Mailbox, source_ids: Sequence[str]) -> Mapping[str, Files]:
+            found = super().attachments(mailbox, source_ids)
+            if second.source_id in source_ids:
+                second_listed.set()
+            return found
+
+    world.mail = ListingMail(page_size=1)
+    for source, name in ((first, "a.pdf"), (second, "b.pdf")):
+        world.mail.deliver(source, files=[AttachmentSummary(name, 10, "application/pdf")])
+    waited: list[bool] = []
+
+    class SaveWaitingForTheNextListing(InMemoryActivityStore):
+        def save(self, activities: Sequence[Activity], announce_at: datetime | None = None) -> ActivityWrite:
+            if not waited:  # page 1's save: page 2's listing must not wait for it
+                waited.append(second_listed.wait(30))
+            return super().save(activities, announce_at)
+
+    store = SaveWaitingForTheNextListing()
+
+    assert world.sync(activities=store) == "done"
+
+    assert waited == [True]
+    names = {a.internet_message_id: [f.name for f in a.attachments] for a in store.timeline(ORG, "c-1", None, 10).items}
+    assert names == {first.internet_message_id: ["a.pdf"], second.internet_message_id: ["b.pdf"]}
+
+
+def test_a_pages_thread_lookups_run_while_the_page_before_is_being_saved() -> None:
+    world = World(page_size=1)
+    outside = "<never-seen@client.example>"
+    looked_up = threading.Event()
+    waited: list[bool] = []
+
+    class SaveWaitingForTheNextLookup(CountingThreadLookups):
+        def thread_ids_for_messages(self, org_id: str, internet_message_ids: Sequence[str]) -> Mapping[str, str]:
+            if outside in internet_message_ids:
+                looked_up.set()
+            return super().thread_ids_for_messages(org_id, internet_message_ids)
+
+        def save(self, activities: Sequence[Activity], announce_at: datetime | None = None) -> ActivityWrite:
+            if not waited:  # page 1's save: page 2's lookup must not wait for it
+                waited.append(looked_up.wait(30))
+            return super().save(activities, announce_at)
+
+    store = SaveWaitingForTheNextLookup()
+    world.mail.deliver(message("carol@client.example", ["adele@acme.example"]))
+    world.mail.deliver(message("carol@client.example", ["adele@acme.example"], references=(outside,)))
+
+    assert world.sync(activities=store) == "done"
+
+    assert waited == [True] and store.asked == [outside]
+    assert len(store.timeline(ORG, "c-1", None, 10).items) == 2
+
+
 class CountedCheckpoints:
     """The in-memory cursors, counting checkpoints (``put_many``)."""
 
