@@ -25,7 +25,7 @@ from sync_core.domain.model import (
     activity_id_for,
 )
 from sync_core.errors import IdentityError, ReauthRequired, StorageUnavailable
-from sync_core.ports import ActivityWrite, DeltaPage
+from sync_core.ports import ActivityWrite, DeltaPage, RunReport, SyncState
 from sync_core.testing.app import InMemoryApp
 from sync_core.testing.mail import FakeMailSource, FixedClock, throttled
 from sync_core.testing.stores import InMemoryActivityStore, InMemoryStores
@@ -677,6 +677,68 @@ def test_a_pages_thread_lookups_run_while_the_page_before_is_being_saved() -> No
 
     assert waited == [True] and store.asked == [outside]
     assert len(store.timeline(ORG, "c-1", None, 10).items) == 2
+
+
+class LoggedCommits:
+    """The in-memory sync state store, logging each commit (renewal or report) with the links it carries."""
+
+    def __init__(self, world: World, log: list[tuple[str, object]]) -> None:
+        self.inner = world.stores.sync_state
+        self.log = log
+
+    def read(self, org_id: str, mailbox_id: str) -> SyncState:
+        return self.inner.read(org_id, mailbox_id)
+
+    def acquire_seen(
+        self, org_id: str, mailbox_id: str, owner: str, *, until: datetime, now: datetime, seen: SyncState
+    ) -> bool:
+        return self.inner.acquire_seen(org_id, mailbox_id, owner, until=until, now=now, seen=seen)
+
+    def commit(
+        self,
+        org_id: str,
+        mailbox_id: str,
+        owner: str,
+        *,
+        until: datetime | None,
+        cursors: Mapping[str, str],
+        report: RunReport | None = None,
+        keep: int = 50,
+    ) -> bool:
+        links = {folder: Cursor.parse(link).link for folder, link in cursors.items()}
+        self.log.append(("report" if report is not None else "renewal", links))
+        return self.inner.commit(org_id, mailbox_id, owner, until=until, cursors=cursors, report=report, keep=keep)
+
+
+def test_fenced_in_the_transaction_a_pages_checkpoint_rides_with_the_renewal_before_the_next_pages_save() -> None:
+    world = World()
+    world.mail = FakeMailSource(page_size=1)
+    sent = [message("carol@client.example", ["adele@acme.example"]) for _ in range(3)]
+    for source in sent:
+        world.mail.deliver(source)
+    log: list[tuple[str, object]] = []  # the run's writes in the order they reached storage
+
+    class LoggedSaves(InMemoryActivityStore):
+        def save(self, activities: Sequence[Activity], announce_at: datetime | None = None) -> ActivityWrite:
+            log.append(("save", [a.internet_message_id for a in activities]))
+            return super().save(activities, announce_at)
+
+    deps = world.app.sync_deps(mail=world.mail, activities=LoggedSaves(), state=LoggedCommits(world, log))
+
+    assert sync_mailbox(deps, ORG, "mb-adele").status == "done"
+
+    # Each page's checkpoint is written after its save, by the renewal before the next page's save (one
+    # transaction); the last page's, and the empty folder's, ride with the report.
+    ids = [m.internet_message_id for m in sent]
+    assert log == [
+        ("renewal", {}),
+        ("save", ids[:1]),
+        ("renewal", {"inbox": "link-1"}),
+        ("save", ids[1:2]),
+        ("renewal", {"inbox": "link-2"}),
+        ("save", ids[2:]),
+        ("report", {"inbox": "link-3", "sentitems": "link-4"}),
+    ]
 
 
 @pytest.mark.parametrize("classic", [False, True], ids=["fenced_in_the_transaction", "classic"])
