@@ -957,18 +957,19 @@ Ordered by expected effect on the numbers above (round two's goals first).
    reader thread, and its save and checkpoint run on a writer thread while the next page is fetched and
    decided: one page's writes in flight, in page order, a failure raised before any later write, so a
    cursor is still written only after its page's activities are durable; with the sync state in one
-   partition (change 12) the writer's renewal before a page's save carries the page before's checkpoint
-   in the same transaction. The reliability tests now hold a run at a page's checkpoint (right after it
-   wrote, or right before the commit carrying it) rather than after a page fetch. A reply's reference to a message
-   of its own page takes that message's thread without a read (in this mix 495 thread reads become 211,
-   585 Table round trips 300), and a save's entity group transactions run several at a time. What is
-   left is storage itself: per page the writer waits for about five transactions of twenty activities and
-   the reads ahead of it, which Azurite, one Node process sharing the two cores with the worker and the
-   emulator, answers more slowly than the main thread fetches and decides the next page. A new activity
-   costs its row, a timeline row per record, a thread row and a mailbox row, so a transaction of 100
-   operations holds about twenty: it is as full as Table storage allows for this layout. The 211 reads
-   left are references to messages of the other folder, which the run reaches later (a reply in Inbox
-   to a message in Sent Items); they are misses in a first backfill, but only a read can tell.
+   partition (change 12) the writer's renewal before a page's save carries the page before's checkpoint in
+   the same transaction. The reliability tests now hold a run at a page's checkpoint (right after it wrote,
+   or right before the commit carrying it) rather than after a page fetch. A reply's reference to a message
+   of its own page takes that message's thread without a read (in this mix 495 thread reads become 211, 585
+   Table round trips 300, and 277 with the checkpoints riding with the renewals), and a save's entity group
+   transactions run several at a time. What is left is storage itself: per page the writer waits for about
+   five transactions of twenty activities and the reads ahead of it, which Azurite, one Node process
+   sharing the two cores with the worker and the emulator, answers more slowly than the main thread fetches
+   and decides the next page. A new activity costs its row, a timeline row per record, a thread row and a
+   mailbox row, so a transaction of 100 operations holds about twenty: it is as full as Table storage
+   allows for this layout. The 211 reads left are references to messages of the other folder, which the run
+   reaches later (a reply in Inbox to a message in Sent Items); they are misses in a first backfill, but
+   only a read can tell.
 4. **Backfills beyond 5,000 messages per folder** (`GraphMailSource.delta`): Graph returns at most the
    newest 5,000 messages for a delta filtered on `receivedDateTime` (the emulator enforces it), so a
    backfill of a busy mailbox silently stops at 5,000 per folder. Page the history with `/messages`
