@@ -130,12 +130,17 @@ class HttpProbe:
 
 class Phases:
     """Wall time spent in named calls on the main thread (nested phases are excluded from their parent),
-    by wrapping methods: ``phases.wrap(obj, "method", "name")``."""
+    by wrapping methods: ``phases.wrap(obj, "method", "name")``. With ``background``, the same for threads
+    whose name starts with it (e.g. the sync's page writer), kept apart (``background_report``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, background: str = "") -> None:
         self.seconds: Counter[str] = Counter()
         self.calls: Counter[str] = Counter()
-        self._stack: list[list[float]] = []
+        self.background_seconds: Counter[str] = Counter()
+        self.background_calls: Counter[str] = Counter()
+        self._background = background
+        self._stacks = threading.local()
+        self._lock = threading.Lock()
 
     def wrap(self, owner: Any, attribute: str, name: str) -> None:
         original = getattr(owner, attribute)
@@ -146,22 +151,33 @@ class Phases:
         setattr(owner, attribute, timed)
 
     def run(self, name: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        if threading.current_thread() is not threading.main_thread():
+        thread = threading.current_thread()
+        main = thread is threading.main_thread()
+        if not main and not (self._background and thread.name.startswith(self._background)):
             return call(*args, **kwargs)
+        stack: list[list[float]] = self._stacks.__dict__.setdefault("stack", [])
         frame = [time.perf_counter(), 0.0]  # start, time spent in nested phases
-        self._stack.append(frame)
+        stack.append(frame)
         try:
             return call(*args, **kwargs)
         finally:
-            self._stack.pop()
+            stack.pop()
             elapsed = time.perf_counter() - frame[0]
-            self.seconds[name] += elapsed - frame[1]
-            self.calls[name] += 1
-            if self._stack:
-                self._stack[-1][1] += elapsed
+            seconds, calls = (self.seconds, self.calls) if main else (self.background_seconds, self.background_calls)
+            with self._lock:
+                seconds[name] += elapsed - frame[1]
+                calls[name] += 1
+            if stack:
+                stack[-1][1] += elapsed
 
     def report(self) -> dict[str, dict[str, float]]:
         return {name: {"seconds": round(s, 4), "calls": self.calls[name]} for name, s in self.seconds.most_common()}
+
+    def background_report(self) -> dict[str, dict[str, float]]:
+        return {
+            name: {"seconds": round(s, 4), "calls": self.background_calls[name]}
+            for name, s in self.background_seconds.most_common()
+        }
 
 
 # -- from the orchestrator ----------------------------------------------------------------------------

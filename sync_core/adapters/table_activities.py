@@ -19,7 +19,9 @@ Invariants:
   ETag-conditional replace (a conflict re-reads and re-plans). A save that adds nothing writes nothing.
 - A save first writes every activity as new, without reading: each activity's create (its index rows,
   then its row) whole in one transaction, several activities per transaction (≤100 operations,
-  ≤3.5 MB), one transaction after the other. A transaction refused because one of its rows exists
+  ≤3.5 MB), up to ``PARALLEL_REQUESTS`` transactions at a time (each holds whole creates, so they are
+  independent: any of them may land or not, as when one after the other is interrupted). A transaction
+  refused because one of its rows exists
   writes nothing; its activities, and any whose create exceeds one transaction (never split unread:
   its index rows would outlive a refused create), then take the read-and-merge path: a point read
   each, then their writes packed the same way.
@@ -210,8 +212,8 @@ class TableActivityStore:
                 whole.append(plan)
             else:
                 to_read.append(plan.key)
-        for batch in _packed(whole):
-            to_read += self._create_all(batch)
+        refused = self._table.in_parallel([partial(self._create_all, batch) for batch in _packed(whole)])
+        to_read += [key for keys in refused for key in keys]
         outcomes = dict.fromkeys((plan.key for plan in whole), "created")
         outcomes.update(self._run(to_read, lambda key: self._plan_save(incoming[key], events.get(key))))
         return outcomes

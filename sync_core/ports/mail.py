@@ -84,7 +84,9 @@ class MailSource(Protocol):
     def attachments(self, mailbox: Mailbox, source_ids: Sequence[str]) -> Mapping[str, tuple[AttachmentSummary, ...]]:
         """Attachment names/sizes/types (inline ones excluded) for these messages. A message the source no
         longer has (deleted or moved since it was listed) is left out of the answer: a per-message failure
-        that costs that message its attachment summary, not the run."""
+        that costs that message its attachment summary, not the run. The sync calls it from another thread
+        while it fetches the next page with ``delta`` (one call at a time): an adapter whose connection
+        cannot serve both at once serialises them (IMAP and Gmail pages carry the summaries: never called)."""
 
     def complete(self, mailbox: Mailbox, messages: Sequence[MailMessage]) -> Sequence[MailMessage]:
         """The matched ``messages`` with everything the pipeline stores: body text and, where the

@@ -14,6 +14,7 @@ Invariants:
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
@@ -68,7 +69,23 @@ def build_activities(
     """Decide each message as seen in ``mailbox`` and build the activities of the matched ones (not
     stored: the caller saves them). Adds one count per message to ``reasons``. Decisions need headers
     only: bodies are read (``complete``) for matched messages alone, and attachment listings fetched
-    for matched messages that have attachments not yet summarised."""
+    for matched messages that have attachments not yet summarised. The two halves, ``matched_messages``
+    then ``activities_of``, may run apart (the sync builds a page's activities while it fetches the next)."""
+    matched = matched_messages(messages, mailbox, settings, records=records, reasons=reasons, complete=complete)
+    return activities_of(matched, mailbox, activities=activities, fetch_attachments=fetch_attachments)
+
+
+def matched_messages(
+    messages: Sequence[MailMessage],
+    mailbox: Mailbox,
+    settings: OrgSettings,
+    *,
+    records: RecordsIndex,
+    reasons: Counter[str],
+    complete: MessageCompleter | None = None,
+) -> list[tuple[MailMessage, Decision]]:
+    """The matched messages (with their bodies, ``complete``) and their decisions; one count per message
+    decided in ``reasons``."""
     if not messages:
         return []
     decisions = []
@@ -76,12 +93,24 @@ def build_activities(
         reasons[decision.reason.value] += 1
         if decision.reason is Reason.MATCHED:
             decisions.append((message, decision))
-    if not decisions:
-        return []
-    if complete is not None:
+    if decisions and complete is not None:
         completed = complete([m for m, _ in decisions])
         decisions = [(full, d) for full, (_, d) in zip(completed, decisions, strict=True)]
-    with_files = [m.source_id for m, _ in decisions if m.has_attachments and not m.attachments]
+    return decisions
+
+
+def activities_of(
+    decisions: Sequence[tuple[MailMessage, Decision]],
+    mailbox: Mailbox,
+    *,
+    activities: ThreadLookup,
+    fetch_attachments: AttachmentFetcher | None = None,
+) -> list[Activity]:
+    """The activities of matched messages: their attachment summaries listed where missing, their
+    threads resolved (``thread_ids``)."""
+    if not decisions:
+        return []
+    with_files = to_list_attachments(decisions)
     files = fetch_attachments(with_files) if with_files and fetch_attachments is not None else {}
     threads = thread_ids(activities, mailbox.org_id, [m for m, _ in decisions])
     mailbox_ids = (mailbox.mailbox_id,) if mailbox.mailbox_id else ()
@@ -110,23 +139,74 @@ def build_activities(
     ]
 
 
+def to_list_attachments(decisions: Sequence[tuple[MailMessage, Decision]]) -> list[str]:
+    """The ``source_id``s whose attachments ``activities_of`` lists: messages with attachments not yet
+    summarised."""
+    return [m.source_id for m, _ in decisions if m.has_attachments and not m.attachments]
+
+
 MAX_REFERENCES_LOOKED_UP = 20
 """References is sender-controlled: look up at most the root and the latest 20 (one Table read each)."""
 
 
 def thread_ids(activities: ThreadLookup, org_id: str, messages: Sequence[MailMessage]) -> dict[str, str]:
-    """Thread of each message: the stored thread of a message it references, else the thread rooted at
-    the first message of its References chain (or its In-Reply-To, or itself). Both rules give the same
-    id in every mailbox, so replies seen elsewhere join the thread."""
-    candidates = {m.internet_message_id: _references_to_look_up(m) for m in messages}
-    referenced = sorted({ref for refs in candidates.values() for ref in refs})
+    """Thread of each message: the thread of the nearest message it references (In-Reply-To, then its
+    References from the latest) that is stored or among ``messages``, else the thread rooted at the first
+    message of its References chain (or its In-Reply-To, or itself). Both rules give the same id in every
+    mailbox, so replies seen elsewhere join the thread.
+
+    A reference to one of ``messages`` (a reply and what it answers on one page) takes that message's
+    thread as these rules give it, without reading the store: the store is read, in one lookup, only
+    for references outside ``messages``. The same as reading it unless that message was stored before
+    with another thread, which needs its References chain cut (roots differ) on the way; a reference loop
+    (sender-controlled headers) is skipped where it closes."""
+    by_id = {m.internet_message_id: m for m in messages}
+    candidates = {mid: _references_to_look_up(m) for mid, m in by_id.items()}
+    referenced = thread_references(messages)
     known = activities.thread_ids_for_messages(org_id, referenced) if referenced else {}
     threads: dict[str, str] = {}
-    for m in messages:
-        stored = next((known[r] for r in candidates[m.internet_message_id] if r in known), None)
-        root = m.references[0] if m.references else (m.in_reply_to or m.internet_message_id)
-        threads[m.internet_message_id] = stored or thread_id_for(org_id, root)
+    for start in by_id:
+        path, on_path = [start], {start}  # messages being resolved, each waiting for the next
+        while path:
+            mid = path[-1]
+            thread, waiting = _nearest(candidates[mid], by_id, threads, known, on_path)
+            if waiting is not None:
+                path.append(waiting)
+                on_path.add(waiting)
+                continue
+            m = by_id[mid]
+            root = m.references[0] if m.references else (m.in_reply_to or m.internet_message_id)
+            threads[mid] = thread or thread_id_for(org_id, root)
+            path.pop()
+            on_path.discard(mid)
     return threads
+
+
+def thread_references(messages: Sequence[MailMessage]) -> list[str]:
+    """The Message-IDs ``thread_ids`` reads from the store for ``messages``: their references (In-Reply-To,
+    the latest ``MAX_REFERENCES_LOOKED_UP`` References, the root) to messages outside them."""
+    ids = {m.internet_message_id for m in messages}
+    return sorted({ref for m in messages for ref in _references_to_look_up(m) if ref not in ids})
+
+
+def _nearest(
+    refs: Sequence[str],
+    batch: Mapping[str, MailMessage],
+    resolved: Mapping[str, str],
+    stored: Mapping[str, str],
+    on_path: set[str],
+) -> tuple[str | None, str | None]:
+    """(thread, None): the thread of the nearest reference that has one (None: no reference has);
+    (None, ref): the nearest reference is in the batch and not resolved yet."""
+    for ref in refs:
+        if ref in batch:
+            if ref in resolved:
+                return resolved[ref], None
+            if ref not in on_path:
+                return None, ref
+        elif ref in stored:
+            return stored[ref], None
+    return None, None
 
 
 def _references_to_look_up(message: MailMessage) -> list[str]:
@@ -150,25 +230,32 @@ class RunThreadCache:
     another mailbox stores that message during the run, as it may between any lookup and save; the
     reply then takes the thread of its References root, which is where that message's thread begins
     too unless its chain was cut. Messages the run saved that turned out to exist already are forgotten,
-    so the next lookup reads their stored thread."""
+    so the next lookup reads their stored thread. Safe across threads: a lookup that runs while a save
+    of the run is in flight must not name that save's messages (it would read them mid-save)."""
 
     def __init__(self, store: ThreadLookup) -> None:
         self._store = store
         self._known: dict[tuple[str, str], str | None] = {}
+        self._lock = threading.Lock()  # a run may read ahead on one thread while it saves on another
 
     def thread_ids_for_messages(self, org_id: str, internet_message_ids: Sequence[str]) -> Mapping[str, str]:
-        missing = [mid for mid in dict.fromkeys(internet_message_ids) if (org_id, mid) not in self._known]
+        with self._lock:
+            missing = [mid for mid in dict.fromkeys(internet_message_ids) if (org_id, mid) not in self._known]
         if missing:
             found = self._store.thread_ids_for_messages(org_id, missing)
-            self._known.update({(org_id, mid): found.get(mid) for mid in missing})
-        answers = {mid: self._known[(org_id, mid)] for mid in internet_message_ids}
+            with self._lock:  # what a save told meanwhile is newer than what was read
+                for mid in missing:
+                    self._known.setdefault((org_id, mid), found.get(mid))
+        with self._lock:
+            answers = {mid: self._known.get((org_id, mid)) for mid in internet_message_ids}
         return {mid: thread for mid, thread in answers.items() if thread is not None}
 
     def saved(self, activities: Iterable[Activity], written: ActivityWrite) -> None:
         created = set(written.created)
-        for activity in activities:
-            key = (activity.org_id, activity.internet_message_id)
-            if activity.activity_id in created:
-                self._known[key] = activity.thread_id
-            else:
-                self._known.pop(key, None)
+        with self._lock:
+            for activity in activities:
+                key = (activity.org_id, activity.internet_message_id)
+                if activity.activity_id in created:
+                    self._known[key] = activity.thread_id
+                else:
+                    self._known.pop(key, None)

@@ -67,6 +67,15 @@ Invariants:
   held it; a run taking the lease afterwards reads the mailbox disconnected and ends "skipped".
 - A delta link is stored only after the activities of its page are durably written; a crash at any
   point re-reads at most that page, and the keyed, idempotent save makes the re-read harmless.
+- Storage off the critical path: while a folder is followed page by page, a page's attachment listings,
+  thread lookups, save and checkpoint run on other threads while the next page is fetched and decided
+  (``_PageWrites``; its reads start as soon as it is decided, while the page before is being saved):
+  one page's writes in flight, in page order, its failure raised before the run writes anything else or
+  leaves the folder; the previous invariant holds as it is (the next page is written only after). Fenced
+  in the transaction, the writer thread also renews the lease: page n's checkpoint, pending once page
+  n's save returned, rides with the renewal before page n+1's save on the same thread, and whatever is
+  still pending when the folder's writes end rides with the next renewal on the run's thread or with the
+  report, which is stored only after every folder's writes ended.
 - An idle poll writes nothing: replaying a stored delta link is valid. But Graph evicts Outlook delta
   tokens from a cache of undefined size, so a stored token must not grow arbitrarily old: an idle poll
   whose cursors are older than ``IDLE_REFRESH`` stores the new delta links, and its report (so a
@@ -95,10 +104,12 @@ Invariants:
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
@@ -107,6 +118,7 @@ from sync_core.domain.model import (
     SYNCABLE_STATUSES,
     Activity,
     AttachmentSummary,
+    Decision,
     FolderFilter,
     Mailbox,
     MailboxStatus,
@@ -144,7 +156,13 @@ from sync_core.ports import (
 )
 from sync_core.ports.push import ActivityEvents
 from sync_core.use_cases.mailbox_updates import update_mailbox
-from sync_core.use_cases.pipeline import RunThreadCache, build_activities
+from sync_core.use_cases.pipeline import (
+    RunThreadCache,
+    activities_of,
+    matched_messages,
+    thread_references,
+    to_list_attachments,
+)
 from sync_core.use_cases.telemetry import MailAges, RunProbe
 
 log = logging.getLogger(__name__)
@@ -153,6 +171,7 @@ REPORTS_KEPT = 50
 IDLE_REFRESH = timedelta(hours=1)  # an idle poll rewrites cursors (and stores its report) older than this
 LEASE_MARGIN = timedelta(minutes=1)  # a take or renewal holds the lease at least this long past it
 WRITE_GRACE = timedelta(seconds=30)  # a durable write ends within this of the renewal before it (see above)
+WRITER_THREAD_NAME = "sync-page-writes"
 
 
 def sync_lease_key(org_id: str, mailbox_id: str) -> MailboxLease:
@@ -386,7 +405,8 @@ class _Run:
         self._all_folders: tuple[str, ...] | None = None
         self.state_read = seen  # the sync state read before the mailbox (``deps.state``), if any
         self.as_seen = False  # the lease was taken at ``state_read``'s version: mailbox and cursors are as read
-        self.pending: dict[str, str] = {}  # checkpoints written with the next renewal (``deps.state``)
+        # Checkpoints written with the next renewal (``deps.state``); one owner at a time (see ``_PageWrites``).
+        self.pending: dict[str, str] = {}
 
     def lease(self) -> None:
         """Call before every durable write. The first call takes the lease (``_Busy`` when another run
@@ -580,11 +600,26 @@ class _Run:
         or the folder was recreated) restarts the folder from the watermark. A folder that 404s from the
         watermark too is gone: its cursor is cleared and the report notes it (``folders_gone``); a default
         folder cannot vanish, so it is noted as missing and fails the run with a configuration failure
-        once the other folders are synced."""
+        once the other folders are synced.
+
+        Each page is decided here, then written behind (``_PageWrites``) while the next page is fetched
+        and decided; the folder's last page's writes have ended, their failure raised, before it returns
+        or raises (an earlier page's failure outranks a later one's)."""
+        writes = _PageWrites(self)
+        try:
+            done = self._follow(folder, link, writes)
+        except BaseException:
+            writes.close()
+            raise
+        writes.close()
+        return done
+
+    def _follow(self, folder: str, link: str | None, writes: _PageWrites) -> bool:
         while self.deps.clock.now() < self.deadline:
             try:
                 page = self.deps.mail.delta(self.mailbox, folder, link, self.mailbox.watermark)
             except (DeltaTokenExpired, MessageNotFound) as exc:
+                writes.settle()  # before any other write
                 if link is not None:
                     log.info("delta state lost (%s); resyncing the folder from the watermark", type(exc).__name__)
                     self.reasons["folders_resynced"] += 1
@@ -600,7 +635,11 @@ class _Run:
                 else:
                     self.missing_defaults.append(folder)
                 return True
-            cursor = self._apply(page)
+            self.pages += 1
+            self.reasons["skipped_items"] += page.skipped
+            matched = self._matched(self._first_sightings(page.messages))
+            writes.submit(matched, page)
+            cursor = self._cursor_of(page)
             if cursor.caught_up:
                 return True
             link = cursor.link
@@ -614,13 +653,12 @@ class _Run:
             self.lease()
             self.deps.cursors.put(self.mailbox.org_id, self.mailbox.mailbox_id, folder, "")
 
-    def _apply(self, page: DeltaPage) -> Cursor:
-        """Decide, store, then checkpoint one page; returns the folder's new cursor."""
-        return self._apply_polled([page])[page.folder]
-
     def _apply_polled(self, pages: Sequence[DeltaPage]) -> dict[str, Cursor]:
         """Decide, store, then checkpoint pages of different folders (one poll's) as one: one records
-        lookup and one save for all their messages, then each folder's cursor; returns the new cursors."""
+        lookup and one save for all their messages, then each folder's cursor; returns the new cursors.
+        No pages: nothing to write, no renewal."""
+        if not pages:
+            return {}
         messages: list[MailMessage] = []
         for page in pages:
             self.pages += 1
@@ -645,14 +683,7 @@ class _Run:
     def _checkpoint(self, pages: Sequence[DeltaPage]) -> dict[str, Cursor]:
         """Store each page's folder's next or delta link, all in one write (only once the pages'
         activities are durable)."""
-        cursors = {
-            page.folder: Cursor(
-                caught_up=page.delta_link is not None,
-                link=page.delta_link or page.next_link or "",
-                written_at=self.started,
-            )
-            for page in pages
-        }
+        cursors = {page.folder: self._cursor_of(page) for page in pages}
         links = {folder: cursor.serialize() for folder, cursor in cursors.items()}
         if self.deps.state is not None:
             self.pending.update(links)  # written with the next renewal (before the next write), or the report
@@ -660,6 +691,13 @@ class _Run:
         self.lease()
         self.deps.cursors.put_many(self.mailbox.org_id, self.mailbox.mailbox_id, links)
         return cursors
+
+    def _cursor_of(self, page: DeltaPage) -> Cursor:
+        return Cursor(
+            caught_up=page.delta_link is not None,
+            link=page.delta_link or page.next_link or "",
+            written_at=self.started,
+        )
 
     def _first_sightings(self, messages: Sequence[MailMessage]) -> list[MailMessage]:
         """Graph may replay an item within a round; a run decides and counts each message once."""
@@ -674,26 +712,118 @@ class _Run:
         return fresh
 
     def _activities(self, messages: Sequence[MailMessage]) -> list[Activity]:
+        return activities_of(
+            self._matched(messages), self.mailbox, activities=self.threads, fetch_attachments=self._attachments
+        )
+
+    def _matched(self, messages: Sequence[MailMessage]) -> list[tuple[MailMessage, Decision]]:
+        """Decide the messages (one records lookup), counting each; the matched ones with their bodies."""
         mailbox = self.mailbox
-        return build_activities(
+        return matched_messages(
             messages,
             mailbox,
             self.settings,
             records=self.deps.records,
-            activities=self.threads,
             reasons=self.reasons,
-            fetch_attachments=self._attachments,
             complete=lambda matched: self.deps.mail.complete(mailbox, matched),
         )
 
-    def _attachments(self, source_ids: Sequence[str]) -> Mapping[str, tuple[AttachmentSummary, ...]]:
+    def _attachments(
+        self, source_ids: Sequence[str], reasons: Counter[str] | None = None
+    ) -> Mapping[str, tuple[AttachmentSummary, ...]]:
         """Attachment summaries; a message Graph no longer has (deleted since its page) is stored without
-        one, counted in the report as ``attachments_unavailable`` (a per-message failure, not the run's)."""
+        one, counted in the report as ``attachments_unavailable`` (a per-message failure, not the run's;
+        counted in ``reasons`` when given, else in the run's)."""
         found = self.deps.mail.attachments(self.mailbox, source_ids)
         missing = len(set(source_ids) - set(found))
         if missing:
-            self.reasons["attachments_unavailable"] += missing
+            (self.reasons if reasons is None else reasons)["attachments_unavailable"] += missing
         return found
+
+
+class _PageWrites:
+    """A folder's page writes, behind the run. Once page n is decided, its reads start on a reader thread
+    (its attachment listings, and its thread lookups but for messages of page n-1, still being saved),
+    then its thread ids are resolved, its activities saved and its folder checkpointed on a writer thread,
+    while the run fetches and decides page n+1: storage and the listings off the critical path.
+
+    Invariants: at most one page's writes in flight (``submit`` first waits for the page before: bounded
+    memory; one more page's reads may run meanwhile, read-only); pages in order, each page's save before
+    its checkpoint, so a cursor is written only once its page's activities are durable, as without the
+    overlap; a page's failure (its reads', a lost lease included) is raised by the next ``submit``,
+    ``settle`` or ``close``, on the run's thread, before the run makes any later write, and before that
+    page writes anything. Thread lookups read ahead never name a message whose save is in flight, so a
+    page's threads are what they would be one page after the other (``RunThreadCache``). The threads'
+    counts reach the run's report on the run's thread.
+
+    The run's lease state (``leased``, and with ``deps.state`` the ``pending`` checkpoints that ride with
+    the next renewal) has one owner at a time, never a lock: while a page's writes are in flight only the
+    writer thread touches it (``_save`` renews, ``_checkpoint`` adds to ``pending``); the run's thread
+    does not renew or checkpoint while it fetches and decides (no write), and touches that state again
+    only after ``settle`` or ``close`` returned (``_forget``, the polled pages, ``expire_cursors``,
+    ``store``), the future's result ordering the writer's changes before it. The reader thread never
+    touches it."""
+
+    def __init__(self, run: _Run) -> None:
+        self._run = run
+        self._reader: ThreadPoolExecutor | None = None  # one page's reads at a time, in page order
+        self._writer: ThreadPoolExecutor | None = None
+        self._in_flight: Future[Counter[str]] | None = None
+        self._saving: set[str] = set()  # Message-IDs of the page whose writes were submitted last
+
+    def submit(self, matched: Sequence[tuple[MailMessage, Decision]], page: DeltaPage) -> None:
+        messages = [m for m, _ in matched]
+        ahead = [ref for ref in thread_references(messages) if ref not in self._saving]
+        reads = self._read_ahead(to_list_attachments(matched), ahead)
+        self.settle()
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix=WRITER_THREAD_NAME)
+        context = contextvars.copy_context()  # the run's Table measurements count the writer's round trips
+        self._in_flight = self._writer.submit(context.run, self._write, matched, reads, page)
+        self._saving = {m.internet_message_id for m in messages}
+
+    def _read_ahead(self, source_ids: Sequence[str], references: Sequence[str]) -> Future[_Listed] | None:
+        if not source_ids and not references:
+            return None
+        if self._reader is None:
+            self._reader = ThreadPoolExecutor(1, thread_name_prefix=WRITER_THREAD_NAME + "-reads")
+        run = self._run
+
+        def read() -> _Listed:
+            counts = Counter[str]()
+            if references:  # answers land in the run's thread cache, for ``_write``
+                run.threads.thread_ids_for_messages(run.mailbox.org_id, references)
+            return (run._attachments(source_ids, counts) if source_ids else {}), counts
+
+        return self._reader.submit(contextvars.copy_context().run, read)
+
+    def _write(
+        self, matched: Sequence[tuple[MailMessage, Decision]], reads: Future[_Listed] | None, page: DeltaPage
+    ) -> Counter[str]:
+        run = self._run
+        files, counts = reads.result() if reads is not None else ({}, Counter[str]())
+        run._save(activities_of(matched, run.mailbox, activities=run.threads, fetch_attachments=lambda _ids: files))
+        run._checkpoint([page])
+        return counts
+
+    def settle(self) -> None:
+        """Wait for the page in flight, if any; raise its failure."""
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is not None:
+            self._run.reasons.update(in_flight.result())
+
+    def close(self) -> None:
+        """``settle``, then end the threads (reads left behind by a failure end first)."""
+        try:
+            self.settle()
+        finally:
+            for pool in (self._writer, self._reader):
+                if pool is not None:
+                    pool.shutdown(wait=True)
+            self._writer = self._reader = None
+
+
+_Listed = tuple[Mapping[str, tuple[AttachmentSummary, ...]], Counter[str]]
 
 
 LONG_AGO = datetime(1970, 1, 1, tzinfo=UTC)

@@ -4,6 +4,7 @@ in-memory double and Table storage; then what a save costs on Table storage alon
 from __future__ import annotations
 
 import dataclasses
+import threading
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -390,13 +391,16 @@ def test_an_outbox_event_is_invisible_to_timelines_threads_and_purges(stores: St
 
 
 class _Writes:
-    """An ``after_write`` hook counting the write round trips that succeeded."""
+    """An ``after_write`` hook counting the write round trips that succeeded (a save's transactions run
+    several at a time: called from several threads)."""
 
     def __init__(self) -> None:
         self.count = 0
+        self._lock = threading.Lock()
 
     def __call__(self) -> None:
-        self.count += 1
+        with self._lock:
+            self.count += 1
 
 
 def _store(service: TableServiceClient, prefix: str, writes: _Writes) -> TableActivityStore:

@@ -1,9 +1,12 @@
 """The mailbox's sync lease as a fence: a run that lost it writes nothing more, a run decides on the mailbox
 read under it, and a disconnect takes it over so nothing of the mailbox is written after it returns.
 
-Runs are held at a chosen point by thin wrappers around the product's ports (``after_page`` on the
-``MailSource``, a hold inside ``ActivityStore.save``, an action before ``LeaseStore.acquire``); the
-backfill and the disconnect are the product's own use cases, on Azurite and the HTTPS emulator."""
+Runs are held at a chosen point by thin wrappers around the product's ports (a hold right after a page's
+checkpoint on the ``CursorStore``, a hold inside ``ActivityStore.save``, an action before
+``LeaseStore.acquire``); the backfill and the disconnect are the product's own use cases, on Azurite and
+the HTTPS emulator. A run is held "between pages" right after page 1's checkpoint wrote (page 1 durable,
+nothing of page 2 written: a page's writes start only after the previous page's ended), not after a page
+fetch, which the run's writer thread may still be writing the previous page behind."""
 
 from __future__ import annotations
 
@@ -22,11 +25,12 @@ from azure.storage.queue import QueueClient
 from sync_core.adapters.storage_queue import StorageWorkQueue
 from sync_core.adapters.table_due import TableDueIndex
 from sync_core.domain.model import Activity, MailboxStatus
-from sync_core.ports import ActivityStore, ActivityWrite, CursorStore, DeltaPage
+from sync_core.ports import ActivityStore, ActivityWrite, CursorStore
 from sync_core.use_cases.commands import SyncMailbox as SyncMessage
 from sync_core.use_cases.connect import disconnect
 from sync_core.use_cases.schedule import ScheduleDeps, process_message, request_backfill
 from sync_core.use_cases.sync_mailbox import WRITE_GRACE, SyncOutcome
+from tests.checkpoint_hooks import HoldAtCheckpoint
 from tests.integration.sync_env import ADELE, CAROL, ORG
 from tests.lease_hooks import BeforeFirstAcquire, Once, StateBeforeFirstAcquire
 from tests.reliability.rel_env import Delivered, Ledger, OffsetClock, RelEnv, assert_converged, iso, now
@@ -113,18 +117,6 @@ def run_in_thread(run: Callable[[], SyncOutcome]) -> tuple[threading.Thread, dic
     return thread, result
 
 
-def hold_after_page(n: int) -> tuple[Callable[[int, DeltaPage], None], threading.Event, threading.Event]:
-    """An ``after_page`` hook holding the run once page ``n`` came back from Graph, before it is stored."""
-    holding, resume = threading.Event(), threading.Event()
-
-    def hook(page: int, _delta: DeltaPage) -> None:
-        if page == n:
-            holding.set()
-            assert resume.wait(60)
-
-    return hook, holding, resume
-
-
 def snapshot(env: RelEnv) -> dict[tuple[str, str, str], str]:
     """Every entity of every table of the test, by key, with its ETag: equal snapshots mean no write."""
     return {
@@ -183,21 +175,21 @@ def test_a_run_held_past_its_lease_while_a_run_and_a_backfill_took_it_writes_not
 ) -> None:
     ledger = Ledger(rel).standard(matched=8, unmatched=3, sent=2, old=0)
     backfill_mail(ledger)
-    activities, cursors = WatchedActivities(rel.stores.activities), WatchedCursors(rel.stores.cursors)
-    hook, holding, resume = hold_after_page(2)
-    first, result = run_in_thread(lambda: rel.run(after_page=hook, activities=activities, cursors=cursors))
-    assert holding.wait(60)
+    activities, watched = WatchedActivities(rel.stores.activities), WatchedCursors(rel.stores.cursors)
+    hold = HoldAtCheckpoint(at=1)  # page 1 durable, nothing of page 2 written
+    first, result = run_in_thread(lambda: rel.run(activities=activities, cursors=hold.cursors(watched)))
+    assert hold.holding.wait(60)
 
     # The first run's lease expires (a later clock); a second run takes it and finishes; then a backfill
     # takes it, moves the watermark back and clears the cursors.
     second = rel.run(clock=OffsetClock(timedelta(minutes=10)))
     backfill = request_backfill(schedule, ORG, ADELE, BACKFILL_DAYS)
-    activities.watching = cursors.watching = True
-    resume.set()
+    activities.watching = watched.watching = True
+    hold.resume.set()
     first.join(60)
 
     assert second.status == "done" and backfill.applied
-    assert (activities.saves_seen, cursors.writes_seen) == ([], [])
+    assert (activities.saves_seen, watched.writes_seen) == ([], [])
     assert result["outcome"].status == "busy" and result["outcome"].report is None
     assert rel.stores.cursors.get_all(ORG, ADELE) == {}  # as the backfill left them
     assert process_message(schedule, backfill_message(), 1, 5) == "done"
@@ -210,17 +202,18 @@ def test_fenced_in_the_transaction_a_run_held_past_its_lease_while_a_run_and_a_b
 ) -> None:
     # The same race with the mailbox's sync state in one partition (``SyncStateStore``, as deployed): the
     # held run's next write is the renewal carrying page 1's checkpoint, which meets the lease row the
-    # backfill left and fails as one transaction, so no table changes after it resumes.
+    # backfill left and fails as one transaction, so no table changes after it resumes. The run is held
+    # right before that commit is sent (on its page writer; page 1's activities durable, nothing of page 2).
     ledger = Ledger(rel).standard(matched=8, unmatched=3, sent=2, old=0)
     backfill_mail(ledger)
-    hook, holding, resume = hold_after_page(2)
-    first, result = run_in_thread(lambda: rel.run(after_page=hook))
-    assert holding.wait(60)
+    hold = HoldAtCheckpoint(at=1)
+    first, result = run_in_thread(lambda: rel.run(state=hold.state(rel.stores.sync_state)))
+    assert hold.holding.wait(60)
 
     second = rel.run(clock=OffsetClock(timedelta(minutes=10)))
     backfill = request_backfill(schedule, ORG, ADELE, BACKFILL_DAYS)
     before = snapshot(rel)
-    resume.set()
+    hold.resume.set()
     first.join(60)
 
     assert second.status == "done" and backfill.applied
@@ -285,21 +278,23 @@ def assert_nothing_of_the_mailbox_left(rel: RelEnv) -> None:
     assert (rel.mailbox().status, rel.mailbox().status_reason) == (MailboxStatus.DISCONNECTED, "disconnected")
 
 
+@pytest.mark.parametrize("fenced", [True, False], ids=["fenced_in_the_transaction", "classic"])
 def test_disconnect_with_purge_while_a_run_is_held_between_pages_leaves_nothing_of_the_mailbox_written_after_it_returns(
-    rel: RelEnv,
+    rel: RelEnv, fenced: bool
 ) -> None:
     Ledger(rel).standard()
     _ = rel.identity  # builds rel.connect_deps
     waits: list[float] = []
     deps = dataclasses.replace(rel.connect_deps, sleep=waits.append)
-    hook, holding, resume = hold_after_page(2)
+    hold = HoldAtCheckpoint(at=1)  # page 1's activities durable, nothing of page 2 written
+    hooked = hold.wrap(fenced, rel.stores.cursors, rel.stores.sync_state)
     reports_before = rel.stores.runs.recent(ORG, ADELE, 50)
-    run, result = run_in_thread(lambda: rel.run(after_page=hook))
-    assert holding.wait(60)
+    run, result = run_in_thread(lambda: rel.run(**hooked))
+    assert hold.holding.wait(60)
 
     disconnected = disconnect(deps, ORG, ADELE, purge=True)
     after_disconnect = snapshot(rel)
-    resume.set()
+    hold.resume.set()
     run.join(60)
 
     assert snapshot(rel) == after_disconnect  # no activity, cursor, report, status or lease written since

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -23,12 +24,14 @@ from sync_core.domain.model import (
     RecordRef,
     activity_id_for,
 )
-from sync_core.errors import IdentityError, ReauthRequired
-from sync_core.ports import ActivityWrite, DeltaPage
+from sync_core.errors import IdentityError, ReauthRequired, StorageUnavailable
+from sync_core.ports import ActivityWrite, DeltaPage, RunReport, SyncState
 from sync_core.testing.app import InMemoryApp
 from sync_core.testing.mail import FakeMailSource, FixedClock, throttled
 from sync_core.testing.stores import InMemoryActivityStore, InMemoryStores
+from sync_core.use_cases.pipeline import thread_id_for, thread_ids
 from sync_core.use_cases.sync_mailbox import IDLE_REFRESH, Cursor, SyncDeps, sync_mailbox
+from tests.checkpoint_hooks import AtCheckpoint
 from tests.lease_hooks import BeforeFirstAcquire, Once, StateBeforeFirstAcquire
 
 ORG = "acme"
@@ -544,6 +547,230 @@ def test_a_message_another_mailbox_stored_during_the_run_is_read_again_once_this
     assert stored[later_reply.internet_message_id].thread_id == other_thread
 
 
+def test_a_reply_and_the_message_it_answers_on_one_page_share_a_thread_without_a_thread_lookup() -> None:
+    world = World(page_size=3)
+    store = CountingThreadLookups()
+    first = message("carol@client.example", ["adele@acme.example"], mid="<first@client.example>")
+    reply = message("carol@client.example", ["adele@acme.example"], references=(first.internet_message_id,))
+    world.mail.deliver(first)
+    world.mail.deliver(reply)
+
+    world.sync(activities=store)
+
+    assert store.asked == []
+    stored = store.timeline(ORG, "c-1", None, 10).items
+    assert len(stored) == 2 and {a.thread_id for a in stored} == {thread_id_for(ORG, first.internet_message_id)}
+
+
+def test_a_reply_on_the_same_page_takes_the_stored_thread_its_parent_joins_and_the_store_is_read_once() -> None:
+    store = CountingThreadLookups()
+    known = message("carol@client.example", ["megan@acme.example"], mid="<known@client.example>")
+    store.save([_activity(known, "mb-megan", "t-stored")])
+    parent = message("carol@client.example", ["adele@acme.example"], references=(known.internet_message_id,))
+    reply = message(
+        "carol@client.example", ["adele@acme.example"],
+        references=(known.internet_message_id, parent.internet_message_id),
+    )  # fmt: skip
+
+    threads = thread_ids(store, ORG, [reply, parent])
+
+    assert threads == {reply.internet_message_id: "t-stored", parent.internet_message_id: "t-stored"}
+    assert store.asked == [known.internet_message_id]
+
+
+def test_messages_of_one_page_referencing_each_other_in_a_loop_each_get_a_thread() -> None:
+    store = CountingThreadLookups()
+    a = message("carol@client.example", ["adele@acme.example"], mid="<a@x>", references=("<b@x>",))
+    b = message("carol@client.example", ["adele@acme.example"], mid="<b@x>", references=("<a@x>",))
+    itself = message("carol@client.example", ["adele@acme.example"], mid="<c@x>", references=("<c@x>",))
+
+    threads = thread_ids(store, ORG, [a, b, itself])
+
+    assert set(threads) == {"<a@x>", "<b@x>", "<c@x>"}
+    assert threads["<a@x>"] == threads["<b@x>"] and threads["<c@x>"] == thread_id_for(ORG, "<c@x>")
+    assert store.asked == []
+
+
+# -- storage off the critical path: a page's writes overlap the next page ---------------------------------
+
+
+def test_a_pages_writes_run_while_the_next_page_is_fetched() -> None:
+    world = World()
+    page_two_fetched = threading.Event()
+    world.mail = HookedMailSource(page_size=1, after_page={2: page_two_fetched.set})
+    for _ in range(3):
+        world.mail.deliver(message("carol@client.example", ["adele@acme.example"]))
+    waited: list[bool] = []
+
+    class SaveWaitingForPageTwo(InMemoryActivityStore):
+        def save(self, activities: Sequence[Activity], announce_at: datetime | None = None) -> ActivityWrite:
+            if not waited:  # page 1's save: without the overlap page 2 would only be fetched after it
+                waited.append(page_two_fetched.wait(30))
+            return super().save(activities, announce_at)
+
+    store = SaveWaitingForPageTwo()
+
+    assert world.sync(activities=store) == "done"
+
+    assert waited == [True]
+    assert len(store.timeline(ORG, "c-1", None, 10).items) == 3
+
+
+Files = tuple[AttachmentSummary, ...]
+
+
+def test_a_pages_attachment_listings_run_while_the_page_before_is_being_saved() -> None:
+    world = World()
+    second_listed = threading.Event()
+    first = message("carol@client.example", ["adele@acme.example"], has_attachments=True)
+    second = message("carol@client.example", ["adele@acme.example"], has_attachments=True)
+
+    class ListingMail(FakeMailSource):
+        def attachments(self, mailbox: Mailbox, source_ids: Sequence[str]) -> Mapping[str, Files]:
+            found = super().attachments(mailbox, source_ids)
+            if second.source_id in source_ids:
+                second_listed.set()
+            return found
+
+    world.mail = ListingMail(page_size=1)
+    for source, name in ((first, "a.pdf"), (second, "b.pdf")):
+        world.mail.deliver(source, files=[AttachmentSummary(name, 10, "application/pdf")])
+    waited: list[bool] = []
+
+    class SaveWaitingForTheNextListing(InMemoryActivityStore):
+        def save(self, activities: Sequence[Activity], announce_at: datetime | None = None) -> ActivityWrite:
+            if not waited:  # page 1's save: page 2's listing must not wait for it
+                waited.append(second_listed.wait(30))
+            return super().save(activities, announce_at)
+
+    store = SaveWaitingForTheNextListing()
+
+    assert world.sync(activities=store) == "done"
+
+    assert waited == [True]
+    names = {a.internet_message_id: [f.name for f in a.attachments] for a in store.timeline(ORG, "c-1", None, 10).items}
+    assert names == {first.internet_message_id: ["a.pdf"], second.internet_message_id: ["b.pdf"]}
+
+
+def test_a_pages_thread_lookups_run_while_the_page_before_is_being_saved() -> None:
+    world = World(page_size=1)
+    outside = "<never-seen@client.example>"
+    looked_up = threading.Event()
+    waited: list[bool] = []
+
+    class SaveWaitingForTheNextLookup(CountingThreadLookups):
+        def thread_ids_for_messages(self, org_id: str, internet_message_ids: Sequence[str]) -> Mapping[str, str]:
+            if outside in internet_message_ids:
+                looked_up.set()
+            return super().thread_ids_for_messages(org_id, internet_message_ids)
+
+        def save(self, activities: Sequence[Activity], announce_at: datetime | None = None) -> ActivityWrite:
+            if not waited:  # page 1's save: page 2's lookup must not wait for it
+                waited.append(looked_up.wait(30))
+            return super().save(activities, announce_at)
+
+    store = SaveWaitingForTheNextLookup()
+    world.mail.deliver(message("carol@client.example", ["adele@acme.example"]))
+    world.mail.deliver(message("carol@client.example", ["adele@acme.example"], references=(outside,)))
+
+    assert world.sync(activities=store) == "done"
+
+    assert waited == [True] and store.asked == [outside]
+    assert len(store.timeline(ORG, "c-1", None, 10).items) == 2
+
+
+class LoggedCommits:
+    """The in-memory sync state store, logging each commit (renewal or report) with the links it carries."""
+
+    def __init__(self, world: World, log: list[tuple[str, object]]) -> None:
+        self.inner = world.stores.sync_state
+        self.log = log
+
+    def read(self, org_id: str, mailbox_id: str) -> SyncState:
+        return self.inner.read(org_id, mailbox_id)
+
+    def acquire_seen(
+        self, org_id: str, mailbox_id: str, owner: str, *, until: datetime, now: datetime, seen: SyncState
+    ) -> bool:
+        return self.inner.acquire_seen(org_id, mailbox_id, owner, until=until, now=now, seen=seen)
+
+    def commit(
+        self,
+        org_id: str,
+        mailbox_id: str,
+        owner: str,
+        *,
+        until: datetime | None,
+        cursors: Mapping[str, str],
+        report: RunReport | None = None,
+        keep: int = 50,
+    ) -> bool:
+        links = {folder: Cursor.parse(link).link for folder, link in cursors.items()}
+        self.log.append(("report" if report is not None else "renewal", links))
+        return self.inner.commit(org_id, mailbox_id, owner, until=until, cursors=cursors, report=report, keep=keep)
+
+
+def test_fenced_in_the_transaction_a_pages_checkpoint_rides_with_the_renewal_before_the_next_pages_save() -> None:
+    world = World()
+    world.mail = FakeMailSource(page_size=1)
+    sent = [message("carol@client.example", ["adele@acme.example"]) for _ in range(3)]
+    for source in sent:
+        world.mail.deliver(source)
+    log: list[tuple[str, object]] = []  # the run's writes in the order they reached storage
+
+    class LoggedSaves(InMemoryActivityStore):
+        def save(self, activities: Sequence[Activity], announce_at: datetime | None = None) -> ActivityWrite:
+            log.append(("save", [a.internet_message_id for a in activities]))
+            return super().save(activities, announce_at)
+
+    deps = world.app.sync_deps(mail=world.mail, activities=LoggedSaves(), state=LoggedCommits(world, log))
+
+    assert sync_mailbox(deps, ORG, "mb-adele").status == "done"
+
+    # Each page's checkpoint is written after its save, by the renewal before the next page's save (one
+    # transaction); the last page's, and the empty folder's, ride with the report.
+    ids = [m.internet_message_id for m in sent]
+    assert log == [
+        ("renewal", {}),
+        ("save", ids[:1]),
+        ("renewal", {"inbox": "link-1"}),
+        ("save", ids[1:2]),
+        ("renewal", {"inbox": "link-2"}),
+        ("save", ids[2:]),
+        ("report", {"inbox": "link-3", "sentitems": "link-4"}),
+    ]
+
+
+@pytest.mark.parametrize("classic", [False, True], ids=["fenced_in_the_transaction", "classic"])
+def test_a_save_failing_on_page_two_ends_the_run_before_any_later_write_with_page_one_checkpointed(
+    classic: bool,
+) -> None:
+    world = World()
+    world.mail = FakeMailSource(page_size=1)
+    for _ in range(4):
+        world.mail.deliver(message("carol@client.example", ["adele@acme.example"]))
+    saves: list[int] = []
+
+    class FailingSecondSave(InMemoryActivityStore):
+        def save(self, activities: Sequence[Activity], announce_at: datetime | None = None) -> ActivityWrite:
+            saves.append(len(activities))
+            if len(saves) == 2:
+                raise StorageUnavailable("storage went away")
+            return super().save(activities, announce_at)
+
+    store, checkpoints = FailingSecondSave(), AtCheckpoint(0, lambda: None)  # counts checkpoints only
+    hook = checkpoints.wrap(not classic, world.stores.cursors, world.stores.sync_state)
+
+    with pytest.raises(StorageUnavailable):
+        sync_mailbox(world.app.sync_deps(mail=world.mail, activities=store, **hook), ORG, "mb-adele")
+
+    # Fenced: page 1's checkpoint rode with the renewal before page 2's save; the failed run's report
+    # commit carried none. Either way page 3, fetched meanwhile, wrote nothing.
+    assert saves == [1, 1] and checkpoints.checkpoints == 1
+    assert len(store.timeline(ORG, "c-1", None, 10).items) == 1
+    assert Cursor.parse(world.stores.cursors.get_all(ORG, "mb-adele")["inbox"]).link == "link-1"
+
+
 def _activity(source: MailMessage, mailbox_id: str, thread_id: str) -> Activity:
     return Activity(
         org_id=ORG,
@@ -596,11 +823,14 @@ def test_a_run_whose_expired_lease_another_run_took_stops_busy_without_writing_i
     def taken() -> None:
         assert world.stores.leases.acquire(lease_key(), "other-run", later + timedelta(minutes=5), later)
 
-    world.mail = HookedMailSource(page_size=1, after_page={2: taken})
+    world.mail = FakeMailSource(page_size=1)
     for _ in range(3):
         world.mail.deliver(message("carol@client.example", ["adele@acme.example"]))
+    # Taken at page 1's checkpoint: page 1's activities durable, nothing of page 2 written yet (classic:
+    # right after its cursor wrote; fenced: right before the renewal carrying it, page 2's save's, is sent).
+    hook = AtCheckpoint(1, taken).wrap(not classic, world.stores.cursors, world.stores.sync_state)
 
-    outcome = sync_mailbox(world.deps(classic=classic), ORG, "mb-adele")
+    outcome = sync_mailbox(world.app.sync_deps(mail=world.mail, **hook), ORG, "mb-adele")
 
     assert outcome.status == "busy" and outcome.report is None
     assert len(world.timeline("c-1")) == 1  # page 1 only
