@@ -96,7 +96,8 @@ Invariants:
   mailbox ``active`` again (``error`` mailboxes are synced like active ones, and never end as an idle
   poll, so their recovery is always recorded).
 - Unmatched and filtered messages leave nothing but a count in the run report.
-- Messages become activities through ``pipeline.build_activities`` (shared with RFC 822 ingest); new
+- Messages become activities through the pipeline's two halves, ``pipeline.matched_messages`` then
+  ``pipeline.activities_of`` (together ``pipeline.build_activities``, shared with RFC 822 ingest); new
   activities are announced to ``events`` (CRM webhooks) after they are durably written.
 - Every run logs one operational event as it ends, whichever way (``telemetry.SyncRunEvent``: counts,
   outcome, throttling, mail age; no address, subject or body).
