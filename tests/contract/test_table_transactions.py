@@ -7,12 +7,21 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from azure.core.credentials import AzureNamedKeyCredential
 from azure.core.exceptions import HttpResponseError
-from azure.data.tables import EdmType, EntityProperty, TableClient, TableServiceClient
+from azure.data.tables import (
+    AccountSasPermissions,
+    EdmType,
+    EntityProperty,
+    ResourceTypes,
+    TableClient,
+    TableServiceClient,
+    generate_account_sas,
+)
 from azure.data.tables._error import TableTransactionError
 
 from sync_core.adapters.table_client import Table, TableMetrics, Write, etag_of
@@ -196,3 +205,27 @@ def test_a_full_transaction_of_non_ascii_entities_near_the_size_limit_is_applied
     assert [row["n"] for row in rows] == list(range(100))
     assert all(row["text"] == text for row in rows)
     assert etags == [etag_of(row) for row in rows]
+
+
+def test_a_transaction_is_authenticated_by_the_clients_own_credential_a_shared_access_signature(
+    storage_connection_string: str, table_prefix: str
+) -> None:
+    settings = dict(part.split("=", 1) for part in storage_connection_string.split(";") if part)
+    signature = generate_account_sas(
+        AzureNamedKeyCredential(settings["AccountName"], settings["AccountKey"]),
+        resource_types=ResourceTypes(service=True, container=True, object=True),
+        permission=AccountSasPermissions(read=True, write=True, delete=True, list=True, add=True, update=True),
+        expiry=datetime.now(UTC) + timedelta(hours=1),
+    )
+    with TableServiceClient.from_connection_string(
+        f"TableEndpoint={settings['TableEndpoint']};SharedAccessSignature={signature}"
+    ) as service:
+        metrics = TableMetrics()
+        table = Table(service, f"{table_prefix}sas", metrics)
+
+        etags = table.transact([Write("create", {"PartitionKey": PK, "RowKey": k}) for k in ("a", "b")])
+        with pytest.raises(AlreadyExists):
+            table.transact([Write("create", {"PartitionKey": PK, "RowKey": "b"})])
+
+        assert etags == [etag_of(row) for row in table.rows(PK)]
+        assert metrics.transactions == 4  # the table's creation, two transactions, the query
