@@ -922,7 +922,7 @@ is the current run.
    with Python's `email` package and a thread pool per answer. Contract tests run every case both ways
    (every EDM type, every operation kind, every refusal, 100 operations of 3 MB). [CPU per transaction
    on Azurite: 13.7 → 2.9 ms at 20 operations, 40.9 → 4.1 ms at 100; fleet, quick, medians of 3:
-   32.4 → 24.0 ms CPU per run; records load, quick: 5.9 → 1.2 s CPU]
+   32.4 → 24.0 ms CPU per run; records load of 100,000: 164 → 62 s, 82 → 34 s of CPU]
 
 ## Open proposals
 
@@ -943,8 +943,8 @@ Ordered by expected effect on the numbers above (round two's goals first).
    holding the org's buckets needs none; one would help only an org too large for the worker's bound.
    What bounds the load on this machine: Azurite spends about 0.5-0.9 ms of its one Node thread per
    entity of an entity group transaction (measured: 100 small entities in 50-90 ms, whatever the table's
-   size), so 100,000 record rows alone cost about 65 s of it, and the Python side spends about 0.8 s of
-   CPU a batch (most of it the SDK building and parsing the multipart `$batch` bodies), on 2 cores
+   size), so 100,000 record rows alone cost about 65 s of it, and the Python side spends about 0.35 s of
+   CPU a batch (0.8 s before change 16, most of it the SDK's multipart handling), on 2 cores
    shared with the rest of the bench. Azurite's queries scan the whole table (its LokiJS store filters
    with a function over every entity: 3 ms at 1,000 entities, 17 ms at 200,000), its point reads use
    its index (about 2 ms at any size): hence buckets read by point reads or one query, never per key.
