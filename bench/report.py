@@ -516,10 +516,12 @@ due-entry read, and the tenant's token comes from the worker's memory.
 most {_n(60_000 / f['steady_cpu_ms_per_run'])} runs a minute on one core of its own, and shares the machine's
 two cores with Azurite, which spends 3-5 ms of CPU per transaction, with the emulator and with whatever
 else runs on the machine (the load average during this run is in the note above the summary). A profile
-of the runs (`BENCH_FLEET_PROFILE=1`, each run's thread CPU under cProfile) puts about 85 % of a run's CPU
-in the Azure SDK, and half of it in the two entity group transactions alone: the SDK builds and parses
-each `$batch` multipart body with Python's `email` package (open proposal 1). The product's own code
-(decisions, pipeline, use case) is a few percent. Graph is far from any limit:
+of the runs (`BENCH_FLEET_PROFILE=1`, each run's thread CPU under cProfile) puts most of a run's CPU in
+the Azure SDK's per-request pipeline and `requests` (about 15 of 27 CPU-seconds for 250 runs under the
+profiler, about 7 ms a round trip): since change 16 the two entity group transactions cost what any other
+round trip does (a fifth of a run's CPU, for two of its eight round trips), where the SDK's own multipart
+handling had made them half of it. The product's own code (decisions, pipeline, use case) is a few
+percent. Graph is far from any limit:
 {_n(f['graph_requests_per_mailbox'], 2)} requests per run.
 
 **Scale-out on Functions.** Each queue message is one mailbox run, independent of the others (the lease
@@ -925,17 +927,23 @@ is the current run.
 15. **No per-request environment scan** (`make_session`, `_table_service`): without a proxy configured,
    requests no longer scans every environment variable for proxies twice and stats `.netrc` on each
    request (about 15 % of a run's CPU in the profile).
+16. **A leaner entity group transaction** (`table_client.Table.transact`): the `$batch` body is written
+   and read by `table_client` itself (one changeset of sub-requests, as documented for Table storage),
+   the entities serialised by the SDK's own EDM serialiser, and sent through the SDK client's pipeline
+   (authentication, retries, the round-trip count, the connection pool); a refused changeset is decoded
+   by the SDK into the same `TableTransactionError`. The SDK's `submit_transaction` built and parsed it
+   with Python's `email` package and a thread pool per answer. Contract tests run every case both ways
+   (every EDM type, every operation kind, every refusal, 100 operations of 3 MB). [CPU per transaction
+   on Azurite: 13.7 → 2.9 ms at 20 operations, 40.9 → 4.1 ms at 100; fleet, quick, medians of 3:
+   32.4 → 24.0 ms CPU per run; records load of 100,000: 164 → 62 s, 82 → 34 s of CPU]
 
 ## Open proposals
 
 Ordered by expected effect on the numbers above (round two's goals first).
 
-1. **A leaner entity group transaction** (goal 3: runs per minute). Fleet runs are down to 8 round trips
-   (change 12), and about half of a run's CPU is now the Azure SDK building and parsing the two `$batch`
-   bodies through Python's `email` package (plus its per-request pipeline). A `$batch` body written and
-   read by `table_client` itself (the multipart format is small and documented for Table storage), sent
-   through the SDK's pipeline for its authentication, would take most of that away. Not done this round:
-   it replaces the SDK on the path every write takes, and its contract tests must cover every entity type.
+1. **A leaner entity group transaction**: done (change 16). What is left of a round trip's CPU is the
+   SDK's generic pipeline and `requests` (header handling, URL parsing, the policies), about the same for
+   a point read, a write and a transaction; a leaner transport under the same pipeline would be next.
 2. **What is left of the records index** (goal 2). Done: the packed bucket rows (change 11). Left:
    (a) a bucket's bytes grow with the org, so a batch touching all 256 buckets rewrites (and a worker
    that has not read them reads) about the whole index: 1 MB at 100,000 records, about 10 MB at
@@ -948,8 +956,8 @@ Ordered by expected effect on the numbers above (round two's goals first).
    holding the org's buckets needs none; one would help only an org too large for the worker's bound.
    What bounds the load on this machine: Azurite spends about 0.5-0.9 ms of its one Node thread per
    entity of an entity group transaction (measured: 100 small entities in 50-90 ms, whatever the table's
-   size), so 100,000 record rows alone cost about 65 s of it, and the Python side spends about 0.8 s of
-   CPU a batch (most of it the SDK building and parsing the multipart `$batch` bodies), on 2 cores
+   size), so 100,000 record rows alone cost about 65 s of it, and the Python side spends about 0.35 s of
+   CPU a batch (0.8 s before change 16, most of it the SDK's multipart handling), on 2 cores
    shared with the rest of the bench. Azurite's queries scan the whole table (its LokiJS store filters
    with a function over every entity: 3 ms at 1,000 entities, 17 ms at 200,000), its point reads use
    its index (about 2 ms at any size): hence buckets read by point reads or one query, never per key.
