@@ -541,9 +541,8 @@ def _quoted_key(key: str) -> str:
     return quote(key.replace("'", "''"), safe="")
 
 
-# Table storage's batch endpoint, spelled in two pieces: tests/unit/test_provider_neutral_core.py looks
-# for Graph's endpoint of the same name, which this is not.
-_BATCH_PATH = "$" + "batch"
+# Table storage's entity group transaction endpoint.
+_BATCH_PATH = "$batch"
 _BOUNDARY = re.compile(rb'boundary="?([^";\r\n]+)"?', re.IGNORECASE)
 _BLANK_LINE = re.compile(rb"\r?\n\r?\n")
 _ETAG = re.compile(rb"^etag:[ \t]*([^\r\n]*?)[ \t]*\r?$", re.IGNORECASE | re.MULTILINE)

@@ -1,6 +1,7 @@
 """Only the Graph adapter package knows Microsoft Graph: no module of sync_core outside the provider
 adapter packages (``sync_core/adapters/<provider>/``) mentions a Graph URL, ``$batch``, ``$filter``, an
-``@odata`` key or a Graph resource path. A new provider is then one adapter package beside it
+``@odata`` key or a Graph resource path (Table storage's client names Table storage's own ``$batch``
+endpoint, nothing else). A new provider is then one adapter package beside it
 (docs/architecture.md)."""
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ CORE = Path(__file__).resolve().parents[2] / "sync_core"
 GRAPH_ADAPTER = CORE / "adapters" / "graph"
 PROVIDER_PACKAGES = tuple(p for p in (CORE / "adapters").iterdir() if (p / "__init__.py").is_file())
 GRAPH_MARKERS = re.compile(r"graph\.microsoft|/me\b|/users/|\$batch|@odata|\$filter|mailFolders")
+# Table storage has a ``$batch`` endpoint of its own (entity group transactions): its client may name it.
+TABLE_CLIENT = CORE / "adapters" / "table_client.py"
+TABLE_MARKERS = re.compile(r"graph\.microsoft|/me\b|/users/|@odata|\$filter|mailFolders")
 
 
 def _core_modules() -> list[Path]:
@@ -30,7 +34,7 @@ def test_no_module_outside_the_graph_adapter_speaks_graph(module: Path) -> None:
     hits = [
         f"{number}: {line.strip()}"
         for number, line in enumerate(module.read_text(encoding="utf-8").splitlines(), 1)
-        if GRAPH_MARKERS.search(line)
+        if (TABLE_MARKERS if module == TABLE_CLIENT else GRAPH_MARKERS).search(line)
     ]
     assert hits == []
 
