@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import base64
 import dataclasses
+import errno
 import grp
 import hashlib
 import json
@@ -483,9 +484,31 @@ def start(
 ) -> MailServer:
     """Write the config under ``root`` (fresh), start Dovecot and the SMTP servers; see the module docstring.
     ``ca_dir``: the local CA's folder to take the certificate from (``make run`` passes the emulator's, so
-    one ``ca-bundle.pem`` trusts both); by default a CA of the server's own under ``root/tls``."""
+    one ``ca-bundle.pem`` trusts both); by default a CA of the server's own under ``root/tls``.
+
+    Ports picked here are free when picked, but another process may bind one before the servers do
+    (parallel test workers start stacks side by side): such a start is retried on fresh ports, up to
+    ``START_ATTEMPTS`` times. Ports the caller chose are never swapped."""
     ensure_installed()
-    ports = ports or Ports.free()
+    for attempt in range(1, START_ATTEMPTS + 1):
+        try:
+            return _start(root, ports or Ports.free(), no_condstore=no_condstore, ca_dir=ca_dir, sent=sent)
+        except (OSError, MailServerUnavailable) as exc:
+            if ports is not None or attempt == START_ATTEMPTS or not _port_was_taken(exc):
+                raise
+    raise AssertionError("unreachable")
+
+
+START_ATTEMPTS = 3
+
+
+def _port_was_taken(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+        return True
+    return isinstance(exc, MailServerUnavailable) and "Address already in use" in str(exc)
+
+
+def _start(root: Path, ports: Ports, *, no_condstore: bool, ca_dir: Path | None, sent: bool) -> MailServer:
     owner = _run_as()
     root = _fresh_dir(root, owner)
     for sub in ("run", "state", "log", "mail", "rawlog", "tls", "users"):

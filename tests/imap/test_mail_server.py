@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import imaplib
+import shutil
 import smtplib
 import socket
 import ssl
@@ -10,6 +12,7 @@ import uuid
 
 import pytest
 
+from tools import mailserver
 from tools.mailserver import MailServer
 
 PASSWORD = "s3cret-pw"
@@ -94,3 +97,33 @@ def test_every_imap_command_of_a_user_is_in_the_servers_trace(mail_server: MailS
 
     trace = mail_server.rawlog(user)
     assert "EXAMINE INBOX" in trace and "NOOP" in trace and PASSWORD not in trace
+
+
+def test_a_port_another_process_took_before_the_servers_bound_it_is_replaced_by_a_fresh_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        picks: list[mailserver.Ports] = []
+        real_free = mailserver.Ports.free
+
+        def first_pick_collides() -> mailserver.Ports:
+            fresh = real_free()
+            picks.append(fresh if picks else dataclasses.replace(fresh, submission=taken))
+            return picks[-1]
+
+        monkeypatch.setattr(mailserver.Ports, "free", staticmethod(first_pick_collides))
+        root = mailserver.ROOT / ".local" / f"mailserver-pytest-taken-{uuid.uuid4().hex[:8]}"
+        server = mailserver.start(root)
+        try:
+            with smtplib.SMTP(server.host, server.ports.submission, timeout=10) as smtp:
+                smtp.starttls(context=server.ssl_context())
+                smtp.login(new_user(server), PASSWORD)
+        finally:
+            server.stop()
+            shutil.rmtree(root, ignore_errors=True)
+
+    assert picks[0].submission == taken
+    assert len(picks) == 2 and server.ports == picks[1] and server.ports.submission != taken
