@@ -88,10 +88,15 @@ class _AfterPutMany:
         self.inner.clear(org_id, mailbox_id)
 
 
-class _BeforeCheckpointCommit:
-    def __init__(self, inner: SyncStateStore, hook: AtCheckpoint) -> None:
+class StateCommitHook:
+    """A sync state store passing everything through to ``inner``; ``before_commit`` runs before each
+    ``commit`` is sent, with the checkpoints it carries (subclasses act there)."""
+
+    def __init__(self, inner: SyncStateStore) -> None:
         self.inner = inner
-        self.hook = hook
+
+    def before_commit(self, cursors: Mapping[str, str]) -> None:
+        """Nothing here."""
 
     def read(self, org_id: str, mailbox_id: str) -> SyncState:
         return self.inner.read(org_id, mailbox_id)
@@ -112,6 +117,15 @@ class _BeforeCheckpointCommit:
         report: RunReport | None = None,
         keep: int = 50,
     ) -> bool:
+        self.before_commit(cursors)
+        return self.inner.commit(org_id, mailbox_id, owner, until=until, cursors=cursors, report=report, keep=keep)
+
+
+class _BeforeCheckpointCommit(StateCommitHook):
+    def __init__(self, inner: SyncStateStore, hook: AtCheckpoint) -> None:
+        super().__init__(inner)
+        self.hook = hook
+
+    def before_commit(self, cursors: Mapping[str, str]) -> None:
         if cursors:
             self.hook.reached()
-        return self.inner.commit(org_id, mailbox_id, owner, until=until, cursors=cursors, report=report, keep=keep)

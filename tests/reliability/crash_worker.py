@@ -33,8 +33,9 @@ from sync_core.adapters.graph.mail import GraphMailSource
 from sync_core.adapters.graph.session import make_session
 from sync_core.adapters.tables import TableStores
 from sync_core.domain.model import Activity
-from sync_core.ports import ActivityStore, ActivityWrite, CursorStore, RunReport, SyncState, SyncStateStore
+from sync_core.ports import ActivityStore, ActivityWrite, CursorStore, RunReport, SyncStateStore
 from sync_core.use_cases.sync_mailbox import SyncDeps, sync_mailbox
+from tests.checkpoint_hooks import StateCommitHook
 
 
 class Progress:
@@ -92,23 +93,20 @@ class KillingCursors:
         self.inner.clear(org_id, mailbox_id)
 
 
-class KillingState:
+class KillingState(StateCommitHook):
     """The sync state store; a ``commit`` carrying checkpoints once ``kill_after`` saves were written kills
     the process instead."""
 
     def __init__(self, inner: SyncStateStore, saves: CountingActivities, kill_after: int, progress: Progress) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.saves = saves
         self.kill_after = kill_after
         self.progress = progress
 
-    def read(self, org_id: str, mailbox_id: str) -> SyncState:
-        return self.inner.read(org_id, mailbox_id)
-
-    def acquire_seen(
-        self, org_id: str, mailbox_id: str, owner: str, *, until: datetime, now: datetime, seen: SyncState
-    ) -> bool:
-        return self.inner.acquire_seen(org_id, mailbox_id, owner, until=until, now=now, seen=seen)
+    def before_commit(self, cursors: Mapping[str, str]) -> None:
+        if cursors and self.saves.saves >= self.kill_after:
+            self.progress.write(event="killed", folder=",".join(cursors), link=";".join(cursors.values()))
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def commit(
         self,
@@ -121,10 +119,7 @@ class KillingState:
         report: RunReport | None = None,
         keep: int = 50,
     ) -> bool:
-        if cursors and self.saves.saves >= self.kill_after:
-            self.progress.write(event="killed", folder=",".join(cursors), link=";".join(cursors.values()))
-            os.kill(os.getpid(), signal.SIGKILL)
-        stored = self.inner.commit(org_id, mailbox_id, owner, until=until, cursors=cursors, report=report, keep=keep)
+        stored = super().commit(org_id, mailbox_id, owner, until=until, cursors=cursors, report=report, keep=keep)
         for folder, link in cursors.items() if stored else ():
             self.progress.write(event="checkpoint", folder=folder, link=link)
         return stored
