@@ -90,12 +90,12 @@ class _AfterPutMany:
 
 class StateCommitHook:
     """A sync state store passing everything through to ``inner``; ``before_commit`` runs before each
-    ``commit`` is sent, with the checkpoints it carries (subclasses act there)."""
+    ``commit`` is sent, with the checkpoints and the report it carries (subclasses act there)."""
 
     def __init__(self, inner: SyncStateStore) -> None:
         self.inner = inner
 
-    def before_commit(self, cursors: Mapping[str, str]) -> None:
+    def before_commit(self, cursors: Mapping[str, str], report: RunReport | None) -> None:
         """Nothing here."""
 
     def read(self, org_id: str, mailbox_id: str) -> SyncState:
@@ -117,7 +117,7 @@ class StateCommitHook:
         report: RunReport | None = None,
         keep: int = 50,
     ) -> bool:
-        self.before_commit(cursors)
+        self.before_commit(cursors, report)
         return self.inner.commit(org_id, mailbox_id, owner, until=until, cursors=cursors, report=report, keep=keep)
 
 
@@ -126,6 +126,6 @@ class _BeforeCheckpointCommit(StateCommitHook):
         super().__init__(inner)
         self.hook = hook
 
-    def before_commit(self, cursors: Mapping[str, str]) -> None:
+    def before_commit(self, cursors: Mapping[str, str], report: RunReport | None) -> None:
         if cursors:
             self.hook.reached()

@@ -103,7 +103,7 @@ class KillingState(StateCommitHook):
         self.kill_after = kill_after
         self.progress = progress
 
-    def before_commit(self, cursors: Mapping[str, str]) -> None:
+    def before_commit(self, cursors: Mapping[str, str], report: RunReport | None) -> None:
         if cursors and self.saves.saves >= self.kill_after:
             self.progress.write(event="killed", folder=",".join(cursors), link=";".join(cursors.values()))
             os.kill(os.getpid(), signal.SIGKILL)

@@ -25,13 +25,13 @@ from sync_core.domain.model import (
     activity_id_for,
 )
 from sync_core.errors import IdentityError, ReauthRequired, StorageUnavailable
-from sync_core.ports import ActivityWrite, DeltaPage, RunReport, SyncState
+from sync_core.ports import ActivityWrite, DeltaPage, RunReport
 from sync_core.testing.app import InMemoryApp
 from sync_core.testing.mail import FakeMailSource, FixedClock, throttled
 from sync_core.testing.stores import InMemoryActivityStore, InMemoryStores
 from sync_core.use_cases.pipeline import thread_id_for, thread_ids
 from sync_core.use_cases.sync_mailbox import IDLE_REFRESH, Cursor, SyncDeps, sync_mailbox
-from tests.checkpoint_hooks import AtCheckpoint
+from tests.checkpoint_hooks import AtCheckpoint, StateCommitHook
 from tests.lease_hooks import BeforeFirstAcquire, Once, StateBeforeFirstAcquire
 
 ORG = "acme"
@@ -679,35 +679,16 @@ def test_a_pages_thread_lookups_run_while_the_page_before_is_being_saved() -> No
     assert len(store.timeline(ORG, "c-1", None, 10).items) == 2
 
 
-class LoggedCommits:
+class LoggedCommits(StateCommitHook):
     """The in-memory sync state store, logging each commit (renewal or report) with the links it carries."""
 
     def __init__(self, world: World, log: list[tuple[str, object]]) -> None:
-        self.inner = world.stores.sync_state
+        super().__init__(world.stores.sync_state)
         self.log = log
 
-    def read(self, org_id: str, mailbox_id: str) -> SyncState:
-        return self.inner.read(org_id, mailbox_id)
-
-    def acquire_seen(
-        self, org_id: str, mailbox_id: str, owner: str, *, until: datetime, now: datetime, seen: SyncState
-    ) -> bool:
-        return self.inner.acquire_seen(org_id, mailbox_id, owner, until=until, now=now, seen=seen)
-
-    def commit(
-        self,
-        org_id: str,
-        mailbox_id: str,
-        owner: str,
-        *,
-        until: datetime | None,
-        cursors: Mapping[str, str],
-        report: RunReport | None = None,
-        keep: int = 50,
-    ) -> bool:
+    def before_commit(self, cursors: Mapping[str, str], report: RunReport | None) -> None:
         links = {folder: Cursor.parse(link).link for folder, link in cursors.items()}
         self.log.append(("report" if report is not None else "renewal", links))
-        return self.inner.commit(org_id, mailbox_id, owner, until=until, cursors=cursors, report=report, keep=keep)
 
 
 def test_fenced_in_the_transaction_a_pages_checkpoint_rides_with_the_renewal_before_the_next_pages_save() -> None:
